@@ -1,0 +1,40 @@
+"""User errors: problems with a file, a shape or an option that the user can fix.
+
+The command line prints them as one line, ``climseg: error: <message>``, and
+exits with status 2; the library raises them like any exception. Messages name
+the thing (usually a path) first, then the problem.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input; the message is one line."""
+
+    def __init__(self, message):
+        super().__init__(_original_line(str(message)))
+
+
+class DataError(UserError, ValueError):
+    """A data file that is missing, unreadable, malformed or holds bad values."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be read or does not fit the requested model."""
+
+
+class ConfigError(UserError, ValueError):
+    """A bad option or configuration value."""
+
+
+class TrainingError(UserError, RuntimeError):
+    """Training cannot go on (the loss diverged); the message says what to change."""
+
+
+def _original_line(message):
+    # torch's DataLoader re-raises a worker's exception as
+    # ``type("Caught X in DataLoader worker process 0.\nOriginal Traceback ...")``;
+    # keep only the worker's own one-line message.
+    if "Original Traceback" not in message:
+        return message
+    last = message.strip().splitlines()[-1]
+    prefix, sep, rest = last.partition(": ")
+    return rest if sep and "Error" in prefix else last
