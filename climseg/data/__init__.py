@@ -1,0 +1,10 @@
+"""Climate data: the DeepCAM HDF5 layout, its statistics, the synthetic generator
+and CAM5 netCDF input for inference."""
+from climseg.data.deepcam import DeepCAMDataset, channel_indices, list_samples, read_sample
+from climseg.data.stats import ChannelStats, find_stats, read_stats, write_stats
+from climseg.data.synthetic import generate_dataset, generate_sample
+
+__all__ = [
+    "ChannelStats", "DeepCAMDataset", "channel_indices", "find_stats", "generate_dataset",
+    "generate_sample", "list_samples", "read_sample", "read_stats", "write_stats",
+]

@@ -1,0 +1,494 @@
+"""Synthetic CAM5-like samples in the DeepCAM layout, with labelled cyclones and rivers.
+
+Each sample is a global latitude-longitude snapshot (row 0 is the southernmost
+latitude, longitudes start at 0 E) of the 16 DeepCAM variables in CAM5 units,
+built in three layers:
+
+1. A zonal-mean climate (trade winds and westerly jets, subtropical highs and
+   subpolar lows, temperature falling poleward, an ITCZ rain band), plus smooth
+   random "weather": pressure anomalies with the winds in geostrophic balance
+   with them, temperature and moisture anomalies. The random fields are drawn
+   on a fixed 1-degree grid and interpolated, so one seed gives the same
+   planet at any output resolution. A fixed orography (the same for every
+   sample) separates surface from sea-level pressure.
+2. Tropical cyclones at 8-30 degrees latitude: Holland pressure profile,
+   modified-Rankine winds turning counter-clockwise in the northern and
+   clockwise in the southern hemisphere (with frictional inflow at the
+   surface), a warm core aloft, saturated air, an eyewall rain ring.
+3. Atmospheric rivers: curved filaments of water vapour 300-1000 km wide and
+   2500-6000 km long, from the subtropics poleward and eastward, carrying a
+   jet along their axis and rain at their poleward end.
+
+Moisture, heights and near-surface fields are then derived from the primary
+fields with the usual thermodynamics (Clausius-Clapeyron, hypsometric
+equation), so that the variables co-vary as in a model.
+
+Labels mark the planted features by the criteria used to find them in model
+output: a cyclone is the connected area around its centre where the
+lowest-level wind reaches gale force (17.5 m/s, 34 kt); a river is the area of
+its filament where the vapour transport TMQ x |V850| reaches 250 kg m-1 s-1.
+Cyclone labels take precedence where the two meet.
+"""
+import concurrent.futures
+import dataclasses
+import datetime
+import json
+import os
+
+import h5py
+import numpy as np
+from scipy import ndimage
+
+from climseg.constants import ATMOSPHERIC_RIVER, BACKGROUND, CHANNELS, NUM_CLASSES, TROPICAL_CYCLONE
+from climseg.data.stats import ChannelStats, write_stats
+from climseg.errors import UserError
+from climseg.io import atomic_directory, atomic_path, write_json
+from climseg.metrics import label_components
+from climseg.progress import progress_bar
+
+EARTH_RADIUS = 6.371e6      # m
+OMEGA = 7.292e-5            # s-1
+GRAVITY = 9.80665           # m s-2
+R_DRY = 287.04              # J kg-1 K-1
+GALE_WIND = 17.5            # m s-1, tropical-storm threshold (34 kt)
+IVT_THRESHOLD = 250.0       # kg m-1 s-1, the usual atmospheric-river threshold
+ORDER = {name: i for i, name in enumerate(CHANNELS)}
+GENERATOR_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Features:
+    """How many features a sample holds (Poisson means, caps) and their sizes."""
+
+    cyclones_mean: float = 3.0
+    cyclones_max: int = 8
+    rivers_mean: float = 4.0
+    rivers_max: int = 9
+
+
+# ----------------------------------------------------------------------------- grid
+
+def grid(height, width):
+    """Cell-centre latitudes (ascending, degrees N) and longitudes (0..360, degrees E)."""
+    lat = -90.0 + (np.arange(height) + 0.5) * 180.0 / height
+    lon = np.arange(width) * 360.0 / width
+    return lat, lon
+
+
+def _zonal(lat, centre, width):
+    return np.exp(-(((np.abs(lat) - centre) / width) ** 2))
+
+
+class _BaseGrid:
+    """Random smooth fields on a fixed 1-degree grid, interpolated to the output grid."""
+
+    lat = np.arange(-89.5, 90.0, 1.0)
+    lon = np.arange(0.5, 360.0, 1.0)
+
+    def __init__(self, out_lat, out_lon):
+        fi = np.clip(out_lat + 89.5, 0.0, 179.0)
+        self.i0 = np.minimum(np.floor(fi).astype(int), 178)
+        self.wi = (fi - self.i0).astype(np.float32)[:, None]
+        fj = (out_lon - 0.5) % 360.0
+        self.j0 = np.floor(fj).astype(int) % 360
+        self.j1 = (self.j0 + 1) % 360
+        self.wj = (fj - np.floor(fj)).astype(np.float32)[None, :]
+
+    def noise(self, rng, sigma_deg):
+        """Unit-variance Gaussian random field with correlation length ``sigma_deg``."""
+        white = rng.standard_normal((180, 360)).astype(np.float32)
+        field = ndimage.gaussian_filter(white, sigma=sigma_deg, mode=("reflect", "wrap"))
+        field -= field.mean()
+        field /= field.std() + 1e-12
+        return field
+
+    def resample(self, field):
+        rows = field[self.i0] * (1.0 - self.wi) + field[self.i0 + 1] * self.wi
+        return rows[:, self.j0] * (1.0 - self.wj) + rows[:, self.j1] * self.wj
+
+
+def _geostrophic_wind(pressure, rho=1.0):
+    """Geostrophic (u, v) of a pressure field on the base grid, f floored at 12 degrees."""
+    lat = np.deg2rad(_BaseGrid.lat)[:, None]
+    dy = EARTH_RADIUS * np.deg2rad(1.0)
+    dx = EARTH_RADIUS * np.maximum(np.cos(lat), np.cos(np.deg2rad(75.0))) * np.deg2rad(1.0)
+    dpdy = np.gradient(pressure, axis=0) / dy
+    dpdx = (np.roll(pressure, -1, axis=1) - np.roll(pressure, 1, axis=1)) / (2.0 * dx)
+    sin = np.sin(lat)
+    f = 2.0 * OMEGA * np.sign(sin + 1e-9) * np.maximum(np.abs(sin), np.sin(np.deg2rad(12.0)))
+    # weak geostrophy near the equator; no jets crossing the poles
+    damp = (1.0 - np.exp(-((np.rad2deg(lat) / 10.0) ** 2))) * (1.0 - np.exp(-(((90.0 - np.abs(np.rad2deg(lat))) / 12.0) ** 2)))
+    return (-dpdy / (rho * f) * damp).astype(np.float32), (dpdx / (rho * f) * damp).astype(np.float32)
+
+
+_OROGRAPHY = {}
+
+
+def _orography(base):
+    """A fixed planet's surface height (m): the same for every sample and seed."""
+    if "z" not in _OROGRAPHY:
+        rng = np.random.default_rng(20180611)
+        hills = base.noise(rng, 6.0)
+        ranges = base.noise(rng, 2.0)
+        z = np.maximum(0.0, hills - 0.55) * 1100.0 + np.maximum(0.0, hills - 0.9) * np.maximum(0.0, ranges) * 900.0
+        _OROGRAPHY["z"] = np.minimum(z, 4500.0).astype(np.float32)
+    return _OROGRAPHY["z"]
+
+
+def _saturation_vapour_pressure(t):
+    """Bolton (1980), Pa, t in K."""
+    return 611.2 * np.exp(17.67 * (t - 273.15) / (t - 29.65))
+
+
+# ----------------------------------------------------------------------------- features
+
+def _local_offsets(lat, lon, lat0, lon0):
+    """East and north distances (m) of every grid point from (lat0, lon0), longitude wrapped."""
+    dlon = (lon[None, :] - lon0 + 180.0) % 360.0 - 180.0
+    coslat = np.cos(np.deg2rad(0.5 * (lat[:, None] + lat0)))
+    dx = EARTH_RADIUS * np.deg2rad(dlon) * coslat
+    dy = EARTH_RADIUS * np.deg2rad(lat[:, None] - lat0) * np.ones_like(dlon)
+    return dx.astype(np.float32), dy.astype(np.float32)
+
+
+def _draw_cyclone(rng, others):
+    for _ in range(50):
+        hemisphere = 1.0 if rng.random() < 0.6 else -1.0
+        lat0 = hemisphere * rng.uniform(8.0, 30.0)
+        lon0 = rng.uniform(0.0, 360.0)
+        if all(_great_circle(lat0, lon0, o["lat"], o["lon"]) > 2.5e6 for o in others):
+            break
+    else:
+        return None
+    while True:
+        vmax = rng.uniform(30.0, 70.0)          # max lowest-level wind, m/s
+        rmax = rng.uniform(20e3, 60e3)          # radius of maximum wind, m
+        alpha = rng.uniform(0.35, 0.7)          # outer decay exponent
+        r34 = rmax * (vmax / GALE_WIND) ** (1.0 / alpha)
+        if 200e3 <= r34 <= 650e3:
+            break
+    deficit = 1.15 * np.e * vmax**2 / 1.5       # Holland (1980) with B = 1.5, Pa
+    return dict(lat=lat0, lon=lon0, hemisphere=hemisphere, vmax=vmax, rmax=rmax, alpha=alpha,
+                r34=r34, deficit=deficit, warm_core=2.0 + 0.1 * (vmax - GALE_WIND),
+                rain=rng.uniform(3e-6, 1.2e-5), moisture=rng.uniform(15.0, 28.0))
+
+
+def _cyclone_fields(c, lat, lon):
+    """Per-cyclone perturbation fields (numpy arrays on the output grid)."""
+    dx, dy = _local_offsets(lat, lon, c["lat"], c["lon"])
+    r = np.sqrt(dx**2 + dy**2) + 1.0
+    rm, vmax, alpha = c["rmax"], c["vmax"], c["alpha"]
+    speed = np.where(r < rm, vmax * r / rm, vmax * (rm / r) ** alpha) * np.exp(-((r / 2.5e6) ** 4))
+    # tangential unit vector: counter-clockwise (north) / clockwise (south)
+    tx, ty = -dy / r * c["hemisphere"], dx / r * c["hemisphere"]
+    rx, ry = dx / r, dy / r
+    inflow = np.deg2rad(20.0)
+    u_bot = speed * (np.cos(inflow) * tx - np.sin(inflow) * rx)
+    v_bot = speed * (np.cos(inflow) * ty - np.sin(inflow) * ry)
+    u850 = speed / 0.85 * (np.cos(inflow / 2) * tx - np.sin(inflow / 2) * rx)
+    v850 = speed / 0.85 * (np.cos(inflow / 2) * ty - np.sin(inflow / 2) * ry)
+    psl = -c["deficit"] * (1.0 - np.exp(-((rm / r) ** 1.5)))
+    core = np.exp(-((r / 300e3) ** 2))
+    ring = np.exp(-(((r - 1.5 * rm) / rm) ** 2))
+    rain = c["rain"] * (ring + 0.25 * np.exp(-((r / 350e3) ** 2)))
+    return dict(r=r, u_bot=u_bot, v_bot=v_bot, u850=u850, v850=v850, psl=psl,
+                t500=c["warm_core"] * core, t200=1.3 * c["warm_core"] * core,
+                tmq=c["moisture"] * np.exp(-((r / 280e3) ** 2)), humid=np.exp(-((r / 400e3) ** 2)),
+                rain=rain)
+
+
+def _great_circle(lat1, lon1, lat2, lon2):
+    p1, p2 = np.deg2rad(lat1), np.deg2rad(lat2)
+    dl = np.deg2rad(lon2 - lon1)
+    cos = np.sin(p1) * np.sin(p2) + np.cos(p1) * np.cos(p2) * np.cos(dl)
+    return EARTH_RADIUS * np.arccos(np.clip(cos, -1.0, 1.0))
+
+
+def _draw_river(rng, cyclones):
+    """An AR axis: points (lat, lon) every 25 km, with width and strength."""
+    for _ in range(30):
+        hemisphere = 1.0 if rng.random() < 0.5 else -1.0
+        lat, lon = hemisphere * rng.uniform(12.0, 26.0), rng.uniform(0.0, 360.0)
+        length = rng.uniform(2.5e6, 6.0e6)
+        heading0, heading1 = np.deg2rad(rng.uniform(35.0, 70.0)), np.deg2rad(rng.uniform(0.0, 30.0))
+        step = 25e3
+        n = int(length / step) + 1
+        lats, lons = np.empty(n), np.empty(n)
+        for k in range(n):
+            lats[k], lons[k] = lat, lon % 360.0
+            h = heading0 + (heading1 - heading0) * k / (n - 1)
+            lat = float(np.clip(lat + hemisphere * np.rad2deg(step * np.sin(h) / EARTH_RADIUS), -72.0, 72.0))
+            lon = lon + np.rad2deg(step * np.cos(h) / (EARTH_RADIUS * np.cos(np.deg2rad(lat))))
+        if all(_great_circle(lats, lons, c["lat"], c["lon"]).min() > 1.2e6 for c in cyclones):
+            return dict(lats=lats, lons=lons, length=length, hemisphere=hemisphere,
+                        sigma=rng.uniform(130e3, 300e3), vapour=rng.uniform(14.0, 30.0),
+                        jet=rng.uniform(10.0, 22.0), rain=rng.uniform(1e-7, 6e-7))
+    return None
+
+
+def _river_fields(a, lat, lon):
+    """AR perturbations: vapour filament, along-axis jet, rain; plus its footprint."""
+    H, W = len(lat), len(lon)
+    margin = 4.0 * a["sigma"]
+    lat_pad = np.rad2deg(margin / EARTH_RADIUS)
+    rows = np.flatnonzero((lat >= a["lats"].min() - lat_pad) & (lat <= a["lats"].max() + lat_pad))
+    out = dict(tmq=np.zeros((H, W), np.float32), u=np.zeros((H, W), np.float32),
+               v=np.zeros((H, W), np.float32), rain=np.zeros((H, W), np.float32),
+               footprint=np.zeros((H, W), bool))
+    if rows.size == 0:
+        return out
+    # tangent (east, north) of the axis at each point
+    dlat = np.gradient(a["lats"])
+    dlon = (np.gradient(np.unwrap(np.deg2rad(a["lons"]))) * np.cos(np.deg2rad(a["lats"])))
+    dlat = np.deg2rad(dlat)
+    norm = np.hypot(dlat, dlon) + 1e-12
+    te, tn = dlon / norm, dlat / norm
+    s = np.linspace(0.0, a["length"], len(a["lats"]))
+    sub_lat = lat[rows]
+    best = np.full((rows.size, W), np.inf, np.float32)
+    best_k = np.zeros((rows.size, W), np.int32)
+    for k0 in range(0, len(a["lats"]), 16):
+        for k in range(k0, min(k0 + 16, len(a["lats"]))):
+            dx, dy = _local_offsets(sub_lat, lon, a["lats"][k], a["lons"][k])
+            d2 = dx * dx + dy * dy
+            closer = d2 < best
+            best = np.where(closer, d2, best)
+            best_k = np.where(closer, k, best_k)
+    d = np.sqrt(best)
+    frac = s[best_k] / a["length"]
+    envelope = (1.0 - np.exp(-((frac / 0.15) ** 2))) * (1.0 - np.exp(-(((1.0 - frac) / 0.15) ** 2)))
+    sigma = a["sigma"]
+    shape = np.exp(-0.5 * (d / sigma) ** 2) * envelope
+    jet = a["jet"] * np.exp(-0.5 * (d / (1.5 * sigma)) ** 2) * envelope
+    out["tmq"][rows] = a["vapour"] * shape
+    out["u"][rows] = jet * te[best_k]
+    out["v"][rows] = jet * tn[best_k]
+    out["rain"][rows] = a["rain"] * shape * np.clip((frac - 0.55) / 0.3, 0.0, 1.0)
+    out["footprint"][rows] = (d <= 2.2 * sigma) & (envelope > 0.25)
+    return out
+
+
+# ----------------------------------------------------------------------------- sample
+
+def generate_sample(height, width, seed, split="train", index=0, features=Features()):
+    """One synthetic sample: ``(data[H, W, 16] float32, labels[H, W] int32, meta)``.
+
+    The same ``(seed, split, index)`` gives the same sample at any resolution
+    (up to sampling), independent of how many other samples are drawn.
+    """
+    split_id = {"train": 0, "validation": 1}.get(split, 2)
+    rng = np.random.default_rng([int(seed), split_id, int(index), GENERATOR_VERSION])
+    lat, lon = grid(height, width)
+    base = _BaseGrid(lat, lon)
+    phi = lat[:, None].astype(np.float32)
+    a = np.abs(phi)
+    coslat = np.cos(np.deg2rad(phi))
+    shape = (height, width)
+
+    # 1. background climate + weather
+    n_temp, n_temp2, n_strat = base.noise(rng, 10.0), base.noise(rng, 7.0), base.noise(rng, 12.0)
+    n_press, n_moist, n_rain, n_wind = base.noise(rng, 7.0), base.noise(rng, 6.0), base.noise(rng, 3.0), base.noise(rng, 4.0)
+    p_amp = (250.0 + 800.0 * np.sin(np.deg2rad(_BaseGrid.lat)) ** 2)[:, None].astype(np.float32)
+    p_anom = p_amp * n_press
+    ug, vg = _geostrophic_wind(p_anom)
+    z_surface = base.resample(_orography(base))
+
+    ts = 242.0 + 58.0 * coslat**1.5 + 2.0 * base.resample(n_temp)
+    t500 = 236.0 + 32.0 * coslat**2 + 1.8 * base.resample(0.7 * n_temp + 0.7 * n_temp2)
+    t200 = 218.0 - 3.0 * coslat**4 + 2.0 * _zonal(phi, 45.0, 15.0) + 1.5 * base.resample(n_strat)
+    psl = (101200.0 + 800.0 * _zonal(phi, 32.0, 10.0) - 1300.0 * _zonal(phi, 62.0, 9.0)
+           - 300.0 * np.exp(-((phi / 8.0) ** 2)) + base.resample(p_anom))
+    u850 = (-6.0 * _zonal(phi, 13.0, 9.0) + 12.0 * _zonal(phi, 45.0, 12.0) - 3.0 * _zonal(phi, 72.0, 8.0)
+            + base.resample(ug) + 1.5 * base.resample(n_wind))
+    v850 = -2.0 * np.sign(phi) * _zonal(phi, 12.0, 8.0) + base.resample(vg) + 1.5 * base.resample(np.roll(n_wind, 90, axis=1))
+    rh = np.clip(0.72 + 0.08 * np.exp(-((phi / 20.0) ** 2)) + 0.07 * base.resample(n_moist), 0.3, 0.97)
+    moist_anom = 0.12 * base.resample(n_moist)
+    rain = ((1.0e-7 * np.exp(-(((phi - 6.0) / 6.0) ** 2)) + 4.0e-8 * _zonal(phi, 45.0, 10.0) + 1.0e-8)
+            * np.exp(base.resample(0.9 * n_rain + 0.6 * n_moist - 0.5 * n_press) - 0.8))
+    u850 = np.broadcast_to(u850, shape).astype(np.float32)
+    v850 = np.broadcast_to(v850, shape).astype(np.float32)
+    u_bot_extra = np.zeros(shape, np.float32)
+    v_bot_extra = np.zeros(shape, np.float32)
+    tmq_extra = np.zeros(shape, np.float32)
+    rh = np.broadcast_to(rh, shape).copy()
+    psl = np.broadcast_to(psl, shape).astype(np.float32)
+    t500 = np.broadcast_to(t500, shape).astype(np.float32)
+    t200 = np.broadcast_to(t200, shape).astype(np.float32)
+    ts = np.broadcast_to(ts, shape).astype(np.float32)
+    rain = np.broadcast_to(rain, shape).astype(np.float32)
+
+    # 2. tropical cyclones
+    cyclones = []
+    for _ in range(min(rng.poisson(features.cyclones_mean), features.cyclones_max)):
+        c = _draw_cyclone(rng, cyclones)
+        if c is not None:
+            cyclones.append(c)
+    cyclone_fields = []
+    for c in cyclones:
+        f = _cyclone_fields(c, lat, lon)
+        cyclone_fields.append(f)
+        psl = psl + f["psl"]
+        u850 = u850 + f["u850"]
+        v850 = v850 + f["v850"]
+        u_bot_extra += f["u_bot"] - 0.7 * _rotate(f["u850"], f["v850"], phi)[0]
+        v_bot_extra += f["v_bot"] - 0.7 * _rotate(f["u850"], f["v850"], phi)[1]
+        t500 = t500 + f["t500"]
+        t200 = t200 + f["t200"]
+        tmq_extra += f["tmq"]
+        rh = np.maximum(rh, 0.97 * f["humid"])
+        rain = rain + f["rain"]
+
+    # 3. atmospheric rivers
+    rivers, footprints = [], []
+    for _ in range(min(rng.poisson(features.rivers_mean), features.rivers_max)):
+        r = _draw_river(rng, cyclones)
+        if r is None:
+            continue
+        f = _river_fields(r, lat, lon)
+        rivers.append(r)
+        footprints.append(f["footprint"])
+        tmq_extra += f["tmq"]
+        u850 = u850 + f["u"]
+        v850 = v850 + f["v"]
+        rain = rain + f["rain"]
+        rh = np.minimum(rh + 0.15 * f["tmq"] / r["vapour"], 0.97)
+
+    # 4. derived fields
+    u_bot, v_bot = _rotate(u850, v850, phi)
+    u_bot = 0.7 * u_bot + u_bot_extra
+    v_bot = 0.7 * v_bot + v_bot_extra
+    trefht = ts - 0.8
+    ps = psl * np.exp(-z_surface * GRAVITY / (R_DRY * ts))
+    qrefht = 0.622 * rh * _saturation_vapour_pressure(trefht) / ps
+    tmq = qrefht * ps / (R_DRY * trefht) * 2300.0 * np.exp(moist_anom) + tmq_extra
+    z1000 = R_DRY / GRAVITY * trefht * np.log(psl / 1.0e5)
+    t_layer = 0.25 * trefht + 0.45 * t500 + 0.30 * t200
+    z200 = z1000 + R_DRY / GRAVITY * t_layer * np.log(1000.0 / 200.0)
+    zbot = R_DRY / GRAVITY * trefht * np.log(1.0 / 0.9925)
+
+    fields = dict(TMQ=tmq, U850=u850, V850=v850, UBOT=u_bot, VBOT=v_bot, QREFHT=qrefht, PS=ps, PSL=psl,
+                  T200=t200, T500=t500, PRECT=np.maximum(rain, 0.0), TS=ts, TREFHT=trefht,
+                  Z1000=z1000, Z200=z200, ZBOT=zbot)
+    data = np.empty((height, width, len(CHANNELS)), np.float32)
+    for name, value in fields.items():
+        data[..., ORDER[name]] = value
+
+    # 5. labels
+    labels = np.full(shape, BACKGROUND, np.int32)
+    ivt = tmq * np.hypot(u850, v850)
+    for fp in footprints:
+        labels[fp & (ivt >= IVT_THRESHOLD)] = ATMOSPHERIC_RIVER
+    wind = np.hypot(u_bot, v_bot)
+    for c, f in zip(cyclones, cyclone_fields):
+        region = (f["r"] <= 1.6 * c["r34"]) & ((wind >= GALE_WIND) | (f["r"] <= 1.2 * c["rmax"]))
+        region = _component_at(region, f["r"])
+        labels[region] = TROPICAL_CYCLONE
+
+    meta = dict(cyclones=[{k: float(v) for k, v in c.items()} for c in cyclones],
+                rivers=[dict(start=(float(r["lats"][0]), float(r["lons"][0])), end=(float(r["lats"][-1]), float(r["lons"][-1])),
+                             length_km=r["length"] / 1e3, width_km=2 * r["sigma"] / 1e3) for r in rivers])
+    return data, labels, meta
+
+
+def _rotate(u, v, phi, angle_deg=20.0):
+    """Turn winds toward low pressure (counter-clockwise north, clockwise south)."""
+    ang = np.deg2rad(angle_deg) * np.sign(phi)
+    cos, sin = np.cos(ang), np.sin(ang)
+    return u * cos - v * sin, u * sin + v * cos
+
+
+def _component_at(region, r):
+    """The connected part of ``region`` that contains the point nearest the centre."""
+    lab, _ = label_components(region, periodic=True)
+    keep = lab[np.unravel_index(np.argmin(r), r.shape)]
+    return (lab == keep) if keep else np.zeros_like(region)
+
+
+# ----------------------------------------------------------------------------- dataset
+
+def _sample_name(split, index):
+    start = datetime.datetime(2106 if split == "train" else 2116, 1, 1)
+    when = start + datetime.timedelta(hours=3 * index)
+    return f"data-{when:%Y-%m-%d-%H}-1.h5"
+
+
+def write_sample(path, data, labels):
+    """Write one sample in the DeepCAM layout (contiguous datasets), atomically."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("climate/data", data=data)
+        f.create_dataset("climate/labels_0", data=labels)
+
+
+def _make_one(job):
+    folder, split, index, height, width, seed, features = job
+    data, labels, meta = generate_sample(height, width, seed, split, index, features)
+    write_sample(os.path.join(folder, split, _sample_name(split, index)), data, labels)
+    d64 = data.reshape(-1, data.shape[-1]).astype(np.float64)
+    partial = dict(min=d64.min(axis=0), max=d64.max(axis=0), sum=d64.sum(axis=0), sumsq=(d64 * d64).sum(axis=0),
+                   count=d64.shape[0], classes=np.bincount(labels.reshape(-1), minlength=NUM_CLASSES))
+    return split, index, partial, len(meta["cyclones"]), len(meta["rivers"])
+
+
+def generate_dataset(out, samples, height=768, width=1152, seed=0, validation_fraction=0.125,
+                     workers=None, progress=True, features=Features()):
+    """Write a synthetic dataset: ``out/train/*.h5``, ``out/validation/*.h5``, ``out/stats.h5``.
+
+    ``samples`` is the total; ``round(samples * validation_fraction)`` (at least
+    one) go to validation. Statistics cover the training split. Deterministic
+    by ``seed`` whatever ``workers`` is. The dataset is built in a temporary
+    folder and renamed to ``out`` when complete; ``out`` must not exist or be empty.
+    Returns a summary dict (also written to ``out/climseg-dataset.json``).
+    """
+    if height % 16 or width % 16 or height < 16 or width < 16:
+        raise UserError(f"height {height} and width {width} must be positive multiples of 16")
+    if samples < 2:
+        raise UserError(f"--samples {samples}: need at least 2 (one for training, one for validation)")
+    if not 0.0 < validation_fraction < 1.0:
+        raise UserError(f"validation fraction {validation_fraction} must lie between 0 and 1")
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise UserError(f"{out}: already exists and is not an empty folder")
+    n_val = min(samples - 1, max(1, int(round(samples * validation_fraction))))
+    n_train = samples - n_val
+    workers = workers or min(8, os.cpu_count() or 1)
+    jobs_for = lambda folder: [(folder, "train", i, height, width, seed, features) for i in range(n_train)] + \
+        [(folder, "validation", i, height, width, seed, features) for i in range(n_val)]
+    with atomic_directory(out) as tmp, progress_bar(total=n_train + n_val, desc=f"generate {height}x{width}",
+                                                    unit="sample", disable=not progress) as bar:
+        os.makedirs(os.path.join(tmp, "train"))
+        os.makedirs(os.path.join(tmp, "validation"))
+        jobs = jobs_for(tmp)
+        results = []
+        if workers > 1 and len(jobs) > 1:
+            with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+                for res in pool.map(_make_one, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
+                    results.append(res)
+                    bar.update()
+        else:
+            for job in jobs:
+                results.append(_make_one(job))
+                bar.update()
+        train = [r[2] for r in results if r[0] == "train"]
+        count = sum(p["count"] for p in train)
+        mean = sum(p["sum"] for p in train) / count
+        classes = sum(p["classes"] for p in train).astype(np.float64)
+        stats = ChannelStats(minval=np.min([p["min"] for p in train], axis=0), maxval=np.max([p["max"] for p in train], axis=0),
+                             mean=mean, sqmean=sum(p["sumsq"] for p in train) / count,
+                             class_frequencies=classes / classes.sum())
+        write_stats(os.path.join(tmp, "stats.h5"), stats)
+        summary = dict(generator="climseg.data.synthetic", version=GENERATOR_VERSION, seed=int(seed),
+                       height=height, width=width, train=n_train, validation=n_val,
+                       class_frequencies=dict(zip(("background", "tropical_cyclone", "atmospheric_river"),
+                                                  (classes / classes.sum()).round(5).tolist())),
+                       cyclones=int(sum(r[3] for r in results)), rivers=int(sum(r[4] for r in results)),
+                       features=dataclasses.asdict(features))
+        write_json(os.path.join(tmp, "climseg-dataset.json"), summary)
+    return summary
+
+
+def read_dataset_summary(folder):
+    """The ``climseg-dataset.json`` a generated dataset carries, or None."""
+    path = os.path.join(folder, "climseg-dataset.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

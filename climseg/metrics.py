@@ -1,0 +1,149 @@
+"""Segmentation scores: the MLPerf DeepCAM IoU and a dataset-level confusion matrix.
+
+``deepcam_iou``: per sample, ``sum_c TP_c / (C * (TP_c + FP_c + FN_c))``, a class
+absent from both prediction and truth counting as IoU 1; averaged over the batch.
+
+``ConfusionMatrix``: accumulates ``matrix[true, predicted]`` pixel counts over a
+whole dataset; ``iou()`` is ``TP / (TP + FP + FN)`` per class (NaN where a class
+never occurs in truth or prediction). Matrices merge by addition, across
+batches, workers or ranks (``all_reduce``).
+"""
+import math
+
+import torch
+
+from climseg.constants import CLASS_NAMES, NUM_CLASSES
+
+
+def _flatten(pred, target):
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
+    return pred.reshape(pred.shape[0], -1).long(), target.reshape(target.shape[0], -1).long()
+
+
+def tp_fp_fn(pred, target, num_classes=NUM_CLASSES):
+    """Per-sample counts, each an int64 tensor (N, num_classes)."""
+    p, t = _flatten(pred, target)
+    classes = torch.arange(num_classes, device=p.device).view(1, -1, 1)
+    pc, tc = p.unsqueeze(1) == classes, t.unsqueeze(1) == classes
+    tp = (pc & tc).sum(-1)
+    fp = (pc & ~tc).sum(-1)
+    fn = (~pc & tc).sum(-1)
+    return tp, fp, fn
+
+
+def deepcam_iou(pred, target, num_classes=NUM_CLASSES):
+    """The MLPerf HPC DeepCAM score of predicted class indices against labels, both (N, H, W)."""
+    tp, fp, fn = tp_fp_fn(pred, target, num_classes)
+    union = (tp + fp + fn).double()
+    per_class = torch.where(union > 0, tp.double() / union.clamp_min(1), torch.ones_like(union))
+    return per_class.mean(dim=1).mean()
+
+
+class ConfusionMatrix:
+    """Dataset-level confusion matrix of class indices, ``matrix[true, predicted]`` (int64)."""
+
+    def __init__(self, num_classes=NUM_CLASSES, device="cpu"):
+        self.num_classes = num_classes
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    def update(self, pred, target):
+        """Add predicted indices ``pred`` against ``target`` (same shape, any layout)."""
+        p, t = pred.reshape(-1).long(), target.reshape(-1).long()
+        if p.shape != t.shape:
+            raise ValueError(f"prediction has {p.numel()} elements, target {t.numel()}")
+        counts = torch.bincount(t.to(self.matrix.device) * self.num_classes + p.to(self.matrix.device),
+                                minlength=self.num_classes**2)
+        self.matrix += counts[: self.num_classes**2].view(self.num_classes, self.num_classes)
+        return self
+
+    def merge(self, other):
+        """Add another matrix's counts to this one (e.g. from another worker)."""
+        self.matrix += other.matrix.to(self.matrix.device)
+        return self
+
+    __iadd__ = merge
+
+    def all_reduce(self, group=None):
+        """Sum the matrix over the ranks of ``group`` (torch.distributed), in place."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM, group=group)
+        return self
+
+    def reset(self):
+        self.matrix.zero_()
+
+    def tp_fp_fn(self):
+        m = self.matrix
+        tp = m.diagonal()
+        return tp, m.sum(0) - tp, m.sum(1) - tp
+
+    def iou(self):
+        """Per-class IoU over everything seen (float64 tensor; NaN for classes never seen)."""
+        tp, fp, fn = self.tp_fp_fn()
+        union = (tp + fp + fn).double()
+        return torch.where(union > 0, tp.double() / union.clamp_min(1), torch.full_like(union, math.nan))
+
+    def mean_iou(self):
+        iou = self.iou()
+        valid = ~torch.isnan(iou)
+        return float(iou[valid].mean()) if valid.any() else math.nan
+
+    def accuracy(self):
+        total = int(self.matrix.sum())
+        return float(self.matrix.diagonal().sum()) / total if total else math.nan
+
+    def as_dict(self, names=CLASS_NAMES):
+        """``{"iou_background": ..., "iou_tc": ..., "iou_ar": ..., "mean_iou": ...}`` for 3 classes."""
+        iou = self.iou().tolist()
+        short = {"background": "background", "tropical_cyclone": "tc", "atmospheric_river": "ar"}
+        out = {f"iou_{short.get(n, n)}": v for n, v in zip(names, iou)}
+        out["mean_iou"] = self.mean_iou()
+        return out
+
+
+def label_components(mask, periodic=True):
+    """Connected regions of a boolean (H, W) numpy mask, 8-connected, joined across
+    the date line when ``periodic`` (global longitude). Returns ``(labels, count)``
+    with labels ``1..count`` (0 outside)."""
+    import numpy as np
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
+    if not periodic or n < 2:
+        return labels, n
+    parent = list(range(n + 1))
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    west, east = labels[:, 0], labels[:, -1]
+    for dy in (-1, 0, 1):  # 8-connectivity across the seam
+        shifted = np.roll(east, dy)
+        if dy == 1:
+            shifted[0] = 0
+        elif dy == -1:
+            shifted[-1] = 0
+        for a, b in zip(west, shifted):
+            if a and b:
+                ra, rb = find(a), find(b)
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
+    roots = np.array([find(i) for i in range(n + 1)])
+    unique = np.unique(roots[1:])
+    relabel = np.zeros(n + 1, dtype=labels.dtype)
+    relabel[1:] = np.searchsorted(unique, roots[1:]) + 1
+    return relabel[labels], len(unique)
+
+
+def count_objects(classes, num_classes=NUM_CLASSES, periodic=True):
+    """Number of connected objects of each class > 0 in an (H, W) class map."""
+    import numpy as np
+
+    classes = np.asarray(classes)
+    return {c: label_components(classes == c, periodic)[1] for c in range(1, num_classes)}
