@@ -1,0 +1,84 @@
+"""Backend selection for the fused ops: ``"auto" | "triton" | "cuda" | "torch"``.
+
+Each op registers the fast implementations it has, with a function that says
+whether one can run on a given tensor (and why not). ``"auto"`` takes the first
+that can; CPU tensors take the PyTorch reference. The default comes from the
+environment variable ``CLIMSEG_BACKEND`` (unset: ``"auto"``). ``climseg info``
+prints :func:`describe`.
+"""
+import os
+
+from climseg.errors import ConfigError
+
+BACKENDS = ("auto", "triton", "cuda", "torch")
+ENV_VAR = "CLIMSEG_BACKEND"
+
+# op name -> list of (backend name, probe(tensor) -> (ok: bool, reason: str))
+_REGISTRY = {}
+
+
+def register(op, backend, probe):
+    """Declare that ``op`` has a ``backend`` implementation; ``probe(tensor)`` says if it runs."""
+    if backend not in BACKENDS[1:3]:
+        raise ValueError(f"fast backends are {BACKENDS[1:3]}, not {backend!r}")
+    _REGISTRY.setdefault(op, [])
+    _REGISTRY[op] = [(b, p) for b, p in _REGISTRY[op] if b != backend] + [(backend, probe)]
+
+
+def default_backend():
+    """The backend named by ``CLIMSEG_BACKEND``, or ``"auto"``."""
+    value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ConfigError(f"{ENV_VAR}={value!r} is not one of {', '.join(BACKENDS)}")
+    return value
+
+
+def resolve(op, requested, tensor=None):
+    """The backend ``op`` will use for ``tensor``: one of ``"triton" | "cuda" | "torch"``."""
+    if requested in (None, "auto"):
+        requested = default_backend()
+    if requested not in BACKENDS:
+        raise ConfigError(f"{op}: unknown backend {requested!r} (choose from {', '.join(BACKENDS)})")
+    if requested == "torch":
+        return "torch"
+    candidates = _REGISTRY.get(op, [])
+    if requested == "auto":
+        for name, probe in candidates:
+            ok, _ = probe(tensor)
+            if ok:
+                return name
+        return "torch"
+    for name, probe in candidates:
+        if name == requested:
+            ok, reason = probe(tensor)
+            if ok:
+                return name
+            raise ConfigError(f"{op}: backend {requested!r} cannot run here: {reason}")
+    raise ConfigError(f"{op}: backend {requested!r} is not available in this build of climseg (available: torch"
+                      + "".join(f", {n}" for n, _ in candidates) + ")")
+
+
+def describe(ops=None):
+    """Rows ``(op, backend for a CUDA tensor, backend for a CPU tensor, why)`` for ``climseg info``."""
+    import torch
+
+    rows = []
+    for op in sorted(ops or _REGISTRY_OPS):
+        candidates = _REGISTRY.get(op, [])
+        cuda_choice, reasons = "torch", []
+        cuda_ok = torch.cuda.is_available()
+        probe_tensor = torch.empty(0, device="cuda") if cuda_ok else None
+        for name, probe in candidates:
+            ok, reason = probe(probe_tensor) if cuda_ok else (False, "no CUDA device")
+            if ok:
+                cuda_choice = name
+                break
+            reasons.append(f"{name}: {reason}")
+        if not candidates:
+            reasons.append("PyTorch reference only")
+        rows.append((op, cuda_choice if cuda_ok else "-", "torch", "; ".join(reasons) or "fast path available"))
+    return rows
+
+
+# every op climseg defines, whether or not it has fast backends yet
+_REGISTRY_OPS = {"atrous_conv2d"}
