@@ -1,0 +1,106 @@
+"""Class-weighted per-pixel softmax cross-entropy, computed in float32.
+
+    loss = sum_pixels w[y] * (logsumexp(z) - z[y]) / normaliser
+
+Presets, from class frequencies f (background, TC, AR):
+
+* ``"kurth2018"`` (SC18): w = f**-0.5, normalised to sum to 1; the loss is
+  the mean over pixels of the weighted per-pixel loss.
+* ``"deepcam"`` (MLPerf HPC DeepCAM): w = f**-0.125; mean over pixels.
+
+Frequencies default to those the MLPerf reference hard-codes for the CAM5
+dataset; pass ``frequencies=`` a vector, a ``stats.h5`` path, or a dataset folder
+to use your own data's.
+"""
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from climseg.constants import NUM_CLASSES
+from climseg.errors import ConfigError
+
+# Pixel fractions of background, TC, AR in the CAM5 DeepCAM data (MLPerf HPC reference).
+DEEPCAM_FREQUENCIES = (0.986267818390377, 0.0004578708870701058, 0.01327431072255291)
+PRESETS = ("kurth2018", "deepcam", "uniform")
+
+
+def class_weights(preset="deepcam", frequencies=None):
+    """Per-class weights (float32 tensor) of a preset for the given class frequencies."""
+    freq = np.asarray(_frequencies(frequencies), dtype=np.float64)
+    if freq.ndim != 1 or len(freq) < 2 or np.any(~np.isfinite(freq)) or np.any(freq < 0):
+        raise ConfigError(f"class frequencies must be a vector of non-negative numbers, got {freq.tolist()}")
+    freq = np.maximum(freq / freq.sum(), 1e-8)
+    if preset == "kurth2018":
+        w = freq**-0.5
+        w = w / w.sum()
+    elif preset == "deepcam":
+        w = freq**-0.125
+    elif preset == "uniform":
+        w = np.ones_like(freq)
+    else:
+        raise ConfigError(f"unknown loss weight preset {preset!r} (choose from {', '.join(PRESETS)})")
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def _frequencies(frequencies):
+    if frequencies is None:
+        return DEEPCAM_FREQUENCIES
+    if isinstance(frequencies, (str, os.PathLike)):
+        from climseg.data.stats import find_stats, read_stats
+
+        path = os.fspath(frequencies)
+        stats = read_stats(path if os.path.isfile(path) else find_stats(path))
+        if stats.class_frequencies is None:
+            raise ConfigError(f"{stats.path}: holds no climate/class_frequencies; pass the frequencies explicitly")
+        return stats.class_frequencies
+    if torch.is_tensor(frequencies):
+        return frequencies.detach().cpu().double().numpy()
+    return frequencies
+
+
+class WeightedCrossEntropy(nn.Module):
+    """Weighted softmax cross-entropy over (N, classes, H, W) logits and (N, H, W) labels.
+
+    Args:
+        weights: a preset name (``"kurth2018"``, ``"deepcam"``, ``"uniform"``)
+            or a sequence/tensor of per-class weights.
+        frequencies: class frequencies for a preset: a vector, a ``stats.h5``
+            path or a dataset folder (default: the CAM5 DeepCAM frequencies).
+        reduction: ``"mean"`` (over pixels: sum(w[y] * ce) / pixels, as both
+            presets), ``"weighted_mean"`` (sum(w[y] * ce) / sum(w[y]), as
+            ``F.cross_entropy(weight=...)``), ``"sum"`` or ``"none"``.
+
+    The loss is computed in float32 whatever the logits' dtype.
+    """
+
+    def __init__(self, weights="deepcam", frequencies=None, reduction="mean", num_classes=NUM_CLASSES):
+        super().__init__()
+        if isinstance(weights, str):
+            self.preset = weights
+            w = class_weights(weights, frequencies)
+        else:
+            self.preset = None
+            w = torch.as_tensor(weights, dtype=torch.float32).flatten()
+        if len(w) != num_classes:
+            raise ConfigError(f"{len(w)} class weights given for {num_classes} classes")
+        if reduction not in ("mean", "weighted_mean", "sum", "none"):
+            raise ConfigError(f"unknown reduction {reduction!r}")
+        self.reduction = reduction
+        self.register_buffer("weight", w)
+
+    def forward(self, logits, labels):
+        weight = self.weight.to(device=logits.device, dtype=torch.float32)
+        if self.reduction == "weighted_mean":
+            return F.cross_entropy(logits.float(), labels, weight=weight)
+        per_pixel = F.cross_entropy(logits.float(), labels, weight=weight, reduction="none")
+        if self.reduction == "mean":
+            return per_pixel.mean()
+        if self.reduction == "sum":
+            return per_pixel.sum()
+        return per_pixel
+
+    def extra_repr(self):
+        return f"preset={self.preset}, weight={[round(x, 5) for x in self.weight.tolist()]}, reduction={self.reduction}"
