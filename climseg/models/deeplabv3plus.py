@@ -106,6 +106,18 @@ class DeepLabV3Plus(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def init_class_prior(self, frequencies):
+        """Set the classifier's bias to log class frequencies, so that training starts
+        from the prior instead of spending its first steps learning it (Lin et al. 2017).
+        Returns False (and changes nothing) when the last layer has no bias."""
+        bias = getattr(self.decoder.classifier, "bias", None)
+        if bias is None:
+            return False
+        freq = torch.as_tensor(frequencies, dtype=torch.float64).clamp_min(1e-6)
+        with torch.no_grad():
+            bias.copy_(torch.log(freq / freq.sum()).to(bias.dtype))
+        return True
+
     def check_input(self, shape):
         """Raise ConfigError unless ``shape`` (N, C, H, W) fits this network."""
         if len(shape) != 4 or shape[1] != self.in_channels:
