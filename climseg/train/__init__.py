@@ -1,0 +1,28 @@
+"""Training: options (:mod:`.config`), checkpoints (:mod:`.checkpoint`), the loop (:mod:`.trainer`)."""
+from climseg.train.checkpoint import build_model, load_checkpoint, save_checkpoint
+from climseg.train.config import TrainConfig, merge, read_config_file
+from climseg.train.trainer import Trainer, TrainingStopped
+
+
+def prepare(options=None, config_file=None, log=print):
+    """A ready :class:`Trainer`. ``options`` are TrainConfig fields (None = not
+    given); ``config_file`` a YAML/JSON file of more. Precedence: defaults <
+    file < the resumed checkpoint's options < ``options``."""
+    options = dict(options or {})
+    file_options = read_config_file(config_file) if config_file else {}
+    resume = options.get("resume") or file_options.get("resume")
+    checkpoint = load_checkpoint(resume) if resume else None
+    saved = dict(checkpoint["train"]["options"]) if checkpoint and checkpoint.get("train") else {}
+    for key in ("resume", "out", "progress", "max_steps"):
+        saved.pop(key, None)
+    cfg = merge(file_options, saved, options)
+    return Trainer(cfg, checkpoint, log=log)
+
+
+def train(options=None, config_file=None, log=print):
+    """Run a training job (see :func:`prepare`); returns the Trainer's summary."""
+    return prepare(options, config_file, log).fit()
+
+
+__all__ = ["TrainConfig", "Trainer", "TrainingStopped", "build_model", "load_checkpoint", "merge",
+           "prepare", "read_config_file", "save_checkpoint", "train"]

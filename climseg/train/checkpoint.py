@@ -1,0 +1,101 @@
+"""Checkpoints: everything needed to continue a run exactly, or to run inference.
+
+A checkpoint is a ``torch.save`` dict (loadable with ``weights_only=True``):
+
+* ``format``/``version``; ``model``: {config, in_channels, num_classes, norm, state_dict};
+* ``data``: {channels, normalization, shift, scale} so that inference
+  normalises inputs exactly as training did;
+* ``train``: the TrainConfig options, ``optimizer``, ``scheduler``, ``scaler``
+  states, ``rng`` (torch, CUDA, numpy, python), ``progress`` {epoch,
+  batch_in_epoch, step, best_mean_iou}, and the last ``metrics``.
+
+Files are written to a temporary name and renamed, so a checkpoint on disk is
+always complete.
+"""
+import os
+import random
+
+import numpy as np
+import torch
+
+from climseg.errors import CheckpointError
+from climseg.io import atomic_path
+
+FORMAT = "climseg-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path, payload):
+    payload = dict(payload, format=FORMAT, version=VERSION)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path):
+    """Read and check a climseg checkpoint (a file, or a run folder holding ``last.pt``)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "last.pt")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt zip, pickle or truncated file: many exception types
+        raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a climseg checkpoint")
+    if ckpt.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path}: written by a newer climseg (format version {ckpt['version']})")
+    for key in ("model", "data"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: checkpoint lacks its {key!r} section")
+    ckpt["path"] = path
+    return ckpt
+
+
+def build_model(ckpt, device="cpu"):
+    """The DeepLabV3Plus a checkpoint describes, with its weights loaded."""
+    from climseg.models import DeepLabV3Plus
+
+    spec = ckpt["model"]
+    model = DeepLabV3Plus(spec["config"], in_channels=spec["in_channels"], num_classes=spec["num_classes"],
+                          norm=spec.get("norm", "batch"))
+    load_model_state(model, spec["state_dict"], ckpt.get("path", "checkpoint"), spec["config"])
+    return model.to(device)
+
+
+def load_model_state(model, state_dict, where, config_name):
+    """Load weights, turning a mismatch into one clear line."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        text = str(exc)
+        first = text.splitlines()[1].strip() if len(text.splitlines()) > 1 else text
+        raise CheckpointError(f"{where}: weights do not fit the {config_name} model ({first[:160]})") from None
+
+
+def rng_state():
+    state = dict(torch=torch.get_rng_state(), python=_python_state(), numpy=_numpy_state())
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _python_state():
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _numpy_state():
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]

@@ -1,0 +1,427 @@
+"""The training loop: data -> model -> weighted cross-entropy -> optimizer, with
+validation every epoch, metrics in ``metrics.jsonl`` and checkpoints that let
+``--resume`` continue exactly where a run stopped.
+
+Per step: a batch from the epoch's seeded order, forward under autocast
+(bf16, or fp16 with a dynamic loss scale that skips overflowing steps), loss in
+float32, backward, optional gradient clipping, optimizer and learning-rate
+step, running confusion matrix of the predictions. Per epoch: validation on
+the held-out split, one JSON line per split, ``last.pt`` (and ``best.pt`` when
+the validation mean IoU improves). ``request_stop()`` (SIGINT/SIGTERM in the
+CLI) finishes the current step, writes ``last.pt`` and returns.
+"""
+import datetime
+import json
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from climseg.constants import CLASS_NAMES, NUM_CLASSES
+from climseg.data import DeepCAMDataset, find_stats, read_stats
+from climseg.data.cache import default_dataset
+from climseg.data.sampling import EpochSampler
+from climseg.errors import CheckpointError, ConfigError, DataError, TrainingError
+from climseg.io import atomic_path, write_json
+from climseg.losses import DEEPCAM_FREQUENCIES, WeightedCrossEntropy
+from climseg.metrics import ConfusionMatrix, deepcam_iou
+from climseg.models import DeepLabV3Plus, count_parameters
+from climseg.optim import LAMB, build_scheduler
+from climseg.perf import count_flops
+from climseg.perf.cpu import tune_cpu_allocator
+from climseg.progress import progress_bar
+from climseg.train.checkpoint import load_model_state, rng_state, save_checkpoint, set_rng_state
+from climseg.train.config import TrainConfig
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingStopped(Exception):
+    """Training stopped early on request (signal); a checkpoint was written."""
+
+    def __init__(self, checkpoint):
+        super().__init__(f"stopped; checkpoint written to {checkpoint}")
+        self.checkpoint = checkpoint
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"option device: {name!r} requested but no CUDA device is available")
+    return device
+
+
+def resolve_precision(name, device):
+    """``auto``: bf16 (or fp16 before Ampere) on CUDA; on CPU bf16 where the cores
+    compute it natively (AVX512-BF16 or AMX), else fp32."""
+    if name == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return name
+
+
+def cpu_has_native_bf16():
+    """True if /proc/cpuinfo lists avx512_bf16 or amx_bf16 (Linux; False elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+class Trainer:
+    """Runs one training job described by a :class:`TrainConfig`.
+
+    ``checkpoint`` (from :func:`climseg.train.checkpoint.load_checkpoint`)
+    resumes a run; ``log`` receives one-line progress messages.
+    """
+
+    def __init__(self, cfg: TrainConfig, checkpoint=None, log=print):
+        self.cfg, self.log = cfg, log
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self._seed_everything(cfg.seed)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        if self.device.type == "cpu":
+            tune_cpu_allocator()
+
+        # data
+        root = cfg.data or default_dataset(progress=cfg.progress, log=log)
+        self.data_root = root
+        train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "validation")
+        for d in (train_dir, val_dir):
+            if not os.path.isdir(d):
+                raise DataError(f"{root}: expected sub-folders train/ and validation/ (DeepCAM layout); {os.path.basename(d)}/ is missing")
+        stats = read_stats(find_stats(train_dir))
+        self.train_set = DeepCAMDataset(train_dir, stats, cfg.channels, cfg.normalization)
+        self.val_set = DeepCAMDataset(val_dir, stats, cfg.channels, cfg.normalization)
+        if self.val_set.shape != self.train_set.shape:
+            raise DataError(f"{val_dir}: samples are {self.val_set.shape[0]}x{self.val_set.shape[1]} but training samples are "
+                            f"{self.train_set.shape[0]}x{self.train_set.shape[1]}")
+        self.steps_per_epoch = len(self.train_set) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"option batch-size: {cfg.batch_size} is larger than the {len(self.train_set)} training samples")
+
+        # model, loss, optimizer
+        self.model = DeepLabV3Plus(cfg.config, in_channels=len(self.train_set.channels), num_classes=NUM_CLASSES, norm=cfg.norm)
+        try:
+            self.model.check_input((1, len(self.train_set.channels)) + self.train_set.shape)
+        except ConfigError as exc:
+            raise DataError(f"{train_dir}: {exc}") from None
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.model.to(self.device, memory_format=self.memory_format)
+        if cfg.class_frequencies == "dataset" and stats.class_frequencies is not None:
+            frequencies = stats.class_frequencies
+        else:
+            if cfg.class_frequencies == "dataset":
+                log(f"climseg: {stats.path} holds no class frequencies; using the CAM5 DeepCAM figures for the loss weights")
+            frequencies = DEEPCAM_FREQUENCIES
+        self.loss_fn = WeightedCrossEntropy(cfg.loss_weights, frequencies).to(self.device)
+        self.model.init_class_prior(frequencies)
+        self.optimizer = self._build_optimizer()
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.lr_schedule, cfg.warmup_steps,
+                                         cfg.milestones, cfg.lr_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.flops_per_sample = count_flops(self.model, (1, len(self.train_set.channels)) + self.train_set.shape)
+
+        # progress
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.best_mean_iou = -math.inf
+        self.partial = None
+        self.stop_requested = False
+        self.out = cfg.out or (os.path.dirname(checkpoint["path"]) if checkpoint else _default_out(cfg.config))
+        self.metrics_path = os.path.join(self.out, "metrics.jsonl")
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        elif os.path.exists(os.path.join(self.out, "last.pt")):
+            raise ConfigError(f"{self.out}: already holds a training run (last.pt); continue it with "
+                              f"--resume {os.path.join(self.out, 'last.pt')} or choose another --out")
+
+    # ------------------------------------------------------------------ set-up
+    def _seed_everything(self, seed):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _build_optimizer(self):
+        cfg, params = self.cfg, self.model.parameters()
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return LAMB(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def _restore(self, ckpt):
+        where = ckpt["path"]
+        spec = ckpt["model"]
+        if spec["config"] != self.cfg.config or spec.get("norm", "batch") != self.cfg.norm:
+            raise CheckpointError(f"{where}: was trained with model configuration {spec['config']!r}, not {self.cfg.config!r}")
+        if spec["in_channels"] != len(self.train_set.channels):
+            raise CheckpointError(f"{where}: expects {spec['in_channels']} input channels, the data gives {len(self.train_set.channels)}")
+        load_model_state(self.model, spec["state_dict"], where, self.cfg.config)
+        train = ckpt.get("train")
+        if not train:
+            raise CheckpointError(f"{where}: holds weights only (no optimizer state) and cannot be resumed")
+        try:
+            self.optimizer.load_state_dict(train["optimizer"])
+            self.scaler.load_state_dict(train["scaler"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{where}: optimizer state does not fit this run ({str(exc).splitlines()[0][:120]})") from None
+        progress = train["progress"]
+        saved_batch = train.get("options", {}).get("batch_size", self.cfg.batch_size)
+        if progress["batch_in_epoch"] and saved_batch != self.cfg.batch_size:
+            raise CheckpointError(f"{where}: was written mid-epoch with batch size {saved_batch}; resume it with "
+                                  f"--batch-size {saved_batch}")
+        if progress["epoch"] >= self.cfg.epochs:
+            raise ConfigError(f"{where}: has already trained {progress['epoch']} epochs; pass --epochs above "
+                              f"{progress['epoch']} to train further")
+        # the schedule is a function of the step (and of --epochs, which a resumed run may change)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.cfg.lr_schedule, self.cfg.warmup_steps,
+                                         self.cfg.milestones, self.cfg.lr_decay, last_step=progress["step"])
+        self.epoch, self.batch_in_epoch, self.step = progress["epoch"], progress["batch_in_epoch"], progress["step"]
+        self.best_mean_iou = progress.get("best_mean_iou", -math.inf)
+        self.partial = train.get("partial")
+        set_rng_state(train["rng"])
+        self._truncate_metrics(self.step)
+        self.log(f"climseg: resuming {where} at epoch {self.epoch + 1}, batch {self.batch_in_epoch}, step {self.step}")
+
+    def _truncate_metrics(self, step):
+        """Drop metric lines written after the checkpoint we resume from."""
+        if not os.path.isfile(self.metrics_path):
+            return
+        with open(self.metrics_path) as f:
+            rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        with atomic_path(self.metrics_path) as tmp, open(tmp, "w") as f:
+            f.writelines(rows)
+
+    # ------------------------------------------------------------------ loop
+    def request_stop(self):
+        """Finish the current step, write a checkpoint and stop (safe from a signal handler)."""
+        self.stop_requested = True
+
+    def fit(self):
+        """Train to ``cfg.epochs``; returns the last validation metrics (a dict)."""
+        cfg = self.cfg
+        os.makedirs(self.out, exist_ok=True)
+        self._write_run_info()
+        self.log(f"climseg: training {cfg.config} ({count_parameters(self.model):,} parameters) on {self.device} in "
+                 f"{self.precision}, {len(self.train_set)} training / {len(self.val_set)} validation samples of "
+                 f"{self.train_set.shape[0]}x{self.train_set.shape[1]}, batch {cfg.batch_size}, {cfg.epochs} epochs -> {self.out}")
+        started = time.time()
+        last_val = None
+        while self.epoch < cfg.epochs:
+            train_row = self._train_epoch()
+            if train_row is None:  # stopped by max_steps
+                return dict(stopped=True, step=self.step, checkpoint=os.path.join(self.out, "last.pt"))
+            self._append_metrics(train_row)
+            finished = self.epoch + 1
+            if finished % cfg.validate_every == 0 or finished == cfg.epochs:
+                last_val = self.validate()
+                last_val.update(epoch=finished, step=self.step)
+                self._append_metrics(last_val)
+                self.log(_epoch_line(train_row, last_val))
+            else:
+                self.log(_epoch_line(train_row, None))
+            self.epoch, self.batch_in_epoch, self.partial = finished, 0, None
+            improved = last_val is not None and last_val.get("epoch") == finished and \
+                _finite(last_val["mean_iou"], -math.inf) > self.best_mean_iou
+            if improved:
+                self.best_mean_iou = last_val["mean_iou"]
+            self._save("last.pt")
+            if improved:
+                self._save("best.pt")
+        summary = dict(validation=last_val, seconds=time.time() - started, out=self.out,
+                       checkpoint=os.path.join(self.out, "last.pt"))
+        return summary
+
+    def _loader(self, dataset, sampler, batch_size, drop_last):
+        workers = self.cfg.workers
+        if workers is None:
+            workers = 0 if self.device.type == "cpu" else min(8, os.cpu_count() or 1)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
+
+    def _to_device(self, data, labels):
+        data = data.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return data, labels.to(self.device, non_blocking=True)
+
+    def _train_epoch(self):
+        cfg = self.cfg
+        self.model.train()
+        sampler = EpochSampler(len(self.train_set), cfg.seed, self.epoch, shuffle=True,
+                               start=self.batch_in_epoch * cfg.batch_size)
+        loader = self._loader(self.train_set, sampler, cfg.batch_size, drop_last=True)
+        acc = _Accumulator(self.device, self.partial)
+        with progress_bar(total=self.steps_per_epoch, initial=self.batch_in_epoch, disable=not cfg.progress,
+                          desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch", leave=False) as bar:
+            tick = time.time()
+            for data, labels in loader:
+                self._train_step(data, labels, acc)
+                acc.seconds += time.time() - tick
+                tick = time.time()
+                bar.update()
+                bar.set_postfix(loss=f"{acc.loss_sum / max(acc.samples, 1):.4f}",
+                                samples_per_s=f"{acc.samples / max(acc.seconds, 1e-9):.1f}")
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self._save("last.pt", acc)
+                if cfg.max_steps and self.step >= cfg.max_steps:
+                    self._save("last.pt", acc)
+                    self.log(f"climseg: reached max-steps {cfg.max_steps}; checkpoint written to "
+                             f"{os.path.join(self.out, 'last.pt')}")
+                    return None
+                if self.stop_requested:
+                    raise TrainingStopped(self._save("last.pt", acc))
+        row = acc.row("train")
+        row.update(epoch=self.epoch + 1, step=self.step, lr=self.optimizer.param_groups[0]["lr"],
+                   tflops_per_s=row["samples_per_s"] * self.flops_per_sample / 1e12)
+        return row
+
+    def _train_step(self, data, labels, acc):
+        cfg = self.cfg
+        data, labels = self._to_device(data, labels)
+        with self._autocast():
+            logits = self.model(data)
+        loss = self.loss_fn(logits, labels)
+        if not torch.isfinite(loss) and self.precision != "fp16":
+            raise TrainingError(f"loss became {loss.item()} at step {self.step + 1}; lower --lr or use --clip-grad-norm")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        skipped = scale is not None and self.scaler.get_scale() < scale
+        self.scheduler.step()
+        self.step += 1
+        self.batch_in_epoch += 1
+        acc.add(logits.detach(), labels, loss.detach(), skipped)
+
+    @torch.no_grad()
+    def validate(self, dataset=None):
+        """Loss, per-class IoU, mean IoU and DeepCAM IoU over ``dataset`` (default: validation split)."""
+        dataset = dataset or self.val_set
+        was_training = self.model.training
+        self.model.eval()
+        loader = self._loader(dataset, EpochSampler(len(dataset), shuffle=False), self.cfg.batch_size, drop_last=False)
+        acc = _Accumulator(self.device)
+        tick = time.time()
+        for data, labels in loader:
+            data, labels = self._to_device(data, labels)
+            with self._autocast():
+                logits = self.model(data)
+            acc.add(logits, labels, self.loss_fn(logits, labels), False)
+        acc.seconds = time.time() - tick
+        self.model.train(was_training)
+        return acc.row("validation")
+
+    # ------------------------------------------------------------------ output
+    def _save(self, name, acc=None):
+        path = os.path.join(self.out, name)
+        cfg = self.cfg
+        payload = dict(
+            model=dict(config=cfg.config, in_channels=len(self.train_set.channels), num_classes=NUM_CLASSES,
+                       norm=cfg.norm, state_dict=self.model.state_dict()),
+            data=dict(channels=list(self.train_set.channels), normalization=cfg.normalization,
+                      shift=torch.from_numpy(self.train_set.shift.reshape(-1).copy()),
+                      scale=torch.from_numpy(self.train_set.scale.reshape(-1).copy()),
+                      height=self.train_set.shape[0], width=self.train_set.shape[1], class_names=list(CLASS_NAMES)),
+            train=dict(options=cfg.to_dict(), optimizer=self.optimizer.state_dict(),
+                       scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), rng=rng_state(),
+                       progress=dict(epoch=self.epoch, batch_in_epoch=self.batch_in_epoch, step=self.step,
+                                     best_mean_iou=self.best_mean_iou),
+                       partial=acc.state() if acc is not None else None),
+        )
+        save_checkpoint(path, payload)
+        return path
+
+    def _append_metrics(self, row):
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(clean) + "\n")
+            f.flush()
+
+    def _write_run_info(self):
+        info = dict(options=self.cfg.to_dict(), data_root=os.path.abspath(self.data_root), device=str(self.device),
+                    precision=self.precision, torch=torch.__version__, parameters=count_parameters(self.model),
+                    flops_per_sample=self.flops_per_sample, input_shape=[len(self.train_set.channels), *self.train_set.shape],
+                    channels=list(self.train_set.channels), steps_per_epoch=self.steps_per_epoch,
+                    started=datetime.datetime.now().isoformat(timespec="seconds"))
+        write_json(os.path.join(self.out, "run.json"), info)
+
+
+class _Accumulator:
+    """Running loss, confusion matrix, DeepCAM IoU and throughput of one pass."""
+
+    def __init__(self, device, state=None):
+        self.cm = ConfusionMatrix(NUM_CLASSES, device=device)
+        self.loss_sum, self.deepcam_sum, self.samples, self.seconds, self.skipped = 0.0, 0.0, 0, 0.0, 0
+        if state:
+            self.cm.matrix += state["matrix"].to(device)
+            self.loss_sum, self.deepcam_sum = state["loss_sum"], state["deepcam_sum"]
+            self.samples, self.seconds, self.skipped = state["samples"], state["seconds"], state["skipped"]
+
+    def add(self, logits, labels, loss, skipped):
+        pred = logits.argmax(dim=1)
+        n = labels.shape[0]
+        self.cm.update(pred, labels)
+        self.deepcam_sum += float(deepcam_iou(pred, labels)) * n
+        self.loss_sum += float(loss) * n
+        self.samples += n
+        self.skipped += int(skipped)
+
+    def state(self):
+        return dict(matrix=self.cm.matrix.cpu(), loss_sum=self.loss_sum, deepcam_sum=self.deepcam_sum,
+                    samples=self.samples, seconds=self.seconds, skipped=self.skipped)
+
+    def row(self, split):
+        row = dict(split=split, loss=self.loss_sum / max(self.samples, 1))
+        row.update(self.cm.as_dict())
+        row.update(deepcam_iou=self.deepcam_sum / max(self.samples, 1), accuracy=self.cm.accuracy(),
+                   samples=self.samples, samples_per_s=self.samples / max(self.seconds, 1e-9))
+        if self.skipped:
+            row["skipped_steps"] = self.skipped
+        return row
+
+
+def _finite(x, default):
+    return x if isinstance(x, float) and math.isfinite(x) else default
+
+
+def _fmt(x):
+    return "  n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3f}"
+
+
+def _epoch_line(train, val):
+    line = (f"epoch {train['epoch']:3d}  step {train['step']:6d}  loss {train['loss']:.4f}  "
+            f"{train['samples_per_s']:.1f} samples/s")
+    if val is not None:
+        line += (f"  | validation loss {val['loss']:.4f}  IoU tc {_fmt(val['iou_tc'])}  ar {_fmt(val['iou_ar'])}  "
+                 f"mean {_fmt(val['mean_iou'])}  deepcam {_fmt(val['deepcam_iou'])}")
+    return line
+
+
+def _default_out(config):
+    return os.path.join("runs", f"{config}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
