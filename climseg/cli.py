@@ -1,0 +1,217 @@
+"""The ``climseg`` command: ``train``, ``predict``, ``generate``, ``info``.
+
+A user error (bad file, bad shape, bad option) prints one line,
+``climseg: error: ...``, and exits with status 2. An interrupted training
+run (Ctrl-C, SIGTERM) writes a checkpoint and exits with status 130.
+"""
+import argparse
+import os
+import signal
+import sys
+
+from climseg.errors import UserError
+
+TRAIN_OPTIONS = [
+    # (flag, field, type, help)
+    ("--data", "data", str, "dataset folder with train/, validation/ and stats.h5 (DeepCAM layout); "
+     "default: a small synthetic dataset, generated once into the cache"),
+    ("--config", "config", str, "model configuration: kurth2018, deepcam or tiny (default tiny); "
+     "a .yaml/.yml/.json file here is read as --config-file"),
+    ("--config-file", None, str, "YAML or JSON file of further options (keys as the long options below)"),
+    ("--epochs", "epochs", int, "number of epochs (default 9)"),
+    ("--batch-size", "batch_size", int, "samples per optimizer step (default 8)"),
+    ("--precision", "precision", str, "auto, fp32, bf16 or fp16 (default auto: bf16 or fp16 on CUDA, fp32 on CPU)"),
+    ("--device", "device", str, "auto, cpu, cuda or cuda:N (default auto)"),
+    ("--out", "out", str, "run folder for checkpoints and metrics.jsonl (default runs/<config>-<date>-<time>)"),
+    ("--resume", "resume", str, "checkpoint (or run folder) to continue exactly where it stopped"),
+    ("--optimizer", "optimizer", str, "adam, adamw or lamb (default adamw)"),
+    ("--lr", "lr", float, "peak learning rate (default 2e-3)"),
+    ("--weight-decay", "weight_decay", float, "weight decay (default 1e-4)"),
+    ("--lr-schedule", "lr_schedule", str, "cosine, multistep or constant, after warmup (default cosine)"),
+    ("--warmup-steps", "warmup_steps", int, "linear warmup steps (default 30)"),
+    ("--milestones", "milestones", str, "multistep: comma-separated steps where the rate is multiplied by --lr-decay"),
+    ("--lr-decay", "lr_decay", float, "multistep decay factor (default 0.1)"),
+    ("--clip-grad-norm", "clip_grad_norm", float, "clip the gradient norm to this value (default 0: off)"),
+    ("--loss-weights", "loss_weights", str, "class weights: kurth2018 (f^-1/2), deepcam (f^-1/8) or uniform (default deepcam)"),
+    ("--class-frequencies", "class_frequencies", str, "frequencies the weights come from: dataset (stats.h5) or deepcam"),
+    ("--channels", "channels", str, "comma-separated channel names (default: all 16)"),
+    ("--normalization", "normalization", str, "minmax or zscore (default minmax)"),
+    ("--norm", "norm", str, "batch or none: the network's normalisation layers (default batch)"),
+    ("--workers", "workers", int, "data-loading processes (default 0 on CPU, up to 8 on CUDA)"),
+    ("--seed", "seed", int, "random seed for weights and data order (default 0)"),
+    ("--checkpoint-every", "checkpoint_every", int, "also write last.pt every N steps (default 0: each epoch)"),
+    ("--max-steps", "max_steps", int, "stop with a checkpoint at this global step (default 0: no limit)"),
+    ("--validate-every", "validate_every", int, "epochs between validations (default 1)"),
+]
+FLAGS = [
+    ("--deterministic", "deterministic", True, "use deterministic algorithms only"),
+    ("--no-channels-last", "channels_last", False, "keep tensors in NCHW instead of channels-last"),
+    ("--no-progress", "progress", False, "no progress bars"),
+]
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="climseg", description="DeepLabv3+ segmentation of tropical cyclones "
+                                     "and atmospheric rivers in climate data.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("train", help="train a network (no arguments: the tiny network on synthetic data)",
+                       description="Train DeepLabv3+. Options override a --config-file, which overrides the "
+                       "options stored in a --resume checkpoint, which override the defaults.")
+    for flag, field, typ, text in TRAIN_OPTIONS:
+        p.add_argument(flag, dest=field or flag[2:].replace("-", "_"), type=typ, default=None, help=text)
+    for flag, field, value, text in FLAGS:
+        p.add_argument(flag, dest=field, action="store_const", const=value, default=None, help=text)
+
+    p = sub.add_parser("predict", help="segment climate files with a trained checkpoint",
+                       description="Write class masks, one PNG map per time step and summary.json.")
+    p.add_argument("checkpoint", help="checkpoint file (or run folder holding last.pt)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="DeepCAM HDF5 samples or CAM5-style netCDF files")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--no-maps", action="store_true", help="skip the PNG maps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("generate", help="write a synthetic CAM5-like dataset in the DeepCAM layout",
+                       description="Write OUT/train/*.h5, OUT/validation/*.h5 and OUT/stats.h5.")
+    p.add_argument("out", help="output folder (must not exist, or be empty)")
+    p.add_argument("--samples", type=int, default=16, help="total number of samples (default 16)")
+    p.add_argument("--height", type=int, default=768, help="grid rows, a multiple of 16 (default 768)")
+    p.add_argument("--width", type=int, default=1152, help="grid columns, a multiple of 16 (default 1152)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--validation-fraction", type=float, default=0.125, help="share of samples held out (default 0.125)")
+    p.add_argument("--cyclones", type=float, default=None, help="mean number of tropical cyclones per sample (default 3)")
+    p.add_argument("--rivers", type=float, default=None, help="mean number of atmospheric rivers per sample (default 4)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: cores, at most 8)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sub.add_parser("info", help="versions, devices, and which backend each op uses")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return {"train": cmd_train, "predict": cmd_predict, "generate": cmd_generate, "info": cmd_info}[args.command](args)
+    except UserError as exc:
+        print(f"climseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("climseg: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early
+        sys.stderr.close()
+        return 0
+
+
+def cmd_train(args):
+    from climseg.train import TrainingStopped, prepare
+
+    options = {field: getattr(args, field) for _, field, _, _ in TRAIN_OPTIONS if field}
+    options.update({field: getattr(args, field) for _, field, _, _ in FLAGS})
+    config_file = args.config_file
+    if options.get("config") and (options["config"].endswith((".yaml", ".yml", ".json")) or os.path.isfile(options["config"])):
+        if config_file:
+            raise UserError("give the configuration file once, with --config-file")
+        config_file, options["config"] = options["config"], None
+    trainer = prepare(options, config_file)
+    previous = _install_stop_handlers(trainer)
+    try:
+        summary = trainer.fit()
+    except TrainingStopped as stop:
+        print(f"climseg: stopped; continue with: climseg train --resume {stop.checkpoint}", file=sys.stderr)
+        return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if summary.get("stopped"):
+        print(f"climseg: continue with: climseg train --resume {summary['checkpoint']}")
+        return 0
+    _print_iou_table(summary, trainer)
+    return 0
+
+
+def _install_stop_handlers(trainer):
+    """First SIGINT/SIGTERM: finish the step, checkpoint, stop. A second SIGINT: stop at once."""
+    previous = {}
+
+    def handler(signum, frame):
+        if trainer.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        print("\nclimseg: stopping after this step (again to abort)...", file=sys.stderr)
+        trainer.request_stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            pass
+    return previous
+
+
+def _print_iou_table(summary, trainer):
+    val = summary.get("validation") or {}
+    shape = trainer.val_set.shape
+
+    def fmt(x):
+        return "  n/a" if x is None or x != x else f"{x:.3f}"
+
+    print(f"\nValidation on {len(trainer.val_set)} held-out samples ({shape[0]}x{shape[1]}), dataset-level IoU:")
+    print(f"  background          {fmt(val.get('iou_background'))}")
+    print(f"  tropical cyclone    {fmt(val.get('iou_tc'))}")
+    print(f"  atmospheric river   {fmt(val.get('iou_ar'))}")
+    print(f"  mean                {fmt(val.get('mean_iou'))}    (DeepCAM score {fmt(val.get('deepcam_iou'))})")
+    minutes = summary["seconds"] / 60.0
+    print(f"Trained in {minutes:.1f} min. Checkpoint: {summary['checkpoint']}; metrics: "
+          f"{os.path.join(summary['out'], 'metrics.jsonl')}")
+    print(f"Next: climseg predict {summary['checkpoint']} <files .h5/.nc> --out <folder>")
+
+
+def cmd_predict(args):
+    from climseg.predict import predict
+
+    predict(args.checkpoint, args.inputs, args.out, device=args.device, maps=not args.no_maps,
+            progress=not args.no_progress)
+    return 0
+
+
+def cmd_generate(args):
+    from climseg.data.synthetic import Features, generate_dataset
+
+    features = Features()
+    overrides = {}
+    if args.cyclones is not None:
+        overrides["cyclones_mean"] = args.cyclones
+    if args.rivers is not None:
+        overrides["rivers_mean"] = args.rivers
+    for name, value in overrides.items():
+        if value < 0:
+            raise UserError(f"--{name.split('_')[0]} must not be negative")
+    if overrides:
+        import dataclasses
+
+        features = dataclasses.replace(features, **overrides)
+    if args.workers is not None and args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    s = generate_dataset(args.out, args.samples, args.height, args.width, args.seed, args.validation_fraction,
+                         workers=args.workers, progress=not args.no_progress, features=features)
+    f = s["class_frequencies"]
+    print(f"climseg: wrote {s['train']} training and {s['validation']} validation samples of "
+          f"{s['height']}x{s['width']} to {args.out} ({s['cyclones']} cyclones, {s['rivers']} rivers; pixels: "
+          f"background {100 * f['background']:.2f}%, TC {100 * f['tropical_cyclone']:.2f}%, "
+          f"AR {100 * f['atmospheric_river']:.2f}%)")
+    return 0
+
+
+def cmd_info(args):
+    from climseg.info import info_lines
+
+    for line in info_lines():
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Maps for people: the TMQ field with cyclone and river outlines on a lat-lon grid."""
+import numpy as np
+
+from climseg.io import atomic_path
+
+TC_COLOR, AR_COLOR = "#d62728", "#ff00ff"
+
+
+def plot_map(path, background, mask, lat, lon, title, background_label="TMQ (kg m$^{-2}$)", note=None):
+    """Write a PNG: ``background`` (H, W) shaded, class-1 (TC) and class-2 (AR)
+    regions of ``mask`` outlined, latitude/longitude axes and a legend.
+    Rows run south to north (``lat`` ascending)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    h, w = mask.shape
+    dlon = (lon[-1] - lon[0]) / max(w - 1, 1)
+    dlat = (lat[-1] - lat[0]) / max(h - 1, 1)
+    extent = [lon[0] - dlon / 2, lon[-1] + dlon / 2, lat[0] - dlat / 2, lat[-1] + dlat / 2]
+    width_in = 11.0
+    aspect = (extent[3] - extent[2]) / max(extent[1] - extent[0], 1e-9)
+    fig, ax = plt.subplots(figsize=(width_in, max(3.0, width_in * aspect * 0.9 + 1.2)))
+    im = ax.imshow(background, origin="lower", extent=extent, cmap="YlGnBu", aspect="auto", interpolation="nearest")
+    fig.colorbar(im, ax=ax, label=background_label, fraction=0.035, pad=0.02)
+    for value, color in ((1, TC_COLOR), (2, AR_COLOR)):
+        if np.any(mask == value):
+            ax.contour(lon, lat, (mask == value).astype(np.float32), levels=[0.5], colors=[color], linewidths=1.3)
+    handles = [Line2D([], [], color=TC_COLOR, lw=2, label="tropical cyclone"),
+               Line2D([], [], color=AR_COLOR, lw=2, label="atmospheric river")]
+    ax.legend(handles=handles, loc="lower left", fontsize=9, framealpha=0.85)
+    ax.set_xlabel("longitude (degrees east)")
+    ax.set_ylabel("latitude (degrees north)")
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
+    if extent[3] - extent[2] > 90:
+        ax.set_yticks(np.arange(-90, 91, 30))
+    if extent[1] - extent[0] > 180:
+        start = 60 * np.ceil(extent[0] / 60)
+        ax.set_xticks(np.arange(start, extent[1] + 1e-6, 60))
+    ax.set_title(title, fontsize=11)
+    if note:
+        ax.text(0.995, 0.01, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.3")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

@@ -1,0 +1,226 @@
+"""Inference: climate files in, class masks, maps and a summary out.
+
+Inputs are DeepCAM HDF5 samples (``climate/data``, H x W x 16) or CAM5-style
+netCDF files (see :mod:`climseg.data.netcdf`), any number of time steps. For
+each input ``NAME`` the output folder receives
+
+* ``NAME_mask.h5`` (from HDF5: dataset ``mask``, uint8 H x W, class names in
+  its attributes) or ``NAME_mask.nc`` (from netCDF: ``mask(time, lat, lon)``
+  with CF ``flag_values``/``flag_meanings``, the file's own coordinates);
+* one PNG map per time step (``NAME.png``, or ``NAME_tNNNN.png``);
+
+and ``summary.json`` covers every input and time step: pixel fraction of each
+class, number of connected cyclones and rivers, and, when the input carries
+labels (``climate/labels_0``), the IoU against them.
+
+All inputs are checked before anything is written; every file is written
+under a temporary name and renamed, so a failure leaves only complete files.
+Inputs whose sizes are not multiples of the network's stride are padded
+(longitude wraps around, latitude repeats its edge rows) and cropped back.
+"""
+import os
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from climseg.constants import CHANNELS, CLASS_NAMES, NUM_CLASSES
+from climseg.data.deepcam import DATA_KEY, LABELS_KEY, check_labels, read_sample
+from climseg.data.netcdf import is_netcdf, open_netcdf, read_netcdf_step
+from climseg.errors import DataError, UserError
+from climseg.io import atomic_path, write_json
+from climseg.metrics import ConfusionMatrix, count_objects
+from climseg.plotting import plot_map
+from climseg.progress import progress_bar
+from climseg.train.checkpoint import build_model, load_checkpoint
+from climseg.train.trainer import resolve_device
+
+
+class _Source:
+    """One input file: its kind, grid, time steps and a reader of each step."""
+
+    def __init__(self, path):
+        self.path = path
+        self.stem = os.path.splitext(os.path.basename(path))[0]
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: no such file")
+        if is_netcdf(path):
+            self.kind = "netcdf"
+            self.info = open_netcdf(path)
+            self.lat, self.lon, self.assumed_grid = self.info.lat, self.info.lon, False
+            self.times = self.info.times
+            self.shape = (len(self.lat), len(self.lon))
+        else:
+            self.kind = "hdf5"
+            try:
+                with h5py.File(path, "r") as f:
+                    if DATA_KEY not in f:
+                        raise DataError(f"{path}: missing dataset {DATA_KEY}")
+                    shape = f[DATA_KEY].shape
+                    self.has_labels = LABELS_KEY in f
+            except OSError as exc:
+                raise DataError(f"{path}: neither a readable HDF5 nor a netCDF file ({str(exc).splitlines()[0]})") from None
+            if len(shape) != 3 or shape[2] != len(CHANNELS):
+                raise DataError(f"{path}: {DATA_KEY} has shape {tuple(shape)}; expected (height, width, {len(CHANNELS)})")
+            self.shape = tuple(shape[:2])
+            h, w = self.shape
+            self.lat = -90.0 + (np.arange(h) + 0.5) * 180.0 / h
+            self.lon = np.arange(w) * 360.0 / w
+            self.assumed_grid = True
+            self.times = [""]
+
+    def read(self, index):
+        """``(fields[H, W, 16] float32, labels or None)`` of time step ``index``."""
+        if self.kind == "netcdf":
+            return read_netcdf_step(self.info, index), None
+        data, _ = read_sample(self.path, labels=False)
+        labels = None
+        if self.has_labels:
+            with h5py.File(self.path, "r") as f:
+                raw = f[LABELS_KEY][...]
+            if raw.shape == self.shape:
+                labels = check_labels(self.path, raw, NUM_CLASSES)
+        return data, labels
+
+
+def _pad(x, multiple):
+    """Pad (N, C, H, W) up to multiples: longitude wraps, latitude repeats edges."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if pw:
+        x = F.pad(x, (pw // 2, pw - pw // 2, 0, 0), mode="circular")
+    if ph:
+        x = F.pad(x, (0, 0, ph // 2, ph - ph // 2), mode="replicate")
+    return x, (ph // 2, pw // 2)
+
+
+def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progress=True):
+    """Segment ``inputs`` with the model in ``checkpoint``; write masks, maps and
+    ``summary.json`` into ``out``. Returns the summary dict."""
+    if not inputs:
+        raise UserError("no input files given")
+    ckpt = load_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    model = build_model(ckpt, dev).eval()
+    data_spec = ckpt["data"]
+    channels = list(data_spec["channels"])
+    idx = [CHANNELS.index(c) for c in channels]
+    shift = torch.as_tensor(data_spec["shift"], dtype=torch.float32).view(1, -1, 1, 1).to(dev)
+    scale = torch.as_tensor(data_spec["scale"], dtype=torch.float32).view(1, -1, 1, 1).to(dev)
+
+    sources = [_Source(os.fspath(p)) for p in inputs]          # every input checked before writing
+    stems = {}
+    for s in sources:
+        if s.stem in stems:
+            raise UserError(f"{s.path}: has the same name as {stems[s.stem]}; their outputs would collide")
+        stems[s.stem] = s.path
+    os.makedirs(out, exist_ok=True)
+
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    total = sum(len(s.times) for s in sources)
+    summary = dict(checkpoint=ckpt["path"], model=ckpt["model"]["config"], channels=channels, inputs=[])
+    with progress_bar(total=total, desc="predict", unit="map", disable=not progress) as bar:
+        for s in sources:
+            summary["inputs"].append(_predict_source(s, model, idx, shift, scale, autocast, out, maps, dev, bar))
+    write_json(os.path.join(out, "summary.json"), summary)
+    for item in summary["inputs"]:
+        for e in item["time_steps"]:
+            f = e["fractions"]
+            line = (f"{os.path.basename(item['file'])}{(' ' + e['time']) if e['time'] else ''}: "
+                    f"TC {100 * f['tropical_cyclone']:.2f}% of pixels ({e['cyclones']} cyclones), "
+                    f"AR {100 * f['atmospheric_river']:.2f}% ({e['rivers']} rivers)")
+            if "iou_vs_labels" in e:
+                i = e["iou_vs_labels"]
+                line += f"; IoU vs labels: TC {_fmt(i['iou_tc'])}, AR {_fmt(i['iou_ar'])}"
+            log(line)
+    log(f"climseg: masks, maps and summary.json written to {out}")
+    return summary
+
+
+def _predict_source(s, model, idx, shift, scale, autocast, out, maps, dev, bar):
+    """Masks, maps and summary entries of one input file."""
+    masks, entries = [], []
+    for t, when in enumerate(s.times):
+        fields, labels = s.read(t)
+        x = torch.from_numpy(np.ascontiguousarray(fields[..., idx].transpose(2, 0, 1)))[None].to(dev)
+        x = (x - shift) * scale
+        x, (top, left) = _pad(x, model.input_multiple)
+        with torch.inference_mode(), autocast:
+            logits = model(x)
+        pred = logits.argmax(1)[0, top: top + s.shape[0], left: left + s.shape[1]].to(torch.uint8).cpu().numpy()
+        masks.append(pred)
+        entry = _describe(pred, t, when)
+        if labels is not None:
+            cm = ConfusionMatrix(NUM_CLASSES).update(torch.from_numpy(pred), torch.from_numpy(labels))
+            entry["iou_vs_labels"] = {k: _json_float(v) for k, v in cm.as_dict().items()}
+        if maps:
+            name = f"{s.stem}.png" if len(s.times) == 1 else f"{s.stem}_t{t:04d}.png"
+            title = f"{os.path.basename(s.path)}" + (f"  {when}" if when else "")
+            note = "grid assumed: global, regular, south to north" if s.assumed_grid else None
+            plot_map(os.path.join(out, name), fields[..., CHANNELS.index("TMQ")], pred, s.lat, s.lon, title, note=note)
+            entry["map"] = name
+        entries.append(entry)
+        bar.update()
+    mask_name = _write_mask(s, np.stack(masks), out)
+    return dict(file=s.path, mask=mask_name, time_steps=entries)
+
+
+def _describe(pred, index, when):
+    counts = np.bincount(pred.reshape(-1), minlength=NUM_CLASSES).astype(np.float64)
+    objects = count_objects(pred)
+    return dict(index=index, time=when, fractions=dict(zip(CLASS_NAMES, (counts / counts.sum()).round(6).tolist())),
+                cyclones=int(objects[1]), rivers=int(objects[2]))
+
+
+def _write_mask(source, masks, out):
+    meanings = " ".join(CLASS_NAMES)
+    if source.kind == "netcdf":
+        import netCDF4
+
+        name = f"{source.stem}_mask.nc"
+        info = source.info
+        with atomic_path(os.path.join(out, name)) as tmp, netCDF4.Dataset(info.path) as src, netCDF4.Dataset(tmp, "w") as dst:
+            lat_var = next(v for v in src.variables if v.lower() in ("lat", "latitude", "nav_lat"))
+            lon_var = next(v for v in src.variables if v.lower() in ("lon", "longitude", "nav_lon"))
+            dims = []
+            if info.time_dim:
+                dst.createDimension(info.time_dim, None)
+                dims.append(info.time_dim)
+                if info.time_dim in src.variables:
+                    _copy_variable(src, dst, info.time_dim)
+            for var in (lat_var, lon_var):
+                dim = src.variables[var].dimensions[0]
+                dst.createDimension(dim, len(src.dimensions[dim]))
+                dims.append(dim)
+                _copy_variable(src, dst, var)
+            mask = dst.createVariable("mask", "u1", tuple(dims), zlib=True)
+            mask.long_name = "extreme weather class"
+            mask.flag_values = np.arange(NUM_CLASSES, dtype=np.uint8)
+            mask.flag_meanings = meanings
+            data = masks[:, ::-1] if info.flipped else masks
+            mask[:] = data if info.time_dim else data[0]
+            dst.source = f"climseg predict on {os.path.basename(info.path)}"
+    else:
+        name = f"{source.stem}_mask.h5"
+        with atomic_path(os.path.join(out, name)) as tmp, h5py.File(tmp, "w") as f:
+            d = f.create_dataset("mask", data=masks[0] if len(masks) == 1 else masks, compression="gzip")
+            d.attrs["flag_values"] = np.arange(NUM_CLASSES, dtype=np.uint8)
+            d.attrs["flag_meanings"] = meanings
+            d.attrs["source"] = os.path.basename(source.path)
+    return name
+
+
+def _copy_variable(src, dst, name):
+    var = src.variables[name]
+    new = dst.createVariable(name, var.datatype, var.dimensions)
+    new.setncatts({k: var.getncattr(k) for k in var.ncattrs() if k != "_FillValue"})
+    new[:] = var[:]
+
+
+def _json_float(v):
+    return None if v is None or (isinstance(v, float) and not np.isfinite(v)) else float(v)
+
+
+def _fmt(v):
+    return "n/a" if v is None else f"{v:.3f}"
