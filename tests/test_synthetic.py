@@ -1,0 +1,154 @@
+"""The synthetic generator: deterministic, physically shaped, in the DeepCAM layout."""
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from climseg.constants import CHANNELS
+from climseg.data import DeepCAMDataset, generate_dataset, generate_sample, read_stats
+from climseg.data.synthetic import EARTH_RADIUS, grid
+from climseg.errors import UserError
+
+C = {name: i for i, name in enumerate(CHANNELS)}
+
+# plausible global extremes of CAM5 fields (units as CAM5 writes them)
+RANGES = {
+    "TMQ": (0.0, 100.0), "U850": (-100.0, 100.0), "V850": (-100.0, 100.0), "UBOT": (-90.0, 90.0),
+    "VBOT": (-90.0, 90.0), "QREFHT": (0.0, 0.04), "PS": (5.0e4, 1.09e5), "PSL": (8.8e4, 1.085e5),
+    "T200": (195.0, 240.0), "T500": (220.0, 285.0), "PRECT": (0.0, 5e-5), "TS": (220.0, 315.0),
+    "TREFHT": (215.0, 315.0), "Z1000": (-800.0, 700.0), "Z200": (1.0e4, 1.3e4), "ZBOT": (40.0, 80.0),
+}
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return [generate_sample(192, 288, seed=3, split="train", index=i) for i in range(4)]
+
+
+def test_deterministic_by_seed_and_index():
+    a = generate_sample(64, 96, seed=5, index=2)
+    b = generate_sample(64, 96, seed=5, index=2)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    c = generate_sample(64, 96, seed=6, index=2)
+    d = generate_sample(64, 96, seed=5, index=3)
+    assert not np.array_equal(a[0], c[0]) and not np.array_equal(a[0], d[0])
+    # the same planet at any resolution
+    assert generate_sample(128, 192, seed=5, index=2)[2] == a[2]
+
+
+def test_physical_ranges(samples):
+    for data, labels, _ in samples:
+        assert data.dtype == np.float32 and labels.dtype == np.int32
+        assert np.all(np.isfinite(data))
+        for name, (lo, hi) in RANGES.items():
+            x = data[..., C[name]]
+            assert lo <= x.min() and x.max() <= hi, f"{name} spans {x.min()}..{x.max()}"
+
+
+def test_latitude_dependent_climate(samples):
+    lat, _ = grid(192, 288)
+    tropics, poles = np.abs(lat) < 15, np.abs(lat) > 70
+    data = np.stack([s[0] for s in samples])
+    zonal = data.mean(axis=(0, 2))  # (lat, channel)
+    assert zonal[tropics, C["TMQ"]].mean() > 35 and zonal[poles, C["TMQ"]].mean() < 8
+    assert zonal[tropics, C["TS"]].mean() > 295 and zonal[poles, C["TS"]].mean() < 262
+    assert zonal[tropics, C["Z200"]].mean() > zonal[poles, C["Z200"]].mean() + 800
+    mid = (np.abs(lat) > 40) & (np.abs(lat) < 50)
+    trades = (np.abs(lat) > 8) & (np.abs(lat) < 18)
+    assert zonal[mid, C["U850"]].mean() > 4 and zonal[trades, C["U850"]].mean() < -1
+    itcz = (lat > 0) & (lat < 12)
+    assert zonal[itcz, C["PRECT"]].mean() > 2 * zonal[poles, C["PRECT"]].mean()
+    assert np.all(data[..., C["PS"]] <= data[..., C["PSL"]] + 1e-3)
+    assert np.all(data[..., C["TREFHT"]] < data[..., C["TS"]])
+
+
+def _centre_index(c, lat, lon):
+    i = int(np.argmin(np.abs(lat - c["lat"])))
+    j = int(np.argmin(np.abs(((lon - c["lon"]) + 180) % 360 - 180)))
+    return i, j
+
+
+def test_cyclones_are_warm_core_vortices_turning_with_the_hemisphere(samples):
+    lat, lon = grid(192, 288)
+    dy = EARTH_RADIUS * np.deg2rad(lat[1] - lat[0])
+    seen = {1.0: 0, -1.0: 0}
+    for data, labels, meta in samples:
+        for c in meta["cyclones"]:
+            assert 8 <= abs(c["lat"]) <= 30
+            i, j = _centre_index(c, lat, lon)
+            k = 4  # ~400 km box
+            dx = EARTH_RADIUS * np.cos(np.deg2rad(lat[i])) * np.deg2rad(lon[1] - lon[0])
+            rows, cols = np.arange(i - k, i + k + 1), np.arange(j - k, j + k + 1) % len(lon)
+            u = data[np.ix_(rows, cols, [C["UBOT"]])][..., 0]
+            v = data[np.ix_(rows, cols, [C["VBOT"]])][..., 0]
+            circulation = (v[:, -1].sum() - v[:, 0].sum()) * dy - (u[-1, :].sum() - u[0, :].sum()) * dx
+            assert np.sign(circulation) == c["hemisphere"], f"cyclone at {c['lat']:.1f} turns the wrong way"
+            seen[c["hemisphere"]] += 1
+            psl = data[np.ix_(rows, cols, [C["PSL"]])][..., 0]
+            assert psl[k, k] < psl.mean() - 0.2 * c["deficit"] and psl.min() < 101000 - 0.5 * c["deficit"] + 1500
+            ring = data[np.ix_(np.arange(i - 8, i + 9), np.arange(j - 8, j + 9) % len(lon), [C["T500"]])][..., 0]
+            assert data[i, j, C["T500"]] > np.median(ring) + 1.0, "no warm core"
+            tmq = data[np.ix_(np.arange(i - 8, i + 9), np.arange(j - 8, j + 9) % len(lon), [C["TMQ"]])][..., 0]
+            assert data[i, j, C["TMQ"]] > max(45.0, np.median(tmq) + 8.0), "no moist core"
+            assert labels[i, j] == 1
+    assert seen[1.0] and seen[-1.0]
+
+
+def test_rivers_are_labelled_filaments_in_midlatitudes(samples):
+    lat, _ = grid(192, 288)
+    for data, labels, meta in samples:
+        rows = np.nonzero((labels == 2).any(axis=1))[0]
+        if not len(meta["rivers"]):
+            continue
+        assert len(rows) > 0
+        assert np.all((np.abs(lat[rows]) >= 8) & (np.abs(lat[rows]) <= 75))
+        ar = labels == 2
+        ivt = data[..., C["TMQ"]] * np.hypot(data[..., C["U850"]], data[..., C["V850"]])
+        assert np.all(ivt[ar] >= 250.0)
+        assert data[..., C["TMQ"]][ar].mean() > data[..., C["TMQ"]][~ar & (np.abs(lat)[:, None] > 30)].mean() + 10
+
+
+def test_class_frequencies_like_real_data():
+    labels = np.concatenate([generate_sample(128, 192, seed=9, index=i)[1].ravel() for i in range(12)])
+    freq = np.bincount(labels, minlength=3) / labels.size
+    assert 0.95 <= freq[0] <= 0.99
+    assert 0.0005 <= freq[1] <= 0.01 and 0.005 <= freq[2] <= 0.04
+
+
+def test_generate_dataset_layout_and_determinism(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    s = generate_dataset(str(a), samples=5, height=32, width=48, seed=1, validation_fraction=0.4, workers=1, progress=False)
+    generate_dataset(str(b), samples=5, height=32, width=48, seed=1, validation_fraction=0.4, workers=2, progress=False)
+    assert (s["train"], s["validation"]) == (3, 2)
+    assert sorted(os.listdir(a)) == ["climseg-dataset.json", "stats.h5", "train", "validation"]
+    names = sorted(os.listdir(a / "train"))
+    assert len(names) == 3 and names[0].startswith("data-2106-01-01-00")
+    for split in ("train", "validation"):
+        for name in sorted(os.listdir(a / split)):
+            with h5py.File(a / split / name) as fa, h5py.File(b / split / name) as fb:
+                assert fa["climate/data"].shape == (32, 48, 16) and fa["climate/data"].dtype == np.float32
+                assert fa["climate/data"].chunks is None  # contiguous, as the fast loader expects
+                assert fa["climate/labels_0"].shape == (32, 48)
+                np.testing.assert_array_equal(fa["climate/data"][...], fb["climate/data"][...])
+    stats = read_stats(str(a / "stats.h5"))
+    ds = DeepCAMDataset(str(a / "train"))
+    raw = np.stack([ds.read_raw(i)[0] for i in range(len(ds))]).reshape(-1, 16)
+    np.testing.assert_allclose(stats.minval, raw.min(0), rtol=1e-6)
+    np.testing.assert_allclose(stats.maxval, raw.max(0), rtol=1e-6)
+    np.testing.assert_allclose(stats.mean, raw.astype(np.float64).mean(0), rtol=1e-5)
+    assert abs(stats.class_frequencies.sum() - 1) < 1e-5
+
+
+def test_generate_refuses_bad_requests(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("precious")
+    with pytest.raises(UserError, match="already exists and is not an empty folder"):
+        generate_dataset(str(tmp_path / "full"), samples=3, height=32, width=48, progress=False)
+    assert (tmp_path / "full" / "keep.txt").read_text() == "precious"
+    with pytest.raises(UserError, match="multiples of 16"):
+        generate_dataset(str(tmp_path / "x"), samples=3, height=30, width=48, progress=False)
+    with pytest.raises(UserError, match="at least 2"):
+        generate_dataset(str(tmp_path / "x"), samples=1, height=32, width=48, progress=False)
+    assert not (tmp_path / "x").exists()
