@@ -66,7 +66,7 @@ def open_netcdf(path, channels=CHANNELS):
         if missing:
             raise DataError(f"{path}: missing variable(s) {', '.join(missing)}")
         time_dim, ntime = None, None
-        for c, v in variables.items():
+        for v in variables.values():
             var = ds.variables[v]
             dims = var.dimensions
             if len(dims) == 3:

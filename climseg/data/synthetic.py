@@ -247,13 +247,12 @@ def _river_fields(a, lat, lon):
     sub_lat = lat[rows]
     best = np.full((rows.size, W), np.inf, np.float32)
     best_k = np.zeros((rows.size, W), np.int32)
-    for k0 in range(0, len(a["lats"]), 16):
-        for k in range(k0, min(k0 + 16, len(a["lats"]))):
-            dx, dy = _local_offsets(sub_lat, lon, a["lats"][k], a["lons"][k])
-            d2 = dx * dx + dy * dy
-            closer = d2 < best
-            best = np.where(closer, d2, best)
-            best_k = np.where(closer, k, best_k)
+    for k in range(len(a["lats"])):  # nearest axis point of every grid point
+        dx, dy = _local_offsets(sub_lat, lon, a["lats"][k], a["lons"][k])
+        d2 = dx * dx + dy * dy
+        closer = d2 < best
+        best = np.where(closer, d2, best)
+        best_k = np.where(closer, k, best_k)
     d = np.sqrt(best)
     frac = s[best_k] / a["length"]
     envelope = (1.0 - np.exp(-((frac / 0.15) ** 2))) * (1.0 - np.exp(-(((1.0 - frac) / 0.15) ** 2)))
@@ -281,7 +280,6 @@ def generate_sample(height, width, seed, split="train", index=0, features=Featur
     lat, lon = grid(height, width)
     base = _BaseGrid(lat, lon)
     phi = lat[:, None].astype(np.float32)
-    a = np.abs(phi)
     coslat = np.cos(np.deg2rad(phi))
     shape = (height, width)
 

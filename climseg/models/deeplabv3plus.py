@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 
 from climseg.constants import CHANNELS, NUM_CLASSES
+
+NUM_CHANNELS = len(CHANNELS)
 from climseg.errors import ConfigError
 from climseg.models.decoders import Deconv1xDecoder, DeconvUpsampler
 from climseg.models.resnet import ResNetV2
@@ -65,7 +67,7 @@ class DeepLabV3Plus(nn.Module):
     Input height and width must be multiples of :attr:`input_multiple`.
     """
 
-    def __init__(self, config="kurth2018", in_channels=len(CHANNELS), num_classes=NUM_CLASSES, norm="batch"):
+    def __init__(self, config="kurth2018", in_channels=NUM_CHANNELS, num_classes=NUM_CLASSES, norm="batch"):
         super().__init__()
         if isinstance(config, str):
             if config not in CONFIGS:
