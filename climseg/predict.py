@@ -16,7 +16,8 @@ labels (``climate/labels_0``), the IoU against them.
 All inputs are checked before anything is written; every file is written
 under a temporary name and renamed, so a failure leaves only complete files.
 Inputs whose sizes are not multiples of the network's stride are padded
-(longitude wraps around, latitude repeats its edge rows) and cropped back.
+(longitude wraps around on global grids, edges repeat otherwise) and cropped
+back; objects are joined across the date line only on global grids.
 """
 import os
 
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from climseg.constants import CHANNELS, CLASS_NAMES, NUM_CLASSES
+from climseg.constants import CHANNEL_UNITS, CHANNELS, CLASS_NAMES, NUM_CLASSES
 from climseg.data.deepcam import DATA_KEY, LABELS_KEY, check_labels, read_sample
 from climseg.data.netcdf import is_netcdf, open_netcdf, read_netcdf_step
 from climseg.errors import DataError, UserError
@@ -38,17 +39,20 @@ from climseg.train.trainer import resolve_device
 
 
 class _Source:
-    """One input file: its kind, grid, time steps and a reader of each step."""
+    """One input file: its kind, grid, time steps and a reader of each step.
+    ``channels`` are the ones the network reads; TMQ is read too, for the map, when there."""
 
-    def __init__(self, path):
-        self.path = path
+    def __init__(self, path, channels):
+        self.path, self.channels = path, list(channels)
         self.stem = os.path.splitext(os.path.basename(path))[0]
         if not os.path.isfile(path):
             raise DataError(f"{path}: no such file")
         if is_netcdf(path):
             self.kind = "netcdf"
-            self.info = open_netcdf(path)
+            wanted = self.channels + ([] if "TMQ" in self.channels else ["TMQ"])
+            self.info = open_netcdf(path, wanted, optional=() if "TMQ" in self.channels else ("TMQ",))
             self.lat, self.lon, self.assumed_grid = self.info.lat, self.info.lon, False
+            self.periodic = self.info.periodic
             self.times = self.info.times
             self.shape = (len(self.lat), len(self.lon))
         else:
@@ -68,28 +72,36 @@ class _Source:
             self.lat = -90.0 + (np.arange(h) + 0.5) * 180.0 / h
             self.lon = np.arange(w) * 360.0 / w
             self.assumed_grid = True
+            self.periodic = True
             self.times = [""]
 
     def read(self, index):
-        """``(fields[H, W, 16] float32, labels or None)`` of time step ``index``."""
+        """``(fields[H, W, C] float32 of the network's channels, map background[H, W]
+        and its name, labels or None)`` of time step ``index``."""
         if self.kind == "netcdf":
-            return read_netcdf_step(self.info, index), None
+            names = list(self.info.variables)
+            data = read_netcdf_step(self.info, index, names)
+            fields = data[..., [names.index(c) for c in self.channels]]
+            back = "TMQ" if "TMQ" in names else self.channels[0]
+            return fields, data[..., names.index(back)], back, None
         data, _ = read_sample(self.path, labels=False)
+        fields = data[..., [CHANNELS.index(c) for c in self.channels]]
         labels = None
         if self.has_labels:
             with h5py.File(self.path, "r") as f:
                 raw = f[LABELS_KEY][...]
             if raw.shape == self.shape:
                 labels = check_labels(self.path, raw, NUM_CLASSES)
-        return data, labels
+        return fields, data[..., CHANNELS.index("TMQ")], "TMQ", labels
 
 
-def _pad(x, multiple):
-    """Pad (N, C, H, W) up to multiples: longitude wraps, latitude repeats edges."""
+def _pad(x, multiple, periodic=True):
+    """Pad (N, C, H, W) up to multiples: longitude wraps on a global grid (else
+    repeats its edge columns), latitude repeats its edge rows."""
     h, w = x.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
     if pw:
-        x = F.pad(x, (pw // 2, pw - pw // 2, 0, 0), mode="circular")
+        x = F.pad(x, (pw // 2, pw - pw // 2, 0, 0), mode="circular" if periodic else "replicate")
     if ph:
         x = F.pad(x, (0, 0, ph // 2, ph - ph // 2), mode="replicate")
     return x, (ph // 2, pw // 2)
@@ -105,11 +117,10 @@ def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progre
     model = build_model(ckpt, dev).eval()
     data_spec = ckpt["data"]
     channels = list(data_spec["channels"])
-    idx = [CHANNELS.index(c) for c in channels]
     shift = torch.as_tensor(data_spec["shift"], dtype=torch.float32).view(1, -1, 1, 1).to(dev)
     scale = torch.as_tensor(data_spec["scale"], dtype=torch.float32).view(1, -1, 1, 1).to(dev)
 
-    sources = [_Source(os.fspath(p)) for p in inputs]          # every input checked before writing
+    sources = [_Source(os.fspath(p), channels) for p in inputs]  # every input checked before writing
     stems = {}
     for s in sources:
         if s.stem in stems:
@@ -122,14 +133,14 @@ def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progre
     summary = dict(checkpoint=ckpt["path"], model=ckpt["model"]["config"], channels=channels, inputs=[])
     with progress_bar(total=total, desc="predict", unit="map", disable=not progress) as bar:
         for s in sources:
-            summary["inputs"].append(_predict_source(s, model, idx, shift, scale, autocast, out, maps, dev, bar))
+            summary["inputs"].append(_predict_source(s, model, shift, scale, autocast, out, maps, dev, bar))
     write_json(os.path.join(out, "summary.json"), summary)
     for item in summary["inputs"]:
         for e in item["time_steps"]:
             f = e["fractions"]
             line = (f"{os.path.basename(item['file'])}{(' ' + e['time']) if e['time'] else ''}: "
-                    f"TC {100 * f['tropical_cyclone']:.2f}% of pixels ({e['cyclones']} cyclones), "
-                    f"AR {100 * f['atmospheric_river']:.2f}% ({e['rivers']} rivers)")
+                    f"TC {100 * f['tropical_cyclone']:.2f}% of pixels ({_count(e['cyclones'], 'cyclone')}), "
+                    f"AR {100 * f['atmospheric_river']:.2f}% ({_count(e['rivers'], 'river')})")
             if "iou_vs_labels" in e:
                 i = e["iou_vs_labels"]
                 line += f"; IoU vs labels: TC {_fmt(i['iou_tc'])}, AR {_fmt(i['iou_ar'])}"
@@ -138,19 +149,19 @@ def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progre
     return summary
 
 
-def _predict_source(s, model, idx, shift, scale, autocast, out, maps, dev, bar):
+def _predict_source(s, model, shift, scale, autocast, out, maps, dev, bar):
     """Masks, maps and summary entries of one input file."""
     masks, entries = [], []
     for t, when in enumerate(s.times):
-        fields, labels = s.read(t)
-        x = torch.from_numpy(np.ascontiguousarray(fields[..., idx].transpose(2, 0, 1)))[None].to(dev)
+        fields, background, background_name, labels = s.read(t)
+        x = torch.from_numpy(np.ascontiguousarray(fields.transpose(2, 0, 1)))[None].to(dev)
         x = (x - shift) * scale
-        x, (top, left) = _pad(x, model.input_multiple)
+        x, (top, left) = _pad(x, model.input_multiple, s.periodic)
         with torch.inference_mode(), autocast:
             logits = model(x)
         pred = logits.argmax(1)[0, top: top + s.shape[0], left: left + s.shape[1]].to(torch.uint8).cpu().numpy()
         masks.append(pred)
-        entry = _describe(pred, t, when)
+        entry = _describe(pred, t, when, s.periodic)
         if labels is not None:
             cm = ConfusionMatrix(NUM_CLASSES).update(torch.from_numpy(pred), torch.from_numpy(labels))
             entry["iou_vs_labels"] = {k: _json_float(v) for k, v in cm.as_dict().items()}
@@ -158,7 +169,8 @@ def _predict_source(s, model, idx, shift, scale, autocast, out, maps, dev, bar):
             name = f"{s.stem}.png" if len(s.times) == 1 else f"{s.stem}_t{t:04d}.png"
             title = f"{os.path.basename(s.path)}" + (f"  {when}" if when else "")
             note = "grid assumed: global, regular, south to north" if s.assumed_grid else None
-            plot_map(os.path.join(out, name), fields[..., CHANNELS.index("TMQ")], pred, s.lat, s.lon, title, note=note)
+            label = "TMQ (kg m$^{-2}$)" if background_name == "TMQ" else f"{background_name} ({CHANNEL_UNITS[background_name]})"
+            plot_map(os.path.join(out, name), background, pred, s.lat, s.lon, title, background_label=label, note=note)
             entry["map"] = name
         entries.append(entry)
         bar.update()
@@ -166,9 +178,9 @@ def _predict_source(s, model, idx, shift, scale, autocast, out, maps, dev, bar):
     return dict(file=s.path, mask=mask_name, time_steps=entries)
 
 
-def _describe(pred, index, when):
+def _describe(pred, index, when, periodic):
     counts = np.bincount(pred.reshape(-1), minlength=NUM_CLASSES).astype(np.float64)
-    objects = count_objects(pred)
+    objects = count_objects(pred, periodic=periodic)
     return dict(index=index, time=when, fractions=dict(zip(CLASS_NAMES, (counts / counts.sum()).round(6).tolist())),
                 cyclones=int(objects[1]), rivers=int(objects[2]))
 
@@ -216,6 +228,10 @@ def _copy_variable(src, dst, name):
     new = dst.createVariable(name, var.datatype, var.dimensions)
     new.setncatts({k: var.getncattr(k) for k in var.ncattrs() if k != "_FillValue"})
     new[:] = var[:]
+
+
+def _count(n, noun):
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _json_float(v):

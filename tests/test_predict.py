@@ -81,6 +81,33 @@ def test_netcdf_matches_hdf5(checkpoint, small_dataset, tmp_path):
         np.testing.assert_array_equal(a["mask"][...], b["mask"][:])
 
 
+def test_netcdf_grids_of_other_shapes(checkpoint, tmp_path):
+    import climseg.data.netcdf as nc_mod
+
+    h, w = 32, 48
+    lat, lon = grid(h, w)
+    fields = generate_sample(h, w, seed=2, index=0)[0]
+    # -180..180 longitudes stored from 0 east: unwrapped for plotting, kept as they are in the mask file
+    shifted = ((lon + 180.0) % 360.0) - 180.0
+    path = tmp_path / "shifted.nc"
+    write_cam5_netcdf(str(path), fields, lat, shifted)
+    info = nc_mod.open_netcdf(str(path))
+    assert info.periodic and np.all(np.diff(info.lon) > 0)
+    predict(checkpoint, [str(path)], str(tmp_path / "out"), log=quiet, progress=False)
+    with netCDF4.Dataset(tmp_path / "out" / "shifted_mask.nc") as m:
+        np.testing.assert_allclose(m["lon"][:], shifted)
+    # a regional grid does not wrap around
+    regional = tmp_path / "regional.nc"
+    write_cam5_netcdf(str(regional), fields[8:24, 4:28], lat[8:24], lon[4:28])
+    assert not nc_mod.open_netcdf(str(regional)).periodic
+    summary = predict(checkpoint, [str(regional)], str(tmp_path / "out2"), log=quiet, progress=False)
+    assert summary["inputs"][0]["time_steps"][0]["fractions"]["background"] > 0
+    scrambled = tmp_path / "scrambled.nc"
+    write_cam5_netcdf(str(scrambled), fields[[3, 1, 2] + list(range(4, h))], lat[[3, 1, 2] + list(range(4, h))], lon)
+    with pytest.raises(DataError, match="latitudes are not monotonic"):
+        predict(checkpoint, [str(scrambled)], str(tmp_path / "out3"), log=quiet, progress=False)
+
+
 def test_bad_inputs(checkpoint, small_dataset, tmp_path):
     good = list_samples(os.path.join(small_dataset, "validation"))[0]
     with pytest.raises(DataError, match="nothing.h5: no such file"):
@@ -109,3 +136,16 @@ def test_bad_inputs(checkpoint, small_dataset, tmp_path):
     junk.write_text("not hdf5")
     with pytest.raises(DataError, match="junk.h5: neither a readable HDF5 nor a netCDF file"):
         predict(checkpoint, [str(junk)], str(tmp_path / "o6"), log=quiet, progress=False)
+
+
+def test_channel_subset_needs_only_those_variables(small_dataset, tmp_path):
+    out = tmp_path / "run"
+    train(dict(data=small_dataset, out=str(out), epochs=1, batch_size=5, channels="U850,V850,PSL", progress=False),
+          log=quiet)
+    lat, lon = grid(32, 48)
+    fields = generate_sample(32, 48, seed=3, index=0)[0][..., [1, 2, 7]]
+    path = tmp_path / "winds.nc"
+    write_cam5_netcdf(str(path), fields, lat, lon, channels=["U850", "V850", "PSL"])
+    summary = predict(str(out / "last.pt"), [str(path)], str(tmp_path / "pred"), log=quiet, progress=False)
+    assert summary["channels"] == ["U850", "V850", "PSL"]
+    assert (tmp_path / "pred" / "winds.png").exists() and (tmp_path / "pred" / "winds_mask.nc").exists()

@@ -26,8 +26,9 @@ class NetCDFInput:
 
     path: str
     lat: np.ndarray            # ascending
-    lon: np.ndarray
+    lon: np.ndarray            # as in the file, unwrapped to increase (e.g. 0..180, 180..360 for -180..180 stored from 0)
     flipped: bool              # the file stores latitudes north to south
+    periodic: bool             # the grid goes all the way round in longitude
     times: list                # one label per time step ("" without a time dimension)
     variables: dict            # channel name -> variable name in the file
     time_dim: str = None
@@ -41,8 +42,9 @@ def _find(names, candidates):
     return None
 
 
-def open_netcdf(path, channels=CHANNELS):
-    """Check a netCDF file and describe it; DataError naming the file on any problem."""
+def open_netcdf(path, channels=CHANNELS, optional=()):
+    """Check a netCDF file and describe it; DataError naming the file on any problem.
+    ``channels`` must be present; those also in ``optional`` are used when present."""
     import netCDF4
 
     try:
@@ -61,7 +63,7 @@ def open_netcdf(path, channels=CHANNELS):
         for c in channels:
             if c.lower() in lower:
                 variables[c] = lower[c.lower()]
-            else:
+            elif c not in optional:
                 missing.append(c)
         if missing:
             raise DataError(f"{path}: missing variable(s) {', '.join(missing)}")
@@ -80,8 +82,15 @@ def open_netcdf(path, channels=CHANNELS):
                 raise DataError(f"{path}: variable {v} has shape {tuple(var.shape)}; the grid is {len(lat)} x {len(lon)}")
         times = [""] if time_dim is None else _time_labels(ds, time_dim, ntime)
     flipped = len(lat) > 1 and lat[0] > lat[-1]
+    if len(lat) > 1 and not np.all(np.diff(lat[::-1] if flipped else lat) > 0):
+        raise DataError(f"{path}: latitudes are not monotonic")
+    lon = np.rad2deg(np.unwrap(np.deg2rad(lon)))
+    if len(lon) > 1 and not np.all(np.diff(lon) > 0):
+        raise DataError(f"{path}: longitudes are not monotonic")
+    step = (lon[-1] - lon[0]) / max(len(lon) - 1, 1)
+    periodic = len(lon) > 1 and abs(lon[-1] - lon[0] + step - 360.0) < 0.5 * step
     return NetCDFInput(path=path, lat=lat[::-1].copy() if flipped else lat, lon=lon, flipped=flipped,
-                       times=times, variables=variables, time_dim=time_dim)
+                       periodic=periodic, times=times, variables=variables, time_dim=time_dim)
 
 
 def _time_labels(ds, time_dim, n):
@@ -97,10 +106,12 @@ def _time_labels(ds, time_dim, n):
         return [f"{float(v):g}" for v in np.atleast_1d(var[:])]
 
 
-def read_netcdf_step(info, index, channels=CHANNELS):
-    """Fields of time step ``index`` as float32 (H, W, C), rows south to north."""
+def read_netcdf_step(info, index, channels=None):
+    """Fields of time step ``index`` as float32 (H, W, C), rows south to north
+    (``channels``: default, every channel the file was opened with and has)."""
     import netCDF4
 
+    channels = list(info.variables) if channels is None else channels
     out = np.empty((len(info.lat), len(info.lon), len(channels)), np.float32)
     with netCDF4.Dataset(info.path, "r") as ds:
         for k, c in enumerate(channels):
