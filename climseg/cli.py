@@ -24,7 +24,7 @@ TRAIN_OPTIONS = [
     ("--device", "device", str, "auto, cpu, cuda or cuda:N (default auto)"),
     ("--out", "out", str, "run folder for checkpoints and metrics.jsonl (default runs/<config>-<date>-<time>)"),
     ("--resume", "resume", str, "checkpoint (or run folder) to continue exactly where it stopped"),
-    ("--optimizer", "optimizer", str, "adam, adamw or lamb (default adamw)"),
+    ("--optimizer", "optimizer", str, "adam, adamw, lamb or larc-adam (LARC on Adam, as SC18; default adamw)"),
     ("--lr", "lr", float, "peak learning rate (default 2e-3)"),
     ("--weight-decay", "weight_decay", float, "weight decay (default 1e-4)"),
     ("--lr-schedule", "lr_schedule", str, "cosine, multistep or constant, after warmup (default cosine)"),
@@ -34,6 +34,12 @@ TRAIN_OPTIONS = [
     ("--clip-grad-norm", "clip_grad_norm", float, "clip the gradient norm to this value (default 0: off)"),
     ("--loss-weights", "loss_weights", str, "class weights: kurth2018 (f^-1/2), deepcam (f^-1/8) or uniform (default deepcam)"),
     ("--class-frequencies", "class_frequencies", str, "frequencies the weights come from: dataset (stats.h5) or deepcam"),
+    ("--gradient-lag", "gradient_lag", int, "1: apply each step's averaged gradient one step later, overlapping its "
+     "allreduce with the next step (default 0)"),
+    ("--allreduce", "allreduce", str, "auto, hierarchical or flat gradient allreduce across processes "
+     "(default auto: hierarchical on several nodes)"),
+    ("--compression", "compression", str, "none, bf16 or fp16 gradients on the wire, summed in fp32 (default none)"),
+    ("--bucket-mb", "bucket_mb", float, "gradient bucket size in MiB (default 25)"),
     ("--channels", "channels", str, "comma-separated channel names (default: all 16)"),
     ("--normalization", "normalization", str, "minmax or zscore (default minmax)"),
     ("--norm", "norm", str, "batch or none: the network's normalisation layers (default batch)"),
@@ -96,7 +102,8 @@ def main(argv=None):
     try:
         return {"train": cmd_train, "predict": cmd_predict, "generate": cmd_generate, "info": cmd_info}[args.command](args)
     except UserError as exc:
-        print(f"climseg: error: {exc}", file=sys.stderr)
+        print(f"climseg: error: {_rank_prefix()}{exc}", file=sys.stderr)
+        _end_job_if_distributed(2)
         return 2
     except KeyboardInterrupt:
         print("climseg: interrupted", file=sys.stderr)
@@ -104,6 +111,35 @@ def main(argv=None):
     except BrokenPipeError:  # output piped into e.g. `head`, which closed early
         sys.stderr.close()
         return 0
+    except Exception:
+        # in a multi-process job one failing rank must take the others down, not leave them waiting
+        if _distributed_job():
+            import traceback
+
+            traceback.print_exc()
+            _end_job_if_distributed(1)
+        raise
+
+
+def _distributed_job():
+    from climseg.distributed.launch import topology
+
+    topo = topology()
+    return topo is not None and topo.world_size > 1
+
+
+def _rank_prefix():
+    from climseg.distributed.launch import topology
+
+    return f"rank {topology().rank}: " if _distributed_job() else ""
+
+
+def _end_job_if_distributed(code):
+    """Abort the whole job (MPI_Abort, or exit at once so the launcher stops the rest)."""
+    if _distributed_job():
+        from climseg.distributed.launch import abort
+
+        abort(code)
 
 
 def cmd_train(args):

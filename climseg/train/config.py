@@ -26,7 +26,7 @@ class TrainConfig:
     # optimisation
     epochs: int = 9
     batch_size: int = 8
-    optimizer: str = "adamw"                   # adam | adamw | lamb
+    optimizer: str = "adamw"                   # adam | adamw | lamb | larc-adam
     lr: float = 2e-3
     weight_decay: float = 1e-4
     lr_schedule: str = "cosine"                # cosine | multistep | constant
@@ -35,6 +35,11 @@ class TrainConfig:
     lr_decay: float = 0.1
     clip_grad_norm: float = 0.0                # 0: no clipping
     loss_weights: str = "deepcam"              # kurth2018 | deepcam | uniform
+    # data parallelism (under mpirun, srun, jsrun or torchrun)
+    gradient_lag: int = 0                      # 1: apply each step's averaged gradient one step later
+    allreduce: str = "auto"                    # auto (hierarchical on several nodes) | hierarchical | flat
+    compression: str = "none"                  # none | bf16 | fp16 gradients on the wire
+    bucket_mb: float = 25.0                    # gradient bucket size
     class_frequencies: str = "dataset"         # dataset (stats.h5) | deepcam (the CAM5 figures)
     # execution
     precision: str = "auto"                    # auto | fp32 | bf16 | fp16
@@ -59,7 +64,9 @@ CHOICES = {
     "normalization": ("minmax", "zscore"),
     "config": ("kurth2018", "deepcam", "tiny"),
     "norm": ("batch", "none"),
-    "optimizer": ("adam", "adamw", "lamb"),
+    "optimizer": ("adam", "adamw", "lamb", "larc-adam"),
+    "allreduce": ("auto", "hierarchical", "flat"),
+    "compression": ("none", "bf16", "fp16"),
     "lr_schedule": ("cosine", "multistep", "constant"),
     "loss_weights": ("kurth2018", "deepcam", "uniform"),
     "class_frequencies": ("dataset", "deepcam"),
@@ -152,6 +159,12 @@ def validate(cfg):
     for name in ("weight_decay", "clip_grad_norm", "warmup_steps", "checkpoint_every", "max_steps"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"option {name.replace('_', '-')}: must not be negative, got {getattr(cfg, name)}")
+    if cfg.gradient_lag not in (0, 1):
+        raise ConfigError(f"option gradient-lag: must be 0 or 1, got {cfg.gradient_lag}")
+    if cfg.gradient_lag and cfg.precision == "fp16":
+        raise ConfigError("option gradient-lag: 1 works with fp32 or bf16 precision, not fp16 loss scaling")
+    if not cfg.bucket_mb > 0:
+        raise ConfigError(f"option bucket-mb: must be positive, got {cfg.bucket_mb}")
     if cfg.workers is not None and cfg.workers < 0:
         raise ConfigError(f"option workers: must not be negative, got {cfg.workers}")
     if cfg.device not in ("auto", "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):

@@ -16,6 +16,7 @@ import math
 import os
 import random
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -25,12 +26,15 @@ from climseg.constants import CLASS_NAMES, NUM_CLASSES
 from climseg.data import DeepCAMDataset, find_stats, read_stats
 from climseg.data.cache import default_dataset
 from climseg.data.sampling import EpochSampler
+from climseg.distributed import launch as dist_launch
+from climseg.distributed.hooks import HierarchicalHookState, hierarchical_allreduce_hook
+from climseg.distributed.optimizer import DistributedOptimizer
 from climseg.errors import CheckpointError, ConfigError, DataError, TrainingError
 from climseg.io import atomic_path, write_json
 from climseg.losses import DEEPCAM_FREQUENCIES, WeightedCrossEntropy
 from climseg.metrics import ConfusionMatrix, deepcam_iou
 from climseg.models import DeepLabV3Plus, count_parameters
-from climseg.optim import LAMB, build_scheduler
+from climseg.optim import LAMB, LARC, build_scheduler
 from climseg.perf import count_flops
 from climseg.perf.cpu import tune_cpu_allocator
 from climseg.progress import progress_bar
@@ -88,8 +92,20 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, checkpoint=None, log=print):
-        self.cfg, self.log = cfg, log
-        self.device = resolve_device(cfg.device)
+        self.cfg = cfg
+        # data parallelism: one process per device under mpirun, srun, jsrun or torchrun
+        self.topo = dist_launch.init() if dist_launch.is_launched() else None
+        self.rank = self.topo.rank if self.topo else 0
+        self.world = self.topo.world_size if self.topo else 1
+        self.is_main = self.rank == 0
+        self.log = log if self.is_main else (lambda *a, **k: None)
+        self.show_progress = cfg.progress and self.is_main
+        if self.topo is not None and cfg.device == "auto":
+            self.device = self.topo.device
+        else:
+            self.device = resolve_device(cfg.device)
+        if self.topo is not None and self.device.type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.topo.local_size))
         self.precision = resolve_precision(cfg.precision, self.device)
         self._seed_everything(cfg.seed)
         if cfg.deterministic:
@@ -101,7 +117,7 @@ class Trainer:
             tune_cpu_allocator()
 
         # data
-        root = cfg.data or default_dataset(progress=cfg.progress, log=log)
+        root = cfg.data or self._default_dataset()
         self.data_root = root
         train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "validation")
         for d in (train_dir, val_dir):
@@ -113,18 +129,19 @@ class Trainer:
         if self.val_set.shape != self.train_set.shape:
             raise DataError(f"{val_dir}: samples are {self.val_set.shape[0]}x{self.val_set.shape[1]} but training samples are "
                             f"{self.train_set.shape[0]}x{self.train_set.shape[1]}")
-        self.steps_per_epoch = len(self.train_set) // cfg.batch_size
+        self.steps_per_epoch = len(self.train_set) // self.world // cfg.batch_size
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"option batch-size: {cfg.batch_size} is larger than the {len(self.train_set)} training samples")
+            raise ConfigError(f"option batch-size: {cfg.batch_size} per process x {self.world} processes is larger than "
+                              f"the {len(self.train_set)} training samples")
 
         # model, loss, optimizer
-        self.model = DeepLabV3Plus(cfg.config, in_channels=len(self.train_set.channels), num_classes=NUM_CLASSES, norm=cfg.norm)
+        self.net = DeepLabV3Plus(cfg.config, in_channels=len(self.train_set.channels), num_classes=NUM_CLASSES, norm=cfg.norm)
         try:
-            self.model.check_input((1, len(self.train_set.channels)) + self.train_set.shape)
+            self.net.check_input((1, len(self.train_set.channels)) + self.train_set.shape)
         except ConfigError as exc:
             raise DataError(f"{train_dir}: {exc}") from None
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.model.to(self.device, memory_format=self.memory_format)
+        self.net.to(self.device, memory_format=self.memory_format)
         if cfg.class_frequencies == "dataset" and stats.class_frequencies is not None:
             frequencies = stats.class_frequencies
         else:
@@ -132,13 +149,14 @@ class Trainer:
                 log(f"climseg: {stats.path} holds no class frequencies; using the CAM5 DeepCAM figures for the loss weights")
             frequencies = DEEPCAM_FREQUENCIES
         self.loss_fn = WeightedCrossEntropy(cfg.loss_weights, frequencies).to(self.device)
-        self.model.init_class_prior(frequencies)
+        self.net.init_class_prior(frequencies)
         self.optimizer = self._build_optimizer()
+        self.model, self.dopt = self._parallelize()
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.lr_schedule, cfg.warmup_steps,
                                          cfg.milestones, cfg.lr_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.flops_per_sample = count_flops(self.model, (1, len(self.train_set.channels)) + self.train_set.shape)
+        self.flops_per_sample = count_flops(self.net, (1, len(self.train_set.channels)) + self.train_set.shape)
 
         # progress
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
@@ -159,13 +177,55 @@ class Trainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
 
+    def _default_dataset(self):
+        """The cached synthetic set; made by one rank per node, the others wait for it."""
+        first = self.topo is None or self.topo.local_rank == 0
+        path = default_dataset(progress=self.show_progress, log=self.log) if first else None
+        if self.topo is not None:
+            import torch.distributed as dist
+
+            dist.barrier(group=self.topo.world)
+            path = path or default_dataset(progress=False, log=self.log)
+        return path
+
     def _build_optimizer(self):
-        cfg, params = self.cfg, self.model.parameters()
+        cfg, params = self.cfg, self.net.parameters()
         if cfg.optimizer == "adam":
             return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.optimizer == "adamw":
             return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "larc-adam":
+            return LARC(torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
         return LAMB(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def _hierarchical(self):
+        """Whether gradients take the hierarchical allreduce (--allreduce)."""
+        if self.topo is None or self.cfg.allreduce == "flat":
+            return False
+        if self.cfg.allreduce == "hierarchical" and not self.topo.uniform:
+            raise ConfigError("option allreduce: hierarchical needs the same number of ranks on every node")
+        return self.topo.uniform and (self.cfg.allreduce == "hierarchical" or self.topo.hierarchical)
+
+    def _parallelize(self):
+        """``(model to call, DistributedOptimizer or None)``: DDP with the hierarchical hook
+        across processes, or the DistributedOptimizer when gradients lag a step."""
+        cfg = self.cfg
+        compression = None if cfg.compression == "none" else cfg.compression
+        if cfg.gradient_lag:
+            dopt = DistributedOptimizer(self.optimizer, self.net.named_parameters(), hierarchical=self._hierarchical(),
+                                        compression=compression, gradient_lag=1, bucket_bytes=int(cfg.bucket_mb * 2**20),
+                                        topology=self.topo, max_grad_norm=cfg.clip_grad_norm)
+            return self.net, dopt
+        if self.world == 1:
+            return self.net, None
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                      bucket_cap_mb=cfg.bucket_mb, process_group=self.topo.world)
+        if self._hierarchical() or compression:
+            state = HierarchicalHookState(topology=self.topo, compression=compression, hierarchical=self._hierarchical())
+            ddp.register_comm_hook(state, hierarchical_allreduce_hook)
+        return ddp, None
 
     def _restore(self, ckpt):
         where = ckpt["path"]
@@ -174,12 +234,21 @@ class Trainer:
             raise CheckpointError(f"{where}: was trained with model configuration {spec['config']!r}, not {self.cfg.config!r}")
         if spec["in_channels"] != len(self.train_set.channels):
             raise CheckpointError(f"{where}: expects {spec['in_channels']} input channels, the data gives {len(self.train_set.channels)}")
-        load_model_state(self.model, spec["state_dict"], where, self.cfg.config)
+        load_model_state(self.net, spec["state_dict"], where, self.cfg.config)
         train = ckpt.get("train")
         if not train:
             raise CheckpointError(f"{where}: holds weights only (no optimizer state) and cannot be resumed")
         try:
-            self.optimizer.load_state_dict(train["optimizer"])
+            saved = train["optimizer"]
+            if "pending" in saved:                    # written with gradient lag
+                if self.dopt is not None:
+                    self.dopt.load_state_dict(saved)
+                else:
+                    self.optimizer.load_state_dict(saved["optimizer"])
+                    if saved["pending"] is not None:
+                        self.log(f"climseg: {where} holds a lagged gradient that a run without --gradient-lag drops")
+            else:
+                self.optimizer.load_state_dict(saved)
             self.scaler.load_state_dict(train["scaler"])
         except (ValueError, KeyError, RuntimeError) as exc:
             raise CheckpointError(f"{where}: optimizer state does not fit this run ({str(exc).splitlines()[0][:120]})") from None
@@ -196,9 +265,10 @@ class Trainer:
                                          self.cfg.milestones, self.cfg.lr_decay, last_step=progress["step"])
         self.epoch, self.batch_in_epoch, self.step = progress["epoch"], progress["batch_in_epoch"], progress["step"]
         self.best_mean_iou = progress.get("best_mean_iou", -math.inf)
-        self.partial = train.get("partial")
+        self.partial = train.get("partial") if self.is_main else None   # the sum over ranks, kept by rank 0
         set_rng_state(train["rng"])
-        self._truncate_metrics(self.step)
+        if self.is_main:
+            self._truncate_metrics(self.step)
         self.log(f"climseg: resuming {where} at epoch {self.epoch + 1}, batch {self.batch_in_epoch}, step {self.step}")
 
     def _truncate_metrics(self, step):
@@ -218,11 +288,17 @@ class Trainer:
     def fit(self):
         """Train to ``cfg.epochs``; returns the last validation metrics (a dict)."""
         cfg = self.cfg
-        os.makedirs(self.out, exist_ok=True)
-        self._write_run_info()
-        self.log(f"climseg: training {cfg.config} ({count_parameters(self.model):,} parameters) on {self.device} in "
+        if self.is_main:
+            os.makedirs(self.out, exist_ok=True)
+            self._write_run_info()
+        where = f"{self.device}" if self.world == 1 else (
+            f"{self.world} processes ({self.topo.num_nodes} node(s) x {self.topo.local_size}, "
+            f"{'hierarchical' if self._hierarchical() else 'flat'} allreduce"
+            f"{', gradient lag 1' if cfg.gradient_lag else ''}) on {self.device.type}")
+        self.log(f"climseg: training {cfg.config} ({count_parameters(self.net):,} parameters) on {where} in "
                  f"{self.precision}, {len(self.train_set)} training / {len(self.val_set)} validation samples of "
-                 f"{self.train_set.shape[0]}x{self.train_set.shape[1]}, batch {cfg.batch_size}, {cfg.epochs} epochs -> {self.out}")
+                 f"{self.train_set.shape[0]}x{self.train_set.shape[1]}, batch {cfg.batch_size}"
+                 f"{' per process' if self.world > 1 else ''}, {cfg.epochs} epochs -> {self.out}")
         started = time.time()
         last_val = None
         while self.epoch < cfg.epochs:
@@ -231,6 +307,8 @@ class Trainer:
                 return dict(stopped=True, step=self.step, checkpoint=os.path.join(self.out, "last.pt"))
             self._append_metrics(train_row)
             finished = self.epoch + 1
+            if finished == cfg.epochs and self.dopt is not None:
+                self.dopt.flush()   # the last step's lagged gradient: N steps make N updates
             if finished % cfg.validate_every == 0 or finished == cfg.epochs:
                 last_val = self.validate()
                 last_val.update(epoch=finished, step=self.step)
@@ -270,10 +348,10 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         sampler = EpochSampler(len(self.train_set), cfg.seed, self.epoch, shuffle=True,
-                               start=self.batch_in_epoch * cfg.batch_size)
+                               start=self.batch_in_epoch * cfg.batch_size, rank=self.rank, world_size=self.world)
         loader = self._loader(self.train_set, sampler, cfg.batch_size, drop_last=True)
         acc = _Accumulator(self.device, self.partial)
-        with progress_bar(total=self.steps_per_epoch, initial=self.batch_in_epoch, disable=not cfg.progress,
+        with progress_bar(total=self.steps_per_epoch, initial=self.batch_in_epoch, disable=not self.show_progress,
                           desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch", leave=False) as bar:
             tick = time.time()
             for data, labels in loader:
@@ -290,12 +368,35 @@ class Trainer:
                     self.log(f"climseg: reached max-steps {cfg.max_steps}; checkpoint written to "
                              f"{os.path.join(self.out, 'last.pt')}")
                     return None
-                if self.stop_requested:
+                if self._stop_agreed():
                     raise TrainingStopped(self._save("last.pt", acc))
-        row = acc.row("train")
+        row = acc.row("train", self._reduce_group())
         row.update(epoch=self.epoch + 1, step=self.step, lr=self.optimizer.param_groups[0]["lr"],
                    tflops_per_s=row["samples_per_s"] * self.flops_per_sample / 1e12)
         return row
+
+    def _sync_buffers(self):
+        """Give every rank rank 0's batch-norm statistics (DDP does this each step; the
+        DistributedOptimizer path does it before evaluating)."""
+        if self.world > 1 and self.dopt is not None:
+            import torch.distributed as dist
+
+            for buf in self.net.buffers():
+                dist.broadcast(buf, src=0, group=self.topo.world)
+
+    def _reduce_group(self):
+        return self.topo.world if self.world > 1 else None
+
+    def _stop_agreed(self):
+        """A stop asked of any rank (a signal may reach only one) stops all of them at the same step."""
+        if self.world == 1:
+            return self.stop_requested
+        import torch.distributed as dist
+
+        flag = torch.tensor([int(self.stop_requested)], device=self.device if self.topo.backend == "nccl" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.topo.world)
+        self.stop_requested = bool(flag.item())
+        return self.stop_requested
 
     def _train_step(self, data, labels, acc):
         cfg = self.cfg
@@ -306,15 +407,22 @@ class Trainer:
         if not torch.isfinite(loss) and self.precision != "fp16":
             raise TrainingError(f"loss became {loss.item()} at step {self.step + 1}; lower --lr or use --clip-grad-norm")
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if cfg.clip_grad_norm:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
-        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        skipped = scale is not None and self.scaler.get_scale() < scale
-        self.scheduler.step()
+        skipped = False
+        if self.dopt is not None:          # averages (of this or the previous step) applied inside, clipped there
+            loss.backward()
+            self.dopt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            if cfg.clip_grad_norm:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.clip_grad_norm)
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            skipped = scale is not None and self.scaler.get_scale() < scale
+        with warnings.catch_warnings():    # a lagged first step has no update, by design
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            self.scheduler.step()
         self.step += 1
         self.batch_in_epoch += 1
         acc.add(logits.detach(), labels, loss.detach(), skipped)
@@ -323,9 +431,11 @@ class Trainer:
     def validate(self, dataset=None):
         """Loss, per-class IoU, mean IoU and DeepCAM IoU over ``dataset`` (default: validation split)."""
         dataset = dataset or self.val_set
+        self._sync_buffers()
         was_training = self.model.training
         self.model.eval()
-        loader = self._loader(dataset, EpochSampler(len(dataset), shuffle=False), self.cfg.batch_size, drop_last=False)
+        shard = list(range(self.rank, len(dataset), self.world))   # every sample exactly once over the ranks
+        loader = self._loader(dataset, shard, self.cfg.batch_size, drop_last=False)
         acc = _Accumulator(self.device)
         tick = time.time()
         for data, labels in loader:
@@ -335,29 +445,36 @@ class Trainer:
             acc.add(logits, labels, self.loss_fn(logits, labels), False)
         acc.seconds = time.time() - tick
         self.model.train(was_training)
-        return acc.row("validation")
+        return acc.row("validation", self._reduce_group())
 
     # ------------------------------------------------------------------ output
     def _save(self, name, acc=None):
+        """Write a checkpoint from rank 0 (every rank calls this: the partial metrics are summed)."""
         path = os.path.join(self.out, name)
         cfg = self.cfg
+        partial = acc.state(self._reduce_group()) if acc is not None else None
+        optimizer_state = self.dopt.state_dict() if self.dopt is not None else self.optimizer.state_dict()
+        if not self.is_main:
+            return path
         payload = dict(
             model=dict(config=cfg.config, in_channels=len(self.train_set.channels), num_classes=NUM_CLASSES,
-                       norm=cfg.norm, state_dict=self.model.state_dict()),
+                       norm=cfg.norm, state_dict=self.net.state_dict()),
             data=dict(channels=list(self.train_set.channels), normalization=cfg.normalization,
                       shift=torch.from_numpy(self.train_set.shift.reshape(-1).copy()),
                       scale=torch.from_numpy(self.train_set.scale.reshape(-1).copy()),
                       height=self.train_set.shape[0], width=self.train_set.shape[1], class_names=list(CLASS_NAMES)),
-            train=dict(options=cfg.to_dict(), optimizer=self.optimizer.state_dict(),
+            train=dict(options=cfg.to_dict(), optimizer=optimizer_state,
                        scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), rng=rng_state(),
                        progress=dict(epoch=self.epoch, batch_in_epoch=self.batch_in_epoch, step=self.step,
                                      best_mean_iou=self.best_mean_iou),
-                       partial=acc.state() if acc is not None else None),
+                       partial=partial, world_size=self.world),
         )
         save_checkpoint(path, payload)
         return path
 
     def _append_metrics(self, row):
+        if not self.is_main:
+            return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(clean) + "\n")
@@ -365,7 +482,7 @@ class Trainer:
 
     def _write_run_info(self):
         info = dict(options=self.cfg.to_dict(), data_root=os.path.abspath(self.data_root), device=str(self.device),
-                    precision=self.precision, torch=torch.__version__, parameters=count_parameters(self.model),
+                    precision=self.precision, torch=torch.__version__, parameters=count_parameters(self.net),
                     flops_per_sample=self.flops_per_sample, input_shape=[len(self.train_set.channels), *self.train_set.shape],
                     channels=list(self.train_set.channels), steps_per_epoch=self.steps_per_epoch,
                     started=datetime.datetime.now().isoformat(timespec="seconds"))
@@ -392,11 +509,27 @@ class _Accumulator:
         self.samples += n
         self.skipped += int(skipped)
 
-    def state(self):
-        return dict(matrix=self.cm.matrix.cpu(), loss_sum=self.loss_sum, deepcam_sum=self.deepcam_sum,
-                    samples=self.samples, seconds=self.seconds, skipped=self.skipped)
+    def state(self, group=None):
+        """The running sums; over all ranks of ``group`` (a collective) when given."""
+        matrix = self.cm.matrix.clone()
+        sums = torch.tensor([self.loss_sum, self.deepcam_sum, float(self.samples), float(self.skipped)],
+                            dtype=torch.float64, device=matrix.device)
+        seconds = torch.tensor([self.seconds], dtype=torch.float64, device=matrix.device)
+        if group is not None:
+            import torch.distributed as dist
 
-    def row(self, split):
+            dist.all_reduce(matrix, group=group)
+            dist.all_reduce(sums, group=group)
+            dist.all_reduce(seconds, op=dist.ReduceOp.MAX, group=group)
+        sums, seconds = sums.tolist(), float(seconds.item())
+        return dict(matrix=matrix.cpu(), loss_sum=sums[0], deepcam_sum=sums[1], samples=int(sums[2]),
+                    seconds=seconds, skipped=int(sums[3]))
+
+    def row(self, split, group=None):
+        total = _Accumulator(self.cm.matrix.device, self.state(group))
+        return total._row(split)
+
+    def _row(self, split):
         row = dict(split=split, loss=self.loss_sum / max(self.samples, 1))
         row.update(self.cm.as_dict())
         row.update(deepcam_iou=self.deepcam_sum / max(self.samples, 1), accuracy=self.cm.accuracy(),
