@@ -33,7 +33,7 @@ setup(
     extras_require={
         "test": ["pytest>=7"],
         "triton": ["triton>=3.0"],
-        "mpi": ["mpi4py>=3.1"],
+        "mpi": ["mpi4py>=3.1"],             # plus an MPI: the system's, or `pip install mpich`
         "cuda": ["cupy-cuda12x>=13"],
     },
     entry_points={"console_scripts": ["climseg=climseg.cli:main"]},

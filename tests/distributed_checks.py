@@ -1,0 +1,150 @@
+"""Checks that run inside a multi-process job (started by tests/test_distributed.py
+under mpiexec or torchrun): ``python tests/distributed_checks.py CHECK``.
+Every rank asserts; a failing assertion makes the launcher exit non-zero."""
+import sys
+
+import torch
+import torch.distributed as dist
+
+import climseg.distributed as cd
+
+
+def exact_sum(make, world):
+    return sum(make(k).double() for k in range(world))
+
+
+def check_allreduce(topo):
+    transports = ["torch", "mpi"] if topo.mpi_cross is not None else ["torch"]
+    r, n = topo.rank, topo.world_size
+    for size in (1, 7, 1_000_003):
+        def make(k, size=size):
+            return (torch.arange(size) % 5 + k).float()
+        expected = exact_sum(make, n)
+        for dtype in (torch.float32, torch.bfloat16):
+            for compression in (None, "bf16", "fp16"):
+                for transport in transports:
+                    x = make(r).to(dtype)
+                    cd.hierarchical_all_reduce(x, "sum", compression, transport=transport)
+                    assert x.dtype == dtype
+                    assert torch.equal(x.double(), expected), (size, dtype, compression, transport)
+        y = make(r)
+        cd.hierarchical_all_reduce(y, "avg", prescale=True)
+        torch.testing.assert_close(y.double(), expected / n, rtol=1e-6, atol=1e-6)
+        z = make(r)
+        cd.flat_all_reduce(z, "sum")
+        assert torch.equal(z.double(), expected)
+    # bucketed lists of mixed shapes (tensor fusion), fp32 and bf16, non-contiguous included
+    shapes = [(3, 5), (1,), (17, 2, 3), (4000,), (2, 2)]
+    for dtype in (torch.float32, torch.bfloat16):
+        def make_list(k, dtype=dtype):
+            return [(torch.arange(torch.Size(s).numel()).reshape(s) % 7 + k).to(dtype) for s in shapes]
+        tensors = make_list(r)
+        tensors.append(make_list(r)[2].transpose(0, 2))  # non-contiguous
+        cd.all_reduce_tensors(tensors, "sum", bucket_bytes=200)
+        reference = [sum(make_list(k)[i].double() for k in range(n)) for i in range(len(shapes))]
+        reference.append(reference[2].transpose(0, 2))
+        for got, want in zip(tensors, reference):
+            assert torch.equal(got.double(), want)
+
+
+def _tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
+
+
+def _batch(step, n_total):
+    g = torch.Generator().manual_seed(100 + step)
+    return torch.randn(n_total, 3, 6, 5, generator=g), torch.randn(n_total, 2, 6, 5, generator=g)
+
+
+def _reference_grads(model, step, n_total):
+    x, y = _batch(step, n_total)
+    model.zero_grad()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def check_ddp(topo):
+    from torch.nn.parallel import DistributedDataParallel
+
+    r, n = topo.rank, topo.world_size
+    per_rank, steps, lr = 2, 3, 0.1
+    model = _tiny_model()
+    ddp = DistributedDataParallel(model, process_group=topo.world)
+    ddp.register_comm_hook(None, cd.hierarchical_allreduce_hook)
+    opt = torch.optim.SGD(ddp.parameters(), lr=lr)
+    reference = _tiny_model()
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=lr)
+    for step in range(steps):
+        x, y = _batch(step, n * per_rank)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(ddp(x[r * per_rank:(r + 1) * per_rank]), y[r * per_rank:(r + 1) * per_rank]).backward()
+        opt.step()
+        _reference_grads(reference, step, n * per_rank)
+        ref_opt.step()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def check_optimizer(topo):
+    r, n = topo.rank, topo.world_size
+    per_rank, steps, lr = 2, 4, 0.05
+    for lag in (0, 1):
+        model = _tiny_model(seed=1)
+        if r == 0:  # broadcast at construction must give every rank rank 0's weights
+            pass
+        else:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(1.0)
+        dopt = cd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=lr), model.named_parameters(),
+                                       gradient_lag=lag, bucket_bytes=64)
+        for step in range(steps):
+            x, y = _batch(step, n * per_rank)
+            dopt.zero_grad()
+            torch.nn.functional.mse_loss(model(x[r * per_rank:(r + 1) * per_rank]),
+                                         y[r * per_rank:(r + 1) * per_rank]).backward()
+            stepped = dopt.step()
+            assert stepped == (lag == 0 or step > 0)
+        if lag:
+            state = dopt.state_dict()
+            assert state["pending"] is not None
+            assert dopt.flush()
+        # hand-written reference on the whole batch: w_{t+1} = w_t - lr * g_{t - lag}
+        reference = _tiny_model(seed=1)
+        grads = []
+        for step in range(steps):
+            grads.append(_reference_grads(reference, step, n * per_rank))
+            if step - lag >= 0:
+                with torch.no_grad():
+                    for p, g in zip(reference.parameters(), grads[step - lag]):
+                        p.sub_(lr * g)
+        if lag:
+            with torch.no_grad():
+                for p, g in zip(reference.parameters(), grads[-1]):
+                    p.sub_(lr * g)
+        for p, q in zip(model.parameters(), reference.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        dopt.remove_hooks()
+
+
+def check_fail(topo):
+    """Rank 1 meets a user error in the command line; every rank must end, non-zero."""
+    from climseg.cli import main
+
+    if topo.rank == 1:
+        main(["train", "--data", "/nonexistent-climseg-data", "--no-progress"])
+    dist.barrier(group=topo.world)   # the others wait for rank 1, which never comes
+    dist.barrier(group=topo.world)
+
+
+CHECKS = {"allreduce": check_allreduce, "ddp": check_ddp, "optimizer": check_optimizer, "fail": check_fail}
+
+if __name__ == "__main__":
+    topo = cd.init()
+    assert topo.world_size > 1
+    CHECKS[sys.argv[1]](topo)
+    if topo.rank == 0:
+        print(f"{sys.argv[1]} ok: {topo.world_size} ranks, {topo.num_nodes} nodes x {topo.local_size}, "
+              f"launcher {topo.launcher}", flush=True)
+    cd.shutdown()
