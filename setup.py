@@ -1,13 +1,42 @@
 """Build of climseg: the Python package, with the Triton kernels of ``kernels/``
-installed as the subpackage ``climseg.kernels``.
+installed as the subpackage ``climseg.kernels``, and the C++ extension
+``climseg._C`` (pybind11, CPU) built from ``csrc/cpu``.
 
 Dependencies are declared here; build requirements and tool settings live in
 pyproject.toml. Install PyTorch first (see README): an unpinned ``torch``
 requirement resolved by pip alone pulls a multi-GB CUDA build.
 """
+import glob
+import os
+import sys
+
+from pybind11.setup_helpers import Pybind11Extension
+from pybind11.setup_helpers import build_ext as _build_ext
 from setuptools import find_packages, setup
 
 packages = find_packages(include=["climseg", "climseg.*"]) + ["climseg.kernels"]
+
+# name -> (sources, extra compile flags): always built
+EXTENSIONS = {
+    "climseg._C": (sorted(glob.glob("csrc/cpu/*.cpp")), ["-O3", "-ffp-contract=off", "-pthread"]),
+}
+
+
+
+class build_ext(_build_ext):
+    """A compiled extension that fails to build is a warning, not a failed install: climseg
+    then runs the same work through its NumPy/PyTorch paths (``climseg info`` says which).
+    ``CLIMSEG_FORCE_CPP_BUILD=1`` makes such a failure an error."""
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # compiler missing or failing: any of distutils' error types
+            if os.environ.get("CLIMSEG_FORCE_CPP_BUILD", "0") == "1":
+                raise
+            print(f"WARNING: climseg: building {ext.name} failed ({exc}); installing without it, "
+                  "the pure-Python paths will be used", file=sys.stderr)
+
 
 setup(
     name="climseg",
@@ -20,6 +49,9 @@ setup(
     python_requires=">=3.9",
     packages=packages,
     package_dir={"climseg.kernels": "kernels"},
+    ext_modules=[Pybind11Extension(name, sources, cxx_std=17, extra_compile_args=flags, extra_link_args=["-pthread"])
+                 for name, (sources, flags) in EXTENSIONS.items()],
+    cmdclass={"build_ext": build_ext},
     install_requires=[
         "torch>=2.3",
         "numpy>=1.22",
@@ -39,6 +71,7 @@ setup(
     entry_points={"console_scripts": ["climseg=climseg.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
+        "Programming Language :: C++",
         "Topic :: Scientific/Engineering :: Atmospheric Science",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],

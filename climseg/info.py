@@ -36,8 +36,13 @@ def info_lines():
     lines.append("op backends (auto):")
     for op, cuda_choice, cpu_choice, why in backend.describe():
         lines.append(f"  {op:24s} CUDA tensors: {cuda_choice:7s} CPU tensors: {cpu_choice:7s} ({why})")
+    from climseg.data.loader import extension_available
+
+    lines.append("data loading:")
+    lines.append("  FastLoader reader         " + ("C++ (climseg._C), threads with the GIL released" if extension_available()
+                                                   else "NumPy (climseg._C was not built: no C++ compiler at install?)"))
     lines.append("settings:")
     lines.append(f"  {backend.ENV_VAR}={os.environ.get(backend.ENV_VAR, '')!s:10s} (backend choice; unset = auto)")
     lines.append(f"  {CACHE_ENV}={os.environ.get(CACHE_ENV, '')!s:10s} (synthetic dataset cache: {cache_dir()})")
-    lines.append(f"  {MALLOC_ENV}={os.environ.get(MALLOC_ENV, '')!s:10s} (0: leave glibc malloc alone when training on CPU)")
+    lines.append(f"  {MALLOC_ENV}={os.environ.get(MALLOC_ENV, '')!s:10s} (0: leave glibc malloc alone when training or loading on CPU)")
     return lines
