@@ -1,4 +1,4 @@
-"""The ``climseg`` command: ``train``, ``predict``, ``generate``, ``info``.
+"""The ``climseg`` command: ``train``, ``predict``, ``generate``, ``stage``, ``info``.
 
 A user error (bad file, bad shape, bad option) prints one line,
 ``climseg: error: ...``, and exits with status 2. An interrupted training
@@ -43,7 +43,12 @@ TRAIN_OPTIONS = [
     ("--channels", "channels", str, "comma-separated channel names (default: all 16)"),
     ("--normalization", "normalization", str, "minmax or zscore (default minmax)"),
     ("--norm", "norm", str, "batch or none: the network's normalisation layers (default batch)"),
-    ("--workers", "workers", int, "data-loading processes (default 0 on CPU, up to 8 on CUDA)"),
+    ("--loader", "loader", str, "fast (FastLoader: C++ reader threads) or torch (DataLoader over DeepCAMDataset); "
+     "default fast"),
+    ("--workers", "workers", int, "reader threads of the fast loader (default: the cores) or DataLoader processes "
+     "of the torch loader (default 0 on CPU, up to 8 on CUDA)"),
+    ("--on-bad-sample", "on_bad_sample", str, "error (stop, naming the file) or skip (leave it out, log it, count it); "
+     "default error"),
     ("--seed", "seed", int, "random seed for weights and data order (default 0)"),
     ("--checkpoint-every", "checkpoint_every", int, "also write last.pt every N steps (default 0: each epoch)"),
     ("--max-steps", "max_steps", int, "stop with a checkpoint at this global step (default 0: no limit)"),
@@ -92,6 +97,19 @@ def build_parser():
     p.add_argument("--workers", type=int, default=None, help="processes (default: cores, at most 8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("stage", help="copy a dataset to node-local storage (in parallel under MPI)",
+                       description="Copy SRC (a dataset folder) to DST, reading every source file once in all: "
+                       "under mpirun each rank reads its part and sends it over MPI to the nodes that need it. "
+                       "Files are verified (size, CRC-32); a rerun skips what is already staged. DST may contain "
+                       "{node} for per-node paths.")
+    p.add_argument("src", help="dataset folder (train/, validation/, stats.h5) or a folder of samples")
+    p.add_argument("dst", help="node-local destination, e.g. /dev/shm/deepcam or /local/{node}")
+    p.add_argument("--shard-by", default="node", choices=("node", "rank"),
+                   help="give each node (default) or each rank its own share of the training files")
+    p.add_argument("--replicate", type=int, default=1, help="copies of each training file on distinct nodes (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="copy threads without MPI (default: cores, at most 8)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     sub.add_parser("info", help="versions, devices, and which backend each op uses")
     return parser
 
@@ -100,7 +118,9 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"train": cmd_train, "predict": cmd_predict, "generate": cmd_generate, "info": cmd_info}[args.command](args)
+        commands = {"train": cmd_train, "predict": cmd_predict, "generate": cmd_generate, "stage": cmd_stage,
+                    "info": cmd_info}
+        return commands[args.command](args)
     except UserError as exc:
         print(f"climseg: error: {_rank_prefix()}{exc}", file=sys.stderr)
         _end_job_if_distributed(2)
@@ -122,16 +142,18 @@ def main(argv=None):
 
 
 def _distributed_job():
-    from climseg.distributed.launch import topology
+    from climseg.distributed.launch import detect_launcher
 
-    topo = topology()
-    return topo is not None and topo.world_size > 1
+    return detect_launcher().world_size > 1
 
 
 def _rank_prefix():
-    from climseg.distributed.launch import topology
+    from climseg.distributed.launch import detect_launcher, topology
 
-    return f"rank {topology().rank}: " if _distributed_job() else ""
+    if not _distributed_job():
+        return ""
+    topo = topology()
+    return f"rank {topo.rank if topo is not None else detect_launcher().rank}: "
 
 
 def _end_job_if_distributed(code):
@@ -238,6 +260,15 @@ def cmd_generate(args):
           f"{s['height']}x{s['width']} to {args.out} ({s['cyclones']} cyclones, {s['rivers']} rivers; pixels: "
           f"background {100 * f['background']:.2f}%, TC {100 * f['tropical_cyclone']:.2f}%, "
           f"AR {100 * f['atmospheric_river']:.2f}%)")
+    return 0
+
+
+def cmd_stage(args):
+    from climseg.data.staging import stage
+
+    if args.replicate < 1:
+        raise UserError(f"--replicate must be at least 1, got {args.replicate}")
+    stage(args.src, args.dst, args.shard_by, args.replicate, args.threads, progress=not args.no_progress)
     return 0
 
 

@@ -19,7 +19,9 @@ class TrainConfig:
     data: typing.Optional[str] = None          # folder with train/, validation/, stats.h5; None: the cached synthetic set
     channels: typing.Optional[typing.List[str]] = None  # channel names; None: all 16
     normalization: str = "minmax"              # minmax | zscore
-    workers: typing.Optional[int] = None       # DataLoader workers; None: 0 on CPU, min(8, cores) on CUDA
+    loader: str = "fast"                       # fast (FastLoader, C++ reader) | torch (DataLoader over DeepCAMDataset)
+    workers: typing.Optional[int] = None       # reader threads (fast) or DataLoader processes (torch); None: automatic
+    on_bad_sample: str = "error"               # error | skip (fast loader)
     # model
     config: str = "tiny"                       # kurth2018 | deepcam | tiny
     norm: str = "batch"                        # batch | none
@@ -62,6 +64,8 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 CHOICES = {
     "normalization": ("minmax", "zscore"),
+    "loader": ("fast", "torch"),
+    "on_bad_sample": ("error", "skip"),
     "config": ("kurth2018", "deepcam", "tiny"),
     "norm": ("batch", "none"),
     "optimizer": ("adam", "adamw", "lamb", "larc-adam"),

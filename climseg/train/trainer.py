@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from climseg.constants import CLASS_NAMES, NUM_CLASSES
 from climseg.data import DeepCAMDataset, find_stats, read_stats
 from climseg.data.cache import default_dataset
+from climseg.data.loader import FastLoader
 from climseg.data.sampling import EpochSampler
 from climseg.distributed import launch as dist_launch
 from climseg.distributed.hooks import HierarchicalHookState, hierarchical_allreduce_hook
@@ -118,6 +119,8 @@ class Trainer:
 
         # data
         root = cfg.data or self._default_dataset()
+        if "{" in root and self.topo is not None:   # node-local staged copies: --data /local/{node}
+            root = root.format(node=self.topo.node, rank=self.rank)
         self.data_root = root
         train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "validation")
         for d in (train_dir, val_dir):
@@ -129,7 +132,18 @@ class Trainer:
         if self.val_set.shape != self.train_set.shape:
             raise DataError(f"{val_dir}: samples are {self.val_set.shape[0]}x{self.val_set.shape[1]} but training samples are "
                             f"{self.train_set.shape[0]}x{self.train_set.shape[1]}")
-        self.steps_per_epoch = len(self.train_set) // self.world // cfg.batch_size
+        self.input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        self.train_loader = self.val_loader = None
+        if cfg.loader == "fast":
+            common = dict(stats=stats, channels=cfg.channels, normalization=cfg.normalization, dtype=self.input_dtype,
+                          layout="nhwc" if cfg.channels_last else "nchw", threads=cfg.workers, seed=cfg.seed,
+                          rank=self.rank, world_size=self.world, on_bad_sample=cfg.on_bad_sample,
+                          device=self.device if self.device.type == "cuda" else None, log=self.log)
+            self.train_loader = FastLoader(train_dir, cfg.batch_size, shuffle=True, drop_last=True, **common)
+            self.val_loader = FastLoader(val_dir, cfg.batch_size, shuffle=False, drop_last=False, **common)
+            self.steps_per_epoch = self._agree_min(len(self.train_loader))
+        else:
+            self.steps_per_epoch = len(self.train_set) // self.world // cfg.batch_size
         if self.steps_per_epoch == 0:
             raise ConfigError(f"option batch-size: {cfg.batch_size} per process x {self.world} processes is larger than "
                               f"the {len(self.train_set)} training samples")
@@ -176,6 +190,16 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
+
+    def _agree_min(self, value):
+        """The smallest ``value`` over all ranks (every rank must take as many steps)."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([value], device=self.device if self.topo.backend == "nccl" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.topo.world)
+        return int(t.item())
 
     def _default_dataset(self):
         """The cached synthetic set; made by one rank per node, the others wait for it."""
@@ -344,18 +368,33 @@ class Trainer:
         data = data.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         return data, labels.to(self.device, non_blocking=True)
 
+    def _train_batches(self):
+        """This rank's batches of the current epoch, from the resume position on."""
+        cfg = self.cfg
+        if self.train_loader is not None:
+            self.train_loader.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
+            return iter(self.train_loader)
+        sampler = EpochSampler(len(self.train_set), cfg.seed, self.epoch, shuffle=True,
+                               start=self.batch_in_epoch * cfg.batch_size, rank=self.rank, world_size=self.world)
+        return iter(self._loader(self.train_set, sampler, cfg.batch_size, drop_last=True))
+
     def _train_epoch(self):
         cfg = self.cfg
         self.model.train()
-        sampler = EpochSampler(len(self.train_set), cfg.seed, self.epoch, shuffle=True,
-                               start=self.batch_in_epoch * cfg.batch_size, rank=self.rank, world_size=self.world)
-        loader = self._loader(self.train_set, sampler, cfg.batch_size, drop_last=True)
+        batches = self._train_batches()
         acc = _Accumulator(self.device, self.partial)
+        skipped_before = self.train_loader.skipped if self.train_loader is not None else 0
         with progress_bar(total=self.steps_per_epoch, initial=self.batch_in_epoch, disable=not self.show_progress,
                           desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch", leave=False) as bar:
             tick = time.time()
-            for data, labels in loader:
-                self._train_step(data, labels, acc)
+            while self.batch_in_epoch < self.steps_per_epoch:
+                batch = next(batches, None)
+                ended, stop = self._agree(batch is None, self.stop_requested)
+                if stop:
+                    raise TrainingStopped(self._save("last.pt", acc))
+                if ended:   # some rank ran out (files skipped): all end the epoch together
+                    break
+                self._train_step(batch[0], batch[1], acc)
                 acc.seconds += time.time() - tick
                 tick = time.time()
                 bar.update()
@@ -368,8 +407,8 @@ class Trainer:
                     self.log(f"climseg: reached max-steps {cfg.max_steps}; checkpoint written to "
                              f"{os.path.join(self.out, 'last.pt')}")
                     return None
-                if self._stop_agreed():
-                    raise TrainingStopped(self._save("last.pt", acc))
+        if self.train_loader is not None:
+            acc.skipped_samples += self.train_loader.skipped - skipped_before
         row = acc.row("train", self._reduce_group())
         row.update(epoch=self.epoch + 1, step=self.step, lr=self.optimizer.param_groups[0]["lr"],
                    tflops_per_s=row["samples_per_s"] * self.flops_per_sample / 1e12)
@@ -387,16 +426,17 @@ class Trainer:
     def _reduce_group(self):
         return self.topo.world if self.world > 1 else None
 
-    def _stop_agreed(self):
-        """A stop asked of any rank (a signal may reach only one) stops all of them at the same step."""
+    def _agree(self, ended, stop):
+        """``(ended, stop)`` for all ranks: a rank out of data ends the epoch for all, and a stop
+        asked of any rank (a signal may reach only one) stops all of them at the same step."""
         if self.world == 1:
-            return self.stop_requested
+            return ended, stop
         import torch.distributed as dist
 
-        flag = torch.tensor([int(self.stop_requested)], device=self.device if self.topo.backend == "nccl" else "cpu")
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.topo.world)
-        self.stop_requested = bool(flag.item())
-        return self.stop_requested
+        flags = torch.tensor([int(ended), int(stop)], device=self.device if self.topo.backend == "nccl" else "cpu")
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.topo.world)
+        ended, self.stop_requested = bool(flags[0].item()), bool(flags[1].item())
+        return ended, self.stop_requested
 
     def _train_step(self, data, labels, acc):
         cfg = self.cfg
@@ -430,12 +470,16 @@ class Trainer:
     @torch.no_grad()
     def validate(self, dataset=None):
         """Loss, per-class IoU, mean IoU and DeepCAM IoU over ``dataset`` (default: validation split)."""
-        dataset = dataset or self.val_set
         self._sync_buffers()
         was_training = self.model.training
         self.model.eval()
-        shard = list(range(self.rank, len(dataset), self.world))   # every sample exactly once over the ranks
-        loader = self._loader(dataset, shard, self.cfg.batch_size, drop_last=False)
+        if dataset is None and self.val_loader is not None:
+            self.val_loader.set_epoch(0)
+            loader = self.val_loader     # every sample exactly once over the ranks
+        else:
+            dataset = dataset or self.val_set
+            shard = list(range(self.rank, len(dataset), self.world))
+            loader = self._loader(dataset, shard, self.cfg.batch_size, drop_last=False)
         acc = _Accumulator(self.device)
         tick = time.time()
         for data, labels in loader:
@@ -495,10 +539,12 @@ class _Accumulator:
     def __init__(self, device, state=None):
         self.cm = ConfusionMatrix(NUM_CLASSES, device=device)
         self.loss_sum, self.deepcam_sum, self.samples, self.seconds, self.skipped = 0.0, 0.0, 0, 0.0, 0
+        self.skipped_samples = 0
         if state:
             self.cm.matrix += state["matrix"].to(device)
             self.loss_sum, self.deepcam_sum = state["loss_sum"], state["deepcam_sum"]
             self.samples, self.seconds, self.skipped = state["samples"], state["seconds"], state["skipped"]
+            self.skipped_samples = state.get("skipped_samples", 0)
 
     def add(self, logits, labels, loss, skipped):
         pred = logits.argmax(dim=1)
@@ -512,8 +558,8 @@ class _Accumulator:
     def state(self, group=None):
         """The running sums; over all ranks of ``group`` (a collective) when given."""
         matrix = self.cm.matrix.clone()
-        sums = torch.tensor([self.loss_sum, self.deepcam_sum, float(self.samples), float(self.skipped)],
-                            dtype=torch.float64, device=matrix.device)
+        sums = torch.tensor([self.loss_sum, self.deepcam_sum, float(self.samples), float(self.skipped),
+                             float(self.skipped_samples)], dtype=torch.float64, device=matrix.device)
         seconds = torch.tensor([self.seconds], dtype=torch.float64, device=matrix.device)
         if group is not None:
             import torch.distributed as dist
@@ -523,7 +569,7 @@ class _Accumulator:
             dist.all_reduce(seconds, op=dist.ReduceOp.MAX, group=group)
         sums, seconds = sums.tolist(), float(seconds.item())
         return dict(matrix=matrix.cpu(), loss_sum=sums[0], deepcam_sum=sums[1], samples=int(sums[2]),
-                    seconds=seconds, skipped=int(sums[3]))
+                    seconds=seconds, skipped=int(sums[3]), skipped_samples=int(sums[4]))
 
     def row(self, split, group=None):
         total = _Accumulator(self.cm.matrix.device, self.state(group))
@@ -536,6 +582,8 @@ class _Accumulator:
                    samples=self.samples, samples_per_s=self.samples / max(self.seconds, 1e-9))
         if self.skipped:
             row["skipped_steps"] = self.skipped
+        if self.skipped_samples:
+            row["skipped_samples"] = self.skipped_samples
         return row
 
 
