@@ -18,7 +18,7 @@ TRAIN_OPTIONS = [
     ("--config", "config", str, "model configuration: kurth2018, deepcam or tiny (default tiny); "
      "a .yaml/.yml/.json file here is read as --config-file"),
     ("--config-file", None, str, "YAML or JSON file of further options (keys as the long options below)"),
-    ("--epochs", "epochs", int, "number of epochs (default 9)"),
+    ("--epochs", "epochs", int, "number of epochs (default 6)"),
     ("--batch-size", "batch_size", int, "samples per optimizer step (default 8)"),
     ("--precision", "precision", str, "auto, fp32, bf16 or fp16 (default auto: bf16 or fp16 on CUDA, fp32 on CPU)"),
     ("--device", "device", str, "auto, cpu, cuda or cuda:N (default auto)"),

@@ -49,7 +49,7 @@ CONFIGS = {
                           output_stride=8, root_channels=24, root_kernel=3),
         aspp=dict(out_channels=48, rates=(2, 4, 6)),
         decoder="deconv1x",
-        decoder_args=dict(low_level_width=16, width=48, skip_widths=(16, 24), head_width=32),
+        decoder_args=dict(low_level_width=16, width=48, skip_widths=(8, 16), head_width=16),
     ),
 }
 

@@ -26,7 +26,7 @@ class TrainConfig:
     config: str = "tiny"                       # kurth2018 | deepcam | tiny
     norm: str = "batch"                        # batch | none
     # optimisation
-    epochs: int = 9
+    epochs: int = 6
     batch_size: int = 8
     optimizer: str = "adamw"                   # adam | adamw | lamb | larc-adam
     lr: float = 2e-3
