@@ -1,11 +1,24 @@
 """Shared fixtures: small synthetic datasets made once per test session, and a
-cache folder of our own so tests never touch the user's."""
+cache folder of our own so tests never touch the user's. Without a GPU, Triton
+kernels run in Triton's CPU interpreter (set before anything imports Triton)."""
 import os
 
 import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

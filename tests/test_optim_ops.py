@@ -1,4 +1,6 @@
 """LAMB against a hand computation, schedules, the atrous op's reference and backend switch."""
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -68,8 +70,10 @@ def test_backend_switch(monkeypatch):
     x = torch.randn(1, 2, 5, 5)
     w = torch.randn(2, 2, 3, 3)
     assert backend_mod.resolve("atrous_conv2d", "auto", x) == "torch"
-    with pytest.raises(ConfigError, match="backend 'triton' is not available"):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")     # CPU tensors reach Triton only through its interpreter
+    with pytest.raises(ConfigError, match="backend 'triton' cannot run here: CPU tensors"):
         atrous_conv2d(x, w, backend="triton")
+    monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(ConfigError, match="unknown backend 'fast'"):
         atrous_conv2d(x, w, backend="fast")
     with pytest.raises(ConfigError, match="activation must be None or 'relu'"):
@@ -86,9 +90,13 @@ def test_backend_switch(monkeypatch):
     monkeypatch.delenv("CLIMSEG_BACKEND")
     monkeypatch.setattr(backend_mod, "_REGISTRY", {})
     backend_mod.register("atrous_conv2d", "triton", lambda t: (t is not None and t.dtype == torch.float16, "needs fp16"))
-    assert backend_mod.resolve("atrous_conv2d", "auto", x.half()) == "triton"
-    assert backend_mod.resolve("atrous_conv2d", "auto", x) == "torch"
+    cuda_half = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float16)   # stands in for a GPU tensor
+    cuda_float = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32)
+    assert backend_mod.resolve("atrous_conv2d", "auto", cuda_half) == "triton"
+    assert backend_mod.resolve("atrous_conv2d", "auto", cuda_float) == "torch"
+    assert backend_mod.resolve("atrous_conv2d", "auto", x.half()) == "torch"    # CPU tensors: the reference
+    assert backend_mod.resolve("atrous_conv2d", "triton", x.half()) == "triton"  # unless a backend is named
     with pytest.raises(ConfigError, match="cannot run here: needs fp16"):
         backend_mod.resolve("atrous_conv2d", "triton", x)
     rows = backend_mod.describe()
-    assert [r[0] for r in rows] == ["atrous_conv2d"] and rows[0][2] == "torch"
+    assert [r[0] for r in rows] == ["aspp_conv", "atrous_conv2d"] and rows[1][2] == "torch"

@@ -2,7 +2,8 @@
 
 Each op registers the fast implementations it has, with a function that says
 whether one can run on a given tensor (and why not). ``"auto"`` takes the first
-that can; CPU tensors take the PyTorch reference. The default comes from the
+that can for CUDA tensors; CPU tensors take the PyTorch reference (a named
+backend such as ``"triton"`` may still run on them, e.g. in Triton's interpreter). The default comes from the
 environment variable ``CLIMSEG_BACKEND`` (unset: ``"auto"``). ``climseg info``
 prints :func:`describe`.
 """
@@ -43,6 +44,8 @@ def resolve(op, requested, tensor=None):
         return "torch"
     candidates = _REGISTRY.get(op, [])
     if requested == "auto":
+        if tensor is not None and tensor.device.type != "cuda":
+            return "torch"     # CPU tensors take the reference (the Triton interpreter is for tests)
         for name, probe in candidates:
             ok, _ = probe(tensor)
             if ok:
@@ -81,4 +84,4 @@ def describe(ops=None):
 
 
 # every op climseg defines, whether or not it has fast backends yet
-_REGISTRY_OPS = {"atrous_conv2d"}
+_REGISTRY_OPS = {"atrous_conv2d", "aspp_conv"}
