@@ -63,7 +63,7 @@ setup(
         "pyyaml>=5.4",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "triton>=3.0"],   # the Triton kernels' tests run in Triton's CPU interpreter
         "triton": ["triton>=3.0"],
         "mpi": ["mpi4py>=3.1"],             # plus an MPI: the system's, or `pip install mpich`
         "cuda": ["cupy-cuda12x>=13"],
