@@ -10,9 +10,16 @@ import glob
 import os
 import sys
 
-from pybind11.setup_helpers import Pybind11Extension
-from pybind11.setup_helpers import build_ext as _build_ext
 from setuptools import find_packages, setup
+
+try:  # a build requirement (pyproject.toml); missing only when building without isolation
+    from pybind11.setup_helpers import Pybind11Extension
+    from pybind11.setup_helpers import build_ext as _build_ext
+except ImportError:
+    Pybind11Extension = None
+    from setuptools.command.build_ext import build_ext as _build_ext
+    print("WARNING: climseg: pybind11 is not installed; building without the C++ extension climseg._C",
+          file=sys.stderr)
 
 packages = find_packages(include=["climseg", "climseg.*"]) + ["climseg.kernels"]
 
@@ -50,7 +57,7 @@ setup(
     packages=packages,
     package_dir={"climseg.kernels": "kernels"},
     ext_modules=[Pybind11Extension(name, sources, cxx_std=17, extra_compile_args=flags, extra_link_args=["-pthread"])
-                 for name, (sources, flags) in EXTENSIONS.items()],
+                 for name, (sources, flags) in EXTENSIONS.items()] if Pybind11Extension is not None else [],
     cmdclass={"build_ext": build_ext},
     install_requires=[
         "torch>=2.3",

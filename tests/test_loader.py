@@ -201,3 +201,10 @@ def test_nothing_hangs_when_the_consumer_stops_early(odd_dataset):
         if i == 1:
             break
     assert sum(1 for _ in fl) == 9
+
+
+@pytest.mark.skipif(os.environ.get("CLIMSEG_FORCE_CPP_BUILD") != "1", reason="only where the build promised the extension")
+def test_extension_was_built():
+    from climseg.data.loader import extension_available
+
+    assert extension_available(), "climseg._C is missing although CLIMSEG_FORCE_CPP_BUILD=1"

@@ -299,7 +299,6 @@ bool convert_rows(Job& job, int64_t b, int64_t y0, int64_t y1, const In* src) {
           store<Out>(job.out_data, base + x, (v - s) * m);
         }
       }
-    }
     } else if (std::is_same<In, float>::value && job.identity && C == 16) {
       const float* in = reinterpret_cast<const float*>(row);
       const int64_t base = (b * H + y) * W * K;
