@@ -1,4 +1,4 @@
-"""The ``climseg`` command: ``train``, ``predict``, ``generate``, ``stage``, ``info``.
+"""The ``climseg`` command: ``train``, ``predict``, ``generate``, ``stage``, ``bench``, ``info``.
 
 A user error (bad file, bad shape, bad option) prints one line,
 ``climseg: error: ...``, and exits with status 2. An interrupted training
@@ -6,6 +6,7 @@ run (Ctrl-C, SIGTERM) writes a checkpoint and exits with status 130.
 """
 import argparse
 import os
+import shlex
 import signal
 import sys
 
@@ -110,16 +111,37 @@ def build_parser():
     p.add_argument("--threads", type=int, default=None, help="copy threads without MPI (default: cores, at most 8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("bench", help="benchmarks with one output format (JSON + markdown)",
+                       description="Run a benchmark: step (training step; on CUDA ours against the same model on "
+                       "plain PyTorch), atrous (Triton convolutions against cuDNN; GPU), cuda-kernels, allreduce "
+                       "(flat against hierarchical), io (FastLoader against a reference-style reader), scaling (the "
+                       "weak-scaling model; model output), or all. Options after the name that are not listed here "
+                       "go to the benchmark itself (see python -m climseg.bench.<name> --help).")
+    p.add_argument("what", choices=BENCHES + ("all",))
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (step)")
+    p.add_argument("--config", default=None, help="network configuration(s), comma-separated (step; default tiny on "
+                   "CPU, kurth2018,deepcam on CUDA)")
+    p.add_argument("--preset", default="summit-kurth2018", help="scaling preset (summit-kurth2018, h100-kurth2018)")
+    p.add_argument("--json", default=None, help="result file (a folder for all); default benchmarks/results/ in a "
+                   "source tree, else ./climseg-bench-results/")
+
     sub.add_parser("info", help="versions, devices, and which backend each op uses")
     return parser
 
 
+BENCHES = ("step", "atrous", "cuda-kernels", "allreduce", "io", "scaling")
+
+
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         commands = {"train": cmd_train, "predict": cmd_predict, "generate": cmd_generate, "stage": cmd_stage,
-                    "info": cmd_info}
+                    "bench": cmd_bench, "info": cmd_info}
         return commands[args.command](args)
     except UserError as exc:
         print(f"climseg: error: {_rank_prefix()}{exc}", file=sys.stderr)
@@ -270,6 +292,39 @@ def cmd_stage(args):
         raise UserError(f"--replicate must be at least 1, got {args.replicate}")
     stage(args.src, args.dst, args.shard_by, args.replicate, args.threads, progress=not args.no_progress)
     return 0
+
+
+def cmd_bench(args):
+    import importlib
+
+    if args.what == "cuda-kernels":
+        raise UserError("climseg bench cuda-kernels: this version has no CUDA kernels of its own yet (csrc/cuda); "
+                        "nothing to measure")
+    names = [b for b in BENCHES if b != "cuda-kernels"] if args.what == "all" else [args.what]
+    status = 0
+    for name in names:
+        out = args.json
+        if args.what == "all" and out is not None:
+            os.makedirs(out, exist_ok=True)
+            out = os.path.join(out, f"{name}.json")
+        argv = [a for a in args.extra if a != "--"]
+        if name == "step":
+            import torch
+
+            gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+            argv = ["--device", args.device, "--configs", args.config or ("kurth2018,deepcam" if gpu else "tiny")] + argv
+        elif name == "scaling":
+            argv = ["--preset", args.preset] + argv
+        elif name == "allreduce" and not any(a.startswith("--procs") for a in argv):
+            argv = ["--procs", "4", "--local-size", "2"] + argv      # two simulated nodes of two ranks
+        if out is not None:
+            argv += ["--json", out]
+        os.environ["CLIMSEG_BENCH_COMMAND"] = "climseg " + " ".join(shlex.quote(a) for a in args.argv)
+        try:
+            status = importlib.import_module(f"climseg.bench.{name}").main(argv) or status
+        finally:
+            os.environ.pop("CLIMSEG_BENCH_COMMAND", None)
+    return status
 
 
 def cmd_info(args):

@@ -27,6 +27,8 @@ import sys
 import time
 
 import torch
+
+from climseg.bench import command_line, result_path
 import torch.distributed as dist
 
 
@@ -92,9 +94,8 @@ def run(args):
                     simulated_nodes=bool(os.environ.get("CLIMSEG_LOCAL_SIZE")), backend=topo.backend,
                     device=str(device), cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
                     torch=torch.__version__, date=datetime.date.today().isoformat(),
-                    command=os.environ.get("CLIMSEG_BENCH_COMMAND", " ".join(sys.argv)))
-        path = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                         f"allreduce-{topo.backend}-{n}x-{meta['date']}.json")
+                    command=command_line())
+        path = result_path(f"allreduce-{topo.backend}-{n}x-{meta['date']}.json", args.json)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             json.dump(dict(meta=meta, rows=rows), f, indent=2)
@@ -116,7 +117,7 @@ def write_markdown(path, meta, rows):
                     f"{r['busbw_gbs']:.3f} | {'yes' if r['exact'] else 'NO'} |\n")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--procs", type=int, default=None, help="start this many processes (mpiexec, else torchrun)")
     parser.add_argument("--local-size", type=int, default=None, help="ranks per simulated node (CLIMSEG_LOCAL_SIZE)")
@@ -126,23 +127,24 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=12)
     parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from climseg.distributed import is_launched
 
     if args.procs and not is_launched():
-        env = dict(os.environ, CLIMSEG_BENCH_COMMAND="python " + " ".join(sys.argv))
+        env = dict(os.environ, CLIMSEG_BENCH_COMMAND=command_line(argv))
         if args.local_size:
             env["CLIMSEG_LOCAL_SIZE"] = str(args.local_size)
         env.setdefault("OMP_NUM_THREADS", "1")
-        rest = [a for a in sys.argv[1:]]
+        rest = list(sys.argv[1:] if argv is None else argv)
         if shutil.which("mpiexec"):
-            cmd = ["mpiexec", "-n", str(args.procs), sys.executable, sys.argv[0], *rest]
+            cmd = ["mpiexec", "-n", str(args.procs), sys.executable, "-m", "climseg.bench.allreduce", *rest]
         else:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                   str(args.procs), sys.argv[0], *rest]
-        raise SystemExit(subprocess.call(cmd, env=env))
+                   str(args.procs), "-m", "climseg.bench.allreduce", *rest]
+        return subprocess.call(cmd, env=env)
     run(args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

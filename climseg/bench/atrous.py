@@ -30,6 +30,8 @@ import subprocess
 import sys
 
 import torch
+
+from climseg.bench import command_line, result_path
 import torch.nn.functional as F
 
 
@@ -129,7 +131,7 @@ def aspp_case(config, dtype, mode, repeats):
                 unfused_ms=times["unfused"][0], vs_unfused=times["unfused"][0] / times["fused"][0])
 
 
-def environment():
+def environment(argv=None):
     import triton
 
     props = torch.cuda.get_device_properties(0)
@@ -140,7 +142,7 @@ def environment():
         driver = "unknown"
     return dict(gpu=props.name, sm=f"{props.major}{props.minor}", driver=driver, cuda=torch.version.cuda,
                 torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
-                date=datetime.date.today().isoformat(), command="python " + " ".join(sys.argv))
+                date=datetime.date.today().isoformat(), command=command_line(argv))
 
 
 def write(rows, env, path):
@@ -160,17 +162,17 @@ def write(rows, env, path):
                     f"{r.get('vs_ours_nondeterministic', float('nan')):.2f} | {r.get('vs_unfused', float('nan')):.2f} |\n")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="bf16 only, forward+backward only, fewer repeats")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json", default=None, help="output file (default benchmarks/results/atrous-<gpu>-<date>.json)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_atrous: no CUDA device here; this benchmark measures GPU kernels only (nothing run)")
         return 0
     torch.backends.cudnn.benchmark = True
-    env = environment()
+    env = environment(argv)
     dtypes = [torch.bfloat16] if args.quick else [torch.bfloat16, torch.float16]
     modes = ["forward+backward"] if args.quick else ["forward", "backward", "forward+backward"]
     repeats = max(3, args.repeats // (4 if args.quick else 1))
@@ -196,8 +198,7 @@ def main():
             r = rows[-1]
             print(f"{r['layer']:42s} {r['dtype']:8s} forward+backward  {r['ms']:8.3f} ms "
                   f"{r['vs_unfused']:5.2f}x unfused", flush=True)
-    path = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                     f"atrous-{env['gpu'].replace(' ', '_')}-{env['date']}.json")
+    path = result_path(f"atrous-{env['gpu'].replace(' ', '_')}-{env['date']}.json", args.json)
     write(rows, env, path)
     print(f"wrote {path}")
     return 0

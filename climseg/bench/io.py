@@ -34,6 +34,8 @@ import h5py
 import numpy as np
 import torch
 
+from climseg.bench import command_line, result_path
+
 
 class ReferenceStyleDataset(torch.utils.data.Dataset):
     """What the MLPerf reference's CamDataset does per sample."""
@@ -104,14 +106,14 @@ def write_markdown(path, meta, rows, staging):
         f.write(f"\nStaging (local thread pool, read-back verification): {staging['gbs']:.2f} GB/s\n")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="folder of DeepCAM samples (default: generate 24 of 768x1152)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="threads / worker processes (both sides)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from climseg.data import FastLoader, find_stats, list_samples, read_stats
     from climseg.data.staging import stage
@@ -183,9 +185,8 @@ def main():
         meta = dict(benchmark="io", files=len(files), shape=[h, w, c], file_bytes=total_bytes, workers=W, batch=B,
                     cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), device="cpu",
                     torch=torch.__version__, h5py=h5py.__version__, date=datetime.date.today().isoformat(),
-                    command="python " + " ".join(sys.argv))
-        path = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                         f"io-cpu-{meta['date']}.json")
+                    command=command_line(argv))
+        path = result_path(f"io-cpu-{meta['date']}.json", args.json)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             json.dump(dict(meta=meta, rows=rows, staging=staging), f, indent=2)
@@ -193,7 +194,8 @@ def main():
         print(f"wrote {path}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,6 +20,8 @@ import time
 
 import torch
 
+from climseg.bench import command_line, result_path
+
 from climseg.losses import WeightedCrossEntropy
 from climseg.models import DeepLabV3Plus
 from climseg.perf import count_flops
@@ -42,7 +44,21 @@ def device_name(device):
     return f"CPU: {cpu}, {torch.get_num_threads()} threads"
 
 
-def bench_one(config, device, shape, precision, warmup, repeats, channels_last=True):
+def bench_one(config, device, shape, precision, warmup, repeats, channels_last=True, backend="auto"):
+    """One configuration; ``backend="torch"`` is the same model on plain PyTorch ops (cuDNN,
+    unfused ASPP), ``"auto"`` climseg's fused path where the device has one."""
+    previous = os.environ.get("CLIMSEG_BACKEND")
+    os.environ["CLIMSEG_BACKEND"] = backend
+    try:
+        return _bench_one(config, device, shape, precision, warmup, repeats, channels_last) | dict(backend=backend)
+    finally:
+        if previous is None:
+            os.environ.pop("CLIMSEG_BACKEND", None)
+        else:
+            os.environ["CLIMSEG_BACKEND"] = previous
+
+
+def _bench_one(config, device, shape, precision, warmup, repeats, channels_last):
     torch.manual_seed(0)
     model = DeepLabV3Plus(config).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -96,6 +112,9 @@ def main(argv=None):
     parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--backends", default=None,
+                        help="comma-separated: auto (climseg's kernels where the device has them) and/or torch (the "
+                             "same model on plain PyTorch ops); default auto,torch on CUDA, auto on CPU")
     parser.add_argument("--json", default=None, help="write results here (default benchmarks/results/...)")
     args = parser.parse_args(argv)
 
@@ -106,22 +125,35 @@ def main(argv=None):
     n = args.batch_size or (2 if gpu else 8)
     precision = resolve_precision(args.precision, device)
     malloc_tuned = tune_cpu_allocator() if device.type == "cpu" else False  # as the trainer does
+    backends = [b.strip() for b in (args.backends or ("auto,torch" if gpu else "auto")).split(",") if b.strip()]
+    from climseg.perf.peaks import device_peak
+
+    peak, peak_source = device_peak(device, AUTOCAST_DTYPES.get(precision, torch.float32))
     rows = []
     for config in [c.strip() for c in args.configs.split(",") if c.strip()]:
-        row = bench_one(config, device, (n, 16, h, w), precision, args.warmup, args.repeats)
-        rows.append(row)
-        print(f"{config:10s} {n}x16x{h}x{w} {precision}: {row['ms_median']:9.1f} ms/step "
-              f"[{row['ms_p20']:.1f}, {row['ms_p80']:.1f}]  {row['samples_per_s']:8.2f} samples/s  "
-              f"{row['tflops_per_s']:7.3f} TFLOP/s", flush=True)
+        for backend in backends:
+            row = bench_one(config, device, (n, 16, h, w), precision, args.warmup, args.repeats, backend=backend)
+            row["mfu"] = row["tflops_per_s"] / peak
+            plain = [r for r in rows if r["config"] == config and r["backend"] == "torch"]
+            if backend != "torch" and plain:
+                row["vs_plain"] = plain[0]["ms_median"] / row["ms_median"]
+            rows.append(row)
+            if backend == "torch":
+                for r in rows:
+                    if r["config"] == config and r["backend"] != "torch":
+                        r["vs_plain"] = row["ms_median"] / r["ms_median"]
+            label = "climseg" if backend == "auto" else "plain PyTorch" if backend == "torch" else backend
+            print(f"{config:10s} {n}x16x{h}x{w} {precision} {label:14s}: {row['ms_median']:9.1f} ms/step "
+                  f"[{row['ms_p20']:.1f}, {row['ms_p80']:.1f}]  {row['samples_per_s']:8.2f} samples/s  "
+                  f"{row['tflops_per_s']:7.3f} TFLOP/s  MFU {100 * row['mfu']:.1f}%", flush=True)
     meta = dict(benchmark="train_step", device=device_name(device), device_type=device.type,
                 torch=torch.__version__, cuda=torch.version.cuda, python=platform.python_version(),
-                malloc_tuning=malloc_tuned,
-                date=datetime.date.today().isoformat(), command="python " + " ".join([sys.argv[0]] + (argv or sys.argv[1:])))
+                malloc_tuning=malloc_tuned, peak_tflops=peak, peak_source=peak_source,
+                date=datetime.date.today().isoformat(), command=command_line(argv))
     if gpu:
         meta["driver"] = torch.cuda.get_device_properties(device).name
     tag = "gpu" if gpu else "cpu"
-    path = args.json or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                     f"train_step-{tag}-{meta['date']}.json")
+    path = result_path(f"train_step-{tag}-{meta['date']}.json", args.json)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=2)
@@ -129,15 +161,18 @@ def main(argv=None):
     with open(md, "w") as f:
         f.write(f"# Training step ({meta['device']})\n\n{meta['date']}, torch {meta['torch']}, "
                 f"device type {device.type}\n\nCommand: `{meta['command']}`\n\n")
-        f.write("| config | input | precision | ms/step (median) | p20-p80 | samples/s | TFLOP/step | TFLOP/s |\n")
-        f.write("|---|---|---|---:|---:|---:|---:|---:|\n")
+        f.write(f"MFU against {peak:.1f} TFLOP/s ({peak_source})\n\n")
+        f.write("| config | path | input | precision | ms/step (median) | p20-p80 | samples/s | TFLOP/step | TFLOP/s | MFU |"
+                " vs plain PyTorch |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
         for r in rows:
-            f.write(f"| {r['config']} | {r['batch']}x16x{r['height']}x{r['width']} | {r['precision']} | "
+            vs = f"{r['vs_plain']:.2f}" if "vs_plain" in r else "–"
+            f.write(f"| {r['config']} | {'plain PyTorch' if r['backend'] == 'torch' else 'climseg'} | "
+                    f"{r['batch']}x16x{r['height']}x{r['width']} | {r['precision']} | "
                     f"{r['ms_median']:.1f} | {r['ms_p20']:.1f}-{r['ms_p80']:.1f} | {r['samples_per_s']:.2f} | "
-                    f"{r['tflop_per_step']:.4f} | {r['tflops_per_s']:.3f} |\n")
+                    f"{r['tflop_per_step']:.4f} | {r['tflops_per_s']:.3f} | {100 * r['mfu']:.1f}% | {vs} |\n")
     print(f"wrote {path} and {md}")
-    return rows
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -171,6 +171,9 @@ class Trainer:
                                          cfg.milestones, cfg.lr_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.flops_per_sample = count_flops(self.net, (1, len(self.train_set.channels)) + self.train_set.shape)
+        from climseg.perf.peaks import device_peak
+
+        self.peak_tflops, self.peak_source = device_peak(self.device, AUTOCAST_DTYPES.get(self.precision, torch.float32))
 
         # progress
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
@@ -412,6 +415,7 @@ class Trainer:
         row = acc.row("train", self._reduce_group())
         row.update(epoch=self.epoch + 1, step=self.step, lr=self.optimizer.param_groups[0]["lr"],
                    tflops_per_s=row["samples_per_s"] * self.flops_per_sample / 1e12)
+        row["mfu"] = row["tflops_per_s"] / (self.world * self.peak_tflops)   # per device, against its peak
         return row
 
     def _sync_buffers(self):
@@ -527,7 +531,8 @@ class Trainer:
     def _write_run_info(self):
         info = dict(options=self.cfg.to_dict(), data_root=os.path.abspath(self.data_root), device=str(self.device),
                     precision=self.precision, torch=torch.__version__, parameters=count_parameters(self.net),
-                    flops_per_sample=self.flops_per_sample, input_shape=[len(self.train_set.channels), *self.train_set.shape],
+                    flops_per_sample=self.flops_per_sample, peak_tflops=self.peak_tflops,
+                    peak_source=self.peak_source, input_shape=[len(self.train_set.channels), *self.train_set.shape],
                     channels=list(self.train_set.channels), steps_per_epoch=self.steps_per_epoch,
                     started=datetime.datetime.now().isoformat(timespec="seconds"))
         write_json(os.path.join(self.out, "run.json"), info)
@@ -597,7 +602,7 @@ def _fmt(x):
 
 def _epoch_line(train, val):
     line = (f"epoch {train['epoch']:3d}  step {train['step']:6d}  loss {train['loss']:.4f}  "
-            f"{train['samples_per_s']:.1f} samples/s")
+            f"{train['samples_per_s']:.1f} samples/s  {train['tflops_per_s']:.2f} TFLOP/s ({100 * train['mfu']:.0f}% MFU)")
     if val is not None:
         line += (f"  | validation loss {val['loss']:.4f}  IoU tc {_fmt(val['iou_tc'])}  ar {_fmt(val['iou_ar'])}  "
                  f"mean {_fmt(val['mean_iou'])}  deepcam {_fmt(val['deepcam_iou'])}")

@@ -1,0 +1,32 @@
+"""Benchmarks behind ``climseg bench`` (and the scripts in ``benchmarks/``).
+
+Each module measures one thing and writes JSON (``meta`` + ``rows``) and a
+markdown table: ``step`` (training step, ours against the plain-PyTorch model),
+``atrous`` (the Triton convolution kernels against cuDNN; GPU), ``allreduce``
+(flat against hierarchical), ``io`` (FastLoader against an MLPerf-reference-style
+reader and dd), ``scaling`` (the weak-scaling model of :mod:`climseg.perf.scaling`).
+Medians over repeats after warm-up; CUDA events on GPUs.
+"""
+import os
+import shlex
+import sys
+
+
+def results_dir():
+    """``benchmarks/results`` when run from a source tree, else ``./climseg-bench-results``."""
+    here = os.path.join(os.getcwd(), "benchmarks", "results")
+    return here if os.path.isdir(here) else os.path.join(os.getcwd(), "climseg-bench-results")
+
+
+def result_path(name, given=None):
+    path = given or os.path.join(results_dir(), name)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return path
+
+
+def command_line(argv=None):
+    """The command as typed (``CLIMSEG_BENCH_COMMAND`` when a launcher re-ran it)."""
+    if os.environ.get("CLIMSEG_BENCH_COMMAND"):
+        return os.environ["CLIMSEG_BENCH_COMMAND"]
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(shlex.quote(a) for a in [os.path.basename(sys.argv[0])] + list(args))
