@@ -56,7 +56,10 @@ else
     step install 240 $py -m pip install --no-build-isolation --no-deps --no-index -e . || \
         say "install failed: using the tree on PYTHONPATH instead"
 fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ! $py -c "import climseg" 2>/dev/null; then   # not installed: run from the tree (without climseg.kernels)
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    say "climseg is not installed: running from the source tree; the Triton kernels need an installed climseg"
+fi
 $py -m climseg info >> "$log" 2>&1
 
 if [ "$gpu" != "1" ]; then
