@@ -43,6 +43,27 @@ def interpreting():
 
 
 # ---------------------------------------------------------------------------------------------
+# the forward epilogue, shared by the dense and depthwise kernels
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _epilogue_store(acc, y_ptr, out, mask, ch, ch_mask, bias_ptr, scale_ptr, shift_ptr, res_ptr,
+                    HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RES: tl.constexpr,
+                    RELU: tl.constexpr):
+    """y[out] = relu((acc + bias[ch]) * scale[ch] + shift[ch] + res[out]), each term optional, in y's dtype."""
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + ch, mask=ch_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_SCALE:
+        acc *= tl.load(scale_ptr + ch, mask=ch_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_SHIFT:
+        acc += tl.load(shift_ptr + ch, mask=ch_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_RES:
+        acc += tl.load(res_ptr + out, mask=mask, other=0.0).to(tl.float32)
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
 # dense: forward
 # ---------------------------------------------------------------------------------------------
 @triton.jit
@@ -97,19 +118,8 @@ def _dense_fwd_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, scale_ptr, shift_ptr, r
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
 
     ch = out_off + offs_n
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + ch, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    if HAS_SCALE:
-        acc *= tl.load(scale_ptr + ch, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    if HAS_SHIFT:
-        acc += tl.load(shift_ptr + ch, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    out = offs_m.to(tl.int64)[:, None] * Ctot + ch[None, :]
-    mask = m_mask[:, None] & n_mask[None, :]
-    if HAS_RES:
-        acc += tl.load(res_ptr + out, mask=mask, other=0.0).to(tl.float32)
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
-    tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    _epilogue_store(acc, y_ptr, offs_m.to(tl.int64)[:, None] * Ctot + ch[None, :], m_mask[:, None] & n_mask[None, :],
+                    ch, n_mask, bias_ptr, scale_ptr, shift_ptr, res_ptr, HAS_BIAS, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,19 +272,8 @@ def _dw_fwd_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, res_ptr, y_ptr,
         xv = tl.load(x_ptr + base[:, None] + offs_c[None, :], mask=valid[:, None] & c_mask[None, :], other=0.0)
         wv = tl.load(w_ptr + tap * C + offs_c, mask=c_mask, other=0.0)
         acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
-    if HAS_SCALE:
-        acc *= tl.load(scale_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
-    if HAS_SHIFT:
-        acc += tl.load(shift_ptr + offs_c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
-    out = offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
-    mask = p_mask[:, None] & c_mask[None, :]
-    if HAS_RES:
-        acc += tl.load(res_ptr + out, mask=mask, other=0.0).to(tl.float32)
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
-    tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    _epilogue_store(acc, y_ptr, offs_p.to(tl.int64)[:, None] * C + offs_c[None, :], p_mask[:, None] & c_mask[None, :],
+                    offs_c, c_mask, bias_ptr, scale_ptr, shift_ptr, res_ptr, HAS_BIAS, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU)
 
 
 @triton.jit

@@ -270,7 +270,7 @@ def _empty_nhwc(shape, like):
 
 
 def _like_input(x, needed):
-    """An empty channels_last tensor shaped like ``x`` (or an empty placeholder)."""
+    """An empty channels_last tensor shaped like ``x``, or a 0-element tensor when it is not needed."""
     return _empty_nhwc(x.shape, x) if needed else x.new_empty(0)
 
 
