@@ -43,6 +43,41 @@ def interpreting():
 
 
 # ---------------------------------------------------------------------------------------------
+# index helpers shared by every kernel (NHWC rows of C channels)
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _split_pixel(p, H, W):
+    """Image, row and column of flat pixel indices p of (N, H, W)."""
+    n_img = p // (H * W)
+    rem = p % (H * W)
+    return n_img, rem // W, rem % W
+
+
+@triton.jit
+def _tap_source(n_img, oh, ow, kh, kw, mask, H, W, C, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
+    """Where output pixel (oh, ow) reads input through tap (kh, kw): (in bounds, row offset of C channels)."""
+    ih = oh * stride_h - pad_h + kh * dil_h
+    iw = ow * stride_w - pad_w + kw * dil_w
+    valid = mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    return valid, ((n_img * H + ih) * W + iw).to(tl.int64) * C
+
+
+@triton.jit
+def _tap_destination(n_img, ih, iw, kh, kw, mask, OH, OW, C, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
+    """The output pixel that reads input pixel (ih, iw) through tap (kh, kw), if any:
+    (exists, row offset of C channels). Stride > 1 leaves most taps without one."""
+    th = ih + pad_h - kh * dil_h
+    tw = iw + pad_w - kw * dil_w
+    th_c = tl.maximum(th, 0)     # keep // and % on non-negative numbers
+    tw_c = tl.maximum(tw, 0)
+    oh = th_c // stride_h
+    ow = tw_c // stride_w
+    valid = (mask & (th >= 0) & (tw >= 0) & (th_c % stride_h == 0) & (tw_c % stride_w == 0)
+             & (oh < OH) & (ow < OW))
+    return valid, ((n_img * OH + oh) * OW + ow).to(tl.int64) * C
+
+
+# ---------------------------------------------------------------------------------------------
 # the forward epilogue, shared by the dense and depthwise kernels
 # ---------------------------------------------------------------------------------------------
 @triton.jit
@@ -92,19 +127,12 @@ def _dense_fwd_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, scale_ptr, shift_ptr, r
     offs_k = tl.arange(0, BLOCK_K)
     m_mask = offs_m < M
     n_mask = offs_n < Cout
-    n_img = offs_m // (OH * OW)
-    rem = offs_m % (OH * OW)
-    oh = rem // OW
-    ow = rem % OW
+    n_img, oh, ow = _split_pixel(offs_m, OH, OW)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for tap in range(0, KH * KW):
-        kh = tap // KW
-        kw = tap % KW
-        ih = oh * stride_h - pad_h + kh * dil_h
-        iw = ow * stride_w - pad_w + kw * dil_w
-        valid = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        base = ((n_img * H + ih) * W + iw).to(tl.int64) * Cin
+        valid, base = _tap_source(n_img, oh, ow, tap // KW, tap % KW, m_mask, H, W, Cin, stride_h, stride_w,
+                                  pad_h, pad_w, dil_h, dil_w)
         w_tap = w_ptr + w_off + tap * Cin * Cout
         for c0 in range(0, Cin, BLOCK_K):
             ck = c0 + offs_k
@@ -138,10 +166,7 @@ def _dense_dgrad_kernel(g_ptr, w_ptr, table_ptr, dx_ptr, NB, H, W, Cin, OH, OW, 
     offs_k = tl.arange(0, BLOCK_K)
     m_mask = offs_m < M
     n_mask = offs_n < Cin
-    n_img = offs_m // (H * W)
-    rem = offs_m % (H * W)
-    ih = rem // W
-    iw = rem % W
+    n_img, ih, iw = _split_pixel(offs_m, H, W)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for br in range(0, NUM_BRANCHES):
@@ -155,17 +180,9 @@ def _dense_dgrad_kernel(g_ptr, w_ptr, table_ptr, dx_ptr, NB, H, W, Cin, OH, OW, 
         pad_w = tl.load(row + 6)
         out_off = tl.load(row + 7)
         for tap in range(0, KH * KW):
-            kh = tap // KW
-            kw = tap % KW
-            th = ih + pad_h - kh * dil_h
-            tw = iw + pad_w - kw * dil_w
-            th_c = tl.maximum(th, 0)     # keep // and % on non-negative numbers
-            tw_c = tl.maximum(tw, 0)
-            oh = th_c // stride_h
-            ow = tw_c // stride_w
-            valid = (m_mask & (th >= 0) & (tw >= 0) & (th_c % stride_h == 0) & (tw_c % stride_w == 0)
-                     & (oh < OH) & (ow < OW))
-            base = ((n_img * OH + oh) * OW + ow).to(tl.int64) * Ctot + out_off
+            valid, base = _tap_destination(n_img, ih, iw, tap // KW, tap % KW, m_mask, OH, OW, Ctot, stride_h,
+                                           stride_w, pad_h, pad_w, dil_h, dil_w)
+            base += out_off
             w_tap = w_ptr + w_off + tap * Cout * Cin
             for c0 in range(0, Cout, BLOCK_K):
                 ck = c0 + offs_k
@@ -221,14 +238,9 @@ def _dense_wgrad_kernel(x_ptr, g_ptr, jobs_ptr, dw_ptr, NB, H, W, Cin, OH, OW, C
     for p0 in range(p_start, p_end, BLOCK_K):
         p = p0 + offs_k
         p_mask = p < p_end
-        n_img = p // (OH * OW)
-        rem = p % (OH * OW)
-        oh = rem // OW
-        ow = rem % OW
-        ih = oh * stride_h - pad_h + kh * dil_h
-        iw = ow * stride_w - pad_w + kw * dil_w
-        valid = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        base = ((n_img * H + ih) * W + iw).to(tl.int64) * Cin
+        n_img, oh, ow = _split_pixel(p, OH, OW)
+        valid, base = _tap_source(n_img, oh, ow, kh, kw, p_mask, H, W, Cin, stride_h, stride_w, pad_h, pad_w,
+                                  dil_h, dil_w)
         a = tl.load(x_ptr + base[None, :] + offs_m[:, None], mask=m_mask[:, None] & valid[None, :], other=0.0)
         b = tl.load(g_ptr + p.to(tl.int64)[:, None] * Ctot + out_off + offs_n[None, :],
                     mask=p_mask[:, None] & n_mask[None, :], other=0.0)
@@ -257,18 +269,11 @@ def _dw_fwd_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, res_ptr, y_ptr,
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_mask = offs_p < NB * OH * OW
     c_mask = offs_c < C
-    n_img = offs_p // (OH * OW)
-    rem = offs_p % (OH * OW)
-    oh = rem // OW
-    ow = rem % OW
+    n_img, oh, ow = _split_pixel(offs_p, OH, OW)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for tap in range(0, KH * KW):
-        kh = tap // KW
-        kw = tap % KW
-        ih = oh * stride_h - pad_h + kh * dil_h
-        iw = ow * stride_w - pad_w + kw * dil_w
-        valid = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        base = ((n_img * H + ih) * W + iw).to(tl.int64) * C
+        valid, base = _tap_source(n_img, oh, ow, tap // KW, tap % KW, p_mask, H, W, C, stride_h, stride_w,
+                                  pad_h, pad_w, dil_h, dil_w)
         xv = tl.load(x_ptr + base[:, None] + offs_c[None, :], mask=valid[:, None] & c_mask[None, :], other=0.0)
         wv = tl.load(w_ptr + tap * C + offs_c, mask=c_mask, other=0.0)
         acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
@@ -284,23 +289,11 @@ def _dw_dgrad_kernel(g_ptr, w_ptr, dx_ptr, NB, H, W, C, OH, OW, KH, KW, stride_h
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_mask = offs_p < NB * H * W
     c_mask = offs_c < C
-    n_img = offs_p // (H * W)
-    rem = offs_p % (H * W)
-    ih = rem // W
-    iw = rem % W
+    n_img, ih, iw = _split_pixel(offs_p, H, W)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for tap in range(0, KH * KW):
-        kh = tap // KW
-        kw = tap % KW
-        th = ih + pad_h - kh * dil_h
-        tw = iw + pad_w - kw * dil_w
-        th_c = tl.maximum(th, 0)
-        tw_c = tl.maximum(tw, 0)
-        oh = th_c // stride_h
-        ow = tw_c // stride_w
-        valid = (p_mask & (th >= 0) & (tw >= 0) & (th_c % stride_h == 0) & (tw_c % stride_w == 0)
-                 & (oh < OH) & (ow < OW))
-        base = ((n_img * OH + oh) * OW + ow).to(tl.int64) * C
+        valid, base = _tap_destination(n_img, ih, iw, tap // KW, tap % KW, p_mask, OH, OW, C, stride_h, stride_w,
+                                       pad_h, pad_w, dil_h, dil_w)
         gv = tl.load(g_ptr + base[:, None] + offs_c[None, :], mask=valid[:, None] & c_mask[None, :], other=0.0)
         wv = tl.load(w_ptr + tap * C + offs_c, mask=c_mask, other=0.0)
         acc += gv.to(tl.float32) * wv.to(tl.float32)[None, :]
@@ -325,14 +318,9 @@ def _dw_wgrad_kernel(x_ptr, g_ptr, ws_ptr, NB, H, W, C, OH, OW, KW, stride_h, st
     for p0 in range(p_start, p_end, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         p_mask = p < p_end
-        n_img = p // (OH * OW)
-        rem = p % (OH * OW)
-        oh = rem // OW
-        ow = rem % OW
-        ih = oh * stride_h - pad_h + kh * dil_h
-        iw = ow * stride_w - pad_w + kw * dil_w
-        valid = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        base = ((n_img * H + ih) * W + iw).to(tl.int64) * C
+        n_img, oh, ow = _split_pixel(p, OH, OW)
+        valid, base = _tap_source(n_img, oh, ow, kh, kw, p_mask, H, W, C, stride_h, stride_w, pad_h, pad_w,
+                                  dil_h, dil_w)
         xv = tl.load(x_ptr + base[:, None] + offs_c[None, :], mask=valid[:, None] & c_mask[None, :], other=0.0)
         gv = tl.load(g_ptr + p.to(tl.int64)[:, None] * C + offs_c[None, :], mask=p_mask[:, None] & c_mask[None, :],
                      other=0.0)
