@@ -1,6 +1,17 @@
 """Build of climseg: the Python package, with the Triton kernels of ``kernels/``
-installed as the subpackage ``climseg.kernels``, and the C++ extension
-``climseg._C`` (pybind11, CPU) built from ``csrc/cpu``.
+installed as the subpackage ``climseg.kernels``; the C++ extension ``climseg._C``
+(pybind11, CPU) from ``csrc/cpu``; ``climseg._cuda_emulated``, the CPU emulation of the
+CUDA kernels (tests); and ``climseg._cuda``, the CUDA kernels of ``csrc/cuda`` compiled by
+nvcc when a CUDA toolkit is found. The ``.cu`` sources are also installed (in
+``climseg/_csrc/cuda``) so that CuPy can compile them at run time where ``_cuda`` is absent.
+
+Environment variables (all optional):
+
+    CLIMSEG_SKIP_CUDA_BUILD=1   do not build climseg._cuda even if nvcc is there
+    CLIMSEG_FORCE_CUDA_BUILD=1  a failed (or impossible) climseg._cuda build is an error
+    CLIMSEG_CUDA_ARCHS="80;90"  GPU architectures (default: the visible GPUs', else 80;90)
+    CLIMSEG_FORCE_CPP_BUILD=1   a failed C++ build (any extension) is an error
+    CUDA_HOME                   the toolkit to use (default: nvcc on PATH)
 
 Dependencies are declared here; build requirements and tool settings live in
 pyproject.toml. Install PyTorch first (see README): an unpinned ``torch``
@@ -8,9 +19,15 @@ requirement resolved by pip alone pulls a multi-GB CUDA build.
 """
 import glob
 import os
+import re
+import shutil
+import subprocess
 import sys
+import sysconfig
+from concurrent.futures import ThreadPoolExecutor
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py as _build_py
 
 try:  # a build requirement (pyproject.toml); missing only when building without isolation
     from pybind11.setup_helpers import Pybind11Extension
@@ -26,7 +43,65 @@ packages = find_packages(include=["climseg", "climseg.*"]) + ["climseg.kernels"]
 # name -> (sources, extra compile flags): always built
 EXTENSIONS = {
     "climseg._C": (sorted(glob.glob("csrc/cpu/*.cpp")), ["-O3", "-ffp-contract=off", "-pthread"]),
+    "climseg._cuda_emulated": (["csrc/cuda/emulated.cpp"], ["-O2", "-pthread", "-Icsrc/cuda"]),
 }
+CUDA_EXTENSION = "climseg._cuda"          # nvcc: csrc/cuda/*.cu + csrc/cuda/module.cpp
+CUDA_SOURCES = ("csrc/cuda/*.cu", "csrc/cuda/*.cuh", "csrc/cuda/*.h", "csrc/cuda/*.cpp")
+
+
+def cuda_build_plan():
+    """(nvcc command or None, architectures, why): the one place that decides about climseg._cuda."""
+    if os.environ.get("CLIMSEG_SKIP_CUDA_BUILD", "0") == "1":
+        return None, [], "CLIMSEG_SKIP_CUDA_BUILD=1"
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    nvcc = os.path.join(home, "bin", "nvcc") if home else shutil.which("nvcc")
+    if not nvcc or not os.path.exists(nvcc):
+        return None, [], "no nvcc (set CUDA_HOME or put nvcc on PATH)"
+    version = re.search(r"release (\d+)\.(\d+)", subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout)
+    major = int(version.group(1)) if version else 0
+    wanted = os.environ.get("CLIMSEG_CUDA_ARCHS", "").replace(",", ";")
+    if not wanted:
+        smi = shutil.which("nvidia-smi")
+        caps = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
+                              text=True).stdout.split() if smi else []
+        wanted = ";".join(sorted({c.replace(".", "") for c in caps if re.fullmatch(r"\d+\.\d+", c)})) or "80;90"
+    archs = [a.strip() for a in wanted.split(";") if a.strip()]
+    if any(not re.fullmatch(r"\d+[af]?", a) for a in archs):
+        return None, [], f"CLIMSEG_CUDA_ARCHS={wanted!r} is not a list like '80;90'"
+    if major >= 13 and any(int(re.match(r"\d+", a).group()) < 75 for a in archs):
+        return None, [], (f"CUDA {major} cannot compile for {wanted} (sm_70 Volta needs a CUDA 12 toolkit or older; "
+                          "CUDA 13 starts at sm_75)")
+    return nvcc, archs, f"nvcc {version.group(0) if version else '?'} for sm_{', sm_'.join(archs)}"
+
+
+def nvcc_build(build, ext, nvcc, archs):
+    """Compile csrc/cuda with nvcc (kernels for every architecture, PTX for the newest so that newer
+    GPUs JIT it) and link climseg._cuda against the static CUDA runtime: no libtorch."""
+    import pybind11
+
+    tmp = os.path.join(build.build_temp, "cuda")
+    os.makedirs(tmp, exist_ok=True)
+    gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    gencode.append(f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}")
+    common = [nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-Icsrc/cuda"]
+    jobs = []
+    for source in sorted(glob.glob("csrc/cuda/*.cu")):
+        jobs.append(common + gencode + ["-c", source, "-o", os.path.join(tmp, os.path.basename(source) + ".o")])
+    jobs.append(common + [f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}",
+                          f'-DCLIMSEG_CUDA_ARCHS="{";".join(archs)}"', "-c", "csrc/cuda/module.cpp",
+                          "-o", os.path.join(tmp, "module.cpp.o")])
+
+    def run(cmd):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)}\n{done.stdout}{done.stderr}")
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(run, jobs))
+    target = build.get_ext_fullpath(ext.name)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    run([nvcc, "-shared", "-cudart", "static", "-o", target] + [cmd[cmd.index("-o") + 1] for cmd in jobs]
+        + ["-lrt", "-ldl", "-lpthread"])
 
 
 
@@ -36,6 +111,8 @@ class build_ext(_build_ext):
     ``CLIMSEG_FORCE_CPP_BUILD=1`` makes such a failure an error."""
 
     def build_extension(self, ext):
+        if ext.name == CUDA_EXTENSION:
+            return self.build_cuda(ext)
         try:
             super().build_extension(ext)
         except Exception as exc:  # compiler missing or failing: any of distutils' error types
@@ -43,6 +120,35 @@ class build_ext(_build_ext):
                 raise
             print(f"WARNING: climseg: building {ext.name} failed ({exc}); installing without it, "
                   "the pure-Python paths will be used", file=sys.stderr)
+
+    def build_cuda(self, ext):
+        force = os.environ.get("CLIMSEG_FORCE_CUDA_BUILD", "0") == "1"
+        nvcc, archs, why = cuda_build_plan()
+        if nvcc is None:
+            if force:
+                raise RuntimeError(f"climseg: CLIMSEG_FORCE_CUDA_BUILD=1 but {CUDA_EXTENSION} cannot be built: {why}")
+            print(f"climseg: not building {CUDA_EXTENSION}: {why}", file=sys.stderr)
+            return
+        print(f"climseg: building {CUDA_EXTENSION} with {why}", file=sys.stderr)
+        try:
+            nvcc_build(self, ext, nvcc, archs)
+        except Exception as exc:
+            if force:
+                raise
+            print(f"WARNING: climseg: building {CUDA_EXTENSION} failed ({str(exc)[-2000:]}); installing without it: "
+                  "CuPy (if installed) or the PyTorch references will run instead", file=sys.stderr)
+
+
+class build_py(_build_py):
+    """Also installs the csrc/cuda sources as climseg/_csrc/cuda, for CuPy's run-time compilation."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "climseg", "_csrc", "cuda")
+        os.makedirs(target, exist_ok=True)
+        for pattern in CUDA_SOURCES:
+            for source in glob.glob(pattern):
+                shutil.copy2(source, target)
 
 
 setup(
@@ -56,9 +162,12 @@ setup(
     python_requires=">=3.9",
     packages=packages,
     package_dir={"climseg.kernels": "kernels"},
-    ext_modules=[Pybind11Extension(name, sources, cxx_std=17, extra_compile_args=flags, extra_link_args=["-pthread"])
-                 for name, (sources, flags) in EXTENSIONS.items()] if Pybind11Extension is not None else [],
-    cmdclass={"build_ext": build_ext},
+    ext_modules=([Pybind11Extension(name, sources, cxx_std=17, extra_compile_args=flags, extra_link_args=["-pthread"],
+                                    depends=sorted(glob.glob("csrc/cuda/*.cu*") + glob.glob("csrc/cuda/*.h")))
+                  for name, (sources, flags) in EXTENSIONS.items()]
+                 + [Pybind11Extension(CUDA_EXTENSION, sorted(glob.glob("csrc/cuda/*.cpp")))])
+    if Pybind11Extension is not None else [],
+    cmdclass={"build_ext": build_ext, "build_py": build_py},
     install_requires=[
         "torch>=2.3",
         "numpy>=1.22",

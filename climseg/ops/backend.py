@@ -3,7 +3,8 @@
 Each op registers the fast implementations it has, with a function that says
 whether one can run on a given tensor (and why not). ``"auto"`` takes the first
 that can for CUDA tensors; CPU tensors take the PyTorch reference (a named
-backend such as ``"triton"`` may still run on them, e.g. in Triton's interpreter). The default comes from the
+backend may still run on them: ``"triton"`` in Triton's interpreter, ``"cuda"`` in
+the CPU emulation of the CUDA kernels, both for tests). The default comes from the
 environment variable ``CLIMSEG_BACKEND`` (unset: ``"auto"``). ``climseg info``
 prints :func:`describe`.
 """
@@ -84,4 +85,5 @@ def describe(ops=None):
 
 
 # every op climseg defines, whether or not it has fast backends yet
-_REGISTRY_OPS = {"atrous_conv2d", "aspp_conv"}
+_REGISTRY_OPS = {"atrous_conv2d", "aspp_conv", "weighted_cross_entropy_with_counts", "larc_adam_step", "lamb_step",
+                 "flatten_gradients", "unflatten_gradients", "convert_input"}

@@ -1,0 +1,103 @@
+// Shared by every kernel of climseg._cuda. The same sources compile three ways:
+//   nvcc (setup.py -> climseg._cuda), NVRTC through CuPy's RawModule (no build step),
+//   and g++ with emulate.h (climseg._cuda_emulated, the CPU check of the kernels in CI).
+// So: no standard headers, no cuda_fp16.h / cuda_bf16.h (16-bit floats are raw bits
+// here), every kernel `extern "C"`, and block reductions through shared memory only.
+#pragma once
+
+#if defined(CLIMSEG_EMULATE)
+#include "emulate.h"
+#endif
+
+typedef long long i64;
+typedef unsigned long long u64;
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned char u8;
+
+#define CS_DEV __device__ __forceinline__
+
+// 16-bit floats as their bits: the kernels load, convert to float, compute, convert back.
+struct f16 { u16 bits; };
+struct bf16 { u16 bits; };
+
+CS_DEV float cs_inf() { return __int_as_float(0x7f800000); }
+CS_DEV bool cs_isnan(float x) { return x != x; }
+CS_DEV bool cs_isfinite(float x) { return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u; }
+
+CS_DEV float to_float(float x) { return x; }
+CS_DEV float to_float(bf16 x) { return __uint_as_float(((u32)x.bits) << 16); }
+CS_DEV float to_float(f16 x) {
+#if defined(CLIMSEG_EMULATE)
+  return climseg_emulated_half_to_float(x.bits);
+#else
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
+  return f;
+#endif
+}
+
+template <typename T> CS_DEV T from_float(float x);
+template <> CS_DEV float from_float<float>(float x) { return x; }
+template <> CS_DEV bf16 from_float<bf16>(float x) {
+  // round to nearest even, NaN stays a (quiet) NaN: what PyTorch's float -> bfloat16 does
+  u32 u = __float_as_uint(x);
+  bf16 r;
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    r.bits = (u16)((u >> 16) | 0x40u);
+  } else {
+    u += 0x7fffu + ((u >> 16) & 1u);
+    r.bits = (u16)(u >> 16);
+  }
+  return r;
+}
+template <> CS_DEV f16 from_float<f16>(float x) {
+  f16 r;
+#if defined(CLIMSEG_EMULATE)
+  r.bits = climseg_emulated_float_to_half(x);
+#else
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(x));
+#endif
+  return r;
+}
+
+// Labels: any integer type, read as a 64-bit index.
+CS_DEV i64 to_index(i64 x) { return x; }
+CS_DEV i64 to_index(int x) { return (i64)x; }
+CS_DEV i64 to_index(u8 x) { return (i64)x; }
+
+// Sum of one float per thread over a block of BLOCK threads (a power of two), in a
+// fixed order: the same inputs give the same bits on every run. Every thread gets the sum.
+template <int BLOCK>
+CS_DEV float block_sum(float value, float* shared) {
+  const int t = threadIdx.x;
+  shared[t] = value;
+  __syncthreads();
+  for (int half = BLOCK / 2; half > 0; half >>= 1) {
+    if (t < half) shared[t] += shared[t + half];
+    __syncthreads();
+  }
+  const float total = shared[0];
+  __syncthreads();
+  return total;
+}
+
+// Multi-tensor work lists (the idea of apex's multi_tensor_apply): a launch walks many
+// tensors in fixed-size chunks. chunks[2k] is the tensor of chunk k, chunks[2k+1] its first
+// element; tensor t has sizes[t] elements and its pointers in a table of i64 columns.
+#define CS_CHUNK 32768
+#define CS_MT_BLOCK 256
+
+template <typename T>
+CS_DEV T* table_pointer(const i64* table, int columns, i64 tensor, int column) {
+  return reinterpret_cast<T*>(table[tensor * columns + column]);
+}
+
+// Kernel registration: the nvcc and emulated builds keep a table name -> (argument
+// signature, entry) that climseg._cuda launches from; NVRTC sees none of it.
+#if defined(__CUDACC_RTC__)
+#define CS_REGISTER(name, signature)
+#else
+#include "registry.h"
+#define CS_REGISTER(name, signature) CLIMSEG_REGISTER_KERNEL(name, signature)
+#endif

@@ -1,0 +1,179 @@
+// Multi-tensor optimizer steps: LARC on Adam (the SC18 optimizer) and LAMB, for all the
+// parameters of a group in three launches, walking the tensors in chunks (common.cuh).
+//
+// Tensor table columns: 0 fp32 parameter (the master copy when model weights are 16-bit),
+// 1 gradient (type G), 2 exp_avg (fp32), 3 exp_avg_sq (fp32), 4 the 16-bit model weight
+// (type G, or 0 for none: then the parameter itself is the model weight).
+//
+// LARC-Adam (apex LARC around torch.optim.Adam; wd = the group's weight decay):
+//   1. mt_sumsq:  per chunk, sum(p^2) and sum(g^2)           -> partials
+//   2. mt_norms:  per tensor, ||p|| and ||g|| from its chunks, in order
+//   3. larc_adam_step, per element, with r = trust * ||p|| / (||g|| + wd ||p|| + eps_larc),
+//      f = min(r / lr, 1) when clipping, else r; where ||p|| or ||g|| is 0: f = 1 and no decay
+//        g' = (g + wd p) f
+//        m = b1 m + (1 - b1) g'     v = b2 v + (1 - b2) g'^2
+//        p -= (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)
+// LAMB (climseg.optim.LAMB):
+//   1. lamb_moments: m, v as above with g' = g; u = (m / bc1) / (sqrt(v / bc2) + eps) + wd p;
+//      per chunk sum(p^2), sum(u^2) -> partials (u is not stored: step 3 recomputes it)
+//   2. mt_norms
+//   3. lamb_step: p -= lr min(||p|| / ||u||, max_trust) u   (1 where a norm is 0)
+#include "common.cuh"
+
+#define OPT_COLUMNS 5
+
+template <typename G>
+CS_DEV void mt_sumsq_body(const i64* __restrict__ table, const i64* __restrict__ sizes, const i64* __restrict__ chunks,
+                          float* __restrict__ partials) {
+  __shared__ float reduce[CS_MT_BLOCK];
+  const i64 k = blockIdx.x, tensor = chunks[2 * k], start = chunks[2 * k + 1];
+  const i64 end = start + CS_CHUNK < sizes[tensor] ? start + CS_CHUNK : sizes[tensor];
+  const float* p = table_pointer<const float>(table, OPT_COLUMNS, tensor, 0);
+  const G* g = table_pointer<const G>(table, OPT_COLUMNS, tensor, 1);
+  float pp = 0.0f, gg = 0.0f;
+  for (i64 i = start + threadIdx.x; i < end; i += CS_MT_BLOCK) {
+    const float pv = p[i], gv = to_float(g[i]);
+    pp += pv * pv;
+    gg += gv * gv;
+  }
+  pp = block_sum<CS_MT_BLOCK>(pp, reduce);
+  gg = block_sum<CS_MT_BLOCK>(gg, reduce);
+  if (threadIdx.x == 0) {
+    partials[2 * k] = pp;
+    partials[2 * k + 1] = gg;
+  }
+}
+
+// norms[2t], norms[2t+1] = square roots of the sums of tensor t's chunks (first[t] .. first[t+1])
+extern "C" __global__ void mt_norms(const float* partials, const i64* first, i64 tensors, float* norms) {
+  const i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= tensors) return;
+  float a = 0.0f, b = 0.0f;
+  for (i64 k = first[t]; k < first[t + 1]; ++k) {
+    a += partials[2 * k];
+    b += partials[2 * k + 1];
+  }
+  norms[2 * t] = sqrtf(a);
+  norms[2 * t + 1] = sqrtf(b);
+}
+CS_REGISTER(mt_norms, "pplp")
+
+template <typename G>
+CS_DEV void larc_adam_step_body(const i64* __restrict__ table, const i64* __restrict__ sizes,
+                                const i64* __restrict__ chunks, const float* __restrict__ norms, float lr, float beta1,
+                                float beta2, float eps, float weight_decay, float bias_correction1,
+                                float bias_correction2, float trust, int clip, float eps_larc) {
+  const i64 k = blockIdx.x, tensor = chunks[2 * k], start = chunks[2 * k + 1];
+  const i64 end = start + CS_CHUNK < sizes[tensor] ? start + CS_CHUNK : sizes[tensor];
+  float* p = table_pointer<float>(table, OPT_COLUMNS, tensor, 0);
+  const G* g = table_pointer<const G>(table, OPT_COLUMNS, tensor, 1);
+  float* m = table_pointer<float>(table, OPT_COLUMNS, tensor, 2);
+  float* v = table_pointer<float>(table, OPT_COLUMNS, tensor, 3);
+  G* model = table_pointer<G>(table, OPT_COLUMNS, tensor, 4);
+
+  const float p_norm = norms[2 * tensor], g_norm = norms[2 * tensor + 1];
+  float factor = 1.0f, decay = 0.0f;
+  if (p_norm > 0.0f && g_norm > 0.0f) {
+    factor = trust * p_norm / (g_norm + p_norm * weight_decay + eps_larc);
+    if (clip) factor = fminf(factor / lr, 1.0f);
+    decay = weight_decay;
+  }
+  const float step_size = lr / bias_correction1;
+  const float sqrt_bc2 = sqrtf(bias_correction2);
+  for (i64 i = start + threadIdx.x; i < end; i += CS_MT_BLOCK) {
+    float pv = p[i];
+    const float gv = (to_float(g[i]) + decay * pv) * factor;
+    const float mv = beta1 * m[i] + (1.0f - beta1) * gv;
+    const float vv = beta2 * v[i] + (1.0f - beta2) * gv * gv;
+    pv -= step_size * mv / (sqrtf(vv) / sqrt_bc2 + eps);
+    m[i] = mv;
+    v[i] = vv;
+    p[i] = pv;
+    if (model != nullptr) model[i] = from_float<G>(pv);
+  }
+}
+
+template <typename G>
+CS_DEV void lamb_moments_body(const i64* __restrict__ table, const i64* __restrict__ sizes,
+                              const i64* __restrict__ chunks, float* __restrict__ partials, float beta1, float beta2,
+                              float eps, float weight_decay, float bias_correction1, float bias_correction2) {
+  __shared__ float reduce[CS_MT_BLOCK];
+  const i64 k = blockIdx.x, tensor = chunks[2 * k], start = chunks[2 * k + 1];
+  const i64 end = start + CS_CHUNK < sizes[tensor] ? start + CS_CHUNK : sizes[tensor];
+  const float* p = table_pointer<const float>(table, OPT_COLUMNS, tensor, 0);
+  const G* g = table_pointer<const G>(table, OPT_COLUMNS, tensor, 1);
+  float* m = table_pointer<float>(table, OPT_COLUMNS, tensor, 2);
+  float* v = table_pointer<float>(table, OPT_COLUMNS, tensor, 3);
+  float pp = 0.0f, uu = 0.0f;
+  for (i64 i = start + threadIdx.x; i < end; i += CS_MT_BLOCK) {
+    const float pv = p[i], gv = to_float(g[i]);
+    const float mv = beta1 * m[i] + (1.0f - beta1) * gv;
+    const float vv = beta2 * v[i] + (1.0f - beta2) * gv * gv;
+    m[i] = mv;
+    v[i] = vv;
+    const float u = (mv / bias_correction1) / (sqrtf(vv / bias_correction2) + eps) + weight_decay * pv;
+    pp += pv * pv;
+    uu += u * u;
+  }
+  pp = block_sum<CS_MT_BLOCK>(pp, reduce);
+  uu = block_sum<CS_MT_BLOCK>(uu, reduce);
+  if (threadIdx.x == 0) {
+    partials[2 * k] = pp;
+    partials[2 * k + 1] = uu;
+  }
+}
+
+template <typename G>
+CS_DEV void lamb_step_body(const i64* __restrict__ table, const i64* __restrict__ sizes, const i64* __restrict__ chunks,
+                           const float* __restrict__ norms, float lr, float eps, float weight_decay,
+                           float bias_correction1, float bias_correction2, float max_trust) {
+  const i64 k = blockIdx.x, tensor = chunks[2 * k], start = chunks[2 * k + 1];
+  const i64 end = start + CS_CHUNK < sizes[tensor] ? start + CS_CHUNK : sizes[tensor];
+  float* p = table_pointer<float>(table, OPT_COLUMNS, tensor, 0);
+  const float* m = table_pointer<const float>(table, OPT_COLUMNS, tensor, 2);
+  const float* v = table_pointer<const float>(table, OPT_COLUMNS, tensor, 3);
+  G* model = table_pointer<G>(table, OPT_COLUMNS, tensor, 4);
+  const float p_norm = norms[2 * tensor], u_norm = norms[2 * tensor + 1];
+  const float ratio = (p_norm > 0.0f && u_norm > 0.0f) ? fminf(p_norm / u_norm, max_trust) : 1.0f;
+  const float step = lr * ratio;
+  for (i64 i = start + threadIdx.x; i < end; i += CS_MT_BLOCK) {
+    float pv = p[i];
+    const float u = (m[i] / bias_correction1) / (sqrtf(v[i] / bias_correction2) + eps) + weight_decay * pv;
+    pv -= step * u;
+    p[i] = pv;
+    if (model != nullptr) model[i] = from_float<G>(pv);
+  }
+}
+
+#define OPTIMIZER_KERNELS(GN, G)                                                                                \
+  extern "C" __global__ void __launch_bounds__(CS_MT_BLOCK) mt_sumsq_##GN(const i64* table, const i64* sizes,  \
+                                                                         const i64* chunks, float* partials) {  \
+    mt_sumsq_body<G>(table, sizes, chunks, partials);                                                          \
+  }                                                                                                             \
+  CS_REGISTER(mt_sumsq_##GN, "pppp")                                                                            \
+  extern "C" __global__ void __launch_bounds__(CS_MT_BLOCK) larc_adam_step_##GN(                               \
+      const i64* table, const i64* sizes, const i64* chunks, const float* norms, float lr, float beta1,         \
+      float beta2, float eps, float weight_decay, float bias_correction1, float bias_correction2, float trust,  \
+      int clip, float eps_larc) {                                                                               \
+    larc_adam_step_body<G>(table, sizes, chunks, norms, lr, beta1, beta2, eps, weight_decay, bias_correction1, \
+                           bias_correction2, trust, clip, eps_larc);                                            \
+  }                                                                                                             \
+  CS_REGISTER(larc_adam_step_##GN, "ppppffffffffif")                                                            \
+  extern "C" __global__ void __launch_bounds__(CS_MT_BLOCK) lamb_moments_##GN(                                 \
+      const i64* table, const i64* sizes, const i64* chunks, float* partials, float beta1, float beta2,         \
+      float eps, float weight_decay, float bias_correction1, float bias_correction2) {                         \
+    lamb_moments_body<G>(table, sizes, chunks, partials, beta1, beta2, eps, weight_decay, bias_correction1,    \
+                         bias_correction2);                                                                     \
+  }                                                                                                             \
+  CS_REGISTER(lamb_moments_##GN, "ppppffffff")                                                                  \
+  extern "C" __global__ void __launch_bounds__(CS_MT_BLOCK) lamb_step_##GN(                                    \
+      const i64* table, const i64* sizes, const i64* chunks, const float* norms, float lr, float eps,           \
+      float weight_decay, float bias_correction1, float bias_correction2, float max_trust) {                   \
+    lamb_step_body<G>(table, sizes, chunks, norms, lr, eps, weight_decay, bias_correction1, bias_correction2,  \
+                      max_trust);                                                                               \
+  }                                                                                                             \
+  CS_REGISTER(lamb_step_##GN, "ppppffffff")
+
+OPTIMIZER_KERNELS(f32, float)
+OPTIMIZER_KERNELS(f16, f16)
+OPTIMIZER_KERNELS(bf16, bf16)
