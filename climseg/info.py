@@ -35,7 +35,11 @@ def info_lines():
         lines.append(f"  no CUDA device (torch is {build}); running on CPU, {torch.get_num_threads()} threads")
     lines.append("op backends (auto):")
     for op, cuda_choice, cpu_choice, why in backend.describe():
-        lines.append(f"  {op:24s} CUDA tensors: {cuda_choice:7s} CPU tensors: {cpu_choice:7s} ({why})")
+        lines.append(f"  {op:34s} CUDA tensors: {cuda_choice:7s} CPU tensors: {cpu_choice:7s} ({why})")
+    from climseg.ops import cuda as cuda_kernels
+
+    lines.append("CUDA kernels (csrc/cuda):")
+    lines.append(f"  {cuda_kernels.describe()}")
     from climseg.data.loader import extension_available
 
     lines.append("data loading:")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from climseg.constants import NUM_CLASSES
 from climseg.errors import ConfigError
+from climseg.ops.cross_entropy import weighted_cross_entropy_with_counts
 
 # Pixel fractions of background, TC, AR in the CAM5 DeepCAM data (MLPerf HPC reference).
 DEEPCAM_FREQUENCIES = (0.986267818390377, 0.0004578708870701058, 0.01327431072255291)
@@ -73,11 +74,16 @@ class WeightedCrossEntropy(nn.Module):
             presets), ``"weighted_mean"`` (sum(w[y] * ce) / sum(w[y]), as
             ``F.cross_entropy(weight=...)``), ``"sum"`` or ``"none"``.
 
-    The loss is computed in float32 whatever the logits' dtype.
+    The loss is computed in float32 whatever the logits' dtype, by
+    :func:`climseg.ops.weighted_cross_entropy_with_counts`: on CUDA one fused kernel that
+    also yields the per-class IoU counts (``return_counts=True``), on CPU its PyTorch
+    reference. ``backend`` chooses (default ``"auto"``).
     """
 
-    def __init__(self, weights="deepcam", frequencies=None, reduction="mean", num_classes=NUM_CLASSES):
+    def __init__(self, weights="deepcam", frequencies=None, reduction="mean", num_classes=NUM_CLASSES,
+                 backend="auto"):
         super().__init__()
+        self.backend = backend
         if isinstance(weights, str):
             self.preset = weights
             w = class_weights(weights, frequencies)
@@ -91,8 +97,20 @@ class WeightedCrossEntropy(nn.Module):
         self.reduction = reduction
         self.register_buffer("weight", w)
 
-    def forward(self, logits, labels):
+    def forward(self, logits, labels, return_counts=False):
+        """The loss; with ``return_counts`` also the per-sample (N, C, 3) TP, FP, FN of the
+        argmax prediction, from the same pass."""
         weight = self.weight.to(device=logits.device, dtype=torch.float32)
+        if not return_counts and logits.device.type != "cuda":
+            return self._reference(logits, labels, weight)
+        reduction = {"weighted_mean": "mean", "mean": "sum"}.get(self.reduction, self.reduction)
+        loss, counts = weighted_cross_entropy_with_counts(logits, labels, weight, reduction, per_sample=True,
+                                                          loss_dtype=torch.float32, backend=self.backend)
+        if self.reduction == "mean":
+            loss = loss / labels.numel()
+        return (loss, counts) if return_counts else loss
+
+    def _reference(self, logits, labels, weight):
         if self.reduction == "weighted_mean":
             return F.cross_entropy(logits.float(), labels, weight=weight)
         per_pixel = F.cross_entropy(logits.float(), labels, weight=weight, reduction="none")

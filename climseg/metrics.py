@@ -7,6 +7,10 @@ absent from both prediction and truth counting as IoU 1; averaged over the batch
 whole dataset; ``iou()`` is ``TP / (TP + FP + FN)`` per class (NaN where a class
 never occurs in truth or prediction). Matrices merge by addition, across
 batches, workers or ranks (``all_reduce``).
+
+``IoUCounts``: the same scores from per-class (TP, FP, FN) counts alone, which the
+fused loss kernel (climseg.ops.weighted_cross_entropy_with_counts) produces in the
+loss's own pass; ``deepcam_iou_from_counts`` is the DeepCAM score from per-sample counts.
 """
 import math
 
@@ -35,9 +39,71 @@ def tp_fp_fn(pred, target, num_classes=NUM_CLASSES):
 def deepcam_iou(pred, target, num_classes=NUM_CLASSES):
     """The MLPerf HPC DeepCAM score of predicted class indices against labels, both (N, H, W)."""
     tp, fp, fn = tp_fp_fn(pred, target, num_classes)
+    return deepcam_iou_from_counts(torch.stack([tp, fp, fn], dim=-1))
+
+
+def deepcam_iou_from_counts(counts):
+    """The DeepCAM score from per-sample counts (N, C, 3) of (TP, FP, FN)."""
+    tp, fp, fn = counts.unbind(-1)
     union = (tp + fp + fn).double()
     per_class = torch.where(union > 0, tp.double() / union.clamp_min(1), torch.ones_like(union))
     return per_class.mean(dim=1).mean()
+
+
+def _iou(tp, fp, fn):
+    union = (tp + fp + fn).double()
+    return torch.where(union > 0, tp.double() / union.clamp_min(1), torch.full_like(union, math.nan))
+
+
+def _mean_iou(iou):
+    valid = ~torch.isnan(iou)
+    return float(iou[valid].mean()) if valid.any() else math.nan
+
+
+def _iou_dict(iou, mean, names=CLASS_NAMES):
+    short = {"background": "background", "tropical_cyclone": "tc", "atmospheric_river": "ar"}
+    out = {f"iou_{short.get(n, n)}": v for n, v in zip(names, iou.tolist())}
+    out["mean_iou"] = mean
+    return out
+
+
+class IoUCounts:
+    """Dataset-level per-class (TP, FP, FN) counts, ``counts[c] = (tp, fp, fn)`` (int64)."""
+
+    def __init__(self, num_classes=NUM_CLASSES, device="cpu"):
+        self.num_classes = num_classes
+        self.counts = torch.zeros(num_classes, 3, dtype=torch.int64, device=device)
+
+    @classmethod
+    def from_matrix(cls, matrix):
+        """The counts of a confusion matrix ``matrix[true, predicted]``."""
+        out = cls(matrix.shape[0], matrix.device)
+        tp = matrix.diagonal()
+        out.counts = torch.stack([tp, matrix.sum(0) - tp, matrix.sum(1) - tp], dim=-1).to(torch.int64)
+        return out
+
+    def add(self, counts):
+        """Add (C, 3) counts, or per-sample (N, C, 3) ones."""
+        counts = counts.to(self.counts.device)
+        self.counts += counts.sum(0) if counts.dim() == 3 else counts
+        return self
+
+    def iou(self):
+        """Per-class IoU over everything seen (float64 tensor; NaN for classes never seen)."""
+        return _iou(*self.counts.unbind(-1))
+
+    def mean_iou(self):
+        return _mean_iou(self.iou())
+
+    def accuracy(self):
+        """Pixels predicted right over labelled pixels (each pixel is a TP or an FN of its true class)."""
+        tp, _, fn = self.counts.unbind(-1)
+        total = int((tp + fn).sum())
+        return float(tp.sum()) / total if total else math.nan
+
+    def as_dict(self, names=CLASS_NAMES):
+        """``{"iou_background": ..., "iou_tc": ..., "iou_ar": ..., "mean_iou": ...}`` for 3 classes."""
+        return _iou_dict(self.iou(), self.mean_iou(), names)
 
 
 class ConfusionMatrix:
@@ -82,14 +148,10 @@ class ConfusionMatrix:
 
     def iou(self):
         """Per-class IoU over everything seen (float64 tensor; NaN for classes never seen)."""
-        tp, fp, fn = self.tp_fp_fn()
-        union = (tp + fp + fn).double()
-        return torch.where(union > 0, tp.double() / union.clamp_min(1), torch.full_like(union, math.nan))
+        return _iou(*self.tp_fp_fn())
 
     def mean_iou(self):
-        iou = self.iou()
-        valid = ~torch.isnan(iou)
-        return float(iou[valid].mean()) if valid.any() else math.nan
+        return _mean_iou(self.iou())
 
     def accuracy(self):
         total = int(self.matrix.sum())
@@ -97,11 +159,7 @@ class ConfusionMatrix:
 
     def as_dict(self, names=CLASS_NAMES):
         """``{"iou_background": ..., "iou_tc": ..., "iou_ar": ..., "mean_iou": ...}`` for 3 classes."""
-        iou = self.iou().tolist()
-        short = {"background": "background", "tropical_cyclone": "tc", "atmospheric_river": "ar"}
-        out = {f"iou_{short.get(n, n)}": v for n, v in zip(names, iou)}
-        out["mean_iou"] = self.mean_iou()
-        return out
+        return _iou_dict(self.iou(), self.mean_iou(), names)
 
 
 def label_components(mask, periodic=True):

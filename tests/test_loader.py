@@ -51,6 +51,24 @@ def test_extension_equals_numpy_bit_for_bit(odd_dataset, dtype, layout, channels
 
 
 @needs_ext
+@pytest.mark.parametrize("dtype,layout,channels", [(torch.bfloat16, "nhwc", None), (torch.float16, "nchw", ["PSL", "TMQ"]),
+                                                   (torch.float32, "nchw", None)])
+def test_device_side_conversion_equals_the_host_path(odd_dataset, dtype, layout, channels, monkeypatch):
+    """convert_on="device": the reader hands over raw float32 NHWC and climseg.ops.convert_input
+    (here the CUDA kernel in its CPU emulation) normalises, casts and lays out: bit for bit the host path."""
+    pytest.importorskip("climseg._cuda_emulated")
+    monkeypatch.setenv("CLIMSEG_BACKEND", "cuda")
+    train = os.path.join(odd_dataset, "train")
+    kwargs = dict(dtype=dtype, layout=layout, channels=channels, shuffle=False, normalization="zscore")
+    host = FastLoader(train, 3, convert_on="host", **kwargs)
+    device = FastLoader(train, 3, convert_on="device", **kwargs)
+    assert device._read_dtype == torch.float32
+    for (a, la), (b, lb) in zip(host, device):
+        assert b.dtype == dtype and b.shape == a.shape and b.stride() == a.stride()
+        assert torch.equal(bits(a), bits(b)) and torch.equal(la, lb)
+
+
+@needs_ext
 def test_chunked_compressed_and_other_dtypes_fall_back_to_h5py(odd_dataset, tmp_path):
     src = list_samples(os.path.join(odd_dataset, "train"))[:3]
     made = []

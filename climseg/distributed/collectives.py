@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from climseg.errors import ConfigError
+from climseg.ops.buckets import flatten_gradients, unflatten_gradients
 
 COMPRESSIONS = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 TRANSPORTS = ("torch", "mpi")
@@ -311,13 +312,10 @@ def all_reduce_tensors(tensors, op="sum", compression=None, bucket_bytes=25 << 2
 
     topo = topology or current()
     for bucket in bucket_tensors(list(tensors), bucket_bytes):
-        flat = torch.cat([t.reshape(-1) for t in bucket])
+        flat = flatten_gradients(bucket)
         if hierarchical:
             hierarchical_all_reduce(flat, op, compression, topo, transport, prescale)
         else:
             flat_all_reduce(flat, op, compression, topo.comm_world if topo else None, prescale)
-        offset = 0
-        for t in bucket:
-            t.copy_(flat[offset: offset + t.numel()].view_as(t))
-            offset += t.numel()
+        unflatten_gradients(flat, bucket)
     return tensors

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from climseg.distributed.collectives import bucket_tensors, flat_all_reduce, hierarchical_all_reduce
 from climseg.distributed.hooks import comm_executor
 from climseg.errors import ConfigError
+from climseg.ops.buckets import flatten_gradients, unflatten_gradients
 
 
 class _Done:
@@ -77,6 +78,7 @@ class DistributedOptimizer:
         self._bucket_of = {id(p): b for b, bucket in enumerate(self._buckets) for p in bucket}
         self._reset_launch_state()
         self._pending = None
+        self.nonfinite = None       # after a step: did any averaged gradient hold Inf or NaN (0-d bool tensor)
         self._handles = [p.register_post_accumulate_grad_hook(self._on_grad) for p in self._params]
         if broadcast and self.world_size > 1:
             with torch.no_grad():
@@ -105,8 +107,9 @@ class DistributedOptimizer:
             self._launched += 1
 
     def _launch(self, b):
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(p.dtype)
-                          for p in self._buckets[b]])
+        bucket = self._buckets[b]
+        flat = flatten_gradients([p.grad if p.grad is not None else torch.zeros_like(p) for p in bucket],
+                                 dtype=bucket[0].dtype)
         if self.world_size == 1:
             self._futures[b] = _Done(flat)
             return
@@ -144,12 +147,17 @@ class DistributedOptimizer:
         return futures
 
     def _apply(self, futures):
+        """Write the averages into ``.grad``, one pass per bucket; ``self.nonfinite`` (a 0-d bool
+        tensor, no device sync) says whether any averaged gradient was Inf or NaN."""
+        nonfinite = None
         for bucket, future in zip(self._buckets, futures):
             flat = future.result()
-            offset = 0
             for p in bucket:
-                p.grad = flat[offset: offset + p.numel()].view_as(p).clone()
-                offset += p.numel()
+                if p.grad is None or p.grad.dtype != flat.dtype:
+                    p.grad = torch.empty_like(p, dtype=flat.dtype)
+            found = unflatten_gradients(flat, [p.grad for p in bucket])
+            nonfinite = found if nonfinite is None else nonfinite | found
+        self.nonfinite = nonfinite
         if self.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self._params, self.max_grad_norm)
 

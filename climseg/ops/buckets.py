@@ -20,7 +20,10 @@ _backend.register("unflatten_gradients", "cuda", _cuda.probe)
 
 def flatten_gradients_reference(tensors, dtype=None, scale=1.0, out=None):
     dtype = dtype or tensors[0].dtype
-    flat = torch.cat([t.reshape(-1).float() * scale for t in tensors]).to(dtype)
+    if scale == 1.0:     # no arithmetic: the cast alone (the same rounding as through float32)
+        flat = torch.cat([t.reshape(-1) for t in tensors]).to(dtype)
+    else:
+        flat = torch.cat([t.reshape(-1).float() * scale for t in tensors]).to(dtype)
     if out is not None:
         out.copy_(flat)
         return out
@@ -32,7 +35,8 @@ def unflatten_gradients_reference(bucket, tensors, scale=1.0):
     offset = 0
     for t in tensors:
         n = t.numel()
-        t.copy_((bucket[offset:offset + n].float() * scale).to(t.dtype).view_as(t))
+        segment = bucket[offset:offset + n]
+        t.copy_((segment if scale == 1.0 else (segment.float() * scale).to(t.dtype)).view_as(t))
         found |= ~torch.isfinite(t).all()
         offset += n
     return found

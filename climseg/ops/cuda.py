@@ -105,7 +105,7 @@ def _compiled():
         try:
             _cuda.launch("mt_norms", (1,), 32, 0, 0, [0, 0, 0, 0])
         except RuntimeError as exc:
-            return None, str(exc).replace("climseg._cuda: ", "climseg._cuda: ", 1)
+            return None, str(exc)
     return _Extension(_cuda, "climseg._cuda"), ""
 
 
@@ -167,18 +167,25 @@ def probe(tensor):
 
 
 def describe():
-    """One line for ``climseg info``: which build of the CUDA kernels is live and why."""
+    """One line for ``climseg info``: which build of the CUDA kernels is live, and why."""
     parts = []
+    try:
+        from climseg import _cuda
+
+        version = _cuda.runtime_version()
+        built = f"climseg._cuda built for sm {_cuda.architectures} (CUDA {version // 1000}.{version % 1000 // 10})"
+    except ImportError:
+        built = None
     compiled, why = _compiled()
     if compiled is not None:
-        module = compiled.module
-        parts.append(f"climseg._cuda (sm {module.architectures}, CUDA runtime {module.runtime_version()})")
+        parts.append(built + ": in use")
     else:
-        parts.append(why)
-        cupy, why_cupy = _cupy() if torch.cuda.is_available() else (None, "CuPy path unused without a GPU")
-        parts.append("CuPy NVRTC build in use" if cupy is not None else why_cupy)
+        parts.append(f"{built}: not usable here ({why.split(': ', 1)[-1].split('; run on')[0]})" if built else why)
+        if torch.cuda.is_available():
+            cupy, why_cupy = _cupy()
+            parts.append("CuPy (NVRTC) build of the same sources: in use" if cupy is not None else why_cupy)
     emulated, why_emulated = _emulated()
-    parts.append("CPU emulation available" if emulated is not None else why_emulated)
+    parts.append("CPU emulation (climseg._cuda_emulated, for tests): available" if emulated is not None else why_emulated)
     return "; ".join(parts)
 
 

@@ -5,7 +5,7 @@ validation every epoch, metrics in ``metrics.jsonl`` and checkpoints that let
 Per step: a batch from the epoch's seeded order, forward under autocast
 (bf16, or fp16 with a dynamic loss scale that skips overflowing steps), loss in
 float32, backward, optional gradient clipping, optimizer and learning-rate
-step, running confusion matrix of the predictions. Per epoch: validation on
+step, running IoU counts of the predictions (from the loss's own pass). Per epoch: validation on
 the held-out split, one JSON line per split, ``last.pt`` (and ``best.pt`` when
 the validation mean IoU improves). ``request_stop()`` (SIGINT/SIGTERM in the
 CLI) finishes the current step, writes ``last.pt`` and returns.
@@ -33,9 +33,9 @@ from climseg.distributed.optimizer import DistributedOptimizer
 from climseg.errors import CheckpointError, ConfigError, DataError, TrainingError
 from climseg.io import atomic_path, write_json
 from climseg.losses import DEEPCAM_FREQUENCIES, WeightedCrossEntropy
-from climseg.metrics import ConfusionMatrix, deepcam_iou
+from climseg.metrics import IoUCounts, deepcam_iou_from_counts
 from climseg.models import DeepLabV3Plus, count_parameters
-from climseg.optim import LAMB, LARC, build_scheduler
+from climseg.optim import FusedLAMB, FusedLARCAdam, build_scheduler
 from climseg.perf import count_flops
 from climseg.perf.cpu import tune_cpu_allocator
 from climseg.progress import progress_bar
@@ -221,9 +221,9 @@ class Trainer:
             return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.optimizer == "adamw":
             return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if cfg.optimizer == "larc-adam":
-            return LARC(torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
-        return LAMB(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "larc-adam":    # SC18: LARC on Adam, as one fused multi-tensor step
+            return FusedLARCAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return FusedLAMB(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def _hierarchical(self):
         """Whether gradients take the hierarchical allreduce (--allreduce)."""
@@ -447,7 +447,7 @@ class Trainer:
         data, labels = self._to_device(data, labels)
         with self._autocast():
             logits = self.model(data)
-        loss = self.loss_fn(logits, labels)
+        loss, counts = self.loss_fn(logits, labels, return_counts=True)
         if not torch.isfinite(loss) and self.precision != "fp16":
             raise TrainingError(f"loss became {loss.item()} at step {self.step + 1}; lower --lr or use --clip-grad-norm")
         self.optimizer.zero_grad(set_to_none=True)
@@ -469,7 +469,7 @@ class Trainer:
             self.scheduler.step()
         self.step += 1
         self.batch_in_epoch += 1
-        acc.add(logits.detach(), labels, loss.detach(), skipped)
+        acc.add(counts, loss.detach(), skipped)
 
     @torch.no_grad()
     def validate(self, dataset=None):
@@ -490,7 +490,8 @@ class Trainer:
             data, labels = self._to_device(data, labels)
             with self._autocast():
                 logits = self.model(data)
-            acc.add(logits, labels, self.loss_fn(logits, labels), False)
+            loss, counts = self.loss_fn(logits, labels, return_counts=True)
+            acc.add(counts, loss, False)
         acc.seconds = time.time() - tick
         self.model.train(was_training)
         return acc.row("validation", self._reduce_group())
@@ -539,45 +540,49 @@ class Trainer:
 
 
 class _Accumulator:
-    """Running loss, confusion matrix, DeepCAM IoU and throughput of one pass."""
+    """Running loss, per-class (TP, FP, FN) counts, DeepCAM IoU and throughput of one pass.
+    The counts come from the loss's own pass (climseg.ops.weighted_cross_entropy_with_counts)."""
 
     def __init__(self, device, state=None):
-        self.cm = ConfusionMatrix(NUM_CLASSES, device=device)
+        self.cm = IoUCounts(NUM_CLASSES, device=device)
         self.loss_sum, self.deepcam_sum, self.samples, self.seconds, self.skipped = 0.0, 0.0, 0, 0.0, 0
         self.skipped_samples = 0
         if state:
-            self.cm.matrix += state["matrix"].to(device)
+            if "matrix" in state:    # a checkpoint from before the counts: its confusion matrix
+                self.cm.add(IoUCounts.from_matrix(state["matrix"]).counts)
+            else:
+                self.cm.add(state["counts"])
             self.loss_sum, self.deepcam_sum = state["loss_sum"], state["deepcam_sum"]
             self.samples, self.seconds, self.skipped = state["samples"], state["seconds"], state["skipped"]
             self.skipped_samples = state.get("skipped_samples", 0)
 
-    def add(self, logits, labels, loss, skipped):
-        pred = logits.argmax(dim=1)
-        n = labels.shape[0]
-        self.cm.update(pred, labels)
-        self.deepcam_sum += float(deepcam_iou(pred, labels)) * n
+    def add(self, counts, loss, skipped):
+        """``counts``: per-sample (N, C, 3) TP, FP, FN of this batch."""
+        n = counts.shape[0]
+        self.cm.add(counts)
+        self.deepcam_sum += float(deepcam_iou_from_counts(counts)) * n
         self.loss_sum += float(loss) * n
         self.samples += n
         self.skipped += int(skipped)
 
     def state(self, group=None):
         """The running sums; over all ranks of ``group`` (a collective) when given."""
-        matrix = self.cm.matrix.clone()
+        counts = self.cm.counts.clone()
         sums = torch.tensor([self.loss_sum, self.deepcam_sum, float(self.samples), float(self.skipped),
-                             float(self.skipped_samples)], dtype=torch.float64, device=matrix.device)
-        seconds = torch.tensor([self.seconds], dtype=torch.float64, device=matrix.device)
+                             float(self.skipped_samples)], dtype=torch.float64, device=counts.device)
+        seconds = torch.tensor([self.seconds], dtype=torch.float64, device=counts.device)
         if group is not None:
             import torch.distributed as dist
 
-            dist.all_reduce(matrix, group=group)
+            dist.all_reduce(counts, group=group)
             dist.all_reduce(sums, group=group)
             dist.all_reduce(seconds, op=dist.ReduceOp.MAX, group=group)
         sums, seconds = sums.tolist(), float(seconds.item())
-        return dict(matrix=matrix.cpu(), loss_sum=sums[0], deepcam_sum=sums[1], samples=int(sums[2]),
+        return dict(counts=counts.cpu(), loss_sum=sums[0], deepcam_sum=sums[1], samples=int(sums[2]),
                     seconds=seconds, skipped=int(sums[3]), skipped_samples=int(sums[4]))
 
     def row(self, split, group=None):
-        total = _Accumulator(self.cm.matrix.device, self.state(group))
+        total = _Accumulator(self.cm.counts.device, self.state(group))
         return total._row(split)
 
     def _row(self, split):
