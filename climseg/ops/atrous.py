@@ -139,14 +139,7 @@ def _unsupported(x, weight, groups):
 
 def _choose(op, backend, x, why_not):
     """'triton' or 'torch'; an explicit 'triton' that cannot run is an error."""
-    requested = backend if backend not in (None, "auto") else _backend.default_backend()
-    chosen = _backend.resolve(op, backend, x)
-    reason = why_not() if chosen == "triton" else ""
-    if reason:
-        if requested == "triton":
-            raise ConfigError(f"{op}: the Triton kernels cannot compute this: {reason}")
-        return "torch"
-    return chosen
+    return _backend.choose(op, backend, x, why_not)
 
 
 def _autocast(x, residual):

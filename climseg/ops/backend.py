@@ -62,6 +62,25 @@ def resolve(op, requested, tensor=None):
                       + "".join(f", {n}" for n, _ in candidates) + ")")
 
 
+_KERNEL_NAMES = {"triton": "Triton kernels", "cuda": "CUDA kernels"}
+
+
+def choose(op, requested, tensor, why_not):
+    """:func:`resolve`, then ask the fast path about this very input: ``why_not()`` returns ''
+    when it can compute it, else the reason. Auto falls back to ``"torch"``; a backend named
+    explicitly (argument or ``CLIMSEG_BACKEND``) that cannot is an error."""
+    named = requested if requested not in (None, "auto") else default_backend()
+    chosen = resolve(op, requested, tensor)
+    if chosen == "torch":
+        return chosen
+    reason = why_not()
+    if reason:
+        if named == chosen:
+            raise ConfigError(f"{op}: the {_KERNEL_NAMES[chosen]} cannot compute this: {reason}")
+        return "torch"
+    return chosen
+
+
 def describe(ops=None):
     """Rows ``(op, backend for a CUDA tensor, backend for a CPU tensor, why)`` for ``climseg info``."""
     import torch

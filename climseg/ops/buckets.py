@@ -9,7 +9,6 @@ fp16 sums finite; the flag after it is the overflow check a loss scaler needs, f
 """
 import torch
 
-from climseg.errors import ConfigError
 from climseg.ops import backend as _backend
 from climseg.ops import cuda as _cuda
 from climseg.ops import multi_tensor as _mt
@@ -43,24 +42,18 @@ def unflatten_gradients_reference(bucket, tensors, scale=1.0):
 
 
 def _choose(op, backend, tensors, extra=()):
-    requested = backend if backend not in (None, "auto") else _backend.default_backend()
     if not tensors:
         return "torch"
-    chosen = _backend.resolve(op, backend, tensors[0])
-    if chosen != "torch":
+
+    def why_not():
         dtypes = {t.dtype for t in tensors}
-        reason = ""
         if len(dtypes) > 1:
-            reason = f"tensors of several dtypes ({sorted(map(str, dtypes))})"
-        elif any(d not in _cuda.FLOAT_NAMES for d in dtypes | set(extra)):
-            reason = f"dtypes {sorted(map(str, dtypes | set(extra)))} (fp32, fp16 and bf16 only)"
-        elif any(not t.is_contiguous() for t in tensors):
-            reason = "non-contiguous tensors"
-        if reason:
-            if requested == "cuda":
-                raise ConfigError(f"{op}: the CUDA kernels cannot compute this: {reason}")
-            return "torch"
-    return chosen
+            return f"tensors of several dtypes ({sorted(map(str, dtypes))})"
+        if any(d not in _cuda.FLOAT_NAMES for d in dtypes | set(extra)):
+            return f"dtypes {sorted(map(str, dtypes | set(extra)))} (fp32, fp16 and bf16 only)"
+        return "non-contiguous tensors" if any(not t.is_contiguous() for t in tensors) else ""
+
+    return _backend.choose(op, backend, tensors[0], why_not)
 
 
 def _tables(tensors):

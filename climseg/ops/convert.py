@@ -48,14 +48,12 @@ def convert_input(x, shift, scale, channels=None, dtype=torch.bfloat16, layout="
     scale = torch.as_tensor(scale, dtype=torch.float32).flatten()
     if shift.numel() != len(channels) or scale.numel() != len(channels):
         raise ValueError(f"convert_input: {len(channels)} channels need as many shift and scale values")
-    requested = backend if backend not in (None, "auto") else _backend.default_backend()
-    chosen = _backend.resolve("convert_input", backend, x)
-    if chosen != "torch" and (x.dtype != torch.float32 or dtype not in _cuda.FLOAT_NAMES):
-        if requested == "cuda":
-            raise ConfigError(f"convert_input: the CUDA kernel takes float32 input and writes fp32/fp16/bf16, "
-                              f"not {x.dtype} -> {dtype}")
-        chosen = "torch"
-    if chosen == "torch" or n * h * w == 0:
+    def why_not():
+        if x.dtype != torch.float32 or dtype not in _cuda.FLOAT_NAMES:
+            return f"it takes float32 input and writes fp32/fp16/bf16, not {x.dtype} -> {dtype}"
+        return ""
+
+    if _backend.choose("convert_input", backend, x, why_not) == "torch" or n * h * w == 0:
         return convert_input_reference(x, shift, scale, channels, dtype, layout)
     x = x.contiguous()
     c = len(channels)

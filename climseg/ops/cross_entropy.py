@@ -70,7 +70,8 @@ def weighted_cross_entropy_with_counts(logits, labels, class_weights=None, reduc
         return_grad: also return d loss / d logits, computed in the same pass (no autograd graph).
         loss_dtype: dtype of the loss (default: the logits', as F.cross_entropy).
         check_labels: raise ValueError for labels outside [0, C) other than ignore_index (a
-            device sync on CUDA; the reference raises in F.cross_entropy either way).
+            device sync on CUDA; skipped inside torch.compile; the reference raises in
+            F.cross_entropy either way). Unchecked, such pixels count nowhere.
         backend: ``"auto" | "cuda" | "torch"`` (see :mod:`climseg.ops.backend`).
     """
     if reduction not in REDUCTIONS:
@@ -97,7 +98,7 @@ def weighted_cross_entropy_with_counts(logits, labels, class_weights=None, reduc
         loss, counts, _, bad, grad = _wce_with_grad(logits.detach(), labels, weight, reduction, ignore_index, loss_dtype)
     else:
         loss, counts, _, bad = _wce(logits, labels, weight, reduction, ignore_index, loss_dtype)
-    if check_labels and int(bad) > 0:
+    if check_labels and not torch.compiler.is_compiling() and int(bad) > 0:
         raise ValueError(f"{OP}: {int(bad)} labels lie outside [0, {logits.shape[1]}) and are not ignore_index "
                          f"({ignore_index})")
     counts = counts if per_sample else counts.sum(0)
@@ -105,24 +106,16 @@ def weighted_cross_entropy_with_counts(logits, labels, class_weights=None, reduc
 
 
 def _choose(backend, logits, labels):
-    requested = backend if backend not in (None, "auto") else _backend.default_backend()
-    chosen = _backend.resolve(OP, backend, logits)
-    if chosen == "torch":
-        return chosen
-    reason = ""
-    if logits.dtype not in _cuda.FLOAT_NAMES:
-        reason = f"logits of dtype {logits.dtype} (fp32, fp16 and bf16 only)"
-    elif logits.shape[1] > MAX_CLASSES:
-        reason = f"{logits.shape[1]} classes (at most {MAX_CLASSES})"
-    elif labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        reason = f"labels of dtype {labels.dtype}"
-    elif logits.numel() == 0:
-        reason = "empty input"
-    if reason:
-        if requested == "cuda":
-            raise ConfigError(f"{OP}: the CUDA kernel cannot compute this: {reason}")
-        return "torch"
-    return chosen
+    def why_not():
+        if logits.dtype not in _cuda.FLOAT_NAMES:
+            return f"logits of dtype {logits.dtype} (fp32, fp16 and bf16 only)"
+        if logits.shape[1] > MAX_CLASSES:
+            return f"{logits.shape[1]} classes (at most {MAX_CLASSES})"
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            return f"labels of dtype {labels.dtype}"
+        return "empty input" if logits.numel() == 0 else ""
+
+    return _backend.choose(OP, backend, logits, why_not)
 
 
 def _weights(class_weights, logits):

@@ -152,18 +152,25 @@ def launcher(device):
 
 def probe(tensor):
     """(ok, why not) for the ``"cuda"`` backend of climseg.ops.backend."""
-    if tensor is None or tensor.device.type == "cuda":
-        if tensor is None and not torch.cuda.is_available():
+    return _available("cuda" if tensor is None else tensor.device.type)
+
+
+@torch.compiler.assume_constant_result
+def _available(device_type):
+    """(ok, why not) for tensors of ``device_type``; a constant to torch.compile, which
+    therefore never traces the module loading below."""
+    if device_type == "cuda":
+        if not torch.cuda.is_available():
             return False, "no CUDA device"
         for get in (_compiled, _cupy):
             found, _ = get()
             if found is not None:
                 return True, ""
         return False, f"{_compiled()[1]}; {_cupy()[1]}"
-    if tensor.device.type == "cpu":
+    if device_type == "cpu":
         found, why = _emulated()
         return (True, "") if found is not None else (False, why)
-    return False, f"no CUDA kernels for {tensor.device.type} tensors"
+    return False, f"no CUDA kernels for {device_type} tensors"
 
 
 def describe():

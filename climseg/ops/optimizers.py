@@ -11,7 +11,6 @@ import math
 
 import torch
 
-from climseg.errors import ConfigError
 from climseg.ops import backend as _backend
 from climseg.ops import cuda as _cuda
 from climseg.ops import multi_tensor as _mt
@@ -79,21 +78,15 @@ def _check(op, params, grads, exp_avgs, exp_avg_sqs, model_params):
 
 
 def _choose(op, backend, params, grads):
-    requested = backend if backend not in (None, "auto") else _backend.default_backend()
     if not params:
         return "torch"
-    chosen = _backend.resolve(op, backend, params[0])
-    if chosen != "torch":
-        reason = ""
+
+    def why_not():
         if grads[0].dtype not in _cuda.FLOAT_NAMES:
-            reason = f"gradients of dtype {grads[0].dtype}"
-        elif any(not t.is_contiguous() for t in params + grads):
-            reason = "non-contiguous tensors"
-        if reason:
-            if requested == "cuda":
-                raise ConfigError(f"{op}: the CUDA kernels cannot compute this: {reason}")
-            return "torch"
-    return chosen
+            return f"gradients of dtype {grads[0].dtype}"
+        return "non-contiguous tensors" if any(not t.is_contiguous() for t in params + grads) else ""
+
+    return _backend.choose(op, backend, params[0], why_not)
 
 
 def _tables(params, grads, exp_avgs, exp_avg_sqs, model_params):
