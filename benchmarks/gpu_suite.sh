@@ -4,11 +4,15 @@
 #   benchmarks/gpu_suite.sh [OUT_DIR]        # default: $OUT, else benchmarks/results/gpu-suite-<date>
 #
 # On a single-GPU machine with no network (PyTorch, Triton, nvcc there) it
-#   1. installs climseg from this tree into the current Python (no downloads, CUDA build when
-#      the tree has CUDA sources and nvcc is found),
+#   1. installs climseg from this tree into the current Python (no downloads); where nvcc is
+#      found (CUDA_HOME/CUDA_PATH, else PATH) with CLIMSEG_FORCE_CUDA_BUILD=1, so that a failed
+#      climseg._cuda build shows as a failed step (then it installs without climseg._cuda and
+#      the CUDA kernels come from CuPy, NVRTC, if installed); without nvcc: CuPy only,
 #   2. runs the `gpu`-marked tests,
 #   3. the atrous/ASPP kernel benchmark (bf16, forward+backward, against cuDNN),
-#   4. the CUDA-kernel benchmark (when the build has CUDA kernels),
+#   4. the CUDA-kernel benchmark (--quick: loss + IoU counts, LARC-Adam/LAMB steps, gradient
+#      buckets, input conversion against the PyTorch sequences they replace, and the copy
+#      bandwidth), a failed step if neither climseg._cuda nor CuPy provides the kernels,
 #   5. the training step of kurth2018 and deepcam at 768x1152, bf16, batch 2: climseg's path
 #      against the same model on plain PyTorch ops (cuDNN, channels_last, AMP), with MFU,
 # and prints a short table last. Full JSON and markdown go to OUT_DIR; a log of everything is
@@ -53,8 +57,23 @@ PY
 if [ "${CLIMSEG_SUITE_SKIP_INSTALL:-0}" = "1" ]; then
     say "install: skipped (CLIMSEG_SUITE_SKIP_INSTALL=1)"
 else
-    step install 240 $py -m pip install --no-build-isolation --no-deps --no-index -e . || \
-        say "install failed: using the tree on PYTHONPATH instead"
+    nvcc=""
+    for home in "${CUDA_HOME:-}" "${CUDA_PATH:-}"; do
+        if [ -n "$home" ] && [ -x "$home/bin/nvcc" ]; then nvcc="$home/bin/nvcc"; break; fi
+    done
+    [ -n "$nvcc" ] || nvcc=$(command -v nvcc 2>/dev/null || true)
+    install=($py -m pip install --no-build-isolation --no-deps --no-index -e .)
+    if [ -n "$nvcc" ]; then
+        say "install: nvcc at $nvcc: building climseg._cuda (CLIMSEG_FORCE_CUDA_BUILD=1)"
+        if ! step install 240 env CLIMSEG_FORCE_CUDA_BUILD=1 "${install[@]}"; then
+            say "install: the climseg._cuda build failed (see $log); installing without it (CUDA kernels from CuPy)"
+            step install-without-cuda 180 env CLIMSEG_SKIP_CUDA_BUILD=1 "${install[@]}" || \
+                say "install failed: using the tree on PYTHONPATH instead"
+        fi
+    else
+        say "install: no nvcc (CUDA_HOME, CUDA_PATH, PATH): no climseg._cuda; the CUDA kernels come from CuPy if installed"
+        step install 240 "${install[@]}" || say "install failed: using the tree on PYTHONPATH instead"
+    fi
 fi
 if ! $py -c "import climseg" 2>/dev/null; then   # not installed: run from the tree (without climseg.kernels)
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -64,8 +83,27 @@ $py -m climseg info >> "$log" 2>&1
 
 if [ "$gpu" != "1" ]; then
     say "no CUDA device: dry run of the suite's own steps (no GPU numbers)"
-    step dry-imports 120 $py -c "import climseg.bench.atrous, climseg.bench.step, climseg.bench.scaling, climseg.kernels.atrous"
+    step dry-imports 120 $py -c "import climseg.bench.atrous, climseg.bench.step, climseg.bench.scaling, climseg.kernels.atrous, climseg.bench.cuda_kernels"
     step dry-atrous 60 $py -m climseg.bench.atrous --quick --json "$out/atrous.json"
+    # without CUDA the CUDA-kernel benchmark must refuse in one line with status 2 ...
+    say "dry-cuda-kernels: $py -m climseg bench cuda-kernels --quick (expects exit 2 and one error line)"
+    msg=$($py -m climseg bench cuda-kernels --quick --json "$out/cuda-kernels.json" 2>&1)
+    rc=$?
+    echo "$msg" >> "$log"
+    last=$(printf '%s\n' "$msg" | tail -n 1)
+    if [ "$rc" -eq 2 ] && [[ "$last" == "climseg: error: "* ]]; then
+        say "dry-cuda-kernels: exit 2 without CUDA, as it should: $last"
+    else
+        say "dry-cuda-kernels: expected exit 2 and a climseg: error: line without CUDA, got exit $rc"
+        status=1
+    fi
+    # ... and its code paths run on CPU through the emulated kernels (tiny sizes, no numbers)
+    if $py -c "import climseg._cuda_emulated" 2>/dev/null; then
+        step dry-cuda-kernels-smoke 240 $py -m climseg.bench.cuda_kernels --cpu-smoke \
+            --out "$out/cuda-kernels-cpu-smoke.json"
+    else
+        say "dry-cuda-kernels-smoke: climseg._cuda_emulated not built here: skipped"
+    fi
     step dry-step 300 $py -m climseg.bench.step --device cpu --configs tiny --height 64 --width 96 --batch-size 2 \
         --warmup 1 --repeats 2 --json "$out/dry-step-cpu.json"
     step dry-scaling 60 $py -m climseg.bench.scaling --preset summit-kurth2018 --json "$out/scaling-summit.json"
@@ -77,11 +115,16 @@ fi
 step gpu-tests 150 $py -m pytest -q -m gpu tests -p no:cacheprovider
 # 3. atrous / ASPP kernels against cuDNN
 step atrous 200 $py -m climseg.bench.atrous --quick --json "$out/atrous.json"
-# 4. CUDA kernels of csrc/ (none in this version)
-if $py -c "import climseg._cuda" 2>/dev/null; then
-    step cuda-kernels 60 $py -m climseg bench cuda-kernels --json "$out/cuda-kernels.json"
+# 4. CUDA kernels of csrc/cuda against the PyTorch sequences they replace (climseg._cuda, else CuPy)
+why=$($py -c "import sys, torch; from climseg.ops import cuda
+ok, why = cuda.probe(torch.empty(0, device='cuda'))
+print(cuda.describe() if ok else why); sys.exit(0 if ok else 1)" 2>&1)
+if [ $? -eq 0 ]; then
+    say "cuda-kernels: $why"
+    step cuda-kernels 120 $py -m climseg bench cuda-kernels --quick --json "$out/cuda-kernels.json"
 else
-    say "cuda-kernels: climseg._cuda not built in this version (no csrc/cuda kernels yet): skipped"
+    say "cuda-kernels: no CUDA kernels to time (neither climseg._cuda nor CuPy): $why"
+    status=1
 fi
 # 5. training step, both anchors, ours against plain PyTorch
 step train-step 200 $py -m climseg.bench.step --device cuda --configs kurth2018,deepcam --height 768 --width 1152 \
@@ -108,6 +151,17 @@ if os.path.exists(path):
         ratio = f"{r['vs_cudnn']:.2f}x cuDNN" if "vs_cudnn" in r else f"{r.get('vs_unfused', float('nan')):.2f}x unfused"
         det = f" det. {r['vs_torch_deterministic']:.1f}x torch det." if "vs_torch_deterministic" in r else ""
         print(f"  {r['layer']:42s} {r['ms']:8.3f} ms  {ratio}{det}")
+path = os.path.join(out, "cuda-kernels.json")
+if os.path.exists(path):
+    d = json.load(open(path))
+    m = d["meta"]
+    print(f"CUDA kernels ({m['kernels']}) against PyTorch; copy bandwidth {m['copy_gbps']:.0f} GB/s:")
+    for r in d["rows"]:
+        if r["kernel"] == "copy":
+            continue
+        vs = f"{r['vs_torch']:5.2f}x torch" if "vs_torch" in r else ""
+        print(f"  {r['kernel']:19s} {r['case'][:38]:38s} {r['mode']:16s} {r['ms']:8.3f} ms {r['gbps']:7.0f} GB/s "
+              f"{100 * r['copy_fraction']:4.0f}% copy  {vs}")
 PY
 say "suite finished with status $status"
 exit $status

@@ -28,9 +28,40 @@ def test_bench_step_cpu_writes_rate_flops_and_device(tmp_path, capsys):
     assert (tmp_path / "step.md").read_text().count("| tiny |") == 1
 
 
-def test_bench_cuda_kernels_says_there_are_none(capsys):
-    assert main(["bench", "cuda-kernels"]) == 2
-    assert "no CUDA kernels" in capsys.readouterr().err
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: the benchmark would run")
+def test_bench_cuda_kernels_without_cuda_exits_2_with_one_line(tmp_path, capsys):
+    out = tmp_path / "ck.json"
+    assert main(["bench", "cuda-kernels", "--json", str(out), "--", "--quick"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("climseg: error: ") and "no CUDA device" in lines[0], captured.err
+    assert captured.out == "" and not out.exists()
+    # the script wrapper says the same, with the same status
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_cuda_kernels.py"), "--quick"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.strip() == lines[0], proc.stdout + proc.stderr
+
+
+def test_bench_cuda_kernels_cpu_smoke_runs_every_row(tmp_path):
+    """The benchmark's own code paths, on CPU through the emulated kernels (tiny sizes)."""
+    from climseg.bench import cuda_kernels
+    from climseg.ops import cuda
+
+    if not cuda.probe(torch.empty(0))[0]:
+        pytest.skip("climseg._cuda_emulated is not built")
+    out = tmp_path / "smoke.json"
+    assert cuda_kernels.main(["--cpu-smoke", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    kernels = {r["kernel"] for r in data["rows"]}
+    assert kernels == {"copy", "loss+counts", "larc_adam_step", "lamb_step", "flatten_gradients",
+                       "unflatten_gradients", "convert_input"}
+    assert data["meta"]["kernels"] == "climseg._cuda_emulated" and data["meta"]["date"] and data["meta"]["command"]
+    for r in data["rows"]:
+        assert r["ms"] > 0 and r["bytes"] > 0 and r["gbps"] > 0 and ("vs_torch" in r) == (r["kernel"] != "copy"), r
+        if r["kernel"] == "loss+counts":
+            assert r["counts_agree"] and r["loss_rel_diff"] < 1e-3, r
+    assert len([r for r in data["rows"] if r["kernel"] == "loss+counts"]) == 2 * 2 * 2 * 3
+    assert (tmp_path / "smoke.md").read_text().count("| loss+counts |") == 24
 
 
 def test_peak_table_and_measured_ceiling():

@@ -2,7 +2,8 @@
 
 Each module measures one thing and writes JSON (``meta`` + ``rows``) and a
 markdown table: ``step`` (training step, ours against the plain-PyTorch model),
-``atrous`` (the Triton convolution kernels against cuDNN; GPU), ``allreduce``
+``atrous`` (the Triton convolution kernels against cuDNN; GPU), ``cuda_kernels``
+(the CUDA kernels of csrc/cuda against copy bandwidth and unfused PyTorch; GPU), ``allreduce``
 (flat against hierarchical), ``io`` (FastLoader against an MLPerf-reference-style
 reader and dd), ``scaling`` (the weak-scaling model of :mod:`climseg.perf.scaling`).
 Medians over repeats after warm-up; CUDA events on GPUs.

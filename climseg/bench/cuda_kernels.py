@@ -1,0 +1,526 @@
+"""CUDA-kernel benchmark (GPU): the kernels of csrc/cuda against the PyTorch sequences they replace.
+
+Rows (every one: median ms with 20th/80th percentiles over CUDA-event-timed repeats after
+warm-up; GB/s from the bytes counted below; that as a fraction of the measured copy
+bandwidth; ``vs_torch`` = PyTorch time / kernel time, above 1 when the kernel is faster; and
+``host_ms``, ``torch_host_ms``: how long the call takes to return to Python, which tells a
+row bound by launches and Python overhead, host_ms close to ms, from one bound by memory):
+
+* ``copy``: ``dst.copy_(src)`` of a 1 GiB buffer, bytes = read + write (2 GiB). The
+  reference bandwidth: what a kernel that only streams its bytes through DRAM reaches.
+* ``loss+counts``: ``weighted_cross_entropy_with_counts`` (reduction "mean", DeepCAM class
+  weights, int64 labels, ``check_labels=False``) on logits (B, 3, 768, 1152), B = 1 and 4,
+  bf16 and fp32, NCHW and channels_last, in three modes:
+    forward           loss + counts; PyTorch: ``F.cross_entropy(logits.float(), labels, weight=w)``
+                      + ``logits.argmax(1)`` + ``torch.bincount(labels * C + pred, minlength=C * C)``
+    forward+backward  the same, then ``autograd.grad(loss, logits)`` (PyTorch: through its graph)
+    fused grad        ``return_grad=True``: loss, counts and d loss / d logits from one pass,
+                      against the PyTorch forward+backward sequence
+  Labels follow the DeepCAM class frequencies (98.6 % background) and the logits favour the
+  true class, so that most predictions are right, as for a trained network (the worst case
+  for the kernel's shared-memory counters, which then mostly hit one address).
+* ``larc_adam_step`` and ``lamb_step`` over fp32 parameters, gradients and moments shaped like
+  every parameter of the ``kurth2018`` and ``deepcam`` networks (the shapes come from the
+  model built on the meta device), against ``climseg.optim.LARC(torch.optim.Adam(params,
+  foreach=True))`` and ``climseg.optim.LAMB``; the LARC row also times plain
+  ``torch.optim.Adam(fused=True)`` (no LARC: a floor for PyTorch) as ``torch_fused_adam_ms``.
+* ``flatten_gradients``: the same gradients, fp32, to one bf16 bucket times 1/8 (the
+  1 / world size of an 8-GPU node); PyTorch: ``torch.cat([g.flatten() ...]).mul_(scale).to(bf16)``.
+  ``unflatten_gradients``: that bucket back into the fp32 gradients with the Inf/NaN flag;
+  PyTorch: ``torch.split`` + ``g.copy_(segment)`` per tensor + ``~torch.isfinite(bucket).all()``.
+* ``convert_input``: (4, 768, 1152, 16) fp32 to bf16 (4, 16, 768, 1152) in NHWC and NCHW
+  memory, against ``climseg.ops.convert_input_reference``.
+
+Bytes are the least DRAM traffic the computation needs (each input read once per pass the
+algorithm cannot avoid, each output written once), not what a kernel happens to move:
+
+    copy               2 S
+    loss forward       L + Y (+ the loss and the C x 3 counts)        L logits, Y int64 labels
+    forward+backward   2 (L + Y) + L   the backward cannot start before the loss exists, so it
+                                       reads logits and labels again and writes the gradient
+    fused grad         L + Y + L       (the kernel reads the labels once more first, for the
+                                       "mean" divisor; usually from L2, not counted)
+    larc_adam_step     n (8 + 28)      per fp32 element: the norms pass reads p, g; the update
+                                       reads p, g, m, v and writes p, m, v
+    lamb_step          n (24 + 16)     pass 1 reads p, g, m, v, writes m, v (norm of the
+                                       update); pass 2 reads p, m, v, writes p
+    flatten_gradients  n (4 + 2)       fp32 in, bf16 out
+    unflatten          n (2 + 4)       bf16 in, fp32 out
+    convert_input      pixels 16 (4 + 2)
+
+Each repeat starts from a cold L2 (a 256 MiB buffer is zeroed before it, outside the timed
+interval), so small inputs are not timed out of the cache. That zeroing (tens of microseconds)
+also gives the host a head start: launch overhead shorter than it is hidden, as in a training
+step where the GPU runs behind Python; ``host_ms`` shows what it was. The kernels run with
+``backend="cuda"`` (an error, never a silent fallback, if they cannot), through
+``climseg._cuda`` or else CuPy; ``meta.kernels`` says which. JSON and a markdown table go to
+``benchmarks/results/`` (GPU, driver, CUDA, torch, CuPy versions, date, command).
+
+    python benchmarks/bench_cuda_kernels.py            # on a CUDA machine
+    python benchmarks/bench_cuda_kernels.py --quick    # B = 4 only, fewer repeats
+    python benchmarks/bench_cuda_kernels.py --cpu-smoke   # this script's code paths on CPU,
+                                                          # emulated kernels, tiny sizes, no numbers
+"""
+import argparse
+import datetime
+import functools
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from climseg.bench import command_line, result_path
+
+PROG = "bench cuda-kernels"
+CLASSES = 3
+HEIGHT, WIDTH, IN_CHANNELS = 768, 1152, 16
+COPY_BYTES = 1 << 30
+FLUSH_BYTES = 256 << 20
+LR, WEIGHT_DECAY, LAMB_WEIGHT_DECAY, STEP = 1e-3, 1e-4, 0.01, 10
+BUCKET_SCALE = 1.0 / 8
+
+
+class Timer:
+    """``timer(fn) -> (median, p20, p80, host median)`` in ms: CUDA events on a GPU (L2 flushed
+    before each repeat, outside the timed interval), a monotonic clock on CPU (the smoke check).
+    The host median is the time the call takes to return to Python (to enqueue its work, or
+    longer where it synchronises): close to the event time, the row is bound by launches and
+    Python, not by memory."""
+
+    def __init__(self, device, warmup, repeats):
+        self.device, self.warmup, self.repeats = device, warmup, repeats
+        self.flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device=device) if device.type == "cuda" else None
+
+    def __call__(self, fn):
+        cuda = self.device.type == "cuda"
+        for _ in range(self.warmup):
+            fn()
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        times, host = [], []
+        for _ in range(self.repeats):
+            if cuda:
+                self.flush.zero_()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                t = time.perf_counter()
+                fn()
+                host.append(1e3 * (time.perf_counter() - t))
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t = time.perf_counter()
+                fn()
+                times.append(1e3 * (time.perf_counter() - t))
+                host.append(times[-1])
+        times.sort()
+        q = lambda p: times[min(len(times) - 1, int(p * (len(times) - 1) + 0.5))]  # noqa: E731
+        return statistics.median(times), q(0.2), q(0.8), statistics.median(host)
+
+
+def make_row(kernel, case, mode, ours, nbytes, formula, copy_gbps, torch_times=None, reference=None):
+    gbps = nbytes / (ours[0] * 1e-3) / 1e9
+    row = dict(kernel=kernel, case=case, mode=mode, ms=ours[0], ms_p20=ours[1], ms_p80=ours[2], host_ms=ours[3],
+               bytes=int(nbytes), bytes_formula=formula, gbps=gbps,
+               copy_fraction=gbps / copy_gbps if copy_gbps else float("nan"))
+    if torch_times is not None:
+        row.update(torch_ms=torch_times[0], torch_ms_p20=torch_times[1], torch_ms_p80=torch_times[2],
+                   torch_host_ms=torch_times[3], vs_torch=torch_times[0] / ours[0], torch_reference=reference)
+    return row
+
+
+def say(row):
+    vs = f"{row['vs_torch']:6.2f}x torch" if "vs_torch" in row else ""
+    print(f"{row['kernel']:20s} {row['case']:34s} {row['mode']:17s} {row['ms']:9.3f} ms "
+          f"[{row['ms_p20']:.3f}, {row['ms_p80']:.3f}] host {row['host_ms']:7.3f} ms {row['gbps']:8.1f} GB/s {100 * row['copy_fraction']:5.1f}% copy "
+          f"{vs}", flush=True)
+
+
+def nbytes(t):
+    return t.numel() * t.element_size()
+
+
+def dtype_name(dtype):
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(dtype, str(dtype))
+
+
+def size_name(size):
+    return f"{size / 2**30:g} GiB" if size >= 2**30 else f"{size / 2**20:g} MiB"
+
+
+# ------------------------------------------------------------------------------------ copy
+def copy_row(timer, device, size):
+    src = torch.empty(size, dtype=torch.uint8, device=device).random_(0, 256)
+    dst = torch.empty_like(src)
+    t = timer(lambda: dst.copy_(src))
+    row = make_row("copy", f"{size_name(size)} uint8", "dst.copy_(src)", t, 2 * size, "read S + write S", 0.0)
+    row["copy_fraction"] = 1.0
+    return row
+
+
+# ------------------------------------------------------------------------ loss and counts
+def loss_inputs(batch, dtype, layout, height, width, device, seed=0):
+    """Labels with the DeepCAM class frequencies; logits favouring the true class (mostly right)."""
+    from climseg.losses import DEEPCAM_FREQUENCIES
+
+    generator = torch.Generator(device=device).manual_seed(seed)
+    edges = torch.tensor(DEEPCAM_FREQUENCIES, dtype=torch.float64).cumsum(0)[:-1].to(device=device, dtype=torch.float32)
+    labels = torch.bucketize(torch.rand(batch, height, width, device=device, generator=generator), edges)
+    logits = torch.randn(batch, CLASSES, height, width, device=device, generator=generator)
+    logits.scatter_add_(1, labels.unsqueeze(1), torch.full_like(labels.unsqueeze(1), 2.5, dtype=logits.dtype))
+    logits = logits.to(dtype)
+    if layout == "NHWC":
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    return logits, labels.long()
+
+
+def loss_rows(timer, device, batches, dtypes, layouts, height, width, copy_gbps):
+    from climseg.losses import class_weights
+
+    weight = class_weights("deepcam").to(device)
+    rows = []
+    for batch in batches:
+        for dtype in dtypes:
+            for layout in layouts:
+                rows += loss_case(timer, device, batch, dtype, layout, height, width, weight, copy_gbps)
+    return rows
+
+
+def loss_case(timer, device, batch, dtype, layout, height, width, weight, copy_gbps):
+    from climseg.ops import weighted_cross_entropy_with_counts as wce
+
+    logits, labels = loss_inputs(batch, dtype, layout, height, width, device)
+    leaf = logits.detach().requires_grad_(True)
+    case = f"B={batch} {dtype_name(dtype)} {layout} {height}x{width}"
+
+    def ours_forward():
+        return wce(logits, labels, weight, check_labels=False, loss_dtype=torch.float32, backend="cuda")
+
+    def ours_forward_backward():
+        loss, _ = wce(leaf, labels, weight, check_labels=False, loss_dtype=torch.float32, backend="cuda")
+        return torch.autograd.grad(loss, leaf)
+
+    def ours_fused():
+        return wce(logits, labels, weight, return_grad=True, check_labels=False, loss_dtype=torch.float32,
+                   backend="cuda")
+
+    def torch_forward(x=logits):
+        loss = F.cross_entropy(x.float(), labels, weight=weight)
+        pred = x.argmax(1)
+        counts = torch.bincount((labels * CLASSES + pred).flatten(), minlength=CLASSES * CLASSES)
+        return loss, counts
+
+    def torch_forward_backward():
+        loss, _ = torch_forward(leaf)
+        return torch.autograd.grad(loss, leaf)
+
+    with torch.no_grad():      # the two sides compute the same thing: same loss, same counts
+        loss, counts = ours_forward()
+        ref_loss, matrix = torch_forward()
+        matrix = matrix.view(CLASSES, CLASSES)        # [true, predicted]
+        tp = matrix.diagonal()
+        ref_counts = torch.stack([tp, matrix.sum(0) - tp, matrix.sum(1) - tp], dim=-1)
+        counts_agree = bool(torch.equal(counts.cpu(), ref_counts.cpu()))
+        loss_rel_diff = abs(float(loss) - float(ref_loss)) / max(abs(float(ref_loss)), 1e-30)
+    if not counts_agree or loss_rel_diff > 1e-3:
+        print(f"WARNING: {case}: the kernel and PyTorch disagree (counts equal: {counts_agree}, loss relative "
+              f"difference {loss_rel_diff:.2e})", flush=True)
+    logit_bytes, label_bytes = nbytes(logits), nbytes(labels)
+    small = 4 + CLASSES * 3 * 8               # the fp32 loss and the int64 (C, 3) counts
+    with torch.no_grad():
+        t_forward = timer(torch_forward)
+        t_ours_forward = timer(ours_forward)
+        t_ours_fused = timer(ours_fused)
+    t_forward_backward = timer(torch_forward_backward)
+    t_ours_forward_backward = timer(ours_forward_backward)
+    reference = "F.cross_entropy(logits.float(), labels, weight=w) + argmax(1) + bincount"
+    rows = [
+        make_row("loss+counts", case, "forward", t_ours_forward, logit_bytes + label_bytes + small,
+                 "logits + labels (+ loss, counts)", copy_gbps, t_forward, reference),
+        make_row("loss+counts", case, "forward+backward", t_ours_forward_backward,
+                 3 * logit_bytes + 2 * label_bytes + small, "2 (logits + labels) + gradient (+ loss, counts)",
+                 copy_gbps, t_forward_backward, reference + ", then autograd backward"),
+        make_row("loss+counts", case, "fused grad", t_ours_fused, 2 * logit_bytes + label_bytes + small,
+                 "logits + labels + gradient (+ loss, counts)", copy_gbps, t_forward_backward,
+                 reference + ", then autograd backward"),
+    ]
+    rows[2]["vs_ours_forward_backward"] = t_ours_forward_backward[0] / t_ours_fused[0]
+    for row in rows:
+        row.update(counts_agree=counts_agree, loss_rel_diff=loss_rel_diff)
+    for row in rows:
+        say(row)
+    return rows
+
+
+# ------------------------------------------------------------------- optimizers, buckets
+@functools.lru_cache(maxsize=None)
+def parameter_shapes(config, max_tensors=None):
+    """Shapes of every trainable parameter of ``DeepLabV3Plus(config)``, built on the meta device
+    (the first ``max_tensors`` of them when given: the smoke check)."""
+    from climseg.models import DeepLabV3Plus
+
+    with torch.device("meta"):
+        model = DeepLabV3Plus(config)
+    return [tuple(p.shape) for p in model.parameters() if p.requires_grad][:max_tensors]
+
+
+def tensors(shapes, device, std, generator):
+    return [torch.randn(s, device=device, generator=generator) * std for s in shapes]
+
+
+def optimizer_rows(timer, device, config, copy_gbps, max_tensors=None):
+    shapes = parameter_shapes(config, max_tensors)
+    rows = [optimizer_case(timer, device, kernel, shapes, config, copy_gbps) for kernel in ("larc_adam_step", "lamb_step")]
+    for row in rows:
+        say(row)
+    return rows
+
+
+def optimizer_case(timer, device, kernel, shapes, config, copy_gbps):
+    from climseg.ops import lamb_step, larc_adam_step
+    from climseg.optim import LAMB, LARC
+
+    n = sum(math.prod(s) for s in shapes)
+    case = f"{config}: {len(shapes)} tensors, {n / 1e6:.1f}M fp32"
+    generator = torch.Generator(device=device).manual_seed(1)
+    params, grads = tensors(shapes, device, 0.05, generator), tensors(shapes, device, 1e-3, generator)
+    exp_avgs = [torch.zeros_like(p) for p in params]
+    exp_avg_sqs = [torch.zeros_like(p) for p in params]
+    reference_params = [p.clone().requires_grad_(True) for p in params]
+    for p, g in zip(reference_params, grads):
+        p.grad = g.clone()
+    if kernel == "larc_adam_step":
+        def ours():
+            larc_adam_step(params, grads, exp_avgs, exp_avg_sqs, step=STEP, lr=LR, weight_decay=WEIGHT_DECAY,
+                           backend="cuda")
+        reference = LARC(torch.optim.Adam(reference_params, lr=LR, weight_decay=WEIGHT_DECAY, foreach=True))
+        label = "climseg.optim.LARC(torch.optim.Adam(params, foreach=True)).step()"
+        count, formula = n * (8 + 28), "n (read p, g for the norms; read p, g, m, v; write p, m, v): 36 B/param"
+    else:
+        def ours():
+            lamb_step(params, grads, exp_avgs, exp_avg_sqs, step=STEP, lr=LR, weight_decay=LAMB_WEIGHT_DECAY,
+                      backend="cuda")
+        reference = LAMB(reference_params, lr=LR, weight_decay=LAMB_WEIGHT_DECAY)
+        label = "climseg.optim.LAMB(params).step()"
+        count, formula = n * (24 + 16), "n (read p, g, m, v, write m, v; read p, m, v, write p): 40 B/param"
+    t_ours = timer(ours)
+    t_reference = timer(reference.step)
+    row = make_row(kernel, case, "step", t_ours, count, formula, copy_gbps, t_reference, label)
+    if kernel == "larc_adam_step" and device.type == "cuda":
+        plain = torch.optim.Adam(reference_params, lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
+        t_plain = timer(plain.step)
+        row.update(torch_fused_adam_ms=t_plain[0], vs_torch_fused_adam=t_plain[0] / t_ours[0])
+    return row
+
+
+def bucket_rows(timer, device, config, copy_gbps, max_tensors=None):
+    from climseg.ops import flatten_gradients, unflatten_gradients
+
+    shapes = parameter_shapes(config, max_tensors)
+    n = sum(math.prod(s) for s in shapes)
+    case = f"{config}: {len(shapes)} tensors, {n / 1e6:.1f}M fp32 <-> bf16"
+    generator = torch.Generator(device=device).manual_seed(2)
+    grads = tensors(shapes, device, 1e-3, generator)
+    sizes = [g.numel() for g in grads]
+
+    def ours_flatten():
+        return flatten_gradients(grads, torch.bfloat16, BUCKET_SCALE, backend="cuda")
+
+    def torch_flatten():
+        return torch.cat([g.flatten() for g in grads]).mul_(BUCKET_SCALE).to(torch.bfloat16)
+
+    bucket = ours_flatten()
+
+    def ours_unflatten():
+        return unflatten_gradients(bucket, grads, backend="cuda")
+
+    def torch_unflatten():
+        for g, segment in zip(grads, torch.split(bucket, sizes)):
+            g.copy_(segment.view_as(g))
+        return ~torch.isfinite(bucket).all()
+
+    rows = [
+        make_row("flatten_gradients", case, f"scale 1/{round(1 / BUCKET_SCALE)}", timer(ours_flatten), n * (4 + 2),
+                 "n (read fp32 + write bf16)", copy_gbps, timer(torch_flatten),
+                 "torch.cat([g.flatten() for g in grads]).mul_(scale).to(bf16)"),
+        make_row("unflatten_gradients", case, "+ Inf/NaN flag", timer(ours_unflatten), n * (2 + 4),
+                 "n (read bf16 + write fp32)", copy_gbps, timer(torch_unflatten),
+                 "torch.split(bucket) + g.copy_(segment) + ~torch.isfinite(bucket).all()"),
+    ]
+    for row in rows:
+        say(row)
+    return rows
+
+
+# -------------------------------------------------------------------------------- convert
+def convert_rows(timer, device, shape, copy_gbps):
+    from climseg.ops import convert_input, convert_input_reference
+
+    generator = torch.Generator(device=device).manual_seed(3)
+    x = torch.randn(shape, device=device, generator=generator) * 50 + 10
+    cin = shape[-1]
+    shift = torch.randn(cin, device=device, generator=generator)
+    scale = torch.rand(cin, device=device, generator=generator) + 0.5
+    pixels = shape[0] * shape[1] * shape[2]
+    rows = []
+    for layout in ("nhwc", "nchw"):
+        def ours(layout=layout):
+            return convert_input(x, shift, scale, dtype=torch.bfloat16, layout=layout, backend="cuda")
+
+        def reference(layout=layout):
+            return convert_input_reference(x, shift, scale, None, torch.bfloat16, layout)
+
+        row = make_row("convert_input", "x".join(map(str, shape)) + " fp32 -> bf16", layout.upper(), timer(ours),
+                       pixels * cin * (4 + 2), "pixels C (read fp32 + write bf16)", copy_gbps, timer(reference),
+                       "convert_input_reference: ((x - shift) * scale).to(bf16).permute(0, 3, 1, 2).contiguous()")
+        rows.append(row)
+        say(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------- reports
+def environment(device, argv, kernels, quick, warmup, repeats):
+    meta = dict(benchmark="cuda_kernels", torch=torch.__version__, cuda=torch.version.cuda,
+                python=platform.python_version(), date=datetime.date.today().isoformat(), command=command_line(argv),
+                kernels=kernels, quick=quick, warmup=warmup, repeats=repeats,
+                l2_flush_bytes=FLUSH_BYTES if device.type == "cuda" else 0)
+    try:
+        import cupy
+
+        meta["cupy"] = cupy.__version__
+    except Exception:
+        meta["cupy"] = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        try:
+            driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                    capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            driver = "unknown"
+        meta.update(gpu=props.name, sm=f"{props.major}{props.minor}", driver=driver,
+                    memory_gib=round(props.total_memory / 2**30, 1))
+    else:
+        meta.update(gpu="CPU (emulated CUDA kernels: smoke check, timings meaningless)", sm="-", driver="-")
+    return meta
+
+
+def write(rows, meta, path):
+    with open(path, "w") as f:
+        json.dump(dict(meta=meta, rows=rows), f, indent=2)
+    md = os.path.splitext(path)[0] + ".md"
+
+    def num(r, key, fmt):
+        return format(r[key], fmt) if key in r else "–"
+
+    with open(md, "w") as f:
+        f.write(f"# CUDA kernels on {meta['gpu']} ({meta['date']})\n\n"
+                f"driver {meta['driver']}, CUDA {meta['cuda']}, torch {meta['torch']}, CuPy {meta['cupy']}; "
+                f"kernels: {meta['kernels']}\n\nCommand: `{meta['command']}`\n\n"
+                f"Median of {meta['repeats']} repeats after {meta['warmup']} warm-up runs"
+                f"{', L2 flushed before each' if meta['l2_flush_bytes'] else ''}. GB/s from the least bytes the "
+                f"computation must move (column MB); % copy against `dst.copy_(src)` of "
+                f"{size_name(meta['copy_bytes'] // 2)} ({meta['copy_gbps']:.1f} GB/s); vs torch = PyTorch ms / kernel "
+                f"ms (above 1: the kernel is faster); host ms: the time the call takes to return to Python (near "
+                f"ms: the row is bound by launches and Python, not by memory).\n\n")
+        f.write("| kernel | case | mode | ms (p20-p80) | host ms | MB | GB/s | % copy | torch ms | torch host ms "
+                "| vs torch |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+        for r in rows:
+            f.write(f"| {r['kernel']} | {r['case']} | {r['mode']} | {r['ms']:.3f} ({r['ms_p20']:.3f}-{r['ms_p80']:.3f}) | "
+                    f"{r['host_ms']:.3f} | {r['bytes'] / 1e6:.1f} | {r['gbps']:.1f} | {100 * r['copy_fraction']:.1f} | "
+                    f"{num(r, 'torch_ms', '.3f')} | {num(r, 'torch_host_ms', '.3f')} | {num(r, 'vs_torch', '.2f')} |\n")
+        f.write("\nBytes counted per row:\n\n")
+        for formula in dict.fromkeys(f"{r['kernel']}: {r['bytes_formula']}" for r in rows):
+            f.write(f"* {formula}\n")
+        extra = [r for r in rows if "torch_fused_adam_ms" in r]
+        if extra:
+            f.write("\nPlain `torch.optim.Adam(fused=True)` (no LARC), for scale: "
+                    + "; ".join(f"{r['case'].split(':')[0]} {r['torch_fused_adam_ms']:.3f} ms "
+                                f"({r['vs_torch_fused_adam']:.2f}x)" for r in extra) + "\n")
+        fused = [r for r in rows if "vs_ours_forward_backward" in r]
+        if fused:
+            f.write("\nFused grad against the kernel's own forward+backward: "
+                    + "; ".join(f"{r['case']} {r['vs_ours_forward_backward']:.2f}x" for r in fused) + "\n")
+    return md
+
+
+def fail(message):
+    print(f"climseg: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="bench_cuda_kernels", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="batch 4 only, fewer repeats and warm-up runs")
+    parser.add_argument("--reps", type=int, default=None, help="timed repeats per measurement (default 30, 10 with --quick)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 3, 2 with --quick)")
+    parser.add_argument("--out", "--json", dest="out", default=None,
+                        help="JSON result file, or an existing folder for it (default "
+                             "benchmarks/results/cuda_kernels-<gpu>-<date>.json); the markdown table goes next to it")
+    parser.add_argument("--cpu-smoke", action="store_true",
+                        help="check this script on CPU: tiny sizes, kernels through climseg._cuda_emulated; timings "
+                             "meaningless; writes results only with --out")
+    args = parser.parse_args(argv)
+    if args.reps is not None and args.reps < 1:
+        return fail(f"{PROG}: --reps must be at least 1, got {args.reps}")
+    from climseg.ops import cuda as _cuda
+
+    if args.cpu_smoke:
+        device = torch.device("cpu")
+        ok, why = _cuda.probe(torch.empty(0))
+        if not ok:
+            return fail(f"{PROG} --cpu-smoke: no CPU emulation of the CUDA kernels ({why})")
+        kernels = "climseg._cuda_emulated"
+    else:
+        if not torch.cuda.is_available():
+            return fail(f"{PROG}: no CUDA device here; this benchmark times the CUDA kernels of csrc/cuda on a GPU "
+                        "(nothing run)")
+        device = torch.device("cuda", torch.cuda.current_device())
+        ok, why = _cuda.probe(torch.empty(0, device=device))
+        if not ok:
+            return fail(f"{PROG}: no CUDA kernels to time: {why}")
+        kernels = _cuda.launcher(device).name
+    repeats = args.reps or (1 if args.cpu_smoke else 10 if args.quick else 30)
+    warmup = args.warmup if args.warmup is not None else (0 if args.cpu_smoke else 2 if args.quick else 3)
+    timer = Timer(device, warmup, repeats)
+    meta = environment(device, argv, kernels, args.quick, warmup, repeats)
+    print(f"{PROG}: {meta['gpu']}, kernels from {kernels}, {repeats} repeats after {warmup} warm-up runs", flush=True)
+
+    if args.cpu_smoke:     # the emulation runs a CUDA thread per OS thread: tiny sizes, 12 tensors of tiny
+        copy_size, height, width, batches, configs, convert_shape = 4 << 20, 32, 48, (1, 2), ("tiny",), (2, 32, 48, 16)
+        max_tensors = 12
+    else:
+        copy_size, height, width, convert_shape = COPY_BYTES, HEIGHT, WIDTH, (4, HEIGHT, WIDTH, IN_CHANNELS)
+        batches, configs, max_tensors = ((4,) if args.quick else (1, 4)), ("kurth2018", "deepcam"), None
+    rows = [copy_row(timer, device, copy_size)]
+    say(rows[0])
+    copy_gbps = rows[0]["gbps"]
+    meta.update(copy_gbps=copy_gbps, copy_bytes=rows[0]["bytes"])
+    rows += loss_rows(timer, device, batches, (torch.bfloat16, torch.float32), ("NCHW", "NHWC"), height, width, copy_gbps)
+    for config in configs:
+        rows += optimizer_rows(timer, device, config, copy_gbps, max_tensors)
+        rows += bucket_rows(timer, device, config, copy_gbps, max_tensors)
+    rows += convert_rows(timer, device, convert_shape, copy_gbps)
+
+    if args.cpu_smoke and args.out is None:
+        print(f"{PROG} --cpu-smoke: {len(rows)} rows, every code path ran (no file written without --out)")
+        return 0
+    name = f"cuda_kernels-{'cpu-smoke' if args.cpu_smoke else meta['gpu'].replace(' ', '_')}-{meta['date']}.json"
+    out = args.out
+    if out is not None and (os.path.isdir(out) or out.endswith(os.sep)):
+        out = os.path.join(out, name)
+    path = result_path(name, out)
+    md = write(rows, meta, path)
+    print(f"wrote {path} and {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
