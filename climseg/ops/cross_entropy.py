@@ -28,6 +28,7 @@ OP = "weighted_cross_entropy_with_counts"
 REDUCTIONS = ("mean", "sum", "none")
 MAX_CLASSES = 64          # CE_MAX_CLASSES of the kernel: its per-block counters live in shared memory
 BLOCK = 256
+MAX_GRID_Y = 65535        # samples beyond it: blocks take samples y, y + 65535, ...
 
 _backend.register(OP, "cuda", _cuda.probe)
 
@@ -94,6 +95,9 @@ def weighted_cross_entropy_with_counts(logits, labels, class_weights=None, reduc
                                                             loss_dtype=loss_dtype)
     weight = _weights(class_weights, logits)
     labels = _labels(labels)
+    rows = logits.dim() == 2 and not per_sample and reduction != "none"
+    if rows:   # (N, C): one "sample" of N pixels (a transposed view, no copy), not N one-pixel samples
+        logits, labels = logits.t().unsqueeze(0), labels.unsqueeze(0)
     if return_grad:
         loss, counts, _, bad, grad = _wce_with_grad(logits.detach(), labels, weight, reduction, ignore_index, loss_dtype)
     else:
@@ -102,6 +106,8 @@ def weighted_cross_entropy_with_counts(logits, labels, class_weights=None, reduc
         raise ValueError(f"{OP}: {int(bad)} labels lie outside [0, {logits.shape[1]}) and are not ignore_index "
                          f"({ignore_index})")
     counts = counts if per_sample else counts.sum(0)
+    if return_grad and rows:
+        grad = grad.squeeze(0).t()
     return (loss, counts, grad) if return_grad else (loss, counts)
 
 
@@ -134,15 +140,29 @@ def _labels(labels):
     return labels.contiguous()
 
 
+def _dense(t):
+    """True when ``t``'s elements fill its storage span exactly once, in some dimension order
+    (contiguous, channels-last, a transpose of either...): torch.empty_like keeps such strides."""
+    dims = sorted((st, n) for n, st in zip(t.shape, t.stride()) if n != 1)
+    expected = 1
+    for stride, size in dims:
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def _layout(logits):
-    """(tensor, (sn, sp, sc)): the strides of sample, pixel and class for contiguous (NCHW)
-    and channels-last logits; any other layout is copied to contiguous first."""
+    """(tensor, (sn, sp, sc)): the strides of sample, pixel and class. Any dense layout whose
+    spatial dimensions collapse into one pixel stride (NCHW, channels-last, ...) is used as it
+    is; others are copied to contiguous first."""
     n, c = logits.shape[:2]
-    pixels = math.prod(logits.shape[2:])
-    if logits.dim() == 4 and not logits.is_contiguous() and logits.is_contiguous(memory_format=torch.channels_last):
-        return logits, (pixels * c, c, 1)
+    spatial = [(size, stride) for size, stride in zip(logits.shape[2:], logits.stride()[2:]) if size != 1]
+    collapses = all(spatial[k][1] == spatial[k + 1][1] * spatial[k + 1][0] for k in range(len(spatial) - 1))
+    if _dense(logits) and collapses:
+        return logits, (logits.stride(0), spatial[-1][1] if spatial else 0, logits.stride(1))
     logits = logits.contiguous()
-    return logits, (c * pixels, 1, pixels)
+    return logits, (c * math.prod(logits.shape[2:]), 1, math.prod(logits.shape[2:]))
 
 
 def _run_forward(logits, labels, weight, reduction, ignore_index, loss_dtype, *, want_grad=False, gnum=None,
@@ -156,21 +176,21 @@ def _run_forward(logits, labels, weight, reduction, ignore_index, loss_dtype, *,
     x, (sn, sp, sc) = _layout(logits)
     tname, lname = _cuda.FLOAT_NAMES[x.dtype], _cuda.LABEL_NAMES[labels.dtype]
     gx = _cuda.grid_blocks(pixels, BLOCK, max(1, _cuda.resident_blocks(device) // n))
+    gy = min(n, MAX_GRID_Y)
     f32 = dict(device=device, dtype=torch.float32)
-    partials = torch.empty(2 * n * gx, **f32)
+    partials = torch.empty(2 * gy * gx, **f32)
     counts = torch.zeros(n * c * 3, device=device, dtype=torch.int64)
     bad = torch.zeros((), device=device, dtype=torch.int64)
     grad = torch.empty_like(x) if want_grad else None
     if want_grad and reduction == "mean" and gden is None:
         # the gradient is w[y] / sum(w[y]): its divisor first, from the labels alone
         gden = torch.empty(1, **f32)
-        launch(f"wce_weight_sum_{lname}", (gx, n), BLOCK, (labels.data_ptr(), weight.data_ptr(), c, pixels,
-                                                            ignore_index, partials.data_ptr()), device)
-        launch("wce_finalize_f32", (1,), BLOCK, (partials.data_ptr(), n * gx, 0, 0, gden.data_ptr()), device)
-    loss_none = torch.empty((n,) + tuple(spatial), device=device, dtype=x.dtype) if (
-        want_loss and reduction == "none") else None
-    launch(f"wce_forward_{tname}_{lname}", (gx, n), BLOCK,
-           (x.data_ptr(), labels.data_ptr(), weight.data_ptr(), c, pixels, sn, sp, sc, ignore_index,
+        launch(f"wce_weight_sum_{lname}", (gx, gy), BLOCK, (labels.data_ptr(), weight.data_ptr(), n, c, pixels,
+                                                             ignore_index, partials.data_ptr()), device)
+        launch("wce_finalize_f32", (1,), BLOCK, (partials.data_ptr(), gy * gx, 0, 0, gden.data_ptr()), device)
+    loss_none = torch.empty((n,) + tuple(spatial), **f32) if want_loss and reduction == "none" else None
+    launch(f"wce_forward_{tname}_{lname}", (gx, gy), BLOCK,
+           (x.data_ptr(), labels.data_ptr(), weight.data_ptr(), n, c, pixels, sn, sp, sc, ignore_index,
             partials.data_ptr() if want_loss else 0, counts.data_ptr() if want_loss else 0,
             bad.data_ptr(), _cuda.pointer(loss_none), _cuda.pointer(grad), _cuda.pointer(gnum),
             int(gnum_per_pixel), _cuda.pointer(gden)), device)
@@ -181,7 +201,7 @@ def _run_forward(logits, labels, weight, reduction, ignore_index, loss_dtype, *,
         if reduction != "none":
             total = torch.empty((), device=device, dtype=loss_dtype if loss_dtype in _cuda.FLOAT_NAMES else torch.float32)
         launch(f"wce_finalize_{_cuda.FLOAT_NAMES[total.dtype if total is not None else torch.float32]}", (1,), BLOCK,
-               (partials.data_ptr(), n * gx, int(reduction == "mean"), _cuda.pointer(total), weight_sum.data_ptr()),
+               (partials.data_ptr(), gy * gx, int(reduction == "mean"), _cuda.pointer(total), weight_sum.data_ptr()),
                device)
         loss = (total if total is not None else loss_none).to(loss_dtype)
     return loss, counts.view(n, c, 3), weight_sum, bad, grad

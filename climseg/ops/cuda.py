@@ -84,13 +84,13 @@ def kernel_signatures():
     floats, labels = FLOAT_NAMES.values(), LABEL_NAMES.values()
     table = {"mt_norms": "pplp"}
     for t in floats:
-        table.update({f"wce_forward_{t}_{lab}": "pppilllllppppppip" for lab in labels})
-        table.update({f"wce_finalize_{t}": "plipp", f"mt_sumsq_{t}": "pppp", f"larc_adam_step_{t}": "ppppffffffffif",
-                      f"lamb_moments_{t}": "ppppffffff", f"lamb_step_{t}": "ppppffffff",
+        table.update({f"wce_forward_{t}_{lab}": "ppplilllllppppppip" for lab in labels})
+        table.update({f"wce_finalize_{t}": "plipp", f"mt_sumsq_{t}": "pppp", f"larc_adam_step_{t}": "ppppffffffffffif",
+                      f"lamb_moments_{t}": "ppppffffffff", f"lamb_step_{t}": "ppppffffff",
                       f"convert_input_{t}": "plliipppplll"})
         for d in floats:
             table.update({f"bucket_flatten_{t}_{d}": "ppppf", f"bucket_unflatten_{d}_{t}": "ppppfp"})
-    table.update({f"wce_weight_sum_{lab}": "ppillp" for lab in labels})
+    table.update({f"wce_weight_sum_{lab}": "pplillp" for lab in labels})
     return table
 
 

@@ -124,9 +124,11 @@ def larc_adam_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, betas=(0.9
     g = _cuda.FLOAT_NAMES[grads[0].dtype]
     norms = _norms(launch, device, f"mt_sumsq_{g}", table, sizes, chunks, first, count, len(params))
     beta1, beta2 = betas
+    # 1 - beta, the step size and sqrt(bias correction) in double, as torch.optim.Adam
     launch(f"larc_adam_step_{g}", (count,), _mt.BLOCK,
-           (table.data_ptr(), sizes.data_ptr(), chunks.data_ptr(), norms.data_ptr(), lr, beta1, beta2, eps,
-            weight_decay, 1.0 - beta1**step, 1.0 - beta2**step, trust_coefficient, int(clip), eps_larc), device)
+           (table.data_ptr(), sizes.data_ptr(), chunks.data_ptr(), norms.data_ptr(), lr, beta1, beta2, 1.0 - beta1,
+            1.0 - beta2, eps, weight_decay, lr / (1.0 - beta1**step), math.sqrt(1.0 - beta2**step), trust_coefficient,
+            int(clip), eps_larc), device)
 
 
 def lamb_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
@@ -144,8 +146,8 @@ def lamb_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, betas=(0.9, 0.9
     bias_correction1, bias_correction2 = 1.0 - beta1**step, 1.0 - beta2**step
     partials = torch.empty(2 * count, device=device, dtype=torch.float32)
     launch(f"lamb_moments_{g}", (count,), _mt.BLOCK,
-           (table.data_ptr(), sizes.data_ptr(), chunks.data_ptr(), partials.data_ptr(), beta1, beta2, eps,
-            weight_decay, bias_correction1, bias_correction2), device)
+           (table.data_ptr(), sizes.data_ptr(), chunks.data_ptr(), partials.data_ptr(), beta1, beta2, 1.0 - beta1,
+            1.0 - beta2, eps, weight_decay, bias_correction1, bias_correction2), device)
     norms = _norms(launch, device, None, table, sizes, chunks, first, count, len(params), partials)
     launch(f"lamb_step_{g}", (count,), _mt.BLOCK,
            (table.data_ptr(), sizes.data_ptr(), chunks.data_ptr(), norms.data_ptr(), lr, eps, weight_decay,

@@ -13,6 +13,8 @@
 //        g' = (g + wd p) f
 //        m = b1 m + (1 - b1) g'     v = b2 v + (1 - b2) g'^2
 //        p -= (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)
+//      (1 - b1, 1 - b2, lr / bc1 and sqrt(bc2) come from the host, computed in double as
+//      torch.optim.Adam does: 1 - b2 in float32 would be off by 1e-5 relative for b2 = 0.999)
 // LAMB (climseg.optim.LAMB):
 //   1. lamb_moments: m, v as above with g' = g; u = (m / bc1) / (sqrt(v / bc2) + eps) + wd p;
 //      per chunk sum(p^2), sum(u^2) -> partials (u is not stored: step 3 recomputes it)
@@ -61,8 +63,9 @@ CS_REGISTER(mt_norms, "pplp")
 template <typename G>
 CS_DEV void larc_adam_step_body(const i64* __restrict__ table, const i64* __restrict__ sizes,
                                 const i64* __restrict__ chunks, const float* __restrict__ norms, float lr, float beta1,
-                                float beta2, float eps, float weight_decay, float bias_correction1,
-                                float bias_correction2, float trust, int clip, float eps_larc) {
+                                float beta2, float one_minus_beta1, float one_minus_beta2, float eps,
+                                float weight_decay, float step_size, float bias_correction2_sqrt, float trust,
+                                int clip, float eps_larc) {
   const i64 k = blockIdx.x, tensor = chunks[2 * k], start = chunks[2 * k + 1];
   const i64 end = start + CS_CHUNK < sizes[tensor] ? start + CS_CHUNK : sizes[tensor];
   float* p = table_pointer<float>(table, OPT_COLUMNS, tensor, 0);
@@ -78,14 +81,12 @@ CS_DEV void larc_adam_step_body(const i64* __restrict__ table, const i64* __rest
     if (clip) factor = fminf(factor / lr, 1.0f);
     decay = weight_decay;
   }
-  const float step_size = lr / bias_correction1;
-  const float sqrt_bc2 = sqrtf(bias_correction2);
   for (i64 i = start + threadIdx.x; i < end; i += CS_MT_BLOCK) {
     float pv = p[i];
     const float gv = (to_float(g[i]) + decay * pv) * factor;
-    const float mv = beta1 * m[i] + (1.0f - beta1) * gv;
-    const float vv = beta2 * v[i] + (1.0f - beta2) * gv * gv;
-    pv -= step_size * mv / (sqrtf(vv) / sqrt_bc2 + eps);
+    const float mv = beta1 * m[i] + one_minus_beta1 * gv;
+    const float vv = beta2 * v[i] + one_minus_beta2 * gv * gv;
+    pv -= step_size * mv / (sqrtf(vv) / bias_correction2_sqrt + eps);
     m[i] = mv;
     v[i] = vv;
     p[i] = pv;
@@ -96,7 +97,8 @@ CS_DEV void larc_adam_step_body(const i64* __restrict__ table, const i64* __rest
 template <typename G>
 CS_DEV void lamb_moments_body(const i64* __restrict__ table, const i64* __restrict__ sizes,
                               const i64* __restrict__ chunks, float* __restrict__ partials, float beta1, float beta2,
-                              float eps, float weight_decay, float bias_correction1, float bias_correction2) {
+                              float one_minus_beta1, float one_minus_beta2, float eps, float weight_decay,
+                              float bias_correction1, float bias_correction2) {
   __shared__ float reduce[CS_MT_BLOCK];
   const i64 k = blockIdx.x, tensor = chunks[2 * k], start = chunks[2 * k + 1];
   const i64 end = start + CS_CHUNK < sizes[tensor] ? start + CS_CHUNK : sizes[tensor];
@@ -107,8 +109,8 @@ CS_DEV void lamb_moments_body(const i64* __restrict__ table, const i64* __restri
   float pp = 0.0f, uu = 0.0f;
   for (i64 i = start + threadIdx.x; i < end; i += CS_MT_BLOCK) {
     const float pv = p[i], gv = to_float(g[i]);
-    const float mv = beta1 * m[i] + (1.0f - beta1) * gv;
-    const float vv = beta2 * v[i] + (1.0f - beta2) * gv * gv;
+    const float mv = beta1 * m[i] + one_minus_beta1 * gv;
+    const float vv = beta2 * v[i] + one_minus_beta2 * gv * gv;
     m[i] = mv;
     v[i] = vv;
     const float u = (mv / bias_correction1) / (sqrtf(vv / bias_correction2) + eps) + weight_decay * pv;
@@ -153,19 +155,20 @@ CS_DEV void lamb_step_body(const i64* __restrict__ table, const i64* __restrict_
   CS_REGISTER(mt_sumsq_##GN, "pppp")                                                                            \
   extern "C" __global__ void __launch_bounds__(CS_MT_BLOCK) larc_adam_step_##GN(                               \
       const i64* table, const i64* sizes, const i64* chunks, const float* norms, float lr, float beta1,         \
-      float beta2, float eps, float weight_decay, float bias_correction1, float bias_correction2, float trust,  \
-      int clip, float eps_larc) {                                                                               \
-    larc_adam_step_body<G>(table, sizes, chunks, norms, lr, beta1, beta2, eps, weight_decay, bias_correction1, \
-                           bias_correction2, trust, clip, eps_larc);                                            \
+      float beta2, float one_minus_beta1, float one_minus_beta2, float eps, float weight_decay, float step_size, \
+      float bias_correction2_sqrt, float trust, int clip, float eps_larc) {                                     \
+    larc_adam_step_body<G>(table, sizes, chunks, norms, lr, beta1, beta2, one_minus_beta1, one_minus_beta2,    \
+                           eps, weight_decay, step_size, bias_correction2_sqrt, trust, clip, eps_larc);         \
   }                                                                                                             \
-  CS_REGISTER(larc_adam_step_##GN, "ppppffffffffif")                                                            \
+  CS_REGISTER(larc_adam_step_##GN, "ppppffffffffffif")                                                            \
   extern "C" __global__ void __launch_bounds__(CS_MT_BLOCK) lamb_moments_##GN(                                 \
       const i64* table, const i64* sizes, const i64* chunks, float* partials, float beta1, float beta2,         \
-      float eps, float weight_decay, float bias_correction1, float bias_correction2) {                         \
-    lamb_moments_body<G>(table, sizes, chunks, partials, beta1, beta2, eps, weight_decay, bias_correction1,    \
-                         bias_correction2);                                                                     \
+      float one_minus_beta1, float one_minus_beta2, float eps, float weight_decay, float bias_correction1,      \
+      float bias_correction2) {                                                                                 \
+    lamb_moments_body<G>(table, sizes, chunks, partials, beta1, beta2, one_minus_beta1, one_minus_beta2, eps,  \
+                         weight_decay, bias_correction1, bias_correction2);                                     \
   }                                                                                                             \
-  CS_REGISTER(lamb_moments_##GN, "ppppffffff")                                                                  \
+  CS_REGISTER(lamb_moments_##GN, "ppppffffffff")                                                                  \
   extern "C" __global__ void __launch_bounds__(CS_MT_BLOCK) lamb_step_##GN(                                    \
       const i64* table, const i64* sizes, const i64* chunks, const float* norms, float lr, float eps,           \
       float weight_decay, float bias_correction1, float bias_correction2, float max_trust) {                   \
