@@ -167,7 +167,7 @@ def _exact_loss(logits, labels, weight, reduction, ignore_index):
     return leaf, loss
 
 
-def _ce_case(logits, labels, weight, reduction, ignore_index, per_sample, seed, *, fused_grad=True, backward=True):
+def check_cross_entropy_case(logits, labels, weight, reduction, ignore_index, per_sample, seed, *, fused_grad=True, backward=True):
     """Loss, counts, autograd gradient and the fused gradient of the CUDA kernel against
     the reference (in the logits' dtype) and float64."""
     dtype = logits.dtype
@@ -230,7 +230,7 @@ def test_cross_entropy_matches_reference(dtype, reduction, seed):
     c = (3, 5)[d % 2]
     logits, labels, weight = _ce_inputs((n, c, 13, 21), dtype, label_dtype, layout=layout, ignore_index=ignore_index,
                                         weights=(2 * d + r) % 3 != 0)
-    _ce_case(logits, labels, weight, reduction, ignore_index, per_sample=(d + r) % 3 == 1, seed=seed)
+    check_cross_entropy_case(logits, labels, weight, reduction, ignore_index, per_sample=(d + r) % 3 == 1, seed=seed)
 
 
 @emulated
@@ -249,7 +249,7 @@ def test_cross_entropy_shapes_and_layouts(shape, layout, seed):
     elif layout == "transposed":
         logits = logits.transpose(2, 3).contiguous().transpose(2, 3)
         assert not logits.is_contiguous() and not logits.is_contiguous(memory_format=torch.channels_last)
-    _ce_case(logits, labels, weight, "mean", -100, per_sample=True, seed=seed)
+    check_cross_entropy_case(logits, labels, weight, "mean", -100, per_sample=True, seed=seed)
 
 
 @emulated
@@ -337,7 +337,7 @@ def test_cross_entropy_all_ignored(reduction, seed):
     """Nothing to average: "mean" is NaN as in F.cross_entropy, "sum" 0, counts 0, gradient 0."""
     logits, _, weight = _ce_inputs((1, 3, 5, 7), torch.float32, torch.int64)
     labels = torch.full((1, 5, 7), -100)
-    ours, counts = _ce_case(logits, labels, weight, reduction, -100, per_sample=False, seed=seed)
+    ours, counts = check_cross_entropy_case(logits, labels, weight, reduction, -100, per_sample=False, seed=seed)
     assert bool(ours.isnan()) if reduction == "mean" else not ours.isnan().any()
     assert not counts.any()
 
@@ -414,7 +414,7 @@ def _step_grads(sizes, scales, grad_dtype, device, step):
     return grads
 
 
-def _optimizer_case(fused, reference, grad_dtype, weight_decay, seed, device="cpu", sizes=None, scales=None,
+def check_optimizer_case(fused, reference, grad_dtype, weight_decay, seed, device="cpu", sizes=None, scales=None,
                     floor=None, steps=3, **hyper):
     """``steps`` steps of ``fused`` (CUDA kernels) against ``reference`` in float32 and float64;
     with 16-bit gradients the fp32 params are master weights of a 16-bit model copy."""
@@ -449,12 +449,12 @@ def _optimizer_case(fused, reference, grad_dtype, weight_decay, seed, device="cp
 @pytest.mark.parametrize("grad_dtype, weight_decay", [(torch.float32, 0.0), (torch.float32, 0.01),
                                                       (torch.float16, 0.01), (torch.bfloat16, 0.0)])
 def test_optimizer_step_matches_reference(fused, reference, grad_dtype, weight_decay, seed):
-    _optimizer_case(fused, reference, grad_dtype, weight_decay, seed, lr=0.01, betas=BETAS)
+    check_optimizer_case(fused, reference, grad_dtype, weight_decay, seed, lr=0.01, betas=BETAS)
 
 
 @emulated
 def test_larc_adam_step_without_clip(seed):
-    _optimizer_case(larc_adam_step, larc_adam_step_reference, torch.bfloat16, 0.01, seed, steps=2, lr=0.01, clip=False,
+    check_optimizer_case(larc_adam_step, larc_adam_step_reference, torch.bfloat16, 0.01, seed, steps=2, lr=0.01, clip=False,
                     trust_coefficient=0.02, betas=(0.75, 0.9375), eps=1e-6)
 
 
@@ -463,11 +463,11 @@ def test_larc_adam_step_without_clip(seed):
                                               (lamb_step, lamb_step_reference)], ids=["larc_adam", "lamb"])
 def test_optimizer_state_with_default_betas_is_fp32_accurate(fused, reference, seed):
     """Default betas (0.9, 0.999): the moments to a few fp32 ulps, as PyTorch's."""
-    _optimizer_case(fused, reference, torch.float32, 0.0, seed, steps=1, lr=0.01, sizes=[(7, 5)], scales=[1.0],
+    check_optimizer_case(fused, reference, torch.float32, 0.0, seed, steps=1, lr=0.01, sizes=[(7, 5)], scales=[1.0],
                     floor=1e-6)    # 8 units in the last place of float32
 
 
-def _against_optimizer(make_optimizer, fused, weight_decay, seed, device="cpu", **fused_kw):
+def check_against_optimizer(make_optimizer, fused, weight_decay, seed, device="cpu", **fused_kw):
     """Three steps of ``fused`` against the optimizer ``make_optimizer`` builds, in float32
     and float64: parameters and the Adam moments in its state."""
     sizes, scales = _sizes_and_scales()
@@ -494,7 +494,7 @@ def _against_optimizer(make_optimizer, fused, weight_decay, seed, device="cpu", 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_larc_adam_step_agrees_with_LARC_around_Adam(weight_decay, seed):
     lr = 0.01
-    _against_optimizer(lambda ps: LARC(torch.optim.Adam(ps, lr=lr, betas=BETAS, weight_decay=weight_decay)),
+    check_against_optimizer(lambda ps: LARC(torch.optim.Adam(ps, lr=lr, betas=BETAS, weight_decay=weight_decay)),
                        larc_adam_step, weight_decay, seed, lr=lr, betas=BETAS)
 
 
@@ -502,7 +502,7 @@ def test_larc_adam_step_agrees_with_LARC_around_Adam(weight_decay, seed):
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_lamb_step_agrees_with_LAMB(weight_decay, seed):
     lr = 0.01
-    _against_optimizer(lambda ps: LAMB(ps, lr=lr, betas=BETAS, weight_decay=weight_decay), lamb_step, weight_decay,
+    check_against_optimizer(lambda ps: LAMB(ps, lr=lr, betas=BETAS, weight_decay=weight_decay), lamb_step, weight_decay,
                        seed, lr=lr, betas=BETAS)
 
 
@@ -602,7 +602,7 @@ def test_unflatten_flags_non_finite_values(case, seed):
 # ---------------------------------------------------------------------------------------------
 # input conversion
 
-def _convert_case(dtype, layout, channels, shape, seed, device="cpu"):
+def check_convert_case(dtype, layout, channels, shape, seed, device="cpu"):
     n, h, w, cin = shape
     x = torch.randn(shape, device=device) * 40 + 250
     c = cin if channels is None else len(channels)
@@ -625,13 +625,13 @@ def _convert_case(dtype, layout, channels, shape, seed, device="cpu"):
 @pytest.mark.parametrize("layout", ["nhwc", "nchw"])
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_convert_input_bitwise_like_reference(dtype, layout, channels, seed):
-    _convert_case(dtype, layout, channels, (2, 7, 19, 6), seed)
+    check_convert_case(dtype, layout, channels, (2, 7, 19, 6), seed)
 
 
 @emulated
 @pytest.mark.parametrize("layout", ["nhwc", "nchw"])
 def test_convert_input_batch_one_small(layout, seed):
-    _convert_case(torch.bfloat16, layout, [1], (1, 3, 5, 2), seed)
+    check_convert_case(torch.bfloat16, layout, [1], (1, 3, 5, 2), seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -683,7 +683,7 @@ def test_gpu_cross_entropy(dtype, layout, seed):
         ignore_index = 255 if label_dtype == torch.uint8 else -100
         logits, labels, weight = _ce_inputs(GPU_LOGITS, dtype, label_dtype, layout=layout, ignore_index=ignore_index,
                                             weights=r != 1, device="cuda")
-        _ce_case(logits, labels, weight, reduction, ignore_index, per_sample=r == 0, seed=seed)
+        check_cross_entropy_case(logits, labels, weight, reduction, ignore_index, per_sample=r == 0, seed=seed)
     kw = dict(ignore_index=ignore_index, return_grad=True, backend="cuda")
     first = weighted_cross_entropy_with_counts(logits, labels, weight, "sum", **kw)
     second = weighted_cross_entropy_with_counts(logits, labels, weight, "sum", **kw)
@@ -696,7 +696,7 @@ def test_gpu_cross_entropy(dtype, layout, seed):
 def test_gpu_cross_entropy_edge_cases(dtype, seed):
     for shape in [(1, 64, 33, 65), (5, 4), (3, 3, 5, 7, 11)]:
         logits, labels, weight = _ce_inputs(shape, dtype, torch.int64, device="cuda")
-        _ce_case(logits, labels, weight, "mean", -100, per_sample=True, seed=seed)
+        check_cross_entropy_case(logits, labels, weight, "mean", -100, per_sample=True, seed=seed)
     logits = torch.randint(-1, 2, (2, 4, 97, 131), device="cuda").to(dtype)
     logits[torch.rand(logits.shape, device="cuda") < 0.02] = float("nan")
     labels = torch.randint(0, 4, (2, 97, 131), device="cuda")
@@ -726,9 +726,9 @@ def test_gpu_cross_entropy_more_than_65535_samples(per_sample, seed):
     """CUDA caps gridDim.y at 65535: blocks take samples y, y + 65535, ...; (N, C) logits without
     per-sample counts run as one sample of N pixels."""
     logits, labels, weight = _ce_inputs((70001, 3), torch.float32, torch.int64, device="cuda")
-    _ce_case(logits, labels, weight, "mean", -100, per_sample=per_sample, seed=seed)
+    check_cross_entropy_case(logits, labels, weight, "mean", -100, per_sample=per_sample, seed=seed)
     logits, labels, weight = _ce_inputs((65537, 3, 2, 3), torch.bfloat16, torch.uint8, ignore_index=255, device="cuda")
-    _ce_case(logits, labels, weight, "sum", 255, per_sample=per_sample, seed=seed)
+    check_cross_entropy_case(logits, labels, weight, "sum", 255, per_sample=per_sample, seed=seed)
 
 
 @emulated
@@ -740,7 +740,7 @@ def test_cross_entropy_more_samples_than_grid_rows(shape, per_sample, seed, monk
     monkeypatch.setattr(ce, "MAX_GRID_Y", 3)
     logits, labels, weight = _ce_inputs(shape, torch.float32, torch.int64)
     for reduction in REDUCTIONS:
-        _ce_case(logits, labels, weight, reduction, -100, per_sample=per_sample, seed=seed)
+        check_cross_entropy_case(logits, labels, weight, reduction, -100, per_sample=per_sample, seed=seed)
 
 
 @pytest.mark.gpu
@@ -749,14 +749,14 @@ def test_gpu_optimizers(grad_dtype, seed):
     sizes = [((1 << 20) + 3,), (257, 3, 3), (0,), (4096,), (CHUNK + 37,), (1,)]     # [3] has zero weights
     scales = [1.0, 0.05, 1.0, 1.0, 10.0, 1.0]                                      # [1] gets a zero gradient
     for weight_decay in (0.0, 0.01):
-        _optimizer_case(larc_adam_step, larc_adam_step_reference, grad_dtype, weight_decay, seed, device="cuda",
+        check_optimizer_case(larc_adam_step, larc_adam_step_reference, grad_dtype, weight_decay, seed, device="cuda",
                         sizes=sizes, scales=scales, lr=0.01, betas=BETAS)
-        _optimizer_case(lamb_step, lamb_step_reference, grad_dtype, weight_decay, seed, device="cuda", sizes=sizes,
+        check_optimizer_case(lamb_step, lamb_step_reference, grad_dtype, weight_decay, seed, device="cuda", sizes=sizes,
                         scales=scales, lr=0.01, betas=BETAS)
     if grad_dtype == torch.float32:
-        _against_optimizer(lambda ps: LARC(torch.optim.Adam(ps, lr=0.01, betas=BETAS, weight_decay=0.01)),
+        check_against_optimizer(lambda ps: LARC(torch.optim.Adam(ps, lr=0.01, betas=BETAS, weight_decay=0.01)),
                            larc_adam_step, 0.01, seed, device="cuda", lr=0.01, betas=BETAS)
-        _against_optimizer(lambda ps: LAMB(ps, lr=0.01, betas=BETAS, weight_decay=0.01), lamb_step, 0.01, seed,
+        check_against_optimizer(lambda ps: LAMB(ps, lr=0.01, betas=BETAS, weight_decay=0.01), lamb_step, 0.01, seed,
                            device="cuda", lr=0.01, betas=BETAS)
 
 
@@ -786,8 +786,8 @@ def test_gpu_buckets(source_dtype, seed):
 @pytest.mark.parametrize("layout", ["nhwc", "nchw"])
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_gpu_convert_input(dtype, layout, seed):
-    _convert_case(dtype, layout, None, (2, 768, 1152, 16), seed, device="cuda")
-    _convert_case(dtype, layout, [0, 3, 3, 15, 7], (3, 97, 131, 16), seed, device="cuda")
+    check_convert_case(dtype, layout, None, (2, 768, 1152, 16), seed, device="cuda")
+    check_convert_case(dtype, layout, [0, 3, 3, 15, 7], (3, 97, 131, 16), seed, device="cuda")
 
 
 @pytest.mark.gpu

@@ -12,8 +12,8 @@
 template <typename S, typename D>
 CS_DEV void bucket_flatten_body(const i64* __restrict__ table, const i64* __restrict__ sizes,
                                 const i64* __restrict__ chunks, D* __restrict__ bucket, float scale) {
-  const i64 k = blockIdx.x, tensor = chunks[2 * k], start = chunks[2 * k + 1];
-  const i64 end = start + CS_CHUNK < sizes[tensor] ? start + CS_CHUNK : sizes[tensor];
+  const Chunk chunk = this_chunk(chunks, sizes);
+  const i64 tensor = chunk.tensor, start = chunk.start, end = chunk.end;
   const S* source = table_pointer<const S>(table, BUCKET_COLUMNS, tensor, 0);
   D* out = bucket + table[tensor * BUCKET_COLUMNS + 1];
   for (i64 i = start + threadIdx.x; i < end; i += CS_MT_BLOCK) out[i] = from_float<D>(to_float(source[i]) * scale);
@@ -26,8 +26,8 @@ CS_DEV void bucket_unflatten_body(const D* __restrict__ bucket, const i64* __res
   __shared__ int block_flag;
   if (threadIdx.x == 0) block_flag = 0;
   __syncthreads();
-  const i64 k = blockIdx.x, tensor = chunks[2 * k], start = chunks[2 * k + 1];
-  const i64 end = start + CS_CHUNK < sizes[tensor] ? start + CS_CHUNK : sizes[tensor];
+  const Chunk chunk = this_chunk(chunks, sizes);
+  const i64 tensor = chunk.tensor, start = chunk.start, end = chunk.end;
   S* target = table_pointer<S>(table, BUCKET_COLUMNS, tensor, 0);
   const D* in = bucket + table[tensor * BUCKET_COLUMNS + 1];
   bool bad = false;

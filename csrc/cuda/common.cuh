@@ -93,6 +93,29 @@ CS_DEV T* table_pointer(const i64* table, int columns, i64 tensor, int column) {
   return reinterpret_cast<T*>(table[tensor * columns + column]);
 }
 
+// This block's chunk: its tensor and element range [start, end).
+struct Chunk {
+  i64 index, tensor, start, end;
+};
+CS_DEV Chunk this_chunk(const i64* chunks, const i64* sizes) {
+  Chunk c;
+  c.index = blockIdx.x;
+  c.tensor = chunks[2 * c.index];
+  c.start = chunks[2 * c.index + 1];
+  c.end = c.start + CS_CHUNK < sizes[c.tensor] ? c.start + CS_CHUNK : sizes[c.tensor];
+  return c;
+}
+
+// Two per-thread sums of a chunk -> partials[2k], partials[2k + 1] (fixed order, see block_sum).
+CS_DEV void store_chunk_sums(float a, float b, float* shared, float* partials, i64 k) {
+  a = block_sum<CS_MT_BLOCK>(a, shared);
+  b = block_sum<CS_MT_BLOCK>(b, shared);
+  if (threadIdx.x == 0) {
+    partials[2 * k] = a;
+    partials[2 * k + 1] = b;
+  }
+}
+
 // Kernel registration: the nvcc and emulated builds keep a table name -> (argument
 // signature, entry) that climseg._cuda launches from; NVRTC sees none of it.
 #if defined(__CUDACC_RTC__)

@@ -28,8 +28,8 @@ template <typename G>
 CS_DEV void mt_sumsq_body(const i64* __restrict__ table, const i64* __restrict__ sizes, const i64* __restrict__ chunks,
                           float* __restrict__ partials) {
   __shared__ float reduce[CS_MT_BLOCK];
-  const i64 k = blockIdx.x, tensor = chunks[2 * k], start = chunks[2 * k + 1];
-  const i64 end = start + CS_CHUNK < sizes[tensor] ? start + CS_CHUNK : sizes[tensor];
+  const Chunk chunk = this_chunk(chunks, sizes);
+  const i64 tensor = chunk.tensor, start = chunk.start, end = chunk.end;
   const float* p = table_pointer<const float>(table, OPT_COLUMNS, tensor, 0);
   const G* g = table_pointer<const G>(table, OPT_COLUMNS, tensor, 1);
   float pp = 0.0f, gg = 0.0f;
@@ -38,12 +38,7 @@ CS_DEV void mt_sumsq_body(const i64* __restrict__ table, const i64* __restrict__
     pp += pv * pv;
     gg += gv * gv;
   }
-  pp = block_sum<CS_MT_BLOCK>(pp, reduce);
-  gg = block_sum<CS_MT_BLOCK>(gg, reduce);
-  if (threadIdx.x == 0) {
-    partials[2 * k] = pp;
-    partials[2 * k + 1] = gg;
-  }
+  store_chunk_sums(pp, gg, reduce, partials, chunk.index);
 }
 
 // norms[2t], norms[2t+1] = square roots of the sums of tensor t's chunks (first[t] .. first[t+1])
@@ -66,8 +61,8 @@ CS_DEV void larc_adam_step_body(const i64* __restrict__ table, const i64* __rest
                                 float beta2, float one_minus_beta1, float one_minus_beta2, float eps,
                                 float weight_decay, float step_size, float bias_correction2_sqrt, float trust,
                                 int clip, float eps_larc) {
-  const i64 k = blockIdx.x, tensor = chunks[2 * k], start = chunks[2 * k + 1];
-  const i64 end = start + CS_CHUNK < sizes[tensor] ? start + CS_CHUNK : sizes[tensor];
+  const Chunk chunk = this_chunk(chunks, sizes);
+  const i64 tensor = chunk.tensor, start = chunk.start, end = chunk.end;
   float* p = table_pointer<float>(table, OPT_COLUMNS, tensor, 0);
   const G* g = table_pointer<const G>(table, OPT_COLUMNS, tensor, 1);
   float* m = table_pointer<float>(table, OPT_COLUMNS, tensor, 2);
@@ -100,8 +95,8 @@ CS_DEV void lamb_moments_body(const i64* __restrict__ table, const i64* __restri
                               float one_minus_beta1, float one_minus_beta2, float eps, float weight_decay,
                               float bias_correction1, float bias_correction2) {
   __shared__ float reduce[CS_MT_BLOCK];
-  const i64 k = blockIdx.x, tensor = chunks[2 * k], start = chunks[2 * k + 1];
-  const i64 end = start + CS_CHUNK < sizes[tensor] ? start + CS_CHUNK : sizes[tensor];
+  const Chunk chunk = this_chunk(chunks, sizes);
+  const i64 tensor = chunk.tensor, start = chunk.start, end = chunk.end;
   const float* p = table_pointer<const float>(table, OPT_COLUMNS, tensor, 0);
   const G* g = table_pointer<const G>(table, OPT_COLUMNS, tensor, 1);
   float* m = table_pointer<float>(table, OPT_COLUMNS, tensor, 2);
@@ -117,20 +112,15 @@ CS_DEV void lamb_moments_body(const i64* __restrict__ table, const i64* __restri
     pp += pv * pv;
     uu += u * u;
   }
-  pp = block_sum<CS_MT_BLOCK>(pp, reduce);
-  uu = block_sum<CS_MT_BLOCK>(uu, reduce);
-  if (threadIdx.x == 0) {
-    partials[2 * k] = pp;
-    partials[2 * k + 1] = uu;
-  }
+  store_chunk_sums(pp, uu, reduce, partials, chunk.index);
 }
 
 template <typename G>
 CS_DEV void lamb_step_body(const i64* __restrict__ table, const i64* __restrict__ sizes, const i64* __restrict__ chunks,
                            const float* __restrict__ norms, float lr, float eps, float weight_decay,
                            float bias_correction1, float bias_correction2, float max_trust) {
-  const i64 k = blockIdx.x, tensor = chunks[2 * k], start = chunks[2 * k + 1];
-  const i64 end = start + CS_CHUNK < sizes[tensor] ? start + CS_CHUNK : sizes[tensor];
+  const Chunk chunk = this_chunk(chunks, sizes);
+  const i64 tensor = chunk.tensor, start = chunk.start, end = chunk.end;
   float* p = table_pointer<float>(table, OPT_COLUMNS, tensor, 0);
   const float* m = table_pointer<const float>(table, OPT_COLUMNS, tensor, 2);
   const float* v = table_pointer<const float>(table, OPT_COLUMNS, tensor, 3);
