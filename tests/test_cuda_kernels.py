@@ -815,3 +815,47 @@ def test_cross_entropy_compiles_without_graph_break(seed):
     l1.backward()
     l2.backward()
     assert torch.equal(l1, l2) and torch.equal(c1, c2) and torch.equal(x1.grad, x2.grad), f"seed {seed}"
+
+
+@emulated
+def test_fused_larc_adam_on_a_channels_last_model(seed):
+    """Channels-last parameters (the trainer's default) take the kernels as they are: the kernels
+    walk raw memory and pair parameter, gradient and moments by position; a gradient of other
+    strides is brought into the parameter's layout first. backend="cuda" would raise on a fallback."""
+    import copy
+
+    from climseg.optim import LARC, FusedLARCAdam
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1))
+    net = net.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 9, 9).to(memory_format=torch.channels_last)
+    ours, theirs = copy.deepcopy(net), copy.deepcopy(net)
+    assert not next(ours.parameters()).is_contiguous()
+    opt_ours = FusedLARCAdam(ours.parameters(), lr=0.01, weight_decay=1e-4, backend="cuda")
+    opt_theirs = LARC(torch.optim.Adam(theirs.parameters(), lr=0.01, weight_decay=1e-4))
+    for step in range(3):
+        for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            if step == 1:   # a contiguous gradient on a channels-last parameter
+                p = next(model.parameters())
+                p.grad = p.grad.contiguous()
+            opt.step()
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        assert p.stride() == q.stride()
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=f"seed {seed}")
+
+
+def test_distributed_optimizer_buckets_keep_channels_last_gradients():
+    """One process: the bucket round trip (memory order) gives back every gradient exactly."""
+    from climseg.distributed.optimizer import DistributedOptimizer
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 2, 1)).to(memory_format=torch.channels_last)
+    opt = DistributedOptimizer(torch.optim.SGD(net.parameters(), lr=0.0), net.named_parameters(), hierarchical=False)
+    net(torch.randn(2, 3, 7, 7).to(memory_format=torch.channels_last)).sum().backward()
+    expected = [p.grad.clone() for p in net.parameters()]
+    opt.synchronize()
+    for p, g in zip(net.parameters(), expected):
+        assert torch.equal(p.grad, g) and p.grad.stride() == p.stride()
+    assert not bool(opt.nonfinite)
+    opt.remove_hooks()

@@ -29,6 +29,7 @@ from climseg.distributed.collectives import bucket_tensors, flat_all_reduce, hie
 from climseg.distributed.hooks import comm_executor
 from climseg.errors import ConfigError
 from climseg.ops.buckets import flatten_gradients, unflatten_gradients
+from climseg.ops.multi_tensor import memory_view, same_layout
 
 
 class _Done:
@@ -39,6 +40,15 @@ class _Done:
 
     def result(self):
         return self.value
+
+
+def _in_layout_of(grad, param):
+    """``grad`` with ``param``'s strides (zeros for None): buckets pair elements by memory position."""
+    if grad is None:
+        return torch.zeros_like(param)
+    if same_layout([grad], param):
+        return grad
+    return torch.empty_like(param, dtype=grad.dtype).copy_(grad)
 
 
 class DistributedOptimizer:
@@ -108,8 +118,8 @@ class DistributedOptimizer:
 
     def _launch(self, b):
         bucket = self._buckets[b]
-        flat = flatten_gradients([p.grad if p.grad is not None else torch.zeros_like(p) for p in bucket],
-                                 dtype=bucket[0].dtype)
+        # buckets hold each gradient in its parameter's memory order (channels-last stays as it is)
+        flat = flatten_gradients([memory_view(_in_layout_of(p.grad, p)) for p in bucket], dtype=bucket[0].dtype)
         if self.world_size == 1:
             self._futures[b] = _Done(flat)
             return
@@ -153,9 +163,9 @@ class DistributedOptimizer:
         for bucket, future in zip(self._buckets, futures):
             flat = future.result()
             for p in bucket:
-                if p.grad is None or p.grad.dtype != flat.dtype:
+                if p.grad is None or p.grad.dtype != flat.dtype or not same_layout([p.grad], p):
                     p.grad = torch.empty_like(p, dtype=flat.dtype)
-            found = unflatten_gradients(flat, [p.grad for p in bucket])
+            found = unflatten_gradients(flat, [memory_view(p.grad) for p in bucket])
             nonfinite = found if nonfinite is None else nonfinite | found
         self.nonfinite = nonfinite
         if self.max_grad_norm:

@@ -23,6 +23,7 @@ from torch import Tensor
 from climseg.errors import ConfigError
 from climseg.ops import backend as _backend
 from climseg.ops import cuda as _cuda
+from climseg.ops.multi_tensor import is_dense
 
 OP = "weighted_cross_entropy_with_counts"
 REDUCTIONS = ("mean", "sum", "none")
@@ -140,18 +141,6 @@ def _labels(labels):
     return labels.contiguous()
 
 
-def _dense(t):
-    """True when ``t``'s elements fill its storage span exactly once, in some dimension order
-    (contiguous, channels-last, a transpose of either...): torch.empty_like keeps such strides."""
-    dims = sorted((st, n) for n, st in zip(t.shape, t.stride()) if n != 1)
-    expected = 1
-    for stride, size in dims:
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
 def _layout(logits):
     """(tensor, (sn, sp, sc)): the strides of sample, pixel and class. Any dense layout whose
     spatial dimensions collapse into one pixel stride (NCHW, channels-last, ...) is used as it
@@ -159,7 +148,7 @@ def _layout(logits):
     n, c = logits.shape[:2]
     spatial = [(size, stride) for size, stride in zip(logits.shape[2:], logits.stride()[2:]) if size != 1]
     collapses = all(spatial[k][1] == spatial[k + 1][1] * spatial[k + 1][0] for k in range(len(spatial) - 1))
-    if _dense(logits) and collapses:
+    if is_dense(logits) and collapses:
         return logits, (logits.stride(0), spatial[-1][1] if spatial else 0, logits.stride(1))
     logits = logits.contiguous()
     return logits, (c * math.prod(logits.shape[2:]), 1, math.prod(logits.shape[2:]))

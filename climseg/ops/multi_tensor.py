@@ -57,6 +57,28 @@ def pointer_table(columns, device):
     return _cached(("pointers", tuple(rows), str(device)), lambda: _to_device(rows or [(0,) * len(columns)], device))
 
 
+def is_dense(t):
+    """True when ``t``'s elements fill their storage span exactly once, in some dimension order
+    (contiguous, channels-last, any permutation): elementwise kernels may then walk raw memory."""
+    expected = 1
+    for stride, size in sorted((st, n) for n, st in zip(t.shape, t.stride()) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def same_layout(tensors, like):
+    """Every tensor dense with the strides of ``like`` (so that element i of raw memory is the
+    same logical element in each): what the multi-tensor optimizer kernels need."""
+    return is_dense(like) and all(t.stride() == like.stride() and t.shape == like.shape for t in tensors)
+
+
+def memory_view(t):
+    """A 1-D view of a dense tensor's elements in memory order, whatever its strides."""
+    return t.as_strided((t.numel(),), (1,), t.storage_offset())
+
+
 def sizes_table(tensors, device):
     sizes = tuple(t.numel() for t in tensors)
     return _cached(("sizes", sizes, str(device)), lambda: _to_device(list(sizes) or [0], device))

@@ -5,7 +5,9 @@ all the tensors of a parameter group in three launches instead of a dozen per te
 torch.optim.Adam, the SC18 optimizer. ``lamb_step``: climseg.optim.LAMB. Both update
 ``params`` (fp32), ``exp_avgs`` and ``exp_avg_sqs`` (fp32) in place from ``grads`` (fp32,
 fp16 or bf16, all one dtype); with ``model_params`` (16-bit, the grads' dtype) the fp32
-params are master weights and the model copy is written from them in the same pass.
+params are master weights and the model copy is written from them in the same pass. The
+kernels walk raw memory, so any dense layout (channels-last included) works as long as a
+parameter's gradient and states share its strides.
 """
 import math
 
@@ -77,14 +79,17 @@ def _check(op, params, grads, exp_avgs, exp_avg_sqs, model_params):
                 raise ValueError(f"{op}: a tensor has {a.numel()} elements, its parameter {b.numel()}")
 
 
-def _choose(op, backend, params, grads):
+def _choose(op, backend, params, grads, exp_avgs, exp_avg_sqs, model_params):
     if not params:
         return "torch"
 
     def why_not():
         if grads[0].dtype not in _cuda.FLOAT_NAMES:
             return f"gradients of dtype {grads[0].dtype}"
-        return "non-contiguous tensors" if any(not t.is_contiguous() for t in params + grads) else ""
+        rows = zip(params, grads, exp_avgs, exp_avg_sqs, model_params or [None] * len(params))
+        if not all(_mt.same_layout([t for t in row[1:] if t is not None], row[0]) for row in rows):
+            return "a parameter whose gradient or state has other strides, or is not dense"
+        return ""
 
     return _backend.choose(op, backend, params[0], why_not)
 
@@ -115,7 +120,7 @@ def larc_adam_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, betas=(0.9
                    backend="auto"):
     """One LARC-Adam step over lists of tensors, in place (see the module docstring)."""
     _check("larc_adam_step", params, grads, exp_avgs, exp_avg_sqs, model_params)
-    if _choose("larc_adam_step", backend, params, grads) == "torch":
+    if _choose("larc_adam_step", backend, params, grads, exp_avgs, exp_avg_sqs, model_params) == "torch":
         return larc_adam_step_reference(params, grads, exp_avgs, exp_avg_sqs, step=step, lr=lr, betas=betas, eps=eps,
                                         weight_decay=weight_decay, trust_coefficient=trust_coefficient, clip=clip,
                                         eps_larc=eps_larc, model_params=model_params)
@@ -135,7 +140,7 @@ def lamb_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, betas=(0.9, 0.9
               max_trust_ratio=10.0, model_params=None, backend="auto"):
     """One LAMB step over lists of tensors, in place (see the module docstring)."""
     _check("lamb_step", params, grads, exp_avgs, exp_avg_sqs, model_params)
-    if _choose("lamb_step", backend, params, grads) == "torch":
+    if _choose("lamb_step", backend, params, grads, exp_avgs, exp_avg_sqs, model_params) == "torch":
         return lamb_step_reference(params, grads, exp_avgs, exp_avg_sqs, step=step, lr=lr, betas=betas, eps=eps,
                                    weight_decay=weight_decay, max_trust_ratio=max_trust_ratio,
                                    model_params=model_params)

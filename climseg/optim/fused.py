@@ -13,6 +13,7 @@ import collections
 import torch
 
 from climseg.ops.optimizers import lamb_step, larc_adam_step
+from climseg.optim.closure import closure_loss
 
 
 class _FusedAdamFamily(torch.optim.Optimizer):
@@ -33,7 +34,9 @@ class _FusedAdamFamily(torch.optim.Optimizer):
                     state["master"] = p.detach().float()
             state["step"] = int(state["step"]) + 1
             half = p.dtype != torch.float32
-            grad = p.grad if p.grad.is_contiguous() else p.grad.contiguous()
+            grad = p.grad
+            if grad.stride() != p.stride():   # the kernels pair elements by memory position
+                grad = torch.empty_like(p, dtype=grad.dtype).copy_(grad)
             target = lists[(state["step"], grad.dtype, half)]
             target[0].append(state["master"] if half else p)
             target[1].append(grad)
@@ -44,10 +47,7 @@ class _FusedAdamFamily(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             for key, value in self.defaults.items():   # groups loaded from a torch.optim.Adam checkpoint
                 group.setdefault(key, value)

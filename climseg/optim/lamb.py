@@ -10,6 +10,8 @@ For each parameter tensor w with gradient g, at step t:
 """
 import torch
 
+from climseg.optim.closure import closure_loss
+
 
 class LAMB(torch.optim.Optimizer):
     """Layer-wise adaptive large-batch optimizer.
@@ -34,10 +36,7 @@ class LAMB(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:

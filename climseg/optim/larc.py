@@ -14,6 +14,8 @@ apex's ``LARC``.
 """
 import torch
 
+from climseg.optim.closure import closure_loss
+
 
 class LARC(torch.optim.Optimizer):
     """Layer-wise adaptive rate control around ``optimizer``.
@@ -45,10 +47,7 @@ class LARC(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         decays = []
         for group in self.optimizer.param_groups:
             wd = group.get("weight_decay", 0.0)
