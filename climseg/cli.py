@@ -113,7 +113,8 @@ def build_parser():
 
     p = sub.add_parser("bench", help="benchmarks with one output format (JSON + markdown)",
                        description="Run a benchmark: step (training step; on CUDA ours against the same model on "
-                       "plain PyTorch), atrous (Triton convolutions against cuDNN; GPU), cuda-kernels, allreduce "
+                       "plain PyTorch), atrous (Triton convolutions against cuDNN; GPU), cuda-kernels (the CUDA kernels "
+                       "against copy bandwidth and unfused PyTorch; GPU), allreduce "
                        "(flat against hierarchical), io (FastLoader against a reference-style reader), scaling (the "
                        "weak-scaling model; model output), or all. Options after the name that are not listed here "
                        "go to the benchmark itself (see python -m climseg.bench.<name> --help).")
@@ -297,7 +298,10 @@ def cmd_stage(args):
 def cmd_bench(args):
     import importlib
 
-    names = [b for b in BENCHES if b != "cuda-kernels"] if args.what == "all" else [args.what]
+    import torch
+
+    gpu_only = () if torch.cuda.is_available() else ("cuda-kernels",)   # all: the GPU-only one where it can run
+    names = [b for b in BENCHES if b not in gpu_only] if args.what == "all" else [args.what]
     status = 0
     for name in names:
         out = args.json
@@ -306,8 +310,6 @@ def cmd_bench(args):
             out = os.path.join(out, f"{name}.json")
         argv = [a for a in args.extra if a != "--"]
         if name == "step":
-            import torch
-
             gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
             argv = ["--device", args.device, "--configs", args.config or ("kurth2018,deepcam" if gpu else "tiny")] + argv
         elif name == "scaling":
