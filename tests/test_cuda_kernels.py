@@ -859,3 +859,19 @@ def test_distributed_optimizer_buckets_keep_channels_last_gradients():
         assert torch.equal(p.grad, g) and p.grad.stride() == p.stride()
     assert not bool(opt.nonfinite)
     opt.remove_hooks()
+
+
+def test_tensors_on_another_device_are_refused_before_any_launch():
+    """A kernel handed a pointer of another device would read the wrong memory: every op checks first."""
+    meta = dict(device="meta")
+    cases = [
+        (lambda: flatten_gradients([torch.zeros(3)], out=torch.zeros(3, **meta), backend="cuda"), "flatten_gradients"),
+        (lambda: unflatten_gradients(torch.zeros(3), [torch.zeros(3, **meta)], backend="cuda"), "unflatten_gradients"),
+        (lambda: larc_adam_step([torch.zeros(3)], [torch.zeros(3, **meta)], [torch.zeros(3)], [torch.zeros(3)], step=1,
+                                lr=0.1, backend="cuda"), "larc_adam_step"),
+        (lambda: weighted_cross_entropy_with_counts(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long, **meta),
+                                                    backend="cuda"), "weighted_cross_entropy_with_counts"),
+    ]
+    for call, op in cases:
+        with pytest.raises(ValueError, match=f"{op}: .*meta"):
+            call()

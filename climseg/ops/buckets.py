@@ -85,6 +85,8 @@ def flatten_gradients(tensors, dtype=None, scale=1.0, out=None, backend="auto"):
     total = sum(t.numel() for t in tensors)
     if out is not None and (out.numel() != total or out.dtype != dtype or not out.is_contiguous()):
         raise ValueError(f"flatten_gradients: out must be a contiguous {dtype} tensor of {total} elements")
+    if tensors:
+        _mt.check_devices("flatten_gradients", tensors[0].device, tensors, out)
     if _choose("flatten_gradients", backend, tensors, (dtype,)) == "torch":
         return flatten_gradients_reference(tensors, dtype, scale, out) if tensors else torch.empty(0, dtype=dtype)
     device, table, sizes, chunks, count, total = _tables(tensors)
@@ -102,6 +104,7 @@ def unflatten_gradients(bucket, tensors, scale=1.0, backend="auto"):
     total = sum(t.numel() for t in tensors)
     if bucket.dim() != 1 or bucket.numel() != total:
         raise ValueError(f"unflatten_gradients: bucket of shape {tuple(bucket.shape)} for tensors of {total} elements")
+    _mt.check_devices("unflatten_gradients", bucket.device, tensors)
     if _choose("unflatten_gradients", backend, tensors, (bucket.dtype,)) == "torch" or not bucket.is_contiguous():
         return unflatten_gradients_reference(bucket, tensors, scale)
     device, table, sizes, chunks, count, _ = _tables(tensors)

@@ -81,6 +81,8 @@ def weighted_cross_entropy_with_counts(logits, labels, class_weights=None, reduc
     if logits.dim() < 2 or labels.shape != logits.shape[:1] + logits.shape[2:]:
         raise ValueError(f"{OP}: logits {tuple(logits.shape)} need labels of shape (N, *spatial) = "
                          f"{tuple(logits.shape[:1] + logits.shape[2:])}, got {tuple(labels.shape)}")
+    if labels.device != logits.device:
+        raise ValueError(f"{OP}: logits are on {logits.device}, labels on {labels.device}")
     loss_dtype = loss_dtype or logits.dtype
     if _choose(backend, logits, labels) == "torch":
         if return_grad:

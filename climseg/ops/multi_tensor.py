@@ -57,6 +57,15 @@ def pointer_table(columns, device):
     return _cached(("pointers", tuple(rows), str(device)), lambda: _to_device(rows or [(0,) * len(columns)], device))
 
 
+def check_devices(op, device, *groups):
+    """ValueError unless every tensor of ``groups`` (lists, or single tensors; None skipped) is on
+    ``device``: a kernel handed a pointer of another device would read the wrong memory."""
+    for group in groups:
+        for t in ([group] if isinstance(group, torch.Tensor) else group or ()):
+            if t is not None and t.device != device:
+                raise ValueError(f"{op}: all tensors must be on {device}, one is on {t.device}")
+
+
 def is_dense(t):
     """True when ``t``'s elements fill their storage span exactly once, in some dimension order
     (contiguous, channels-last, any permutation): elementwise kernels may then walk raw memory."""

@@ -66,6 +66,8 @@ def _check(op, params, grads, exp_avgs, exp_avg_sqs, model_params):
     n = len(params)
     if not (len(grads) == len(exp_avgs) == len(exp_avg_sqs) == n) or (model_params is not None and len(model_params) != n):
         raise ValueError(f"{op}: params, grads and states must be lists of one length")
+    if params:
+        _mt.check_devices(op, params[0].device, params, grads, exp_avgs, exp_avg_sqs, model_params)
     for name, tensors in (("params", params), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
         for t in tensors:
             if t.dtype != torch.float32:
