@@ -660,7 +660,7 @@ def test_kernel_table_of_the_nvcc_build():
         assert COMPILED.kernels() == EMULATED.kernels()
     if torch.cuda.is_available() or COMPILED.device_count() > 0:
         pytest.skip("a CUDA device is present: the no-device behaviour cannot be checked")
-    assert COMPILED.device_count() == 0
+    assert COMPILED.device_count() == 0 and COMPILED.device_problem().startswith("no usable CUDA device (")
     with pytest.raises(RuntimeError, match=r"climseg._cuda: no usable CUDA device .*backend=\"torch\""):
         COMPILED.launch("mt_norms", (1,), 32, 0, 0, [0, 0, 0, 0])
     with pytest.raises(RuntimeError, match="no usable CUDA device"):         # again: the error was cleared

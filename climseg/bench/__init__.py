@@ -31,3 +31,19 @@ def command_line(argv=None):
         return os.environ["CLIMSEG_BENCH_COMMAND"]
     args = sys.argv[1:] if argv is None else argv
     return " ".join(shlex.quote(a) for a in [os.path.basename(sys.argv[0])] + list(args))
+
+
+def gpu_environment(device=0):
+    """``gpu``, ``sm``, ``driver`` and ``memory_gib`` of a CUDA device, for a benchmark's meta."""
+    import subprocess
+
+    import torch
+
+    props = torch.cuda.get_device_properties(device)
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        driver = "unknown"
+    return dict(gpu=props.name, sm=f"{props.major}{props.minor}", driver=driver,
+                memory_gib=round(props.total_memory / 2**30, 1))

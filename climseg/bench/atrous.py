@@ -26,12 +26,11 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 
 import torch
 
-from climseg.bench import command_line, result_path
+from climseg.bench import command_line, gpu_environment, result_path
 import torch.nn.functional as F
 
 
@@ -134,14 +133,7 @@ def aspp_case(config, dtype, mode, repeats):
 def environment(argv=None):
     import triton
 
-    props = torch.cuda.get_device_properties(0)
-    try:
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        driver = "unknown"
-    return dict(gpu=props.name, sm=f"{props.major}{props.minor}", driver=driver, cuda=torch.version.cuda,
-                torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
+    return dict(gpu_environment(0), cuda=torch.version.cuda, torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
                 date=datetime.date.today().isoformat(), command=command_line(argv))
 
 

@@ -69,14 +69,13 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-from climseg.bench import command_line, result_path
+from climseg.bench import command_line, gpu_environment, result_path
 
 PROG = "bench cuda-kernels"
 CLASSES = 3
@@ -399,14 +398,7 @@ def environment(device, argv, kernels, quick, warmup, repeats):
     except Exception:
         meta["cupy"] = None
     if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        try:
-            driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                    capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
-        except (OSError, subprocess.SubprocessError, IndexError):
-            driver = "unknown"
-        meta.update(gpu=props.name, sm=f"{props.major}{props.minor}", driver=driver,
-                    memory_gib=round(props.total_memory / 2**30, 1))
+        meta.update(gpu_environment(device))
     else:
         meta.update(gpu="CPU (emulated CUDA kernels: smoke check, timings meaningless)", sm="-", driver="-")
     return meta

@@ -29,7 +29,7 @@ from climseg.distributed.collectives import bucket_tensors, flat_all_reduce, hie
 from climseg.distributed.hooks import comm_executor
 from climseg.errors import ConfigError
 from climseg.ops.buckets import flatten_gradients, unflatten_gradients
-from climseg.ops.multi_tensor import memory_view, same_layout
+from climseg.ops.multi_tensor import in_layout_of, memory_view, same_layout
 
 
 class _Done:
@@ -40,15 +40,6 @@ class _Done:
 
     def result(self):
         return self.value
-
-
-def _in_layout_of(grad, param):
-    """``grad`` with ``param``'s strides (zeros for None): buckets pair elements by memory position."""
-    if grad is None:
-        return torch.zeros_like(param)
-    if same_layout([grad], param):
-        return grad
-    return torch.empty_like(param, dtype=grad.dtype).copy_(grad)
 
 
 class DistributedOptimizer:
@@ -119,7 +110,7 @@ class DistributedOptimizer:
     def _launch(self, b):
         bucket = self._buckets[b]
         # buckets hold each gradient in its parameter's memory order (channels-last stays as it is)
-        flat = flatten_gradients([memory_view(_in_layout_of(p.grad, p)) for p in bucket], dtype=bucket[0].dtype)
+        flat = flatten_gradients([memory_view(in_layout_of(p.grad, p)) for p in bucket], dtype=bucket[0].dtype)
         if self.world_size == 1:
             self._futures[b] = _Done(flat)
             return

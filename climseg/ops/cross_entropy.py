@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from climseg.errors import ConfigError
+from climseg.metrics import prediction_counts
 from climseg.ops import backend as _backend
 from climseg.ops import cuda as _cuda
 from climseg.ops.multi_tensor import is_dense
@@ -35,17 +36,8 @@ _backend.register(OP, "cuda", _cuda.probe)
 
 
 def counts_reference(logits, labels, ignore_index=-100):
-    """(N, C, 3) int64 TP, FP, FN of argmax(logits, 1) against labels, ignored pixels left out:
-    per-sample confusion matrices by one bincount, then their diagonals and margins."""
-    n, c = logits.shape[:2]
-    pred = logits.argmax(1).reshape(n, -1)
-    lab = labels.reshape(n, -1).long()
-    valid = lab != ignore_index
-    sample = torch.arange(n, device=logits.device).view(n, 1).expand_as(lab)
-    index = ((sample * c + lab) * c + pred)[valid]
-    matrix = torch.bincount(index, minlength=n * c * c)[: n * c * c].view(n, c, c)   # [n, true, predicted]
-    tp = matrix.diagonal(dim1=1, dim2=2)
-    return torch.stack([tp, matrix.sum(1) - tp, matrix.sum(2) - tp], dim=-1)
+    """(N, C, 3) int64 TP, FP, FN of argmax(logits, 1) against labels, ignored pixels left out."""
+    return prediction_counts(logits.argmax(1), labels, logits.shape[1], ignore_index)
 
 
 def weighted_cross_entropy_with_counts_reference(logits, labels, class_weights=None, reduction="mean", *,

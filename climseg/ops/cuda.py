@@ -38,7 +38,6 @@ class _Extension:
 
     def __init__(self, module, name):
         self.module, self.name = module, name
-        self.signatures = module.kernels()
 
     def launch(self, kernel, grid, block, args, device=None):
         if device is None or device.type == "cpu":
@@ -51,8 +50,6 @@ class _Extension:
 
 class _CuPy:
     """Launches kernels compiled from the same sources by NVRTC (``cupy.RawModule``)."""
-
-    _converters = None
 
     def __init__(self, cupy, folder):
         import numpy as np
@@ -101,11 +98,9 @@ def _compiled():
         from climseg import _cuda
     except ImportError as exc:
         return None, f"climseg._cuda is not built ({exc}); install with nvcc on PATH or CUDA_HOME set"
-    if _cuda.device_count() == 0:
-        try:
-            _cuda.launch("mt_norms", (1,), 32, 0, 0, [0, 0, 0, 0])
-        except RuntimeError as exc:
-            return None, str(exc)
+    problem = _cuda.device_problem()
+    if problem:
+        return None, f"climseg._cuda: {problem}"
     return _Extension(_cuda, "climseg._cuda"), ""
 
 
@@ -187,7 +182,7 @@ def describe():
     if compiled is not None:
         parts.append(built + ": in use")
     else:
-        parts.append(f"{built}: not usable here ({why.split(': ', 1)[-1].split('; run on')[0]})" if built else why)
+        parts.append(f"{built}: not usable here ({why.split(': ', 1)[-1]})" if built else why)
         if torch.cuda.is_available():
             cupy, why_cupy = _cupy()
             parts.append("CuPy (NVRTC) build of the same sources: in use" if cupy is not None else why_cupy)

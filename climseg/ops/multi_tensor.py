@@ -83,6 +83,16 @@ def same_layout(tensors, like):
     return is_dense(like) and all(t.stride() == like.stride() and t.shape == like.shape for t in tensors)
 
 
+def in_layout_of(t, like):
+    """``t`` with the strides of ``like`` (a copy only when they differ; zeros of ``like`` for None):
+    kernels that pair elements by memory position need it."""
+    if t is None:
+        return torch.zeros_like(like)
+    if same_layout([t], like):
+        return t
+    return torch.empty_like(like, dtype=t.dtype).copy_(t)
+
+
 def memory_view(t):
     """A 1-D view of a dense tensor's elements in memory order, whatever its strides."""
     return t.as_strided((t.numel(),), (1,), t.storage_offset())

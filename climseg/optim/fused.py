@@ -12,6 +12,7 @@ import collections
 
 import torch
 
+from climseg.ops.multi_tensor import in_layout_of
 from climseg.ops.optimizers import lamb_step, larc_adam_step
 from climseg.optim.closure import closure_loss
 
@@ -34,9 +35,7 @@ class _FusedAdamFamily(torch.optim.Optimizer):
                     state["master"] = p.detach().float()
             state["step"] = int(state["step"]) + 1
             half = p.dtype != torch.float32
-            grad = p.grad
-            if grad.stride() != p.stride():   # the kernels pair elements by memory position
-                grad = torch.empty_like(p, dtype=grad.dtype).copy_(grad)
+            grad = in_layout_of(p.grad, p)    # the kernels pair elements by memory position
             target = lists[(state["step"], grad.dtype, half)]
             target[0].append(state["master"] if half else p)
             target[1].append(grad)

@@ -123,16 +123,17 @@ void check(cudaError_t status, const char* what) {
                              cudaGetErrorString(status) + ")");
 }
 
-int device_count_or_throw() {
-  int count = 0;
-  cudaError_t status = cudaGetDeviceCount(&count);
-  if (status != cudaSuccess || count == 0) {
-    cudaGetLastError();  // clear it: the next call should report afresh
-    throw std::runtime_error(std::string("climseg._cuda: no usable CUDA device (") +
-                             (status != cudaSuccess ? cudaGetErrorString(status) : "no device found") +
-                             "); run on a GPU or use backend=\"torch\"");
+// "" when the runtime sees a CUDA device (their number in *count), else why it does not
+std::string device_problem(int* count) {
+  int found = 0;
+  cudaError_t status = cudaGetDeviceCount(&found);
+  if (status == cudaSuccess && found > 0) {
+    if (count != nullptr) *count = found;
+    return "";
   }
-  return count;
+  cudaGetLastError();  // clear it: the next call should report afresh
+  return std::string("no usable CUDA device (") + (status != cudaSuccess ? cudaGetErrorString(status) : "no device found") +
+         ")";
 }
 
 #endif
@@ -167,6 +168,7 @@ PYBIND11_MODULE(CLIMSEG_MODULE_NAME, m) {
 
 #if defined(CLIMSEG_EMULATE)
   m.def("device_count", [] { return 0; });
+  m.def("device_problem", [] { return std::string(); });
   m.def("runtime_version", [] { return 0; });
   m.def("driver_version", [] { return 0; });
 #else
@@ -175,6 +177,8 @@ PYBIND11_MODULE(CLIMSEG_MODULE_NAME, m) {
     if (cudaGetDeviceCount(&count) != cudaSuccess) { cudaGetLastError(); return 0; }
     return count;
   }, "Number of CUDA devices the runtime sees (0 without a driver or device).");
+  m.def("device_problem", [] { return device_problem(nullptr); },
+        "'' when the CUDA runtime sees a device, else why not (e.g. the driver is older than the runtime).");
   m.def("runtime_version", [] { int v = 0; cudaRuntimeGetVersion(&v); return v; });
   m.def("driver_version", [] { int v = 0; if (cudaDriverGetVersion(&v) != cudaSuccess) v = 0; return v; });
 #endif
@@ -192,7 +196,10 @@ PYBIND11_MODULE(CLIMSEG_MODULE_NAME, m) {
     py::gil_scoped_release release;
     launch_kernel(kernel, gx, gy, block, argv.data());
 #else
-    if (device < 0 || device >= device_count_or_throw())
+    int count = 0;
+    const std::string problem = device_problem(&count);
+    if (!problem.empty()) throw std::runtime_error("climseg._cuda: " + problem + "; run on a GPU or use backend=\"torch\"");
+    if (device < 0 || device >= count)
       throw std::invalid_argument("climseg._cuda: no CUDA device " + std::to_string(device));
     check(cudaSetDevice(device), "cudaSetDevice");
     check(cudaLaunchKernel(kernel.entry, dim3(gx, gy, 1), dim3(block, 1, 1), argv.data(), 0,
