@@ -11,6 +11,8 @@ batches, workers or ranks (``all_reduce``).
 ``IoUCounts``: the same scores from per-class (TP, FP, FN) counts alone, which the
 fused loss kernel (climseg.ops.weighted_cross_entropy_with_counts) produces in the
 loss's own pass; ``deepcam_iou_from_counts`` is the DeepCAM score from per-sample counts.
+``RunningScores`` accumulates those counts with the loss and throughput over a pass (what
+the trainer writes to ``metrics.jsonl``), summed over ranks.
 """
 import math
 
@@ -116,6 +118,68 @@ class IoUCounts:
     def as_dict(self, names=CLASS_NAMES):
         """``{"iou_background": ..., "iou_tc": ..., "iou_ar": ..., "mean_iou": ...}`` for 3 classes."""
         return _iou_dict(self.iou(), self.mean_iou(), names)
+
+
+class RunningScores:
+    """Running loss, per-class (TP, FP, FN) counts, DeepCAM IoU and throughput of one pass over
+    data (a training epoch or a validation), summable over ranks and storable in a checkpoint.
+    The counts come from the loss's own pass (climseg.ops.weighted_cross_entropy_with_counts).
+
+    ``add(counts, loss, skipped)`` per batch; ``state(group)`` the sums (over the ranks of
+    ``group`` when given); ``row(split, group)`` the metrics row of ``metrics.jsonl``."""
+
+    def __init__(self, device, state=None):
+        self.cm = IoUCounts(NUM_CLASSES, device=device)
+        self.loss_sum, self.deepcam_sum, self.samples, self.seconds, self.skipped = 0.0, 0.0, 0, 0.0, 0
+        self.skipped_samples = 0
+        if state:
+            if "matrix" in state:    # a checkpoint from before the counts: its confusion matrix
+                self.cm.add(IoUCounts.from_matrix(state["matrix"]).counts)
+            else:
+                self.cm.add(state["counts"])
+            self.loss_sum, self.deepcam_sum = state["loss_sum"], state["deepcam_sum"]
+            self.samples, self.seconds, self.skipped = state["samples"], state["seconds"], state["skipped"]
+            self.skipped_samples = state.get("skipped_samples", 0)
+
+    def add(self, counts, loss, skipped):
+        """``counts``: per-sample (N, C, 3) TP, FP, FN of this batch."""
+        n = counts.shape[0]
+        self.cm.add(counts)
+        self.deepcam_sum += float(deepcam_iou_from_counts(counts)) * n
+        self.loss_sum += float(loss) * n
+        self.samples += n
+        self.skipped += int(skipped)
+
+    def state(self, group=None):
+        """The running sums; over all ranks of ``group`` (a collective) when given."""
+        counts = self.cm.counts.clone()
+        sums = torch.tensor([self.loss_sum, self.deepcam_sum, float(self.samples), float(self.skipped),
+                             float(self.skipped_samples)], dtype=torch.float64, device=counts.device)
+        seconds = torch.tensor([self.seconds], dtype=torch.float64, device=counts.device)
+        if group is not None:
+            import torch.distributed as dist
+
+            dist.all_reduce(counts, group=group)
+            dist.all_reduce(sums, group=group)
+            dist.all_reduce(seconds, op=dist.ReduceOp.MAX, group=group)
+        sums, seconds = sums.tolist(), float(seconds.item())
+        return dict(counts=counts.cpu(), loss_sum=sums[0], deepcam_sum=sums[1], samples=int(sums[2]),
+                    seconds=seconds, skipped=int(sums[3]), skipped_samples=int(sums[4]))
+
+    def row(self, split, group=None):
+        total = RunningScores(self.cm.counts.device, self.state(group))
+        return total._row(split)
+
+    def _row(self, split):
+        row = dict(split=split, loss=self.loss_sum / max(self.samples, 1))
+        row.update(self.cm.as_dict())
+        row.update(deepcam_iou=self.deepcam_sum / max(self.samples, 1), accuracy=self.cm.accuracy(),
+                   samples=self.samples, samples_per_s=self.samples / max(self.seconds, 1e-9))
+        if self.skipped:
+            row["skipped_steps"] = self.skipped
+        if self.skipped_samples:
+            row["skipped_samples"] = self.skipped_samples
+        return row
 
 
 class ConfusionMatrix:

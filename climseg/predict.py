@@ -35,7 +35,7 @@ from climseg.metrics import ConfusionMatrix, count_objects
 from climseg.plotting import plot_map
 from climseg.progress import progress_bar
 from climseg.train.checkpoint import build_model, load_checkpoint
-from climseg.train.trainer import resolve_device
+from climseg.perf.hardware import resolve_device
 
 
 class _Source:

@@ -26,7 +26,7 @@ from climseg.losses import WeightedCrossEntropy
 from climseg.models import DeepLabV3Plus
 from climseg.perf import count_flops
 from climseg.perf.cpu import tune_cpu_allocator
-from climseg.train.trainer import AUTOCAST_DTYPES, resolve_precision
+from climseg.perf.hardware import AUTOCAST_DTYPES, resolve_precision
 
 
 def device_name(device):

@@ -10,6 +10,8 @@ import time
 
 import torch
 
+from climseg.perf.hardware import cpu_has_native_bf16
+
 # device-name fragment -> dense bf16/fp16 tensor TFLOP/s (fp32 accumulate), datasheet figures
 GPU_PEAKS_TFLOPS = [
     ("H200", 989.0),
@@ -59,7 +61,6 @@ def device_peak(device, dtype=torch.bfloat16):
             return peak, f"datasheet dense 16-bit tensor peak of {name}"
     # CPUs without native bf16 emulate it: the fp32 ceiling is the honest one there
     if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
-        from climseg.train.trainer import cpu_has_native_bf16
         if not cpu_has_native_bf16():
             dtype = torch.float32
     return measured_peak(device, dtype), f"measured {str(dtype).replace('torch.', '')} matmul ceiling"

@@ -9,6 +9,11 @@ step, running IoU counts of the predictions (from the loss's own pass). Per epoc
 the held-out split, one JSON line per split, ``last.pt`` (and ``best.pt`` when
 the validation mean IoU improves). ``request_stop()`` (SIGINT/SIGTERM in the
 CLI) finishes the current step, writes ``last.pt`` and returns.
+
+Around the loop: the device and precision come from :mod:`climseg.perf.hardware`, the data
+and loaders from :mod:`climseg.train.data`, the data-parallel wiring (collective decisions,
+DDP or the DistributedOptimizer) from :mod:`climseg.train.parallel`, and the running scores
+from :class:`climseg.metrics.RunningScores`.
 """
 import datetime
 import json
@@ -23,27 +28,23 @@ import torch
 from torch.utils.data import DataLoader
 
 from climseg.constants import CLASS_NAMES, NUM_CLASSES
-from climseg.data import DeepCAMDataset, find_stats, read_stats
 from climseg.data.cache import default_dataset
-from climseg.data.loader import FastLoader
 from climseg.data.sampling import EpochSampler
 from climseg.distributed import launch as dist_launch
-from climseg.distributed.hooks import HierarchicalHookState, hierarchical_allreduce_hook
-from climseg.distributed.optimizer import DistributedOptimizer
 from climseg.errors import CheckpointError, ConfigError, DataError, TrainingError
 from climseg.io import atomic_path, write_json
 from climseg.losses import DEEPCAM_FREQUENCIES, WeightedCrossEntropy
-from climseg.metrics import IoUCounts, deepcam_iou_from_counts
+from climseg.metrics import RunningScores
 from climseg.models import DeepLabV3Plus, count_parameters
 from climseg.optim import FusedLAMB, FusedLARCAdam, build_scheduler
 from climseg.perf import count_flops
 from climseg.perf.cpu import tune_cpu_allocator
+from climseg.perf.hardware import AUTOCAST_DTYPES, resolve_device, resolve_precision
 from climseg.progress import progress_bar
 from climseg.train.checkpoint import load_model_state, rng_state, save_checkpoint, set_rng_state
 from climseg.train.config import TrainConfig
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
+from climseg.train.data import open_training_data
+from climseg.train.parallel import Ranks, parallelize, uses_hierarchical
 
 class TrainingStopped(Exception):
     """Training stopped early on request (signal); a checkpoint was written."""
@@ -51,38 +52,6 @@ class TrainingStopped(Exception):
     def __init__(self, checkpoint):
         super().__init__(f"stopped; checkpoint written to {checkpoint}")
         self.checkpoint = checkpoint
-
-
-def resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"option device: {name!r} requested but no CUDA device is available")
-    return device
-
-
-def resolve_precision(name, device):
-    """``auto``: bf16 (or fp16 before Ampere) on CUDA; on CPU bf16 where the cores
-    compute it natively (AVX512-BF16 or AMX), else fp32."""
-    if name == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    return name
-
-
-def cpu_has_native_bf16():
-    """True if /proc/cpuinfo lists avx512_bf16 or amx_bf16 (Linux; False elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
 
 
 class Trainer:
@@ -105,6 +74,7 @@ class Trainer:
             self.device = self.topo.device
         else:
             self.device = resolve_device(cfg.device)
+        self.ranks = Ranks(self.topo, self.device)
         if self.topo is not None and self.device.type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.topo.local_size))
         self.precision = resolve_precision(cfg.precision, self.device)
@@ -122,31 +92,12 @@ class Trainer:
         if "{" in root and self.topo is not None:   # node-local staged copies: --data /local/{node}
             root = root.format(node=self.topo.node, rank=self.rank)
         self.data_root = root
-        train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "validation")
-        for d in (train_dir, val_dir):
-            if not os.path.isdir(d):
-                raise DataError(f"{root}: expected sub-folders train/ and validation/ (DeepCAM layout); {os.path.basename(d)}/ is missing")
-        stats = read_stats(find_stats(train_dir))
-        self.train_set = DeepCAMDataset(train_dir, stats, cfg.channels, cfg.normalization)
-        self.val_set = DeepCAMDataset(val_dir, stats, cfg.channels, cfg.normalization)
-        if self.val_set.shape != self.train_set.shape:
-            raise DataError(f"{val_dir}: samples are {self.val_set.shape[0]}x{self.val_set.shape[1]} but training samples are "
-                            f"{self.train_set.shape[0]}x{self.train_set.shape[1]}")
-        self.input_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
-        self.train_loader = self.val_loader = None
-        if cfg.loader == "fast":
-            common = dict(stats=stats, channels=cfg.channels, normalization=cfg.normalization, dtype=self.input_dtype,
-                          layout="nhwc" if cfg.channels_last else "nchw", threads=cfg.workers, seed=cfg.seed,
-                          rank=self.rank, world_size=self.world, on_bad_sample=cfg.on_bad_sample,
-                          device=self.device if self.device.type == "cuda" else None, log=self.log)
-            self.train_loader = FastLoader(train_dir, cfg.batch_size, shuffle=True, drop_last=True, **common)
-            self.val_loader = FastLoader(val_dir, cfg.batch_size, shuffle=False, drop_last=False, **common)
-            self.steps_per_epoch = self._agree_min(len(self.train_loader))
-        else:
-            self.steps_per_epoch = len(self.train_set) // self.world // cfg.batch_size
-        if self.steps_per_epoch == 0:
-            raise ConfigError(f"option batch-size: {cfg.batch_size} per process x {self.world} processes is larger than "
-                              f"the {len(self.train_set)} training samples")
+        self.input_dtype = AUTOCAST_DTYPES.get(self.precision, torch.float32)
+        data = open_training_data(cfg, root, self.ranks, self.input_dtype, self.device, self.log)
+        self.train_set, self.val_set, stats = data.train_set, data.val_set, data.stats
+        self.train_loader, self.val_loader = data.train_loader, data.val_loader
+        self.steps_per_epoch = data.steps_per_epoch
+        train_dir = data.train_dir
 
         # model, loss, optimizer
         self.net = DeepLabV3Plus(cfg.config, in_channels=len(self.train_set.channels), num_classes=NUM_CLASSES, norm=cfg.norm)
@@ -165,7 +116,7 @@ class Trainer:
         self.loss_fn = WeightedCrossEntropy(cfg.loss_weights, frequencies).to(self.device)
         self.net.init_class_prior(frequencies)
         self.optimizer = self._build_optimizer()
-        self.model, self.dopt = self._parallelize()
+        self.model, self.dopt = parallelize(self.net, self.optimizer, cfg, self.ranks)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.lr_schedule, cfg.warmup_steps,
                                          cfg.milestones, cfg.lr_decay)
@@ -194,24 +145,12 @@ class Trainer:
         np.random.seed(seed)
         torch.manual_seed(seed)
 
-    def _agree_min(self, value):
-        """The smallest ``value`` over all ranks (every rank must take as many steps)."""
-        if self.world == 1:
-            return value
-        import torch.distributed as dist
-
-        t = torch.tensor([value], device=self.device if self.topo.backend == "nccl" else "cpu")
-        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.topo.world)
-        return int(t.item())
-
     def _default_dataset(self):
         """The cached synthetic set; made by one rank per node, the others wait for it."""
         first = self.topo is None or self.topo.local_rank == 0
         path = default_dataset(progress=self.show_progress, log=self.log) if first else None
         if self.topo is not None:
-            import torch.distributed as dist
-
-            dist.barrier(group=self.topo.world)
+            self.ranks.barrier()
             path = path or default_dataset(progress=False, log=self.log)
         return path
 
@@ -224,35 +163,6 @@ class Trainer:
         if cfg.optimizer == "larc-adam":    # SC18: LARC on Adam, as one fused multi-tensor step
             return FusedLARCAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         return FusedLAMB(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    def _hierarchical(self):
-        """Whether gradients take the hierarchical allreduce (--allreduce)."""
-        if self.topo is None or self.cfg.allreduce == "flat":
-            return False
-        if self.cfg.allreduce == "hierarchical" and not self.topo.uniform:
-            raise ConfigError("option allreduce: hierarchical needs the same number of ranks on every node")
-        return self.topo.uniform and (self.cfg.allreduce == "hierarchical" or self.topo.hierarchical)
-
-    def _parallelize(self):
-        """``(model to call, DistributedOptimizer or None)``: DDP with the hierarchical hook
-        across processes, or the DistributedOptimizer when gradients lag a step."""
-        cfg = self.cfg
-        compression = None if cfg.compression == "none" else cfg.compression
-        if cfg.gradient_lag:
-            dopt = DistributedOptimizer(self.optimizer, self.net.named_parameters(), hierarchical=self._hierarchical(),
-                                        compression=compression, gradient_lag=1, bucket_bytes=int(cfg.bucket_mb * 2**20),
-                                        topology=self.topo, max_grad_norm=cfg.clip_grad_norm)
-            return self.net, dopt
-        if self.world == 1:
-            return self.net, None
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                      bucket_cap_mb=cfg.bucket_mb, process_group=self.topo.world)
-        if self._hierarchical() or compression:
-            state = HierarchicalHookState(topology=self.topo, compression=compression, hierarchical=self._hierarchical())
-            ddp.register_comm_hook(state, hierarchical_allreduce_hook)
-        return ddp, None
 
     def _restore(self, ckpt):
         where = ckpt["path"]
@@ -320,7 +230,7 @@ class Trainer:
             self._write_run_info()
         where = f"{self.device}" if self.world == 1 else (
             f"{self.world} processes ({self.topo.num_nodes} node(s) x {self.topo.local_size}, "
-            f"{'hierarchical' if self._hierarchical() else 'flat'} allreduce"
+            f"{'hierarchical' if uses_hierarchical(cfg.allreduce, self.topo) else 'flat'} allreduce"
             f"{', gradient lag 1' if cfg.gradient_lag else ''}) on {self.device.type}")
         self.log(f"climseg: training {cfg.config} ({count_parameters(self.net):,} parameters) on {where} in "
                  f"{self.precision}, {len(self.train_set)} training / {len(self.val_set)} validation samples of "
@@ -385,14 +295,15 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         batches = self._train_batches()
-        acc = _Accumulator(self.device, self.partial)
+        acc = RunningScores(self.device, self.partial)
         skipped_before = self.train_loader.skipped if self.train_loader is not None else 0
         with progress_bar(total=self.steps_per_epoch, initial=self.batch_in_epoch, disable=not self.show_progress,
                           desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch", leave=False) as bar:
             tick = time.time()
             while self.batch_in_epoch < self.steps_per_epoch:
                 batch = next(batches, None)
-                ended, stop = self._agree(batch is None, self.stop_requested)
+                ended, stop = self.ranks.any(batch is None, self.stop_requested)
+                self.stop_requested = stop
                 if stop:
                     raise TrainingStopped(self._save("last.pt", acc))
                 if ended:   # some rank ran out (files skipped): all end the epoch together
@@ -412,35 +323,11 @@ class Trainer:
                     return None
         if self.train_loader is not None:
             acc.skipped_samples += self.train_loader.skipped - skipped_before
-        row = acc.row("train", self._reduce_group())
+        row = acc.row("train", self.ranks.group)
         row.update(epoch=self.epoch + 1, step=self.step, lr=self.optimizer.param_groups[0]["lr"],
                    tflops_per_s=row["samples_per_s"] * self.flops_per_sample / 1e12)
         row["mfu"] = row["tflops_per_s"] / (self.world * self.peak_tflops)   # per device, against its peak
         return row
-
-    def _sync_buffers(self):
-        """Give every rank rank 0's batch-norm statistics (DDP does this each step; the
-        DistributedOptimizer path does it before evaluating)."""
-        if self.world > 1 and self.dopt is not None:
-            import torch.distributed as dist
-
-            for buf in self.net.buffers():
-                dist.broadcast(buf, src=0, group=self.topo.world)
-
-    def _reduce_group(self):
-        return self.topo.world if self.world > 1 else None
-
-    def _agree(self, ended, stop):
-        """``(ended, stop)`` for all ranks: a rank out of data ends the epoch for all, and a stop
-        asked of any rank (a signal may reach only one) stops all of them at the same step."""
-        if self.world == 1:
-            return ended, stop
-        import torch.distributed as dist
-
-        flags = torch.tensor([int(ended), int(stop)], device=self.device if self.topo.backend == "nccl" else "cpu")
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.topo.world)
-        ended, self.stop_requested = bool(flags[0].item()), bool(flags[1].item())
-        return ended, self.stop_requested
 
     def _train_step(self, data, labels, acc):
         cfg = self.cfg
@@ -474,7 +361,8 @@ class Trainer:
     @torch.no_grad()
     def validate(self, dataset=None):
         """Loss, per-class IoU, mean IoU and DeepCAM IoU over ``dataset`` (default: validation split)."""
-        self._sync_buffers()
+        if self.dopt is not None:   # DDP gives every rank rank 0's batch-norm statistics each step; this path here
+            self.ranks.broadcast_buffers(self.net)
         was_training = self.model.training
         self.model.eval()
         if dataset is None and self.val_loader is not None:
@@ -484,7 +372,7 @@ class Trainer:
             dataset = dataset or self.val_set
             shard = list(range(self.rank, len(dataset), self.world))
             loader = self._loader(dataset, shard, self.cfg.batch_size, drop_last=False)
-        acc = _Accumulator(self.device)
+        acc = RunningScores(self.device)
         tick = time.time()
         for data, labels in loader:
             data, labels = self._to_device(data, labels)
@@ -494,14 +382,14 @@ class Trainer:
             acc.add(counts, loss, False)
         acc.seconds = time.time() - tick
         self.model.train(was_training)
-        return acc.row("validation", self._reduce_group())
+        return acc.row("validation", self.ranks.group)
 
     # ------------------------------------------------------------------ output
     def _save(self, name, acc=None):
         """Write a checkpoint from rank 0 (every rank calls this: the partial metrics are summed)."""
         path = os.path.join(self.out, name)
         cfg = self.cfg
-        partial = acc.state(self._reduce_group()) if acc is not None else None
+        partial = acc.state(self.ranks.group) if acc is not None else None
         optimizer_state = self.dopt.state_dict() if self.dopt is not None else self.optimizer.state_dict()
         if not self.is_main:
             return path
@@ -537,64 +425,6 @@ class Trainer:
                     channels=list(self.train_set.channels), steps_per_epoch=self.steps_per_epoch,
                     started=datetime.datetime.now().isoformat(timespec="seconds"))
         write_json(os.path.join(self.out, "run.json"), info)
-
-
-class _Accumulator:
-    """Running loss, per-class (TP, FP, FN) counts, DeepCAM IoU and throughput of one pass.
-    The counts come from the loss's own pass (climseg.ops.weighted_cross_entropy_with_counts)."""
-
-    def __init__(self, device, state=None):
-        self.cm = IoUCounts(NUM_CLASSES, device=device)
-        self.loss_sum, self.deepcam_sum, self.samples, self.seconds, self.skipped = 0.0, 0.0, 0, 0.0, 0
-        self.skipped_samples = 0
-        if state:
-            if "matrix" in state:    # a checkpoint from before the counts: its confusion matrix
-                self.cm.add(IoUCounts.from_matrix(state["matrix"]).counts)
-            else:
-                self.cm.add(state["counts"])
-            self.loss_sum, self.deepcam_sum = state["loss_sum"], state["deepcam_sum"]
-            self.samples, self.seconds, self.skipped = state["samples"], state["seconds"], state["skipped"]
-            self.skipped_samples = state.get("skipped_samples", 0)
-
-    def add(self, counts, loss, skipped):
-        """``counts``: per-sample (N, C, 3) TP, FP, FN of this batch."""
-        n = counts.shape[0]
-        self.cm.add(counts)
-        self.deepcam_sum += float(deepcam_iou_from_counts(counts)) * n
-        self.loss_sum += float(loss) * n
-        self.samples += n
-        self.skipped += int(skipped)
-
-    def state(self, group=None):
-        """The running sums; over all ranks of ``group`` (a collective) when given."""
-        counts = self.cm.counts.clone()
-        sums = torch.tensor([self.loss_sum, self.deepcam_sum, float(self.samples), float(self.skipped),
-                             float(self.skipped_samples)], dtype=torch.float64, device=counts.device)
-        seconds = torch.tensor([self.seconds], dtype=torch.float64, device=counts.device)
-        if group is not None:
-            import torch.distributed as dist
-
-            dist.all_reduce(counts, group=group)
-            dist.all_reduce(sums, group=group)
-            dist.all_reduce(seconds, op=dist.ReduceOp.MAX, group=group)
-        sums, seconds = sums.tolist(), float(seconds.item())
-        return dict(counts=counts.cpu(), loss_sum=sums[0], deepcam_sum=sums[1], samples=int(sums[2]),
-                    seconds=seconds, skipped=int(sums[3]), skipped_samples=int(sums[4]))
-
-    def row(self, split, group=None):
-        total = _Accumulator(self.cm.counts.device, self.state(group))
-        return total._row(split)
-
-    def _row(self, split):
-        row = dict(split=split, loss=self.loss_sum / max(self.samples, 1))
-        row.update(self.cm.as_dict())
-        row.update(deepcam_iou=self.deepcam_sum / max(self.samples, 1), accuracy=self.cm.accuracy(),
-                   samples=self.samples, samples_per_s=self.samples / max(self.seconds, 1e-9))
-        if self.skipped:
-            row["skipped_steps"] = self.skipped
-        if self.skipped_samples:
-            row["skipped_samples"] = self.skipped_samples
-        return row
 
 
 def _finite(x, default):

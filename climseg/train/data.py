@@ -1,0 +1,56 @@
+"""The data of a training run: the dataset folder's two splits, their normalisation statistics,
+and the loaders that feed the loop.
+
+``open_training_data`` checks the folder (``train/`` and ``validation/`` with ``stats.h5``, the
+DeepCAM layout), opens both splits with the same statistics and channels, and, with
+``--loader fast``, builds a :class:`~climseg.data.loader.FastLoader` per split that gives each
+rank its share. Every rank takes the same number of steps per epoch: the smallest share.
+"""
+import dataclasses
+import os
+
+from climseg.data import DeepCAMDataset, find_stats, read_stats
+from climseg.data.loader import FastLoader
+from climseg.errors import ConfigError, DataError
+
+
+@dataclasses.dataclass
+class TrainingData:
+    root: str
+    train_dir: str
+    stats: object
+    train_set: DeepCAMDataset
+    val_set: DeepCAMDataset
+    train_loader: FastLoader = None     # None with --loader torch
+    val_loader: FastLoader = None
+    steps_per_epoch: int = 0
+
+
+def open_training_data(cfg, root, ranks, input_dtype, device, log):
+    """The splits and loaders of ``root`` for this rank (see the module docstring)."""
+    train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "validation")
+    for d in (train_dir, val_dir):
+        if not os.path.isdir(d):
+            raise DataError(f"{root}: expected sub-folders train/ and validation/ (DeepCAM layout); "
+                            f"{os.path.basename(d)}/ is missing")
+    stats = read_stats(find_stats(train_dir))
+    train_set = DeepCAMDataset(train_dir, stats, cfg.channels, cfg.normalization)
+    val_set = DeepCAMDataset(val_dir, stats, cfg.channels, cfg.normalization)
+    if val_set.shape != train_set.shape:
+        raise DataError(f"{val_dir}: samples are {val_set.shape[0]}x{val_set.shape[1]} but training samples are "
+                        f"{train_set.shape[0]}x{train_set.shape[1]}")
+    data = TrainingData(root, train_dir, stats, train_set, val_set)
+    if cfg.loader == "fast":
+        common = dict(stats=stats, channels=cfg.channels, normalization=cfg.normalization, dtype=input_dtype,
+                      layout="nhwc" if cfg.channels_last else "nchw", threads=cfg.workers, seed=cfg.seed,
+                      rank=ranks.rank, world_size=ranks.world, on_bad_sample=cfg.on_bad_sample,
+                      device=device if device.type == "cuda" else None, log=log)
+        data.train_loader = FastLoader(train_dir, cfg.batch_size, shuffle=True, drop_last=True, **common)
+        data.val_loader = FastLoader(val_dir, cfg.batch_size, shuffle=False, drop_last=False, **common)
+        data.steps_per_epoch = ranks.min(len(data.train_loader))
+    else:
+        data.steps_per_epoch = len(train_set) // ranks.world // cfg.batch_size
+    if data.steps_per_epoch == 0:
+        raise ConfigError(f"option batch-size: {cfg.batch_size} per process x {ranks.world} processes is larger than "
+                          f"the {len(train_set)} training samples")
+    return data
