@@ -110,6 +110,15 @@ def _tap_destination(n_img, ih, iw, kh, kw, mask, OH, OW, C, stride_h, stride_w,
     return valid, ((n_img * OH + oh) * OW + ow).to(tl.int64) * C
 
 
+# Arguments the JIT must not specialize on (divisibility by 16, equality to 1): image sizes,
+# window geometry and split counts change from layer to layer but only enter index arithmetic,
+# so one compiled kernel serves them all (fewer compilations and autotuning runs per model).
+# The channel counts and pointers stay specialized: their divisibility makes the channel loads
+# 128-bit and asynchronous; so do the strides (stride 1 folds away).
+_SPATIAL = ["NB", "H", "W", "OH", "OW"]
+_WINDOW = ["KH", "KW", "dil_h", "dil_w", "pad_h", "pad_w"]
+
+
 # ---------------------------------------------------------------------------------------------
 # the forward epilogue, shared by the dense and depthwise kernels
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +143,7 @@ def _epilogue_store(acc, y_ptr, out, mask, ch, ch_mask, bias_ptr, scale_ptr, shi
 # ---------------------------------------------------------------------------------------------
 # dense: forward
 # ---------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=_SPATIAL)
 def _dense_fwd_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, scale_ptr, shift_ptr, res_ptr, y_ptr,
                       NB, H, W, Cin, OH, OW, Cout, Ctot, stride_h, stride_w,
                       HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
@@ -188,7 +197,7 @@ def _dense_fwd_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, scale_ptr, shift_ptr, r
 # ---------------------------------------------------------------------------------------------
 # dense: input gradient
 # ---------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=_SPATIAL + ["NUM_BRANCHES"])
 def _dense_dgrad_kernel(g_ptr, w_ptr, table_ptr, dx_ptr, NB, H, W, Cin, OH, OW, Cout, Ctot, stride_h, stride_w,
                         NUM_BRANCHES, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -244,7 +253,7 @@ def _dense_dgrad_kernel(g_ptr, w_ptr, table_ptr, dx_ptr, NB, H, W, Cin, OH, OW, 
 # ---------------------------------------------------------------------------------------------
 # dense: weight gradient
 # ---------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=_SPATIAL + ["SPLITS", "P_PER_SPLIT"])
 def _dense_wgrad_kernel(x_ptr, g_ptr, jobs_ptr, dw_ptr, NB, H, W, Cin, OH, OW, Cout, Ctot, stride_h, stride_w,
                         SPLITS, P_PER_SPLIT, WS_STRIDE, ATOMIC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -302,7 +311,7 @@ def _dense_wgrad_kernel(x_ptr, g_ptr, jobs_ptr, dw_ptr, NB, H, W, Cin, OH, OW, C
 # ---------------------------------------------------------------------------------------------
 # depthwise (groups = channels): direct
 # ---------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=_SPATIAL + _WINDOW)
 def _dw_fwd_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, res_ptr, y_ptr,
                    NB, H, W, C, OH, OW, KH, KW, stride_h, stride_w, dil_h, dil_w, pad_h, pad_w,
                    HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
@@ -324,7 +333,7 @@ def _dw_fwd_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, res_ptr, y_ptr,
                     offs_c, c_mask, bias_ptr, scale_ptr, shift_ptr, res_ptr, HAS_BIAS, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SPATIAL + _WINDOW)
 def _dw_dgrad_kernel(g_ptr, w_ptr, dx_ptr, NB, H, W, C, OH, OW, KH, KW, stride_h, stride_w, dil_h, dil_w,
                      pad_h, pad_w, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """dx[q, c] = sum_t g[dst(q, t), c] w[t, c]."""
@@ -344,7 +353,7 @@ def _dw_dgrad_kernel(g_ptr, w_ptr, dx_ptr, NB, H, W, C, OH, OW, KH, KW, stride_h
     tl.store(dx_ptr + out, acc.to(dx_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SPATIAL + _WINDOW[1:] + ["TAPS", "P_PER_SPLIT"])
 def _dw_wgrad_kernel(x_ptr, g_ptr, ws_ptr, NB, H, W, C, OH, OW, KW, stride_h, stride_w, dil_h, dil_w,
                      pad_h, pad_w, TAPS, P_PER_SPLIT, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """ws[split, t, c] = sum over this split's pixels p of x[src(p, t), c] g[p, c]."""
@@ -375,41 +384,63 @@ def _dw_wgrad_kernel(x_ptr, g_ptr, ws_ptr, NB, H, W, C, OH, OW, KW, stride_h, st
 # ---------------------------------------------------------------------------------------------
 # block shapes: autotuned per problem shape on GPUs, one fixed shape in the interpreter
 # ---------------------------------------------------------------------------------------------
-def _gemm_configs(major=None):
-    """Candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) of the dense kernels for GPU
-    architecture ``major`` (default: the current GPU's, else 8).
+# the largest shared memory a block may take (bytes), by architecture: A100/H100 class; the
+# smaller Ampere and Ada parts (sm_86, sm_89) have 99 KiB
+_SMEM_LIMIT = {8: 163 * 1024, 9: 227 * 1024}
 
-    Pruned by ``climseg bench static`` (the SASS of every candidate for sm_80 and sm_90 at
-    the real layer shapes): every candidate here compiles without register spills, and
-    with tensor-core instructions and asynchronous copies in all three dense kernels."""
-    if interpreting():
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
+
+def _smem_limit(major):
+    if _RECORDING is None and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        optin = getattr(props, "shared_memory_per_block_optin", 0)
+        if optin:
+            return optin
+    return _SMEM_LIMIT.get(major, 99 * 1024)
+
+
+def _gemm_configs(major=None, itemsize=2):
+    """Candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) of the dense kernels for GPU
+    architecture ``major`` (default: the current GPU's, else 8) and operands of ``itemsize``
+    bytes: the shapes whose pipeline buffers (stages x (BLOCK_M + BLOCK_N) x BLOCK_K operands)
+    fit the architecture's shared memory.
+
+    Pruned with ``climseg bench static`` (the SASS of every candidate for sm_80 and sm_90 at
+    the real layer shapes): every candidate here compiles without register spills, and with
+    tensor-core instructions and asynchronous copies in all three dense kernels. Removed:
+    256 x 128 x 64 and 128 x 256 x 64 (8 warps), which spilled in all three kernels on sm_80
+    and mostly on sm_90, and took 128 KiB of shared memory in the weight gradient."""
     if major is None:
         major = torch.cuda.get_device_capability()[0] if torch.cuda.is_available() else 8
     shapes = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4),
               (128, 128, 64, 8, 3), (64, 64, 64, 4, 3), (128, 32, 32, 4, 4), (32, 64, 32, 4, 4)]
-    if major >= 9:     # Hopper and newer: larger tiles and deeper pipelines pay off
-        shapes += [(128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 4)]
-    elif major < 8:    # Turing and Volta: less shared memory
-        shapes = [s for s in shapes if s[0] * s[2] + s[1] * s[2] <= 8192] or shapes[:1]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-            for m, n, k, w, s in shapes]
+    if major >= 9:     # Hopper and newer: a deeper pipeline pays off
+        shapes += [(128, 128, 64, 8, 4)]
+    limit = _smem_limit(major)
+    fitting = [s for s in shapes if s[4] * (s[0] + s[1]) * s[2] * itemsize <= limit] or shapes[-1:]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
+            for m, n, k, w, st in fitting]
 
 
-def _dw_configs(major=None):
+def _dw_configs(major=None, itemsize=2):
     """Candidate (BLOCK_P, BLOCK_C, warps) of the depthwise forward and input gradient."""
-    del major   # the same on every architecture
-    if interpreting():
-        return [triton.Config({"BLOCK_P": 64, "BLOCK_C": 32}, num_warps=4)]
+    del major, itemsize   # the same on every architecture and dtype
     return [triton.Config({"BLOCK_P": p, "BLOCK_C": c}, num_warps=w)
             for p, c, w in [(64, 64, 4), (128, 32, 4), (32, 128, 4), (128, 64, 8), (256, 32, 8)]]
 
 
+# the interpreter (tests on CPU): one small block shape, whatever the GPU candidates
+_INTERPRETER_CONFIGS = {
+    "gemm": [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)],
+    "dw": [triton.Config({"BLOCK_P": 64, "BLOCK_C": 32}, num_warps=4)],
+}
+
+
+_DW_WGRAD_CONFIG = triton.Config({"BLOCK_P": 128, "BLOCK_C": 64}, num_warps=4)
+
+
 def _dw_wgrad_config():
     """The one block shape of the depthwise weight gradient (not tuned: its grid is per tap)."""
-    if interpreting():
-        return triton.Config({"BLOCK_P": 64, "BLOCK_C": 32}, num_warps=4)
-    return triton.Config({"BLOCK_P": 128, "BLOCK_C": 64}, num_warps=4)
+    return _INTERPRETER_CONFIGS["dw"][0] if interpreting() else _DW_WGRAD_CONFIG
 
 
 # name -> (kernel, candidate configs by architecture, autotuning key, buffer to zero between trials)
@@ -419,13 +450,14 @@ KERNELS = {
     "dense_wgrad": ("_dense_wgrad_kernel", _gemm_configs, ["M_KEY", "Cin", "Cout", "TAPS_KEY", "ATOMIC"], "dw_ptr"),
     "dw_fwd": ("_dw_fwd_kernel", _dw_configs, ["M_KEY", "C", "TAPS_KEY"], None),
     "dw_dgrad": ("_dw_dgrad_kernel", _dw_configs, ["M_KEY", "C", "TAPS_KEY"], None),
-    "dw_wgrad": ("_dw_wgrad_kernel", lambda major=None: [_dw_wgrad_config()], [], None),
+    "dw_wgrad": ("_dw_wgrad_kernel", lambda major=None, itemsize=2: [_DW_WGRAD_CONFIG], [], None),
 }
 
 
-def candidates(name, major):
-    """The autotuning candidates (``triton.Config``) of kernel ``name`` on architecture ``major``."""
-    return KERNELS[name][1](major)
+def candidates(name, major, itemsize=2):
+    """The autotuning candidates (``triton.Config``) of kernel ``name`` on GPU architecture
+    ``major`` (8: Ampere, 9: Hopper) for operands of ``itemsize`` bytes."""
+    return KERNELS[name][1](major, itemsize)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,11 +481,15 @@ def recording(sm_count):
 
 
 @functools.lru_cache(maxsize=None)
-def _tuned(name, arch):
-    """The kernel ``name`` wrapped in an autotuner for this GPU architecture (cached per shape key)."""
+def _tuned(name, arch, itemsize):
+    """The kernel ``name`` wrapped in an autotuner for this GPU architecture and operand size
+    (cached per shape key)."""
     kernel, configs, key, reset = KERNELS[name]
-    major = arch[0] if isinstance(arch[0], int) else None
-    return _KeyedKernel(name, globals()[kernel], configs(major), key, reset)
+    if interpreting():
+        configs = _INTERPRETER_CONFIGS["gemm" if name.startswith("dense") else "dw"]
+    else:
+        configs = configs(arch[0] if isinstance(arch[0], int) else None, itemsize)
+    return _KeyedKernel(name, globals()[kernel], configs, key, reset)
 
 
 class _KeyedKernel:
@@ -564,7 +600,7 @@ def dense_forward(x, w_packed, table, out_channels, total_channels, out_hw, stri
     branches = table.shape[0]
     dummy = out
     taps = int(w_packed.numel() // (Cin * out_channels))
-    _tuned("dense_fwd", _arch(x.device))(
+    _tuned("dense_fwd", _arch(x.device), x.element_size())(
         lambda meta: (_cdiv(M, meta["BLOCK_M"]), _cdiv(out_channels, meta["BLOCK_N"]), branches),
         x, w_packed, table, bias if bias is not None else dummy, scale if scale is not None else dummy,
         shift if shift is not None else dummy, residual if residual is not None else dummy, out,
@@ -583,7 +619,7 @@ def dense_dgrad(g, w_packed_t, table, in_shape, out_channels, stride, determinis
     dx = _empty((NB, H, W, Cin), g.device, g.dtype) if out is None else out
     M = NB * H * W
     taps = int(w_packed_t.numel() // (Cin * out_channels))
-    _tuned("dense_dgrad", _arch(g.device))(
+    _tuned("dense_dgrad", _arch(g.device), g.element_size())(
         lambda meta: (_cdiv(M, meta["BLOCK_M"]), _cdiv(Cin, meta["BLOCK_N"])),
         g, w_packed_t, table, dx, NB, H, W, Cin, OH, OW, out_channels, Ctot, stride[0], stride[1], table.shape[0],
         PRECISION=_precision(g.dtype), UPCAST=_upcast(g.dtype), M_KEY=_mkey(M), TAPS_KEY=taps, FIXED=deterministic)
@@ -608,7 +644,7 @@ def dense_wgrad(x, g, jobs, weight_numel, out_channels, stride, deterministic):
     NB, H, W, Cin = x.shape
     _, OH, OW, Ctot = g.shape
     P = NB * OH * OW
-    kernel = _tuned("dense_wgrad", _arch(x.device))
+    kernel = _tuned("dense_wgrad", _arch(x.device), x.element_size())
     block = 64 if not interpreting() else 32
     tiles = _cdiv(Cin, 64) * _cdiv(out_channels, 64) * jobs.shape[0]
     splits = _splits(tiles, P, x.device, block)
@@ -637,7 +673,7 @@ def depthwise_forward(x, w_taps, kernel_size, stride, padding, dilation, out_hw,
         out = _empty((NB, OH, OW, C), x.device, x.dtype)
     M = NB * OH * OW
     KH, KW = kernel_size
-    _tuned("dw_fwd", _arch(x.device))(
+    _tuned("dw_fwd", _arch(x.device), x.element_size())(
         lambda meta: (_cdiv(M, meta["BLOCK_P"]), _cdiv(C, meta["BLOCK_C"])),
         x, w_taps, bias if bias is not None else out, scale if scale is not None else out,
         shift if shift is not None else out, residual if residual is not None else out, out,
@@ -653,7 +689,7 @@ def depthwise_dgrad(g, w_taps, in_shape, kernel_size, stride, padding, dilation,
     dx = _empty((NB, H, W, C), g.device, g.dtype) if out is None else out
     M = NB * H * W
     KH, KW = kernel_size
-    _tuned("dw_dgrad", _arch(g.device))(
+    _tuned("dw_dgrad", _arch(g.device), g.element_size())(
         lambda meta: (_cdiv(M, meta["BLOCK_P"]), _cdiv(C, meta["BLOCK_C"])),
         g, w_taps, dx, NB, H, W, C, OH, OW, KH, KW, stride[0], stride[1], dilation[0], dilation[1],
         padding[0], padding[1], M_KEY=_mkey(M), TAPS_KEY=KH * KW, FIXED=deterministic)

@@ -47,6 +47,7 @@ from climseg.errors import ConfigError
 
 ARCHS = (80, 90)
 DTYPES = ("bf16", "fp16", "fp32")
+ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
 DENSE = ("dense_fwd", "dense_dgrad", "dense_wgrad")
 # Per architecture: SMs (A100 SXM, H100 SXM: the weight gradient's split follows it), shared
 # memory per SM and per block (bytes; each resident block also takes 1 KiB the driver reserves)
@@ -175,7 +176,7 @@ def plan_job(case, dtype_name, arch):
 
     out = []
     for index, (name, fn, args, kwargs, fixed) in enumerate(record_launches(case, dtype_name, arch)):
-        configs = K.candidates(name, arch // 10)
+        configs = K.candidates(name, arch // 10, ITEMSIZE[dtype_name])
         if fixed:
             configs = configs[:1]       # deterministic mode runs the first candidate only
         for ci, config in enumerate(configs):
@@ -186,8 +187,9 @@ def plan_job(case, dtype_name, arch):
     return out
 
 
-def compile_job(case, dtype_name, arch, index, ci):
-    """Worker: compile launch ``index`` of a layer with candidate ``ci`` and read its SASS."""
+def compile_job(case, dtype_name, arch, index, ci, block=None):
+    """Worker: compile launch ``index`` of a layer with candidate ``ci`` (or the block shape
+    ``block`` = (meta-parameters, warps, stages), e.g. a pruned one) and read its SASS."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -195,7 +197,8 @@ def compile_job(case, dtype_name, arch, index, ci):
     from climseg.kernels import atrous as K
 
     name, fn, args, kwargs, _ = record_launches(case, dtype_name, arch)[index]
-    config = K.candidates(name, arch // 10)[ci]
+    config = K.candidates(name, arch // 10, ITEMSIZE[dtype_name])[ci] if block is None else triton.Config(block[0], num_warps=block[1],
+                                                                                      num_stages=block[2])
     signature, constexprs, attrs, options = specialize(fn, arch, args, kwargs, config)
     row = dict(block=config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
     start = time.perf_counter()
