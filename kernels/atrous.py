@@ -315,8 +315,10 @@ def _dense_wgrad_kernel(x_ptr, g_ptr, jobs_ptr, dw_ptr, NB, H, W, Cin, OH, OW, C
 def _dw_fwd_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, res_ptr, y_ptr,
                    NB, H, W, C, OH, OW, KH, KW, stride_h, stride_w, dil_h, dil_w, pad_h, pad_w,
                    HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
-                   HAS_RES: tl.constexpr, RELU: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                   HAS_RES: tl.constexpr, RELU: tl.constexpr, C_DIV: tl.constexpr, BLOCK_P: tl.constexpr,
+                   BLOCK_C: tl.constexpr):
     """y[p, c] = relu((sum_t x[src(p, t), c] w[t, c] + bias) * scale + shift + res)."""
+    C = (C // C_DIV) * C_DIV      # C is a multiple of C_DIV: see _channel_divisor
     offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_mask = offs_p < NB * OH * OW
@@ -335,8 +337,9 @@ def _dw_fwd_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, res_ptr, y_ptr,
 
 @triton.jit(do_not_specialize=_SPATIAL + _WINDOW)
 def _dw_dgrad_kernel(g_ptr, w_ptr, dx_ptr, NB, H, W, C, OH, OW, KH, KW, stride_h, stride_w, dil_h, dil_w,
-                     pad_h, pad_w, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                     pad_h, pad_w, C_DIV: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """dx[q, c] = sum_t g[dst(q, t), c] w[t, c]."""
+    C = (C // C_DIV) * C_DIV      # C is a multiple of C_DIV: see _channel_divisor
     offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_mask = offs_p < NB * H * W
@@ -355,8 +358,10 @@ def _dw_dgrad_kernel(g_ptr, w_ptr, dx_ptr, NB, H, W, C, OH, OW, KH, KW, stride_h
 
 @triton.jit(do_not_specialize=_SPATIAL + _WINDOW[1:] + ["TAPS", "P_PER_SPLIT"])
 def _dw_wgrad_kernel(x_ptr, g_ptr, ws_ptr, NB, H, W, C, OH, OW, KW, stride_h, stride_w, dil_h, dil_w,
-                     pad_h, pad_w, TAPS, P_PER_SPLIT, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                     pad_h, pad_w, TAPS, P_PER_SPLIT, C_DIV: tl.constexpr, BLOCK_P: tl.constexpr,
+                     BLOCK_C: tl.constexpr):
     """ws[split, t, c] = sum over this split's pixels p of x[src(p, t), c] g[p, c]."""
+    C = (C // C_DIV) * C_DIV      # C is a multiple of C_DIV: see _channel_divisor
     offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     tap = tl.program_id(1)
     split = tl.program_id(2)
@@ -398,25 +403,38 @@ def _smem_limit(major):
     return _SMEM_LIMIT.get(major, 99 * 1024)
 
 
-def _gemm_configs(major=None, itemsize=2):
+# (kernel, architecture major, operand bytes) -> block shapes that spill registers there (the
+# SASS of climseg bench static at the real layer shapes): the input gradient keeps a row of
+# destination offsets per tap step, and in fp32 (TF32) the operands take twice the registers
+_SPILLING = {
+    ("dense_dgrad", 8, 4): {(128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4)},
+    ("dense_dgrad", 9, 4): {(128, 128, 64, 8, 3)},
+}
+
+
+def _gemm_configs(major=None, itemsize=2, kernel=None):
     """Candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) of the dense kernels for GPU
     architecture ``major`` (default: the current GPU's, else 8) and operands of ``itemsize``
     bytes: the shapes whose pipeline buffers (stages x (BLOCK_M + BLOCK_N) x BLOCK_K operands)
-    fit the architecture's shared memory.
+    fit the architecture's shared memory, less those that spill registers in ``kernel``.
 
     Pruned with ``climseg bench static`` (the SASS of every candidate for sm_80 and sm_90 at
     the real layer shapes): every candidate here compiles without register spills, and with
     tensor-core instructions and asynchronous copies in all three dense kernels. Removed:
     256 x 128 x 64 and 128 x 256 x 64 (8 warps), which spilled in all three kernels on sm_80
-    and mostly on sm_90, and took 128 KiB of shared memory in the weight gradient."""
+    and mostly on sm_90, and took 128 KiB of shared memory in the weight gradient; 64 x 64 x 64
+    and 128 x 32 x 32, which added nothing another shape does not cover (and the first spilled
+    in the input gradient)."""
     if major is None:
         major = torch.cuda.get_device_capability()[0] if torch.cuda.is_available() else 8
     shapes = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4),
-              (128, 128, 64, 8, 3), (64, 64, 64, 4, 3), (128, 32, 32, 4, 4), (32, 64, 32, 4, 4)]
+              (128, 128, 64, 8, 3), (32, 64, 32, 4, 4)]
     if major >= 9:     # Hopper and newer: a deeper pipeline pays off
         shapes += [(128, 128, 64, 8, 4)]
     limit = _smem_limit(major)
-    fitting = [s for s in shapes if s[4] * (s[0] + s[1]) * s[2] * itemsize <= limit] or shapes[-1:]
+    spilling = _SPILLING.get((kernel, min(major, 9), itemsize), set())
+    fitting = [s for s in shapes if s[4] * (s[0] + s[1]) * s[2] * itemsize <= limit and s not in spilling]
+    fitting = fitting or shapes[-1:]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
             for m, n, k, w, st in fitting]
 
@@ -425,7 +443,7 @@ def _dw_configs(major=None, itemsize=2):
     """Candidate (BLOCK_P, BLOCK_C, warps) of the depthwise forward and input gradient."""
     del major, itemsize   # the same on every architecture and dtype
     return [triton.Config({"BLOCK_P": p, "BLOCK_C": c}, num_warps=w)
-            for p, c, w in [(64, 64, 4), (128, 32, 4), (32, 128, 4), (128, 64, 8), (256, 32, 8)]]
+            for p, c, w in [(64, 64, 4), (128, 32, 4), (32, 128, 4), (128, 64, 8)]]
 
 
 # the interpreter (tests on CPU): one small block shape, whatever the GPU candidates
@@ -445,9 +463,9 @@ def _dw_wgrad_config():
 
 # name -> (kernel, candidate configs by architecture, autotuning key, buffer to zero between trials)
 KERNELS = {
-    "dense_fwd": ("_dense_fwd_kernel", _gemm_configs, ["M_KEY", "Cin", "Cout", "TAPS_KEY"], None),
-    "dense_dgrad": ("_dense_dgrad_kernel", _gemm_configs, ["M_KEY", "Cin", "Cout", "TAPS_KEY"], None),
-    "dense_wgrad": ("_dense_wgrad_kernel", _gemm_configs, ["M_KEY", "Cin", "Cout", "TAPS_KEY", "ATOMIC"], "dw_ptr"),
+    "dense_fwd": ("_dense_fwd_kernel", functools.partial(_gemm_configs, kernel="dense_fwd"), ["M_KEY", "Cin", "Cout", "TAPS_KEY"], None),
+    "dense_dgrad": ("_dense_dgrad_kernel", functools.partial(_gemm_configs, kernel="dense_dgrad"), ["M_KEY", "Cin", "Cout", "TAPS_KEY"], None),
+    "dense_wgrad": ("_dense_wgrad_kernel", functools.partial(_gemm_configs, kernel="dense_wgrad"), ["M_KEY", "Cin", "Cout", "TAPS_KEY", "ATOMIC"], "dw_ptr"),
     "dw_fwd": ("_dw_fwd_kernel", _dw_configs, ["M_KEY", "C", "TAPS_KEY"], None),
     "dw_dgrad": ("_dw_dgrad_kernel", _dw_configs, ["M_KEY", "C", "TAPS_KEY"], None),
     "dw_wgrad": ("_dw_wgrad_kernel", lambda major=None, itemsize=2: [_DW_WGRAD_CONFIG], [], None),
@@ -577,6 +595,13 @@ def _upcast(dtype):
     return dtype == torch.bfloat16 and interpreting()
 
 
+def _channel_divisor(c):
+    """The largest power of two (at most 16) that divides the channel count ``c``. The JIT marks
+    only multiples of 16; depthwise layers have e.g. 728 = 8 x 91 channels, and telling the
+    kernel so makes its channel loads 8 wide (16 bytes in 16-bit types) instead of one by one."""
+    return min(16, c & -c)
+
+
 def _cdiv(a, b):
     return (a + b - 1) // b
 
@@ -679,7 +704,8 @@ def depthwise_forward(x, w_taps, kernel_size, stride, padding, dilation, out_hw,
         shift if shift is not None else out, residual if residual is not None else out, out,
         NB, H, W, C, OH, OW, KH, KW, stride[0], stride[1], dilation[0], dilation[1], padding[0], padding[1],
         HAS_BIAS=bias is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-        HAS_RES=residual is not None, RELU=relu, M_KEY=_mkey(M), TAPS_KEY=KH * KW, FIXED=deterministic)
+        HAS_RES=residual is not None, RELU=relu, C_DIV=_channel_divisor(C), M_KEY=_mkey(M), TAPS_KEY=KH * KW,
+        FIXED=deterministic)
     return out
 
 
@@ -692,7 +718,7 @@ def depthwise_dgrad(g, w_taps, in_shape, kernel_size, stride, padding, dilation,
     _tuned("dw_dgrad", _arch(g.device), g.element_size())(
         lambda meta: (_cdiv(M, meta["BLOCK_P"]), _cdiv(C, meta["BLOCK_C"])),
         g, w_taps, dx, NB, H, W, C, OH, OW, KH, KW, stride[0], stride[1], dilation[0], dilation[1],
-        padding[0], padding[1], M_KEY=_mkey(M), TAPS_KEY=KH * KW, FIXED=deterministic)
+        padding[0], padding[1], C_DIV=_channel_divisor(C), M_KEY=_mkey(M), TAPS_KEY=KH * KW, FIXED=deterministic)
     return dx
 
 
@@ -712,8 +738,9 @@ def depthwise_wgrad(x, g, kernel_size, stride, padding, dilation):
     ws = _empty((splits, KH * KW, C), x.device, torch.float32)
     args = (x, g, ws, NB, H, W, C, OH, OW, KW, stride[0], stride[1], dilation[0], dilation[1], padding[0], padding[1],
             KH * KW, per)
+    kwargs = dict(C_DIV=_channel_divisor(C))
     if _RECORDING is not None:
-        _RECORDING["launches"].append(("dw_wgrad", _dw_wgrad_kernel, args, {}, True))
+        _RECORDING["launches"].append(("dw_wgrad", _dw_wgrad_kernel, args, kwargs, True))
     else:
-        _dw_wgrad_kernel[(c_tiles, KH * KW, splits)](*args, **config.kwargs, num_warps=config.num_warps)
+        _dw_wgrad_kernel[(c_tiles, KH * KW, splits)](*args, **kwargs, **config.kwargs, num_warps=config.num_warps)
     return ws.sum(0)
