@@ -116,7 +116,8 @@ def build_parser():
                        "plain PyTorch), atrous (Triton convolutions against cuDNN; GPU), cuda-kernels (the CUDA kernels "
                        "against copy bandwidth and unfused PyTorch; GPU), allreduce "
                        "(flat against hierarchical), io (FastLoader against a reference-style reader), scaling (the "
-                       "weak-scaling model; model output), or all. Options after the name that are not listed here "
+                       "weak-scaling model; model output), static (every GPU kernel compiled for sm_80/sm_90 and its machine code "
+                       "checked; no GPU needed), or all. Options after the name that are not listed here "
                        "go to the benchmark itself (see python -m climseg.bench.<name> --help).")
     p.add_argument("what", choices=BENCHES + ("all",))
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (step)")
@@ -130,7 +131,7 @@ def build_parser():
     return parser
 
 
-BENCHES = ("step", "atrous", "cuda-kernels", "allreduce", "io", "scaling")
+BENCHES = ("step", "atrous", "cuda-kernels", "allreduce", "io", "scaling", "static")
 
 
 def main(argv=None):

@@ -27,6 +27,7 @@ Accumulation is float32. fp16/bf16 operands go to the tensor cores as they are;
 fp32 operands use TF32 when ``allow_tf32`` is passed (the launcher follows
 ``torch.backends.cudnn.allow_tf32``, as ``F.conv2d`` does), else full fp32.
 """
+import contextlib
 import functools
 import os
 
@@ -35,11 +36,43 @@ import triton
 import triton.language as tl
 
 TABLE_COLS = 8   # w_offset, KH, KW, dil_h, dil_w, pad_h, pad_w, out_channel_offset
+_RECORDING = None     # while recording launches (see recording()): {"launches": [...], "sm_count": int}
 
 
 def interpreting():
-    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``), unless
+    launches are being recorded for a GPU (:func:`recording`)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1" and _RECORDING is None
+
+
+def _interpreter_compatibility():
+    """Let Triton's interpreter take a scalar as a ``range()`` bound under NumPy >= 2.4.
+
+    The interpreter holds every scalar (a program id, a loaded table entry) as a
+    one-element array. Triton 3.9 converts one to a Python int with
+    ``int(data.squeeze())``; Triton 3.6 (PyTorch 2.11's pin) with ``int(data)``, which
+    NumPy 2.4 refuses for a 1-d array ("only 0-dimensional arrays can be converted to
+    Python scalars"), so every kernel whose loop bound is such a scalar failed there.
+    This installs Triton 3.9's conversion in whichever Triton runs: interpreter only,
+    compiled kernels are untouched."""
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch is None or getattr(patch, "climseg_index", False):
+        return
+
+    def patched(tensor, scope, *rest, **kwargs):
+        patch(tensor, scope, *rest, **kwargs)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patched.climseg_index = True
+    interpreter._patch_lang_tensor = patched
+
+
+if interpreting():
+    _interpreter_compatibility()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,6 +110,15 @@ def _tap_destination(n_img, ih, iw, kh, kw, mask, OH, OW, C, stride_h, stride_w,
     return valid, ((n_img * OH + oh) * OW + ow).to(tl.int64) * C
 
 
+# Arguments the JIT must not specialize on (divisibility by 16, equality to 1): image sizes,
+# window geometry and split counts change from layer to layer but only enter index arithmetic,
+# so one compiled kernel serves them all (fewer compilations and autotuning runs per model).
+# The channel counts and pointers stay specialized: their divisibility makes the channel loads
+# 128-bit and asynchronous; so do the strides (stride 1 folds away).
+_SPATIAL = ["NB", "H", "W", "OH", "OW"]
+_WINDOW = ["KH", "KW", "dil_h", "dil_w", "pad_h", "pad_w"]
+
+
 # ---------------------------------------------------------------------------------------------
 # the forward epilogue, shared by the dense and depthwise kernels
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +143,7 @@ def _epilogue_store(acc, y_ptr, out, mask, ch, ch_mask, bias_ptr, scale_ptr, shi
 # ---------------------------------------------------------------------------------------------
 # dense: forward
 # ---------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=_SPATIAL)
 def _dense_fwd_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, scale_ptr, shift_ptr, res_ptr, y_ptr,
                       NB, H, W, Cin, OH, OW, Cout, Ctot, stride_h, stride_w,
                       HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
@@ -112,14 +154,16 @@ def _dense_fwd_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, scale_ptr, shift_ptr, r
     pid_n = tl.program_id(1)
     br = tl.program_id(2)
     row = table_ptr + br * 8
-    w_off = tl.load(row).to(tl.int64)
+    # a branch's weights start at a multiple of Cout (taps x Cin x Cout before them): saying so
+    # lets the compiler carry Cout's divisibility to the weight loads (vector and async copies)
+    w_off = (tl.load(row).to(tl.int64) // Cout) * Cout
     KH = tl.load(row + 1)
     KW = tl.load(row + 2)
     dil_h = tl.load(row + 3)
     dil_w = tl.load(row + 4)
     pad_h = tl.load(row + 5)
     pad_w = tl.load(row + 6)
-    out_off = tl.load(row + 7)
+    out_off = (tl.load(row + 7) // Cout) * Cout    # the channel slice: a multiple of Cout too
 
     M = NB * OH * OW
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -153,11 +197,16 @@ def _dense_fwd_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, scale_ptr, shift_ptr, r
 # ---------------------------------------------------------------------------------------------
 # dense: input gradient
 # ---------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=_SPATIAL + ["NUM_BRANCHES"])
 def _dense_dgrad_kernel(g_ptr, w_ptr, table_ptr, dx_ptr, NB, H, W, Cin, OH, OW, Cout, Ctot, stride_h, stride_w,
                         NUM_BRANCHES, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """dx[q, i] = sum_{branch, t, o} g[dst(q, t), off + o] * w[t, o, i] (w here laid out [t, Cout, Cin])."""
+    """dx[q, i] = sum_{branch, t, o} g[dst(q, t), off + o] * w[t, o, i] (w here laid out [t, Cout, Cin]).
+
+    Per branch ONE loop over (tap, block of output channels), so that Triton's software
+    pipeliner sees a single innermost loop of loads feeding the dot (asynchronous copies,
+    ``num_stages`` deep); the tap's index arithmetic is recomputed each step (cheap integer
+    work beside the MMA)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     M = NB * H * W
@@ -167,33 +216,36 @@ def _dense_dgrad_kernel(g_ptr, w_ptr, table_ptr, dx_ptr, NB, H, W, Cin, OH, OW, 
     m_mask = offs_m < M
     n_mask = offs_n < Cin
     n_img, ih, iw = _split_pixel(offs_m, H, W)
+    k_blocks = tl.cdiv(Cout, BLOCK_K)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for br in range(0, NUM_BRANCHES):
         row = table_ptr + br * 8
-        w_off = tl.load(row).to(tl.int64)
+        # offsets that are multiples of Cin (weights) and Cout (channel slice) in fact: saying so
+        # carries the arguments' divisibility to the loads (vector and async copies)
+        w_off = (tl.load(row).to(tl.int64) // Cin) * Cin
         KH = tl.load(row + 1)
         KW = tl.load(row + 2)
         dil_h = tl.load(row + 3)
         dil_w = tl.load(row + 4)
         pad_h = tl.load(row + 5)
         pad_w = tl.load(row + 6)
-        out_off = tl.load(row + 7)
-        for tap in range(0, KH * KW):
+        out_off = (tl.load(row + 7) // Cout) * Cout
+        for step in range(0, KH * KW * k_blocks):
+            tap = step // k_blocks
+            c0 = (step - tap * k_blocks) * BLOCK_K
             valid, base = _tap_destination(n_img, ih, iw, tap // KW, tap % KW, m_mask, OH, OW, Ctot, stride_h,
                                            stride_w, pad_h, pad_w, dil_h, dil_w)
-            base += out_off
-            w_tap = w_ptr + w_off + tap * Cout * Cin
-            for c0 in range(0, Cout, BLOCK_K):
-                ck = c0 + offs_k
-                k_mask = ck < Cout
-                a = tl.load(g_ptr + base[:, None] + ck[None, :], mask=valid[:, None] & k_mask[None, :], other=0.0)
-                b = tl.load(w_tap + ck[:, None] * Cin + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :],
-                            other=0.0)
-                if UPCAST:
-                    a = a.to(tl.float32)
-                    b = b.to(tl.float32)
-                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            ck = c0 + offs_k
+            k_mask = ck < Cout
+            a = tl.load(g_ptr + (base + out_off)[:, None] + ck[None, :], mask=valid[:, None] & k_mask[None, :],
+                        other=0.0)
+            b = tl.load(w_ptr + w_off + tap * Cout * Cin + ck[:, None] * Cin + offs_n[None, :],
+                        mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+            if UPCAST:
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
     out = offs_m.to(tl.int64)[:, None] * Cin + offs_n[None, :]
     tl.store(dx_ptr + out, acc.to(dx_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
@@ -201,7 +253,7 @@ def _dense_dgrad_kernel(g_ptr, w_ptr, table_ptr, dx_ptr, NB, H, W, Cin, OH, OW, 
 # ---------------------------------------------------------------------------------------------
 # dense: weight gradient
 # ---------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=_SPATIAL + ["SPLITS", "P_PER_SPLIT"])
 def _dense_wgrad_kernel(x_ptr, g_ptr, jobs_ptr, dw_ptr, NB, H, W, Cin, OH, OW, Cout, Ctot, stride_h, stride_w,
                         SPLITS, P_PER_SPLIT, WS_STRIDE, ATOMIC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -216,14 +268,14 @@ def _dense_wgrad_kernel(x_ptr, g_ptr, jobs_ptr, dw_ptr, NB, H, W, Cin, OH, OW, C
     job = pid_z // SPLITS
     split = pid_z % SPLITS
     row = jobs_ptr + job * 8
-    dw_off = tl.load(row).to(tl.int64)
+    dw_off = (tl.load(row).to(tl.int64) // Cout) * Cout    # a multiple of Cout: see the forward
     kh = tl.load(row + 1)
     kw = tl.load(row + 2)
     dil_h = tl.load(row + 3)
     dil_w = tl.load(row + 4)
     pad_h = tl.load(row + 5)
     pad_w = tl.load(row + 6)
-    out_off = tl.load(row + 7)
+    out_off = (tl.load(row + 7) // Cout) * Cout
 
     P = NB * OH * OW
     p_start = split * P_PER_SPLIT
@@ -259,12 +311,14 @@ def _dense_wgrad_kernel(x_ptr, g_ptr, jobs_ptr, dw_ptr, NB, H, W, Cin, OH, OW, C
 # ---------------------------------------------------------------------------------------------
 # depthwise (groups = channels): direct
 # ---------------------------------------------------------------------------------------------
-@triton.jit
+@triton.jit(do_not_specialize=_SPATIAL + _WINDOW)
 def _dw_fwd_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, res_ptr, y_ptr,
                    NB, H, W, C, OH, OW, KH, KW, stride_h, stride_w, dil_h, dil_w, pad_h, pad_w,
                    HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
-                   HAS_RES: tl.constexpr, RELU: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                   HAS_RES: tl.constexpr, RELU: tl.constexpr, C_DIV: tl.constexpr, BLOCK_P: tl.constexpr,
+                   BLOCK_C: tl.constexpr):
     """y[p, c] = relu((sum_t x[src(p, t), c] w[t, c] + bias) * scale + shift + res)."""
+    C = (C // C_DIV) * C_DIV      # C is a multiple of C_DIV: see _channel_divisor
     offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_mask = offs_p < NB * OH * OW
@@ -281,10 +335,11 @@ def _dw_fwd_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, res_ptr, y_ptr,
                     offs_c, c_mask, bias_ptr, scale_ptr, shift_ptr, res_ptr, HAS_BIAS, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SPATIAL + _WINDOW)
 def _dw_dgrad_kernel(g_ptr, w_ptr, dx_ptr, NB, H, W, C, OH, OW, KH, KW, stride_h, stride_w, dil_h, dil_w,
-                     pad_h, pad_w, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                     pad_h, pad_w, C_DIV: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """dx[q, c] = sum_t g[dst(q, t), c] w[t, c]."""
+    C = (C // C_DIV) * C_DIV      # C is a multiple of C_DIV: see _channel_divisor
     offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_mask = offs_p < NB * H * W
@@ -301,10 +356,12 @@ def _dw_dgrad_kernel(g_ptr, w_ptr, dx_ptr, NB, H, W, C, OH, OW, KH, KW, stride_h
     tl.store(dx_ptr + out, acc.to(dx_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SPATIAL + _WINDOW[1:] + ["TAPS", "P_PER_SPLIT"])
 def _dw_wgrad_kernel(x_ptr, g_ptr, ws_ptr, NB, H, W, C, OH, OW, KW, stride_h, stride_w, dil_h, dil_w,
-                     pad_h, pad_w, TAPS, P_PER_SPLIT, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                     pad_h, pad_w, TAPS, P_PER_SPLIT, C_DIV: tl.constexpr, BLOCK_P: tl.constexpr,
+                     BLOCK_C: tl.constexpr):
     """ws[split, t, c] = sum over this split's pixels p of x[src(p, t), c] g[p, c]."""
+    C = (C // C_DIV) * C_DIV      # C is a multiple of C_DIV: see _channel_divisor
     offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     tap = tl.program_id(1)
     split = tl.program_id(2)
@@ -332,40 +389,125 @@ def _dw_wgrad_kernel(x_ptr, g_ptr, ws_ptr, NB, H, W, C, OH, OW, KW, stride_h, st
 # ---------------------------------------------------------------------------------------------
 # block shapes: autotuned per problem shape on GPUs, one fixed shape in the interpreter
 # ---------------------------------------------------------------------------------------------
-def _gemm_configs():
-    """Candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) for the dense kernels, by architecture."""
-    if interpreting():
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
-    major = torch.cuda.get_device_capability()[0] if torch.cuda.is_available() else 8
+# the largest shared memory a block may take (bytes), by architecture: A100/H100 class; the
+# smaller Ampere and Ada parts (sm_86, sm_89) have 99 KiB
+_SMEM_LIMIT = {8: 163 * 1024, 9: 227 * 1024}
+
+
+def _smem_limit(major):
+    if _RECORDING is None and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        optin = getattr(props, "shared_memory_per_block_optin", 0)
+        if optin:
+            return optin
+    return _SMEM_LIMIT.get(major, 99 * 1024)
+
+
+# (kernel, architecture major, operand bytes) -> block shapes that spill registers there (the
+# SASS of climseg bench static at the real layer shapes): the input gradient keeps a row of
+# destination offsets per tap step, and in fp32 (TF32) the operands take twice the registers
+_SPILLING = {
+    ("dense_dgrad", 8, 4): {(128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4)},
+    ("dense_dgrad", 9, 4): {(128, 128, 64, 8, 3)},
+}
+
+
+def _gemm_configs(major=None, itemsize=2, kernel=None):
+    """Candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) of the dense kernels for GPU
+    architecture ``major`` (default: the current GPU's, else 8) and operands of ``itemsize``
+    bytes: the shapes whose pipeline buffers (stages x (BLOCK_M + BLOCK_N) x BLOCK_K operands)
+    fit the architecture's shared memory, less those that spill registers in ``kernel``.
+
+    Pruned with ``climseg bench static`` (the SASS of every candidate for sm_80 and sm_90 at
+    the real layer shapes): every candidate here compiles without register spills, and with
+    tensor-core instructions and asynchronous copies in all three dense kernels. Removed:
+    256 x 128 x 64 and 128 x 256 x 64 (8 warps), which spilled in all three kernels on sm_80
+    and mostly on sm_90, and took 128 KiB of shared memory in the weight gradient; 64 x 64 x 64
+    and 128 x 32 x 32, which added nothing another shape does not cover (and the first spilled
+    in the input gradient)."""
+    if major is None:
+        major = torch.cuda.get_device_capability()[0] if torch.cuda.is_available() else 8
     shapes = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4),
-              (128, 128, 64, 8, 3), (64, 64, 64, 4, 3), (128, 32, 32, 4, 4), (32, 64, 32, 4, 4)]
-    if major >= 9:     # Hopper and newer: larger tiles and deeper pipelines pay off
-        shapes += [(128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 4)]
-    elif major < 8:    # Turing and Volta: less shared memory
-        shapes = [s for s in shapes if s[0] * s[2] + s[1] * s[2] <= 8192] or shapes[:1]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-            for m, n, k, w, s in shapes]
+              (128, 128, 64, 8, 3), (32, 64, 32, 4, 4)]
+    if major >= 9:     # Hopper and newer: a deeper pipeline pays off
+        shapes += [(128, 128, 64, 8, 4)]
+    limit = _smem_limit(major)
+    spilling = _SPILLING.get((kernel, min(major, 9), itemsize), set())
+    fitting = [s for s in shapes if s[4] * (s[0] + s[1]) * s[2] * itemsize <= limit and s not in spilling]
+    fitting = fitting or shapes[-1:]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
+            for m, n, k, w, st in fitting]
 
 
-def _dw_configs():
-    if interpreting():
-        return [triton.Config({"BLOCK_P": 64, "BLOCK_C": 32}, num_warps=4)]
+def _dw_configs(major=None, itemsize=2):
+    """Candidate (BLOCK_P, BLOCK_C, warps) of the depthwise forward and input gradient."""
+    del major, itemsize   # the same on every architecture and dtype
     return [triton.Config({"BLOCK_P": p, "BLOCK_C": c}, num_warps=w)
-            for p, c, w in [(64, 64, 4), (128, 32, 4), (32, 128, 4), (128, 64, 8), (256, 32, 8)]]
+            for p, c, w in [(64, 64, 4), (128, 32, 4), (32, 128, 4), (128, 64, 8)]]
+
+
+# the interpreter (tests on CPU): one small block shape, whatever the GPU candidates
+_INTERPRETER_CONFIGS = {
+    "gemm": [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)],
+    "dw": [triton.Config({"BLOCK_P": 64, "BLOCK_C": 32}, num_warps=4)],
+}
+
+
+_DW_WGRAD_CONFIG = triton.Config({"BLOCK_P": 128, "BLOCK_C": 64}, num_warps=4)
+
+
+def _dw_wgrad_config():
+    """The one block shape of the depthwise weight gradient (not tuned: its grid is per tap)."""
+    return _INTERPRETER_CONFIGS["dw"][0] if interpreting() else _DW_WGRAD_CONFIG
+
+
+# name -> (kernel, candidate configs by architecture, autotuning key, buffer to zero between trials)
+KERNELS = {
+    "dense_fwd": ("_dense_fwd_kernel", functools.partial(_gemm_configs, kernel="dense_fwd"), ["M_KEY", "Cin", "Cout", "TAPS_KEY"], None),
+    "dense_dgrad": ("_dense_dgrad_kernel", functools.partial(_gemm_configs, kernel="dense_dgrad"), ["M_KEY", "Cin", "Cout", "TAPS_KEY"], None),
+    "dense_wgrad": ("_dense_wgrad_kernel", functools.partial(_gemm_configs, kernel="dense_wgrad"), ["M_KEY", "Cin", "Cout", "TAPS_KEY", "ATOMIC"], "dw_ptr"),
+    "dw_fwd": ("_dw_fwd_kernel", _dw_configs, ["M_KEY", "C", "TAPS_KEY"], None),
+    "dw_dgrad": ("_dw_dgrad_kernel", _dw_configs, ["M_KEY", "C", "TAPS_KEY"], None),
+    "dw_wgrad": ("_dw_wgrad_kernel", lambda major=None, itemsize=2: [_DW_WGRAD_CONFIG], [], None),
+}
+
+
+def candidates(name, major, itemsize=2):
+    """The autotuning candidates (``triton.Config``) of kernel ``name`` on GPU architecture
+    ``major`` (8: Ampere, 9: Hopper) for operands of ``itemsize`` bytes."""
+    return KERNELS[name][1](major, itemsize)
+
+
+# ---------------------------------------------------------------------------------------------
+# recording launches instead of running them (static analysis: climseg.bench.static)
+# ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def recording(sm_count):
+    """Within this block the launchers compute every argument exactly as for a real launch
+    (``torch.device("meta")`` tensors stand in for the data) but append
+    ``(name, jit function, args, kwargs, fixed)`` to the yielded list instead of launching
+    (``fixed``: the first candidate runs, untuned, as in deterministic mode);
+    ``sm_count`` is the GPU's number of SMs (it sets the weight gradient's split)."""
+    global _RECORDING
+    if _RECORDING is not None:
+        raise RuntimeError("climseg.kernels.atrous.recording() does not nest")
+    _RECORDING = {"launches": [], "sm_count": int(sm_count)}
+    try:
+        yield _RECORDING["launches"]
+    finally:
+        _RECORDING = None
 
 
 @functools.lru_cache(maxsize=None)
-def _tuned(name, arch):
-    """The kernel ``name`` wrapped in an autotuner for this GPU architecture (cached per shape key)."""
-    del arch  # part of the cache key only: configs differ by architecture
-    kernel, configs, key, reset = {
-        "dense_fwd": (_dense_fwd_kernel, _gemm_configs, ["M_KEY", "Cin", "Cout", "TAPS_KEY"], None),
-        "dense_dgrad": (_dense_dgrad_kernel, _gemm_configs, ["M_KEY", "Cin", "Cout", "TAPS_KEY"], None),
-        "dense_wgrad": (_dense_wgrad_kernel, _gemm_configs, ["M_KEY", "Cin", "Cout", "TAPS_KEY", "ATOMIC"], "dw_ptr"),
-        "dw_fwd": (_dw_fwd_kernel, _dw_configs, ["M_KEY", "C", "TAPS_KEY"], None),
-        "dw_dgrad": (_dw_dgrad_kernel, _dw_configs, ["M_KEY", "C", "TAPS_KEY"], None),
-    }[name]
-    return _KeyedKernel(kernel, configs(), key, reset)
+def _tuned(name, arch, itemsize):
+    """The kernel ``name`` wrapped in an autotuner for this GPU architecture and operand size
+    (cached per shape key)."""
+    kernel, configs, key, reset = KERNELS[name]
+    if interpreting():
+        configs = _INTERPRETER_CONFIGS["gemm" if name.startswith("dense") else "dw"]
+    else:
+        configs = configs(arch[0] if isinstance(arch[0], int) else None, itemsize)
+    return _KeyedKernel(name, globals()[kernel], configs, key, reset)
 
 
 class _KeyedKernel:
@@ -374,7 +516,8 @@ class _KeyedKernel:
     (deterministic mode) skips tuning and takes the first config: a tuned choice may differ
     between processes, and another block shape sums in another order."""
 
-    def __init__(self, kernel, configs, key, reset):
+    def __init__(self, name, kernel, configs, key, reset):
+        self.name = name
         self.configs = configs
         self.key = key
         self.kernel = kernel
@@ -382,6 +525,9 @@ class _KeyedKernel:
         self.reset = reset
 
     def __call__(self, grid, *args, M_KEY, TAPS_KEY, FIXED=False, **kwargs):
+        if _RECORDING is not None:
+            _RECORDING["launches"].append((self.name, self.kernel, args, kwargs, FIXED or len(self.configs) == 1))
+            return
         if FIXED or len(self.configs) == 1:   # deterministic mode: the same config in every process
             self._launch(self.configs[0], grid, args, kwargs)
             return
@@ -424,6 +570,8 @@ class _KeyedKernel:
 
 
 def _arch(device):
+    if _RECORDING is not None:
+        return ("recording",)
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device)
     return ("interpreter",)
@@ -445,6 +593,13 @@ def _empty(shape, device, dtype):
 
 def _upcast(dtype):
     return dtype == torch.bfloat16 and interpreting()
+
+
+def _channel_divisor(c):
+    """The largest power of two (at most 16) that divides the channel count ``c``. The JIT marks
+    only multiples of 16; depthwise layers have e.g. 728 = 8 x 91 channels, and telling the
+    kernel so makes its channel loads 8 wide (16 bytes in 16-bit types) instead of one by one."""
+    return min(16, c & -c)
 
 
 def _cdiv(a, b):
@@ -470,7 +625,7 @@ def dense_forward(x, w_packed, table, out_channels, total_channels, out_hw, stri
     branches = table.shape[0]
     dummy = out
     taps = int(w_packed.numel() // (Cin * out_channels))
-    _tuned("dense_fwd", _arch(x.device))(
+    _tuned("dense_fwd", _arch(x.device), x.element_size())(
         lambda meta: (_cdiv(M, meta["BLOCK_M"]), _cdiv(out_channels, meta["BLOCK_N"]), branches),
         x, w_packed, table, bias if bias is not None else dummy, scale if scale is not None else dummy,
         shift if shift is not None else dummy, residual if residual is not None else dummy, out,
@@ -489,7 +644,7 @@ def dense_dgrad(g, w_packed_t, table, in_shape, out_channels, stride, determinis
     dx = _empty((NB, H, W, Cin), g.device, g.dtype) if out is None else out
     M = NB * H * W
     taps = int(w_packed_t.numel() // (Cin * out_channels))
-    _tuned("dense_dgrad", _arch(g.device))(
+    _tuned("dense_dgrad", _arch(g.device), g.element_size())(
         lambda meta: (_cdiv(M, meta["BLOCK_M"]), _cdiv(Cin, meta["BLOCK_N"])),
         g, w_packed_t, table, dx, NB, H, W, Cin, OH, OW, out_channels, Ctot, stride[0], stride[1], table.shape[0],
         PRECISION=_precision(g.dtype), UPCAST=_upcast(g.dtype), M_KEY=_mkey(M), TAPS_KEY=taps, FIXED=deterministic)
@@ -499,7 +654,9 @@ def dense_dgrad(g, w_packed_t, table, in_shape, out_channels, stride, determinis
 def _splits(tiles, pixels, device, block):
     """How many parts the pixel reduction of the weight gradient is cut into: enough
     programs to fill the GPU (about four waves), each part at least a few blocks long."""
-    if device.type != "cuda":
+    if _RECORDING is not None:
+        target = 4 * _RECORDING["sm_count"]
+    elif device.type != "cuda":
         target = 64     # the interpreter: split too, so that tests see the split paths
     else:
         target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
@@ -512,7 +669,7 @@ def dense_wgrad(x, g, jobs, weight_numel, out_channels, stride, deterministic):
     NB, H, W, Cin = x.shape
     _, OH, OW, Ctot = g.shape
     P = NB * OH * OW
-    kernel = _tuned("dense_wgrad", _arch(x.device))
+    kernel = _tuned("dense_wgrad", _arch(x.device), x.element_size())
     block = 64 if not interpreting() else 32
     tiles = _cdiv(Cin, 64) * _cdiv(out_channels, 64) * jobs.shape[0]
     splits = _splits(tiles, P, x.device, block)
@@ -541,13 +698,14 @@ def depthwise_forward(x, w_taps, kernel_size, stride, padding, dilation, out_hw,
         out = _empty((NB, OH, OW, C), x.device, x.dtype)
     M = NB * OH * OW
     KH, KW = kernel_size
-    _tuned("dw_fwd", _arch(x.device))(
+    _tuned("dw_fwd", _arch(x.device), x.element_size())(
         lambda meta: (_cdiv(M, meta["BLOCK_P"]), _cdiv(C, meta["BLOCK_C"])),
         x, w_taps, bias if bias is not None else out, scale if scale is not None else out,
         shift if shift is not None else out, residual if residual is not None else out, out,
         NB, H, W, C, OH, OW, KH, KW, stride[0], stride[1], dilation[0], dilation[1], padding[0], padding[1],
         HAS_BIAS=bias is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-        HAS_RES=residual is not None, RELU=relu, M_KEY=_mkey(M), TAPS_KEY=KH * KW, FIXED=deterministic)
+        HAS_RES=residual is not None, RELU=relu, C_DIV=_channel_divisor(C), M_KEY=_mkey(M), TAPS_KEY=KH * KW,
+        FIXED=deterministic)
     return out
 
 
@@ -557,10 +715,10 @@ def depthwise_dgrad(g, w_taps, in_shape, kernel_size, stride, padding, dilation,
     dx = _empty((NB, H, W, C), g.device, g.dtype) if out is None else out
     M = NB * H * W
     KH, KW = kernel_size
-    _tuned("dw_dgrad", _arch(g.device))(
+    _tuned("dw_dgrad", _arch(g.device), g.element_size())(
         lambda meta: (_cdiv(M, meta["BLOCK_P"]), _cdiv(C, meta["BLOCK_C"])),
         g, w_taps, dx, NB, H, W, C, OH, OW, KH, KW, stride[0], stride[1], dilation[0], dilation[1],
-        padding[0], padding[1], M_KEY=_mkey(M), TAPS_KEY=KH * KW, FIXED=deterministic)
+        padding[0], padding[1], C_DIV=_channel_divisor(C), M_KEY=_mkey(M), TAPS_KEY=KH * KW, FIXED=deterministic)
     return dx
 
 
@@ -571,13 +729,18 @@ def depthwise_wgrad(x, g, kernel_size, stride, padding, dilation):
     _, OH, OW, _ = g.shape
     KH, KW = kernel_size
     P = NB * OH * OW
-    block_p, block_c = (64, 32) if interpreting() else (128, 64)
+    config = _dw_wgrad_config()
+    block_p, block_c = config.kwargs["BLOCK_P"], config.kwargs["BLOCK_C"]
     c_tiles = _cdiv(C, block_c)
     splits = _splits(c_tiles * KH * KW, P, x.device, block_p)
     per = _cdiv(_cdiv(P, splits), block_p) * block_p
     splits = _cdiv(P, per)
     ws = _empty((splits, KH * KW, C), x.device, torch.float32)
-    _dw_wgrad_kernel[(c_tiles, KH * KW, splits)](
-        x, g, ws, NB, H, W, C, OH, OW, KW, stride[0], stride[1], dilation[0], dilation[1], padding[0], padding[1],
-        KH * KW, per, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+    args = (x, g, ws, NB, H, W, C, OH, OW, KW, stride[0], stride[1], dilation[0], dilation[1], padding[0], padding[1],
+            KH * KW, per)
+    kwargs = dict(C_DIV=_channel_divisor(C))
+    if _RECORDING is not None:
+        _RECORDING["launches"].append(("dw_wgrad", _dw_wgrad_kernel, args, kwargs, True))
+    else:
+        _dw_wgrad_kernel[(c_tiles, KH * KW, splits)](*args, **kwargs, **config.kwargs, num_warps=config.num_warps)
     return ws.sum(0)

@@ -1,4 +1,5 @@
-// Gradient buckets for the allreduce, one pass each way over many tensors (common.cuh chunks).
+// Gradient buckets for the allreduce, one pass each way over many tensors (common.cuh chunks),
+// 128 bits per thread and access where the tensor and its place in the bucket are aligned.
 //
 // Tensor table columns: 0 the tensor's data (type S), 1 its offset in the bucket (elements).
 //   bucket_flatten_S_D:   bucket[offset_t + i] = D(S_t[i] * scale)
@@ -16,7 +17,14 @@ CS_DEV void bucket_flatten_body(const i64* __restrict__ table, const i64* __rest
   const i64 tensor = chunk.tensor, start = chunk.start, end = chunk.end;
   const S* source = table_pointer<const S>(table, BUCKET_COLUMNS, tensor, 0);
   D* out = bucket + table[tensor * BUCKET_COLUMNS + 1];
-  for (i64 i = start + threadIdx.x; i < end; i += CS_MT_BLOCK) out[i] = from_float<D>(to_float(source[i]) * scale);
+  const i64 vend = vector_end(aligned16(source + start) && aligned16(out + start), start, end);
+  for (i64 i = start + CS_VEC * threadIdx.x; i < vend; i += CS_VEC * CS_MT_BLOCK) {
+    float v[CS_VEC];
+    load8(source + i, v);
+    for (int k = 0; k < CS_VEC; ++k) v[k] *= scale;
+    store8(out + i, v);
+  }
+  for (i64 i = vend + threadIdx.x; i < end; i += CS_MT_BLOCK) out[i] = from_float<D>(to_float(source[i]) * scale);
 }
 
 template <typename D, typename S>
@@ -31,7 +39,17 @@ CS_DEV void bucket_unflatten_body(const D* __restrict__ bucket, const i64* __res
   S* target = table_pointer<S>(table, BUCKET_COLUMNS, tensor, 0);
   const D* in = bucket + table[tensor * BUCKET_COLUMNS + 1];
   bool bad = false;
-  for (i64 i = start + threadIdx.x; i < end; i += CS_MT_BLOCK) {
+  const i64 vend = vector_end(aligned16(in + start) && aligned16(target + start), start, end);
+  for (i64 i = start + CS_VEC * threadIdx.x; i < vend; i += CS_VEC * CS_MT_BLOCK) {
+    float v[CS_VEC];
+    load8(in + i, v);
+    for (int k = 0; k < CS_VEC; ++k) {
+      v[k] = to_float(from_float<S>(v[k] * scale));     // the value S holds
+      bad = bad || !cs_isfinite(v[k]);
+    }
+    store8(target + i, v);
+  }
+  for (i64 i = vend + threadIdx.x; i < end; i += CS_MT_BLOCK) {
     const S value = from_float<S>(to_float(in[i]) * scale);
     target[i] = value;
     bad = bad || !cs_isfinite(to_float(value));

@@ -61,6 +61,78 @@ template <> CS_DEV f16 from_float<f16>(float x) {
   return r;
 }
 
+// 128-bit memory access: eight consecutive elements per thread and step, as two 16-byte
+// loads (float) or one (16-bit types), when the pointers are 16-byte aligned (LDG.E.128 /
+// STG.E.128 in the SASS; `climseg bench static` checks it). The streaming kernels run their
+// chunk in steps of 8 where every pointer they touch is aligned, and the rest one by one.
+struct __align__(16) cs_u32x4 { u32 a, b, c, d; };
+#define CS_VEC 8
+
+CS_DEV bool aligned16(const void* p) { return (reinterpret_cast<u64>(p) & 15u) == 0; }
+// the end of the 8-wide part of [start, end): start when not every pointer is aligned
+CS_DEV i64 vector_end(bool aligned, i64 start, i64 end) { return aligned ? start + ((end - start) & ~(i64)(CS_VEC - 1)) : start; }
+
+template <typename H> CS_DEV float bits_to_float(u16 b) { H h; h.bits = b; return to_float(h); }
+
+// One 16-byte global access. The multi-tensor kernels take their pointers from a table of
+// integers (generic addresses: the compiler would emit generic LD/ST), so the global
+// load/store is spelled out in PTX, as CUTLASS does (global memory is identity-mapped in the
+// generic address space).
+CS_DEV cs_u32x4 load16(const void* p) {
+#if defined(CLIMSEG_EMULATE)
+  return *reinterpret_cast<const cs_u32x4*>(p);
+#else
+  cs_u32x4 q;
+  asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(q.a), "=r"(q.b), "=r"(q.c), "=r"(q.d) : "l"(p));
+  return q;
+#endif
+}
+CS_DEV void store16(void* p, cs_u32x4 q) {
+#if defined(CLIMSEG_EMULATE)
+  *reinterpret_cast<cs_u32x4*>(p) = q;
+#else
+  asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" : : "l"(p), "r"(q.a), "r"(q.b), "r"(q.c), "r"(q.d)
+               : "memory");
+#endif
+}
+
+CS_DEV void load8(const float* __restrict__ p, float v[CS_VEC]) {
+  const cs_u32x4 q0 = load16(p);
+  const cs_u32x4 q1 = load16(p + 4);
+  v[0] = __uint_as_float(q0.a); v[1] = __uint_as_float(q0.b); v[2] = __uint_as_float(q0.c); v[3] = __uint_as_float(q0.d);
+  v[4] = __uint_as_float(q1.a); v[5] = __uint_as_float(q1.b); v[6] = __uint_as_float(q1.c); v[7] = __uint_as_float(q1.d);
+}
+template <typename H>
+CS_DEV void load8_16bit(const H* __restrict__ p, float v[CS_VEC]) {
+  const cs_u32x4 q = load16(p);
+  const u32 w[4] = {q.a, q.b, q.c, q.d};
+  for (int k = 0; k < 4; ++k) {
+    v[2 * k] = bits_to_float<H>((u16)(w[k] & 0xffffu));
+    v[2 * k + 1] = bits_to_float<H>((u16)(w[k] >> 16));
+  }
+}
+CS_DEV void load8(const bf16* __restrict__ p, float v[CS_VEC]) { load8_16bit(p, v); }
+CS_DEV void load8(const f16* __restrict__ p, float v[CS_VEC]) { load8_16bit(p, v); }
+
+CS_DEV void store8(float* __restrict__ p, const float v[CS_VEC]) {
+  cs_u32x4 q0, q1;
+  q0.a = __float_as_uint(v[0]); q0.b = __float_as_uint(v[1]); q0.c = __float_as_uint(v[2]); q0.d = __float_as_uint(v[3]);
+  q1.a = __float_as_uint(v[4]); q1.b = __float_as_uint(v[5]); q1.c = __float_as_uint(v[6]); q1.d = __float_as_uint(v[7]);
+  store16(p, q0);
+  store16(p + 4, q1);
+}
+template <typename H>
+CS_DEV void store8_16bit(H* __restrict__ p, const float v[CS_VEC]) {
+  u32 w[4];
+  for (int k = 0; k < 4; ++k)
+    w[k] = (u32)from_float<H>(v[2 * k]).bits | ((u32)from_float<H>(v[2 * k + 1]).bits << 16);
+  cs_u32x4 q;
+  q.a = w[0]; q.b = w[1]; q.c = w[2]; q.d = w[3];
+  store16(p, q);
+}
+CS_DEV void store8(bf16* __restrict__ p, const float v[CS_VEC]) { store8_16bit(p, v); }
+CS_DEV void store8(f16* __restrict__ p, const float v[CS_VEC]) { store8_16bit(p, v); }
+
 // Labels: any integer type, read as a 64-bit index.
 CS_DEV i64 to_index(i64 x) { return x; }
 CS_DEV i64 to_index(int x) { return (i64)x; }

@@ -14,7 +14,8 @@
 #define __host__
 #define __forceinline__ inline
 #define __shared__ static
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
 
 struct climseg_dim3 { unsigned x = 1, y = 1, z = 1; };
 extern thread_local climseg_dim3 threadIdx, blockIdx;
