@@ -110,3 +110,45 @@ def test_compile_fullgraph_after_a_light_import():
     if out.startswith("skip"):
         pytest.skip(out.strip())
     assert out.strip() == "ok"
+
+
+def test_errors_derive_from_the_matching_builtins():
+    from climseg import errors
+    from climseg.data import list_samples
+
+    assert issubclass(errors.UserError, ValueError)
+    for cls in (errors.DataError, errors.CheckpointError, errors.ConfigError):
+        assert issubclass(cls, errors.UserError) and issubclass(cls, ValueError)
+    assert issubclass(errors.TrainingError, RuntimeError)
+    assert issubclass(errors.MissingFileError, errors.DataError) and issubclass(errors.MissingFileError,
+                                                                                 FileNotFoundError)
+    with pytest.raises(FileNotFoundError, match="no-such-folder: no such folder"):
+        list_samples("no-such-folder")
+    with pytest.raises(ValueError, match="unknown channel 'NOPE'"):
+        from climseg.data import channel_indices
+
+        channel_indices(["NOPE"])
+
+
+def test_pytorch_warnings_are_issued_at_the_callers_line_not_in_climseg():
+    """ATen warns at the Python frame that called it; climseg re-issues such warnings at the first
+    frame outside climseg and torch (here: this file), where the user's filters apply."""
+    import warnings
+
+    import torch
+
+    from climseg.nn import convert_model
+
+    model = convert_model(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 4, padding="same")))
+    x = torch.randn(1, 3, 7, 9)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch._C._set_warnAlways(True)
+        try:
+            y = model(x)
+        finally:
+            torch._C._set_warnAlways(False)
+    assert y.shape == (1, 4, 7, 9)
+    found = [w for w in caught if "padding='same'" in str(w.message)]
+    assert found, [str(w.message) for w in caught]
+    assert all(w.filename == __file__ for w in found), [(w.filename, w.lineno) for w in found]
