@@ -473,3 +473,15 @@ def test_replaced_aspp_on_the_fused_kernel_path(seed, training):
     assert fused and ours._fusable(x)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+def test_converted_model_compiles_without_graph_break(seed):
+    """A converted, folded third-party model (reference path on CPU) under
+    torch.compile(fullgraph=True) gives the eager outputs."""
+    model = _randomise(TVASPP(6, [2, 3], cout=4), seed)
+    converted = convert_model(model, fold_bn=True, fuse_aspp=True, backend="torch")
+    x = torch.randn(2, 6, 7, 9)
+    compiled = torch.compile(converted, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), converted(x))
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)

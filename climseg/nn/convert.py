@@ -216,6 +216,10 @@ class _Folder:
 
     # -- torch.fx ------------------------------------------------------------------------------
     def traced(self, root, prefix):
+        if isinstance(root, ASPP):        # picks its path at run time; its structure is known
+            for sub, inner in root.named_modules():
+                self.structural(inner, _join(prefix, sub))
+            return
         try:
             graph = _Tracer().trace(root)
         except Exception as exc:  # any Python the tracer cannot follow: fall back below

@@ -69,7 +69,9 @@ def _at_caller(function, *args):
     """``function(*args)``, with the warnings it raises issued at the first frame outside climseg and
     torch. PyTorch's C++ code warns at the Python frame that called it (stack level 1): without this,
     ATen's own warnings (e.g. padding='same' with an even kernel) would seem to come from this file,
-    and filters on the user's module would not apply. Traced code (torch.compile) calls it plainly."""
+    and filters on the user's module would not apply. Traced code (torch.compile) calls it plainly.
+    (``warnings.catch_warnings`` is process-wide: a warning another thread raises meanwhile is
+    issued at this caller's line too, never lost.)"""
     if torch.compiler.is_compiling():
         return function(*args)
     with warnings.catch_warnings(record=True) as caught:
