@@ -185,6 +185,7 @@ setup(
         "triton": ["triton>=3.6,<3.10"],
         "mpi": ["mpi4py>=3.1"],             # plus an MPI: the system's, or `pip install mpich`
         "cuda": ["cupy-cuda12x>=13"],
+        "docs": ["mkdocs>=1.5", "mkdocs-material>=9", "mkdocstrings[python]>=0.24"],   # mkdocs build --strict
     },
     entry_points={"console_scripts": ["climseg=climseg.cli:main"]},
     classifiers=[

@@ -3,11 +3,35 @@
 Data flows one way: ``cli -> train -> models -> nn -> ops -> (kernels | _cuda | reference)``;
 ``climseg.data`` feeds ``climseg.train``; ``distributed`` and ``optim`` wrap the
 optimizer step. Classes: 0 background, 1 tropical cyclone (TC), 2 atmospheric river (AR).
+
+Importing ``climseg`` is light (the constants only). The public subpackages load on first
+use (PEP 562): ``import climseg`` then ``climseg.nn.convert_model(model)`` works, and so
+do ``climseg.ops``, ``climseg.data``, ``climseg.optim``, ``climseg.distributed``,
+``climseg.losses``, ``climseg.metrics`` and the others in :data:`SUBPACKAGES`.
 """
+import importlib
+
 from climseg.constants import CHANNELS, CLASS_NAMES, NUM_CLASSES
 
 __version__ = "0.1.0"
-__all__ = ["CHANNELS", "CLASS_NAMES", "NUM_CLASSES", "__version__"]
+
+#: Subpackages and modules reachable as attributes of ``climseg``, imported on first access.
+SUBPACKAGES = ("data", "distributed", "errors", "losses", "metrics", "models", "nn", "ops", "optim", "perf",
+               "train")
+
+__all__ = ["CHANNELS", "CLASS_NAMES", "NUM_CLASSES", "__version__", *SUBPACKAGES]
+
+
+def __getattr__(name):
+    if name in SUBPACKAGES:
+        module = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(SUBPACKAGES))
 
 
 def _kernels_from_source_tree():

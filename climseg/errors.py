@@ -3,11 +3,21 @@
 The command line prints them as one line, ``climseg: error: <message>``, and
 exits with status 2; the library raises them like any exception. Messages name
 the thing (usually a path) first, then the problem.
+
+Every class also derives from the matching built-in, so code that does not know
+climseg catches them as usual::
+
+    UserError               ValueError         (a bad value: unknown channel, bad option)
+      DataError             ValueError         (a bad data file)
+        MissingFileError    FileNotFoundError  (a file or folder that is not there)
+      CheckpointError       ValueError
+      ConfigError           ValueError
+      TrainingError         RuntimeError       (the loss diverged)
 """
 
 
-class UserError(Exception):
-    """A problem with the user's input; the message is one line."""
+class UserError(ValueError):
+    """A problem with the user's input; the message is one line. A ``ValueError``."""
 
     def __init__(self, message):
         super().__init__(_original_line(str(message)))
@@ -27,6 +37,10 @@ class ConfigError(UserError, ValueError):
 
 class TrainingError(UserError, RuntimeError):
     """Training cannot go on (the loss diverged); the message says what to change."""
+
+
+class MissingFileError(DataError, FileNotFoundError):
+    """A file or folder that does not exist (also a ``FileNotFoundError``)."""
 
 
 def _original_line(message):

@@ -161,7 +161,7 @@ def test_larc_by_hand():
     g0 = torch.tensor([0.6, 0.8])           # ||g|| = 1
     p = torch.nn.Parameter(w0.clone())
     inner = torch.optim.SGD([p], lr=0.1, weight_decay=0.01)
-    opt = LARC(inner, trust_coefficient=0.002, clip=True, eps=1 / 16000)
+    opt = LARC(inner, trust_coefficient=0.002, clip=True, trust_eps=1 / 16000)
     p.grad = g0.clone()
     opt.step()
     local = 0.002 * 5 / (1 + 5 * 0.01 + 1 / 16000)
@@ -172,7 +172,7 @@ def test_larc_by_hand():
     # without clipping the local rate multiplies the gradient directly
     q = torch.nn.Parameter(w0.clone())
     q.grad = g0.clone()
-    LARC(torch.optim.SGD([q], lr=0.1), clip=False, eps=0.0).step()
+    LARC(torch.optim.SGD([q], lr=0.1), clip=False, trust_eps=0.0).step()
     torch.testing.assert_close(q.detach(), w0 - 0.1 * g0 * (0.002 * 5 / 1))
     # a zero gradient or weight leaves the gradient alone; schedulers accept the wrapper
     z = torch.nn.Parameter(torch.zeros(2))

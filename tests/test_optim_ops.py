@@ -101,3 +101,47 @@ def test_backend_switch(monkeypatch):
     rows = backend_mod.describe()
     assert [r[0] for r in rows] == sorted(backend_mod._REGISTRY_OPS) and rows[1][0] == "atrous_conv2d"
     assert all(r[2] == "torch" for r in rows)
+
+
+def test_larc_epsilon_has_one_name_and_the_old_names_still_work():
+    """LARC and FusedLARCAdam call LARC's epsilon ``trust_eps``; ``eps`` (LARC) and ``eps_larc``
+    (FusedLARCAdam) are accepted with a DeprecationWarning and mean the same thing."""
+    import inspect
+
+    from climseg.optim import LARC, FusedLARCAdam
+
+    assert "trust_eps" in inspect.signature(LARC).parameters
+    assert "trust_eps" in inspect.signature(FusedLARCAdam).parameters
+    trust_eps = float(torch.rand(()) * 0.5 + 0.1)   # large enough to matter
+    w0, g0 = torch.randn(7), torch.randn(7)
+
+    def larc_step(**kwargs):
+        p = torch.nn.Parameter(w0.clone())
+        p.grad = g0.clone()
+        LARC(torch.optim.SGD([p], lr=0.1), clip=False, **kwargs).step()
+        return p.detach()
+
+    def fused_step(**kwargs):
+        p = torch.nn.Parameter(w0.clone())
+        p.grad = g0.clone()
+        opt = FusedLARCAdam([p], lr=0.1, clip=False, backend="torch", **kwargs)
+        opt.step()
+        return p.detach(), opt
+
+    new = larc_step(trust_eps=trust_eps)
+    with pytest.warns(DeprecationWarning, match="'eps' is now called 'trust_eps'"):
+        old = larc_step(eps=trust_eps)
+    assert torch.equal(new, old) and not torch.equal(new, larc_step())
+    new, opt = fused_step(trust_eps=trust_eps)
+    with pytest.warns(DeprecationWarning, match="'eps_larc' is now called 'trust_eps'"):
+        old, _ = fused_step(eps_larc=trust_eps)
+    assert torch.equal(new, old) and not torch.equal(new, fused_step()[0])
+    with pytest.raises(TypeError, match="give 'trust_eps' only"):
+        LARC(torch.optim.SGD([torch.nn.Parameter(w0)], lr=0.1), trust_eps=0.5, eps=0.25)
+    # a checkpoint written before the rename (param groups with eps_larc) loads and keeps its value
+    saved = opt.state_dict()
+    for group in saved["param_groups"]:
+        group["eps_larc"] = group.pop("trust_eps")
+    _, fresh = fused_step()
+    fresh.load_state_dict(saved)
+    assert fresh.param_groups[0]["trust_eps"] == trust_eps and "eps_larc" not in fresh.param_groups[0]

@@ -17,7 +17,7 @@ import torch
 
 from climseg.constants import CHANNELS, NUM_CLASSES
 from climseg.data.stats import ChannelStats, find_stats, read_stats
-from climseg.errors import DataError, UserError
+from climseg.errors import DataError, MissingFileError, UserError
 
 DATA_KEY = "climate/data"
 LABELS_KEY = "climate/labels_0"
@@ -50,7 +50,7 @@ def channel_indices(channels):
 def list_samples(root):
     """Sorted sample files of a DeepCAM folder (every ``*.h5`` but ``stats.h5``)."""
     if not os.path.exists(root):
-        raise DataError(f"{root}: no such folder")
+        raise MissingFileError(f"{root}: no such folder")
     if not os.path.isdir(root):
         raise DataError(f"{root}: not a folder")
     files = sorted(p for p in glob.glob(os.path.join(root, "*.h5")) if os.path.basename(p) != "stats.h5")
@@ -69,7 +69,7 @@ def read_sample(path, channels=None, labels=True, check_values=True, num_classes
     """
     idx = channel_indices(channels)
     if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file")
+        raise MissingFileError(f"{path}: no such file")
     try:
         f = h5py.File(path, "r")
     except OSError as exc:

@@ -38,10 +38,12 @@ class ASPP(nn.Module):
         norm: ``"batch"`` or ``"none"``.
         fused: use the one-launch branch kernel when the backend allows (default True).
         backend: ``"auto"``, ``"triton"`` or ``"torch"`` for the fused path.
+        dropout: probability of a dropout after the projection (default 0: none), as
+            torchvision's and segmentation-models-pytorch's ASPP (0.5) have.
     """
 
     def __init__(self, in_channels, out_channels=256, rates=(6, 12, 18), norm="batch", fused=True, backend="auto",
-                 deterministic=False):
+                 deterministic=False, dropout=0.0):
         super().__init__()
         self.rates = tuple(rates)
         self.fused, self.backend, self.deterministic = fused, backend, deterministic
@@ -58,16 +60,17 @@ class ASPP(nn.Module):
         )
         self.project = ConvNormAct(out_channels * (len(self.rates) + 2), out_channels, 1, norm=norm,
                                    conv=AtrousConv2d)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
 
     def branches(self):
         return [self.conv1x1] + list(self.atrous)
 
     def forward(self, x):
         if self.fused and self._fusable(x):
-            return self._forward_fused(x)
+            return self.dropout(self._forward_fused(x))
         pooled = self.pool(x).expand(-1, -1, x.shape[2], x.shape[3])
         branches = [b(x) for b in self.branches()] + [pooled]
-        return self.project(torch.cat(branches, dim=1))
+        return self.dropout(self.project(torch.cat(branches, dim=1)))
 
     # -- fused path ----------------------------------------------------------------------------
     def _fusable(self, x):

@@ -1,13 +1,11 @@
-"""``AtrousConv2d``: a drop-in ``torch.nn.Conv2d`` that runs on ``climseg.ops.atrous_conv2d``,
-and ``convert_model``, which swaps a model's convolutions for it.
+"""``AtrousConv2d``: a drop-in ``torch.nn.Conv2d`` that runs on ``climseg.ops.atrous_conv2d``
+(:mod:`climseg.nn.convert` swaps a model's convolutions for it).
 
 Same constructor, same parameters (``weight``, ``bias``), same state_dict keys,
 so a model can swap its convolutions without touching checkpoints. An
 ``AtrousConv2d`` may also carry a fused epilogue: per-channel ``scale`` and
 ``shift`` buffers (a batch norm folded in for inference) and a ReLU.
 """
-import copy
-
 import torch
 import torch.nn as nn
 
@@ -69,12 +67,16 @@ class AtrousConv2d(nn.Conv2d):
 
 def _fold(bn):
     """``(scale, shift)`` of an eval-mode BatchNorm2d: ``y = x * scale + shift``."""
-    var, mean = bn.running_var.float(), bn.running_mean.float()
-    scale = torch.rsqrt(var + bn.eps)
-    shift = -mean * scale
-    if bn.weight is not None:
-        scale = scale * bn.weight.float()
-        shift = shift * bn.weight.float() + (bn.bias.float() if bn.bias is not None else 0)
+    return _fold_values(bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+
+
+def _fold_values(mean, var, eps, weight=None, bias=None):
+    """``(scale, shift)`` in float32 of a batch norm with these statistics and affine terms."""
+    scale = torch.rsqrt(var.float() + eps)
+    shift = -mean.float() * scale
+    if weight is not None:
+        scale = scale * weight.float()
+        shift = shift * weight.float() + (bias.float() if bias is not None else 0)
     return scale, shift
 
 
@@ -82,59 +84,8 @@ def _foldable_bn(m):
     return isinstance(m, nn.BatchNorm2d) and m.track_running_stats and m.running_mean is not None
 
 
-def convert_model(model, *, fold_bn=False, dilated_only=False, backend="auto", inplace=False):
-    """The model with every ``nn.Conv2d`` (or only those with dilation > 1) replaced by an
-    :class:`AtrousConv2d` with the same weights (the same parameter tensors).
+def convert_model(model, **options):
+    """:func:`climseg.nn.convert.convert_model` (kept here for imports of this module)."""
+    from climseg.nn.convert import convert_model as convert
 
-    ``fold_bn=True`` (inference; the model must be in eval mode): a ``BatchNorm2d`` that
-    directly follows a convolution — its next sibling in an ``nn.Sequential``, or the
-    ``norm`` of a climseg ``ConvNormAct`` — folds into the convolution's epilogue, and a
-    ``ReLU`` right after it too; they become ``nn.Identity``. Works on any module tree. A
-    deep copy is converted unless ``inplace=True``.
-    """
-    if fold_bn and model.training:
-        raise ValueError("convert_model(fold_bn=True) folds running statistics: call model.eval() first")
-    if not inplace:
-        model = copy.deepcopy(model)
-
-    def wanted(m):
-        return type(m) is nn.Conv2d and (not dilated_only or any(d > 1 for d in m.dilation))
-
-    def convert(parent):
-        for name, child in list(parent.named_children()):
-            if wanted(child):
-                setattr(parent, name, AtrousConv2d.from_conv(child, backend=backend))
-            elif isinstance(child, AtrousConv2d):
-                child.backend = backend
-            else:
-                convert(child)
-        if fold_bn:
-            _fold_children(parent)
-
-    convert(model)
-    return model
-
-
-def _fold_children(parent):
-    from climseg.nn.layers import ConvNormAct
-
-    if isinstance(parent, ConvNormAct):
-        pairs = [("conv", "norm", "act")]
-    elif isinstance(parent, nn.Sequential):
-        names = [n for n, _ in parent.named_children()]
-        pairs = [(a, b, c) for a, b, c in zip(names, names[1:], names[2:] + [None])]
-    else:
-        return
-    for conv_name, norm_name, act_name in pairs:
-        conv, norm = getattr(parent, conv_name), getattr(parent, norm_name)
-        if not isinstance(conv, AtrousConv2d) or conv.scale is not None or conv.activation is not None:
-            continue
-        if not _foldable_bn(norm) or norm.num_features != conv.out_channels:
-            continue
-        act = getattr(parent, act_name) if act_name is not None else None
-        relu = isinstance(act, nn.ReLU)
-        scale, shift = _fold(norm)
-        conv.fuse_affine(scale, shift, "relu" if relu else None)
-        setattr(parent, norm_name, nn.Identity())
-        if relu:
-            setattr(parent, act_name, nn.Identity())
+    return convert(model, **options)

@@ -19,7 +19,9 @@ bias/scale/shift/residual) is a few elementwise PyTorch ops; the input and
 weight gradients are Triton kernels.
 """
 import os
+import sys
 import typing
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +39,7 @@ Tensor = torch.Tensor
 def atrous_conv2d_reference(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                             scale=None, shift=None, activation=None, residual=None):
     """Plain PyTorch: ``F.conv2d`` followed by the epilogue, term by term."""
-    y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    y = _at_caller(F.conv2d, x, weight, bias, stride, padding, dilation, groups)
     if scale is not None:
         y = y * scale.view(1, -1, 1, 1).to(y.dtype)
     if shift is not None:
@@ -52,11 +54,39 @@ def atrous_conv2d_reference(x, weight, bias=None, stride=1, padding=0, dilation=
 def aspp_conv_reference(x, weights, dilations, *, bias=None, scale=None, shift=None, activation=None, pooled=None):
     """``concat[conv_b(x) for each branch b] -> epilogue``, then the broadcast ``pooled`` (N, C)
     appended as the last channels. Branch b has padding ``dilation_b * (k_b - 1) // 2``."""
-    y = torch.cat([F.conv2d(x, w, None, 1, d * (w.shape[-1] - 1) // 2, d) for w, d in zip(weights, dilations)], 1)
+    y = torch.cat([_at_caller(F.conv2d, x, w, None, 1, d * (w.shape[-1] - 1) // 2, d)
+                   for w, d in zip(weights, dilations)], 1)
     y = atrous_conv2d_reference_epilogue(y, bias, scale, shift, activation)
     if pooled is not None:
         y = torch.cat([y, pooled[:, :, None, None].to(y.dtype).expand(-1, -1, y.shape[2], y.shape[3])], 1)
     return y
+
+
+_OWN_DIRS = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (sys.modules["climseg"], torch))
+
+
+def _at_caller(function, *args):
+    """``function(*args)``, with the warnings it raises issued at the first frame outside climseg and
+    torch. PyTorch's C++ code warns at the Python frame that called it (stack level 1): without this,
+    ATen's own warnings (e.g. padding='same' with an even kernel) would seem to come from this file,
+    and filters on the user's module would not apply. Traced code (torch.compile) calls it plainly.
+    (``warnings.catch_warnings`` is process-wide: a warning another thread raises meanwhile is
+    issued at this caller's line too, never lost.)"""
+    if torch.compiler.is_compiling():
+        return function(*args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = function(*args)
+    if caught:
+        frame = sys._getframe(1)
+        while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_OWN_DIRS):
+            frame = frame.f_back
+        where = frame.f_globals if frame is not None else {}
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, frame.f_code.co_filename if frame else w.filename,
+                                   frame.f_lineno if frame else w.lineno, module=where.get("__name__"),
+                                   registry=where.setdefault("__warningregistry__", {}))
+    return out
 
 
 def atrous_conv2d_reference_epilogue(y, bias=None, scale=None, shift=None, activation=None):

@@ -16,6 +16,7 @@ stream); nothing here links libtorch, so a new torch build never breaks the exte
 """
 import functools
 import os
+import sys
 
 import torch
 
@@ -150,7 +151,6 @@ def probe(tensor):
     return _available("cuda" if tensor is None else tensor.device.type)
 
 
-@torch.compiler.assume_constant_result
 def _available(device_type):
     """(ok, why not) for tensors of ``device_type``; a constant to torch.compile, which
     therefore never traces the module loading below."""
@@ -166,6 +166,20 @@ def _available(device_type):
         found, why = _emulated()
         return (True, "") if found is not None else (False, why)
     return False, f"no CUDA kernels for {device_type} tensors"
+
+
+def _assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result(fn)`` without importing ``torch._dynamo`` (a second
+    of import time) when nothing has imported it yet. The decorator only sets the attribute that
+    Dynamo reads when it meets ``fn`` (``torch/_dynamo/decorators.py``); tests check that the two
+    stay the same, and the torch.compile(fullgraph=True) tests that Dynamo honours it."""
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+_available = _assume_constant_result(_available)
 
 
 def describe():

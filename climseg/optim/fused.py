@@ -15,6 +15,7 @@ import torch
 from climseg.ops.multi_tensor import in_layout_of
 from climseg.ops.optimizers import lamb_step, larc_adam_step
 from climseg.optim.closure import closure_loss
+from climseg.optim.deprecation import _UNSET, renamed
 
 
 class _FusedAdamFamily(torch.optim.Optimizer):
@@ -63,26 +64,39 @@ class FusedLARCAdam(_FusedAdamFamily):
         lr, betas, eps, weight_decay: Adam's (weight decay is L2, added to the gradient by LARC).
         trust_coefficient: LARC's (default 0.002, as SC18).
         clip: LARC clip mode, min(local lr / lr, 1) (default); False: LARS scaling.
-        eps_larc: LARC's epsilon (default 1/16000, as SC18).
+        trust_eps: LARC's epsilon (default 1/16000, as SC18), as in :class:`climseg.optim.LARC`;
+            ``eps_larc`` is its old name (deprecated). Checkpoints written with ``eps_larc``
+            in their parameter groups load.
         backend: ``"auto" | "cuda" | "torch"`` for the step (see climseg.ops.backend).
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, trust_coefficient=0.002,
-                 clip=True, eps_larc=1.0 / 16000, backend="auto"):
+                 clip=True, trust_eps=1.0 / 16000, backend="auto", *, eps_larc=_UNSET):
+        trust_eps = renamed("FusedLARCAdam", "eps_larc", "trust_eps", eps_larc, trust_eps, 1.0 / 16000)
         if lr <= 0.0:
             raise ValueError(f"learning rate must be positive, got {lr}")
         if trust_coefficient <= 0:
             raise ValueError(f"trust coefficient must be positive, got {trust_coefficient}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        trust_coefficient=trust_coefficient, clip=clip, eps_larc=eps_larc)
+                        trust_coefficient=trust_coefficient, clip=clip, trust_eps=trust_eps)
         super().__init__(params, defaults)
         self.backend = backend
+        self.register_load_state_dict_pre_hook(_rename_eps_larc)
 
     def _fused_step(self, group, step, params, grads, exp_avgs, exp_avg_sqs, models):
         larc_adam_step(params, grads, exp_avgs, exp_avg_sqs, step=step, lr=group["lr"], betas=group["betas"],
                        eps=group["eps"], weight_decay=group["weight_decay"],
-                       trust_coefficient=group["trust_coefficient"], clip=group["clip"], eps_larc=group["eps_larc"],
+                       trust_coefficient=group["trust_coefficient"], clip=group["clip"], eps_larc=group["trust_eps"],
                        model_params=models, backend=self.backend)
+
+
+def _rename_eps_larc(optimizer, state_dict):
+    """Parameter groups saved before the rename hold ``eps_larc``: call it ``trust_eps``."""
+    groups = [dict(g) for g in state_dict["param_groups"]]
+    for g in groups:
+        if "eps_larc" in g:
+            g.setdefault("trust_eps", g.pop("eps_larc"))
+    return {**state_dict, "param_groups": groups}
 
 
 class FusedLAMB(_FusedAdamFamily):
