@@ -211,19 +211,25 @@ def _draw_river(rng, cyclones):
         lat, lon = hemisphere * rng.uniform(12.0, 26.0), rng.uniform(0.0, 360.0)
         length = rng.uniform(2.5e6, 6.0e6)
         heading0, heading1 = np.deg2rad(rng.uniform(35.0, 70.0)), np.deg2rad(rng.uniform(0.0, 30.0))
-        step = 25e3
-        n = int(length / step) + 1
-        lats, lons = np.empty(n), np.empty(n)
-        for k in range(n):
-            lats[k], lons[k] = lat, lon % 360.0
-            h = heading0 + (heading1 - heading0) * k / (n - 1)
-            lat = float(np.clip(lat + hemisphere * np.rad2deg(step * np.sin(h) / EARTH_RADIUS), -72.0, 72.0))
-            lon = lon + np.rad2deg(step * np.cos(h) / (EARTH_RADIUS * np.cos(np.deg2rad(lat))))
+        lats, lons = river_axis(lat, lon, hemisphere, length, heading0, heading1)
         if all(_great_circle(lats, lons, c["lat"], c["lon"]).min() > 1.2e6 for c in cyclones):
             return dict(lats=lats, lons=lons, length=length, hemisphere=hemisphere,
                         sigma=rng.uniform(130e3, 300e3), vapour=rng.uniform(14.0, 30.0),
                         jet=rng.uniform(10.0, 22.0), rain=rng.uniform(1e-7, 6e-7))
     return None
+
+
+def river_axis(lat, lon, hemisphere, length, heading0, heading1, step=25e3):
+    """Points (lats, lons) every ``step`` m along an AR axis of ``length`` m from (lat, lon),
+    poleward and eastward, its heading (radians from east) turning from ``heading0`` to ``heading1``."""
+    n = int(length / step) + 1
+    lats, lons = np.empty(n), np.empty(n)
+    for k in range(n):
+        lats[k], lons[k] = lat, lon % 360.0
+        h = heading0 + (heading1 - heading0) * k / (n - 1)
+        lat = float(np.clip(lat + hemisphere * np.rad2deg(step * np.sin(h) / EARTH_RADIUS), -72.0, 72.0))
+        lon = lon + np.rad2deg(step * np.cos(h) / (EARTH_RADIUS * np.cos(np.deg2rad(lat))))
+    return lats, lons
 
 
 def _river_fields(a, lat, lon):
