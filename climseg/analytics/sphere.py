@@ -117,6 +117,13 @@ def label_components(mask, periodic=True):
 
 def _merge_labels(labels, n, a, b):
     """Join label pairs (a[i], b[i]); renumber 1..count by each group's smallest label."""
+    relabel, count = _merge_map(n, a, b)
+    return relabel[labels], count
+
+
+def _merge_map(n, a, b):
+    """Lookup (n + 1,) int32 from labels 0..n to merged labels 1..count (0 stays 0) when
+    the pairs (a[i], b[i]) are joined; groups numbered by their smallest label."""
     graph = sparse.coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(n + 1, n + 1))
     _, group = csgraph.connected_components(graph, directed=False)
     smallest = np.full(group.max() + 1, n + 1, dtype=np.int64)
@@ -125,24 +132,62 @@ def _merge_labels(labels, n, a, b):
     unique = np.unique(root[1:])
     relabel = np.zeros(n + 1, dtype=np.int32)
     relabel[1:] = np.searchsorted(unique, root[1:]) + 1
-    return relabel[labels], int(unique.size)
+    return relabel, int(unique.size)
+
+
+def label_classes_sparse(classes, num_classes=3, periodic=True):
+    """Components of every class > 0 of an integer (H, W) class map, numbered together,
+    in sparse form: ``(index, component, component_class)`` where ``index`` (K,) are the
+    flat indices of the labelled cells (ascending), ``component`` (K,) int32 their component
+    (1..n) and ``component_class`` (n + 1,) each component's class (entry 0 is 0).
+
+    One ``scipy.ndimage.label`` of all labelled cells serves every class when no component
+    mixes classes (touching objects of different classes); otherwise each class is labelled
+    on its own. Everything after the labelling works on the labelled cells only."""
+    classes = np.asarray(classes)
+    h, w = classes.shape
+    nonzero = classes != 0
+    index = np.flatnonzero(nonzero)
+    cls = classes.reshape(-1)[index].astype(np.int64)
+    if index.size == 0:
+        return index, np.zeros(0, np.int32), np.zeros(1, np.int64)
+    labels, n = ndimage.label(nonzero, structure=EIGHT_CONNECTED, output=np.int32)
+    comp = labels.reshape(-1)[index]
+    key = np.unique(comp.astype(np.int64) * num_classes + cls)
+    owner = np.zeros(n + 1, np.int64)
+    owner[key // num_classes] = key % num_classes
+    if key.size != n:                                   # a component mixes classes: label each class apart
+        comp = np.zeros(index.size, np.int32)
+        owners, offset = [np.zeros(1, np.int64)], 0
+        for c in range(1, num_classes):
+            lab, m = label_components(classes == c, periodic)
+            if m:
+                sel = cls == c
+                comp[sel] = lab.reshape(-1)[index[sel]] + offset
+                owners.append(np.full(m, c, np.int64))
+                offset += m
+        return index, comp, np.concatenate(owners)
+    if periodic and n > 1 and w > 1:
+        west, east = labels[:, 0], labels[:, -1]
+        cw, ce = classes[:, 0], classes[:, -1]
+        a = np.concatenate([west, west[1:], west[:-1]])
+        b = np.concatenate([east, east[:-1], east[1:]])
+        same = np.concatenate([cw == ce, cw[1:] == ce[:-1], cw[:-1] == ce[1:]])
+        keep = (a > 0) & (b > 0) & (a != b) & same
+        if keep.any():
+            relabel, count = _merge_map(n, a[keep], b[keep])
+            merged = np.zeros(count + 1, np.int64)
+            merged[relabel] = owner
+            return index, relabel[comp], merged
+    return index, comp, owner
 
 
 def label_classes(classes, num_classes=3, periodic=True):
-    """Components of every class > 0 of an integer (H, W) class map, numbered together:
-    ``(labels int32 (H, W), component_class int (count + 1,))``; class 1's components come
-    first, then class 2's, and so on; ``component_class[0]`` is 0 (background)."""
-    classes = np.asarray(classes)
-    labels = np.zeros(classes.shape, dtype=np.int32)
-    owner = [np.zeros(1, dtype=np.int64)]
-    offset = 0
-    for c in range(1, num_classes):
-        lab, n = label_components(classes == c, periodic)
-        if n:
-            np.add(labels, lab + np.int32(offset), out=labels, where=lab > 0)
-            owner.append(np.full(n, c, dtype=np.int64))
-            offset += n
-    return labels, np.concatenate(owner)
+    """Dense form of :func:`label_classes_sparse`: ``(labels int32 (H, W), component_class)``."""
+    index, comp, owner = label_classes_sparse(classes, num_classes, periodic)
+    labels = np.zeros(np.asarray(classes).size, np.int32)
+    labels[index] = comp
+    return labels.reshape(np.shape(classes)), owner
 
 
 def grid_weights(lat, lon):

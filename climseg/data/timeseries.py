@@ -13,7 +13,7 @@ Events:
 * **Tropical cyclones** form at 7-20 degrees latitude, drift westward (4-7 m/s) and
   poleward (1-2.5 m/s) in the trade winds, recurve eastward and speed up poleward of
   their recurvature latitude (22-32 degrees), and live 3-10 days; their maximum wind
-  grows from 22 m/s to a peak of 30-70 m/s and decays again (a sine over the life).
+  grows from 26 m/s to a peak of 30-70 m/s and decays again (a sine over the life).
 * **Atmospheric rivers** form in the subtropics (12-26 degrees), drift eastward
   (6-12 m/s) and slightly poleward, grow to their full length and vapour content and
   fade again over 1.5-4 days.
@@ -122,7 +122,7 @@ def cyclone_at(event, hours, step_hours=1.0):
         north = p["hemisphere"] * ((1.0 - turn) * p["north"] + turn * 2.0 * p["north"])
         lat, lon = _move(lat, lon, east, north, step_hours * 3600.0)
         age += step_hours
-    vmax = 22.0 + (p["vpeak"] - 22.0) * _envelope(hours - event.birth, event.life)
+    vmax = 26.0 + (p["vpeak"] - 26.0) * _envelope(hours - event.birth, event.life)
     r34 = p["rmax"] * (vmax / GALE_WIND) ** (1.0 / p["alpha"])
     return dict(lat=lat, lon=lon, hemisphere=p["hemisphere"], vmax=vmax, rmax=p["rmax"], alpha=p["alpha"], r34=r34,
                 deficit=1.15 * np.e * vmax**2 / 1.5, warm_core=2.0 + 0.1 * (vmax - GALE_WIND),
