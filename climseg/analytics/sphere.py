@@ -190,14 +190,22 @@ def label_classes(classes, num_classes=3, periodic=True):
     return labels.reshape(np.shape(classes)), owner
 
 
+_WEIGHTS = {}
+
+
 def grid_weights(lat, lon):
     """Flat per-cell weights of a grid for :func:`component_stats`: areas (km^2) and the
-    area-weighted unit vectors, each float64 (H * W,)."""
-    areas = cell_areas(lat, lon)
-    la, lo = np.meshgrid(np.asarray(lat, np.float64), np.asarray(lon, np.float64), indexing="ij")
-    x, y, z = unit_vectors(la, lo)
-    return dict(area=areas.reshape(-1), x=(x * areas).reshape(-1), y=(y * areas).reshape(-1),
-                z=(z * areas).reshape(-1))
+    area-weighted unit vectors, each float64 (H * W,). The last grid's are kept."""
+    lat = np.asarray(lat, np.float64).reshape(-1)
+    lon = np.asarray(lon, np.float64).reshape(-1)
+    key = (lat.tobytes(), lon.tobytes())
+    if key not in _WEIGHTS:
+        areas = cell_areas(lat, lon)
+        p, l = np.deg2rad(lat)[:, None], np.deg2rad(lon)[None, :]
+        _WEIGHTS.clear()
+        _WEIGHTS[key] = dict(area=areas.reshape(-1), x=(areas * (np.cos(p) * np.cos(l))).reshape(-1),
+                             y=(areas * (np.cos(p) * np.sin(l))).reshape(-1), z=(areas * np.sin(p)).reshape(-1))
+    return _WEIGHTS[key]
 
 
 def component_stats(labels, count, weights):

@@ -36,6 +36,8 @@ import dataclasses
 import json
 import os
 import re
+import shutil
+import tempfile
 
 import numpy as np
 from scipy import sparse
@@ -49,6 +51,7 @@ from climseg.progress import progress_bar
 
 FORMAT = "climseg-events"
 FORMAT_VERSION = 1
+CHUNK_STEPS = 64
 MASK_VARIABLES = ("mask", "LABELS", "labels", "class_mask")
 LAT_NAMES = ("lat", "latitude")
 LON_NAMES = ("lon", "longitude")
@@ -314,14 +317,15 @@ def _overlaps(index_a, comp_a, index_b, comp_b, dense, cls_a, cls_b):
 
 
 def _scan_chunk(job):
-    """Components and overlaps of steps [start, stop) (relabelling ``look_ahead`` steps before)."""
-    series, options, start, stop = job
+    """Components and overlaps of steps [start, stop) (relabelling ``look_ahead`` steps
+    before); the steps' labelled cells and components go to ``scratch`` for the writer."""
+    series, options, start, stop, scratch = job
     weights = sphere.grid_weights(series.lat, series.lon)
     limits = _thresholds(options, weights, series.lat.size * series.lon.size)
     dense = np.zeros(series.lat.size * series.lon.size, np.int32)
     reader = _Reader(series)
     recent = {}
-    nodes, edges = [], []
+    nodes, edges, cells, labels = [], [], [], []
     try:
         for t in range(max(0, start - options.look_ahead), stop):
             comp = components(reader.read(t), series.periodic, weights, limits)
@@ -331,6 +335,8 @@ def _scan_chunk(job):
                 continue
             index, label, cls, pixels, area, vectors = comp
             nodes.append((t, cls, pixels, area, vectors))
+            cells.append(index.astype(np.int64))
+            labels.append(label.astype(np.int32))
             for d in range(1, options.look_ahead + 1):
                 if t - d in recent:
                     p = recent[t - d]
@@ -339,7 +345,34 @@ def _scan_chunk(job):
                         edges.append((t - d, pairs[:, 0], t, pairs[:, 1]))
     finally:
         reader.close()
+    counts = np.array([c.size for c in cells], np.int64)
+    with open(_scratch_file(scratch, start), "wb") as f:
+        np.save(f, np.concatenate([[0], np.cumsum(counts)]))
+        np.save(f, np.concatenate(cells) if cells else np.zeros(0, np.int64))
+        np.save(f, np.concatenate(labels) if labels else np.zeros(0, np.int32))
     return nodes, edges
+
+
+def _scratch_file(scratch, start):
+    return os.path.join(scratch, f"chunk-{start:09d}.npy")
+
+
+class _ScratchReader:
+    """Labelled cells and components of any step, from the scan's scratch files."""
+
+    def __init__(self, scratch, chunks):
+        self.scratch, self.starts = scratch, np.array([a for a, _ in chunks])
+        self.current, self.data = None, None
+
+    def read(self, step):
+        k = int(np.searchsorted(self.starts, step, side="right")) - 1
+        if k != self.current:
+            with open(_scratch_file(self.scratch, int(self.starts[k])), "rb") as f:
+                self.data = (np.load(f), np.load(f), np.load(f))
+            self.current = k
+        offsets, cells, labels = self.data
+        i = step - int(self.starts[k])
+        return cells[offsets[i]:offsets[i + 1]], labels[offsets[i]:offsets[i + 1]]
 
 
 def _chunks(steps, parts):
@@ -449,27 +482,24 @@ TRACK_COLUMNS = ["id", "class", "step", "time", "time_hours", "lat", "lon", "are
 
 
 def _write_event_files(job):
-    """Relabel the steps of some input files and write their ``event_id`` netCDF files;
+    """Write the ``event_id`` netCDF files of some inputs from the scan's scratch files;
     returns per-class occupancy counts (classes, H*W) of their steps."""
-    series, options, group, out_dir = job
+    series, group, out_dir, scratch, chunks = job
     h, w = series.lat.size, series.lon.size
     occupancy = np.zeros((NUM_CLASSES, h * w), np.int32)
+    reader = _ScratchReader(scratch, chunks)
     for f, lookups in group:
-        _write_event_file(series, options, f, lookups, out_dir, occupancy)
+        _write_event_file(series, f, lookups, out_dir, reader, occupancy)
     return occupancy
 
 
-def _write_event_file(series, options, f, lookups, out_dir, occupancy):
-    """Relabel one input file's steps, write its ``event_id`` netCDF, add to ``occupancy``."""
+def _write_event_file(series, f, lookups, out_dir, reader, occupancy):
+    """Write one input file's ``event_id`` netCDF; add its steps to ``occupancy``."""
     import netCDF4
 
-    weights = sphere.grid_weights(series.lat, series.lon)
-    limits = _thresholds(options, weights, series.lat.size * series.lon.size)
     h, w = series.lat.size, series.lon.size
-    reader = _Reader(series)
     path = os.path.join(out_dir, f"{f.stem}_event_id.nc")
-    try:
-        with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
+    with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
             ds.Conventions = "CF-1.8"
             ds.source = f"climseg track of {os.path.basename(f.path)} ({FORMAT} version {FORMAT_VERSION})"
             ds.createDimension("time", None)
@@ -485,13 +515,12 @@ def _write_event_file(series, options, f, lookups, out_dir, occupancy):
             lo.standard_name, lo.units, lo.axis = "longitude", "degrees_east", "X"
             lo[:] = series.lon % 360.0
             ev = ds.createVariable("event_id", "i4", ("time", "lat", "lon"), zlib=True, complevel=1,
-                                   chunksizes=(1, h, w))
+                                   shuffle=True, chunksizes=(1, h, w))
             ev.long_name = "id of the tracked event (events.csv) each cell belongs to; 0 outside events"
             ev.valid_min = np.int32(0)
             ids = np.zeros(h * w, np.int32)
             for k in range(f.steps):
-                t = f.first + k
-                index, comp, *_ = components(reader.read(t), series.periodic, weights, limits)
+                index, comp = reader.read(f.first + k)
                 event, event_class = lookups[k]
                 ids[index] = event[comp]
                 ev[k] = ids.reshape(h, w)
@@ -500,8 +529,6 @@ def _write_event_file(series, options, f, lookups, out_dir, occupancy):
                 for c in range(1, NUM_CLASSES):
                     occupancy[c, index[labelled][cell_class == c]] += 1
                 ids[index] = 0
-    finally:
-        reader.close()
 
 
 def track(inputs, out, options=TrackOptions(), variable=None, workers=1, log=print, progress=True):
@@ -515,12 +542,14 @@ def track(inputs, out, options=TrackOptions(), variable=None, workers=1, log=pri
         raise UserError(f"{out}: exists and is not a folder")
     os.makedirs(out, exist_ok=True)
     nsteps = series.hours.size
-    chunks = _chunks(nsteps, min(nsteps, workers * 4 if workers > 1 else 1))
+    # chunks of at most CHUNK_STEPS steps (bounded memory), at least 4 per worker (balance)
+    chunks = _chunks(nsteps, min(nsteps, max(workers * 4 if workers > 1 else 1, -(-nsteps // CHUNK_STEPS))))
     scanned = []
     pool = concurrent.futures.ProcessPoolExecutor(workers) if workers > 1 else None
+    scratch = tempfile.mkdtemp(prefix=".climseg-track-", dir=out)
     try:
         with progress_bar(total=nsteps, desc="track", unit="step", disable=not progress) as bar:
-            jobs = [(series, options, a, b) for a, b in chunks]
+            jobs = [(series, options, a, b, scratch) for a, b in chunks]
             results = pool.map(_scan_chunk, jobs) if pool else map(_scan_chunk, jobs)
             for (a, b), res in zip(chunks, results):
                 scanned.append(res)
@@ -535,7 +564,7 @@ def track(inputs, out, options=TrackOptions(), variable=None, workers=1, log=pri
                 event = np.concatenate([[0], result.node_event[lo:hi]]).astype(np.int32)
                 lookups.append((event, event_class[event]))
             groups[i * len(groups) // len(series.files)].append((f, lookups))
-        jobs = [(series, options, g, out) for g in groups]
+        jobs = [(series, g, out, scratch, chunks) for g in groups]
         occupancy = None
         with progress_bar(total=len(jobs), desc="write event ids", unit="part", disable=not progress) as bar:
             for occ in (pool.map(_write_event_files, jobs) if pool else map(_write_event_files, jobs)):
@@ -544,6 +573,7 @@ def track(inputs, out, options=TrackOptions(), variable=None, workers=1, log=pri
     finally:
         if pool:
             pool.shutdown()
+        shutil.rmtree(scratch, ignore_errors=True)
     _write_occupancy(os.path.join(out, "occupancy.nc"), series, occupancy)
     _write_table(os.path.join(out, "events"), result.events, EVENT_COLUMNS)
     _write_table(os.path.join(out, "tracks"), result.tracks, TRACK_COLUMNS)
