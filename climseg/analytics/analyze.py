@@ -75,16 +75,31 @@ def land_mask():
     return lat, lon, land
 
 
+_COAST = {}
+
+
+def coastlines():
+    """Coastlines as a list of (N, 2) arrays of (lon, lat) degrees, lon from -180 to 180:
+    the 0.5 contour of :func:`land_mask` (traced once per process with contourpy)."""
+    if "lines" not in _COAST:
+        import contourpy
+
+        lat, lon, land = land_mask()
+        _COAST["lines"] = contourpy.contour_generator(lon, lat, land.astype(np.float32)).lines(0.5)
+    return _COAST["lines"]
+
+
 def _draw_coastlines(ax, lon_range):
-    lat, lon, land = land_mask()
+    from matplotlib.collections import LineCollection
+
     lo0 = lon_range[0]
-    # present the mask on the map's longitude range (e.g. 0..360)
-    shift = lon + 360.0 * np.ceil((lo0 - lon - 1e-9) / 360.0)
-    order = np.argsort(shift)
-    x = np.concatenate([[shift[order][-1] - 360.0], shift[order], [shift[order][0] + 360.0]])
-    z = land[:, order].astype(np.float32)
-    z = np.concatenate([z[:, -1:], z, z[:, :1]], axis=1)
-    ax.contour(x, lat, z, levels=[0.5], colors="0.15", linewidths=0.6)
+    segments = []
+    for line in coastlines():
+        for shift in (-360.0, 0.0, 360.0):     # the copies that fall on the map's longitude range
+            x = line[:, 0] + shift
+            if x.max() >= lo0 and x.min() <= lon_range[1]:
+                segments.append(np.column_stack([x, line[:, 1]]))
+    ax.add_collection(LineCollection(segments, colors="0.15", linewidths=0.6))
 
 
 def _map(path, lat, lon, field, title, label, cmap="viridis", note=None):
@@ -97,7 +112,7 @@ def _map(path, lat, lon, field, title, label, cmap="viridis", note=None):
     lat_b = sphere.cell_bounds(lat, -90.0, 90.0)
     lon_b = sphere.cell_bounds(lon)
     fig, ax = plt.subplots(figsize=(10.0, 5.4))
-    mesh = ax.pcolormesh(lon_b, lat_b, np.ma.masked_equal(field, 0.0), cmap=cmap, shading="flat")
+    mesh = ax.pcolormesh(lon_b, lat_b, np.ma.masked_equal(field, 0.0), cmap=cmap, shading="flat", vmin=0.0)
     fig.colorbar(mesh, ax=ax, label=label, fraction=0.035, pad=0.02)
     _draw_coastlines(ax, (lon_b[0], lon_b[-1]))
     ax.set_xlim(lon_b[0], lon_b[-1])

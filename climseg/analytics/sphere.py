@@ -1,9 +1,10 @@
 """Geometry on the sphere for latitude-longitude grids: the one module that
 prediction, labelling, tracking and analysis share.
 
-* Cell bounds are the midpoints between cell centres (the outer bounds extend by
-  half the neighbouring spacing and are clipped to the poles), so regular and
-  non-regular (Gaussian) latitudes are handled alike. A cell's area is
+* Cell bounds are the midpoints between cell centres; the outer bounds extend by
+  half the neighbouring spacing, or reach the pole when the outer row lies within one
+  spacing of it (global grids), so regular and non-regular (Gaussian) latitudes are
+  handled alike. A cell's area is
   ``R^2 * (sin(lat_north) - sin(lat_south)) * (lon_east - lon_west)`` (radians),
   with R = 6371 km; the areas of a global grid sum to ``4 pi R^2``.
 * Distances are great-circle distances by the haversine formula.
@@ -57,7 +58,12 @@ def cell_areas(lat, lon):
     (degrees; any monotonic spacing)."""
     lat = np.asarray(lat, dtype=np.float64).reshape(-1)
     lon = np.rad2deg(np.unwrap(np.deg2rad(np.asarray(lon, dtype=np.float64).reshape(-1))))
-    lat_b = np.deg2rad(cell_bounds(lat, -90.0, 90.0))
+    lat_b = cell_bounds(lat, -90.0, 90.0)
+    if lat.size > 1:             # an outer row within one spacing of a pole reaches it (global grids)
+        for end, inner, k in ((lat[0], lat[1], 0), (lat[-1], lat[-2], -1)):
+            if abs(end) + abs(end - inner) >= 90.0 - 1e-9:
+                lat_b[k] = np.sign(end) * 90.0
+    lat_b = np.deg2rad(lat_b)
     lon_b = np.deg2rad(cell_bounds(lon))
     band = np.abs(np.sin(lat_b[1:]) - np.sin(lat_b[:-1]))          # (H,)
     width = np.abs(np.diff(lon_b))                                # (W,)

@@ -370,3 +370,77 @@ def _write_truth(folder, events, rows, spec):
             seen.append((e.id, e.cls))
             w.writerow([e.id, CLASS_NAMES[e.cls], rs[0][2], rs[-1][2], len(rs), f"{e.birth:g}", f"{e.birth + e.life:g}"])
     return seen
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def score_tracking(series_folder, track_folder, min_steps=1):
+    """Tracked events (a ``climseg track`` output of this series' ``LABELS``) against the
+    generator's true events, matched one to one by pixel overlap over the whole series
+    (mutual best: the tracked event that shares most cells with a true event, and vice versa).
+
+    Returns per class: ``true`` (true events seen on at least ``min_steps`` steps),
+    ``tracked``, ``matched``, ``recall`` (matched / true), ``precision`` (matched / tracked),
+    ``lifetime_error_steps`` (mean absolute difference of steps seen, matched events) and
+    ``centre_error_km`` (mean great-circle distance between the tracked centroid and the
+    generator's centre over the matched events' common steps; cyclones only)."""
+    import glob
+
+    import netCDF4
+
+    from climseg.analytics.sphere import haversine_km
+    from climseg.analytics.track import read_events
+
+    meta, events, tracks = read_events(track_folder)
+    truth_files = sorted(glob.glob(os.path.join(series_folder, "*.cam.h2.*.nc")))
+    keys, counts = [], []
+    for path in truth_files:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        with netCDF4.Dataset(path) as a, netCDF4.Dataset(os.path.join(track_folder, f"{stem}_event_id.nc")) as b:
+            a.set_auto_mask(False)
+            b.set_auto_mask(False)
+            true_ids = np.asarray(a.variables["TRUE_EVENT_ID"][:], np.int64).reshape(-1)
+            ids = np.asarray(b.variables["event_id"][:], np.int64).reshape(-1)
+        both = (true_ids > 0) & (ids > 0)
+        k, c = np.unique(true_ids[both] * (1 << 32) + ids[both], return_counts=True)
+        keys.append(k)
+        counts.append(c)
+    k = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+    c = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+    k, inverse = np.unique(k, return_inverse=True)
+    c = np.bincount(inverse, weights=c).astype(np.int64) if k.size else c
+    true_of, tracked_of = k >> 32, k & ((1 << 32) - 1)
+    best_for_true, best_for_tracked = {}, {}
+    for t, e, n in zip(true_of.tolist(), tracked_of.tolist(), c.tolist()):
+        if n > best_for_true.get(t, (0, 0))[1]:
+            best_for_true[t] = (e, n)
+        if n > best_for_tracked.get(e, (0, 0))[1]:
+            best_for_tracked[e] = (t, n)
+    with open(os.path.join(series_folder, "true_events.csv"), newline="") as f:
+        true_events = {int(r["id"]): r for r in csv.DictReader(f)}
+    with open(os.path.join(series_folder, "true_tracks.csv"), newline="") as f:
+        true_tracks = {}
+        for r in csv.DictReader(f):
+            true_tracks[(int(r["id"]), int(r["step"]))] = (float(r["centre_lat"]), float(r["centre_lon"]))
+    tracked_steps = {(int(r["id"]), int(r["step"])): (float(r["lat"]), float(r["lon"])) for r in tracks}
+    tracked = {int(e["id"]): e for e in events}
+    out = {}
+    for cls in CLASS_NAMES[1:]:
+        true_ids = [i for i, r in true_events.items() if r["class"] == cls and int(r["steps"]) >= min_steps]
+        tracked_ids = [i for i, e in tracked.items() if e["class"] == cls]
+        matched = [(t, best_for_true[t][0]) for t in true_ids
+                   if t in best_for_true and best_for_tracked.get(best_for_true[t][0], (None,))[0] == t
+                   and tracked[best_for_true[t][0]]["class"] == cls]
+        life = [abs(int(tracked[e]["steps"]) - int(true_events[t]["steps"])) for t, e in matched]
+        dist = []
+        if cls == CLASS_NAMES[1]:
+            for t, e in matched:
+                for (tid, step), (la, lo) in true_tracks.items():
+                    if tid == t and (e, step) in tracked_steps:
+                        dist.append(float(haversine_km(la, lo, *tracked_steps[(e, step)])))
+        out[cls] = dict(true=len(true_ids), tracked=len(tracked_ids), matched=len(matched),
+                        recall=len(matched) / len(true_ids) if true_ids else None,
+                        precision=len(matched) / len(tracked_ids) if tracked_ids else None,
+                        lifetime_error_steps=float(np.mean(life)) if life else None,
+                        centre_error_km=float(np.mean(dist)) if dist else None)
+    return out
