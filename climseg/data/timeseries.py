@@ -96,6 +96,7 @@ class Event:
     birth: float
     life: float
     params: dict
+    path: list = dataclasses.field(default_factory=list, repr=False)   # cyclones: hourly positions, filled on demand
 
 
 def _envelope(age, life):
@@ -109,19 +110,21 @@ def _move(lat, lon, east, north, seconds):
     return float(np.clip(lat2, -80.0, 80.0)), float(lon2 % 360.0)
 
 
-def cyclone_at(event, hours, step_hours=1.0):
+def cyclone_at(event, hours):
     """The cyclone dict (as :func:`climseg.data.synthetic._cyclone_fields` takes it) of
-    ``event`` at model time ``hours``, integrating its motion from genesis in hourly steps."""
+    ``event`` at model time ``hours``; its motion is integrated from genesis in hourly
+    steps (kept on the event, so later calls continue where earlier ones stopped)."""
     p = event.params
-    lat, lon = p["lat"], p["lon"]
-    age = 0.0
-    while age + step_hours <= hours - event.birth + 1e-9:
-        a = abs(lat)
-        turn = float(np.clip((a - p["recurve"]) / 6.0, 0.0, 1.0))
+    if not event.path:
+        event.path.append((p["lat"], p["lon"]))
+    steps = int(np.floor(hours - event.birth + 1e-9))
+    while len(event.path) <= steps:
+        lat, lon = event.path[-1]
+        turn = float(np.clip((abs(lat) - p["recurve"]) / 6.0, 0.0, 1.0))
         east = (1.0 - turn) * -p["west"] + turn * p["east"]
         north = p["hemisphere"] * ((1.0 - turn) * p["north"] + turn * 2.0 * p["north"])
-        lat, lon = _move(lat, lon, east, north, step_hours * 3600.0)
-        age += step_hours
+        event.path.append(_move(lat, lon, east, north, 3600.0))
+    lat, lon = event.path[max(steps, 0)]
     vmax = 26.0 + (p["vpeak"] - 26.0) * _envelope(hours - event.birth, event.life)
     r34 = p["rmax"] * (vmax / GALE_WIND) ** (1.0 / p["alpha"])
     return dict(lat=lat, lon=lon, hemisphere=p["hemisphere"], vmax=vmax, rmax=p["rmax"], alpha=p["alpha"], r34=r34,
