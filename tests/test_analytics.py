@@ -335,3 +335,21 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     (tmp_path / "ev" / "track.json").write_text(json.dumps(meta))
     assert "version 99" in _error(capsys, ["analyze", str(tmp_path / "ev"), "--out", str(tmp_path / "an")])
     assert "no track.json" in _error(capsys, ["analyze", str(tmp_path), "--out", str(tmp_path / "an")])
+
+
+def test_bench_track_smoke(tmp_path, capsys):
+    """The benchmark's code paths on a tiny series; a stand-in tracker for the comparison."""
+    argv = ["bench", "track", "--json", str(tmp_path / "r.json"), "--", "--steps", "16", "--height", "48",
+            "--width", "72", "--source-height", "24", "--source-width", "36", "--masks", str(tmp_path / "masks"), "--workers", "1"]
+    if __import__("importlib").util.find_spec("xarray") is not None:
+        stand_in = tmp_path / "stand_in.py"
+        stand_in.write_text("def track_events(masks, **kw):\n    return masks\n")
+        argv += ["--climatenet-module", str(stand_in), "--climatenet-steps", "8"]
+    assert main(argv) == 0
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["meta"]["command"].startswith("climseg bench track")
+    first = data["rows"][0]
+    assert first["steps"] == 16 and first["total_s"] > 0 and first["year_s"] == pytest.approx(first["total_s"] / 16 * 2920)
+    assert (tmp_path / "r.md").read_text().startswith("# Event tracking")
+    if len(data["rows"]) > 1:
+        assert data["rows"][1]["steps"] == 8 and data["rows"][2]["speedup_per_step"] > 0
