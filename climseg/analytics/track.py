@@ -18,7 +18,8 @@ Data flow (``climseg track MASKS... --out DIR``):
    by their first step (then first component). The result does not depend on the
    number of chunks or workers.
 4. **Write** (parallel over input files): each input ``NAME`` gets ``NAME_event_id.nc``
-   (CF netCDF, ``event_id(time, lat, lon)``, 0 outside events); the folder gets
+   (CF netCDF, ``event_id(time, lat, lon)``, 0 outside events; uint16 while the
+   ids fit, else int32); the folder gets
    ``events.csv`` (one row per event), ``tracks.csv`` (one row per event and step), the
    same as Parquet when pyarrow is installed, ``occupancy.nc`` (per class and cell, the
    number of steps inside an event of that class) and ``track.json`` (format version,
@@ -484,16 +485,16 @@ TRACK_COLUMNS = ["id", "class", "step", "time", "time_hours", "lat", "lon", "are
 def _write_event_files(job):
     """Write the ``event_id`` netCDF files of some inputs from the scan's scratch files;
     returns per-class occupancy counts (classes, H*W) of their steps."""
-    series, group, out_dir, scratch, chunks = job
+    series, group, out_dir, scratch, chunks, series_events = job
     h, w = series.lat.size, series.lon.size
     occupancy = np.zeros((NUM_CLASSES, h * w), np.int32)
     reader = _ScratchReader(scratch, chunks)
     for f, lookups in group:
-        _write_event_file(series, f, lookups, out_dir, reader, occupancy)
+        _write_event_file(series, f, lookups, out_dir, reader, occupancy, series_events)
     return occupancy
 
 
-def _write_event_file(series, f, lookups, out_dir, reader, occupancy):
+def _write_event_file(series, f, lookups, out_dir, reader, occupancy, series_events):
     """Write one input file's ``event_id`` netCDF; add its steps to ``occupancy``."""
     import netCDF4
 
@@ -514,11 +515,13 @@ def _write_event_file(series, f, lookups, out_dir, reader, occupancy):
             lo = ds.createVariable("lon", "f8", ("lon",))
             lo.standard_name, lo.units, lo.axis = "longitude", "degrees_east", "X"
             lo[:] = series.lon % 360.0
-            ev = ds.createVariable("event_id", "i4", ("time", "lat", "lon"), zlib=True, complevel=1,
-                                   shuffle=True, chunksizes=(1, h, w))
+            # uint16 while the ids fit (half the bytes to compress), else int32
+            dtype = "u2" if int(series_events) < 65535 else "i4"
+            ev = ds.createVariable("event_id", dtype, ("time", "lat", "lon"), zlib=True, complevel=1,
+                                   shuffle=False, chunksizes=(1, h, w))
             ev.long_name = "id of the tracked event (events.csv) each cell belongs to; 0 outside events"
             ev.valid_min = np.int32(0)
-            ids = np.zeros(h * w, np.int32)
+            ids = np.zeros(h * w, np.dtype(dtype))
             for k in range(f.steps):
                 index, comp = reader.read(f.first + k)
                 event, event_class = lookups[k]
@@ -564,7 +567,7 @@ def track(inputs, out, options=TrackOptions(), variable=None, workers=1, log=pri
                 event = np.concatenate([[0], result.node_event[lo:hi]]).astype(np.int32)
                 lookups.append((event, event_class[event]))
             groups[i * len(groups) // len(series.files)].append((f, lookups))
-        jobs = [(series, g, out, scratch, chunks) for g in groups]
+        jobs = [(series, g, out, scratch, chunks, len(result.events)) for g in groups]
         occupancy = None
         with progress_bar(total=len(jobs), desc="write event ids", unit="part", disable=not progress) as bar:
             for occ in (pool.map(_write_event_files, jobs) if pool else map(_write_event_files, jobs)):
