@@ -109,6 +109,18 @@ def make_masks(folder, steps, height, width, source_height, source_width, seed, 
     return files
 
 
+def _cpu_seconds():
+    """CPU seconds (user + system) of this process and its finished children so far."""
+    import gc
+    import multiprocessing
+    import resource
+
+    gc.collect()                                    # finalise unreferenced process pools ...
+    multiprocessing.active_children()               # ... and reap their workers
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _load_climatenet(path):
     spec = importlib.util.spec_from_file_location("climatenet_track_events", path)
     if spec is None:
@@ -177,19 +189,23 @@ def main(argv=None):
     load_before = os.getloadavg()[0]
     work = tempfile.mkdtemp(prefix="climseg-bench-track-out-")
     try:
+        cpu0 = _cpu_seconds()
         start = time.perf_counter()
         s = track(files, os.path.join(work, "events"), options(), workers=args.workers, progress=False, log=lambda *_: None)
         tracked = time.perf_counter()
         analyze(os.path.join(work, "events"), os.path.join(work, "analysis"), log=lambda *_: None)
         done = time.perf_counter()
+        cpu = _cpu_seconds() - cpu0
         steps = s["steps"]
         rows.append(dict(tracker="climseg track", steps=steps, workers=args.workers, track_s=tracked - start,
                          analyze_s=done - tracked, total_s=done - start, ms_per_step=1e3 * (done - start) / steps,
+                         cpu_s=cpu, cpu_ms_per_step=1e3 * cpu / steps,
                          year_s=(done - start) / steps * 2920, tropical_cyclones=s["events"]["tropical_cyclone"],
                          atmospheric_rivers=s["events"]["atmospheric_river"]))
         print(f"climseg track + analyze: {steps} steps of {args.height}x{args.width} in {done - start:.1f} s "
               f"(track {tracked - start:.1f} s, analyze {done - tracked:.1f} s; {rows[-1]['ms_per_step']:.2f} ms/step, "
-              f"{rows[-1]['year_s']:.1f} s per year of 2,920 steps) on {args.workers} processes")
+              f"{rows[-1]['year_s']:.1f} s per year of 2,920 steps) on {args.workers} processes; {cpu:.1f} CPU s "
+              f"({1e3 * cpu / steps:.2f} CPU ms/step)")
         if args.climatenet_module:
             rows += _compare(args, files, options, work)
     finally:
@@ -229,9 +245,11 @@ def _compare(args, files, options, work):
     np.int = int                                    # NumPy 2 removed np.int, which ClimateNet's code uses
     try:
         array = xarray.DataArray(masks.copy(), dims=("time", "lat", "lon"))
+        cpu0 = _cpu_seconds()
         start = time.perf_counter()
         result = module.track_events(array)
         climatenet_s = time.perf_counter() - start
+        climatenet_cpu = _cpu_seconds() - cpu0
     finally:
         if np_int is None:
             del np.int
@@ -241,19 +259,24 @@ def _compare(args, files, options, work):
     climatenet_events = int((ids != 0).sum())
     # climseg on the same steps (the files holding them)
     links = chosen
+    cpu0 = _cpu_seconds()
     start = time.perf_counter()
     s = track(links, os.path.join(work, "subset-events"), options(), workers=args.workers, progress=False,
               log=lambda *_: None)
     climseg_s = time.perf_counter() - start
+    climseg_cpu = _cpu_seconds() - cpu0
     ours = s["events"]["tropical_cyclone"] + s["events"]["atmospheric_river"]
     print(f"same {n} steps: ClimateNet track_events {climatenet_s:.1f} s ({climatenet_s / n:.3f} s/step, "
           f"{climatenet_events} events), climseg track {climseg_s:.2f} s ({climseg_s / n * 1e3:.1f} ms/step, "
-          f"{ours} events): {climatenet_s / climseg_s:.0f}x per step")
+          f"{ours} events): {climatenet_s / climseg_s:.0f}x per step; CPU {climatenet_cpu:.1f} s against "
+          f"{climseg_cpu:.2f} s: {climatenet_cpu / climseg_cpu:.0f}x")
     return [dict(tracker="ClimateNet track_events", steps=n, workers=os.cpu_count(), total_s=climatenet_s,
-                 ms_per_step=1e3 * climatenet_s / n, year_s=climatenet_s / n * 2920, events=climatenet_events),
+                 ms_per_step=1e3 * climatenet_s / n, year_s=climatenet_s / n * 2920, events=climatenet_events,
+                 cpu_s=climatenet_cpu, cpu_ms_per_step=1e3 * climatenet_cpu / n),
             dict(tracker="climseg track (same steps)", steps=n, workers=args.workers, total_s=climseg_s,
                  ms_per_step=1e3 * climseg_s / n, year_s=climseg_s / n * 2920, events=ours,
-                 speedup_per_step=climatenet_s / climseg_s)]
+                 cpu_s=climseg_cpu, cpu_ms_per_step=1e3 * climseg_cpu / n,
+                 speedup_per_step=climatenet_s / climseg_s, cpu_speedup_per_step=climatenet_cpu / climseg_cpu)]
 
 
 def _markdown(meta, rows):
@@ -263,13 +286,15 @@ def _markdown(meta, rows):
              f"SciPy {meta['scipy']}; masks: {m['source']}; options {meta['options']}; load average "
              f"{meta['load_average']['before']} before, {meta['load_average']['after']} after (other users shared the cores)", "",
              f"Command: `{meta['command']}`", "",
-             "| tracker | steps | processes | seconds | ms per step | s per year (2,920 steps) | speed-up per step |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| tracker | steps | processes | seconds | ms per step | s per year (2,920 steps) | CPU ms per step | "
+             "speed-up per step (wall) | speed-up per step (CPU) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         extra = f" (track {r['track_s']:.1f} + analyze {r['analyze_s']:.1f})" if "track_s" in r else ""
         speed = f"{r['speedup_per_step']:.0f}x" if "speedup_per_step" in r else "–"
+        cpu_speed = f"{r['cpu_speedup_per_step']:.0f}x" if "cpu_speedup_per_step" in r else "–"
         lines.append(f"| {r['tracker']} | {r['steps']} | {r['workers']} | {r['total_s']:.2f}{extra} | "
-                     f"{r['ms_per_step']:.2f} | {r['year_s']:.1f} | {speed} |")
+                     f"{r['ms_per_step']:.2f} | {r['year_s']:.1f} | {r['cpu_ms_per_step']:.2f} | {speed} | {cpu_speed} |")
     return "\n".join(lines) + "\n"
 
 
