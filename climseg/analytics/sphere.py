@@ -154,9 +154,13 @@ def label_classes_sparse(classes, num_classes=3, periodic=True):
     h, w = classes.shape
     nonzero = classes != 0
     index = np.flatnonzero(nonzero)
-    cls = classes.reshape(-1)[index].astype(np.int64)
     if index.size == 0:
         return index, np.zeros(0, np.int32), np.zeros(1, np.int64)
+    first, last = index[0] // w, index[-1] // w
+    if first > 0 or last < h - 1:          # label only the band of rows that holds objects
+        index, comp, owner = label_classes_sparse(classes[first:last + 1], num_classes, periodic)
+        return index + first * w, comp, owner
+    cls = classes.reshape(-1)[index].astype(np.int64)
     labels, n = ndimage.label(nonzero, structure=EIGHT_CONNECTED, output=np.int32)
     comp = labels.reshape(-1)[index]
     key = np.unique(comp.astype(np.int64) * num_classes + cls)
