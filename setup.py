@@ -177,6 +177,8 @@ setup(
         "matplotlib>=3.5",
         "tqdm>=4.60",
         "pyyaml>=5.4",
+        "cftime>=1.5",                 # CF time axes of climseg track (also a netCDF4 dependency)
+        "global-land-mask>=1.0",       # coastlines of climseg analyze's maps: ships its land mask, no download
     ],
     extras_require={
         # Triton: from 3.6 (what PyTorch 2.11's CUDA wheels pin) to 3.9, both ends tested in CI (.ci/run);

@@ -1,4 +1,4 @@
-"""The ``climseg`` command: ``train``, ``predict``, ``generate``, ``stage``, ``bench``, ``info``.
+"""The ``climseg`` command: ``train``, ``predict``, ``generate``, ``stage``, ``track``, ``analyze``, ``bench``, ``info``.
 
 A user error (bad file, bad shape, bad option) prints one line,
 ``climseg: error: ...``, and exits with status 2. An interrupted training
@@ -85,8 +85,10 @@ def build_parser():
     p.add_argument("--no-maps", action="store_true", help="skip the PNG maps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("generate", help="write a synthetic CAM5-like dataset in the DeepCAM layout",
-                       description="Write OUT/train/*.h5, OUT/validation/*.h5 and OUT/stats.h5.")
+    p = sub.add_parser("generate", help="write a synthetic CAM5-like dataset (DeepCAM layout) or time series (netCDF)",
+                       description="Write OUT/train/*.h5, OUT/validation/*.h5 and OUT/stats.h5; with --timesteps, "
+                       "a time series of CAM5-like history files instead (one netCDF file per model day, "
+                       "with LABELS, TRUE_EVENT_ID, true_events.csv and true_tracks.csv).")
     p.add_argument("out", help="output folder (must not exist, or be empty)")
     p.add_argument("--samples", type=int, default=16, help="total number of samples (default 16)")
     p.add_argument("--height", type=int, default=768, help="grid rows, a multiple of 16 (default 768)")
@@ -96,7 +98,37 @@ def build_parser():
     p.add_argument("--cyclones", type=float, default=None, help="mean number of tropical cyclones per sample (default 3)")
     p.add_argument("--rivers", type=float, default=None, help="mean number of atmospheric rivers per sample (default 4)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: cores, at most 8)")
+    p.add_argument("--timesteps", type=int, default=None, help="write a time series of this many steps instead "
+                   "of independent samples")
+    p.add_argument("--interval", default="3h", help="time series: time between steps, e.g. 3h, 6h, 90min (default 3h)")
+    p.add_argument("--format", default=None, choices=("hdf5", "netcdf"), help="hdf5 (samples; default) or netcdf "
+                   "(time series; default with --timesteps)")
+    p.add_argument("--case", default="climseg", help="time series: case name in the file names (default climseg)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("track", help="track cyclones and rivers through time in class masks",
+                       description="Connected components per class and step (8-connected, joined across the date "
+                       "line on global grids), stitched through time by overlap. Writes NAME_event_id.nc per input, "
+                       "events.csv, tracks.csv (and .parquet with pyarrow), occupancy.nc and track.json into --out.")
+    p.add_argument("masks", nargs="+", metavar="MASK", help="netCDF class masks with a time axis, in time order: "
+                   "climseg predict's NAME_mask.nc, data files with LABELS, or any CF class mask (--variable)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--variable", default=None, help="mask variable (default: mask, else LABELS)")
+    p.add_argument("--like", default=None, choices=("climatenet",), help="preset: climatenet = ClimateNet's "
+                   "track_events values (250-pixel thresholds, look-ahead 1, at least 5 steps)")
+    p.add_argument("--tc-min-size", default=None, help="smallest cyclone kept, e.g. 250px or 5000km2 (default 5000km2)")
+    p.add_argument("--ar-min-size", default=None, help="smallest river kept, e.g. 250px or 50000km2 (default 50000km2)")
+    p.add_argument("--look-ahead", type=int, default=None, help="steps ahead an overlap links objects (default 1)")
+    p.add_argument("--min-steps", type=int, default=None, help="fewest steps an event must be seen on (default 2)")
+    p.add_argument("--workers", type=int, default=1, help="processes over chunks of time (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("analyze", help="statistics and climatology maps of tracked events",
+                       description="Frequency and genesis-density maps (netCDF and PNG with coastlines), histograms "
+                       "of lifetime, travel distance and speed, events per month, summary.json.")
+    p.add_argument("events", help="a climseg track output folder (or its events.csv)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--no-maps", action="store_true", help="numbers only (climatology.nc, summary.json)")
 
     p = sub.add_parser("stage", help="copy a dataset to node-local storage (in parallel under MPI)",
                        description="Copy SRC (a dataset folder) to DST, reading every source file once in all: "
@@ -117,7 +149,8 @@ def build_parser():
                        "against copy bandwidth and unfused PyTorch; GPU), allreduce "
                        "(flat against hierarchical), io (FastLoader against a reference-style reader), scaling (the "
                        "weak-scaling model; model output), static (every GPU kernel compiled for sm_80/sm_90 and its machine code "
-                       "checked; no GPU needed), or all. Options after the name that are not listed here "
+                       "checked; no GPU needed), track (event tracking and analysis of a year of masks), or all. Options after "
+                       "the name that are not listed here "
                        "go to the benchmark itself (see python -m climseg.bench.<name> --help).")
     p.add_argument("what", choices=BENCHES + ("all",))
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (step)")
@@ -131,7 +164,7 @@ def build_parser():
     return parser
 
 
-BENCHES = ("step", "atrous", "cuda-kernels", "allreduce", "io", "scaling", "static")
+BENCHES = ("step", "atrous", "cuda-kernels", "allreduce", "io", "scaling", "static", "track")
 
 
 def main(argv=None):
@@ -143,7 +176,7 @@ def main(argv=None):
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         commands = {"train": cmd_train, "predict": cmd_predict, "generate": cmd_generate, "stage": cmd_stage,
-                    "bench": cmd_bench, "info": cmd_info}
+                    "bench": cmd_bench, "info": cmd_info, "track": cmd_track, "analyze": cmd_analyze}
         return commands[args.command](args)
     except UserError as exc:
         print(f"climseg: error: {_rank_prefix()}{exc}", file=sys.stderr)
@@ -260,21 +293,12 @@ def cmd_predict(args):
 
 
 def cmd_generate(args):
-    from climseg.data.synthetic import Features, generate_dataset
+    from climseg.data.synthetic import generate_dataset
 
-    features = Features()
-    overrides = {}
-    if args.cyclones is not None:
-        overrides["cyclones_mean"] = args.cyclones
-    if args.rivers is not None:
-        overrides["rivers_mean"] = args.rivers
-    for name, value in overrides.items():
-        if value < 0:
-            raise UserError(f"--{name.split('_')[0]} must not be negative")
-    if overrides:
-        import dataclasses
+    if args.timesteps is not None or args.format == "netcdf":
+        return _generate_timeseries(args)
 
-        features = dataclasses.replace(features, **overrides)
+    features = _features(args)
     if args.workers is not None and args.workers < 1:
         raise UserError("--workers must be at least 1")
     s = generate_dataset(args.out, args.samples, args.height, args.width, args.seed, args.validation_fraction,
@@ -284,6 +308,66 @@ def cmd_generate(args):
           f"{s['height']}x{s['width']} to {args.out} ({s['cyclones']} cyclones, {s['rivers']} rivers; pixels: "
           f"background {100 * f['background']:.2f}%, TC {100 * f['tropical_cyclone']:.2f}%, "
           f"AR {100 * f['atmospheric_river']:.2f}%)")
+    return 0
+
+
+def _features(args):
+    import dataclasses
+
+    from climseg.data.synthetic import Features
+
+    overrides = {}
+    if args.cyclones is not None:
+        overrides["cyclones_mean"] = args.cyclones
+    if args.rivers is not None:
+        overrides["rivers_mean"] = args.rivers
+    for name, value in overrides.items():
+        if value < 0:
+            raise UserError(f"--{name.split('_')[0]} must not be negative")
+    return dataclasses.replace(Features(), **overrides)
+
+
+def _generate_timeseries(args):
+    from climseg.data.timeseries import generate_timeseries, parse_interval
+
+    if args.timesteps is None:
+        raise UserError("--format netcdf writes a time series: give --timesteps")
+    if args.format == "hdf5":
+        raise UserError("--timesteps writes netCDF history files; --format hdf5 is for independent samples")
+    if args.workers is not None and args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    s = generate_timeseries(args.out, args.timesteps, parse_interval(args.interval), args.height, args.width,
+                            args.seed, workers=args.workers, progress=not args.no_progress, features=_features(args),
+                            case=args.case)
+    print(f"climseg: wrote {s['timesteps']} steps every {s['interval_hours']:g} h of {s['height']}x{s['width']} in "
+          f"{len(s['files'])} daily files to {args.out} ({s['cyclones']} cyclones, {s['rivers']} rivers; truth in "
+          f"true_events.csv, true_tracks.csv)")
+    return 0
+
+
+def cmd_track(args):
+    from climseg.analytics.track import CLIMATENET, TrackOptions, parse_size, track
+
+    options = TrackOptions()
+    if args.like == "climatenet":
+        options = TrackOptions(min_size=dict(CLIMATENET["min_size"]), look_ahead=CLIMATENET["look_ahead"],
+                               min_steps=CLIMATENET["min_steps"])
+    if args.tc_min_size is not None:
+        options.min_size[1] = parse_size(args.tc_min_size, "--tc-min-size")
+    if args.ar_min_size is not None:
+        options.min_size[2] = parse_size(args.ar_min_size, "--ar-min-size")
+    if args.look_ahead is not None:
+        options.look_ahead = args.look_ahead
+    if args.min_steps is not None:
+        options.min_steps = args.min_steps
+    track(args.masks, args.out, options, variable=args.variable, workers=args.workers, progress=not args.no_progress)
+    return 0
+
+
+def cmd_analyze(args):
+    from climseg.analytics.analyze import analyze
+
+    analyze(args.events, args.out, maps=not args.no_maps)
     return 0
 
 

@@ -241,38 +241,10 @@ class ConfusionMatrix:
 def label_components(mask, periodic=True):
     """Connected regions of a boolean (H, W) numpy mask, 8-connected, joined across
     the date line when ``periodic`` (global longitude). Returns ``(labels, count)``
-    with labels ``1..count`` (0 outside)."""
-    import numpy as np
-    from scipy import ndimage
+    with labels ``1..count`` (0 outside); see :func:`climseg.analytics.sphere.label_components`."""
+    from climseg.analytics.sphere import label_components as on_sphere
 
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
-    if not periodic or n < 2:
-        return labels, n
-    parent = list(range(n + 1))
-
-    def find(a):
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    west, east = labels[:, 0], labels[:, -1]
-    for dy in (-1, 0, 1):  # 8-connectivity across the seam
-        shifted = np.roll(east, dy)
-        if dy == 1:
-            shifted[0] = 0
-        elif dy == -1:
-            shifted[-1] = 0
-        for a, b in zip(west, shifted):
-            if a and b:
-                ra, rb = find(a), find(b)
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([find(i) for i in range(n + 1)])
-    unique = np.unique(roots[1:])
-    relabel = np.zeros(n + 1, dtype=labels.dtype)
-    relabel[1:] = np.searchsorted(unique, roots[1:]) + 1
-    return relabel[labels], len(unique)
+    return on_sphere(mask, periodic)
 
 
 def count_objects(classes, num_classes=NUM_CLASSES, periodic=True):

@@ -211,19 +211,25 @@ def _draw_river(rng, cyclones):
         lat, lon = hemisphere * rng.uniform(12.0, 26.0), rng.uniform(0.0, 360.0)
         length = rng.uniform(2.5e6, 6.0e6)
         heading0, heading1 = np.deg2rad(rng.uniform(35.0, 70.0)), np.deg2rad(rng.uniform(0.0, 30.0))
-        step = 25e3
-        n = int(length / step) + 1
-        lats, lons = np.empty(n), np.empty(n)
-        for k in range(n):
-            lats[k], lons[k] = lat, lon % 360.0
-            h = heading0 + (heading1 - heading0) * k / (n - 1)
-            lat = float(np.clip(lat + hemisphere * np.rad2deg(step * np.sin(h) / EARTH_RADIUS), -72.0, 72.0))
-            lon = lon + np.rad2deg(step * np.cos(h) / (EARTH_RADIUS * np.cos(np.deg2rad(lat))))
+        lats, lons = river_axis(lat, lon, hemisphere, length, heading0, heading1)
         if all(_great_circle(lats, lons, c["lat"], c["lon"]).min() > 1.2e6 for c in cyclones):
             return dict(lats=lats, lons=lons, length=length, hemisphere=hemisphere,
                         sigma=rng.uniform(130e3, 300e3), vapour=rng.uniform(14.0, 30.0),
                         jet=rng.uniform(10.0, 22.0), rain=rng.uniform(1e-7, 6e-7))
     return None
+
+
+def river_axis(lat, lon, hemisphere, length, heading0, heading1, step=25e3):
+    """Points (lats, lons) every ``step`` m along an AR axis of ``length`` m from (lat, lon),
+    poleward and eastward, its heading (radians from east) turning from ``heading0`` to ``heading1``."""
+    n = int(length / step) + 1
+    lats, lons = np.empty(n), np.empty(n)
+    for k in range(n):
+        lats[k], lons[k] = lat, lon % 360.0
+        h = heading0 + (heading1 - heading0) * k / (n - 1)
+        lat = float(np.clip(lat + hemisphere * np.rad2deg(step * np.sin(h) / EARTH_RADIUS), -72.0, 72.0))
+        lon = lon + np.rad2deg(step * np.cos(h) / (EARTH_RADIUS * np.cos(np.deg2rad(lat))))
+    return lats, lons
 
 
 def _river_fields(a, lat, lon):
@@ -279,18 +285,50 @@ def generate_sample(height, width, seed, split="train", index=0, features=Featur
     rng = np.random.default_rng([int(seed), split_id, int(index), GENERATOR_VERSION])
     lat, lon = grid(height, width)
     base = _BaseGrid(lat, lon)
+    weather = draw_weather(rng, base)
+    cyclones = []
+    for _ in range(min(rng.poisson(features.cyclones_mean), features.cyclones_max)):
+        c = _draw_cyclone(rng, cyclones)
+        if c is not None:
+            cyclones.append(c)
+    rivers = []
+    for _ in range(min(rng.poisson(features.rivers_mean), features.rivers_max)):
+        r = _draw_river(rng, cyclones)
+        if r is not None:
+            rivers.append(r)
+    data, labels, _ = build_snapshot(base, lat, lon, weather, cyclones, rivers)
+    meta = dict(cyclones=[{k: float(v) for k, v in c.items()} for c in cyclones],
+                rivers=[dict(start=(float(r["lats"][0]), float(r["lons"][0])), end=(float(r["lats"][-1]), float(r["lons"][-1])),
+                             length_km=r["length"] / 1e3, width_km=2 * r["sigma"] / 1e3) for r in rivers])
+    return data, labels, meta
+
+
+def draw_weather(rng, base):
+    """The random "weather" of one snapshot: smooth noise fields on the 1-degree base grid
+    (``temp``, ``temp2``, ``strat``, ``press``, ``moist``, ``rain``, ``wind``; seven draws from ``rng``)."""
+    names = ("temp", "temp2", "strat", "press", "moist", "rain", "wind")
+    sigmas = (10.0, 7.0, 12.0, 7.0, 6.0, 3.0, 4.0)
+    return {name: base.noise(rng, sigma) for name, sigma in zip(names, sigmas)}
+
+
+def build_snapshot(base, lat, lon, weather, cyclones, rivers):
+    """Fields and labels of one snapshot from its weather (:func:`draw_weather`), cyclones
+    (:func:`_draw_cyclone` dicts) and rivers (:func:`_draw_river` dicts); no random draws.
+    Returns ``(data[H, W, 16] float32, labels[H, W] int32, features)`` where ``features``
+    lists ``(class, mask)`` of every labelled feature in the order it was painted
+    (rivers, then cyclones, which take precedence)."""
+    height, width = len(lat), len(lon)
     phi = lat[:, None].astype(np.float32)
     coslat = np.cos(np.deg2rad(phi))
     shape = (height, width)
 
     # 1. background climate + weather
-    n_temp, n_temp2, n_strat = base.noise(rng, 10.0), base.noise(rng, 7.0), base.noise(rng, 12.0)
-    n_press, n_moist, n_rain, n_wind = base.noise(rng, 7.0), base.noise(rng, 6.0), base.noise(rng, 3.0), base.noise(rng, 4.0)
+    n_temp, n_temp2, n_strat = weather["temp"], weather["temp2"], weather["strat"]
+    n_press, n_moist, n_rain, n_wind = weather["press"], weather["moist"], weather["rain"], weather["wind"]
     p_amp = (250.0 + 800.0 * np.sin(np.deg2rad(_BaseGrid.lat)) ** 2)[:, None].astype(np.float32)
     p_anom = p_amp * n_press
     ug, vg = _geostrophic_wind(p_anom)
     z_surface = base.resample(_orography(base))
-
     ts = 242.0 + 58.0 * coslat**1.5 + 2.0 * base.resample(n_temp)
     t500 = 236.0 + 32.0 * coslat**2 + 1.8 * base.resample(0.7 * n_temp + 0.7 * n_temp2)
     t200 = 218.0 - 3.0 * coslat**4 + 2.0 * _zonal(phi, 45.0, 15.0) + 1.5 * base.resample(n_strat)
@@ -316,11 +354,6 @@ def generate_sample(height, width, seed, split="train", index=0, features=Featur
     rain = np.broadcast_to(rain, shape).astype(np.float32)
 
     # 2. tropical cyclones
-    cyclones = []
-    for _ in range(min(rng.poisson(features.cyclones_mean), features.cyclones_max)):
-        c = _draw_cyclone(rng, cyclones)
-        if c is not None:
-            cyclones.append(c)
     cyclone_fields = []
     for c in cyclones:
         f = _cyclone_fields(c, lat, lon)
@@ -337,13 +370,9 @@ def generate_sample(height, width, seed, split="train", index=0, features=Featur
         rain = rain + f["rain"]
 
     # 3. atmospheric rivers
-    rivers, footprints = [], []
-    for _ in range(min(rng.poisson(features.rivers_mean), features.rivers_max)):
-        r = _draw_river(rng, cyclones)
-        if r is None:
-            continue
+    footprints = []
+    for r in rivers:
         f = _river_fields(r, lat, lon)
-        rivers.append(r)
         footprints.append(f["footprint"])
         tmq_extra += f["tmq"]
         u850 = u850 + f["u"]
@@ -373,19 +402,19 @@ def generate_sample(height, width, seed, split="train", index=0, features=Featur
 
     # 5. labels
     labels = np.full(shape, BACKGROUND, np.int32)
+    painted = []
     ivt = tmq * np.hypot(u850, v850)
     for fp in footprints:
-        labels[fp & (ivt >= IVT_THRESHOLD)] = ATMOSPHERIC_RIVER
+        region = fp & (ivt >= IVT_THRESHOLD)
+        labels[region] = ATMOSPHERIC_RIVER
+        painted.append((ATMOSPHERIC_RIVER, region))
     wind = np.hypot(u_bot, v_bot)
     for c, f in zip(cyclones, cyclone_fields):
         region = (f["r"] <= 1.6 * c["r34"]) & ((wind >= GALE_WIND) | (f["r"] <= 1.2 * c["rmax"]))
         region = _component_at(region, f["r"])
         labels[region] = TROPICAL_CYCLONE
-
-    meta = dict(cyclones=[{k: float(v) for k, v in c.items()} for c in cyclones],
-                rivers=[dict(start=(float(r["lats"][0]), float(r["lons"][0])), end=(float(r["lats"][-1]), float(r["lons"][-1])),
-                             length_km=r["length"] / 1e3, width_km=2 * r["sigma"] / 1e3) for r in rivers])
-    return data, labels, meta
+        painted.append((TROPICAL_CYCLONE, region))
+    return data, labels, painted
 
 
 def _rotate(u, v, phi, angle_deg=20.0):

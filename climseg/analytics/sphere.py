@@ -1,0 +1,230 @@
+"""Geometry on the sphere for latitude-longitude grids: the one module that
+prediction, labelling, tracking and analysis share.
+
+* Cell bounds are the midpoints between cell centres; the outer bounds extend by
+  half the neighbouring spacing, or reach the pole when the outer row lies within one
+  spacing of it (global grids), so regular and non-regular (Gaussian) latitudes are
+  handled alike. A cell's area is
+  ``R^2 * (sin(lat_north) - sin(lat_south)) * (lon_east - lon_west)`` (radians),
+  with R = 6371 km; the areas of a global grid sum to ``4 pi R^2``.
+* Distances are great-circle distances by the haversine formula.
+* Centroids are the area-weighted mean of the cells' unit vectors in 3-D,
+  projected back onto the sphere: correct across the date line and near the poles.
+* Connected components are 8-connected (``scipy.ndimage.label``); on a global grid
+  (longitudes going all the way round) components touching the first and last
+  columns are joined across the date line, including diagonally, with one sparse
+  graph of the seam pairs. Rows are never joined across the poles.
+
+Arrays are (H, W) with rows in the order of ``lat`` (ascending in climseg) and
+columns in the order of ``lon``.
+"""
+import numpy as np
+from scipy import ndimage, sparse
+from scipy.sparse import csgraph
+
+EARTH_RADIUS_KM = 6371.0
+EIGHT_CONNECTED = np.ones((3, 3), dtype=int)
+
+
+# ----------------------------------------------------------------------------- grid geometry
+
+def cell_bounds(centres, low=None, high=None):
+    """Bounds (N + 1,) of cells with the given centres (monotonic, degrees): midpoints
+    between neighbours, the ends extended by half a neighbouring spacing and clipped
+    to [low, high] when given."""
+    c = np.asarray(centres, dtype=np.float64).reshape(-1)
+    if c.size == 1:
+        half = 0.5 * (high - low) if low is not None and high is not None else 0.5
+        b = np.array([c[0] - half, c[0] + half])
+    else:
+        mid = 0.5 * (c[1:] + c[:-1])
+        b = np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
+    if low is not None or high is not None:
+        b = np.clip(b, low, high)
+    return b
+
+
+def is_global(lon):
+    """True when the longitudes (degrees, increasing) go all the way round the sphere."""
+    lon = np.rad2deg(np.unwrap(np.deg2rad(np.asarray(lon, dtype=np.float64).reshape(-1))))
+    if lon.size < 2:
+        return False
+    step = (lon[-1] - lon[0]) / (lon.size - 1)
+    return bool(abs(lon[-1] - lon[0] + step - 360.0) < 0.5 * abs(step))
+
+
+def cell_areas(lat, lon):
+    """Area of every grid cell in km^2, float64 (H, W), from cell-centre ``lat`` and ``lon``
+    (degrees; any monotonic spacing)."""
+    lat = np.asarray(lat, dtype=np.float64).reshape(-1)
+    lon = np.rad2deg(np.unwrap(np.deg2rad(np.asarray(lon, dtype=np.float64).reshape(-1))))
+    lat_b = cell_bounds(lat, -90.0, 90.0)
+    if lat.size > 1:             # an outer row within one spacing of a pole reaches it (global grids)
+        for end, inner, k in ((lat[0], lat[1], 0), (lat[-1], lat[-2], -1)):
+            if abs(end) + abs(end - inner) >= 90.0 - 1e-9:
+                lat_b[k] = np.sign(end) * 90.0
+    lat_b = np.deg2rad(lat_b)
+    lon_b = np.deg2rad(cell_bounds(lon))
+    band = np.abs(np.sin(lat_b[1:]) - np.sin(lat_b[:-1]))          # (H,)
+    width = np.abs(np.diff(lon_b))                                # (W,)
+    return EARTH_RADIUS_KM**2 * band[:, None] * width[None, :]
+
+
+def haversine_km(lat1, lon1, lat2, lon2):
+    """Great-circle distance in km between points given in degrees (broadcasts)."""
+    p1, p2 = np.deg2rad(lat1), np.deg2rad(lat2)
+    dp = p2 - p1
+    dl = np.deg2rad(np.asarray(lon2, dtype=np.float64) - lon1)
+    h = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
+    return 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+
+
+def unit_vectors(lat, lon):
+    """(x, y, z) of points on the unit sphere, each shaped like ``lat`` and ``lon`` broadcast."""
+    p, l = np.deg2rad(lat), np.deg2rad(lon)
+    return np.cos(p) * np.cos(l), np.cos(p) * np.sin(l), np.sin(p) * np.ones_like(l)
+
+
+def from_unit_vectors(x, y, z):
+    """(lat, lon) in degrees of the directions (x, y, z) (need not be normalised);
+    longitudes in [0, 360)."""
+    lat = np.rad2deg(np.arctan2(z, np.hypot(x, y)))
+    lon = np.rad2deg(np.arctan2(y, x)) % 360.0
+    return lat, lon
+
+
+def centroid(lat, lon, weights=None):
+    """Centroid on the sphere (lat, lon degrees) of points with optional weights (e.g. areas)."""
+    x, y, z = unit_vectors(np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64))
+    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64)
+    return from_unit_vectors((w * x).sum(), (w * y).sum(), (w * z).sum())
+
+
+# ----------------------------------------------------------------------------- connected components
+
+def label_components(mask, periodic=True):
+    """Connected regions of a boolean (H, W) mask, 8-connected, joined across the date
+    line when ``periodic`` (global longitude), never across the poles. Returns
+    ``(labels int32, count)`` with labels ``1..count`` (0 outside), numbered in the order
+    ``scipy.ndimage.label`` first meets them."""
+    labels, n = ndimage.label(mask, structure=EIGHT_CONNECTED, output=np.int32)
+    if not periodic or n < 2 or labels.shape[1] < 2:
+        return labels, n
+    west, east = labels[:, 0], labels[:, -1]
+    pairs_a, pairs_b = [west], [east]
+    pairs_a += [west[1:], west[:-1]]          # west row i with east rows i-1 and i+1
+    pairs_b += [east[:-1], east[1:]]
+    a, b = np.concatenate(pairs_a), np.concatenate(pairs_b)
+    keep = (a > 0) & (b > 0) & (a != b)
+    if not keep.any():
+        return labels, n
+    return _merge_labels(labels, n, a[keep], b[keep])
+
+
+def _merge_labels(labels, n, a, b):
+    """Join label pairs (a[i], b[i]); renumber 1..count by each group's smallest label."""
+    relabel, count = _merge_map(n, a, b)
+    return relabel[labels], count
+
+
+def _merge_map(n, a, b):
+    """Lookup (n + 1,) int32 from labels 0..n to merged labels 1..count (0 stays 0) when
+    the pairs (a[i], b[i]) are joined; groups numbered by their smallest label."""
+    graph = sparse.coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(n + 1, n + 1))
+    _, group = csgraph.connected_components(graph, directed=False)
+    smallest = np.full(group.max() + 1, n + 1, dtype=np.int64)
+    np.minimum.at(smallest, group, np.arange(n + 1))
+    root = smallest[group]                                    # each label's group representative
+    unique = np.unique(root[1:])
+    relabel = np.zeros(n + 1, dtype=np.int32)
+    relabel[1:] = np.searchsorted(unique, root[1:]) + 1
+    return relabel, int(unique.size)
+
+
+def label_classes_sparse(classes, num_classes=3, periodic=True):
+    """Components of every class > 0 of an integer (H, W) class map, numbered together,
+    in sparse form: ``(index, component, component_class)`` where ``index`` (K,) are the
+    flat indices of the labelled cells (ascending), ``component`` (K,) int32 their component
+    (1..n) and ``component_class`` (n + 1,) each component's class (entry 0 is 0).
+
+    One ``scipy.ndimage.label`` of all labelled cells serves every class when no component
+    mixes classes (touching objects of different classes); otherwise each class is labelled
+    on its own. Everything after the labelling works on the labelled cells only."""
+    classes = np.asarray(classes)
+    h, w = classes.shape
+    nonzero = classes != 0
+    index = np.flatnonzero(nonzero)
+    if index.size == 0:
+        return index, np.zeros(0, np.int32), np.zeros(1, np.int64)
+    first, last = index[0] // w, index[-1] // w
+    if first > 0 or last < h - 1:          # label only the band of rows that holds objects
+        index, comp, owner = label_classes_sparse(classes[first:last + 1], num_classes, periodic)
+        return index + first * w, comp, owner
+    cls = classes.reshape(-1)[index].astype(np.int64)
+    labels, n = ndimage.label(nonzero, structure=EIGHT_CONNECTED, output=np.int32)
+    comp = labels.reshape(-1)[index]
+    key = np.unique(comp.astype(np.int64) * num_classes + cls)
+    owner = np.zeros(n + 1, np.int64)
+    owner[key // num_classes] = key % num_classes
+    if key.size != n:                                   # a component mixes classes: label each class apart
+        comp = np.zeros(index.size, np.int32)
+        owners, offset = [np.zeros(1, np.int64)], 0
+        for c in range(1, num_classes):
+            lab, m = label_components(classes == c, periodic)
+            if m:
+                sel = cls == c
+                comp[sel] = lab.reshape(-1)[index[sel]] + offset
+                owners.append(np.full(m, c, np.int64))
+                offset += m
+        return index, comp, np.concatenate(owners)
+    if periodic and n > 1 and w > 1:
+        west, east = labels[:, 0], labels[:, -1]
+        cw, ce = classes[:, 0], classes[:, -1]
+        a = np.concatenate([west, west[1:], west[:-1]])
+        b = np.concatenate([east, east[:-1], east[1:]])
+        same = np.concatenate([cw == ce, cw[1:] == ce[:-1], cw[:-1] == ce[1:]])
+        keep = (a > 0) & (b > 0) & (a != b) & same
+        if keep.any():
+            relabel, count = _merge_map(n, a[keep], b[keep])
+            merged = np.zeros(count + 1, np.int64)
+            merged[relabel] = owner
+            return index, relabel[comp], merged
+    return index, comp, owner
+
+
+def label_classes(classes, num_classes=3, periodic=True):
+    """Dense form of :func:`label_classes_sparse`: ``(labels int32 (H, W), component_class)``."""
+    index, comp, owner = label_classes_sparse(classes, num_classes, periodic)
+    labels = np.zeros(np.asarray(classes).size, np.int32)
+    labels[index] = comp
+    return labels.reshape(np.shape(classes)), owner
+
+
+_WEIGHTS = {}
+
+
+def grid_weights(lat, lon):
+    """Flat per-cell weights of a grid for :func:`component_stats`: areas (km^2) and the
+    area-weighted unit vectors, each float64 (H * W,). The last grid's are kept."""
+    lat = np.asarray(lat, np.float64).reshape(-1)
+    lon = np.asarray(lon, np.float64).reshape(-1)
+    key = (lat.tobytes(), lon.tobytes())
+    if key not in _WEIGHTS:
+        areas = cell_areas(lat, lon)
+        p, l = np.deg2rad(lat)[:, None], np.deg2rad(lon)[None, :]
+        _WEIGHTS.clear()
+        _WEIGHTS[key] = dict(area=areas.reshape(-1), x=(areas * (np.cos(p) * np.cos(l))).reshape(-1),
+                             y=(areas * (np.cos(p) * np.sin(l))).reshape(-1), z=(areas * np.sin(p)).reshape(-1))
+    return _WEIGHTS[key]
+
+
+def component_stats(labels, count, weights):
+    """Per-component pixel count, area (km^2) and area-weighted unit-vector sums
+    ``(pixels (count,), area (count,), vectors (count, 3))`` of ``labels`` (1..count),
+    with ``weights`` from :func:`grid_weights`; :func:`from_unit_vectors` of the vectors
+    gives the centroids."""
+    flat = labels.reshape(-1)
+    size = count + 1
+    pixels = np.bincount(flat, minlength=size)[1:]
+    sums = [np.bincount(flat, weights=weights[k], minlength=size)[1:] for k in ("area", "x", "y", "z")]
+    return pixels, sums[0], np.stack(sums[1:], axis=-1)

@@ -1,0 +1,449 @@
+"""Synthetic CAM5-like time series: history files in which cyclones and rivers live,
+move and die, with their true event ids kept so that tracking can be scored.
+
+Data flow: :func:`simulate_events` draws every event's life from the seed (genesis
+time and place, motion, intensity) on the model's time axis; :func:`generate_timeseries`
+then builds each time step's fields with the per-snapshot physics of
+:mod:`climseg.data.synthetic` (:func:`~climseg.data.synthetic.build_snapshot`) and writes
+one netCDF file per model day, ``<case>.cam.h2.YYYY-MM-DD-00000.nc``, as CAM5 names its
+history files.
+
+Events:
+
+* **Tropical cyclones** form at 7-20 degrees latitude, drift westward (4-7 m/s) and
+  poleward (1-2.5 m/s) in the trade winds, recurve eastward and speed up poleward of
+  their recurvature latitude (22-32 degrees), and live 3-10 days; their maximum wind
+  grows from 26 m/s to a peak of 30-70 m/s and decays again (a sine over the life).
+* **Atmospheric rivers** form in the subtropics (12-26 degrees), drift eastward
+  (6-12 m/s) and slightly poleward, grow to their full length and vapour content and
+  fade again over 1.5-4 days.
+* The background weather is one smooth random field per run, carried eastward by one
+  degree of longitude every six hours.
+
+A simulation starts ten model days before the first written step, so the series
+starts with events already under way (those are cut at the start, as in a real run).
+
+Each file holds ``time`` (CF, ``hours since <start>``, calendar ``noleap`` like CAM5),
+``lat``/``lon`` (CF coordinates), the 16 CAM5 variables (float32, ``(time, lat, lon)``,
+CAM5 units), ``LABELS`` (0 background, 1 tropical cyclone, 2 atmospheric river) and
+``TRUE_EVENT_ID`` (the id of the event each labelled cell belongs to, 0 elsewhere).
+The output folder also holds ``true_events.csv`` (one row per event),
+``true_tracks.csv`` (one row per event and step: the generator's centre and labelled
+pixels) and ``climseg-timeseries.json`` (the parameters). The same seed gives the same
+series whatever the number of worker processes.
+"""
+import concurrent.futures
+import csv
+import dataclasses
+import os
+import re
+
+import numpy as np
+
+from climseg.constants import ATMOSPHERIC_RIVER, CHANNEL_UNITS, CHANNELS, CLASS_NAMES, TROPICAL_CYCLONE
+from climseg.data.synthetic import (EARTH_RADIUS, GALE_WIND, GENERATOR_VERSION, Features, _BaseGrid, _draw_cyclone,
+                                    _great_circle, build_snapshot, draw_weather, grid, river_axis)
+from climseg.errors import ConfigError, UserError
+from climseg.io import atomic_directory, atomic_path, write_json
+from climseg.progress import progress_bar
+
+TIMESERIES_VERSION = 1
+SPIN_UP_HOURS = 240.0
+LONG_NAMES = {
+    "TMQ": "Total (vertically integrated) precipitable water", "U850": "Zonal wind at 850 mbar pressure surface",
+    "V850": "Meridional wind at 850 mbar pressure surface", "UBOT": "Lowest model level zonal wind",
+    "VBOT": "Lowest model level meridional wind", "QREFHT": "Reference height humidity",
+    "PS": "Surface pressure", "PSL": "Sea level pressure", "T200": "Temperature at 200 mbar pressure surface",
+    "T500": "Temperature at 500 mbar pressure surface", "PRECT": "Total (convective and large-scale) precipitation rate (liq + ice)",
+    "TS": "Surface temperature (radiative)", "TREFHT": "Reference height temperature",
+    "Z1000": "Geopotential Z at 1000 mbar pressure surface", "Z200": "Geopotential Z at 200 mbar pressure surface",
+    "ZBOT": "Lowest model level height",
+}
+DAYS_PER_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)   # noleap
+
+
+def parse_interval(text):
+    """Hours of an interval written ``3h``, ``6H``, ``90min``, ``1d`` or a plain number of hours."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(h|hr|hours?|min|minutes?|d|days?)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise ConfigError(f"--interval {text}: expected a duration such as 3h, 90min or 1d")
+    value, unit = float(m.group(1)), (m.group(2) or "h").lower()
+    hours = value / 60.0 if unit.startswith("m") else value * 24.0 if unit.startswith("d") else value
+    if hours <= 0:
+        raise ConfigError(f"--interval {text}: must be positive")
+    return hours
+
+
+def noleap_date(hours, start_year):
+    """(year, month, day, hour) of ``hours`` after ``start_year``-01-01 00:00 in the noleap calendar."""
+    day, hour = divmod(float(hours), 24.0)
+    year, doy = divmod(int(day), 365)
+    month = 0
+    while doy >= DAYS_PER_MONTH[month]:
+        doy -= DAYS_PER_MONTH[month]
+        month += 1
+    return start_year + year, month + 1, doy + 1, hour
+
+
+# ----------------------------------------------------------------------------- events
+
+@dataclasses.dataclass
+class Event:
+    """One simulated event: its class, parameters and life on the model's time axis (hours)."""
+
+    id: int
+    cls: int
+    birth: float
+    life: float
+    params: dict
+    path: list = dataclasses.field(default_factory=list, repr=False)   # cyclones: hourly positions, filled on demand
+
+
+def _envelope(age, life):
+    return float(np.sin(np.pi * np.clip(age / life, 0.0, 1.0)))
+
+
+def _move(lat, lon, east, north, seconds):
+    """Move a point by velocity (east, north) m/s for ``seconds``."""
+    lat2 = lat + np.rad2deg(north * seconds / EARTH_RADIUS)
+    lon2 = lon + np.rad2deg(east * seconds / (EARTH_RADIUS * max(np.cos(np.deg2rad(lat)), 0.2)))
+    return float(np.clip(lat2, -80.0, 80.0)), float(lon2 % 360.0)
+
+
+def cyclone_at(event, hours):
+    """The cyclone dict (as :func:`climseg.data.synthetic._cyclone_fields` takes it) of
+    ``event`` at model time ``hours``; its motion is integrated from genesis in hourly
+    steps (kept on the event, so later calls continue where earlier ones stopped)."""
+    p = event.params
+    if not event.path:
+        event.path.append((p["lat"], p["lon"]))
+    steps = int(np.floor(hours - event.birth + 1e-9))
+    while len(event.path) <= steps:
+        lat, lon = event.path[-1]
+        turn = float(np.clip((abs(lat) - p["recurve"]) / 6.0, 0.0, 1.0))
+        east = (1.0 - turn) * -p["west"] + turn * p["east"]
+        north = p["hemisphere"] * ((1.0 - turn) * p["north"] + turn * 2.0 * p["north"])
+        event.path.append(_move(lat, lon, east, north, 3600.0))
+    lat, lon = event.path[max(steps, 0)]
+    vmax = 26.0 + (p["vpeak"] - 26.0) * _envelope(hours - event.birth, event.life)
+    r34 = p["rmax"] * (vmax / GALE_WIND) ** (1.0 / p["alpha"])
+    return dict(lat=lat, lon=lon, hemisphere=p["hemisphere"], vmax=vmax, rmax=p["rmax"], alpha=p["alpha"], r34=r34,
+                deficit=1.15 * np.e * vmax**2 / 1.5, warm_core=2.0 + 0.1 * (vmax - GALE_WIND),
+                rain=p["rain"], moisture=p["moisture"])
+
+
+def river_at(event, hours):
+    """The river dict (as :func:`climseg.data.synthetic._river_fields` takes it) of ``event``
+    at model time ``hours``."""
+    p = event.params
+    age = hours - event.birth
+    grow = _envelope(age, event.life)
+    lat, lon = _move(p["lat"], p["lon"], p["drift_east"], p["hemisphere"] * p["drift_north"], age * 3600.0)
+    length = p["length"] * (0.45 + 0.55 * grow)
+    lats, lons = river_axis(lat, lon, p["hemisphere"], length, p["heading0"], p["heading1"])
+    return dict(lats=lats, lons=lons, length=length, hemisphere=p["hemisphere"], sigma=p["sigma"],
+                vapour=p["vapour"] * (0.35 + 0.65 * grow), jet=p["jet"] * (0.5 + 0.5 * grow), rain=p["rain"])
+
+
+def simulate_events(seed, hours_total, features=Features(), spin_up=SPIN_UP_HOURS):
+    """Every event of a run of ``hours_total`` model hours (and ``spin_up`` hours before
+    it, at negative times), drawn from ``seed``: genesis is a Poisson process whose rate
+    keeps on average ``features.cyclones_mean`` cyclones and ``features.rivers_mean``
+    rivers alive, capped at ``cyclones_max``/``rivers_max`` at once."""
+    rng = np.random.default_rng([int(seed), 13, GENERATOR_VERSION, TIMESERIES_VERSION])
+    events, check_hours = [], 6.0
+    cyclone_life, river_life = (72.0, 240.0), (36.0, 96.0)
+    rates = (features.cyclones_mean / np.mean(cyclone_life) * check_hours,
+             features.rivers_mean / np.mean(river_life) * check_hours)
+    hours = -spin_up
+    while hours < hours_total:
+        alive = [e for e in events if e.birth <= hours < e.birth + e.life]
+        cyclones = [cyclone_at(e, hours) for e in alive if e.cls == TROPICAL_CYCLONE]
+        rivers = [river_at(e, hours) for e in alive if e.cls == ATMOSPHERIC_RIVER]
+        for _ in range(rng.poisson(rates[0])):
+            if len(cyclones) >= features.cyclones_max:
+                break
+            c = _draw_cyclone(rng, cyclones + [dict(lat=float(r["lats"][0]), lon=float(r["lons"][0])) for r in rivers])
+            if c is None:
+                continue
+            c["lat"] = c["hemisphere"] * rng.uniform(7.0, 20.0)
+            params = dict(lat=c["lat"], lon=c["lon"], hemisphere=c["hemisphere"], vpeak=c["vmax"], rmax=c["rmax"],
+                          alpha=c["alpha"], rain=c["rain"], moisture=c["moisture"], west=rng.uniform(4.0, 7.0),
+                          north=rng.uniform(1.0, 2.5), east=rng.uniform(5.0, 9.0), recurve=rng.uniform(22.0, 32.0))
+            e = Event(len(events) + 1, TROPICAL_CYCLONE, hours, rng.uniform(*cyclone_life), params)
+            events.append(e)
+            cyclones.append(cyclone_at(e, hours))
+        for _ in range(rng.poisson(rates[1])):
+            if len(rivers) >= features.rivers_max:
+                break
+            params = _draw_river_params(rng, cyclones, rivers)
+            if params is None:
+                continue
+            e = Event(len(events) + 1, ATMOSPHERIC_RIVER, hours, rng.uniform(*river_life), params)
+            events.append(e)
+            rivers.append(river_at(e, hours))
+        hours += check_hours
+    return events
+
+
+def _draw_river_params(rng, cyclones, rivers):
+    for _ in range(10):
+        hemisphere = 1.0 if rng.random() < 0.5 else -1.0
+        p = dict(lat=hemisphere * rng.uniform(12.0, 26.0), lon=rng.uniform(0.0, 360.0), hemisphere=hemisphere,
+                 length=rng.uniform(2.5e6, 6.0e6), heading0=np.deg2rad(rng.uniform(35.0, 70.0)),
+                 heading1=np.deg2rad(rng.uniform(0.0, 30.0)), sigma=rng.uniform(130e3, 300e3),
+                 vapour=rng.uniform(14.0, 30.0), jet=rng.uniform(10.0, 22.0), rain=rng.uniform(1e-7, 6e-7),
+                 drift_east=rng.uniform(6.0, 12.0), drift_north=rng.uniform(0.3, 1.2))
+        lats, lons = river_axis(p["lat"], p["lon"], hemisphere, p["length"], p["heading0"], p["heading1"])
+        clear_of_cyclones = all(_great_circle(lats, lons, c["lat"], c["lon"]).min() > 1.5e6 for c in cyclones)
+        clear_of_rivers = all(_great_circle(lats[::8, None], lons[::8, None], r["lats"][None, ::8],
+                                            r["lons"][None, ::8]).min() > 2.0e6 for r in rivers)
+        if clear_of_cyclones and clear_of_rivers:
+            return p
+    return None
+
+
+# ----------------------------------------------------------------------------- writing
+
+@dataclasses.dataclass(frozen=True)
+class SeriesSpec:
+    """What to build: grid, times and events."""
+
+    height: int
+    width: int
+    seed: int
+    interval_hours: float
+    timesteps: int
+    start_year: int = 2106
+    case: str = "climseg"
+    features: Features = Features()
+
+
+def _snapshot(spec, events, hours):
+    """Fields, labels and true event ids of one step at model time ``hours``."""
+    lat, lon = grid(spec.height, spec.width)
+    base = _BaseGrid(lat, lon)
+    weather = _weather(spec.seed, base)
+    shift = int(round(hours / 6.0))          # one degree eastward every six hours
+    weather = {k: np.roll(v, shift, axis=1) for k, v in weather.items()}
+    alive = [e for e in events if e.birth <= hours < e.birth + e.life]
+    rivers = [e for e in alive if e.cls == ATMOSPHERIC_RIVER]
+    cyclones = [e for e in alive if e.cls == TROPICAL_CYCLONE]
+    cdicts = [cyclone_at(e, hours) for e in cyclones]
+    rdicts = [river_at(e, hours) for e in rivers]
+    data, labels, painted = build_snapshot(base, lat, lon, weather, cdicts, rdicts)
+    ids = np.zeros(labels.shape, np.int32)
+    for e, (_, region) in zip(rivers + cyclones, painted):   # painted: rivers first, then cyclones
+        ids[region] = e.id
+    ids[labels == 0] = 0
+    centres = [(e.id, e.cls, d["lat"], d["lon"]) for e, d in zip(cyclones, cdicts)]
+    centres += [(e.id, e.cls, float(d["lats"][len(d["lats"]) // 2]), float(d["lons"][len(d["lons"]) // 2]))
+                for e, d in zip(rivers, rdicts)]
+    return data, labels, ids, centres
+
+
+_WEATHER = {}
+
+
+def _weather(seed, base):
+    """The run's weather (drawn once per seed and process)."""
+    if seed not in _WEATHER:
+        _WEATHER.clear()
+        _WEATHER[seed] = draw_weather(np.random.default_rng([int(seed), 17, GENERATOR_VERSION]), base)
+    return _WEATHER[seed]
+
+
+def _day_file(spec, day_hours):
+    y, m, d, _ = noleap_date(day_hours, spec.start_year)
+    return f"{spec.case}.cam.h2.{y:04d}-{m:02d}-{d:02d}-00000.nc"
+
+
+def _write_day(job):
+    """Build and write one day's file; returns the per-step true-track rows."""
+    folder, spec, events, steps = job
+    import netCDF4
+
+    lat, lon = grid(spec.height, spec.width)
+    hours = [s * spec.interval_hours for s in steps]
+    name = _day_file(spec, hours[0])
+    rows = []
+    with atomic_path(os.path.join(folder, name)) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
+        ds.Conventions = "CF-1.8"
+        ds.title = "climseg synthetic CAM5-like history file"
+        ds.source = f"climseg.data.timeseries version {TIMESERIES_VERSION}, seed {spec.seed}"
+        ds.case = spec.case
+        ds.createDimension("time", None)
+        ds.createDimension("lat", spec.height)
+        ds.createDimension("lon", spec.width)
+        t = ds.createVariable("time", "f8", ("time",))
+        t.standard_name, t.long_name = "time", "time"
+        t.units, t.calendar = f"hours since {spec.start_year:04d}-01-01 00:00:00", "noleap"
+        t.axis = "T"
+        la = ds.createVariable("lat", "f8", ("lat",))
+        la.standard_name, la.long_name, la.units, la.axis = "latitude", "latitude", "degrees_north", "Y"
+        la[:] = lat
+        lo = ds.createVariable("lon", "f8", ("lon",))
+        lo.standard_name, lo.long_name, lo.units, lo.axis = "longitude", "longitude", "degrees_east", "X"
+        lo[:] = lon
+        dims = ("time", "lat", "lon")
+        variables = {}
+        for c in CHANNELS:
+            v = ds.createVariable(c, "f4", dims, chunksizes=(1, spec.height, spec.width))
+            v.units, v.long_name = CHANNEL_UNITS[c], LONG_NAMES[c]
+            variables[c] = v
+        lab = ds.createVariable("LABELS", "i4", dims, zlib=True, complevel=1, chunksizes=(1, spec.height, spec.width))
+        lab.long_name = "extreme weather class"
+        lab.flag_values = np.arange(len(CLASS_NAMES), dtype=np.int32)
+        lab.flag_meanings = " ".join(CLASS_NAMES)
+        tid = ds.createVariable("TRUE_EVENT_ID", "i4", dims, zlib=True, complevel=1, chunksizes=(1, spec.height, spec.width))
+        tid.long_name = "id of the generated event each labelled cell belongs to (true_events.csv), 0 outside events"
+        for k, (step, h) in enumerate(zip(steps, hours)):
+            data, labels, ids, centres = _snapshot(spec, events, h)
+            t[k] = h
+            for j, c in enumerate(CHANNELS):
+                variables[c][k] = data[..., j]
+            lab[k] = labels
+            tid[k] = ids
+            pixels = np.bincount(ids.reshape(-1), minlength=len(events) + 1)
+            rows += [(i, cls, step, h, la_, lo_, int(pixels[i])) for i, cls, la_, lo_ in centres]
+    return name, rows
+
+
+def generate_timeseries(out, timesteps, interval_hours=3.0, height=768, width=1152, seed=0, workers=None,
+                        progress=True, features=Features(), case="climseg", start_year=2106):
+    """Write a synthetic time series into the folder ``out`` (see the module docstring);
+    returns a summary dict (also ``out/climseg-timeseries.json``)."""
+    if height < 8 or width < 8:
+        raise UserError(f"height {height} and width {width} must be at least 8")
+    if timesteps < 1:
+        raise UserError(f"--timesteps {timesteps}: need at least 1")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", case):
+        raise UserError(f"case name {case!r}: use letters, digits, '_', '-' and '.' only")
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise UserError(f"{out}: already exists and is not an empty folder")
+    spec = SeriesSpec(height, width, int(seed), float(interval_hours), int(timesteps), start_year, case, features)
+    events = simulate_events(seed, timesteps * interval_hours, features)
+    days = {}
+    for s in range(timesteps):
+        days.setdefault(int(s * interval_hours // 24), []).append(s)
+    workers = max(1, min(workers or min(8, os.cpu_count() or 1), len(days)))
+    with atomic_directory(out) as tmp, progress_bar(total=len(days), desc=f"generate {timesteps} steps", unit="day",
+                                                    disable=not progress) as bar:
+        jobs = [(tmp, spec, events, steps) for steps in days.values()]
+        results = []
+        if workers > 1:
+            with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+                for res in pool.map(_write_day, jobs):
+                    results.append(res)
+                    bar.update()
+        else:
+            for job in jobs:
+                results.append(_write_day(job))
+                bar.update()
+        rows = [r for _, rs in results for r in rs]
+        seen = _write_truth(tmp, events, rows, spec)
+        summary = dict(generator="climseg.data.timeseries", version=TIMESERIES_VERSION, seed=int(seed), height=height,
+                       width=width, timesteps=timesteps, interval_hours=interval_hours, calendar="noleap",
+                       start=f"{start_year:04d}-01-01 00:00:00", case=case, files=[n for n, _ in results],
+                       cyclones=sum(1 for e in seen if e[1] == TROPICAL_CYCLONE),
+                       rivers=sum(1 for e in seen if e[1] == ATMOSPHERIC_RIVER), features=dataclasses.asdict(features))
+        write_json(os.path.join(tmp, "climseg-timeseries.json"), summary)
+    return summary
+
+
+def _write_truth(folder, events, rows, spec):
+    """true_tracks.csv (every event and step with labelled pixels) and true_events.csv."""
+    rows = sorted((r for r in rows if r[6] > 0), key=lambda r: (r[0], r[2]))
+    with atomic_path(os.path.join(folder, "true_tracks.csv")) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "class", "step", "time_hours", "centre_lat", "centre_lon", "pixels"])
+        for i, cls, step, h, la, lo, px in rows:
+            w.writerow([i, CLASS_NAMES[cls], step, f"{h:g}", f"{la:.4f}", f"{lo:.4f}", px])
+    by_event = {}
+    for r in rows:
+        by_event.setdefault(r[0], []).append(r)
+    seen = []
+    with atomic_path(os.path.join(folder, "true_events.csv")) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "class", "first_step", "last_step", "steps", "birth_hours", "death_hours"])
+        for e in events:
+            if e.id not in by_event:
+                continue
+            rs = by_event[e.id]
+            seen.append((e.id, e.cls))
+            w.writerow([e.id, CLASS_NAMES[e.cls], rs[0][2], rs[-1][2], len(rs), f"{e.birth:g}", f"{e.birth + e.life:g}"])
+    return seen
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def score_tracking(series_folder, track_folder, min_steps=1):
+    """Tracked events (a ``climseg track`` output of this series' ``LABELS``) against the
+    generator's true events, matched one to one by pixel overlap over the whole series
+    (mutual best: the tracked event that shares most cells with a true event, and vice versa).
+
+    Returns per class: ``true`` (true events seen on at least ``min_steps`` steps),
+    ``tracked``, ``matched``, ``recall`` (matched / true), ``precision`` (matched / tracked),
+    ``lifetime_error_steps`` (mean absolute difference of steps seen, matched events) and
+    ``centre_error_km`` (mean great-circle distance between the tracked centroid and the
+    generator's centre over the matched events' common steps; cyclones only)."""
+    import glob
+
+    import netCDF4
+
+    from climseg.analytics.sphere import haversine_km
+    from climseg.analytics.track import read_events
+
+    meta, events, tracks = read_events(track_folder)
+    truth_files = sorted(glob.glob(os.path.join(series_folder, "*.cam.h2.*.nc")))
+    keys, counts = [], []
+    for path in truth_files:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        with netCDF4.Dataset(path) as a, netCDF4.Dataset(os.path.join(track_folder, f"{stem}_event_id.nc")) as b:
+            a.set_auto_mask(False)
+            b.set_auto_mask(False)
+            true_ids = np.asarray(a.variables["TRUE_EVENT_ID"][:], np.int64).reshape(-1)
+            ids = np.asarray(b.variables["event_id"][:], np.int64).reshape(-1)
+        both = (true_ids > 0) & (ids > 0)
+        k, c = np.unique(true_ids[both] * (1 << 32) + ids[both], return_counts=True)
+        keys.append(k)
+        counts.append(c)
+    k = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+    c = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+    k, inverse = np.unique(k, return_inverse=True)
+    c = np.bincount(inverse, weights=c).astype(np.int64) if k.size else c
+    true_of, tracked_of = k >> 32, k & ((1 << 32) - 1)
+    best_for_true, best_for_tracked = {}, {}
+    for t, e, n in zip(true_of.tolist(), tracked_of.tolist(), c.tolist()):
+        if n > best_for_true.get(t, (0, 0))[1]:
+            best_for_true[t] = (e, n)
+        if n > best_for_tracked.get(e, (0, 0))[1]:
+            best_for_tracked[e] = (t, n)
+    with open(os.path.join(series_folder, "true_events.csv"), newline="") as f:
+        true_events = {int(r["id"]): r for r in csv.DictReader(f)}
+    with open(os.path.join(series_folder, "true_tracks.csv"), newline="") as f:
+        true_tracks = {}
+        for r in csv.DictReader(f):
+            true_tracks[(int(r["id"]), int(r["step"]))] = (float(r["centre_lat"]), float(r["centre_lon"]))
+    tracked_steps = {(int(r["id"]), int(r["step"])): (float(r["lat"]), float(r["lon"])) for r in tracks}
+    tracked = {int(e["id"]): e for e in events}
+    out = {}
+    for cls in CLASS_NAMES[1:]:
+        true_ids = [i for i, r in true_events.items() if r["class"] == cls and int(r["steps"]) >= min_steps]
+        tracked_ids = [i for i, e in tracked.items() if e["class"] == cls]
+        matched = [(t, best_for_true[t][0]) for t in true_ids
+                   if t in best_for_true and best_for_tracked.get(best_for_true[t][0], (None,))[0] == t
+                   and tracked[best_for_true[t][0]]["class"] == cls]
+        life = [abs(int(tracked[e]["steps"]) - int(true_events[t]["steps"])) for t, e in matched]
+        dist = []
+        if cls == CLASS_NAMES[1]:
+            for t, e in matched:
+                for (tid, step), (la, lo) in true_tracks.items():
+                    if tid == t and (e, step) in tracked_steps:
+                        dist.append(float(haversine_km(la, lo, *tracked_steps[(e, step)])))
+        out[cls] = dict(true=len(true_ids), tracked=len(tracked_ids), matched=len(matched),
+                        recall=len(matched) / len(true_ids) if true_ids else None,
+                        precision=len(matched) / len(tracked_ids) if tracked_ids else None,
+                        lifetime_error_steps=float(np.mean(life)) if life else None,
+                        centre_error_km=float(np.mean(dist)) if dist else None)
+    return out
