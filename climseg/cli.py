@@ -84,6 +84,7 @@ def build_parser():
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--no-maps", action="store_true", help="skip the PNG maps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _variable_options(p)
 
     p = sub.add_parser("generate", help="write a synthetic CAM5-like dataset (DeepCAM layout) or time series (netCDF)",
                        description="Write OUT/train/*.h5, OUT/validation/*.h5 and OUT/stats.h5; with --timesteps, "
@@ -160,6 +161,14 @@ def build_parser():
 
     sub.add_parser("info", help="versions, devices, and which backend each op uses")
     return parser
+
+
+def _variable_options(p):
+    """--convention and --variables: how netCDF variable names map to the channels."""
+    p.add_argument("--convention", default="auto", choices=("auto", "CAM5", "ERA5", "CMIP6", "cam5", "era5", "cmip6"),
+                   help="netCDF variable names: CAM5, ERA5 or CMIP6 (default auto: the first that has every channel)")
+    p.add_argument("--variables", default=None, metavar="FILE", help="YAML/JSON mapping of channel -> variable "
+                   "(name, level, units) for any other naming; may extend a preset with 'convention: ERA5'")
 
 
 BENCHES = ("step", "atrous", "cuda-kernels", "allreduce", "io", "scaling", "track")
@@ -286,7 +295,7 @@ def cmd_predict(args):
     from climseg.predict import predict
 
     predict(args.checkpoint, args.inputs, args.out, device=args.device, maps=not args.no_maps,
-            progress=not args.no_progress)
+            progress=not args.no_progress, convention=args.convention, variables=args.variables)
     return 0
 
 
