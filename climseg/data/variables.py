@@ -98,7 +98,10 @@ class Plan:
 # The quantity each channel is, and the units (in canonical spelling) of that quantity.
 KIND = dict(TMQ="column", U850="speed", V850="speed", UBOT="speed", VBOT="speed", QREFHT="specific",
             PS="pressure", PSL="pressure", T200="temperature", T500="temperature", PRECT="rate",
-            TS="temperature", TREFHT="temperature", Z1000="height", Z200="height", ZBOT="height")
+            TS="temperature", TREFHT="temperature", Z1000="height", Z200="height", ZBOT="height",
+            IVT="flux")
+# Fields beyond the 16 channels that the labeller uses when a file has them.
+EXTRA_UNITS = {"IVT": "kg m-1 s-1"}   # integrated water-vapour transport (magnitude)
 
 # Per kind: canonical units -> (scale, offset) to the CAM5 unit, value * scale + offset.
 # "accumulated" marks an amount per time step (divided by the step length in seconds).
@@ -115,11 +118,12 @@ UNIT_TABLE = {
              "m": ("accumulated", 1.0), "mm": ("accumulated", 1e-3), "kg m-2": ("accumulated", 1e-3)},
     "height": {"m": (1.0, 0.0), "gpm": (1.0, 0.0), "km": (1000.0, 0.0),
                "m2 s-2": (1.0 / GRAVITY, 0.0)},
+    "flux": {"kg m-1 s-1": (1.0, 0.0)},
     "dewpoint": None,   # same table as temperature (filled below)
 }
 UNIT_TABLE["dewpoint"] = UNIT_TABLE["temperature"]
 CANONICAL_UNITS = dict(column="kg m-2", speed="m s-1", specific="kg kg-1", pressure="pa", temperature="k",
-                       rate="m s-1", height="m", dewpoint="k")
+                       rate="m s-1", height="m", dewpoint="k", flux="kg m-1 s-1")
 
 
 def canonical_units(text):
@@ -190,8 +194,15 @@ def _one(names, level=None, kind=None):
     return Recipe((Source(tuple(names) if isinstance(names, (tuple, list)) else (names,), level, kind),))
 
 
+def vapour_transport(eastward, northward):
+    """|IVT| (kg m-1 s-1) from its eastward and northward components."""
+    return np.hypot(eastward, northward).astype(np.float32)
+
+
 def _cam5():
-    return {c: [_one(c, kind=KIND[c])] for c in CHANNELS}
+    table = {c: [_one(c, kind=KIND[c])] for c in CHANNELS}
+    table["IVT"] = [_one("IVT", kind="flux")]
+    return table
 
 
 def _era5():
@@ -209,6 +220,8 @@ def _era5():
         TS=[_one("skt", kind="temperature")], TREFHT=[_one("t2m", kind="temperature")],
         Z1000=[_one("z", 1000, "height")], Z200=[_one("z", 200, "height")],
         ZBOT=[Recipe((Source(("t2m",), kind="temperature"),), lowest_level_height, "from t2m (hypsometric)")],
+        IVT=[Recipe((Source(("viwve", "p71.162"), kind="flux"), Source(("viwvn", "p72.162"), kind="flux")),
+                    vapour_transport, "|(viwve, viwvn)|")],
     )
 
 
@@ -255,7 +268,7 @@ def load_mapping(path):
     if base is not None and str(base).upper() not in CONVENTIONS:
         raise ConfigError(f"{path}: convention {base!r} is not one of {', '.join(CONVENTIONS)}")
     table = CONVENTIONS[str(base).upper()]() if base is not None else {}
-    upper = {c.upper(): c for c in CHANNELS}
+    upper = {c.upper(): c for c in CHANNELS + tuple(EXTRA_UNITS)}
     for key, spec in raw.items():
         channel = upper.get(str(key).upper())
         if channel is None:
@@ -280,7 +293,8 @@ def _recipe_from_spec(path, channel, spec):
         raise ConfigError(f"{path}: {channel}: level, scale and offset must be numbers") from None
     units = spec.get("units")
     if units is not None and canonical_units(units) not in UNIT_TABLE[KIND[channel]]:
-        raise ConfigError(f"{path}: {channel}: units {units!r} cannot be converted to {CHANNEL_UNITS[channel]}")
+        raise ConfigError(f"{path}: {channel}: units {units!r} cannot be converted to "
+                          f"{CHANNEL_UNITS.get(channel) or EXTRA_UNITS[channel]}")
     return Recipe((Source((str(spec["name"]),), level, KIND[channel], units, scale, offset),))
 
 
