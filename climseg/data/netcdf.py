@@ -153,6 +153,12 @@ def open_netcdf(path, channels=CHANNELS, optional=(), convention="auto", variabl
     for n in used:
         for s in segments[n]:
             s.step_seconds = _step_seconds(dates)
+    for c, plan in plans.items():             # units checked now, not at the first step read
+        for source, n in zip(plan.recipe.sources, plan.names):
+            for s in segments[n]:
+                if source.scale is None:
+                    conventions.to_channel_units(np.zeros(1, np.float32), source.units or s.units, source.kind,
+                                                 s.step_seconds, f"{s.path}: {c}: variable {s.name} ")
     lat, lon, flipped = grid["lat"], grid["lon"], grid["flipped"]
     step = (lon[-1] - lon[0]) / max(len(lon) - 1, 1)
     periodic = len(lon) > 1 and abs(lon[-1] - lon[0] + step - 360.0) < 0.5 * step
