@@ -181,12 +181,12 @@ def build_parser():
 LABEL_OPTIONS = [
     # (flag, LabelOptions field, type, help); defaults and sources in docs/labelling.md
     ("--tc-vorticity", "tc_vorticity", float, "850 hPa cyclonic vorticity, s-1 (default 3.5e-5)"),
-    ("--tc-warm-core", "tc_warm_core", float, "upper-level warm anomaly, K (default 1.0)"),
+    ("--tc-warm-core", "tc_warm_core", float, "upper-level warm anomaly, K (default 0.8)"),
     ("--tc-pressure-rise", "tc_pressure_rise", float, "PSL rise within --tc-environment-km, Pa (default 400)"),
     ("--tc-wind", "tc_wind", float, "low-level wind, m s-1 (default 17)"),
-    ("--tc-core-km", "tc_core_km", float, "vorticity and warm-core search radius, km (default 250)"),
+    ("--tc-core-km", "tc_core_km", float, "vorticity and warm-core search radius, km (default 222: 2 deg)"),
     ("--tc-environment-km", "tc_environment_km", float, "closed-depression and warm-core surroundings radius, km "
-     "(default 550)"),
+     "(default 556: 5 deg)"),
     ("--tc-mask-km", "tc_mask_km", float, "largest extent of a storm mask, km (default 500)"),
     ("--tc-max-lat", "tc_max_lat", float, "storm centres equatorward of this latitude (default 45)"),
     ("--tc-min-hours", "tc_min_hours", float, "shortest storm track kept, hours (default 24)"),

@@ -68,15 +68,15 @@ class LabelOptions:
     tc_max_lat: float = 45.0              # deg; candidates equatorward of this
     tc_candidate_km: float = 300.0        # PSL minimum within this distance
     tc_vorticity: float = 3.5e-5          # s-1, 850 hPa cyclonic vorticity (Zhao et al. 2009; Knutson et al. 2007)
-    tc_core_km: float = 250.0             # vorticity maximum and warm core within ~2 deg of the centre
-    tc_warm_core: float = 1.0             # K, upper-level warm anomaly (Zhao et al. 2009: 1 K)
-    tc_environment_km: float = 550.0      # ~5 deg: warm-core surroundings and closed-depression radius
-    tc_pressure_rise: float = 400.0       # Pa, PSL rise within tc_environment_km (4 hPa, TECA/Knutson et al. 2007)
-    tc_wind: float = GALE_WIND            # m s-1, low-level wind (17 m s-1, Walsh et al. 2007; TECA)
+    tc_core_km: float = 222.0             # 2 deg: vorticity maximum and warm core near the centre (TECA max_core_radius)
+    tc_warm_core: float = 0.8             # K, upper-level warm anomaly (TECA max_core_temperature_delta)
+    tc_environment_km: float = 556.0      # 5 deg: warm-core surroundings and closed-depression radius (TECA)
+    tc_pressure_rise: float = 400.0       # Pa, PSL rise within tc_environment_km (TECA max_pressure_delta)
+    tc_wind: float = GALE_WIND            # m s-1, low-level wind (TECA min_wind_speed; 34 kt gale force)
     tc_wind_km: float = 300.0             # wind criterion within this distance
     tc_mask_km: float = 500.0             # largest extent of a storm's mask (our choice, not from the literature)
     tc_mask_deficit: float = 0.5          # mask also where the deficit is >= this share of the centre's
-    tc_max_speed: float = 20.0            # m s-1, fastest storm motion when linking steps
+    tc_max_speed: float = 1600.0 / 86.4  # m s-1, fastest storm motion: 1600 km a day (TECA max_daily_distance)
     tc_min_hours: float = 24.0            # shortest track kept (tracks cut by the series' ends are kept)
     # atmospheric rivers
     ar_field: str = "auto"                # auto, ivt, proxy (TMQ x |V850|) or tmq
