@@ -85,7 +85,7 @@ class LabelOptions:
     ar_min_length_km: float = 2000.0      # Ralph et al. 2004; Guan and Waliser 2015
     ar_min_aspect: float = 2.0            # length / width (Guan and Waliser 2015)
     ar_max_width_km: float = 1000.0       # Ralph et al. 2004 (narrow: < 1000 km)
-    ar_levels: tuple = (1.0, 1.2, 1.4, 1.6)  # threshold multiples tried in turn on objects failing the shape test
+    ar_levels: tuple = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.4)   # threshold multiples tried in turn (250..600 for IVT)
     ar_min_poleward: float = 50.0         # kg m-1 s-1, object-mean poleward transport (Guan and Waliser 2015)
     ar_min_lat: float = 0.0               # deg; cells equatorward of this are not rivers
     ar_origin_lat: float = 35.0           # deg; equatorward end within the (sub)tropics
@@ -201,9 +201,11 @@ def detect_cyclones(fields, lat, lon, periodic=True, options=None):
     lab, n = ndimage.label(candidates, structure=sphere.EIGHT_CONNECTED)   # plateaus: one centre each
     if n == 0:
         return []
-    firsts = ndimage.minimum_position(psl, lab, np.arange(1, n + 1))
+    rr, cc = np.nonzero(candidates)
+    order = np.lexsort((psl[rr, cc], lab[rr, cc]))                      # by plateau, then pressure
+    first = order[np.r_[True, np.diff(lab[rr, cc][order]) != 0]]      # the lowest cell of each plateau
     storms = []
-    for r, c in sorted(firsts, key=lambda rc: psl[rc]):               # deepest first
+    for r, c in sorted(zip(rr[first], cc[first]), key=lambda rc: psl[rc]):   # deepest first
         index = _storm_area(psl, speed, lat, lon, periodic, r, c, rise[r, c], o)
         storms.append(dict(lat=float(lat[r]), lon=float(lon[c] % 360.0), row=int(r), col=int(c),
                            psl=float(psl[r, c]), wind=float(wind[r, c]), vorticity=float(vort[r, c]),
@@ -302,12 +304,13 @@ def detect_rivers(field, threshold, lat, lon, periodic=True, options=None, weigh
     tried again at the higher thresholds ``threshold x ar_levels`` (after Guan and Waliser
     2015, who raise the percentile from 85 to 95 for objects too large to be rivers).
     With ``poleward`` (the poleward vapour transport, (H, W)), an object's mean must reach
-    ``ar_min_poleward``. Also returns the kept objects' descriptions."""
+    ``ar_min_poleward``. ``weights``: the flat cell areas in km^2 (computed when None).
+    Also returns the kept objects' descriptions."""
     o = options or LabelOptions()
     lat = np.asarray(lat, np.float64)
     lon = np.asarray(lon, np.float64)
     field = np.asarray(field)
-    weights = weights or sphere.grid_weights(lat, lon)
+    weights = weights if weights is not None else sphere.cell_areas(lat, lon).reshape(-1)
     kept, objects = np.zeros(field.shape, bool), []
     for level in o.ar_levels:
         above = (field >= np.asarray(threshold) * level) & ~kept
@@ -326,15 +329,12 @@ def _river_objects(above, lat, lon, periodic, o, weights, poleward=None):
     labels, n = sphere.label_components(above, periodic)
     if n == 0:
         return np.zeros(above.shape, bool), []
-    transport = None
-    if poleward is not None:
-        flat_labels = labels.reshape(-1)
-        transport = (np.bincount(flat_labels, weights=np.asarray(poleward, np.float64).reshape(-1), minlength=n + 1)
-                     / np.maximum(np.bincount(flat_labels, minlength=n + 1), 1))[1:]
-    pixels, area, _ = sphere.component_stats(labels, n, weights)
-    flat = labels.reshape(-1)
-    order = np.argsort(flat, kind="stable")
-    starts = np.searchsorted(flat[order], np.arange(1, n + 2))
+    cells = np.flatnonzero(labels)                               # the labelled cells only
+    comp = labels.reshape(-1)[cells]
+    pixels = np.bincount(comp, minlength=n + 1)[1:]
+    area = np.bincount(comp, weights=weights[cells], minlength=n + 1)[1:]
+    order = cells[np.argsort(comp, kind="stable")]
+    starts = np.concatenate([[0], np.cumsum(pixels)])
     h, w = above.shape
     ns, ew = sphere.grid_spacings_km(lat, lon)
     diagonal = np.hypot(np.max(ns), np.max(ew))                  # the longest step between 8-neighbours
@@ -343,9 +343,11 @@ def _river_objects(above, lat, lon, periodic, o, weights, poleward=None):
     for k in range(n):
         if pixels[k] * diagonal < o.ar_min_length_km:             # cannot be long enough: skip the geometry
             continue
-        if transport is not None and transport[k] < o.ar_min_poleward:
-            continue
         idx = order[starts[k]: starts[k + 1]]
+        if poleward is not None:
+            transport_k = float(np.asarray(poleward).reshape(-1)[idx].mean())
+            if transport_k < o.ar_min_poleward:
+                continue
         la, lo = lat[idx // w], lon[idx % w]
         alat = np.abs(la)
         if alat.min() > o.ar_origin_lat or alat.max() < o.ar_reach_lat:
@@ -356,7 +358,7 @@ def _river_objects(above, lat, lon, periodic, o, weights, poleward=None):
         if length >= o.ar_min_length_km and aspect >= o.ar_min_aspect and width <= o.ar_max_width_km:
             keep[k + 1] = True
             objects.append(dict(length_km=float(length), width_km=float(width), aspect=float(aspect),
-                                poleward_transport=None if transport is None else float(transport[k]),
+                                poleward_transport=None if poleward is None else transport_k,
                                 area_km2=float(area[k]), lat_min=float(la.min()), lat_max=float(la.max())))
     return keep[labels], objects
 
@@ -478,7 +480,7 @@ def _scan_job(args):
     from climseg.data.netcdf import read_netcdf_step
 
     names = list(info.variables)
-    weights = sphere.grid_weights(info.lat, info.lon)
+    weights = sphere.cell_areas(info.lat, info.lon).reshape(-1)
     h, w = len(info.lat), len(info.lon)
     tmp = os.path.join(out, f".{job.name}.rivers.npy")
     rivers = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.bool_, shape=(len(job.steps), h, w))

@@ -112,12 +112,13 @@ def run_throughput(steps, height, width, workers, options, folder):
     generate_timeseries(data, steps, 24.0 / max(1, -(-steps // workers)), height, width, 1, workers=workers,
                         progress=False)
     files = sorted(glob.glob(os.path.join(data, "*.nc")))
+    out = os.path.join(folder, "throughput-labels")
     started = time.perf_counter()
-    label(files, os.path.join(folder, "throughput-labels"), options, workers=workers, progress=False,
-          log=lambda *a: None)
+    label(files, out, options, workers=workers, progress=False, log=lambda *a: None)
     seconds = time.perf_counter() - started
+    scores = score([os.path.join(out, os.path.basename(f)[:-3] + "_mask.nc") for f in files], files)
     return dict(steps=steps, files=len(files), height=height, width=width, workers=workers, seconds=seconds,
-                steps_per_second=steps / seconds)
+                steps_per_second=steps / seconds, scores=scores)
 
 
 def main(argv=None):
@@ -130,7 +131,8 @@ def main(argv=None):
     p.add_argument("--seeds", default="3", help="comma-separated seeds of the scored series (default 3)")
     p.add_argument("--ar-percentile", type=float, default=0.0, help="river threshold percentile over the series "
                    "(default 0: the absolute threshold alone)")
-    p.add_argument("--throughput-steps", type=int, default=4, help="steps timed at full size (default 4; 0: skip)")
+    p.add_argument("--throughput-steps", type=int, default=8, help="steps timed (and scored) at full size "
+                   "(default 8; 0: skip)")
     p.add_argument("--throughput-height", type=int, default=768)
     p.add_argument("--throughput-width", type=int, default=1152)
     p.add_argument("--workers", type=int, default=2, help="processes (default 2)")
@@ -186,6 +188,15 @@ def _write(path, result, args):
                      f"{c['true_objects_long']} | |")
     if "throughput" in result:
         t = result["throughput"]
+        lines += ["", f"Full size ({t['height']}x{t['width']}, {t['steps']} steps, generated with seed 1):", "",
+                  "| class | IoU | detection rate | false alarms / step | true objects | labelled objects |",
+                  "|---|---|---|---|---|---|"]
+        for cls in ("tropical_cyclone", "atmospheric_river"):
+            c = t["scores"][cls]
+            lines.append(f"| {cls} | {_f(c['iou'])} | {_f(c['detection_rate'])} | {c['false_alarms_per_step']:.2f} | "
+                         f"{c['true_objects']} | {c['labelled_objects']} |")
+        c = t["scores"]["atmospheric_river"]
+        lines.append(f"| atmospheric_river >= 2000 km | | {_f(c['detection_rate_long'])} | | {c['true_objects_long']} | |")
         lines += ["", f"Throughput: {t['steps']} steps of {t['height']}x{t['width']} in {t['files']} files, "
                       f"{t['workers']} processes: {t['seconds']:.1f} s, **{t['steps_per_second']:.2f} steps/s** "
                       f"(reading, detection and writing included)."]
