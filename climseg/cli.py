@@ -136,6 +136,10 @@ def build_parser():
     for flag, field, typ, text in LABEL_OPTIONS:
         p.add_argument(flag, dest=field, type=typ, default=None, help=text)
     p.add_argument("--workers", type=int, default=1, help="processes, one file at a time each (default 1)")
+    p.add_argument("--dataset", default=None, metavar="DIR", help="also write the steps and their labels as a "
+                   "DeepCAM training set (train/, validation/, stats.h5) for climseg train --data DIR")
+    p.add_argument("--validation-fraction", type=float, default=0.125, help="--dataset: share of the steps, the "
+                   "last ones, held out for validation (default 0.125)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _variable_options(p)
 
@@ -419,7 +423,8 @@ def cmd_label(args):
         if getattr(args, field) is not None:
             setattr(options, field, getattr(args, field))
     label(args.inputs, args.out, options, convention=args.convention, variables=args.variables,
-          workers=args.workers, progress=not args.no_progress)
+          workers=args.workers, progress=not args.no_progress, dataset=args.dataset,
+          validation_fraction=args.validation_fraction)
     return 0
 
 

@@ -263,3 +263,22 @@ def test_bad_inputs_one_line_exit_2(series, tmp_path, capsys):
     _one_line_exit_2(capsys, ["label", str(era5), "--out", out, "--no-progress"], "msl", "'inches of mercury'")
     _one_line_exit_2(capsys, ["label", str(tmp_path / "none*.nc"), "--out", out], "no files match")
     _one_line_exit_2(capsys, ["label", str(first), "--out", out, "--ar-field", "wind"], "--ar-field wind")
+
+
+def test_labelled_series_becomes_a_training_set(series, tmp_path):
+    from climseg.data.deepcam import read_sample
+    from climseg.data.stats import read_stats
+
+    data = tmp_path / "dataset"
+    assert main(["label", str(series), "--out", str(tmp_path / "labels"), "--dataset", str(data),
+                 "--validation-fraction", "0.2", "--no-progress"]) == 0
+    train, val = sorted((data / "train").iterdir()), sorted((data / "validation").iterdir())
+    assert len(train) == 8 and len(val) == 2
+    fields, labels = read_sample(str(val[-1]))
+    assert fields.shape == (96, 144, 16) and labels.shape == (96, 144)
+    with netCDF4.Dataset(sorted((tmp_path / "labels").glob("*_mask.nc"))[-1]) as ds:
+        assert np.array_equal(np.asarray(ds["mask"][-1]), labels)
+    stats = read_stats(str(data / "stats.h5"))
+    assert stats.minval.shape == (16,) and abs(float(stats.class_frequencies.sum()) - 1.0) < 1e-5
+    assert main(["train", "--data", str(data), "--max-steps", "1", "--batch-size", "2", "--out",
+                 str(tmp_path / "run"), "--no-progress"]) == 0

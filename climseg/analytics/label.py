@@ -500,7 +500,7 @@ def _scan_job(args):
 
 def _write_job(args):
     """Worker: paint the kept storms over the rivers and write the mask file."""
-    info, job, tmp, storms, keep, out = args
+    info, job, tmp, storms, keep, out, dataset = args
     import netCDF4
 
     rivers = np.load(tmp, mmap_mode="r")
@@ -541,7 +541,31 @@ def _write_job(args):
         dst.Conventions = "CF-1.8"
     os.unlink(tmp)
     counts = [np.bincount(m.reshape(-1), minlength=NUM_CLASSES) for m in masks]
-    return job.name, counts
+    partials = _write_samples(dataset, job, masks) if dataset is not None else []
+    return job.name, counts, partials
+
+
+def _write_samples(dataset, job, masks):
+    """Each step of a job as a DeepCAM sample (``climate/data`` H x W x 16 rows south to north,
+    ``climate/labels_0``) in ``dataset['folder']/train`` or ``/validation``; returns the
+    training samples' partial statistics."""
+    from climseg.data.netcdf import read_netcdf_step
+    from climseg.data.synthetic import write_sample
+
+    partials = []
+    for k, t in enumerate(job.steps):
+        data = read_netcdf_step(dataset["info"], t, list(CHANNELS))
+        split = "validation" if t >= dataset["first_validation"] else "train"
+        when = dataset["info"].times[t]
+        stamp = when[:13].replace(" ", "-") if len(when) >= 13 and when[4] == "-" else f"step{t:06d}"
+        labels = masks[k].astype(np.int32)
+        write_sample(os.path.join(dataset["folder"], split, f"data-{stamp}-{t:06d}.h5"), data, labels)
+        if split == "train":
+            d64 = data.reshape(-1, data.shape[-1]).astype(np.float64)
+            partials.append(dict(min=d64.min(axis=0), max=d64.max(axis=0), sum=d64.sum(axis=0),
+                                 sumsq=(d64 * d64).sum(axis=0), count=d64.shape[0],
+                                 classes=np.bincount(labels.reshape(-1), minlength=NUM_CLASSES)))
+    return partials
 
 
 def _flipped(path):
@@ -572,10 +596,14 @@ def _hours(info):
         return np.arange(len(info.times), dtype=np.float64)
 
 
-def label(inputs, out, options=None, convention="auto", variables=None, workers=1, progress=True, log=print):
+def label(inputs, out, options=None, convention="auto", variables=None, workers=1, progress=True, log=print,
+          dataset=None, validation_fraction=0.125):
     """Label ``inputs`` (netCDF files in any convention, merged into one series, and/or
     DeepCAM HDF5 samples): write ``NAME_mask.nc`` / ``NAME_mask.h5`` and ``summary.json``
-    into ``out``. Returns the summary dict."""
+    into ``out``. With ``dataset`` (a folder), the netCDF steps and their labels also become
+    a DeepCAM training set there (``train/``, ``validation/``: the last
+    ``validation_fraction`` of the steps, ``stats.h5``) for ``climseg train --data``; the
+    input must then hold all 16 channels. Returns the summary dict."""
     from climseg.data.netcdf import is_netcdf, open_netcdf
 
     options = (options or LabelOptions()).check()
@@ -596,13 +624,36 @@ def label(inputs, out, options=None, convention="auto", variables=None, workers=
             raise DataError(f"{info.path}: atmospheric rivers need IVT or TMQ (neither found)")
     for p in hdf5:
         _check_hdf5(p)
+    data_info = None
+    if dataset is not None:
+        if info is None:
+            raise UserError("--dataset needs netCDF input (a series of the 16 channels)")
+        if os.path.exists(dataset) and (not os.path.isdir(dataset) or os.listdir(dataset)):
+            raise UserError(f"{dataset}: already exists and is not an empty folder")
+        if not 0.0 < validation_fraction < 1.0 or len(info.times) < 2:
+            raise UserError(f"--validation-fraction {validation_fraction} must lie between 0 and 1, and the "
+                            f"series needs at least 2 steps (it has {len(info.times)})")
+        data_info = open_netcdf(netcdf, CHANNELS, (), convention, variables)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"{out}: exists and is not a folder")
     os.makedirs(out, exist_ok=True)
     started = time.perf_counter()
     summary = dict(options=dataclasses.asdict(options), inputs=[], steps=0)
-    if info is not None:
-        summary["inputs"] += _label_series(info, out, options, workers, progress)
+    if info is not None and data_info is not None:
+        from climseg.io import atomic_directory
+
+        with atomic_directory(dataset) as folder:
+            os.makedirs(os.path.join(folder, "train"))
+            os.makedirs(os.path.join(folder, "validation"))
+            n = len(info.times)
+            first_validation = n - min(n - 1, max(1, int(round(n * validation_fraction))))
+            target = dict(info=data_info, folder=folder, first_validation=first_validation)
+            entries, partials = _label_series(info, out, options, workers, progress, target)
+            _write_dataset_stats(folder, partials)
+        summary["inputs"] += entries
+        summary["dataset"] = dict(folder=dataset, train=first_validation, validation=n - first_validation)
+    elif info is not None:
+        summary["inputs"] += _label_series(info, out, options, workers, progress)[0]
         summary["convention"] = info.convention
         summary["variables"] = {c: " + ".join(p.names) for c, p in info.plans.items()}
     for p in hdf5:
@@ -617,7 +668,19 @@ def label(inputs, out, options=None, convention="auto", variables=None, workers=
     return summary
 
 
-def _label_series(info, out, options, workers, progress):
+def _write_dataset_stats(folder, partials):
+    from climseg.data.stats import ChannelStats, write_stats
+
+    count = sum(p["count"] for p in partials)
+    classes = sum(p["classes"] for p in partials).astype(np.float64)
+    stats = ChannelStats(minval=np.min([p["min"] for p in partials], axis=0),
+                         maxval=np.max([p["max"] for p in partials], axis=0),
+                         mean=sum(p["sum"] for p in partials) / count, sqmean=sum(p["sumsq"] for p in partials) / count,
+                         class_frequencies=classes / classes.sum())
+    write_stats(os.path.join(folder, "stats.h5"), stats)
+
+
+def _label_series(info, out, options, workers, progress, dataset=None):
     threshold = options.ar_threshold
     if options.method != "tc":
         fields = {c: np.zeros(1, np.float32) for c in info.variables}
@@ -639,7 +702,7 @@ def _label_series(info, out, options, workers, progress):
         entries, offset = [], 0
         args = []
         for job, (tmp, storms, _) in zip(jobs, scanned):
-            args.append((info, job, tmp, storms, keep[offset: offset + len(storms)], out))
+            args.append((info, job, tmp, storms, keep[offset: offset + len(storms)], out, dataset))
             offset += len(storms)
         written = list(mapper(_write_job, args))
     except BaseException:
@@ -652,7 +715,8 @@ def _label_series(info, out, options, workers, progress):
         if pool:
             pool.shutdown()
     offset = 0
-    for job, (_, storms, objects), (name, counts) in zip(jobs, scanned, written):
+    partials = [p for _, _, part in written for p in part]
+    for job, (_, storms, objects), (name, counts, _) in zip(jobs, scanned, written):
         steps = []
         for k, t in enumerate(job.steps):
             kept = [dict({key: v for key, v in s.items() if key not in ("index", "row", "col")},
@@ -664,7 +728,7 @@ def _label_series(info, out, options, workers, progress):
                               storms=kept, river_objects=objects[k]))
         offset += len(job.steps)
         entries.append(dict(file=job.source, mask=name, time_steps=steps))
-    return entries
+    return entries, partials
 
 
 def _check_hdf5(path):
