@@ -35,11 +35,15 @@ Tropical cyclones (defaults: :class:`LabelOptions`; every distance is on the sph
 Atmospheric rivers: the field is IVT when the input has it (``IVT``, or ERA5's
 ``viwve``/``viwvn``), else the proxy TMQ x |V850|, else TMQ; cells at or above the
 threshold (absolute ``ar_threshold``, or with ``ar_percentile`` the larger of that and the
-local percentile of the series) form 8-connected objects (joined across the date line on
-global grids); an object is kept when it is long (``ar_min_length_km`` along its axis),
-narrow (length / width >= ``ar_min_aspect`` and width <= ``ar_max_width_km``, width = area / length) and reaches from the subtropics
-(an equatorward end within ``ar_origin_lat``) poleward (a poleward end beyond
-``ar_reach_lat``). Cyclone labels take precedence where the two meet.
+local percentile of the series or of the latitude circle) form 8-connected objects (joined
+across the date line on global grids); an object is kept when it is long
+(``ar_min_length_km``: the largest great-circle distance across it), narrow (length / width
+>= ``ar_min_aspect`` and width <= ``ar_max_width_km``, width = area / length), carries
+vapour poleward (mean TMQ x V850 x sign(lat) >= ``ar_min_poleward``) and reaches from the
+subtropics (a cell equatorward of ``ar_origin_lat``) poleward (a cell beyond
+``ar_reach_lat``). Objects that fail are tried again at the higher thresholds
+``ar_threshold x ar_levels``, which separates rivers from the moist tropics they are joined
+to. Cyclone labels take precedence where the two meet.
 """
 import concurrent.futures
 import dataclasses
