@@ -122,8 +122,8 @@ UNIT_TABLE = {
     "dewpoint": None,   # same table as temperature (filled below)
 }
 UNIT_TABLE["dewpoint"] = UNIT_TABLE["temperature"]
-CANONICAL_UNITS = dict(column="kg m-2", speed="m s-1", specific="kg kg-1", pressure="pa", temperature="k",
-                       rate="m s-1", height="m", dewpoint="k", flux="kg m-1 s-1")
+CANONICAL_UNITS = dict(column="kg m-2", speed="m s-1", specific="kg kg-1", pressure="Pa", temperature="K",
+                       rate="m s-1", height="m", dewpoint="K", flux="kg m-1 s-1")
 
 
 def canonical_units(text):
@@ -144,11 +144,9 @@ def canonical_units(text):
                 parts.append(f"{m.group(1)}{-power}")
         u = " ".join(p for p in parts if p)
     u = re.sub(r"\b([a-z]+)1\b", r"\1", u)                      # m1 -> m
-    u = {"meters": "m", "metres": "m", "kelvin": "k", "pascal": "pa", "pascals": "pa",
-         "m of water equivalent": "m", "degrees_celsius": "degc", "degree_celsius": "degc",
-         "kg m-2 s-1 ": "kg m-2 s-1", "days": "day", "m2 s-2 ": "m2 s-2", "meter": "m", "metre": "m",
-         "degrees c": "degc", "deg_c": "degc", "kg kg-1 ": "kg kg-1", "mm/day": "mm day-1"}.get(u, u)
-    u = u.replace(" day-1", " day-1").replace("mm/d", "mm d-1")
+    u = {"meters": "m", "metres": "m", "meter": "m", "metre": "m", "m of water equivalent": "m",
+         "kelvin": "k", "pascal": "pa", "pascals": "pa", "degrees_celsius": "degc", "degree_celsius": "degc",
+         "degrees c": "degc", "deg_c": "degc"}.get(u, u)
     return u.strip()
 
 
