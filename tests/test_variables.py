@@ -226,3 +226,17 @@ def test_bad_inputs_one_line(tmp_path):
         open_netcdf(str(path), channels=["U850"], convention="ERA5")
     with pytest.raises(DataError, match="no files match"):
         open_netcdf(str(tmp_path / "nothing_*.nc"))
+
+
+def test_predict_reads_an_era5_file(tmp_path):
+    from climseg.predict import _Source
+
+    truth = _truth(np.random.default_rng())
+    lat, lon = _grid()
+    path = tmp_path / "era5.nc"
+    _era5_file(str(path), truth, lat, lon)
+    source = _Source(str(path), ["U850", "V850", "PSL"], convention="ERA5")
+    fields, background, name, labels = source.read(2)
+    assert name == "TMQ" and labels is None and source.info.flipped
+    np.testing.assert_allclose(fields[..., 2], truth["PSL"][2], rtol=1e-5)
+    np.testing.assert_allclose(background, truth["TMQ"][2], rtol=1e-5)
