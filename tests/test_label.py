@@ -3,6 +3,11 @@ planted cyclones found in each hemisphere (and not without their warm core, thei
 or with the wrong sense of rotation), planted rivers kept or dropped by each shape
 condition, the date line, time linking, and the command end to end on a generated series
 and on an ERA5-named file, with bad inputs answered in one line."""
+import os
+import shutil
+import subprocess
+import sys
+
 import netCDF4
 import numpy as np
 import pytest
@@ -282,3 +287,25 @@ def test_labelled_series_becomes_a_training_set(series, tmp_path):
     assert stats.minval.shape == (16,) and abs(float(stats.class_frequencies.sum()) - 1.0) < 1e-5
     assert main(["train", "--data", str(data), "--max-steps", "1", "--batch-size", "2", "--out",
                  str(tmp_path / "run"), "--no-progress"]) == 0
+
+
+@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="no mpiexec (pip install mpich mpi4py)")
+def test_under_mpiexec_same_masks(series, tmp_path):
+    import climseg
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(climseg.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p),
+               OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(k, None)
+    proc = subprocess.run([shutil.which("mpiexec"), "-n", "2", sys.executable, "-m", "climseg", "label", str(series),
+                           "--out", str(tmp_path / "mpi"), "--no-progress"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("climseg: labelled") == 1                 # rank 0 reports
+    assert main(["label", str(series), "--out", str(tmp_path / "one"), "--no-progress"]) == 0
+    for f in sorted(series.glob("*.nc")):
+        with netCDF4.Dataset(tmp_path / "mpi" / (f.stem + "_mask.nc")) as a, \
+                netCDF4.Dataset(tmp_path / "one" / (f.stem + "_mask.nc")) as b:
+            assert np.array_equal(np.asarray(a["mask"][:]), np.asarray(b["mask"][:]))
+    assert (tmp_path / "mpi" / "summary.json").is_file()

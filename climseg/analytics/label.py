@@ -5,13 +5,16 @@ made with TECA (Prabhat et al. 2012, 2015), written in ``climseg predict``'s mas
 Data flow: :func:`label` opens the netCDF inputs as one series (any variable-name
 convention, :mod:`climseg.data.netcdf`), and when a percentile threshold is asked for,
 computes the local climatology of the river field from a sample of steps
-(:func:`river_climatology`). Worker processes then take one output file each (one per
-file of the series' time axis) and go through its steps one at a time (bounded memory):
-:func:`detect_cyclones` finds the storm centres and their areas, :func:`detect_rivers`
-the river mask. The main process links the storm centres through time
-(:func:`link_cyclones`), drops short-lived ones, and the workers write
+(:func:`river_climatology`). Worker processes (``workers``), or MPI ranks when started
+by ``mpirun`` (each rank taking every size-th file, with its own worker processes), then
+take one output file each (one per file of the series' time axis) and go through its
+steps one at a time (bounded memory): :func:`detect_cyclones` finds the storm centres and
+their areas, :func:`detect_rivers` the river mask. Every process then links all storm
+centres through time (:func:`link_cyclones`; the table of centres is small and shared by
+an allgather under MPI), drops short-lived ones, and the workers write
 ``NAME_mask.nc`` (``mask(time, lat, lon)``, CF ``flag_values``/``flag_meanings``, the
-file's own coordinates and times), which ``climseg track`` and ``train`` read.
+file's own coordinates and times), which ``climseg track`` reads; ``dataset`` also writes
+the steps and labels as a DeepCAM training set for ``climseg train``.
 DeepCAM HDF5 samples get ``NAME_mask.h5`` (dataset ``mask``). ``summary.json`` lists
 every step's storms and rivers.
 
@@ -637,6 +640,8 @@ def label(inputs, out, options=None, convention="auto", variables=None, workers=
         if not 0.0 < validation_fraction < 1.0 or len(info.times) < 2:
             raise UserError(f"--validation-fraction {validation_fraction} must lie between 0 and 1, and the "
                             f"series needs at least 2 steps (it has {len(info.times)})")
+        if _mpi_comm() is not None:
+            raise UserError("--dataset is written by one process: run it without mpirun (--workers for processes)")
         data_info = open_netcdf(netcdf, CHANNELS, (), convention, variables)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"{out}: exists and is not a folder")
@@ -660,10 +665,17 @@ def label(inputs, out, options=None, convention="auto", variables=None, workers=
         summary["inputs"] += _label_series(info, out, options, workers, progress)[0]
         summary["convention"] = info.convention
         summary["variables"] = {c: " + ".join(p.names) for c, p in info.plans.items()}
-    for p in hdf5:
-        summary["inputs"].append(_label_hdf5(p, out, options))
+    comm = _mpi_comm()
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    samples = {i: _label_hdf5(p, out, options) for i, p in enumerate(hdf5) if i % size == rank}
+    if comm is not None:
+        for part in comm.allgather(samples):
+            samples.update(part)
+    summary["inputs"] += [samples[i] for i in range(len(hdf5))]
     summary["steps"] = sum(len(i["time_steps"]) for i in summary["inputs"])
     summary["seconds"] = time.perf_counter() - started
+    if rank != 0:
+        return summary                                      # rank 0 writes the summary and reports
     write_json(os.path.join(out, "summary.json"), summary)
     storms = sum(e["cyclones"] for i in summary["inputs"] for e in i["time_steps"])
     rivers = sum(e["rivers"] for i in summary["inputs"] for e in i["time_steps"])
@@ -693,25 +705,36 @@ def _label_series(info, out, options, workers, progress, dataset=None):
         if options.ar_percentile is not None and options.ar_climatology == "series":
             threshold = np.maximum(river_climatology(info, options, progress), np.float32(threshold))
     jobs = _jobs(info)
-    pool = concurrent.futures.ProcessPoolExecutor(workers) if workers > 1 and len(jobs) > 1 else None
+    comm = _mpi_comm()
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    mine = list(range(rank, len(jobs), size))                  # under MPI: every size-th file from the rank's own
+    pool = concurrent.futures.ProcessPoolExecutor(workers) if workers > 1 and len(mine) > 1 else None
     mapper = pool.map if pool else map
     try:
-        scanned = []
-        with progress_bar(total=len(info.times), desc="label", unit="step", disable=not progress) as bar:
-            for result in mapper(_scan_job, [(info, j, options, threshold, out) for j in jobs]):
-                scanned.append(result)
-                bar.update(len(result[1]))
+        scanned = {}
+        with progress_bar(total=len(info.times), desc="label", unit="step", disable=not progress or rank) as bar:
+            for i, result in zip(mine, mapper(_scan_job, [(info, jobs[i], options, threshold, out) for i in mine])):
+                scanned[i] = result
+                bar.update(len(result[1]) * size)
+        if comm is not None:                                   # every rank links every storm (a small table)
+            for part in comm.allgather({i: r for i, r in scanned.items()}):
+                scanned.update(part)
+        scanned = [scanned[i] for i in range(len(jobs))]
         all_storms = [s for _, storms, _ in scanned for s in storms]
         keep, tracks = link_cyclones([[(s["lat"], s["lon"]) for s in step] for step in all_storms], _hours(info), options)
-        entries, offset = [], 0
-        args = []
-        for job, (tmp, storms, _) in zip(jobs, scanned):
-            args.append((info, job, tmp, storms, keep[offset: offset + len(storms)], out, dataset))
+        entries, offset, args = [], 0, []
+        for i, (job, (tmp, storms, _)) in enumerate(zip(jobs, scanned)):
+            if i in mine:
+                args.append((info, job, tmp, storms, keep[offset: offset + len(storms)], out, dataset))
             offset += len(storms)
-        written = list(mapper(_write_job, args))
+        written = dict(zip(mine, mapper(_write_job, args)))
+        if comm is not None:
+            for part in comm.allgather(written):
+                written.update(part)
+        written = [written[i] for i in range(len(jobs))]
     except BaseException:
-        for job in jobs:
-            tmp = os.path.join(out, f".{job.name}.rivers.npy")
+        for i in mine:
+            tmp = os.path.join(out, f".{jobs[i].name}.rivers.npy")
             if os.path.exists(tmp):
                 os.unlink(tmp)
         raise
@@ -733,6 +756,20 @@ def _label_series(info, out, options, workers, progress, dataset=None):
         offset += len(job.steps)
         entries.append(dict(file=job.source, mask=name, time_steps=steps))
     return entries, partials
+
+
+def _mpi_comm():
+    """MPI.COMM_WORLD when an MPI launcher started several processes (and mpi4py is there)."""
+    from climseg.distributed.launch import detect_launcher
+
+    info = detect_launcher()
+    if info.launcher != "mpi" or info.world_size < 2:
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise UserError("climseg label under mpirun needs mpi4py (pip install mpi4py)") from None
+    return MPI.COMM_WORLD
 
 
 def _check_hdf5(path):
