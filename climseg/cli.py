@@ -1,4 +1,4 @@
-"""The ``climseg`` command: ``train``, ``predict``, ``generate``, ``stage``, ``track``, ``analyze``, ``bench``, ``info``.
+"""The ``climseg`` command: ``train``, ``predict``, ``generate``, ``stage``, ``label``, ``track``, ``analyze``, ``bench``, ``info``.
 
 A user error (bad file, bad shape, bad option) prints one line,
 ``climseg: error: ...``, and exits with status 2. An interrupted training
@@ -84,6 +84,7 @@ def build_parser():
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--no-maps", action="store_true", help="skip the PNG maps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _variable_options(p)
 
     p = sub.add_parser("generate", help="write a synthetic CAM5-like dataset (DeepCAM layout) or time series (netCDF)",
                        description="Write OUT/train/*.h5, OUT/validation/*.h5 and OUT/stats.h5; with --timesteps, "
@@ -122,6 +123,25 @@ def build_parser():
     p.add_argument("--min-steps", type=int, default=None, help="fewest steps an event must be seen on (default 2)")
     p.add_argument("--workers", type=int, default=1, help="processes over chunks of time (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("label", help="heuristic cyclone and river masks from the physical fields (TECA-like)",
+                       description="Label tropical cyclones (1) and atmospheric rivers (2) in CF netCDF files (any "
+                       "variable convention; the files are merged into one series on time and grid) or DeepCAM "
+                       "HDF5 samples, by the physical criteria of docs/labelling.md. Writes NAME_mask.nc (or .h5) "
+                       "per file of the series' time axis, in the format of climseg predict, and summary.json.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="netCDF files, glob patterns or folders (one series), "
+                   "or DeepCAM HDF5 samples")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--method", default="tc+ar", choices=("tc+ar", "tc", "ar"), help="classes to label (default tc+ar)")
+    for flag, field, typ, text in LABEL_OPTIONS:
+        p.add_argument(flag, dest=field, type=typ, default=None, help=text)
+    p.add_argument("--workers", type=int, default=1, help="processes, one file at a time each (default 1)")
+    p.add_argument("--dataset", default=None, metavar="DIR", help="also write the steps and their labels as a "
+                   "DeepCAM training set (train/, validation/, stats.h5) for climseg train --data DIR")
+    p.add_argument("--validation-fraction", type=float, default=0.125, help="--dataset: share of the steps, the "
+                   "last ones, held out for validation (default 0.125)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _variable_options(p)
 
     p = sub.add_parser("analyze", help="statistics and climatology maps of tracked events",
                        description="Frequency and genesis-density maps (netCDF and PNG with coastlines), histograms "
@@ -164,7 +184,39 @@ def build_parser():
     return parser
 
 
-BENCHES = ("step", "atrous", "cuda-kernels", "allreduce", "io", "scaling", "static", "track")
+LABEL_OPTIONS = [
+    # (flag, LabelOptions field, type, help); defaults and sources in docs/labelling.md
+    ("--tc-vorticity", "tc_vorticity", float, "850 hPa cyclonic vorticity, s-1 (default 3.5e-5)"),
+    ("--tc-warm-core", "tc_warm_core", float, "upper-level warm anomaly, K (default 0.8)"),
+    ("--tc-pressure-rise", "tc_pressure_rise", float, "PSL rise within --tc-environment-km, Pa (default 400)"),
+    ("--tc-wind", "tc_wind", float, "low-level wind, m s-1 (default 17)"),
+    ("--tc-core-km", "tc_core_km", float, "vorticity and warm-core search radius, km (default 222: 2 deg)"),
+    ("--tc-environment-km", "tc_environment_km", float, "closed-depression and warm-core surroundings radius, km "
+     "(default 556: 5 deg)"),
+    ("--tc-mask-km", "tc_mask_km", float, "largest extent of a storm mask, km (default 500)"),
+    ("--tc-max-lat", "tc_max_lat", float, "storm centres equatorward of this latitude (default 45)"),
+    ("--tc-min-hours", "tc_min_hours", float, "shortest storm track kept, hours (default 24)"),
+    ("--ar-field", "ar_field", str, "auto, ivt, proxy (TMQ x |V850|) or tmq (default auto)"),
+    ("--ar-threshold", "ar_threshold", float, "absolute river threshold (default 250 kg m-1 s-1; TMQ: 20 kg m-2)"),
+    ("--ar-percentile", "ar_percentile", float, "also require this local percentile, e.g. 85 (default off)"),
+    ("--ar-climatology", "ar_climatology", str, "percentile over the series at each cell (series) or over each "
+     "step's latitude circle (zonal); default series"),
+    ("--ar-min-length-km", "ar_min_length_km", float, "shortest river, km (default 2000)"),
+    ("--ar-min-aspect", "ar_min_aspect", float, "smallest length/width (default 2)"),
+    ("--ar-max-width-km", "ar_max_width_km", float, "widest river, km (default 1000)"),
+    ("--ar-min-poleward", "ar_min_poleward", float, "object-mean poleward transport, kg m-1 s-1 (default 50)"),
+]
+
+
+def _variable_options(p):
+    """--convention and --variables: how netCDF variable names map to the channels."""
+    p.add_argument("--convention", default="auto", choices=("auto", "CAM5", "ERA5", "CMIP6", "cam5", "era5", "cmip6"),
+                   help="netCDF variable names: CAM5, ERA5 or CMIP6 (default auto: the first that has every channel)")
+    p.add_argument("--variables", default=None, metavar="FILE", help="YAML/JSON mapping of channel -> variable "
+                   "(name, level, units) for any other naming; may extend a preset with 'convention: ERA5'")
+
+
+BENCHES = ("step", "atrous", "cuda-kernels", "allreduce", "io", "scaling", "static", "track", "label")
 
 
 def main(argv=None):
@@ -176,7 +228,8 @@ def main(argv=None):
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         commands = {"train": cmd_train, "predict": cmd_predict, "generate": cmd_generate, "stage": cmd_stage,
-                    "bench": cmd_bench, "info": cmd_info, "track": cmd_track, "analyze": cmd_analyze}
+                    "bench": cmd_bench, "info": cmd_info, "track": cmd_track, "analyze": cmd_analyze,
+                    "label": cmd_label}
         return commands[args.command](args)
     except UserError as exc:
         print(f"climseg: error: {_rank_prefix()}{exc}", file=sys.stderr)
@@ -288,7 +341,7 @@ def cmd_predict(args):
     from climseg.predict import predict
 
     predict(args.checkpoint, args.inputs, args.out, device=args.device, maps=not args.no_maps,
-            progress=not args.no_progress)
+            progress=not args.no_progress, convention=args.convention, variables=args.variables)
     return 0
 
 
@@ -361,6 +414,19 @@ def cmd_track(args):
     if args.min_steps is not None:
         options.min_steps = args.min_steps
     track(args.masks, args.out, options, variable=args.variable, workers=args.workers, progress=not args.no_progress)
+    return 0
+
+
+def cmd_label(args):
+    from climseg.analytics.label import LabelOptions, label
+
+    options = LabelOptions(method=args.method)
+    for _, field, _, _ in LABEL_OPTIONS:
+        if getattr(args, field) is not None:
+            setattr(options, field, getattr(args, field))
+    label(args.inputs, args.out, options, convention=args.convention, variables=args.variables,
+          workers=args.workers, progress=not args.no_progress, dataset=args.dataset,
+          validation_fraction=args.validation_fraction)
     return 0
 
 

@@ -42,7 +42,7 @@ class _Source:
     """One input file: its kind, grid, time steps and a reader of each step.
     ``channels`` are the ones the network reads; TMQ is read too, for the map, when there."""
 
-    def __init__(self, path, channels):
+    def __init__(self, path, channels, convention="auto", variables=None):
         self.path, self.channels = path, list(channels)
         self.stem = os.path.splitext(os.path.basename(path))[0]
         if not os.path.isfile(path):
@@ -50,7 +50,8 @@ class _Source:
         if is_netcdf(path):
             self.kind = "netcdf"
             wanted = self.channels + ([] if "TMQ" in self.channels else ["TMQ"])
-            self.info = open_netcdf(path, wanted, optional=() if "TMQ" in self.channels else ("TMQ",))
+            self.info = open_netcdf(path, wanted, optional=() if "TMQ" in self.channels else ("TMQ",),
+                                    convention=convention, variables=variables)
             self.lat, self.lon, self.assumed_grid = self.info.lat, self.info.lon, False
             self.periodic = self.info.periodic
             self.times = self.info.times
@@ -107,9 +108,12 @@ def _pad(x, multiple, periodic=True):
     return x, (ph // 2, pw // 2)
 
 
-def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progress=True):
+def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progress=True, convention="auto",
+            variables=None):
     """Segment ``inputs`` with the model in ``checkpoint``; write masks, maps and
-    ``summary.json`` into ``out``. Returns the summary dict."""
+    ``summary.json`` into ``out``. Returns the summary dict. netCDF variable names follow
+    ``convention`` (auto, CAM5, ERA5, CMIP6) or the ``variables`` mapping file
+    (:mod:`climseg.data.variables`)."""
     if not inputs:
         raise UserError("no input files given")
     ckpt = load_checkpoint(checkpoint)
@@ -120,7 +124,7 @@ def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progre
     shift = torch.as_tensor(data_spec["shift"], dtype=torch.float32).view(1, -1, 1, 1).to(dev)
     scale = torch.as_tensor(data_spec["scale"], dtype=torch.float32).view(1, -1, 1, 1).to(dev)
 
-    sources = [_Source(os.fspath(p), channels) for p in inputs]  # every input checked before writing
+    sources = [_Source(os.fspath(p), channels, convention, variables) for p in inputs]  # every input checked before writing
     stems = {}
     for s in sources:
         if s.stem in stems:

@@ -228,3 +228,19 @@ def component_stats(labels, count, weights):
     pixels = np.bincount(flat, minlength=size)[1:]
     sums = [np.bincount(flat, weights=weights[k], minlength=size)[1:] for k in ("area", "x", "y", "z")]
     return pixels, sums[0], np.stack(sums[1:], axis=-1)
+
+
+# ----------------------------------------------------------------------------- grid spacings
+
+def grid_spacings_km(lat, lon):
+    """Spacing of a latitude-longitude grid in km: ``(north_south (H,), east_west (H,))``, the
+    distance between neighbouring rows (centred differences of the latitudes, one-sided at
+    the ends) and between neighbouring columns along each latitude circle (``R cos(lat) dlon``
+    with the mean longitude step). Any monotonic latitudes (e.g. Gaussian)."""
+    lat = np.asarray(lat, dtype=np.float64).reshape(-1)
+    lon = np.rad2deg(np.unwrap(np.deg2rad(np.asarray(lon, dtype=np.float64).reshape(-1))))
+    km_per_degree = np.deg2rad(1.0) * EARTH_RADIUS_KM
+    north_south = np.abs(np.gradient(lat)) * km_per_degree if lat.size > 1 else np.full(lat.size, np.nan)
+    step = abs(lon[-1] - lon[0]) / (lon.size - 1) if lon.size > 1 else np.nan
+    east_west = km_per_degree * step * np.cos(np.deg2rad(lat))
+    return north_south, east_west
