@@ -118,14 +118,17 @@ def build_parser():
     p = sub.add_parser("stage", help="copy a dataset to node-local storage (in parallel under MPI)",
                        description="Copy SRC (a dataset folder) to DST, reading every source file once in all: "
                        "under mpirun each rank reads its part and sends it over MPI to the nodes that need it. "
-                       "Files are verified (size, CRC-32); a rerun skips what is already staged. DST may contain "
-                       "{node} for per-node paths.")
+                       "Files are verified (size, CRC-32); a rerun skips what is already staged and unchanged (the "
+                       "source's size and modification time, the copy's size and modification time), and copies "
+                       "again what changed. DST may contain {node} for per-node paths.")
     p.add_argument("src", help="dataset folder (train/, validation/, stats.h5) or a folder of samples")
     p.add_argument("dst", help="node-local destination, e.g. /dev/shm/deepcam or /local/{node}")
     p.add_argument("--shard-by", default="node", choices=("node", "rank"),
                    help="give each node (default) or each rank its own share of the training files")
     p.add_argument("--replicate", type=int, default=1, help="copies of each training file on distinct nodes (default 1)")
     p.add_argument("--threads", type=int, default=None, help="copy threads without MPI (default: cores, at most 8)")
+    p.add_argument("--verify", action="store_true", help="re-read every staged copy against its recorded CRC-32 and "
+                   "copy again what differs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("bench", help="benchmarks with one output format (JSON + markdown)",
@@ -343,7 +346,10 @@ def cmd_stage(args):
 
     if args.replicate < 1:
         raise UserError(f"--replicate must be at least 1, got {args.replicate}")
-    stage(args.src, args.dst, args.shard_by, args.replicate, args.threads, progress=not args.no_progress)
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    stage(args.src, args.dst, args.shard_by, args.replicate, args.threads, progress=not args.no_progress,
+          verify=args.verify)
     return 0
 
 

@@ -25,7 +25,7 @@ import stat
 import tempfile
 import threading
 
-from climseg.errors import OutputError
+from climseg.errors import OutputError, UserError
 
 LOCK_NAME = ".climseg-lock"
 _UMASK_LOCK = threading.Lock()
@@ -101,14 +101,15 @@ def check_output_location(path, kind="folder", must_be_new=False):
     absolute path. Nothing is created."""
     if path is None or str(path).strip() == "":
         raise OutputError("output path is empty")
-    path = os.path.abspath(os.fspath(path))
+    shown = os.fspath(path)
+    path = os.path.abspath(shown)
     if os.path.lexists(path):
         if kind == "folder" and not os.path.isdir(path):
-            raise OutputError(f"{path}: is a file, not a folder")
+            raise OutputError(f"{shown}: is a file, not a folder")
         if kind == "file" and os.path.isdir(path):
-            raise OutputError(f"{path}: is a folder, not a file")
+            raise OutputError(f"{shown}: is a folder, not a file")
         if kind == "folder" and must_be_new and os.listdir(path):
-            raise OutputError(f"{path}: already exists and is not empty")
+            raise OutputError(f"{shown}: already exists and is not empty")
         folder = path if kind == "folder" else os.path.dirname(path)
     else:
         folder = os.path.dirname(path)
@@ -116,8 +117,8 @@ def check_output_location(path, kind="folder", must_be_new=False):
     while not os.path.lexists(folder):
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
-        raise OutputError(f"{path}: {folder} is a file, not a folder")
-    _probe(path, folder)
+        raise OutputError(f"{shown}: {folder} is a file, not a folder")
+    _probe(shown, folder)
     return path
 
 
@@ -172,9 +173,16 @@ def atomic_path(path):
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+        if _is_write_failure(exc, folder):
             raise output_error(path, exc) from None
         raise
+
+
+def _is_write_failure(exc, folder):
+    """An OSError, or a library's own error (h5py, netCDF4, torch.save, matplotlib) on a full disk."""
+    if isinstance(exc, UserError) or not isinstance(exc, Exception):
+        return False
+    return isinstance(exc, OSError) or _disk_full(folder)
 
 
 @contextlib.contextmanager
@@ -198,9 +206,60 @@ def atomic_directory(path):
         os.replace(tmp, path)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
-            raise output_error(getattr(exc, "filename", None) or path, exc) from None
+        if _is_write_failure(exc, parent):
+            raise output_error(path, exc) from None
         raise
+
+
+class OutputBatch:
+    """Several files of one folder written under temporary names and renamed into
+    place together at the end, so a failure part-way leaves the folder as it was
+    (``predict``: masks, maps and the summary always belong to one run).
+
+    ``with OutputBatch(folder) as batch: write(batch.path("a.h5"))``; the files
+    are renamed when the block ends without an error, removed otherwise.
+    """
+
+    def __init__(self, folder):
+        self.folder = os.path.abspath(os.fspath(folder))
+        self.files = {}       # final path -> temporary path
+
+    def path(self, name):
+        """A temporary file (mode as ``open()`` would give) that becomes ``folder/name`` at the end."""
+        final = os.path.join(self.folder, name)
+        if final in self.files:
+            return self.files[final]
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder)
+            os.close(fd)
+            os.chmod(tmp, _file_mode(final))
+        except OSError as exc:
+            raise output_error(final, exc) from None
+        self.files[final] = tmp
+        return tmp
+
+    def __enter__(self):
+        makedirs(self.folder)
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None:
+            try:
+                for final, tmp in self.files.items():
+                    os.replace(tmp, final)
+                self.files = {}
+                return False
+            except OSError as err:
+                exc = err
+        final_of = {tmp: final for final, tmp in self.files.items()}
+        for tmp in self.files.values():
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        self.files = {}
+        if _is_write_failure(exc, self.folder):
+            name = getattr(exc, "filename", None)
+            raise output_error(final_of.get(name, name) or self.folder, exc) from None
+        return False
 
 
 def write_json(path, obj):
