@@ -211,6 +211,30 @@ def atomic_directory(path):
         raise
 
 
+@contextlib.contextmanager
+def deferred_signals(signals=(2, 15)):
+    """Hold SIGINT and SIGTERM until the block is done, then act on them as usual: for a
+    few renames that must happen together. Outside the main thread it does nothing."""
+    import signal
+
+    received = []
+    previous = {}
+    try:
+        for sig in signals:
+            previous[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
+    except ValueError:       # not the main thread
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        previous = {}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in received[:1]:
+            signal.raise_signal(sig)
+
+
 class OutputBatch:
     """Several files of one folder written under temporary names and renamed into
     place together at the end, so a failure part-way leaves the folder as it was
@@ -223,6 +247,12 @@ class OutputBatch:
     def __init__(self, folder):
         self.folder = os.path.abspath(os.fspath(folder))
         self.files = {}       # final path -> temporary path
+
+    def _discard(self):
+        for tmp in self.files.values():
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        self.files = {}
 
     def path(self, name):
         """A temporary file (mode as ``open()`` would give) that becomes ``folder/name`` at the end."""
@@ -245,17 +275,17 @@ class OutputBatch:
     def __exit__(self, kind, exc, tb):
         if exc is None:
             try:
-                for final, tmp in self.files.items():
-                    os.replace(tmp, final)
-                self.files = {}
+                with deferred_signals():     # a signal now would leave half of the files renamed
+                    for final in sorted(self.files, key=lambda p: p.endswith(".json")):   # summaries last
+                        os.replace(self.files.pop(final), final)
                 return False
-            except OSError as err:
+            except BaseException as err:
                 exc = err
+                if not isinstance(err, OSError):
+                    self._discard()
+                    raise
         final_of = {tmp: final for final, tmp in self.files.items()}
-        for tmp in self.files.values():
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        self.files = {}
+        self._discard()
         if _is_write_failure(exc, self.folder):
             name = getattr(exc, "filename", None)
             raise output_error(final_of.get(name, name) or self.folder, exc) from None
