@@ -1,16 +1,33 @@
 """The ``climseg`` command: ``train``, ``predict``, ``generate``, ``stage``, ``label``, ``track``, ``analyze``, ``bench``, ``info``.
 
-A user error (bad file, bad shape, bad option) prints one line,
-``climseg: error: ...``, and exits with status 2. An interrupted training
-run (Ctrl-C, SIGTERM) writes a checkpoint and exits with status 130.
+A user error (bad file, bad shape, bad option, an output path that cannot be
+written, a full disk) prints one line, ``climseg: error: ...``, and exits with
+status 2; so does a bad command line (no usage dump: ``--help`` shows it). An
+interrupted training run (Ctrl-C, SIGTERM) finishes its step, writes a
+checkpoint and exits with status 130; a second signal aborts at once (the
+checkpoint on disk stays the last complete one). Every other command ends on
+SIGINT or SIGTERM at once, its temporary files removed, with status 130
+(SIGINT) or 143 (SIGTERM).
 """
 import argparse
+import errno
 import os
 import shlex
 import signal
 import sys
 
 from climseg.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line (no usage dump) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` and atomic writer cleans up."""
 
 TRAIN_OPTIONS = [
     # (flag, field, type, help)
@@ -63,9 +80,9 @@ FLAGS = [
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="climseg", description="DeepLabv3+ segmentation of tropical cyclones "
+    parser = _Parser(prog="climseg", description="DeepLabv3+ segmentation of tropical cyclones "
                                      "and atmospheric rivers in climate data.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     p = sub.add_parser("train", help="train a network (no arguments: the tiny network on synthetic data)",
@@ -153,14 +170,17 @@ def build_parser():
     p = sub.add_parser("stage", help="copy a dataset to node-local storage (in parallel under MPI)",
                        description="Copy SRC (a dataset folder) to DST, reading every source file once in all: "
                        "under mpirun each rank reads its part and sends it over MPI to the nodes that need it. "
-                       "Files are verified (size, CRC-32); a rerun skips what is already staged. DST may contain "
-                       "{node} for per-node paths.")
+                       "Files are verified (size, CRC-32); a rerun skips what is already staged and unchanged (the "
+                       "source's size and modification time, the copy's size and modification time), and copies "
+                       "again what changed. DST may contain {node} for per-node paths.")
     p.add_argument("src", help="dataset folder (train/, validation/, stats.h5) or a folder of samples")
     p.add_argument("dst", help="node-local destination, e.g. /dev/shm/deepcam or /local/{node}")
     p.add_argument("--shard-by", default="node", choices=("node", "rank"),
                    help="give each node (default) or each rank its own share of the training files")
     p.add_argument("--replicate", type=int, default=1, help="copies of each training file on distinct nodes (default 1)")
     p.add_argument("--threads", type=int, default=None, help="copy threads without MPI (default: cores, at most 8)")
+    p.add_argument("--verify", action="store_true", help="re-read every staged copy against its recorded CRC-32 and "
+                   "copy again what differs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser("bench", help="benchmarks with one output format (JSON + markdown)",
@@ -226,6 +246,7 @@ def main(argv=None):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    previous = _install_terminate_handler()
     try:
         commands = {"train": cmd_train, "predict": cmd_predict, "generate": cmd_generate, "stage": cmd_stage,
                     "bench": cmd_bench, "info": cmd_info, "track": cmd_track, "analyze": cmd_analyze,
@@ -235,12 +256,22 @@ def main(argv=None):
         print(f"climseg: error: {_rank_prefix()}{exc}", file=sys.stderr)
         _end_job_if_distributed(2)
         return 2
-    except KeyboardInterrupt:
-        print("climseg: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"climseg: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:  # output piped into e.g. `head`, which closed early
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        # a write that did not go through climseg.io (a library writing on its own): still one line
+        from climseg.io import output_error
+
+        print(f"climseg: error: {_rank_prefix()}{output_error(exc.filename or '?', exc)}", file=sys.stderr)
+        _end_job_if_distributed(2)
+        return 2
     except Exception:
         # in a multi-process job one failing rank must take the others down, not leave them waiting
         if _distributed_job():
@@ -249,6 +280,29 @@ def main(argv=None):
             traceback.print_exc()
             _end_job_if_distributed(1)
         raise
+    finally:
+        _restore_handlers(previous)
+
+
+# errors of writing that are the user's to fix (disk, mount, permissions), not a bug
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
+                errno.EEXIST, errno.EFBIG}
+
+
+def _install_terminate_handler():
+    """SIGTERM raises :class:`Terminated` in the main thread (a command's own handlers may replace it)."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        return {signal.SIGTERM: signal.signal(signal.SIGTERM, handler)}
+    except ValueError:   # not the main thread (main() called from a thread)
+        return {}
+
+
+def _restore_handlers(previous):
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _distributed_job():
@@ -302,12 +356,13 @@ def cmd_train(args):
 
 
 def _install_stop_handlers(trainer):
-    """First SIGINT/SIGTERM: finish the step, checkpoint, stop. A second SIGINT: stop at once."""
+    """First SIGINT/SIGTERM: finish the step, checkpoint, stop. A second one: stop at once."""
     previous = {}
 
     def handler(signum, frame):
-        if trainer.stop_requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if trainer.stop_requested:    # the second signal, SIGINT or SIGTERM: abort now
+            signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler)
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
         print("\nclimseg: stopping after this step (again to abort)...", file=sys.stderr)
         trainer.request_stop()
 
@@ -442,7 +497,10 @@ def cmd_stage(args):
 
     if args.replicate < 1:
         raise UserError(f"--replicate must be at least 1, got {args.replicate}")
-    stage(args.src, args.dst, args.shard_by, args.replicate, args.threads, progress=not args.no_progress)
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    stage(args.src, args.dst, args.shard_by, args.replicate, args.threads, progress=not args.no_progress,
+          verify=args.verify)
     return 0
 
 

@@ -52,3 +52,19 @@ def _original_line(message):
     last = message.strip().splitlines()[-1]
     prefix, sep, rest = last.partition(": ")
     return rest if sep and "Error" in prefix else last
+
+
+class OutputError(UserError, OSError):
+    """An output location that cannot be written: a file where a folder belongs, a
+    read-only or full file system, no permission, or a run folder in use by another run."""
+
+
+def first_line(exc, limit=200):
+    """The first non-empty line of an exception's message (its type name when it has
+    none), cut at a word boundary to about ``limit`` characters: for ``(reason)`` parts."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0].rstrip(",;:")
+    return (cut if len(cut) > limit // 2 else text[:limit]) + " ..."

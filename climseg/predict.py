@@ -13,8 +13,11 @@ and ``summary.json`` covers every input and time step: pixel fraction of each
 class, number of connected cyclones and rivers, and, when the input carries
 labels (``climate/labels_0``), the IoU against them.
 
-All inputs are checked before anything is written; every file is written
-under a temporary name and renamed, so a failure leaves only complete files.
+The output folder and every input (readable, the right channels, at least one
+time step) are checked before the model runs; every output is written under a
+temporary name and all are renamed into place together at the end, so a
+failure part-way leaves the folder exactly as it was (the masks, maps and
+``summary.json`` there always belong to one run).
 Inputs whose sizes are not multiples of the network's stride are padded
 (longitude wraps around on global grids, edges repeat otherwise) and cropped
 back; objects are joined across the date line only on global grids.
@@ -29,8 +32,8 @@ import torch.nn.functional as F
 from climseg.constants import CHANNEL_UNITS, CHANNELS, CLASS_NAMES, NUM_CLASSES
 from climseg.data.deepcam import DATA_KEY, LABELS_KEY, check_labels, read_sample
 from climseg.data.netcdf import is_netcdf, open_netcdf, read_netcdf_step
-from climseg.errors import DataError, UserError
-from climseg.io import atomic_path, write_json
+from climseg.errors import DataError, UserError, first_line
+from climseg.io import OutputBatch, atomic_path, check_output_location, write_json
 from climseg.metrics import ConfusionMatrix, count_objects
 from climseg.plotting import plot_map
 from climseg.progress import progress_bar
@@ -45,6 +48,8 @@ class _Source:
     def __init__(self, path, channels, convention="auto", variables=None):
         self.path, self.channels = path, list(channels)
         self.stem = os.path.splitext(os.path.basename(path))[0]
+        if os.path.isdir(path):
+            raise DataError(f"{path}: is a folder; give the .h5 or .nc files in it")
         if not os.path.isfile(path):
             raise DataError(f"{path}: no such file")
         if is_netcdf(path):
@@ -65,7 +70,7 @@ class _Source:
                     shape = f[DATA_KEY].shape
                     self.has_labels = LABELS_KEY in f
             except OSError as exc:
-                raise DataError(f"{path}: neither a readable HDF5 nor a netCDF file ({str(exc).splitlines()[0]})") from None
+                raise DataError(f"{path}: neither a readable HDF5 nor a netCDF file ({first_line(exc)})") from None
             if len(shape) != 3 or shape[2] != len(CHANNELS):
                 raise DataError(f"{path}: {DATA_KEY} has shape {tuple(shape)}; expected (height, width, {len(CHANNELS)})")
             self.shape = tuple(shape[:2])
@@ -75,6 +80,10 @@ class _Source:
             self.assumed_grid = True
             self.periodic = True
             self.times = [""]
+        if not self.times:
+            raise DataError(f"{path}: its time axis has length 0 (no time steps to segment)")
+        if min(self.shape) < 1:
+            raise DataError(f"{path}: empty grid {self.shape[0]}x{self.shape[1]}")
 
     def read(self, index):
         """``(fields[H, W, C] float32 of the network's channels, map background[H, W]
@@ -116,6 +125,7 @@ def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progre
     (:mod:`climseg.data.variables`)."""
     if not inputs:
         raise UserError("no input files given")
+    check_output_location(out, "folder")
     ckpt = load_checkpoint(checkpoint)
     dev = resolve_device(device)
     model = build_model(ckpt, dev).eval()
@@ -130,15 +140,14 @@ def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progre
         if s.stem in stems:
             raise UserError(f"{s.path}: has the same name as {stems[s.stem]}; their outputs would collide")
         stems[s.stem] = s.path
-    os.makedirs(out, exist_ok=True)
 
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     total = sum(len(s.times) for s in sources)
     summary = dict(checkpoint=ckpt["path"], model=ckpt["model"]["config"], channels=channels, inputs=[])
-    with progress_bar(total=total, desc="predict", unit="map", disable=not progress) as bar:
+    with OutputBatch(out) as batch, progress_bar(total=total, desc="predict", unit="map", disable=not progress) as bar:
         for s in sources:
-            summary["inputs"].append(_predict_source(s, model, shift, scale, autocast, out, maps, dev, bar))
-    write_json(os.path.join(out, "summary.json"), summary)
+            summary["inputs"].append(_predict_source(s, model, shift, scale, autocast, batch, maps, dev, bar))
+        write_json(batch.path("summary.json"), summary)
     for item in summary["inputs"]:
         for e in item["time_steps"]:
             f = e["fractions"]
@@ -153,8 +162,8 @@ def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progre
     return summary
 
 
-def _predict_source(s, model, shift, scale, autocast, out, maps, dev, bar):
-    """Masks, maps and summary entries of one input file."""
+def _predict_source(s, model, shift, scale, autocast, batch, maps, dev, bar):
+    """Masks, maps and summary entries of one input file (written into the :class:`OutputBatch`)."""
     masks, entries = [], []
     for t, when in enumerate(s.times):
         fields, background, background_name, labels = s.read(t)
@@ -174,11 +183,11 @@ def _predict_source(s, model, shift, scale, autocast, out, maps, dev, bar):
             title = f"{os.path.basename(s.path)}" + (f"  {when}" if when else "")
             note = "grid assumed: global, regular, south to north" if s.assumed_grid else None
             label = "TMQ (kg m$^{-2}$)" if background_name == "TMQ" else f"{background_name} ({CHANNEL_UNITS[background_name]})"
-            plot_map(os.path.join(out, name), background, pred, s.lat, s.lon, title, background_label=label, note=note)
+            plot_map(batch.path(name), background, pred, s.lat, s.lon, title, background_label=label, note=note)
             entry["map"] = name
         entries.append(entry)
         bar.update()
-    mask_name = _write_mask(s, np.stack(masks), out)
+    mask_name = _write_mask(s, np.stack(masks), batch)
     return dict(file=s.path, mask=mask_name, time_steps=entries)
 
 
@@ -189,14 +198,14 @@ def _describe(pred, index, when, periodic):
                 cyclones=int(objects[1]), rivers=int(objects[2]))
 
 
-def _write_mask(source, masks, out):
+def _write_mask(source, masks, batch):
     meanings = " ".join(CLASS_NAMES)
     if source.kind == "netcdf":
         import netCDF4
 
         name = f"{source.stem}_mask.nc"
         info = source.info
-        with atomic_path(os.path.join(out, name)) as tmp, netCDF4.Dataset(info.path) as src, netCDF4.Dataset(tmp, "w") as dst:
+        with atomic_path(batch.path(name)) as tmp, netCDF4.Dataset(info.path) as src, netCDF4.Dataset(tmp, "w") as dst:
             lat_var = next(v for v in src.variables if v.lower() in ("lat", "latitude", "nav_lat"))
             lon_var = next(v for v in src.variables if v.lower() in ("lon", "longitude", "nav_lon"))
             dims = []
@@ -219,7 +228,7 @@ def _write_mask(source, masks, out):
             dst.source = f"climseg predict on {os.path.basename(info.path)}"
     else:
         name = f"{source.stem}_mask.h5"
-        with atomic_path(os.path.join(out, name)) as tmp, h5py.File(tmp, "w") as f:
+        with atomic_path(batch.path(name)) as tmp, h5py.File(tmp, "w") as f:
             d = f.create_dataset("mask", data=masks[0] if len(masks) == 1 else masks, compression="gzip")
             d.attrs["flag_values"] = np.arange(NUM_CLASSES, dtype=np.uint8)
             d.attrs["flag_meanings"] = meanings

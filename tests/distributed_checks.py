@@ -1,6 +1,7 @@
 """Checks that run inside a multi-process job (started by tests/test_distributed.py
 under mpiexec or torchrun): ``python tests/distributed_checks.py CHECK``.
 Every rank asserts; a failing assertion makes the launcher exit non-zero."""
+import os
 import sys
 
 import torch
@@ -33,6 +34,35 @@ def check_allreduce(topo):
         z = make(r)
         cd.flat_all_reduce(z, "sum")
         assert torch.equal(z.double(), expected)
+    # float64 and integers: summed exactly in their own type, also through shared memory (issue 15, item 7)
+    for size in (5, 7, 100_003):
+        g = torch.Generator().manual_seed(1234 + size)
+        parts = [torch.rand(size, generator=g, dtype=torch.float64) * 10 ** torch.randint(-3, 4, (size,), generator=g)
+                 for _ in range(n)]
+        exact = sum(p.double() for p in parts)     # the same order of additions is not promised; the precision is
+        for transport in transports:
+            x = parts[r].clone()
+            cd.hierarchical_all_reduce(x, "sum", transport=transport)
+            assert x.dtype == torch.float64
+            err = (x - exact).abs().max().item()
+            assert err <= 1e-12 * exact.abs().max().item(), (size, transport, err)
+        for dtype in (torch.int64, torch.int32, torch.int16):
+            big = 1 << (40 if dtype == torch.int64 else 20 if dtype == torch.int32 else 8)
+            ints = [(torch.arange(size, dtype=torch.int64) * (k + 3) + big).to(dtype) for k in range(n)]
+            for transport in transports:
+                y = ints[r].clone()
+                cd.hierarchical_all_reduce(y, "sum", transport=transport)
+                assert y.dtype == dtype and torch.equal(y.long(), sum(t.long() for t in ints).to(dtype).long()), \
+                    (size, dtype, transport)
+    for bad, op, compression in ((torch.ones(3, dtype=torch.int64), "avg", None),
+                                 (torch.ones(3, dtype=torch.int32), "sum", "bf16"),
+                                 (torch.ones(3, dtype=torch.bool), "sum", None)):
+        try:
+            cd.hierarchical_all_reduce(bad, op, compression)
+        except ValueError as exc:     # ConfigError
+            assert "allreduce:" in str(exc), str(exc)
+        else:
+            raise AssertionError(f"{bad.dtype} {op} {compression} was not refused")
     # bucketed lists of mixed shapes (tensor fusion), fp32 and bf16, non-contiguous included
     shapes = [(3, 5), (1,), (17, 2, 3), (4000,), (2, 2)]
     for dtype in (torch.float32, torch.bfloat16):
@@ -138,9 +168,59 @@ def check_fail(topo):
     dist.barrier(group=topo.world)
 
 
+def check_optimizer_without_init():
+    """torch.distributed started by the user, climseg.distributed.init() never called: the
+    DistributedOptimizer must use that process group (broadcast, then averaging), not a world of one."""
+    dist.init_process_group("gloo")
+    r, n = dist.get_rank(), dist.get_world_size()
+    model = _tiny_model(seed=1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(r)                      # every rank starts apart; the broadcast must join them
+    dopt = cd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), model.named_parameters())
+    assert dopt.world_size == n, dopt.world_size
+    for step in range(3):
+        x, y = _batch(step, n * 2)
+        dopt.zero_grad()
+        torch.nn.functional.mse_loss(model(x[r * 2:(r + 1) * 2]), y[r * 2:(r + 1) * 2]).backward()
+        dopt.step()
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(n)]
+    dist.all_gather(gathered, flat)
+    spread = max((g - gathered[0]).abs().max().item() for g in gathered)
+    assert spread == 0.0, f"ranks drifted apart by {spread}"
+    dopt.remove_hooks()
+    return f"{n} ranks"
+
+
+def check_hook_without_init():
+    """The DDP hook without climseg.distributed.init(): a clear error in the first backward."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo")
+    model = DistributedDataParallel(_tiny_model())
+    model.register_comm_hook(None, cd.hierarchical_allreduce_hook)
+    x, y = _batch(0, 2)
+    try:
+        torch.nn.functional.mse_loss(model(x), y).backward()
+    except Exception as exc:    # DDP wraps what the hook raised; the message must come through whole
+        message = str(exc)
+        assert "call climseg.distributed.init()" in message and "Unable to cast" not in message, message
+    else:
+        raise AssertionError("the hook ran without a topology")
+    dist.destroy_process_group()
+    return f"{int(os.environ['WORLD_SIZE'])} ranks"
+
+
 CHECKS = {"allreduce": check_allreduce, "ddp": check_ddp, "optimizer": check_optimizer, "fail": check_fail}
+NO_INIT_CHECKS = {"optimizer-no-init": check_optimizer_without_init, "hook-no-init": check_hook_without_init}
 
 if __name__ == "__main__":
+    if sys.argv[1] in NO_INIT_CHECKS:
+        what = NO_INIT_CHECKS[sys.argv[1]]()
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"{sys.argv[1]} ok: {what}", flush=True)
+        sys.exit(0)
     topo = cd.init()
     assert topo.world_size > 1
     CHECKS[sys.argv[1]](topo)

@@ -117,7 +117,7 @@ def test_bad_inputs_get_one_line_and_status_2(workspace, tmp_path):
                       "nope.pt", "checkpoint not found")
     assert_user_error(run("train", "--resume", str(run_dir / "last.pt"), "--config", "deepcam", "--no-progress"),
                       "last.pt", "'tiny', not 'deepcam'")
-    assert_user_error(run("train", "--data", str(tmp_path / "nowhere"), "--no-progress"), "nowhere", "train/")
+    assert_user_error(run("train", "--data", str(tmp_path / "nowhere"), "--no-progress"), "nowhere", "no such folder")
     assert_user_error(run("train", "--data", str(data), "--precision", "fp8", "--out", str(tmp_path / "r")), "fp8")
     assert_user_error(run("train", "--data", str(data), "--epochs", "0", "--out", str(tmp_path / "r")), "epochs")
     assert_user_error(run("train", "--data", str(data), "--out", str(run_dir)), "already holds a training run")
@@ -135,3 +135,79 @@ def test_bad_inputs_get_one_line_and_status_2(workspace, tmp_path):
         f["climate/labels_0"][0, 0] = 9
     assert_user_error(run("train", "--data", str(bad_data), "--epochs", "1", "--batch-size", "1", "--out",
                           str(tmp_path / "r2"), "--no-progress"), first.name, "outside 0..2")
+
+
+# ----------------------------------------------------------------------------- issue 15, item 9: messages
+
+def test_command_line_type_errors_are_one_line(capsys):
+    for argv, fragment in ((["train", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+                           (["generate", "d", "--samples", "1.5"], "argument --samples: invalid int value"),
+                           (["stage"], "the following arguments are required"),
+                           (["nonsense"], "invalid choice")):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0] and "usage:" not in err, err
+
+
+@pytest.mark.parametrize("value, shown", [("1.5", "1.5"), ("true", "True"), ("[2]", "[2]")])
+def test_yaml_option_of_the_wrong_type_is_one_line(tmp_path, capsys, value, shown):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"epochs: {value}\n")
+    code = main(["train", "--config-file", str(cfg), "--out", str(tmp_path / "r"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert f"option epochs: invalid value {shown} (expected a whole number)" in err[0], err
+    assert not (tmp_path / "r").exists()
+
+
+def test_data_path_messages_say_what_is_wrong(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["train", "--data", str(afile), "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    assert "afile: is a file; --data names a dataset folder" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "gone"), "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    assert "gone: no such folder" in capsys.readouterr().err
+    assert main(["generate", str(afile), "--samples", "2", "--height", "16", "--width", "16"]) == 2
+    assert "afile: is a file, not a folder" in capsys.readouterr().err
+
+
+def test_training_data_grid_mismatch_names_both_files(tmp_path, capsys):
+    from climseg.data import generate_dataset
+    from climseg.data.synthetic import generate_sample, write_sample
+
+    root = tmp_path / "d"
+    generate_dataset(str(root), samples=4, height=32, width=48, workers=1, progress=False)
+    first = sorted((root / "train").iterdir())[0]
+    data, labels, _ = generate_sample(16, 16, seed=1)
+    write_sample(str(first), data, labels)           # the first training file has another grid
+    code = main(["train", "--data", str(root), "--out", str(tmp_path / "r"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and first.name in err and "validation" in err and "16x16" in err, err
+
+
+def test_second_signal_aborts_training():
+    import signal
+
+    from climseg.cli import Terminated, _install_stop_handlers
+
+    class FakeTrainer:
+        stop_requested = False
+
+        def request_stop(self):
+            self.stop_requested = True
+
+    trainer = FakeTrainer()
+    previous = _install_stop_handlers(trainer)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)         # the first: finish the step, checkpoint, stop
+        assert trainer.stop_requested
+        with pytest.raises(Terminated):              # the second: abort now
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):                     # the handler runs between bytecodes
+                pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

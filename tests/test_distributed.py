@@ -57,6 +57,14 @@ def test_under_torchrun():
     assert "allreduce ok: 4 ranks, 2 nodes x 2, launcher torchrun" in proc.stdout
 
 
+@pytest.mark.parametrize("check", ["optimizer-no-init", "hook-no-init"])
+def test_without_climseg_init_under_torchrun(check):
+    """Issue 15, item 8: no silent world of one, no mangled hook error."""
+    proc = torchrun(4, CHECKS, check)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{check} ok: 4 ranks" in proc.stdout
+
+
 @pytest.mark.parametrize("launcher", [pytest.param(mpi, marks=needs_mpi, id="mpiexec"),
                                       pytest.param(torchrun, id="torchrun")])
 def test_one_failing_rank_ends_every_rank(launcher):

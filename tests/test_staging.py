@@ -142,3 +142,61 @@ def test_mpi_staging_two_nodes(source, tmp_path, shard_by, replicate):
         assert sorted(seen) == train
     again = run_mpi_stage(source, pattern, shard_by, replicate)
     assert again["read_bytes"] == 0 and again["staged"] == 0
+
+
+# ----------------------------------------------------------------------------- issue 15, item 4: stale stages
+
+def _dataset(root, seed):
+    generate_dataset(str(root), samples=4, height=16, width=16, seed=seed, validation_fraction=0.25, workers=1,
+                     progress=False)
+
+
+def test_regenerated_source_is_staged_again(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _dataset(src, 1)
+    assert stage(str(src), str(dst), progress=False, log=quiet)["staged"] == 6
+    shutil.rmtree(src)
+    _dataset(src, 2)                                    # same names and sizes, other content
+    again = stage(str(src), str(dst), progress=False, log=quiet)
+    assert again["staged"] == 6
+    for split in ("train", "validation"):
+        for name in os.listdir(src / split):
+            assert same_bytes(src / split / name, dst / split / name)
+        manifest = json.load(open(dst / split / MANIFEST))
+        import zlib
+        for e in manifest["files"]:
+            assert e["crc32"] == zlib.crc32((src / split / e["name"]).read_bytes())
+    assert stage(str(src), str(dst), progress=False, log=quiet)["staged"] == 0
+
+
+def test_changed_staged_copies_are_found(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _dataset(src, 3)
+    stage(str(src), str(dst), progress=False, log=quiet)
+    victim = dst / "train" / sorted(os.listdir(src / "train"))[0]
+    # a copy rewritten after staging (new mtime): found without --verify
+    st = os.stat(victim)
+    raw = bytearray(victim.read_bytes())
+    raw[-1] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    assert stage(str(src), str(dst), progress=False, log=quiet)["staged"] == 1
+    assert same_bytes(src / "train" / victim.name, victim)
+    # silent corruption with the modification time put back: only --verify re-reads the checksums
+    st = os.stat(victim)
+    raw = bytearray(victim.read_bytes())
+    raw[100] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert stage(str(src), str(dst), progress=False, log=quiet)["staged"] == 0
+    assert stage(str(src), str(dst), progress=False, log=quiet, verify=True)["staged"] == 1
+    assert same_bytes(src / "train" / victim.name, victim)
+
+
+def test_journal_of_an_older_format_is_staged_again(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _dataset(src, 4)
+    stage(str(src), str(dst), progress=False, log=quiet)
+    rows = [json.loads(line) for line in open(dst / JOURNAL)]
+    with open(dst / JOURNAL, "w") as f:                # size and CRC only, as before issue 15
+        f.writelines(json.dumps(dict(name=r["name"], size=r["size"], crc32=r["crc32"])) + "\n" for r in rows)
+    assert stage(str(src), str(dst), progress=False, log=quiet)["staged"] == 6

@@ -53,6 +53,10 @@ def list_samples(root):
         raise MissingFileError(f"{root}: no such folder")
     if not os.path.isdir(root):
         raise DataError(f"{root}: not a folder")
+    try:
+        os.listdir(root)     # glob hides an unreadable folder as an empty one
+    except OSError as exc:
+        raise DataError(f"{root}: cannot read this folder ({exc.strerror})") from None
     files = sorted(p for p in glob.glob(os.path.join(root, "*.h5")) if os.path.basename(p) != "stats.h5")
     if not files:
         raise DataError(f"{root}: no .h5 sample files in this folder")

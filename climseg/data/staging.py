@@ -17,15 +17,24 @@ Transfers happen in rounds: in round r each rank reads its r-th file, sends it
 own node is a target, and receives what was sent to it in that round.
 Every file is written under a temporary name, renamed, read back and checked
 (size and CRC-32) before a line for it goes into the node's journal
-(``DST/.climseg-stage-journal``). A later run skips files the journal lists
-and that are there with the right size, so an interrupted staging resumes.
+(``DST/.climseg-stage-journal``): the source's size and modification time,
+the CRC-32 of the content, and the staged copy's size and modification time.
+A later run skips a file only when the journal lists it, the source still has
+the recorded size and modification time (a regenerated dataset is copied
+again), and the staged copy still has its recorded size and modification time
+(a copy changed after staging is copied again); ``verify=True``
+(``--verify``) also re-reads every staged copy against its recorded CRC-32.
+So an interrupted staging resumes, and a stale one is refreshed.
 At the end each node writes ``climseg-manifest.json`` in every split folder,
 which :class:`climseg.data.FastLoader` reads. Without MPI a thread pool stages
 locally.
 
 ``DST`` may contain ``{node}`` (and ``{rank}``), replaced per node: node-local
 paths for tests of several simulated nodes on one machine
-(``CLIMSEG_LOCAL_SIZE``).
+(``CLIMSEG_LOCAL_SIZE``). ``DST`` must not be ``SRC`` or lie inside it (nor
+``SRC`` inside ``DST``); it is checked (a folder, writable) before anything is
+read. A source file that cannot be read, and a destination that cannot be
+written (full, read-only), end the staging with one line naming the file.
 """
 import concurrent.futures
 import glob
@@ -35,8 +44,8 @@ import threading
 import time
 import zlib
 
-from climseg.errors import UserError
-from climseg.io import atomic_path, write_json
+from climseg.errors import DataError, UserError
+from climseg.io import append_line, atomic_path, check_output_location, makedirs, write_json
 
 JOURNAL = ".climseg-stage-journal"
 MANIFEST = "climseg-manifest.json"
@@ -70,15 +79,57 @@ def list_source(src):
     entries = []
     for split in splits or [""]:
         folder = os.path.join(src, split)
-        for path in sorted(glob.glob(os.path.join(folder, "*.h5"))):
-            if os.path.basename(path) != "stats.h5":
-                entries.append((os.path.relpath(path, src), split or None))
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError as exc:
+            raise DataError(f"{folder}: cannot read this folder ({exc.strerror})") from None
+        for name in names:
+            if name.endswith(".h5") and name != "stats.h5" and not name.startswith("."):
+                entries.append((os.path.join(split, name) if split else name, split or None))
     if not entries:
         raise UserError(f"{src}: no .h5 sample files to stage")
     for extra in EXTRAS:
         if os.path.isfile(os.path.join(src, extra)):
             entries.append((extra, "*"))
     return entries, splits
+
+
+def source_stats(src, entries):
+    """``(size, mtime_ns)`` of every source file: what identifies its content between runs."""
+    stats = []
+    for name, _ in entries:
+        path = os.path.join(src, name)
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+        stats.append((st.st_size, st.st_mtime_ns))
+    return stats
+
+
+def read_source(path, stat):
+    """The bytes of a source file, checked against its listed ``(size, mtime_ns)``."""
+    try:
+        with open(path, "rb") as f:
+            payload = f.read()
+            st = os.fstat(f.fileno())
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    if len(payload) != stat[0] or (st.st_size, st.st_mtime_ns) != tuple(stat):
+        raise DataError(f"{path}: changed while staging; stage again once it is written")
+    return payload
+
+
+def check_locations(src, dst):
+    """Refuse a destination that is the source, inside it or around it, or cannot be written."""
+    real_src, real_dst = os.path.realpath(src), os.path.realpath(dst)
+    if real_dst == real_src:
+        raise UserError(f"{dst}: is the source folder itself; stage into another folder")
+    if real_dst.startswith(real_src.rstrip(os.sep) + os.sep):
+        raise UserError(f"{dst}: lies inside the source folder {src}; stage into a folder outside it")
+    if real_src.startswith(real_dst.rstrip(os.sep) + os.sep):
+        raise UserError(f"{dst}: holds the source folder {src}; stage into a folder outside it")
+    check_output_location(dst, "folder")
 
 
 def plan(entries, sizes, num_nodes, node_ranks, world, shard_by="node", replicate=1):
@@ -114,6 +165,8 @@ def plan(entries, sizes, num_nodes, node_ranks, world, shard_by="node", replicat
 
 
 def _read_journal(folder):
+    """``{name: row}`` of the journal (the last line of a name wins); rows of an older
+    format, without the source's identity, are left out (those files are staged again)."""
     done = {}
     path = os.path.join(folder, JOURNAL)
     if os.path.isfile(path):
@@ -121,8 +174,9 @@ def _read_journal(folder):
             for line in f:
                 try:
                     row = json.loads(line)
-                    done[row["name"]] = (row["size"], row["crc32"])
-                except (ValueError, KeyError):
+                    if all(k in row for k in ("name", "size", "crc32", "source_size", "source_mtime_ns", "mtime_ns")):
+                        done[row["name"]] = row
+                except ValueError:
                     continue   # a line cut short by a crash: that file is staged again
     return done
 
@@ -146,68 +200,82 @@ class _Writer:
                 if f.read(1) != b"\n":
                     f.write(b"\n")
 
-    def write(self, name, payload, crc):
+    def write(self, name, payload, crc, source):
+        """Write ``payload`` as ``name``, verify it and journal it with ``source`` = (size, mtime_ns)."""
         path = os.path.join(self.folder, name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        makedirs(os.path.dirname(path))
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 f.write(payload)
             size, check = os.path.getsize(tmp), _file_crc32(tmp)
             if size != len(payload) or check != crc:
-                raise OSError(f"{path}: verification failed after writing (size {size} of {len(payload)}, "
-                              f"crc32 {check:08x} against {crc:08x})")
-        line = json.dumps(dict(name=name, size=len(payload), crc32=crc)) + "\n"
+                raise UserError(f"{path}: verification failed after writing (size {size} of {len(payload)}, "
+                                f"crc32 {check:08x} against {crc:08x}); the destination's storage is faulty")
+        mtime = os.stat(path).st_mtime_ns
+        line = json.dumps(dict(name=name, size=len(payload), crc32=crc, source_size=source[0],
+                               source_mtime_ns=source[1], mtime_ns=mtime))
         with self.lock:
-            fd = os.open(os.path.join(self.folder, JOURNAL), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, line.encode())
-            finally:
-                os.close(fd)
+            append_line(os.path.join(self.folder, JOURNAL), line)
             self.bytes += len(payload)
 
 
-def _already(folder, done, name, size):
+def _already(folder, done, name, source, verify=False):
+    """Is ``name`` staged in ``folder`` from the source as it is now (``source`` = (size, mtime_ns))?
+    ``verify``: also re-read the staged copy against its recorded CRC-32."""
     entry = done.get(name)
-    path = os.path.join(folder, name)
-    return entry is not None and entry[0] == size and os.path.isfile(path) and os.path.getsize(path) == size
+    if entry is None or (entry["source_size"], entry["source_mtime_ns"]) != tuple(source):
+        return False
+    try:
+        st = os.stat(os.path.join(folder, name))
+    except OSError:
+        return False
+    if (st.st_size, st.st_mtime_ns) != (entry["size"], entry["mtime_ns"]):
+        return False
+    return not verify or _file_crc32(os.path.join(folder, name)) == entry["crc32"]
 
 
-def stage(src, dst, shard_by="node", replicate=1, threads=None, progress=True, log=print):
-    """Stage ``src`` into ``dst`` (see the module doc). Returns a summary dict (on every rank)."""
+def _staged_names(folder, entries, stats, verify):
+    """The names in ``entries`` already staged, and unchanged, in ``folder``."""
+    done = _read_journal(folder)
+    return {name for (name, _), st in zip(entries, stats) if _already(folder, done, name, st, verify)}
+
+
+def stage(src, dst, shard_by="node", replicate=1, threads=None, progress=True, log=print, verify=False):
+    """Stage ``src`` into ``dst`` (see the module doc). Returns a summary dict (on every rank).
+    ``verify``: re-read every already staged copy against its recorded CRC-32 (copy it again if it differs)."""
     from climseg.distributed.launch import detect_launcher
 
     src = os.path.abspath(src)
     info = detect_launcher()
     if info.world_size > 1 and info.launcher in ("mpi", "jsrun"):
-        return _stage_mpi(src, dst, shard_by, replicate, progress, log)
+        return _stage_mpi(src, dst, shard_by, replicate, progress, log, verify)
     if info.world_size > 1:
         raise UserError(f"climseg stage runs as one process or under MPI, not under {info.launcher}")
-    return _stage_local(src, dst.format(node=0, rank=0), shard_by, replicate, threads, progress, log)
+    return _stage_local(src, dst.format(node=0, rank=0), shard_by, replicate, threads, progress, log, verify)
 
 
-def _stage_local(src, dst, shard_by, replicate, threads, progress, log):
+def _stage_local(src, dst, shard_by, replicate, threads, progress, log, verify=False):
     from climseg.progress import progress_bar
 
     entries, splits = list_source(src)
-    sizes = [os.path.getsize(os.path.join(src, name)) for name, _ in entries]
-    os.makedirs(dst, exist_ok=True)
+    check_locations(src, dst)
+    stats = source_stats(src, entries)
+    sizes = [st[0] for st in stats]
+    makedirs(dst)
     _clean_partials(dst)
-    done = _read_journal(dst)
     writer = _Writer(dst)
-    todo = [(name, size) for (name, _), size in zip(entries, sizes) if not _already(dst, done, name, size)]
+    have = _staged_names(dst, entries, stats, verify)
+    todo = [(name, st) for (name, _), st in zip(entries, stats) if name not in have]
     read_bytes = [0]
     lock = threading.Lock()
     start = time.time()
 
     def copy(item):
-        name, size = item
-        with open(os.path.join(src, name), "rb") as f:
-            payload = f.read()
-        if len(payload) != size:
-            raise OSError(f"{os.path.join(src, name)}: changed while staging")
+        name, st = item
+        payload = read_source(os.path.join(src, name), st)
         with lock:
             read_bytes[0] += len(payload)
-        writer.write(name, payload, _crc32(payload))
+        writer.write(name, payload, _crc32(payload), st)
 
     pool = concurrent.futures.ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1))
     try:
@@ -222,7 +290,7 @@ def _stage_local(src, dst, shard_by, replicate, threads, progress, log):
     return _summary(len(entries), len(todo), read_bytes[0], writer.bytes, time.time() - start, 1, log)
 
 
-def _stage_mpi(src, dst_pattern, shard_by, replicate, progress, log):
+def _stage_mpi(src, dst_pattern, shard_by, replicate, progress, log, verify=False):
     import numpy as np
     from mpi4py import MPI
 
@@ -242,8 +310,8 @@ def _stage_mpi(src, dst_pattern, shard_by, replicate, progress, log):
     try:
         if rank == 0:
             entries, _ = list_source(src)
-            sizes = [os.path.getsize(os.path.join(src, name)) for name, _ in entries]
-            listing = (entries, sizes)
+            stats = source_stats(src, entries)
+            listing = (entries, stats)
         else:
             listing = None
     except UserError as exc:
@@ -251,20 +319,24 @@ def _stage_mpi(src, dst_pattern, shard_by, replicate, progress, log):
     listing = comm.bcast((listing, error) if rank == 0 else None, root=0)
     if listing[1]:
         raise UserError(listing[1])
-    entries, sizes = listing[0]
+    entries, stats = listing[0]
+    sizes = [st[0] for st in stats]
     layout = plan(entries, sizes, num_nodes, node_ranks, world, shard_by, replicate)
-    # what every node already holds (the journals), so that nothing is read or sent twice
-    if rank == node_ranks[node][0]:
-        os.makedirs(dst, exist_ok=True)
-        _clean_partials(dst)
-    comm.Barrier()
-    done = _read_journal(dst) if rank == node_ranks[node][0] else None
-    held = [n for n in comm.allgather((node, done)) if n[1] is not None]
-    have = {}
-    for n, journal in held:
-        folder = dst_pattern.format(node=n, rank=node_ranks[n][0])
-        have[n] = {name for name, size in zip([e[0] for e in entries], sizes) if _already(folder, journal, name, size)}
-    os.makedirs(dst, exist_ok=True)
+    # what every node already holds, checked by the node itself, so that nothing is read or sent twice
+    leader = rank == node_ranks[node][0]
+    error = None
+    try:
+        if leader:
+            check_locations(src, dst)
+            makedirs(dst)
+            _clean_partials(dst)
+    except UserError as exc:
+        error = str(exc)
+    errors = [e for e in comm.allgather(error) if e]
+    if errors:
+        raise UserError(errors[0])
+    held_here = _staged_names(dst, entries, stats, verify) if leader else None
+    have = {n: names for n, names in comm.allgather((node, held_here)) if names is not None}
     writer = _Writer(dst)
     # the work: per rank, the files it reads (in order) and what it receives
     reads = {r: [] for r in range(world)}
@@ -288,10 +360,7 @@ def _stage_mpi(src, dst_pattern, shard_by, replicate, progress, log):
             sends, mine = [], None
             if r < len(reads[rank]):
                 i, targets = reads[rank][r]
-                with open(os.path.join(src, entries[i][0]), "rb") as f:
-                    payload = f.read()
-                if len(payload) != sizes[i]:
-                    raise OSError(f"{os.path.join(src, entries[i][0])}: changed while staging")
+                payload = read_source(os.path.join(src, entries[i][0]), stats[i])
                 read_bytes += len(payload)
                 crc = _crc32(payload)
                 message = np.frombuffer(payload + crc.to_bytes(4, "little"), dtype=np.uint8)
@@ -301,14 +370,14 @@ def _stage_mpi(src, dst_pattern, shard_by, replicate, progress, log):
                 if node in targets and targets[node] == rank:
                     mine = (i, payload, crc)
             if mine is not None:
-                writer.write(entries[mine[0]][0], mine[1], mine[2])
+                writer.write(entries[mine[0]][0], mine[1], mine[2], stats[mine[0]])
             for i, buf, req in incoming:
                 req.Wait()
                 crc = int.from_bytes(buf[-4:].tobytes(), "little")
                 payload = buf[:-4].tobytes()
                 if _crc32(payload) != crc:
                     raise OSError(f"{entries[i][0]}: corrupted in transfer (crc32 mismatch)")
-                writer.write(entries[i][0], payload, crc)
+                writer.write(entries[i][0], payload, crc, stats[i])
             MPI.Request.Waitall(sends)
             bar.update()
     comm.Barrier()
@@ -329,7 +398,7 @@ def _write_manifests(dst, src, entries, layout, node, ranks, shard_by, replicate
     for (name, split), (_, writers, owner) in zip(entries, layout):
         if split == "*" or node not in writers:
             continue
-        size, crc = journal[name]
+        size, crc = journal[name]["size"], journal[name]["crc32"]
         by_split.setdefault(split or "", []).append(
             dict(name=os.path.basename(name), size=size, crc32=crc, owner=owner))
     for split, files in by_split.items():

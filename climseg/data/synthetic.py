@@ -42,7 +42,7 @@ from scipy import ndimage
 from climseg.constants import ATMOSPHERIC_RIVER, BACKGROUND, CHANNELS, NUM_CLASSES, TROPICAL_CYCLONE
 from climseg.data.stats import ChannelStats, write_stats
 from climseg.errors import UserError
-from climseg.io import atomic_directory, atomic_path, write_json
+from climseg.io import atomic_directory, atomic_path, check_output_location, write_json
 from climseg.metrics import label_components
 from climseg.progress import progress_bar
 
@@ -472,8 +472,7 @@ def generate_dataset(out, samples, height=768, width=1152, seed=0, validation_fr
         raise UserError(f"--samples {samples}: need at least 2 (one for training, one for validation)")
     if not 0.0 < validation_fraction < 1.0:
         raise UserError(f"validation fraction {validation_fraction} must lie between 0 and 1")
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise UserError(f"{out}: already exists and is not an empty folder")
+    check_output_location(out, "folder", must_be_new=True)
     n_val = min(samples - 1, max(1, int(round(samples * validation_fraction))))
     n_train = samples - n_val
     workers = workers or min(8, os.cpu_count() or 1)

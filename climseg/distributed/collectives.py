@@ -17,8 +17,12 @@ and 3 go through shared memory (:mod:`.shm`) instead of messages.
 Precision: tensors of 16-bit types, and any tensor sent with
 ``compression="bf16"|"fp16"``, are summed in float32: the reduce-scatter steps
 are all-to-all exchanges of 16-bit chunks followed by a float32 sum on the
-receiving rank, and the allgather sends the result. float32 tensors without
-compression use the transport's own reduce-scatter and allreduce.
+receiving rank, and the allgather sends the result. float32 and float64
+tensors without compression are summed in their own type (the transport's
+reduce-scatter and allreduce; the shared-memory path too), so a float64 sum is
+a float64 sum. Integer tensors are summed exactly in their own type (``"sum"``
+only: an average of integers, or compressing them, is refused); bool and
+complex tensors are refused.
 ``prescale`` divides by the world size before sending (fp16 safety).
 
 These functions are the algorithms only: they take process groups (or a
@@ -38,6 +42,20 @@ TRANSPORTS = ("torch", "mpi")
 TRANSPORT_ENV = "CLIMSEG_CROSS_TRANSPORT"
 MPI_CHUNK_ENV = "CLIMSEG_MPI_CHUNK_BYTES"
 MPI_CUDA_AWARE_ENV = "CLIMSEG_MPI_CUDA_AWARE"
+
+
+def _check_tensor(tensor, op, compression):
+    """Refuse, with one line, what cannot be summed exactly: bool, complex, integer averages
+    or integers squeezed into 16-bit floats."""
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        raise ConfigError(f"allreduce: {tensor.dtype} tensors cannot be summed; convert them to a numeric type first")
+    if not tensor.is_floating_point():
+        if op == "avg":
+            raise ConfigError(f"allreduce: the average of a {tensor.dtype} tensor is not an integer; use op='sum' "
+                              f"or a floating-point tensor")
+        if COMPRESSIONS.get(compression) is not None:
+            raise ConfigError(f"allreduce: {tensor.dtype} tensors are summed exactly; compression {compression!r} "
+                              f"would round them")
 
 
 def _wire_dtype(tensor, compression):
@@ -74,6 +92,7 @@ def flat_all_reduce(tensor, op="sum", compression=None, group=None, prescale=Fal
     """Allreduce ``tensor`` in place over ``group`` (default: the world)."""
     if op not in ("sum", "avg"):
         raise ConfigError(f"op must be 'sum' or 'avg', not {op!r}")
+    _check_tensor(tensor, op, compression)
     n = _group_size(group)
     wire = _wire_dtype(tensor, compression)
     scale = 1.0 / n if op == "avg" else 1.0
@@ -108,7 +127,9 @@ def hierarchical_all_reduce(tensor, op="sum", compression=None, topology=None, t
     allreduce of each shard -> intra-node allgather.
 
     Args:
-        tensor: any shape, any floating dtype; reduced in place and returned.
+        tensor: any shape; floating dtypes (16-bit ones summed in float32, float32
+            and float64 in their own type) or integers (``"sum"``, exact); reduced in
+            place and returned.
         op: ``"sum"`` or ``"avg"`` (divide by the world size).
         compression: ``None``, ``"bf16"`` or ``"fp16"`` on the wire; sums are float32.
         topology: groups from :func:`climseg.distributed.init` (default: the current ones).
@@ -126,6 +147,7 @@ def hierarchical_all_reduce(tensor, op="sum", compression=None, topology=None, t
         raise ConfigError("hierarchical_all_reduce: call climseg.distributed.init() first")
     if op not in ("sum", "avg"):
         raise ConfigError(f"op must be 'sum' or 'avg', not {op!r}")
+    _check_tensor(tensor, op, compression)
     if topo.world_size == 1:
         return tensor
     transport = (transport or os.environ.get(TRANSPORT_ENV) or "torch").lower()
@@ -176,14 +198,16 @@ def hierarchical_all_reduce(tensor, op="sum", compression=None, topology=None, t
 
 
 def _hierarchical_shm(flat, scale, prescale, wire, topo, transport):
-    """CPU tensors of ranks on one host: intra-node steps through shared memory
-    (float32 sums), the cross-node step over the network (``wire`` compression there)."""
+    """CPU tensors of ranks on one host: intra-node steps through shared memory, the
+    cross-node step over the network (``wire`` compression there). Sums are float32
+    for 16-bit inputs (and with compression), else in the tensor's own type."""
     from climseg.distributed.shm import NodeSharedBuffer
 
     buffer = getattr(topo, "_shared_buffer", None)
     if buffer is None:
         buffer = topo._shared_buffer = NodeSharedBuffer(topo)
-    work = flat.float()
+    exact = wire is None and flat.dtype not in (torch.float16, torch.bfloat16)
+    work = flat if exact else flat.float()
     if prescale and scale != 1.0:
         work = work * scale
 

@@ -5,7 +5,9 @@ has the standard signature: pass it to ``DistributedDataParallel.register_comm_h
 It averages the bucket over all ranks, like DDP's default hook. ``state`` is
 ``None`` (the topology made by ``climseg.distributed.init()``), a
 :class:`Topology`, or a :class:`HierarchicalHookState` with compression and
-transport settings.
+transport settings. Without any topology (``init()`` not called) the hook
+raises a ``ConfigError`` saying so at once, on the calling thread, in the
+first ``backward()``: never a message mangled by DDP's future.
 
 On CPU (gloo) the reduction runs on a background thread, so it overlaps the
 rest of the backward pass; the returned future completes when it is done. The
@@ -19,8 +21,10 @@ import dataclasses
 import threading
 
 import torch
+import torch.distributed as dist
 
 from climseg.distributed.collectives import flat_all_reduce, hierarchical_all_reduce
+from climseg.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -44,13 +48,42 @@ def comm_executor(key="default"):
         return _EXECUTORS[key]
 
 
+def resolve_topology(topology, who, initialise=True):
+    """The :class:`Topology` to reduce over: ``topology``, else the one ``init()`` made.
+    Without either, in a job of several processes: with ``initialise``, when
+    ``torch.distributed`` already runs (e.g. under torchrun) over the ranks the launcher
+    describes, ``init()`` is called now and builds its groups on that default group;
+    otherwise a ``ConfigError`` — never a silent world of one. A single process gets None."""
+    from climseg.distributed.launch import detect_launcher, init, topology as current
+
+    topo = topology or current()
+    if topo is not None:
+        return topo
+    launched = detect_launcher().world_size
+    running = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if launched <= 1 and running <= 1:
+        return None
+    if initialise and running > 1 and launched == running:
+        return init()
+    if running > 1:
+        raise ConfigError(f"{who}: torch.distributed runs {running} processes, but climseg.distributed.init() was "
+                          f"not called{'' if launched == running else ' and the launcher describes ' + str(launched)}; "
+                          f"call climseg.distributed.init() first (it uses the existing process group)")
+    raise ConfigError(f"{who}: this job has {launched} processes but no process group; call "
+                      f"climseg.distributed.init() first")
+
+
 def hierarchical_allreduce_hook(state, bucket):
     """DDP comm hook: average ``bucket.buffer()`` over all ranks, hierarchically."""
-    from climseg.distributed.launch import topology
-
     if state is None or not isinstance(state, HierarchicalHookState):
         state = HierarchicalHookState(topology=state)
-    topo = state.topology or topology()
+    if state.topology is None:
+        # inside backward no groups can be made (that is a collective of its own): refuse clearly
+        state.topology = resolve_topology(None, "hierarchical_allreduce_hook", initialise=False)
+        if state.topology is None:
+            raise ConfigError("hierarchical_allreduce_hook: no process group; call climseg.distributed.init() "
+                              "before the first step (or pass its Topology as the hook's state)")
+    topo = state.topology
     buffer = bucket.buffer()
 
     def reduce():

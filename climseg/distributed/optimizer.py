@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from climseg.distributed.collectives import bucket_tensors, flat_all_reduce, hierarchical_all_reduce
-from climseg.distributed.hooks import comm_executor
+from climseg.distributed.hooks import comm_executor, resolve_topology
 from climseg.errors import ConfigError
 from climseg.ops.buckets import flatten_gradients, unflatten_gradients
 from climseg.ops.multi_tensor import in_layout_of, memory_view, same_layout
@@ -52,8 +52,10 @@ class DistributedOptimizer:
         compression: ``None``, ``"bf16"`` or ``"fp16"`` on the wire.
         gradient_lag: 0, or 1 to apply each step's averaged gradient one step later.
         bucket_bytes: size of the fused buffers (default 25 MiB).
-        topology: from ``climseg.distributed.init()`` (default: the current one,
-            or a single process when none was made).
+        topology: from ``climseg.distributed.init()`` (default: the current one; when
+            ``init()`` was not called but ``torch.distributed`` already runs over the
+            launcher's ranks, ``init()`` is called here on that group; a job of several
+            processes without any process group is refused; a lone process is a world of one).
         transport: cross-node step over ``"torch"`` or ``"mpi"``.
         max_grad_norm: clip the averaged gradient's total norm before the step (0: off).
         broadcast: copy rank 0's parameters to every rank at construction.
@@ -61,14 +63,12 @@ class DistributedOptimizer:
 
     def __init__(self, optimizer, named_parameters, hierarchical=True, compression=None, gradient_lag=0,
                  bucket_bytes=25 << 20, topology=None, transport=None, max_grad_norm=0.0, broadcast=True):
-        from climseg.distributed.launch import topology as current
-
         if gradient_lag not in (0, 1):
             raise ConfigError(f"gradient_lag must be 0 or 1, not {gradient_lag}")
         self.optimizer = optimizer
         self.hierarchical, self.compression, self.transport = hierarchical, compression, transport
         self.gradient_lag, self.max_grad_norm = gradient_lag, max_grad_norm
-        self.topology = topology or current()
+        self.topology = resolve_topology(topology, "DistributedOptimizer")
         self.world_size = self.topology.world_size if self.topology else 1
         named = [(n, p) for n, p in named_parameters if p.requires_grad]
         names = [n for n, _ in named]

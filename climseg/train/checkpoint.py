@@ -18,8 +18,8 @@ import random
 import numpy as np
 import torch
 
-from climseg.errors import CheckpointError
-from climseg.io import atomic_path
+from climseg.errors import CheckpointError, first_line
+from climseg.io import atomic_path, output_error
 
 FORMAT = "climseg-checkpoint"
 VERSION = 1
@@ -28,7 +28,10 @@ VERSION = 1
 def save_checkpoint(path, payload):
     payload = dict(payload, format=FORMAT, version=VERSION)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as exc:   # torch's zip writer reports a full disk as RuntimeError
+            raise output_error(path, exc) from None
 
 
 def load_checkpoint(path):
@@ -36,12 +39,16 @@ def load_checkpoint(path):
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, "last.pt")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise CheckpointError(f"{path}: checkpoint not found")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: not a file")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: is empty (0 bytes; a copy cut short, e.g. on a full disk?)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zip, pickle or truncated file: many exception types
-        raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:120]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a climseg checkpoint")
     if ckpt.get("version", 0) > VERSION:
@@ -69,9 +76,9 @@ def load_model_state(model, state_dict, where, config_name):
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
-        text = str(exc)
-        first = text.splitlines()[1].strip() if len(text.splitlines()) > 1 else text
-        raise CheckpointError(f"{where}: weights do not fit the {config_name} model ({first[:160]})") from None
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        first = first_line(lines[1] if len(lines) > 1 else exc)
+        raise CheckpointError(f"{where}: weights do not fit the {config_name} model ({first})") from None
 
 
 def rng_state():

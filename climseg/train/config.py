@@ -10,7 +10,7 @@ import json
 import os
 import typing
 
-from climseg.errors import ConfigError
+from climseg.errors import ConfigError, first_line
 
 
 @dataclasses.dataclass
@@ -92,7 +92,7 @@ def read_config_file(path):
 
             raw = yaml.safe_load(text)
     except Exception as exc:  # yaml and json raise many types
-        raise ConfigError(f"{path}: cannot parse ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: cannot parse ({first_line(exc)})") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -122,16 +122,24 @@ def merge(*layers):
 
 
 def _coerce(name, value):
+    """``value`` as the field's type. Only exact values convert: ``epochs: 1.5`` or
+    ``epochs: true`` is an error, not 1; ``2.0`` is 2; strings parse as on the command line."""
     default = FIELDS[name].default
     if value is None:
         return None
     try:
         if name == "channels":
-            return [c for c in value.replace(",", " ").split()] if isinstance(value, str) else list(value)
+            if isinstance(value, str):
+                return [c for c in value.replace(",", " ").split()]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(c, str) for c in value):
+                raise ValueError(value)
+            return list(value)
         if name == "milestones":
             if isinstance(value, str):
                 value = value.replace(",", " ").split()
-            return [int(v) for v in value]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(value)
+            return [_whole(v) for v in value]
         if isinstance(default, bool):
             if isinstance(value, str):
                 if value.lower() in ("1", "true", "yes", "on"):
@@ -139,14 +147,41 @@ def _coerce(name, value):
                 if value.lower() in ("0", "false", "no", "off"):
                     return False
                 raise ValueError(value)
-            return bool(value)
+            if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+                return bool(value)
+            raise ValueError(value)
         if isinstance(default, int) or name == "workers":
-            return int(value)
+            return _whole(value)
         if isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise ValueError(value)
             return float(value)
+        if isinstance(value, (dict, list, tuple, bool)):
+            raise ValueError(value)
         return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"option {name.replace('_', '-')}: invalid value {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        kind = _KIND.get(name) or ("a whole number" if isinstance(default, int) and not isinstance(default, bool)
+                                   else "true or false" if isinstance(default, bool)
+                                   else "a number" if isinstance(default, float) else "a string")
+        raise ConfigError(f"option {name.replace('_', '-')}: invalid value {value!r} (expected {kind})") from None
+
+
+_KIND = {"workers": "a whole number", "channels": "channel names", "milestones": "whole numbers"}
+
+
+def _whole(value):
+    """An int from an int, an integral float (2.0) or a string of one; bools and 1.5 are refused."""
+    if isinstance(value, bool):
+        raise ValueError(value)
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    if isinstance(value, str):
+        return int(value.strip())
+    if isinstance(value, int):
+        return value
+    raise ValueError(value)
 
 
 def validate(cfg):

@@ -29,6 +29,10 @@ class TrainingData:
 def open_training_data(cfg, root, ranks, input_dtype, device, log):
     """The splits and loaders of ``root`` for this rank (see the module docstring)."""
     train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "validation")
+    if not os.path.exists(root):
+        raise DataError(f"{root}: no such folder")
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: is a file; --data names a dataset folder holding train/ and validation/")
     for d in (train_dir, val_dir):
         if not os.path.isdir(d):
             raise DataError(f"{root}: expected sub-folders train/ and validation/ (DeepCAM layout); "
@@ -36,9 +40,10 @@ def open_training_data(cfg, root, ranks, input_dtype, device, log):
     stats = read_stats(find_stats(train_dir))
     train_set = DeepCAMDataset(train_dir, stats, cfg.channels, cfg.normalization)
     val_set = DeepCAMDataset(val_dir, stats, cfg.channels, cfg.normalization)
-    if val_set.shape != train_set.shape:
-        raise DataError(f"{val_dir}: samples are {val_set.shape[0]}x{val_set.shape[1]} but training samples are "
-                        f"{train_set.shape[0]}x{train_set.shape[1]}")
+    if val_set.shape != train_set.shape:   # name both files: either may be the odd one
+        raise DataError(f"{train_set.files[0]}: is {train_set.shape[0]}x{train_set.shape[1]} but "
+                        f"{val_set.files[0]} is {val_set.shape[0]}x{val_set.shape[1]}; every sample must have "
+                        f"the same grid")
     data = TrainingData(root, train_dir, stats, train_set, val_set)
     if cfg.loader == "fast":
         common = dict(stats=stats, channels=cfg.channels, normalization=cfg.normalization, dtype=input_dtype,

@@ -31,8 +31,8 @@ from climseg.constants import CLASS_NAMES, NUM_CLASSES
 from climseg.data.cache import default_dataset
 from climseg.data.sampling import EpochSampler
 from climseg.distributed import launch as dist_launch
-from climseg.errors import CheckpointError, ConfigError, DataError, TrainingError
-from climseg.io import atomic_path, write_json
+from climseg.errors import CheckpointError, ConfigError, DataError, TrainingError, first_line
+from climseg.io import RunLock, append_line, atomic_path, check_output_location, write_json
 from climseg.losses import DEEPCAM_FREQUENCIES, WeightedCrossEntropy
 from climseg.metrics import RunningScores
 from climseg.models import DeepLabV3Plus, count_parameters
@@ -62,6 +62,14 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, checkpoint=None, log=print):
+        try:
+            self._init(cfg, checkpoint, log)
+        except BaseException:
+            if getattr(self, "run_lock", None) is not None:
+                self.run_lock.release()     # a refused or failed set-up leaves the folder as it was
+            raise
+
+    def _init(self, cfg, checkpoint, log):
         self.cfg = cfg
         # data parallelism: one process per device under mpirun, srun, jsrun or torchrun
         self.topo = dist_launch.init() if dist_launch.is_launched() else None
@@ -70,6 +78,16 @@ class Trainer:
         self.is_main = self.rank == 0
         self.log = log if self.is_main else (lambda *a, **k: None)
         self.show_progress = cfg.progress and self.is_main
+        # output: checked and locked (one run per folder) before the data are read or the model built
+        self.out = cfg.out or (os.path.dirname(checkpoint["path"]) if checkpoint else _default_out(cfg.config))
+        self.metrics_path = os.path.join(self.out, "metrics.jsonl")
+        self.run_lock = RunLock(self.out)
+        if self.is_main:
+            check_output_location(self.out)
+            self.run_lock.acquire()
+            if checkpoint is None and os.path.exists(os.path.join(self.out, "last.pt")):
+                raise ConfigError(f"{self.out}: already holds a training run (last.pt); continue it with "
+                                  f"--resume {os.path.join(self.out, 'last.pt')} or choose another --out")
         if self.topo is not None and cfg.device == "auto":
             self.device = self.topo.device
         else:
@@ -131,13 +149,8 @@ class Trainer:
         self.best_mean_iou = -math.inf
         self.partial = None
         self.stop_requested = False
-        self.out = cfg.out or (os.path.dirname(checkpoint["path"]) if checkpoint else _default_out(cfg.config))
-        self.metrics_path = os.path.join(self.out, "metrics.jsonl")
         if checkpoint is not None:
             self._restore(checkpoint)
-        elif os.path.exists(os.path.join(self.out, "last.pt")):
-            raise ConfigError(f"{self.out}: already holds a training run (last.pt); continue it with "
-                              f"--resume {os.path.join(self.out, 'last.pt')} or choose another --out")
 
     # ------------------------------------------------------------------ set-up
     def _seed_everything(self, seed):
@@ -188,7 +201,7 @@ class Trainer:
                 self.optimizer.load_state_dict(saved)
             self.scaler.load_state_dict(train["scaler"])
         except (ValueError, KeyError, RuntimeError) as exc:
-            raise CheckpointError(f"{where}: optimizer state does not fit this run ({str(exc).splitlines()[0][:120]})") from None
+            raise CheckpointError(f"{where}: optimizer state does not fit this run ({first_line(exc)})") from None
         progress = train["progress"]
         saved_batch = train.get("options", {}).get("batch_size", self.cfg.batch_size)
         if progress["batch_in_epoch"] and saved_batch != self.cfg.batch_size:
@@ -224,9 +237,15 @@ class Trainer:
 
     def fit(self):
         """Train to ``cfg.epochs``; returns the last validation metrics (a dict)."""
+        try:
+            return self._fit()
+        finally:
+            self.run_lock.release()
+
+    def _fit(self):
         cfg = self.cfg
         if self.is_main:
-            os.makedirs(self.out, exist_ok=True)
+            self.run_lock.acquire()        # held since set-up; again when fit() is called a second time
             self._write_run_info()
         where = f"{self.device}" if self.world == 1 else (
             f"{self.world} processes ({self.topo.num_nodes} node(s) x {self.topo.local_size}, "
@@ -413,9 +432,7 @@ class Trainer:
         if not self.is_main:
             return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(clean) + "\n")
-            f.flush()
+        append_line(self.metrics_path, json.dumps(clean))
 
     def _write_run_info(self):
         info = dict(options=self.cfg.to_dict(), data_root=os.path.abspath(self.data_root), device=str(self.device),
