@@ -50,6 +50,21 @@ TRAIN_OPTIONS = [
      "of the torch loader (default 0 on CPU, up to 8 on CUDA)"),
     ("--on-bad-sample", "on_bad_sample", str, "error (stop, naming the file) or skip (leave it out, log it, count it); "
      "default error"),
+    ("--batchnorm-group-size", "batchnorm_group_size", int, "ranks sharing batch-norm statistics: groups of G "
+     "consecutive ranks (default 1: each rank its own; ranks per node: within nodes; world size: all)"),
+    ("--bn-stats-sync", "bn_stats_sync", str, "epoch (average the running statistics over ranks at each epoch's end, "
+     "before validation and checkpoints; default) or none (rank 0's)"),
+    ("--accumulate", "accumulate", int, "micro-batches of --batch-size whose gradients make one step (default 1)"),
+    ("--adam-eps", "adam_eps", float, "epsilon of Adam, AdamW, LAMB and LARC-Adam (default: theirs, 1e-8 and LAMB 1e-6)"),
+    ("--recipe", "recipe", str, "hyperparameter set beneath the other options: mlperf-deepcam or sc18-kurth2018"),
+    ("--target-iou", "target_iou", float, "stop when the validation DeepCAM IoU reaches this; time to target in "
+     "metrics.jsonl and the MLPerf log (default 0: off)"),
+    ("--mlperf-log", "mlperf_log", str, "write an MLPerf HPC :::MLLOG log to this file (rank 0)"),
+    ("--mlperf-org", "mlperf_org", str, "MLPerf submission_org (default climseg)"),
+    ("--mlperf-platform", "mlperf_platform", str, "MLPerf submission_platform (default: the device name)"),
+    ("--mlperf-division", "mlperf_division", str, "MLPerf submission_division: open or closed (default open)"),
+    ("--mlperf-status", "mlperf_status", str, "MLPerf submission_status: cloud, onprem, preview or research "
+     "(default research)"),
     ("--seed", "seed", int, "random seed for weights and data order (default 0)"),
     ("--checkpoint-every", "checkpoint_every", int, "also write last.pt every N steps (default 0: each epoch)"),
     ("--max-steps", "max_steps", int, "stop with a checkpoint at this global step (default 0: no limit)"),
