@@ -142,6 +142,17 @@ def build_parser():
                    "source tree, else ./climseg-bench-results/")
 
     sub.add_parser("info", help="versions, devices, and which backend each op uses")
+
+    p = sub.add_parser("convert", help="import or export checkpoints in other projects' layouts",
+                       description="climseg convert --from FORMAT IN OUT imports IN (another project's checkpoint or "
+                       "state_dict) as a climseg checkpoint OUT; --to FORMAT IN OUT writes the climseg checkpoint IN "
+                       "in that layout. Formats: mlperf-deepcam (the MLPerf HPC DeepCAM reference).")
+    p.add_argument("input", help="checkpoint to read")
+    p.add_argument("output", help="checkpoint to write")
+    p.add_argument("--from", dest="from_format", default=None, help="format of INPUT (import)")
+    p.add_argument("--to", dest="to_format", default=None, help="format to write OUTPUT in (export)")
+    p.add_argument("--stats", default=None, help="import: the dataset's stats.h5 (input normalisation)")
+    p.add_argument("--normalization", default="minmax", help="import: minmax (the MLPerf reference's) or zscore")
     return parser
 
 
@@ -157,7 +168,7 @@ def main(argv=None):
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         commands = {"train": cmd_train, "predict": cmd_predict, "generate": cmd_generate, "stage": cmd_stage,
-                    "bench": cmd_bench, "info": cmd_info}
+                    "bench": cmd_bench, "info": cmd_info, "convert": cmd_convert}
         return commands[args.command](args)
     except UserError as exc:
         print(f"climseg: error: {_rank_prefix()}{exc}", file=sys.stderr)
@@ -339,6 +350,35 @@ def cmd_bench(args):
         finally:
             os.environ.pop("CLIMSEG_BENCH_COMMAND", None)
     return status
+
+
+def cmd_convert(args):
+    from climseg.models.convert import FORMATS
+
+    if (args.from_format is None) == (args.to_format is None):
+        raise UserError("convert: give exactly one of --from FORMAT (import) or --to FORMAT (export)")
+    name = args.from_format or args.to_format
+    if name not in FORMATS:
+        raise UserError(f"convert: unknown format {name!r} (known: {', '.join(FORMATS)})")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise UserError(f"{args.output}: folder {folder} does not exist")
+    if args.from_format:
+        from climseg.train.checkpoint import save_checkpoint
+
+        payload = FORMATS[name]["import_checkpoint"](args.input, stats=args.stats, normalization=args.normalization)
+        save_checkpoint(args.output, payload)
+        spec = payload["model"]
+        print(f"climseg: imported {args.input} ({name}) as a {spec['config']} checkpoint: {args.output}")
+    else:
+        from climseg.train.checkpoint import load_checkpoint
+
+        export = FORMATS[name].get("export_checkpoint")
+        if export is None:
+            raise UserError(f"convert: format {name!r} can be imported, not written")
+        export(load_checkpoint(args.input), args.output)
+        print(f"climseg: wrote {args.input} in the {name} layout: {args.output}")
+    return 0
 
 
 def cmd_info(args):

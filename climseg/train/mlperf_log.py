@@ -33,7 +33,8 @@ class MLPerfLog:
         self._handler = None
         if self.path is None:
             return
-        from mlperf_logging import mllog
+        from mlperf_logging.mllog import mllog as mllog_module
+        from mlperf_logging.mllog import constants
 
         folder = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(folder):
@@ -50,8 +51,8 @@ class MLPerfLog:
             raise ConfigError(f"option mlperf-log: {self.path}: cannot write ({exc.strerror})") from None
         self._handler.setLevel(logging.INFO)
         logger.addHandler(self._handler)
-        self.mllogger = mllog.MLLogger(logger=logger, default_stack_offset=2)
-        self.constants = mllog.constants
+        self.mllogger = mllog_module.MLLogger(logger=logger, default_stack_offset=2)
+        self.constants = constants
 
     @property
     def active(self):
