@@ -33,8 +33,10 @@ class MLPerfLog:
         self._handler = None
         if self.path is None:
             return
-        from mlperf_logging.mllog import mllog as mllog_module
-        from mlperf_logging.mllog import constants
+        try:
+            from mlperf_logging.mllog import mllog as mllog_module
+        except ImportError:
+            raise ConfigError("option mlperf-log: needs the mlperf-logging package (pip install 'climseg[mlperf]')") from None
 
         folder = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(folder):
@@ -52,7 +54,6 @@ class MLPerfLog:
         self._handler.setLevel(logging.INFO)
         logger.addHandler(self._handler)
         self.mllogger = mllog_module.MLLogger(logger=logger, default_stack_offset=2)
-        self.constants = constants
 
     @property
     def active(self):
@@ -117,7 +118,8 @@ class MLPerfLog:
         self.event("scheduler_lr_warmup_steps", cfg.warmup_steps)
         self.event("scheduler_lr_warmup_factor", 1.0)     # linear warm-up to the base rate
         if kind == "multistep":
-            self.event("scheduler_milestones", list(cfg.milestones))
+            # counted after the warm-up, as the reference's MultiStepLRWarmup counts them
+            self.event("scheduler_milestones", [max(0, int(m) - cfg.warmup_steps) for m in cfg.milestones])
             self.event("scheduler_decay_rate", cfg.lr_decay)
         elif kind == "cosine_annealing":
             self.event("scheduler_t_max", max(1, total_steps - cfg.warmup_steps))

@@ -6,7 +6,8 @@ Each entry says where its values come from; docs/mlperf.md gives the file and li
 
 * ``mlperf-deepcam``: the MLPerf HPC DeepCAM reference (github.com/mlcommons/hpc,
   ``deepcam/src/deepCam``): LAMB, start lr 0.0055, eps 1e-6, betas (0.9, 0.999), weight decay
-  1e-2, 400 warm-up steps, multistep decay 0.1 at step 800, 2 samples per rank, batch-norm
+  1e-2, 400 warm-up steps, multistep decay 0.1 at milestone 800 (which the reference counts after
+  the warm-up: optimizer step 1200 here), 2 samples per rank, batch-norm
   group 1, up to 200 epochs, target DeepCAM IoU 0.82, the ``deepcam`` network and loss weights
   (class frequency ** -0.125), gradients clipped to norm 1 (apex FusedLAMB's ``max_grad_norm``
   default, which the hpc 3.0.0 rules require for LAMB).
@@ -22,7 +23,7 @@ from climseg.errors import ConfigError
 RECIPES = {
     "mlperf-deepcam": dict(
         config="deepcam", optimizer="lamb", lr=0.0055, adam_eps=1e-6, weight_decay=1e-2,
-        lr_schedule="multistep", warmup_steps=400, milestones=[800], lr_decay=0.1, batch_size=2,
+        lr_schedule="multistep", warmup_steps=400, milestones=[1200], lr_decay=0.1, batch_size=2,
         batchnorm_group_size=1, epochs=200, target_iou=0.82, loss_weights="deepcam", class_frequencies="deepcam",
         clip_grad_norm=1.0, bn_stats_sync="epoch",
     ),

@@ -10,6 +10,13 @@ the held-out split, one JSON line per split, ``last.pt`` (and ``best.pt`` when
 the validation mean IoU improves). ``request_stop()`` (SIGINT/SIGTERM in the
 CLI) finishes the current step, writes ``last.pt`` and returns.
 
+With ``--accumulate N`` a step is N batches whose gradients add up (loss / N each). Batch norms
+share statistics within ``--batchnorm-group-size`` ranks (:mod:`climseg.distributed.batchnorm`),
+and at each epoch's end, before validation and the checkpoint, the running statistics are
+averaged over ranks (``--bn-stats-sync epoch``). ``--target-iou`` ends training at the first
+validation that reaches it; ``--mlperf-log`` writes the MLPerf HPC log
+(:mod:`climseg.train.mlperf_log`) from rank 0.
+
 Around the loop: the device and precision come from :mod:`climseg.perf.hardware`, the data
 and loaders from :mod:`climseg.train.data`, the data-parallel wiring (collective decisions,
 DDP or the DistributedOptimizer) from :mod:`climseg.train.parallel`, and the running scores
