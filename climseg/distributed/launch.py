@@ -77,7 +77,6 @@ class Topology:
     cross_ranks: list = dataclasses.field(default_factory=list)   # global ranks of this cross group, by node
     comm_world: object = None       # all ranks again, for flat gradient allreduces on the background thread, so
                                     # they never interleave with the main thread's collectives on `world`
-    consecutive_nodes: bool = False  # every node's ranks are a run of consecutive ranks, all nodes the same size
     batchnorm_groups: dict = dataclasses.field(default_factory=dict)   # group size -> this rank's group (or None)
 
     @property
@@ -314,7 +313,6 @@ def init(backend=None, device=None):
     _TOPOLOGY = Topology(info.launcher, info.rank, info.world_size, local_rank, local_size, node, num_nodes, device,
                          backend, uniform, intra_shm, dist.group.WORLD, intra, cross, mpi_cross, members[node],
                          cross_members[local_rank] if uniform else [])
-    _TOPOLOGY.consecutive_nodes = uniform and all(m == list(range(m[0], m[0] + local_size)) for m in members)
     _TOPOLOGY.comm_world = dist.new_group(list(range(info.world_size)), timeout=_timeout())
     import atexit
 
@@ -332,9 +330,12 @@ def batchnorm_group_members(world_size, group_size):
 
 def batchnorm_group(topo, group_size):
     """This rank's process group for batch-norm statistics shared by ``group_size`` consecutive
-    ranks: None for 1 (or a last group of this rank alone), the world group for the world size,
-    the intra-node group when the nodes are exactly those runs of ranks; otherwise new groups,
-    made collectively (every rank must call this with the same size). Cached on ``topo``."""
+    ranks: None for 1 (or a last group of this rank alone), the world group for the world size
+    (only the main thread's collectives use it); otherwise groups of their own, made collectively
+    (every rank must call this with the same size), even when they are the nodes: the gradient
+    allreduces run the intra-node and cross-node groups on a background thread while backward (and,
+    with gradient lag, the next forward) runs the batch norms, and two threads must never share a
+    group. Cached on ``topo``."""
     if group_size in topo.batchnorm_groups:
         return topo.batchnorm_groups[group_size]
     members = batchnorm_group_members(topo.world_size, group_size)
@@ -343,8 +344,6 @@ def batchnorm_group(topo, group_size):
         group = None
     elif group_size == topo.world_size:
         group = topo.world
-    elif topo.consecutive_nodes and group_size == topo.local_size:
-        group = topo.intra      # every node is a run of local_size consecutive ranks: the same groups
     else:
         group = _new_groups(members, topo)
     if group is not None and len(mine) == 1:

@@ -25,9 +25,10 @@ SCHEDULER_NAMES = {"multistep": "multistep", "cosine": "cosine_annealing", "cons
 
 
 class MLPerfLog:
-    """The MLPerf log of one run; ``path`` None or ``enabled`` False make every call a no-op."""
+    """The MLPerf log of one run; ``path`` None or ``enabled`` False make every call a no-op.
+    ``append``: add to an existing log (a resumed run) instead of starting it afresh."""
 
-    def __init__(self, path, enabled=True):
+    def __init__(self, path, enabled=True, append=False):
         self.path = path if enabled else None
         self.mllogger = None
         self._handler = None
@@ -48,7 +49,7 @@ class MLPerfLog:
             logger.removeHandler(h)
             h.close()
         try:
-            self._handler = logging.FileHandler(self.path, mode="w")
+            self._handler = logging.FileHandler(self.path, mode="a" if append else "w")
         except OSError as exc:
             raise ConfigError(f"option mlperf-log: {self.path}: cannot write ({exc.strerror})") from None
         self._handler.setLevel(logging.INFO)

@@ -78,7 +78,7 @@ class Trainer:
         self.rank = self.topo.rank if self.topo else 0
         self.world = self.topo.world_size if self.topo else 1
         self.is_main = self.rank == 0
-        self.mlperf = MLPerfLog(cfg.mlperf_log, enabled=self.is_main)
+        self.mlperf = MLPerfLog(cfg.mlperf_log, enabled=self.is_main, append=checkpoint is not None)
         self.mlperf.start("init_start")
         self.log = log if self.is_main else (lambda *a, **k: None)
         self.show_progress = cfg.progress and self.is_main
@@ -301,9 +301,15 @@ class Trainer:
         last_val, reached = None, False
         while self.epoch < cfg.epochs:
             self.mlperf.start("epoch_start", metadata=dict(epoch_num=self.epoch + 1, step_num=self.step))
-            train_row = self._train_epoch()
+            try:
+                train_row = self._train_epoch()
+            except TrainingStopped:
+                self.mlperf.end("run_stop", metadata=dict(status="aborted", epoch_num=self.epoch + 1))
+                self.mlperf.close()
+                raise
             if train_row is None:  # stopped by max_steps
                 self.mlperf.end("run_stop", metadata=dict(status="aborted", epoch_num=self.epoch + 1))
+                self.mlperf.close()
                 return dict(stopped=True, step=self.step, checkpoint=os.path.join(self.out, "last.pt"))
             self._append_metrics(train_row)
             finished = self.epoch + 1
