@@ -67,6 +67,21 @@ TRAIN_OPTIONS = [
      "of the torch loader (default 0 on CPU, up to 8 on CUDA)"),
     ("--on-bad-sample", "on_bad_sample", str, "error (stop, naming the file) or skip (leave it out, log it, count it); "
      "default error"),
+    ("--batchnorm-group-size", "batchnorm_group_size", int, "ranks sharing batch-norm statistics: groups of G "
+     "consecutive ranks (default 1: each rank its own; ranks per node: within nodes; world size: all)"),
+    ("--bn-stats-sync", "bn_stats_sync", str, "epoch (average the running statistics over ranks at each epoch's end, "
+     "before validation and checkpoints; default) or none (rank 0's)"),
+    ("--accumulate", "accumulate", int, "micro-batches of --batch-size whose gradients make one step (default 1)"),
+    ("--adam-eps", "adam_eps", float, "epsilon of Adam, AdamW, LAMB and LARC-Adam (default: theirs, 1e-8 and LAMB 1e-6)"),
+    ("--recipe", "recipe", str, "hyperparameter set beneath the other options: mlperf-deepcam or sc18-kurth2018"),
+    ("--target-iou", "target_iou", float, "stop when the validation DeepCAM IoU reaches this; time to target in "
+     "metrics.jsonl and the MLPerf log (default 0: off)"),
+    ("--mlperf-log", "mlperf_log", str, "write an MLPerf HPC :::MLLOG log to this file (rank 0)"),
+    ("--mlperf-org", "mlperf_org", str, "MLPerf submission_org (default climseg)"),
+    ("--mlperf-platform", "mlperf_platform", str, "MLPerf submission_platform (default: the device name)"),
+    ("--mlperf-division", "mlperf_division", str, "MLPerf submission_division: open or closed (default open)"),
+    ("--mlperf-status", "mlperf_status", str, "MLPerf submission_status: cloud, onprem, preview or research "
+     "(default research)"),
     ("--seed", "seed", int, "random seed for weights and data order (default 0)"),
     ("--checkpoint-every", "checkpoint_every", int, "also write last.pt every N steps (default 0: each epoch)"),
     ("--max-steps", "max_steps", int, "stop with a checkpoint at this global step (default 0: no limit)"),
@@ -201,6 +216,17 @@ def build_parser():
                    "source tree, else ./climseg-bench-results/")
 
     sub.add_parser("info", help="versions, devices, and which backend each op uses")
+
+    p = sub.add_parser("convert", help="import or export checkpoints in other projects' layouts",
+                       description="climseg convert --from FORMAT IN OUT imports IN (another project's checkpoint or "
+                       "state_dict) as a climseg checkpoint OUT; --to FORMAT IN OUT writes the climseg checkpoint IN "
+                       "in that layout. Formats: mlperf-deepcam (the MLPerf HPC DeepCAM reference).")
+    p.add_argument("input", help="checkpoint to read")
+    p.add_argument("output", help="checkpoint to write")
+    p.add_argument("--from", dest="from_format", default=None, help="format of INPUT (import)")
+    p.add_argument("--to", dest="to_format", default=None, help="format to write OUTPUT in (export)")
+    p.add_argument("--stats", default=None, help="import: the dataset's stats.h5 (input normalisation)")
+    p.add_argument("--normalization", default="minmax", help="import: minmax (the MLPerf reference's) or zscore")
     return parser
 
 
@@ -250,7 +276,7 @@ def main(argv=None):
     try:
         commands = {"train": cmd_train, "predict": cmd_predict, "generate": cmd_generate, "stage": cmd_stage,
                     "bench": cmd_bench, "info": cmd_info, "track": cmd_track, "analyze": cmd_analyze,
-                    "label": cmd_label}
+                    "label": cmd_label, "convert": cmd_convert}
         return commands[args.command](args)
     except UserError as exc:
         print(f"climseg: error: {_rank_prefix()}{exc}", file=sys.stderr)
@@ -533,6 +559,35 @@ def cmd_bench(args):
         finally:
             os.environ.pop("CLIMSEG_BENCH_COMMAND", None)
     return status
+
+
+def cmd_convert(args):
+    from climseg.models.convert import FORMATS
+
+    if (args.from_format is None) == (args.to_format is None):
+        raise UserError("convert: give exactly one of --from FORMAT (import) or --to FORMAT (export)")
+    name = args.from_format or args.to_format
+    if name not in FORMATS:
+        raise UserError(f"convert: unknown format {name!r} (known: {', '.join(FORMATS)})")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise UserError(f"{args.output}: folder {folder} does not exist")
+    if args.from_format:
+        from climseg.train.checkpoint import save_checkpoint
+
+        payload = FORMATS[name]["import_checkpoint"](args.input, stats=args.stats, normalization=args.normalization)
+        save_checkpoint(args.output, payload)
+        spec = payload["model"]
+        print(f"climseg: imported {args.input} ({name}) as a {spec['config']} checkpoint: {args.output}")
+    else:
+        from climseg.train.checkpoint import load_checkpoint
+
+        export = FORMATS[name].get("export_checkpoint")
+        if export is None:
+            raise UserError(f"convert: format {name!r} can be imported, not written")
+        export(load_checkpoint(args.input), args.output)
+        print(f"climseg: wrote {args.input} in the {name} layout: {args.output}")
+    return 0
 
 
 def cmd_info(args):

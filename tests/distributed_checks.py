@@ -215,6 +215,101 @@ def check_hook_without_init():
 CHECKS = {"allreduce": check_allreduce, "ddp": check_ddp, "optimizer": check_optimizer, "fail": check_fail}
 NO_INIT_CHECKS = {"optimizer-no-init": check_optimizer_without_init, "hook-no-init": check_hook_without_init}
 
+
+def _group_sizes(topo):
+    sizes = {1, 2, topo.local_size, topo.world_size}
+    return sorted(g for g in sizes if 1 <= g <= topo.world_size)
+
+
+def check_batchnorm(topo):
+    """Group batch norm on each rank's slice == plain batch norm over the group's concatenated
+    samples: outputs, input gradients, (group-summed) parameter gradients, running statistics;
+    fp32 and bf16, NCHW and channels_last, the module and the fused ASPP's one-norm path."""
+    from climseg.distributed.batchnorm import convert_batchnorm
+    from climseg.distributed.launch import batchnorm_group_members
+    from climseg.nn.aspp import ASPP
+
+    r, n = topo.rank, topo.world_size
+    per_rank, c, h, w = 2, 5, 7, 3
+    seed = torch.randint(0, 2**30, (1,))
+    dist.broadcast(seed, 0, group=topo.world)         # fresh inputs each run, the same on every rank
+    for g in _group_sizes(topo):
+        members = next(m for m in batchnorm_group_members(n, g) if r in m)
+        gen = torch.Generator().manual_seed(int(seed) + g)
+        for dtype in (torch.float32, torch.bfloat16):
+            for memory_format in (torch.contiguous_format, torch.channels_last):
+                full = (torch.randn(n * per_rank, c, h, w, generator=gen) * 3 + 1.5).to(dtype)
+                upstream = torch.randn(n * per_rank, c, h, w, generator=gen)
+                affine = torch.randn(2, c, generator=gen)
+                mine = slice(r * per_rank, (r + 1) * per_rank)
+                group_rows = slice(members[0] * per_rank, (members[-1] + 1) * per_rank)
+
+                def make():
+                    bn = torch.nn.BatchNorm2d(c, momentum=0.3)
+                    with torch.no_grad():
+                        bn.weight.copy_(affine[0])
+                        bn.bias.copy_(affine[1])
+                    return bn
+                # ours: this rank's samples
+                ours = convert_batchnorm(torch.nn.Sequential(make()), g, topo)[0]
+                assert type(ours).__name__ == "GroupBatchNorm2d" and (ours.process_group is None) == (len(members) == 1)
+                x = full[mine].contiguous(memory_format=memory_format).requires_grad_()
+                for _ in range(2):    # twice: the running statistics move twice
+                    y = ours(x)
+                assert y.dtype == dtype and y.is_contiguous(memory_format=memory_format)
+                (y.float() * upstream[mine]).sum().backward()
+                pgrads = torch.stack([ours.weight.grad, ours.bias.grad])
+                if len(members) > 1:
+                    dist.all_reduce(pgrads, group=ours.process_group)
+                # reference: one process, plain batch norm, in float32 over the group's samples
+                ref = make()
+                xr = full[group_rows].float().requires_grad_()
+                for _ in range(2):
+                    yr = ref(xr)
+                (yr * upstream[group_rows]).sum().backward()
+                local = slice((r - members[0]) * per_rank, (r - members[0] + 1) * per_rank)
+                tol = dict(rtol=1e-5, atol=2e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=4e-2)
+                where = (g, dtype, memory_format)
+                torch.testing.assert_close(y.float(), yr[local].detach().to(dtype).float(), **tol, msg=str(where))
+                torch.testing.assert_close(x.grad.float(), xr.grad[local].to(dtype).float(), **tol, msg=str(where))
+                ptol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=0.5)
+                torch.testing.assert_close(pgrads, torch.stack([ref.weight.grad, ref.bias.grad]), **ptol, msg=str(where))
+                torch.testing.assert_close(ours.running_mean, ref.running_mean, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(ours.running_var, ref.running_var, rtol=1e-4, atol=1e-4)
+                assert int(ours.num_batches_tracked) == 2
+        # the fused ASPP's single batch norm over the concatenated branch channels, under autocast
+        aspp = convert_batchnorm(ASPP(3, 4, rates=(2,)), g, topo)
+        norms = [b.norm for b in aspp.branches()]
+        y = torch.randn(n * per_rank, 8, h, w, generator=gen)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = ASPP._batch_norm(y[mine].to(torch.bfloat16).contiguous(memory_format=torch.channels_last), norms)
+        reference = torch.nn.functional.batch_norm(y[group_rows].to(torch.bfloat16).float(), torch.zeros(8),
+                                                   torch.ones(8), None, None, True, 0.1, norms[0].eps)
+        local = slice((r - members[0]) * per_rank, (r - members[0] + 1) * per_rank)
+        torch.testing.assert_close(out.float(), reference[local], rtol=2e-2, atol=4e-2)
+        ref_mean = 0.1 * y[group_rows].to(torch.bfloat16).float().mean((0, 2, 3))
+        torch.testing.assert_close(torch.cat([m.running_mean for m in norms]), ref_mean, rtol=1e-4, atol=1e-5)
+
+
+def check_bn_stats(topo):
+    """average_running_stats gives every rank the mean over ranks of the running statistics."""
+    from climseg.distributed.batchnorm import average_running_stats
+
+    n = topo.world_size
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3))
+    values = [torch.arange(12, dtype=torch.float32).reshape(4, 3) * (k + 1) for k in range(n)]
+    with torch.no_grad():
+        for i, b in enumerate((model[1].running_mean, model[1].running_var, model[2].running_mean, model[2].running_var)):
+            b.copy_(values[topo.rank][i])
+    average_running_stats(model, topo.world, n)
+    expected = sum(values) / n
+    for i, b in enumerate((model[1].running_mean, model[1].running_var, model[2].running_mean, model[2].running_var)):
+        torch.testing.assert_close(b, expected[i])
+
+
+CHECKS = {"allreduce": check_allreduce, "ddp": check_ddp, "optimizer": check_optimizer, "fail": check_fail,
+          "batchnorm": check_batchnorm, "bn_stats": check_bn_stats}
+
 if __name__ == "__main__":
     if sys.argv[1] in NO_INIT_CHECKS:
         what = NO_INIT_CHECKS[sys.argv[1]]()

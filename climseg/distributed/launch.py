@@ -77,6 +77,7 @@ class Topology:
     cross_ranks: list = dataclasses.field(default_factory=list)   # global ranks of this cross group, by node
     comm_world: object = None       # all ranks again, for flat gradient allreduces on the background thread, so
                                     # they never interleave with the main thread's collectives on `world`
+    batchnorm_groups: dict = dataclasses.field(default_factory=dict)   # group size -> this rank's group (or None)
 
     @property
     def hierarchical(self):
@@ -317,6 +318,43 @@ def init(backend=None, device=None):
 
     atexit.register(shutdown)
     return _TOPOLOGY
+
+
+def batchnorm_group_members(world_size, group_size):
+    """The batch-norm groups: runs of ``group_size`` consecutive ranks; when ``group_size`` does
+    not divide the world, the last group holds the remaining ranks."""
+    if group_size < 1 or group_size > world_size:
+        raise ConfigError(f"option batchnorm-group-size: {group_size} is not between 1 and the {world_size} ranks")
+    return [list(range(start, min(start + group_size, world_size))) for start in range(0, world_size, group_size)]
+
+
+def batchnorm_group(topo, group_size):
+    """This rank's process group for batch-norm statistics shared by ``group_size`` consecutive
+    ranks: None for 1 (or a last group of this rank alone), the world group for the world size
+    (only the main thread's collectives use it); otherwise groups of their own, made collectively
+    (every rank must call this with the same size), even when they are the nodes: the gradient
+    allreduces run the intra-node and cross-node groups on a background thread while backward (and,
+    with gradient lag, the next forward) runs the batch norms, and two threads must never share a
+    group. Cached on ``topo``."""
+    if group_size in topo.batchnorm_groups:
+        return topo.batchnorm_groups[group_size]
+    members = batchnorm_group_members(topo.world_size, group_size)
+    mine = next(m for m in members if topo.rank in m)
+    if group_size == 1:
+        group = None
+    elif group_size == topo.world_size:
+        group = topo.world
+    else:
+        group = _new_groups(members, topo)
+    if group is not None and len(mine) == 1:
+        group = None
+    topo.batchnorm_groups[group_size] = group
+    return group
+
+
+def _new_groups(members, topo):
+    mine, _ = dist.new_subgroups_by_enumeration(members, timeout=_timeout())
+    return mine
 
 
 def topology():

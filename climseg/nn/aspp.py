@@ -158,13 +158,18 @@ class ASPP(nn.Module):
     @staticmethod
     def _batch_norm(y, norms):
         """One batch norm over the concatenated channels of several BatchNorm2d; their running
-        statistics are updated as if each had seen its own slice."""
+        statistics are updated as if each had seen its own slice. Group batch norms
+        (:class:`climseg.distributed.batchnorm.GroupBatchNorm2d`, same group for all) share the
+        statistics with their group of ranks."""
         first = norms[0]
         means = torch.cat([n.running_mean for n in norms])
         variances = torch.cat([n.running_var for n in norms])
-        out = F.batch_norm(y, means, variances, torch.cat([n.weight for n in norms]),
-                           torch.cat([n.bias for n in norms]), True,
-                           first.momentum if first.momentum is not None else 0.1, first.eps)
+        weight, bias = torch.cat([n.weight for n in norms]), torch.cat([n.bias for n in norms])
+        if hasattr(first, "group_normalize"):   # statistics shared by a group of ranks (GroupBatchNorm2d)
+            out = first.group_normalize(y, means, variances, weight, bias)
+        else:
+            out = F.batch_norm(y, means, variances, weight, bias, True,
+                               first.momentum if first.momentum is not None else 0.1, first.eps)
         with torch.no_grad():
             offset = 0
             for n in norms:

@@ -36,6 +36,10 @@ class TrainConfig:
     milestones: typing.List[int] = dataclasses.field(default_factory=list)  # multistep: steps where lr *= lr_decay
     lr_decay: float = 0.1
     clip_grad_norm: float = 0.0                # 0: no clipping
+    adam_eps: typing.Optional[float] = None    # epsilon of the Adam-type optimizers; None: theirs (Adam 1e-8, LAMB 1e-6)
+    accumulate: int = 1                        # micro-batches whose gradients make one optimizer step
+    recipe: typing.Optional[str] = None        # mlperf-deepcam | sc18-kurth2018: a hyperparameter set beneath the options
+    target_iou: float = 0.0                    # stop when the validation DeepCAM IoU reaches this (0: train all epochs)
     loss_weights: str = "deepcam"              # kurth2018 | deepcam | uniform
     # data parallelism (under mpirun, srun, jsrun or torchrun)
     gradient_lag: int = 0                      # 1: apply each step's averaged gradient one step later
@@ -43,6 +47,8 @@ class TrainConfig:
     compression: str = "none"                  # none | bf16 | fp16 gradients on the wire
     bucket_mb: float = 25.0                    # gradient bucket size
     class_frequencies: str = "dataset"         # dataset (stats.h5) | deepcam (the CAM5 figures)
+    batchnorm_group_size: int = 1              # ranks sharing batch-norm statistics (consecutive ranks)
+    bn_stats_sync: str = "epoch"               # epoch (average running statistics over ranks) | none
     # execution
     precision: str = "auto"                    # auto | fp32 | bf16 | fp16
     device: str = "auto"                       # auto | cpu | cuda | cuda:N
@@ -56,6 +62,12 @@ class TrainConfig:
     max_steps: int = 0                         # stop (with a checkpoint) at this global step; 0: no limit
     validate_every: int = 1                    # epochs between validations (the last epoch always validates)
     progress: bool = True                      # progress bars
+    # MLPerf HPC logging (climseg.train.mlperf_log)
+    mlperf_log: typing.Optional[str] = None    # :::MLLOG file written by rank 0; None: no MLPerf log
+    mlperf_org: str = "climseg"                # submission_org
+    mlperf_platform: typing.Optional[str] = None  # submission_platform; None: the device's name
+    mlperf_division: str = "open"              # open | closed
+    mlperf_status: str = "research"            # cloud | onprem | preview | research
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -75,6 +87,9 @@ CHOICES = {
     "loss_weights": ("kurth2018", "deepcam", "uniform"),
     "class_frequencies": ("dataset", "deepcam"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
+    "bn_stats_sync": ("epoch", "none"),
+    "mlperf_division": ("open", "closed"),
+    "mlperf_status": ("cloud", "onprem", "preview", "research"),
 }
 
 
@@ -115,6 +130,11 @@ def merge(*layers):
             if v is not None:
                 values[_field_name(k, "options")] = v
     cfg = TrainConfig()
+    if values.get("recipe"):
+        from climseg.train.recipes import recipe_options
+
+        for k, v in recipe_options(values["recipe"]).items():
+            setattr(cfg, k, _coerce(k, v))
     for k, v in values.items():
         setattr(cfg, k, _coerce(k, v))
     validate(cfg)
@@ -152,7 +172,7 @@ def _coerce(name, value):
             raise ValueError(value)
         if isinstance(default, int) or name == "workers":
             return _whole(value)
-        if isinstance(default, float):
+        if isinstance(default, float) or name == "adam_eps":
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
                 raise ValueError(value)
             return float(value)
@@ -166,7 +186,7 @@ def _coerce(name, value):
         raise ConfigError(f"option {name.replace('_', '-')}: invalid value {value!r} (expected {kind})") from None
 
 
-_KIND = {"workers": "a whole number", "channels": "channel names", "milestones": "whole numbers"}
+_KIND = {"workers": "a whole number", "channels": "channel names", "milestones": "whole numbers", "adam_eps": "a number"}
 
 
 def _whole(value):
@@ -188,13 +208,19 @@ def validate(cfg):
     for name, choices in CHOICES.items():
         if getattr(cfg, name) not in choices:
             raise ConfigError(f"option {name.replace('_', '-')}: {getattr(cfg, name)!r} is not one of {', '.join(choices)}")
-    positive = ("epochs", "batch_size", "validate_every")
+    positive = ("epochs", "batch_size", "validate_every", "accumulate", "batchnorm_group_size")
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"option {name.replace('_', '-')}: must be at least 1, got {getattr(cfg, name)}")
     for name in ("lr",):
         if not getattr(cfg, name) > 0:
             raise ConfigError(f"option {name}: must be positive, got {getattr(cfg, name)}")
+    if cfg.adam_eps is not None and not cfg.adam_eps > 0:
+        raise ConfigError(f"option adam-eps: must be positive, got {cfg.adam_eps}")
+    if not 0 <= cfg.target_iou <= 1:
+        raise ConfigError(f"option target-iou: must lie in [0, 1], got {cfg.target_iou}")
+    if cfg.accumulate > 1 and cfg.gradient_lag:
+        raise ConfigError("option accumulate: gradient accumulation and --gradient-lag 1 cannot be combined")
     for name in ("weight_decay", "clip_grad_norm", "warmup_steps", "checkpoint_every", "max_steps"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"option {name.replace('_', '-')}: must not be negative, got {getattr(cfg, name)}")

@@ -93,8 +93,11 @@ def parallelize(net, optimizer, cfg, ranks):
     from torch.nn.parallel import DistributedDataParallel
 
     device = ranks.device
+    # --bn-stats-sync epoch: each rank keeps its own running statistics through the epoch (averaged at
+    # its end, as the MLPerf reference); none: DDP gives every rank rank 0's at each forward
     ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
-                                  bucket_cap_mb=cfg.bucket_mb, process_group=ranks.topo.world)
+                                  bucket_cap_mb=cfg.bucket_mb, process_group=ranks.topo.world,
+                                  broadcast_buffers=cfg.bn_stats_sync == "none")
     if hierarchical or compression:
         state = HierarchicalHookState(topology=ranks.topo, compression=compression, hierarchical=hierarchical)
         ddp.register_comm_hook(state, hierarchical_allreduce_hook)

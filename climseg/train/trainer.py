@@ -10,11 +10,19 @@ the held-out split, one JSON line per split, ``last.pt`` (and ``best.pt`` when
 the validation mean IoU improves). ``request_stop()`` (SIGINT/SIGTERM in the
 CLI) finishes the current step, writes ``last.pt`` and returns.
 
+With ``--accumulate N`` a step is N batches whose gradients add up (loss / N each). Batch norms
+share statistics within ``--batchnorm-group-size`` ranks (:mod:`climseg.distributed.batchnorm`),
+and at each epoch's end, before validation and the checkpoint, the running statistics are
+averaged over ranks (``--bn-stats-sync epoch``). ``--target-iou`` ends training at the first
+validation that reaches it; ``--mlperf-log`` writes the MLPerf HPC log
+(:mod:`climseg.train.mlperf_log`) from rank 0.
+
 Around the loop: the device and precision come from :mod:`climseg.perf.hardware`, the data
 and loaders from :mod:`climseg.train.data`, the data-parallel wiring (collective decisions,
 DDP or the DistributedOptimizer) from :mod:`climseg.train.parallel`, and the running scores
 from :class:`climseg.metrics.RunningScores`.
 """
+import contextlib
 import datetime
 import json
 import math
@@ -31,6 +39,7 @@ from climseg.constants import CLASS_NAMES, NUM_CLASSES
 from climseg.data.cache import default_dataset
 from climseg.data.sampling import EpochSampler
 from climseg.distributed import launch as dist_launch
+from climseg.distributed.batchnorm import average_running_stats, convert_batchnorm, running_stat_buffers
 from climseg.errors import CheckpointError, ConfigError, DataError, TrainingError, first_line
 from climseg.io import RunLock, append_line, atomic_path, check_output_location, write_json
 from climseg.losses import DEEPCAM_FREQUENCIES, WeightedCrossEntropy
@@ -44,6 +53,7 @@ from climseg.progress import progress_bar
 from climseg.train.checkpoint import load_model_state, rng_state, save_checkpoint, set_rng_state
 from climseg.train.config import TrainConfig
 from climseg.train.data import open_training_data
+from climseg.train.mlperf_log import RULES_TARGET_IOU, MLPerfLog
 from climseg.train.parallel import Ranks, parallelize, uses_hierarchical
 
 class TrainingStopped(Exception):
@@ -76,6 +86,8 @@ class Trainer:
         self.rank = self.topo.rank if self.topo else 0
         self.world = self.topo.world_size if self.topo else 1
         self.is_main = self.rank == 0
+        self.mlperf = MLPerfLog(cfg.mlperf_log, enabled=self.is_main, append=checkpoint is not None)
+        self.mlperf.start("init_start")
         self.log = log if self.is_main else (lambda *a, **k: None)
         self.show_progress = cfg.progress and self.is_main
         # output: checked and locked (one run per folder) before the data are read or the model built
@@ -105,7 +117,11 @@ class Trainer:
         if self.device.type == "cpu":
             tune_cpu_allocator()
 
-        # data
+        self.mlperf.submission(cfg, _platform(self.device))
+        self.mlperf.event("cache_clear", True)   # nothing cached from a previous run: this process opens all afresh
+
+        # data ("staging": making or finding the dataset and opening it)
+        self.mlperf.start("staging_start")
         root = cfg.data or self._default_dataset()
         if "{" in root and self.topo is not None:   # node-local staged copies: --data /local/{node}
             root = root.format(node=self.topo.node, rank=self.rank)
@@ -114,7 +130,11 @@ class Trainer:
         data = open_training_data(cfg, root, self.ranks, self.input_dtype, self.device, self.log)
         self.train_set, self.val_set, stats = data.train_set, data.val_set, data.stats
         self.train_loader, self.val_loader = data.train_loader, data.val_loader
-        self.steps_per_epoch = data.steps_per_epoch
+        self.steps_per_epoch = data.steps_per_epoch // cfg.accumulate * cfg.accumulate   # batches, whole steps
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"option accumulate: {cfg.accumulate} batches per step but this rank has only "
+                              f"{data.steps_per_epoch} batches per epoch")
+        self.mlperf.end("staging_stop")
         train_dir = data.train_dir
 
         # model, loss, optimizer
@@ -125,6 +145,8 @@ class Trainer:
             raise DataError(f"{train_dir}: {exc}") from None
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.net.to(self.device, memory_format=self.memory_format)
+        if cfg.batchnorm_group_size > 1:      # batch statistics shared by groups of ranks
+            convert_batchnorm(self.net, cfg.batchnorm_group_size, self.topo)
         if cfg.class_frequencies == "dataset" and stats.class_frequencies is not None:
             frequencies = stats.class_frequencies
         else:
@@ -135,7 +157,7 @@ class Trainer:
         self.net.init_class_prior(frequencies)
         self.optimizer = self._build_optimizer()
         self.model, self.dopt = parallelize(self.net, self.optimizer, cfg, self.ranks)
-        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.total_steps = cfg.epochs * self.steps_per_epoch // cfg.accumulate    # optimizer steps
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.lr_schedule, cfg.warmup_steps,
                                          cfg.milestones, cfg.lr_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -143,6 +165,10 @@ class Trainer:
         from climseg.perf.peaks import device_peak
 
         self.peak_tflops, self.peak_source = device_peak(self.device, AUTOCAST_DTYPES.get(self.precision, torch.float32))
+        self.mlperf.hyperparameters(cfg, self.optimizer, self.world, self.topo.num_nodes if self.topo else 1,
+                                    self.topo.local_size if self.topo else 1, self.total_steps)
+        self.mlperf.event("train_samples", len(self.train_set))
+        self.mlperf.event("eval_samples", len(self.val_set))
 
         # progress
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
@@ -169,13 +195,16 @@ class Trainer:
 
     def _build_optimizer(self):
         cfg, params = self.cfg, self.net.parameters()
+        common = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.adam_eps is not None:
+            common["eps"] = cfg.adam_eps
         if cfg.optimizer == "adam":
-            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            return torch.optim.Adam(params, **common)
         if cfg.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            return torch.optim.AdamW(params, **common)
         if cfg.optimizer == "larc-adam":    # SC18: LARC on Adam, as one fused multi-tensor step
-            return FusedLARCAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return FusedLAMB(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            return FusedLARCAdam(params, **common)
+        return FusedLAMB(params, **common)
 
     def _restore(self, ckpt):
         where = ckpt["path"]
@@ -188,6 +217,7 @@ class Trainer:
         train = ckpt.get("train")
         if not train:
             raise CheckpointError(f"{where}: holds weights only (no optimizer state) and cannot be resumed")
+        self._restore_bn_stats(train.get("rank_bn_stats"))
         try:
             saved = train["optimizer"]
             if "pending" in saved:                    # written with gradient lag
@@ -207,6 +237,10 @@ class Trainer:
         if progress["batch_in_epoch"] and saved_batch != self.cfg.batch_size:
             raise CheckpointError(f"{where}: was written mid-epoch with batch size {saved_batch}; resume it with "
                                   f"--batch-size {saved_batch}")
+        saved_accumulate = train.get("options", {}).get("accumulate", 1)
+        if progress["batch_in_epoch"] % self.cfg.accumulate:
+            raise CheckpointError(f"{where}: was written mid-epoch with --accumulate {saved_accumulate}; resume it "
+                                  f"with --accumulate {saved_accumulate}")
         if progress["epoch"] >= self.cfg.epochs:
             raise ConfigError(f"{where}: has already trained {progress['epoch']} epochs; pass --epochs above "
                               f"{progress['epoch']} to train further")
@@ -220,6 +254,31 @@ class Trainer:
         if self.is_main:
             self._truncate_metrics(self.step)
         self.log(f"climseg: resuming {where} at epoch {self.epoch + 1}, batch {self.batch_in_epoch}, step {self.step}")
+
+    def _gather_bn_stats(self):
+        """Every rank's running statistics (a list by rank) when they differ, i.e. mid-epoch with
+        ``--bn-stats-sync epoch`` on several ranks; None otherwise. Collective."""
+        if self.world == 1 or self.cfg.bn_stats_sync != "epoch" or not self.batch_in_epoch:
+            return None
+        import torch.distributed as dist
+
+        buffers = running_stat_buffers(self.net)
+        if not buffers:
+            return None
+        flat = torch.cat([b.float().reshape(-1) for b in buffers])
+        gathered = [torch.empty_like(flat) for _ in range(self.world)]
+        dist.all_gather(gathered, flat, group=self.topo.world)
+        return [g.cpu() for g in gathered]
+
+    def _restore_bn_stats(self, stats):
+        """This rank's own running statistics from a mid-epoch checkpoint of as many ranks."""
+        if not stats or len(stats) != self.world:
+            return
+        flat, offset = stats[self.rank], 0
+        with torch.no_grad():
+            for b in running_stat_buffers(self.net):
+                b.copy_(flat[offset:offset + b.numel()].view_as(b))
+                offset += b.numel()
 
     def _truncate_metrics(self, step):
         """Drop metric lines written after the checkpoint we resume from."""
@@ -256,22 +315,40 @@ class Trainer:
                  f"{self.train_set.shape[0]}x{self.train_set.shape[1]}, batch {cfg.batch_size}"
                  f"{' per process' if self.world > 1 else ''}, {cfg.epochs} epochs -> {self.out}")
         started = time.time()
-        last_val = None
+        self.mlperf.end("init_stop")
+        self.mlperf.start("run_start")
+        last_val, reached = None, False
         while self.epoch < cfg.epochs:
-            train_row = self._train_epoch()
+            self.mlperf.start("epoch_start", metadata=dict(epoch_num=self.epoch + 1, step_num=self.step))
+            try:
+                train_row = self._train_epoch()
+            except TrainingStopped:
+                self.mlperf.end("run_stop", metadata=dict(status="aborted", epoch_num=self.epoch + 1))
+                self.mlperf.close()
+                raise
             if train_row is None:  # stopped by max_steps
+                self.mlperf.end("run_stop", metadata=dict(status="aborted", epoch_num=self.epoch + 1))
+                self.mlperf.close()
                 return dict(stopped=True, step=self.step, checkpoint=os.path.join(self.out, "last.pt"))
             self._append_metrics(train_row)
             finished = self.epoch + 1
             if finished == cfg.epochs and self.dopt is not None:
                 self.dopt.flush()   # the last step's lagged gradient: N steps make N updates
+            self._sync_bn_stats()
             if finished % cfg.validate_every == 0 or finished == cfg.epochs:
+                self.mlperf.start("eval_start", metadata=dict(epoch_num=finished))
                 last_val = self.validate()
                 last_val.update(epoch=finished, step=self.step)
+                self.mlperf.event("eval_accuracy", _finite(last_val["deepcam_iou"], 0.0), metadata=dict(epoch_num=finished))
+                self.mlperf.end("eval_stop", metadata=dict(epoch_num=finished))
+                reached = bool(cfg.target_iou) and _finite(last_val["deepcam_iou"], -1.0) >= cfg.target_iou
+                if reached:
+                    last_val.update(target_iou=cfg.target_iou, time_to_target_s=time.time() - started)
                 self._append_metrics(last_val)
                 self.log(_epoch_line(train_row, last_val))
             else:
                 self.log(_epoch_line(train_row, None))
+            self.mlperf.end("epoch_stop", metadata=dict(epoch_num=finished, step_num=self.step))
             self.epoch, self.batch_in_epoch, self.partial = finished, 0, None
             improved = last_val is not None and last_val.get("epoch") == finished and \
                 _finite(last_val["mean_iou"], -math.inf) > self.best_mean_iou
@@ -280,9 +357,24 @@ class Trainer:
             self._save("last.pt")
             if improved:
                 self._save("best.pt")
+            if reached:
+                self.log(f"climseg: reached the target DeepCAM IoU {cfg.target_iou} at epoch {finished} after "
+                         f"{last_val['time_to_target_s']:.1f} s")
+                break
         summary = dict(validation=last_val, seconds=time.time() - started, out=self.out,
                        checkpoint=os.path.join(self.out, "last.pt"))
+        target = cfg.target_iou or RULES_TARGET_IOU
+        success = last_val is not None and _finite(last_val["deepcam_iou"], -1.0) >= target
+        self.mlperf.end("run_stop", metadata=dict(status="success" if success else "aborted", epoch_num=self.epoch))
+        self.mlperf.close()
+        if reached:
+            summary.update(target_iou=cfg.target_iou, time_to_target_s=last_val["time_to_target_s"])
         return summary
+
+    def _sync_bn_stats(self):
+        """``--bn-stats-sync epoch``: every rank's running statistics become their mean over ranks."""
+        if self.world > 1 and self.cfg.bn_stats_sync == "epoch":
+            average_running_stats(self.net, self.topo.world, self.world)
 
     def _loader(self, dataset, sampler, batch_size, drop_last):
         workers = self.cfg.workers
@@ -322,12 +414,20 @@ class Trainer:
             while self.batch_in_epoch < self.steps_per_epoch:
                 batch = next(batches, None)
                 ended, stop = self.ranks.any(batch is None, self.stop_requested)
+                at_step = self.batch_in_epoch % cfg.accumulate == 0   # not inside an accumulation
                 self.stop_requested = stop
-                if stop:
+                if stop and at_step:
                     raise TrainingStopped(self._save("last.pt", acc))
                 if ended:   # some rank ran out (files skipped): all end the epoch together
+                    if not at_step:          # drop the unfinished accumulation
+                        self.optimizer.zero_grad(set_to_none=True)
+                        self.batch_in_epoch += cfg.accumulate - self.batch_in_epoch % cfg.accumulate
                     break
-                self._train_step(batch[0], batch[1], acc)
+                if not self._train_step(batch[0], batch[1], acc):   # inside an accumulation: no step yet
+                    acc.seconds += time.time() - tick
+                    tick = time.time()
+                    bar.update()
+                    continue
                 acc.seconds += time.time() - tick
                 tick = time.time()
                 bar.update()
@@ -349,20 +449,34 @@ class Trainer:
         return row
 
     def _train_step(self, data, labels, acc):
+        """One batch forward and backward; with ``--accumulate N`` the optimizer steps after every
+        N-th batch, on the sum of the N gradients of loss / N (one step on N times the batch: the
+        loss is a mean over pixels and the batches are the same size). Returns whether it stepped."""
         cfg = self.cfg
+        n = cfg.accumulate
+        micro = self.batch_in_epoch % n
+        last = micro == n - 1
         data, labels = self._to_device(data, labels)
-        with self._autocast():
-            logits = self.model(data)
-        loss, counts = self.loss_fn(logits, labels, return_counts=True)
-        if not torch.isfinite(loss) and self.precision != "fp16":
-            raise TrainingError(f"loss became {loss.item()} at step {self.step + 1}; lower --lr or use --clip-grad-norm")
-        self.optimizer.zero_grad(set_to_none=True)
+        if micro == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+        no_sync = self.model.no_sync() if not last and hasattr(self.model, "no_sync") else contextlib.nullcontext()
+        with no_sync:     # DDP averages the gradients once, at the last batch of the step
+            with self._autocast():
+                logits = self.model(data)
+            loss, counts = self.loss_fn(logits, labels, return_counts=True)
+            if not torch.isfinite(loss) and self.precision != "fp16":
+                raise TrainingError(f"loss became {loss.item()} at step {self.step + 1}; lower --lr or use --clip-grad-norm")
+            if not last:
+                self.scaler.scale(loss / n).backward()
+                self.batch_in_epoch += 1
+                acc.add(counts, loss.detach(), False)
+                return False
         skipped = False
         if self.dopt is not None:          # averages (of this or the previous step) applied inside, clipped there
             loss.backward()
             self.dopt.step()
         else:
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(loss / n if n > 1 else loss).backward()
             if cfg.clip_grad_norm:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.clip_grad_norm)
@@ -376,12 +490,13 @@ class Trainer:
         self.step += 1
         self.batch_in_epoch += 1
         acc.add(counts, loss.detach(), skipped)
+        return True
 
     @torch.no_grad()
     def validate(self, dataset=None):
         """Loss, per-class IoU, mean IoU and DeepCAM IoU over ``dataset`` (default: validation split)."""
-        if self.dopt is not None:   # DDP gives every rank rank 0's batch-norm statistics each step; this path here
-            self.ranks.broadcast_buffers(self.net)
+        if self.dopt is not None and self.cfg.bn_stats_sync == "none":
+            self.ranks.broadcast_buffers(self.net)   # DDP gives every rank rank 0's statistics each step; this path here
         was_training = self.model.training
         self.model.eval()
         if dataset is None and self.val_loader is not None:
@@ -410,6 +525,7 @@ class Trainer:
         cfg = self.cfg
         partial = acc.state(self.ranks.group) if acc is not None else None
         optimizer_state = self.dopt.state_dict() if self.dopt is not None else self.optimizer.state_dict()
+        rank_bn_stats = self._gather_bn_stats()
         if not self.is_main:
             return path
         payload = dict(
@@ -423,7 +539,7 @@ class Trainer:
                        scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), rng=rng_state(),
                        progress=dict(epoch=self.epoch, batch_in_epoch=self.batch_in_epoch, step=self.step,
                                      best_mean_iou=self.best_mean_iou),
-                       partial=partial, world_size=self.world),
+                       partial=partial, world_size=self.world, rank_bn_stats=rank_bn_stats),
         )
         save_checkpoint(path, payload)
         return path
@@ -442,6 +558,15 @@ class Trainer:
                     channels=list(self.train_set.channels), steps_per_epoch=self.steps_per_epoch,
                     started=datetime.datetime.now().isoformat(timespec="seconds"))
         write_json(os.path.join(self.out, "run.json"), info)
+
+
+def _platform(device):
+    """The MLPerf submission_platform default: the accelerator's name, or the CPU's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return platform.processor() or platform.machine() or "cpu"
 
 
 def _finite(x, default):
