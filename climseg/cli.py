@@ -1,4 +1,4 @@
-"""The ``climseg`` command: ``train``, ``predict``, ``generate``, ``stage``, ``bench``, ``info``.
+"""The ``climseg`` command: ``train``, ``predict``, ``generate``, ``stage``, ``bench``, ``info``, ``convert``.
 
 A user error (bad file, bad shape, bad option) prints one line,
 ``climseg: error: ...``, and exits with status 2. An interrupted training
@@ -16,7 +16,7 @@ TRAIN_OPTIONS = [
     # (flag, field, type, help)
     ("--data", "data", str, "dataset folder with train/, validation/ and stats.h5 (DeepCAM layout); "
      "default: a small synthetic dataset, generated once into the cache"),
-    ("--config", "config", str, "model configuration: kurth2018, deepcam or tiny (default tiny); "
+    ("--config", "config", str, "model configuration: kurth2018, deepcam, tiny or cgnet (default tiny); "
      "a .yaml/.yml/.json file here is read as --config-file"),
     ("--config-file", None, str, "YAML or JSON file of further options (keys as the long options below)"),
     ("--epochs", "epochs", int, "number of epochs (default 6)"),
@@ -126,6 +126,16 @@ def build_parser():
     p.add_argument("--json", default=None, help="result file (a folder for all); default benchmarks/results/ in a "
                    "source tree, else ./climseg-bench-results/")
 
+    p = sub.add_parser("convert", help="convert checkpoints from/to other projects' layouts",
+                       description="--from FORMAT: import another project's weights (climatenet: ClimateNet's "
+                       "weights.pth with the config.json beside it) into a climseg checkpoint that predict and "
+                       "train --resume read. --to FORMAT: export a climseg checkpoint.")
+    p.add_argument("source", help="weights file to import (--from) or climseg checkpoint to export (--to)")
+    p.add_argument("out", help="file to write")
+    p.add_argument("--from", dest="from_format", default=None, help="format of SOURCE (climatenet)")
+    p.add_argument("--to", dest="to_format", default=None, help="format of OUT")
+    p.add_argument("--climatenet-config", default=None, help="ClimateNet config.json (default: beside the weights)")
+
     sub.add_parser("info", help="versions, devices, and which backend each op uses")
     return parser
 
@@ -142,7 +152,7 @@ def main(argv=None):
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         commands = {"train": cmd_train, "predict": cmd_predict, "generate": cmd_generate, "stage": cmd_stage,
-                    "bench": cmd_bench, "info": cmd_info}
+                    "bench": cmd_bench, "info": cmd_info, "convert": cmd_convert}
         return commands[args.command](args)
     except UserError as exc:
         print(f"climseg: error: {_rank_prefix()}{exc}", file=sys.stderr)
@@ -324,6 +334,18 @@ def cmd_bench(args):
         finally:
             os.environ.pop("CLIMSEG_BENCH_COMMAND", None)
     return status
+
+
+def cmd_convert(args):
+    from climseg.models.convert import convert
+
+    options = {}
+    if args.climatenet_config is not None:
+        if args.from_format != "climatenet":
+            raise UserError("--climatenet-config goes with --from climatenet")
+        options["config"] = args.climatenet_config
+    print(f"climseg: {convert(args.source, args.out, args.from_format, args.to_format, **options)}")
+    return 0
 
 
 def cmd_info(args):

@@ -23,7 +23,7 @@ class TrainConfig:
     workers: typing.Optional[int] = None       # reader threads (fast) or DataLoader processes (torch); None: automatic
     on_bad_sample: str = "error"               # error | skip (fast loader)
     # model
-    config: str = "tiny"                       # kurth2018 | deepcam | tiny
+    config: str = "tiny"                       # kurth2018 | deepcam | tiny | cgnet (ClimateNet's CGNet)
     norm: str = "batch"                        # batch | none
     # optimisation
     epochs: int = 6
@@ -66,7 +66,7 @@ CHOICES = {
     "normalization": ("minmax", "zscore"),
     "loader": ("fast", "torch"),
     "on_bad_sample": ("error", "skip"),
-    "config": ("kurth2018", "deepcam", "tiny"),
+    "config": ("kurth2018", "deepcam", "tiny", "cgnet"),
     "norm": ("batch", "none"),
     "optimizer": ("adam", "adamw", "lamb", "larc-adam"),
     "allreduce": ("auto", "hierarchical", "flat"),

@@ -35,7 +35,7 @@ from climseg.errors import CheckpointError, ConfigError, DataError, TrainingErro
 from climseg.io import atomic_path, write_json
 from climseg.losses import DEEPCAM_FREQUENCIES, WeightedCrossEntropy
 from climseg.metrics import RunningScores
-from climseg.models import DeepLabV3Plus, count_parameters
+from climseg.models import build_network, count_parameters
 from climseg.optim import FusedLAMB, FusedLARCAdam, build_scheduler
 from climseg.perf import count_flops
 from climseg.perf.cpu import tune_cpu_allocator
@@ -100,7 +100,7 @@ class Trainer:
         train_dir = data.train_dir
 
         # model, loss, optimizer
-        self.net = DeepLabV3Plus(cfg.config, in_channels=len(self.train_set.channels), num_classes=NUM_CLASSES, norm=cfg.norm)
+        self.net = build_network(cfg.config, in_channels=len(self.train_set.channels), num_classes=NUM_CLASSES, norm=cfg.norm)
         try:
             self.net.check_input((1, len(self.train_set.channels)) + self.train_set.shape)
         except ConfigError as exc:
