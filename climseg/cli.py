@@ -34,6 +34,10 @@ TRAIN_OPTIONS = [
     ("--lr-decay", "lr_decay", float, "multistep decay factor (default 0.1)"),
     ("--clip-grad-norm", "clip_grad_norm", float, "clip the gradient norm to this value (default 0: off)"),
     ("--loss-weights", "loss_weights", str, "class weights: kurth2018 (f^-1/2), deepcam (f^-1/8) or uniform (default deepcam)"),
+    ("--loss", "loss", str, "ce (weighted cross-entropy), jaccard (ClimateNet's soft IoU loss) or ce+jaccard "
+     "(their sum); default ce"),
+    ("--init-weights", "init_weights", str, "FORMAT:PATH of starting weights, e.g. climatenet:weights.pth "
+     "(with --config cgnet)"),
     ("--class-frequencies", "class_frequencies", str, "frequencies the weights come from: dataset (stats.h5) or deepcam"),
     ("--gradient-lag", "gradient_lag", int, "1: apply each step's averaged gradient one step later, overlapping its "
      "allreduce with the next step (default 0)"),

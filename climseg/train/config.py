@@ -37,6 +37,8 @@ class TrainConfig:
     lr_decay: float = 0.1
     clip_grad_norm: float = 0.0                # 0: no clipping
     loss_weights: str = "deepcam"              # kurth2018 | deepcam | uniform
+    loss: str = "ce"                           # ce (weighted cross-entropy) | jaccard (ClimateNet's soft IoU) | ce+jaccard
+    init_weights: typing.Optional[str] = None  # FORMAT:PATH of starting weights, e.g. climatenet:weights.pth
     # data parallelism (under mpirun, srun, jsrun or torchrun)
     gradient_lag: int = 0                      # 1: apply each step's averaged gradient one step later
     allreduce: str = "auto"                    # auto (hierarchical on several nodes) | hierarchical | flat
@@ -73,6 +75,7 @@ CHOICES = {
     "compression": ("none", "bf16", "fp16"),
     "lr_schedule": ("cosine", "multistep", "constant"),
     "loss_weights": ("kurth2018", "deepcam", "uniform"),
+    "loss": ("ce", "jaccard", "ce+jaccard"),
     "class_frequencies": ("dataset", "deepcam"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
 }

@@ -1,0 +1,147 @@
+"""ClimateNet-layout data (netCDF with LABELS): indexing, reading, normalisation from a config.json
+fields block or computed statistics, the NetCDFLoader against the Dataset, and training CGNet on it
+end to end, then predicting."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from climseg.data.climatenet import (ClimateNetDataset, NetCDFLoader, find_layout, index_folder, open_climatenet,
+                                     read_step, write_climatenet_file)
+from climseg.errors import DataError
+
+H, W = 32, 40
+LAT = np.linspace(-88.0, 88.0, H)
+LON = np.arange(W) * 360.0 / W
+FIELDS = {"TMQ": (19.2, 15.8), "U850": (1.5, 8.3), "V850": (0.25, 6.2), "PSL": (100814.4, 1461.2)}
+
+
+def _fields(rng, t):
+    means = np.array([m for m, _ in FIELDS.values()], np.float32)
+    stds = np.array([s for _, s in FIELDS.values()], np.float32)
+    return (rng.standard_normal((t, H, W, 4)).astype(np.float32) * stds + means).astype(np.float32)
+
+
+def _labels(rng, t):
+    lab = np.zeros((t, H, W), np.int64)
+    lab[:, 5:9, 10:14] = 1
+    lab[:, 18:22, :] = 2
+    return np.where(rng.random((t, H, W)) < 0.05, rng.integers(0, 3, (t, H, W)), lab)
+
+
+@pytest.fixture()
+def climatenet_dir(tmp_path):
+    rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
+    root = tmp_path / "cn"
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    truth = {}
+    for name, t in (("a", 3), ("b", 2)):
+        f, lab = _fields(rng, t), _labels(rng, t)
+        write_climatenet_file(str(root / "train" / f"{name}.nc"), f, lab, LAT, LON)
+        truth[name] = (f, lab)
+    # a file stored north to south, and one without a time dimension
+    f, lab = _fields(rng, 2), _labels(rng, 2)
+    write_climatenet_file(str(root / "train" / "c.nc"), f[:, ::-1], lab[:, ::-1], LAT[::-1], LON)
+    truth["c"] = (f, lab)
+    f, lab = _fields(rng, 1), _labels(rng, 1)
+    write_climatenet_file(str(root / "test" / "d.nc"), f[0], lab[0], LAT, LON)
+    truth["d"] = (f, lab)
+    return root, truth
+
+
+def test_index_and_read(climatenet_dir):
+    root, truth = climatenet_dir
+    train_dir, val_dir = find_layout(str(root))
+    assert val_dir.endswith("test")
+    samples = index_folder(train_dir, ["PSL", "TMQ"])
+    assert [os.path.basename(s.path) for s in samples] == ["a.nc"] * 3 + ["b.nc"] * 2 + ["c.nc"] * 2
+    for s in samples:
+        name = os.path.basename(s.path)[0]
+        fields, lab = read_step(s)
+        np.testing.assert_array_equal(fields, truth[name][0][s.step][..., [3, 0]])
+        np.testing.assert_array_equal(lab, truth[name][1][s.step])
+    (d,) = index_folder(val_dir, ["TMQ"])
+    assert d.step == -1
+    np.testing.assert_array_equal(read_step(d)[0][..., 0], truth["d"][0][0, ..., 0])
+
+
+def test_normalisation_from_config_or_computed(climatenet_dir):
+    root, truth = climatenet_dir
+    # computed: zscore from the training split's own mean and std (every step: 7 < 64)
+    train, _, stats, idx, norm = open_climatenet(str(root), None, "zscore", log=lambda *a: None)
+    ds = ClimateNetDataset(train, stats, idx, norm)
+    assert ds.channels == ["TMQ", "U850", "V850", "PSL"]
+    everything = np.concatenate([truth[n][0].reshape(-1, 4) for n in "abc"]).astype(np.float64)
+    np.testing.assert_allclose(ds.shift.reshape(-1), everything.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(1 / ds.scale.reshape(-1), everything.std(0), rtol=1e-4)
+    labels = np.concatenate([truth[n][1].reshape(-1) for n in "abc"])
+    np.testing.assert_allclose(stats.class_frequencies, np.bincount(labels, minlength=3) / labels.size)
+    # a ClimateNet config.json: its fields' order and mean/std, z-score whatever was asked
+    (root / "config.json").write_text(json.dumps({"fields": {k: {"mean": m, "std": s} for k, (m, s) in
+                                                             reversed(list(FIELDS.items()))}}))
+    train, _, stats, idx, norm = open_climatenet(str(root), None, "minmax", log=lambda *a: None)
+    ds = ClimateNetDataset(train, stats, idx, norm)
+    assert ds.channels == ["PSL", "V850", "U850", "TMQ"] and norm == "zscore"
+    x, y = ds[0]
+    raw = truth["a"][0][0][..., [3, 2, 1, 0]].transpose(2, 0, 1)
+    mean = np.array([FIELDS[c][0] for c in ds.channels]).reshape(-1, 1, 1)
+    std = np.array([FIELDS[c][1] for c in ds.channels]).reshape(-1, 1, 1)
+    np.testing.assert_allclose(x.numpy(), (raw - mean) / std, rtol=1e-4, atol=1e-4)
+    assert torch.equal(y, torch.from_numpy(truth["a"][1][0]))
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+def test_loader_matches_dataset(climatenet_dir, layout):
+    root, _ = climatenet_dir
+    train, _, stats, idx, norm = open_climatenet(str(root), ["V850", "TMQ"], "minmax", log=lambda *a: None)
+    ds = ClimateNetDataset(train, stats, idx, norm)
+    loader = NetCDFLoader(ds, 3, dtype=torch.float32, layout=layout, shuffle=False, drop_last=False, threads=2)
+    batches = list(loader)
+    assert [b[0].shape[0] for b in batches] == [3, 3, 1]
+    data = torch.cat([b[0] for b in batches])
+    labels = torch.cat([b[1] for b in batches])
+    ref = torch.stack([ds[i][0] for i in range(len(ds))])
+    torch.testing.assert_close(data, ref, rtol=1e-6, atol=1e-6)
+    assert torch.equal(labels, torch.stack([ds[i][1] for i in range(len(ds))]))
+    # two ranks: disjoint shares covering the epoch
+    shares = [NetCDFLoader(ds, 1, dtype=torch.float32, shuffle=True, seed=3, rank=r, world_size=2, drop_last=False)
+              for r in range(2)]
+    seen = [tuple(b[0].flatten()[:4].tolist()) for s in shares for b in s]
+    assert len(seen) == len(ds) == len(set(seen))
+
+
+def test_bad_values_named(climatenet_dir):
+    root, truth = climatenet_dir
+    f, lab = truth["b"]
+    f = f.copy()
+    f[1, 3, 4, 2] = np.nan
+    write_climatenet_file(str(root / "train" / "b.nc"), f, lab, LAT, LON)
+    samples = index_folder(str(root / "train"), ["TMQ", "U850", "V850", "PSL"])
+    with pytest.raises(DataError, match=r"b\.nc\[1\].*V850"):
+        read_step(samples[4])
+    lab = lab.copy()
+    lab[0, 0, 0] = 7
+    write_climatenet_file(str(root / "train" / "b.nc"), truth["b"][0], lab, LAT, LON)
+    with pytest.raises(DataError, match=r"b\.nc\[0\].*outside"):
+        read_step(samples[3])
+
+
+def test_train_cgnet_then_predict(climatenet_dir, tmp_path):
+    from climseg.predict import predict
+    from climseg.train import prepare
+
+    root, _ = climatenet_dir
+    out = tmp_path / "run"
+    trainer = prepare(dict(data=str(root), config="cgnet", loss="ce+jaccard", epochs=1, batch_size=2,
+                           max_steps=2, out=str(out), progress=False, lr=1e-3, warmup_steps=0), None, log=lambda *a: None)
+    trainer.fit()
+    from climseg.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(str(out / "last.pt"))
+    assert ckpt["model"]["config"] == "cgnet" and ckpt["data"]["channels"] == ["TMQ", "U850", "V850", "PSL"]
+    summary = predict(str(out / "last.pt"), [str(root / "test" / "d.nc")], str(tmp_path / "pred"), maps=False,
+                      progress=False, log=lambda *a: None)
+    assert len(summary["inputs"]) == 1 and os.path.isfile(tmp_path / "pred" / "d_mask.nc")
