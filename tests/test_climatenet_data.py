@@ -145,3 +145,64 @@ def test_train_cgnet_then_predict(climatenet_dir, tmp_path):
     summary = predict(str(out / "last.pt"), [str(root / "test" / "d.nc")], str(tmp_path / "pred"), maps=False,
                       progress=False, log=lambda *a: None)
     assert len(summary["inputs"]) == 1 and os.path.isfile(tmp_path / "pred" / "d_mask.nc")
+
+
+def _random_cgnet_checkpoint(path, channels):
+    from climseg.models import CGNet
+    from climseg.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = CGNet(len(channels), 3, blocks_stage2=2, blocks_stage3=2)
+    for m in model.modules():           # running statistics away from 0/1 so that classes differ
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+    model.stem[0].conv.conv.weight.data *= 3
+    save_checkpoint(path, dict(model=dict(config="cgnet", in_channels=len(channels), num_classes=3, norm="batch",
+                                          options=dict(blocks_stage2=2, blocks_stage3=2), state_dict=model.state_dict()),
+                               data=dict(channels=list(channels), normalization="zscore",
+                                         shift=torch.tensor([FIELDS[c][0] for c in channels]),
+                                         scale=torch.tensor([1 / FIELDS[c][1] for c in channels]))))
+
+
+def test_predict_under_mpiexec_matches_one_process(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    import netCDF4
+
+    import climseg
+    from climseg.data.netcdf import write_cam5_netcdf
+
+    mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("no mpiexec (pip install mpich mpi4py)")
+    rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
+    channels = list(FIELDS)
+    ckpt = tmp_path / "cgnet.pt"
+    _random_cgnet_checkpoint(str(ckpt), channels)
+    inputs = []
+    for name, t in (("s1", 3), ("s2", 1), ("s3", 2)):         # three files over two ranks: uneven shares
+        path = tmp_path / f"{name}.nc"
+        write_cam5_netcdf(str(path), _fields(rng, t), LAT, LON, channels=channels)
+        inputs.append(str(path))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(climseg.__file__)))
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1", CLIMSEG_DIST_TIMEOUT="60", PYTHONWARNINGS="ignore")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    args = ["-m", "climseg", "predict", str(ckpt), *inputs, "--no-maps", "--no-progress", "--device", "cpu"]
+    par = subprocess.run([mpiexec, "-n", "2", sys.executable, *args, "--out", str(tmp_path / "par")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert par.returncode == 0, par.stdout + par.stderr
+    from climseg.predict import predict
+
+    predict(str(ckpt), inputs, str(tmp_path / "one"), device="cpu", maps=False, progress=False, log=lambda *a: None)
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    merged = json.loads((tmp_path / "par" / "summary.json").read_text())
+    assert merged.pop("ranks") == 2
+    assert merged["inputs"] == one["inputs"] and [e["file"] for e in merged["inputs"]] == inputs
+    for name in ("s1", "s2", "s3"):
+        with netCDF4.Dataset(tmp_path / "one" / f"{name}_mask.nc") as a, \
+                netCDF4.Dataset(tmp_path / "par" / f"{name}_mask.nc") as b:
+            np.testing.assert_array_equal(a["mask"][:], b["mask"][:])
+    assert sum(len(e["time_steps"]) for e in merged["inputs"]) == 6
