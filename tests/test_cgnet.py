@@ -280,6 +280,20 @@ def test_convert_command_and_init_weights(tmp_path, capsys):
     assert torch.equal(fresh.state_dict()["classifier.conv.weight"], state["classifier.0.conv.weight"])
     with pytest.raises(CheckpointError, match="blocks|fit"):
         init_weights(f"climatenet:{tmp_path / 'weights.pth'}", CGNet(4, 3))
+    # predict straight from ClimateNet weights: the same masks as from the converted checkpoint
+    import numpy as np
+
+    from climseg.data.netcdf import write_cam5_netcdf
+    from climseg.predict import predict
+
+    rng = np.random.default_rng(1)
+    fields = rng.standard_normal((2, 32, 40, 4)).astype(np.float32) * [15.8, 8.3, 6.2, 1461] + [19, 1.5, 0.3, 1e5]
+    write_cam5_netcdf(str(tmp_path / "in.nc"), fields, np.linspace(-80, 80, 32), np.arange(40) * 9.0,
+                      channels=list(CONFIG["fields"]))
+    quiet = dict(maps=False, progress=False, log=lambda *a: None)
+    a = predict(f"climatenet:{tmp_path / 'weights.pth'}", [str(tmp_path / "in.nc")], str(tmp_path / "p1"), **quiet)
+    b = predict(str(out), [str(tmp_path / "in.nc")], str(tmp_path / "p2"), **quiet)
+    assert a["model"] == "cgnet" and a["inputs"][0]["time_steps"] == b["inputs"][0]["time_steps"]
     # a missing config, an unknown format: one line, exit 2
     os.remove(tmp_path / "config.json")
     capsys.readouterr()
