@@ -14,7 +14,8 @@ from climseg.errors import UserError
 
 TRAIN_OPTIONS = [
     # (flag, field, type, help)
-    ("--data", "data", str, "dataset folder with train/, validation/ and stats.h5 (DeepCAM layout); "
+    ("--data", "data", str, "dataset folder with train/, validation/ and stats.h5 (DeepCAM layout), or train/ and "
+     "validation/ or test/ of netCDF files with LABELS (ClimateNet layout, optional config.json); "
      "default: a small synthetic dataset, generated once into the cache"),
     ("--config", "config", str, "model configuration: kurth2018, deepcam, tiny or cgnet (default tiny); "
      "a .yaml/.yml/.json file here is read as --config-file"),
@@ -81,8 +82,11 @@ def build_parser():
         p.add_argument(flag, dest=field, action="store_const", const=value, default=None, help=text)
 
     p = sub.add_parser("predict", help="segment climate files with a trained checkpoint",
-                       description="Write class masks, one PNG map per time step and summary.json.")
-    p.add_argument("checkpoint", help="checkpoint file (or run folder holding last.pt)")
+                       description="Write class masks, one PNG map per time step and summary.json. Under "
+                       "mpirun/srun/torchrun each rank segments a share of the inputs and rank 0 writes the merged "
+                       "summary.json.")
+    p.add_argument("checkpoint", help="checkpoint file (or run folder holding last.pt), or climatenet:WEIGHTS.pth "
+                   "(ClimateNet weights with config.json beside them)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="DeepCAM HDF5 samples or CAM5-style netCDF files")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
