@@ -94,13 +94,24 @@ def test_normalisation_from_config_or_computed(climatenet_dir):
 
 
 @pytest.mark.parametrize("layout", ["nhwc", "nchw"])
-def test_loader_matches_dataset(climatenet_dir, layout):
-    root, _ = climatenet_dir
+@pytest.mark.parametrize("offsets", [True, False])
+def test_loader_matches_dataset(climatenet_dir, layout, offsets):
+    from climseg.data.loader import extension_available
+
+    root, truth = climatenet_dir
+    # a compressed (chunked) file beside the contiguous ones: read with h5py whatever is asked
+    rng = np.random.default_rng(5)
+    write_climatenet_file(str(root / "train" / "z.nc"), _fields(rng, 2), _labels(rng, 2), LAT, LON, zlib=True)
     train, _, stats, idx, norm = open_climatenet(str(root), ["V850", "TMQ"], "minmax", log=lambda *a: None)
     ds = ClimateNetDataset(train, stats, idx, norm)
     loader = NetCDFLoader(ds, 3, dtype=torch.float32, layout=layout, shuffle=False, drop_last=False, threads=2)
+    loader.use_offsets = offsets and extension_available()
     batches = list(loader)
-    assert [b[0].shape[0] for b in batches] == [3, 3, 1]
+    if loader.use_offsets:   # a.nc (3 steps), b.nc (2) by offset; c.nc (north to south, 2), z.nc (zlib, 2) by h5py
+        assert loader.paths_used == {"offset": 5, "h5py": 4}
+    else:
+        assert loader.paths_used == {"offset": 0, "h5py": 9}
+    assert [b[0].shape[0] for b in batches] == [3, 3, 3]
     data = torch.cat([b[0] for b in batches])
     labels = torch.cat([b[1] for b in batches])
     ref = torch.stack([ds[i][0] for i in range(len(ds))])
@@ -115,6 +126,11 @@ def test_loader_matches_dataset(climatenet_dir, layout):
 
 def test_bad_values_named(climatenet_dir):
     root, truth = climatenet_dir
+    from climseg.data.loader import extension_available
+
+    train, _, stats, idx, norm = open_climatenet(str(root), None, "zscore", log=lambda *a: None)
+    loader = NetCDFLoader(ClimateNetDataset(train, stats, idx, norm), 7, dtype=torch.float32, shuffle=False,
+                          drop_last=False)
     f, lab = truth["b"]
     f = f.copy()
     f[1, 3, 4, 2] = np.nan
@@ -122,6 +138,10 @@ def test_bad_values_named(climatenet_dir):
     samples = index_folder(str(root / "train"), ["TMQ", "U850", "V850", "PSL"])
     with pytest.raises(DataError, match=r"b\.nc\[1\].*V850"):
         read_step(samples[4])
+    if extension_available():   # the C++ offset reader names the variable too
+        with pytest.raises(DataError, match=r"b\.nc\[1\]: NaN/Inf value\(s\) in V850"):
+            list(loader)
+        assert loader.paths_used["offset"] > 0
     lab = lab.copy()
     lab[0, 0, 0] = 7
     write_climatenet_file(str(root / "train" / "b.nc"), truth["b"][0], lab, LAT, LON)

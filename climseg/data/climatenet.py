@@ -20,10 +20,17 @@ variable names) -> a list of (file, step) samples -> :func:`read_step` reads one
 selected variables and labels with h5py (netCDF-4 is HDF5; netCDF-3 files fall back to netCDF4)
 into (H, W, C) float32, rows south to north -> :class:`ClimateNetDataset` (torch Dataset:
 normalises in NumPy) or :class:`NetCDFLoader` (the :class:`~climseg.data.loader.FastLoader`
-interface: a thread pool reads the steps with h5py, then ``climseg._C.load_batch`` normalises,
-casts and lays out the batch from memory, as FastLoader does for chunked DeepCAM files).
-The per-variable (time, lat, lon) layout has no single interleaved H x W x C payload to read by
-offset, so the C++ offset reader is not used for netCDF.
+interface).
+
+NetCDFLoader's two paths: when every chosen variable and ``LABELS`` of a file is stored
+contiguously (no chunking, no compression, little-endian; netCDF-4 files with fixed-size
+dimensions are), rows south to north, the C++ reader ``climseg._C.load_batch`` reads each step of
+each variable straight from the file by offset (h5py finds the dataset offsets once per file;
+step t of a (time, lat, lon) variable starts t * H * W elements further), one call per variable,
+normalising and casting into that channel's slice; the slices are interleaved into the batch
+layout. Otherwise (chunked, compressed, or north-to-south files) a thread pool reads the steps
+with h5py and the same C++ call converts them from memory, as FastLoader does for chunked
+DeepCAM files. :attr:`NetCDFLoader.paths_used` counts the samples each path read.
 """
 import concurrent.futures
 import dataclasses
@@ -302,6 +309,23 @@ class NetCDFLoader(FastLoader):
         self.shape = dataset.shape
         self.epoch, self.start_batch = 0, 0
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="climseg-nc")
+        self._contiguous = {}                    # path -> layout found by _contiguous_layout (None: not contiguous)
+        self.use_offsets = _C is not None        # False: always read with h5py
+        self.paths_used = {"offset": 0, "h5py": 0}
+
+    def _offsets(self, sample):
+        """Per-variable ``[(offset, data code)]`` and ``(label offset, label code)`` of ``sample``'s step
+        when its file stores them contiguously (and rows south to north), else None."""
+        found = self._contiguous.get(sample.path, False)
+        if found is False:
+            found = self._contiguous[sample.path] = _contiguous_layout(sample)
+        if found is None:
+            return None
+        step = max(sample.step, 0)
+        plane = sample.shape[0] * sample.shape[1]
+        fields = [(off + step * plane * size, code) for off, size, code in found[0]]
+        off, size, code = found[1]
+        return fields, (off + step * plane * size, code)
 
     def _read_one(self, key):
         try:
@@ -316,36 +340,87 @@ class NetCDFLoader(FastLoader):
         shape = (B, K, H, W) if self._read_layout == "nchw" else (B, H, W, K)
         data = torch.empty(shape, dtype=self._read_dtype, pin_memory=pin)
         labels = torch.empty((B, H, W), dtype=torch.int64, pin_memory=pin)
+        errors = [None] * B
+        layouts = [self._offsets(self._by_key[k]) if self.use_offsets else None for k in keys]
+        direct = [i for i in range(B) if layouts[i] is not None]
+        if direct:
+            self._read_by_offset([keys[i] for i in direct], [layouts[i] for i in direct], direct, data, labels, errors)
+        rest = [i for i in range(B) if layouts[i] is None]
+        if rest:
+            self._read_h5py([keys[i] for i in rest], rest, data, labels, errors)
+        self.paths_used["offset"] += len(direct)
+        self.paths_used["h5py"] += len(rest)
+        return data, labels, errors
+
+    def _read_by_offset(self, keys, layouts, where, data, labels, errors):
+        """One ``load_batch`` per chosen variable, reading each step's plane by offset into a
+        (n, H, W) buffer, then placed in channel k of the batch; the labels come with the first."""
+        (H, W), n = self.shape, len(keys)
+        paths = [self._by_key[k].path for k in keys]
+        groups = {}
+        for j, (fields, (_, lcode)) in enumerate(layouts):
+            groups.setdefault((tuple(code for _, code in fields), lcode), []).append(j)
+        for (codes, lcode), members in groups.items():
+            sub_paths = [paths[j] for j in members]
+            sub_labels = torch.empty((len(members), H, W), dtype=torch.int64)
+            for k in range(len(self.channel_index)):
+                plane = torch.empty((len(members), H, W), dtype=self._read_dtype)
+                with_labels = k == 0
+                out = _C.load_batch(
+                    sub_paths, [layouts[j][0][k][0] for j in members],
+                    [layouts[j][1][0] if with_labels else -2 for j in members], [0] * len(members),
+                    [0] * len(members), H, W, 1, codes[k], lcode, [0], [self._read_shift[k]], [self._read_scale[k]],
+                    plane.data_ptr(), DTYPES[self._read_dtype], False, sub_labels.data_ptr() if with_labels else 0,
+                    NUM_CLASSES, min(self.threads, max(1, len(members) * H)), False, True)
+                for m, j in enumerate(members):
+                    if out[m] and errors[where[j]] is None:
+                        errors[where[j]] = self._explain(out[m], self.channels[k])
+                rows = [where[j] for j in members]
+                if self._read_layout == "nchw":
+                    data[rows, k] = plane
+                else:
+                    data[rows, :, :, k] = plane
+            labels[[where[j] for j in members]] = sub_labels
+
+    def _read_h5py(self, keys, where, data, labels, errors):
+        """The steps read by h5py in the thread pool, converted by ``load_batch`` from memory."""
+        (H, W), K = self.shape, len(self.channel_index)
         results = list(self._pool.map(self._read_one, keys))
-        errors = [r[2] for r in results]
-        ok = [i for i, e in enumerate(errors) if e is None]
+        for j, r in enumerate(results):
+            errors[where[j]] = r[2]
+        ok = [j for j, r in enumerate(results) if r[2] is None]
         if not ok:
-            return data, labels, errors
+            return
+        rows = [where[j] for j in ok]
         if _C is None:
-            for i in ok:
-                x = (results[i][0] - np.asarray(self._read_shift, np.float32)) * np.asarray(self._read_scale, np.float32)
+            for j, i in zip(ok, rows):
+                x = (results[j][0] - np.asarray(self._read_shift, np.float32)) * np.asarray(self._read_scale, np.float32)
                 x = torch.from_numpy(x).to(self._read_dtype)
                 data[i] = x.permute(2, 0, 1) if self._read_layout == "nchw" else x
-                labels[i] = torch.from_numpy(results[i][1])
-            return data, labels, errors
-        sub_data = data if len(ok) == B else torch.empty((len(ok),) + tuple(data.shape[1:]), dtype=self._read_dtype)
-        sub_labels = labels if len(ok) == B else torch.empty((len(ok), H, W), dtype=torch.int64)
-        fields = [results[i][0] for i in ok]
-        labs = [results[i][1] for i in ok]
+                labels[i] = torch.from_numpy(results[j][1])
+            return
+        sub_data = torch.empty((len(ok),) + tuple(data.shape[1:]), dtype=self._read_dtype)
+        sub_labels = torch.empty((len(ok), H, W), dtype=torch.int64)
+        fields = [results[j][0] for j in ok]
+        labs = [results[j][1] for j in ok]
         out = _C.load_batch(
-            [keys[i] for i in ok], [-1] * len(ok), [-1] * len(ok), [a.ctypes.data for a in fields],
+            [keys[j] for j in ok], [-1] * len(ok), [-1] * len(ok), [a.ctypes.data for a in fields],
             [a.ctypes.data for a in labs], H, W, K, 0, LABEL_CODES[np.dtype("int64")], list(range(K)),
             self._read_shift, self._read_scale, sub_data.data_ptr(), DTYPES[self._read_dtype],
             self._read_layout == "nchw", sub_labels.data_ptr(), NUM_CLASSES, min(self.threads, max(1, len(ok) * H)),
             False, True)
-        for j, i in enumerate(ok):
-            if out[j]:
-                errors[i] = self._name_channel(out[j])
-        if sub_data is not data:
-            data[ok] = sub_data
-            labels[ok] = sub_labels
+        for m, i in enumerate(rows):
+            if out[m]:
+                errors[i] = self._name_channel(out[m])
+        data[rows] = sub_data
+        labels[rows] = sub_labels
         del fields, labs
-        return data, labels, errors
+
+    def _explain(self, message, channel):
+        """A C++ reader message about a one-variable read, in terms of the netCDF variables."""
+        message = message.replace("climate/labels_0", LABELS_VAR).replace("climate/data", channel)
+        head, sep, _ = message.rpartition(" in channel ")
+        return f"{head}(s) in {channel}" if sep else message
 
     def _name_channel(self, message):
         head, sep, tail = message.rpartition("in channel ")
@@ -354,9 +429,42 @@ class NetCDFLoader(FastLoader):
         return message
 
 
-def write_climatenet_file(path, fields, labels, lat, lon, channels=CLIMATENET_CHANNELS, times=None):
+def _contiguous_layout(sample):
+    """``([(offset, itemsize, code)] per chosen variable, (offset, itemsize, code) of LABELS)`` of a
+    file whose variables are contiguous, little-endian and stored south to north; None otherwise."""
+    if sample.flipped:
+        return None
+    try:
+        with h5py.File(sample.path, "r") as f:
+            def where(name, floating):
+                d = f[name]
+                if d.chunks is not None or d.compression is not None or d.dtype.byteorder == ">":
+                    return None
+                off = d.id.get_offset()
+                if off is None:
+                    return None
+                if floating:
+                    if d.dtype not in (np.dtype("<f4"), np.dtype("<f8")):
+                        return None
+                    return int(off), d.dtype.itemsize, 1 if d.dtype.itemsize == 8 else 0
+                native = d.dtype.newbyteorder("=")
+                if native not in LABEL_CODES:
+                    return None
+                return int(off), d.dtype.itemsize, LABEL_CODES[native]
+
+            fields = [where(n, True) for n in sample.variables]
+            labels = where(sample.labels, False)
+    except (OSError, KeyError):
+        return None
+    if labels is None or any(x is None for x in fields):
+        return None
+    return fields, labels
+
+
+def write_climatenet_file(path, fields, labels, lat, lon, channels=CLIMATENET_CHANNELS, times=None, zlib=False):
     """Write a ClimateNet-style netCDF-4 file: ``fields`` (T, H, W, C) or (H, W, C) float32 as one
-    variable per channel, ``labels`` (T, H, W) or (H, W) as ``LABELS``; rows in ``lat`` order."""
+    variable per channel, ``labels`` (T, H, W) or (H, W) as ``LABELS``; rows in ``lat`` order.
+    Fixed-size dimensions: the variables are stored contiguously unless ``zlib`` compresses them."""
     import netCDF4
 
     from climseg.io import atomic_path
@@ -380,7 +488,7 @@ def write_climatenet_file(path, fields, labels, lat, lon, channels=CLIMATENET_CH
         lo.units = "degrees_east"
         lo[:] = lon
         for k, c in enumerate(channels):
-            ds.createVariable(c, "f4", dims)[:] = fields[..., k]
-        v = ds.createVariable(LABELS_VAR, "i8", dims)
+            ds.createVariable(c, "f4", dims, zlib=zlib)[:] = fields[..., k]
+        v = ds.createVariable(LABELS_VAR, "i8", dims, zlib=zlib)
         v.flag_values = np.arange(NUM_CLASSES, dtype=np.int64)
         v[:] = labels
