@@ -302,3 +302,30 @@ def test_convert_command_and_init_weights(tmp_path, capsys):
     assert "config.json" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(ConfigError):
         convert(str(tmp_path / "weights.pth"), str(out), from_format="nope")
+
+
+def test_context_guided_blocks_on_the_triton_kernels():
+    """The stride-2, 1x1 and depthwise dilated convolutions of CGNet's blocks on climseg's Triton kernels
+    (the interpreter without a GPU) against float64, beside PyTorch in float32."""
+    pytest.importorskip("triton")
+    import copy
+
+    from conftest import DEVICE
+    from climseg.models.cgnet import ContextGuidedBlock, ContextGuidedDown
+    from climseg.nn import AtrousConv2d
+
+    torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
+    for block, x in ((ContextGuidedDown(6, 16, dilation=2, reduction=8), torch.randn(2, 6, 13, 11)),
+                     (ContextGuidedBlock(16, dilation=4, reduction=8), torch.randn(1, 16, 9, 10))):
+        block = block.eval().to(DEVICE)
+        x = x.to(DEVICE)
+        exact = copy.deepcopy(block).double()
+        ours = copy.deepcopy(block)
+        for m in ours.modules():
+            if isinstance(m, AtrousConv2d):
+                m.backend = "triton"
+        with torch.no_grad():
+            ref = exact(x.double())
+            err_ours = (ours(x).double() - ref).abs().max().item()
+            err_torch = (block(x).double() - ref).abs().max().item()
+        assert err_ours == err_ours and err_ours <= 2 * err_torch + 1e-5 * (1 + ref.abs().max().item())
