@@ -1,4 +1,5 @@
-"""The ``climseg`` command: ``train``, ``predict``, ``generate``, ``stage``, ``label``, ``track``, ``analyze``, ``bench``, ``info``.
+"""The ``climseg`` command: ``train``, ``predict``, ``generate``, ``stage``, ``label``, ``track``, ``analyze``,
+``convert``, ``bench``, ``info``.
 
 A user error (bad file, bad shape, bad option, an output path that cannot be
 written, a full disk) prints one line, ``climseg: error: ...``, and exits with
@@ -31,9 +32,10 @@ class Terminated(KeyboardInterrupt):
 
 TRAIN_OPTIONS = [
     # (flag, field, type, help)
-    ("--data", "data", str, "dataset folder with train/, validation/ and stats.h5 (DeepCAM layout); "
+    ("--data", "data", str, "dataset folder with train/, validation/ and stats.h5 (DeepCAM layout), or train/ and "
+     "validation/ or test/ of netCDF files with LABELS (ClimateNet layout, optional config.json); "
      "default: a small synthetic dataset, generated once into the cache"),
-    ("--config", "config", str, "model configuration: kurth2018, deepcam or tiny (default tiny); "
+    ("--config", "config", str, "model configuration: kurth2018, deepcam, tiny or cgnet (default tiny); "
      "a .yaml/.yml/.json file here is read as --config-file"),
     ("--config-file", None, str, "YAML or JSON file of further options (keys as the long options below)"),
     ("--epochs", "epochs", int, "number of epochs (default 6)"),
@@ -51,6 +53,10 @@ TRAIN_OPTIONS = [
     ("--lr-decay", "lr_decay", float, "multistep decay factor (default 0.1)"),
     ("--clip-grad-norm", "clip_grad_norm", float, "clip the gradient norm to this value (default 0: off)"),
     ("--loss-weights", "loss_weights", str, "class weights: kurth2018 (f^-1/2), deepcam (f^-1/8) or uniform (default deepcam)"),
+    ("--loss", "loss", str, "ce (weighted cross-entropy), jaccard (ClimateNet's soft IoU loss) or ce+jaccard "
+     "(their sum); default ce"),
+    ("--init-weights", "init_weights", str, "FORMAT:PATH of starting weights, e.g. climatenet:weights.pth "
+     "(with --config cgnet)"),
     ("--class-frequencies", "class_frequencies", str, "frequencies the weights come from: dataset (stats.h5) or deepcam"),
     ("--gradient-lag", "gradient_lag", int, "1: apply each step's averaged gradient one step later, overlapping its "
      "allreduce with the next step (default 0)"),
@@ -109,8 +115,11 @@ def build_parser():
         p.add_argument(flag, dest=field, action="store_const", const=value, default=None, help=text)
 
     p = sub.add_parser("predict", help="segment climate files with a trained checkpoint",
-                       description="Write class masks, one PNG map per time step and summary.json.")
-    p.add_argument("checkpoint", help="checkpoint file (or run folder holding last.pt)")
+                       description="Write class masks, one PNG map per time step and summary.json. Under "
+                       "mpirun/srun/torchrun each rank segments a share of the inputs and rank 0 writes the merged "
+                       "summary.json.")
+    p.add_argument("checkpoint", help="checkpoint file (or run folder holding last.pt), or climatenet:WEIGHTS.pth "
+                   "(ClimateNet weights with config.json beside them)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="DeepCAM HDF5 samples or CAM5-style netCDF files")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
@@ -215,18 +224,24 @@ def build_parser():
     p.add_argument("--json", default=None, help="result file (a folder for all); default benchmarks/results/ in a "
                    "source tree, else ./climseg-bench-results/")
 
+    p = sub.add_parser("convert", help="import or export checkpoints in other projects' layouts",
+                       description="climseg convert --from FORMAT SOURCE OUT imports another project's weights as a "
+                       "climseg checkpoint OUT (that predict, train --init-weights and train --resume read); "
+                       "--to FORMAT CHECKPOINT OUT writes a climseg checkpoint in that layout. Formats: climatenet "
+                       "(ClimateNet's weights.pth with the config.json beside it; import), mlperf-deepcam (the MLPerf "
+                       "HPC DeepCAM reference's checkpoint or bare state_dict; import and export).")
+    p.add_argument("source", help="weights file to import (--from) or climseg checkpoint to export (--to)")
+    p.add_argument("out", help="file to write")
+    p.add_argument("--from", dest="from_format", default=None, help="format of SOURCE: climatenet or mlperf-deepcam")
+    p.add_argument("--to", dest="to_format", default=None, help="format of OUT: mlperf-deepcam")
+    p.add_argument("--climatenet-config", default=None, help="ClimateNet config.json (default: beside the weights)")
+    p.add_argument("--stats", default=None, help="--from mlperf-deepcam: the dataset's stats.h5 (the input "
+                   "normalisation, which the reference's checkpoint does not hold)")
+    p.add_argument("--normalization", default="minmax", help="--from mlperf-deepcam: minmax (the MLPerf "
+                   "reference's) or zscore")
+
     sub.add_parser("info", help="versions, devices, and which backend each op uses")
 
-    p = sub.add_parser("convert", help="import or export checkpoints in other projects' layouts",
-                       description="climseg convert --from FORMAT IN OUT imports IN (another project's checkpoint or "
-                       "state_dict) as a climseg checkpoint OUT; --to FORMAT IN OUT writes the climseg checkpoint IN "
-                       "in that layout. Formats: mlperf-deepcam (the MLPerf HPC DeepCAM reference).")
-    p.add_argument("input", help="checkpoint to read")
-    p.add_argument("output", help="checkpoint to write")
-    p.add_argument("--from", dest="from_format", default=None, help="format of INPUT (import)")
-    p.add_argument("--to", dest="to_format", default=None, help="format to write OUTPUT in (export)")
-    p.add_argument("--stats", default=None, help="import: the dataset's stats.h5 (input normalisation)")
-    p.add_argument("--normalization", default="minmax", help="import: minmax (the MLPerf reference's) or zscore")
     return parser
 
 
@@ -562,31 +577,20 @@ def cmd_bench(args):
 
 
 def cmd_convert(args):
-    from climseg.models.convert import FORMATS
+    from climseg.io import check_output_location
+    from climseg.models.convert import convert
 
-    if (args.from_format is None) == (args.to_format is None):
-        raise UserError("convert: give exactly one of --from FORMAT (import) or --to FORMAT (export)")
-    name = args.from_format or args.to_format
-    if name not in FORMATS:
-        raise UserError(f"convert: unknown format {name!r} (known: {', '.join(FORMATS)})")
-    folder = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(folder):
-        raise UserError(f"{args.output}: folder {folder} does not exist")
-    if args.from_format:
-        from climseg.train.checkpoint import save_checkpoint
-
-        payload = FORMATS[name]["import_checkpoint"](args.input, stats=args.stats, normalization=args.normalization)
-        save_checkpoint(args.output, payload)
-        spec = payload["model"]
-        print(f"climseg: imported {args.input} ({name}) as a {spec['config']} checkpoint: {args.output}")
-    else:
-        from climseg.train.checkpoint import load_checkpoint
-
-        export = FORMATS[name].get("export_checkpoint")
-        if export is None:
-            raise UserError(f"convert: format {name!r} can be imported, not written")
-        export(load_checkpoint(args.input), args.output)
-        print(f"climseg: wrote {args.input} in the {name} layout: {args.output}")
+    options = {}
+    if args.climatenet_config is not None:
+        if args.from_format != "climatenet":
+            raise UserError("--climatenet-config goes with --from climatenet")
+        options["config"] = args.climatenet_config
+    if args.from_format == "mlperf-deepcam":
+        options.update(stats=args.stats, normalization=args.normalization)
+    elif args.stats is not None:
+        raise UserError("--stats goes with --from mlperf-deepcam")
+    check_output_location(args.out, kind="file")
+    print(f"climseg: {convert(args.source, args.out, args.from_format, args.to_format, **options)}")
     return 0
 
 

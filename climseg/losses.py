@@ -11,6 +11,16 @@ Presets, from class frequencies f (background, TC, AR):
 Frequencies default to those the MLPerf reference hard-codes for the CAM5
 dataset; pass ``frequencies=`` a vector, a ``stats.h5`` path, or a dataset folder
 to use your own data's.
+
+:class:`JaccardLoss` is ClimateNet's soft IoU loss (``climatenet/utils/losses.py``,
+``jaccard_loss``): with p = softmax(z) and t the one-hot labels, sums over the batch and
+the pixels per class c,
+
+    loss = 1 - mean_c [ sum(p_c t_c) / (sum(p_c + t_c) - sum(p_c t_c) + 1e-7) ]
+
+(ClimateNet's training loop passes already-softmaxed outputs into it, which softmaxes
+again; climseg applies softmax once, to the logits.) :func:`build_loss` makes the
+``--loss`` choices: ``ce`` (weighted cross-entropy), ``jaccard``, ``ce+jaccard`` (their sum).
 """
 import os
 
@@ -21,11 +31,13 @@ import torch.nn.functional as F
 
 from climseg.constants import NUM_CLASSES
 from climseg.errors import ConfigError
+from climseg.metrics import prediction_counts
 from climseg.ops.cross_entropy import weighted_cross_entropy_with_counts
 
 # Pixel fractions of background, TC, AR in the CAM5 DeepCAM data (MLPerf HPC reference).
 DEEPCAM_FREQUENCIES = (0.986267818390377, 0.0004578708870701058, 0.01327431072255291)
 PRESETS = ("kurth2018", "deepcam", "uniform")
+LOSSES = ("ce", "jaccard", "ce+jaccard")
 
 
 def class_weights(preset="deepcam", frequencies=None):
@@ -122,3 +134,60 @@ class WeightedCrossEntropy(nn.Module):
 
     def extra_repr(self):
         return f"preset={self.preset}, weight={[round(x, 5) for x in self.weight.tolist()]}, reduction={self.reduction}"
+
+
+def jaccard_loss(logits, labels, eps=1e-7):
+    """ClimateNet's soft Jaccard loss (module docstring) of (N, C, H, W) logits and (N, H, W)
+    labels, in float32 (float64 logits stay float64)."""
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    probs = torch.softmax(logits.to(dtype), dim=1)
+    onehot = F.one_hot(labels.long(), logits.shape[1]).permute(0, 3, 1, 2).to(dtype)
+    dims = (0, 2, 3)
+    intersection = (probs * onehot).sum(dims)
+    union = (probs + onehot).sum(dims) - intersection
+    return 1 - (intersection / (union + eps)).mean()
+
+
+class JaccardLoss(nn.Module):
+    """:func:`jaccard_loss` as a module with the trainer's interface: ``return_counts`` also
+    gives the per-sample (N, C, 3) TP, FP, FN of the argmax prediction."""
+
+    def __init__(self, eps=1e-7, num_classes=NUM_CLASSES):
+        super().__init__()
+        self.eps, self.num_classes = eps, num_classes
+
+    def forward(self, logits, labels, return_counts=False):
+        loss = jaccard_loss(logits, labels, self.eps)
+        if not return_counts:
+            return loss
+        with torch.no_grad():
+            counts = prediction_counts(logits.argmax(1), labels, self.num_classes)
+        return loss, counts
+
+
+class SumOfLosses(nn.Module):
+    """The sum of several losses; the IoU counts come from the first one's pass."""
+
+    def __init__(self, *losses):
+        super().__init__()
+        self.losses = nn.ModuleList(losses)
+
+    def forward(self, logits, labels, return_counts=False):
+        first = self.losses[0](logits, labels, return_counts=return_counts)
+        loss, counts = first if return_counts else (first, None)
+        for other in self.losses[1:]:
+            loss = loss + other(logits, labels)
+        return (loss, counts) if return_counts else loss
+
+
+def build_loss(name="ce", weights="deepcam", frequencies=None, num_classes=NUM_CLASSES):
+    """The loss of ``--loss``: ``"ce"`` (:class:`WeightedCrossEntropy` with ``weights``),
+    ``"jaccard"`` (:class:`JaccardLoss`) or ``"ce+jaccard"`` (their sum)."""
+    if name == "ce":
+        return WeightedCrossEntropy(weights, frequencies, num_classes=num_classes)
+    if name == "jaccard":
+        return JaccardLoss(num_classes=num_classes)
+    if name == "ce+jaccard":
+        return SumOfLosses(WeightedCrossEntropy(weights, frequencies, num_classes=num_classes),
+                           JaccardLoss(num_classes=num_classes))
+    raise ConfigError(f"unknown loss {name!r} (choose from {', '.join(LOSSES)})")

@@ -21,6 +21,14 @@ failure part-way leaves the folder exactly as it was (the masks, maps and
 Inputs whose sizes are not multiples of the network's stride are padded
 (longitude wraps around on global grids, edges repeat otherwise) and cropped
 back; objects are joined across the date line only on global grids.
+
+At scale: under ``mpirun``/``srun``/``torchrun`` (see :mod:`climseg.distributed.launch`) each
+rank takes every world-size-th input (round robin, in the order given), writes one mask per
+input, and rank 0 gathers the per-input entries and writes one merged ``summary.json`` in the
+input order. Memory stays bounded: one time step is read, segmented and appended to the open
+mask file at a time (netCDF; the mask variable grows along time), whatever the series length.
+``checkpoint`` may also be ``climatenet:WEIGHTS.pth`` (ClimateNet weights with the
+``config.json`` beside them, imported on the fly by :mod:`climseg.models.convert`).
 """
 import os
 
@@ -33,7 +41,7 @@ from climseg.constants import CHANNEL_UNITS, CHANNELS, CLASS_NAMES, NUM_CLASSES
 from climseg.data.deepcam import DATA_KEY, LABELS_KEY, check_labels, read_sample
 from climseg.data.netcdf import is_netcdf, open_netcdf, read_netcdf_step
 from climseg.errors import DataError, UserError, first_line
-from climseg.io import OutputBatch, atomic_path, check_output_location, write_json
+from climseg.io import OutputBatch, check_output_location, write_json
 from climseg.metrics import ConfusionMatrix, count_objects
 from climseg.plotting import plot_map
 from climseg.progress import progress_bar
@@ -117,37 +125,81 @@ def _pad(x, multiple, periodic=True):
     return x, (ph // 2, pw // 2)
 
 
+def _load(checkpoint):
+    """A climseg checkpoint, or another project's weights named ``FORMAT:PATH`` (imported)."""
+    from climseg.models.convert import IMPORTERS
+
+    fmt, sep, path = str(checkpoint).partition(":")
+    if sep and fmt in IMPORTERS and not os.path.exists(str(checkpoint)):
+        return dict(IMPORTERS[fmt](path), path=str(checkpoint))
+    return load_checkpoint(checkpoint)
+
+
+def _ranks(device):
+    """``(rank, world, topology or None, device)`` of this process (one rank without a launcher)."""
+    from climseg.distributed import launch
+
+    if not launch.is_launched():
+        return 0, 1, None, resolve_device(device)
+    topo = launch.init()
+    if topo.device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // topo.local_size))
+    return topo.rank, topo.world_size, topo, (topo.device if device == "auto" else resolve_device(device))
+
+
+def _gather(items, topo):
+    """Every rank's ``items`` (a list) at every rank, as a list per rank (itself alone without a launcher)."""
+    if topo is None or topo.world_size == 1:
+        return [items]
+    import torch.distributed as dist
+
+    everyone = [None] * topo.world_size
+    dist.all_gather_object(everyone, items, group=topo.comm_world)
+    return everyone
+
+
 def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progress=True, convention="auto",
             variables=None):
     """Segment ``inputs`` with the model in ``checkpoint``; write masks, maps and
-    ``summary.json`` into ``out``. Returns the summary dict. netCDF variable names follow
-    ``convention`` (auto, CAM5, ERA5, CMIP6) or the ``variables`` mapping file
+    ``summary.json`` into ``out``. Returns the summary dict (under a launcher: the merged
+    summary on every rank; each rank segments its share of the inputs). netCDF variable names
+    follow ``convention`` (auto, CAM5, ERA5, CMIP6) or the ``variables`` mapping file
     (:mod:`climseg.data.variables`)."""
     if not inputs:
         raise UserError("no input files given")
     check_output_location(out, "folder")
-    ckpt = load_checkpoint(checkpoint)
-    dev = resolve_device(device)
+    ckpt = _load(checkpoint)
+    rank, world, topo, dev = _ranks(device)
+    if rank != 0:
+        log, progress = (lambda *a, **k: None), False
     model = build_model(ckpt, dev).eval()
     data_spec = ckpt["data"]
     channels = list(data_spec["channels"])
     shift = torch.as_tensor(data_spec["shift"], dtype=torch.float32).view(1, -1, 1, 1).to(dev)
     scale = torch.as_tensor(data_spec["scale"], dtype=torch.float32).view(1, -1, 1, 1).to(dev)
 
-    sources = [_Source(os.fspath(p), channels, convention, variables) for p in inputs]  # every input checked before writing
     stems = {}
-    for s in sources:
-        if s.stem in stems:
-            raise UserError(f"{s.path}: has the same name as {stems[s.stem]}; their outputs would collide")
-        stems[s.stem] = s.path
+    for p in map(os.fspath, inputs):
+        stem = os.path.splitext(os.path.basename(p))[0]
+        if stem in stems:
+            raise UserError(f"{p}: has the same name as {stems[stem]}; their outputs would collide")
+        stems[stem] = p
+    mine = list(range(rank, len(inputs), world))           # this rank's share, round robin
+    # every input of this rank checked before anything is written
+    sources = [_Source(os.fspath(inputs[i]), channels, convention, variables) for i in mine]
 
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     total = sum(len(s.times) for s in sources)
     summary = dict(checkpoint=ckpt["path"], model=ckpt["model"]["config"], channels=channels, inputs=[])
+    done = []
     with OutputBatch(out) as batch, progress_bar(total=total, desc="predict", unit="map", disable=not progress) as bar:
-        for s in sources:
-            summary["inputs"].append(_predict_source(s, model, shift, scale, autocast, batch, maps, dev, bar))
-        write_json(batch.path("summary.json"), summary)
+        for i, s in zip(mine, sources):
+            done.append((i, _predict_source(s, model, shift, scale, autocast, batch, maps, dev, bar)))
+        summary["inputs"] = [entry for _, entry in sorted(e for part in _gather(done, topo) for e in part)]
+        if world > 1:
+            summary["ranks"] = world
+        if rank == 0:
+            write_json(batch.path("summary.json"), summary)
     for item in summary["inputs"]:
         for e in item["time_steps"]:
             f = e["fractions"]
@@ -163,32 +215,38 @@ def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progre
 
 
 def _predict_source(s, model, shift, scale, autocast, batch, maps, dev, bar):
-    """Masks, maps and summary entries of one input file (written into the :class:`OutputBatch`)."""
-    masks, entries = [], []
-    for t, when in enumerate(s.times):
-        fields, background, background_name, labels = s.read(t)
-        x = torch.from_numpy(np.ascontiguousarray(fields.transpose(2, 0, 1)))[None].to(dev)
-        x = (x - shift) * scale
-        x, (top, left) = _pad(x, model.input_multiple, s.periodic)
-        with torch.inference_mode(), autocast:
-            logits = model(x)
-        pred = logits.argmax(1)[0, top: top + s.shape[0], left: left + s.shape[1]].to(torch.uint8).cpu().numpy()
-        masks.append(pred)
-        entry = _describe(pred, t, when, s.periodic)
-        if labels is not None:
-            cm = ConfusionMatrix(NUM_CLASSES).update(torch.from_numpy(pred), torch.from_numpy(labels))
-            entry["iou_vs_labels"] = {k: _json_float(v) for k, v in cm.as_dict().items()}
-        if maps:
-            name = f"{s.stem}.png" if len(s.times) == 1 else f"{s.stem}_t{t:04d}.png"
-            title = f"{os.path.basename(s.path)}" + (f"  {when}" if when else "")
-            note = "grid assumed: global, regular, south to north" if s.assumed_grid else None
-            label = "TMQ (kg m$^{-2}$)" if background_name == "TMQ" else f"{background_name} ({CHANNEL_UNITS[background_name]})"
-            plot_map(batch.path(name), background, pred, s.lat, s.lon, title, background_label=label, note=note)
-            entry["map"] = name
-        entries.append(entry)
-        bar.update()
-    mask_name = _write_mask(s, np.stack(masks), batch)
-    return dict(file=s.path, mask=mask_name, time_steps=entries)
+    """Masks, maps and summary entries of one input file (written into the :class:`~climseg.io.OutputBatch`);
+    each step's mask goes to the file at once."""
+    entries = []
+    with _MaskWriter(s, batch) as writer:
+        for t, when in enumerate(s.times):
+            entries.append(_predict_step(s, t, when, model, shift, scale, autocast, batch, maps, dev, writer))
+            bar.update()
+    return dict(file=s.path, mask=writer.name, time_steps=entries)
+
+
+def _predict_step(s, t, when, model, shift, scale, autocast, batch, maps, dev, writer):
+    """Segment time step ``t`` of ``s``, append its mask to ``writer``; its summary entry."""
+    fields, background, background_name, labels = s.read(t)
+    x = torch.from_numpy(np.ascontiguousarray(fields.transpose(2, 0, 1)))[None].to(dev)
+    x = (x - shift) * scale
+    x, (top, left) = _pad(x, model.input_multiple, s.periodic)
+    with torch.inference_mode(), autocast:
+        logits = model(x)
+    pred = logits.argmax(1)[0, top: top + s.shape[0], left: left + s.shape[1]].to(torch.uint8).cpu().numpy()
+    writer.write(t, pred)
+    entry = _describe(pred, t, when, s.periodic)
+    if labels is not None:
+        cm = ConfusionMatrix(NUM_CLASSES).update(torch.from_numpy(pred), torch.from_numpy(labels))
+        entry["iou_vs_labels"] = {k: _json_float(v) for k, v in cm.as_dict().items()}
+    if maps:
+        name = f"{s.stem}.png" if len(s.times) == 1 else f"{s.stem}_t{t:04d}.png"
+        title = f"{os.path.basename(s.path)}" + (f"  {when}" if when else "")
+        note = "grid assumed: global, regular, south to north" if s.assumed_grid else None
+        label = "TMQ (kg m$^{-2}$)" if background_name == "TMQ" else f"{background_name} ({CHANNEL_UNITS[background_name]})"
+        plot_map(batch.path(name), background, pred, s.lat, s.lon, title, background_label=label, note=note)
+        entry["map"] = name
+    return entry
 
 
 def _describe(pred, index, when, periodic):
@@ -198,14 +256,26 @@ def _describe(pred, index, when, periodic):
                 cyclones=int(objects[1]), rivers=int(objects[2]))
 
 
-def _write_mask(source, masks, batch):
-    meanings = " ".join(CLASS_NAMES)
-    if source.kind == "netcdf":
+class _MaskWriter:
+    """The mask file of one input, written a time step at a time into the output batch's temporary
+    file (renamed with the others when the whole run is complete): ``NAME_mask.nc`` (netCDF input: ``mask(time, lat, lon)`` or
+    ``mask(lat, lon)`` with the input's coordinates) or ``NAME_mask.h5`` (HDF5 input)."""
+
+    def __init__(self, source, batch):
+        self.source, self.batch = source, batch
+        self.name = f"{source.stem}_mask.nc" if source.kind == "netcdf" else f"{source.stem}_mask.h5"
+
+    def __enter__(self):
+        tmp = self.batch.path(self.name)
+        self._file, self._mask = (self._open_netcdf(tmp) if self.source.kind == "netcdf" else self._open_hdf5(tmp))
+        return self
+
+    def _open_netcdf(self, tmp):
         import netCDF4
 
-        name = f"{source.stem}_mask.nc"
-        info = source.info
-        with atomic_path(batch.path(name)) as tmp, netCDF4.Dataset(info.path) as src, netCDF4.Dataset(tmp, "w") as dst:
+        info = self.source.info
+        dst = netCDF4.Dataset(tmp, "w")
+        with netCDF4.Dataset(info.path) as src:
             lat_var = next(v for v in src.variables if v.lower() in ("lat", "latitude", "nav_lat"))
             lon_var = next(v for v in src.variables if v.lower() in ("lon", "longitude", "nav_lon"))
             dims = []
@@ -219,21 +289,43 @@ def _write_mask(source, masks, batch):
                 dst.createDimension(dim, len(src.dimensions[dim]))
                 dims.append(dim)
                 _copy_variable(src, dst, var)
-            mask = dst.createVariable("mask", "u1", tuple(dims), zlib=True)
-            mask.long_name = "extreme weather class"
-            mask.flag_values = np.arange(NUM_CLASSES, dtype=np.uint8)
-            mask.flag_meanings = meanings
-            data = masks[:, ::-1] if info.flipped else masks
-            mask[:] = data if info.time_dim else data[0]
-            dst.source = f"climseg predict on {os.path.basename(info.path)}"
-    else:
-        name = f"{source.stem}_mask.h5"
-        with atomic_path(batch.path(name)) as tmp, h5py.File(tmp, "w") as f:
-            d = f.create_dataset("mask", data=masks[0] if len(masks) == 1 else masks, compression="gzip")
-            d.attrs["flag_values"] = np.arange(NUM_CLASSES, dtype=np.uint8)
-            d.attrs["flag_meanings"] = meanings
-            d.attrs["source"] = os.path.basename(source.path)
-    return name
+        mask = dst.createVariable("mask", "u1", tuple(dims), zlib=True)
+        mask.long_name = "extreme weather class"
+        mask.flag_values = np.arange(NUM_CLASSES, dtype=np.uint8)
+        mask.flag_meanings = " ".join(CLASS_NAMES)
+        dst.source = f"climseg predict on {os.path.basename(info.path)}"
+        return dst, mask
+
+    def _open_hdf5(self, tmp):
+        f = h5py.File(tmp, "w")
+        return f, None
+
+    def write(self, t, pred):
+        """Append time step ``t``'s (H, W) uint8 mask (rows south to north)."""
+        if self.source.kind == "netcdf":
+            data = pred[::-1] if self.source.info.flipped else pred
+            if self.source.info.time_dim:
+                self._mask[t] = data
+            else:
+                self._mask[:] = data
+            return
+        if self._mask is None:      # HDF5 inputs: one step, or a (T, H, W) stack grown step by step
+            n = len(self.source.times)
+            shape, maxshape = (pred.shape, pred.shape) if n == 1 else ((0,) + pred.shape, (None,) + pred.shape)
+            self._mask = self._file.create_dataset("mask", shape=shape, maxshape=maxshape, dtype="u1",
+                                                   compression="gzip", chunks=True)
+            self._mask.attrs["flag_values"] = np.arange(NUM_CLASSES, dtype=np.uint8)
+            self._mask.attrs["flag_meanings"] = " ".join(CLASS_NAMES)
+            self._mask.attrs["source"] = os.path.basename(self.source.path)
+        if self._mask.ndim == pred.ndim:
+            self._mask[...] = pred
+        else:
+            self._mask.resize(t + 1, axis=0)
+            self._mask[t] = pred
+
+    def __exit__(self, *exc):
+        self._file.close()
+        return False
 
 
 def _copy_variable(src, dst, name):

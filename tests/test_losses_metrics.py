@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from climseg.errors import ConfigError
-from climseg.losses import DEEPCAM_FREQUENCIES, WeightedCrossEntropy, class_weights
+from climseg.losses import DEEPCAM_FREQUENCIES, JaccardLoss, WeightedCrossEntropy, build_loss, class_weights, jaccard_loss
 from climseg.metrics import ConfusionMatrix, count_objects, deepcam_iou, label_components
 
 
@@ -99,3 +99,46 @@ def test_objects_join_across_the_date_line():
     assert count_objects(m, periodic=False) == {1: 4, 2: 1}
     labels, n = label_components(m == 1)
     assert n == 2 and labels[2, 0] == labels[2, 9]
+
+
+def test_jaccard_loss_by_hand():
+    # two samples of two pixels, three classes; ClimateNet's formula summed by hand
+    logits = torch.tensor([[[[1.0, 0.0]], [[0.0, 2.0]], [[-1.0, 0.0]]],
+                           [[[0.0, 0.0]], [[0.0, 0.0]], [[3.0, -2.0]]]])       # (2, 3, 1, 2)
+    labels = torch.tensor([[[0, 1]], [[2, 0]]])
+    p = []
+    for n in range(2):
+        for x in range(2):
+            z = [logits[n, c, 0, x].item() for c in range(3)]
+            e = [math.exp(v) for v in z]
+            p.append(([v / sum(e) for v in e], labels[n, 0, x].item()))
+    ratios = []
+    for c in range(3):
+        inter = sum(pr[c] for pr, y in p if y == c)
+        card = sum(pr[c] for pr, _ in p) + sum(1 for _, y in p if y == c)
+        ratios.append(inter / (card - inter + 1e-7))
+    expected = 1 - sum(ratios) / 3
+    assert jaccard_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    assert jaccard_loss(logits.double(), labels).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_jaccard_loss_perfect_and_gradient():
+    labels = torch.randint(0, 3, (2, 5, 7))
+    perfect = F.one_hot(labels, 3).permute(0, 3, 1, 2).float() * 60.0
+    assert jaccard_loss(perfect, labels).item() == pytest.approx(0.0, abs=1e-5)
+    logits = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z: jaccard_loss(z, labels), (logits,))
+
+
+def test_loss_options_and_counts():
+    logits, labels = torch.randn(3, 3, 6, 5), torch.randint(0, 3, (3, 6, 5))
+    ce = WeightedCrossEntropy("deepcam")
+    both, counts = build_loss("ce+jaccard")(logits, labels, return_counts=True)
+    assert both.item() == pytest.approx(ce(logits, labels).item() + jaccard_loss(logits, labels).item(), rel=1e-6)
+    loss, jcounts = JaccardLoss()(logits, labels, return_counts=True)
+    assert torch.equal(counts, jcounts) and counts.shape == (3, 3, 3)
+    pred = logits.argmax(1)
+    assert jcounts[:, 1, 0].tolist() == [int(((pred[i] == 1) & (labels[i] == 1)).sum()) for i in range(3)]
+    assert isinstance(build_loss("ce"), WeightedCrossEntropy)
+    with pytest.raises(ConfigError, match="unknown loss"):
+        build_loss("dice")

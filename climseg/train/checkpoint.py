@@ -2,7 +2,8 @@
 
 A checkpoint is a ``torch.save`` dict (loadable with ``weights_only=True``):
 
-* ``format``/``version``; ``model``: {config, in_channels, num_classes, norm, state_dict};
+* ``format``/``version``; ``model``: {config, in_channels, num_classes, norm, state_dict, and optionally
+  options: the network's further keyword arguments, e.g. CGNet's blocks_stage3};
 * ``data``: {channels, normalization, shift, scale} so that inference
   normalises inputs exactly as training did;
 * ``train``: the TrainConfig options, ``optimizer``, ``scheduler``, ``scaler``
@@ -61,12 +62,12 @@ def load_checkpoint(path):
 
 
 def build_model(ckpt, device="cpu"):
-    """The DeepLabV3Plus a checkpoint describes, with its weights loaded."""
-    from climseg.models import DeepLabV3Plus
+    """The network (DeepLabV3Plus or CGNet) a checkpoint describes, with its weights loaded."""
+    from climseg.models import build_network
 
     spec = ckpt["model"]
-    model = DeepLabV3Plus(spec["config"], in_channels=spec["in_channels"], num_classes=spec["num_classes"],
-                          norm=spec.get("norm", "batch"))
+    model = build_network(spec["config"], in_channels=spec["in_channels"], num_classes=spec["num_classes"],
+                          norm=spec.get("norm", "batch"), **spec.get("options", {}))
     load_model_state(model, spec["state_dict"], ckpt.get("path", "checkpoint"), spec["config"])
     return model.to(device)
 

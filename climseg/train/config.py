@@ -23,7 +23,7 @@ class TrainConfig:
     workers: typing.Optional[int] = None       # reader threads (fast) or DataLoader processes (torch); None: automatic
     on_bad_sample: str = "error"               # error | skip (fast loader)
     # model
-    config: str = "tiny"                       # kurth2018 | deepcam | tiny
+    config: str = "tiny"                       # kurth2018 | deepcam | tiny | cgnet (ClimateNet's CGNet)
     norm: str = "batch"                        # batch | none
     # optimisation
     epochs: int = 6
@@ -41,6 +41,8 @@ class TrainConfig:
     recipe: typing.Optional[str] = None        # mlperf-deepcam | sc18-kurth2018: a hyperparameter set beneath the options
     target_iou: float = 0.0                    # stop when the validation DeepCAM IoU reaches this (0: train all epochs)
     loss_weights: str = "deepcam"              # kurth2018 | deepcam | uniform
+    loss: str = "ce"                           # ce (weighted cross-entropy) | jaccard (ClimateNet's soft IoU) | ce+jaccard
+    init_weights: typing.Optional[str] = None  # FORMAT:PATH of starting weights, e.g. climatenet:weights.pth
     # data parallelism (under mpirun, srun, jsrun or torchrun)
     gradient_lag: int = 0                      # 1: apply each step's averaged gradient one step later
     allreduce: str = "auto"                    # auto (hierarchical on several nodes) | hierarchical | flat
@@ -78,13 +80,14 @@ CHOICES = {
     "normalization": ("minmax", "zscore"),
     "loader": ("fast", "torch"),
     "on_bad_sample": ("error", "skip"),
-    "config": ("kurth2018", "deepcam", "tiny"),
+    "config": ("kurth2018", "deepcam", "tiny", "cgnet"),
     "norm": ("batch", "none"),
     "optimizer": ("adam", "adamw", "lamb", "larc-adam"),
     "allreduce": ("auto", "hierarchical", "flat"),
     "compression": ("none", "bf16", "fp16"),
     "lr_schedule": ("cosine", "multistep", "constant"),
     "loss_weights": ("kurth2018", "deepcam", "uniform"),
+    "loss": ("ce", "jaccard", "ce+jaccard"),
     "class_frequencies": ("dataset", "deepcam"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
     "bn_stats_sync": ("epoch", "none"),

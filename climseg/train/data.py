@@ -1,10 +1,13 @@
 """The data of a training run: the dataset folder's two splits, their normalisation statistics,
 and the loaders that feed the loop.
 
-``open_training_data`` checks the folder (``train/`` and ``validation/`` with ``stats.h5``, the
-DeepCAM layout), opens both splits with the same statistics and channels, and, with
-``--loader fast``, builds a :class:`~climseg.data.loader.FastLoader` per split that gives each
-rank its share. Every rank takes the same number of steps per epoch: the smallest share.
+``open_training_data`` checks the folder and opens both splits with the same statistics and
+channels. Two layouts: DeepCAM (``train/`` and ``validation/`` of HDF5 samples with ``stats.h5``)
+and ClimateNet (``train/`` and ``validation/`` or ``test/`` of netCDF files with ``LABELS``; see
+:mod:`climseg.data.climatenet`). With ``--loader fast`` it builds a
+:class:`~climseg.data.loader.FastLoader` (DeepCAM) or :class:`~climseg.data.climatenet.NetCDFLoader`
+(ClimateNet) per split that gives each rank its share. Every rank takes the same number of steps
+per epoch: the smallest share.
 """
 import dataclasses
 import os
@@ -28,6 +31,10 @@ class TrainingData:
 
 def open_training_data(cfg, root, ranks, input_dtype, device, log):
     """The splits and loaders of ``root`` for this rank (see the module docstring)."""
+    from climseg.data.climatenet import find_layout
+
+    if find_layout(root) is not None:
+        return _open_climatenet(cfg, root, ranks, input_dtype, device, log)
     train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "validation")
     if not os.path.exists(root):
         raise DataError(f"{root}: no such folder")
@@ -55,7 +62,33 @@ def open_training_data(cfg, root, ranks, input_dtype, device, log):
         data.steps_per_epoch = ranks.min(len(data.train_loader))
     else:
         data.steps_per_epoch = len(train_set) // ranks.world // cfg.batch_size
+    return _check_steps(cfg, data, ranks)
+
+
+def _check_steps(cfg, data, ranks):
+    train_set = data.train_set
     if data.steps_per_epoch == 0:
         raise ConfigError(f"option batch-size: {cfg.batch_size} per process x {ranks.world} processes is larger than "
                           f"the {len(train_set)} training samples")
     return data
+
+
+def _open_climatenet(cfg, root, ranks, input_dtype, device, log):
+    """The ClimateNet-layout counterpart of :func:`open_training_data`."""
+    from climseg.data.climatenet import ClimateNetDataset, NetCDFLoader, find_layout, open_climatenet
+
+    train_dir, _ = find_layout(root)
+    train, val, stats, channel_index, normalization = open_climatenet(root, cfg.channels, cfg.normalization, log)
+    train_set = ClimateNetDataset(train, stats, channel_index, normalization)
+    val_set = ClimateNetDataset(val, stats, channel_index, normalization)
+    data = TrainingData(root, train_dir, stats, train_set, val_set)
+    if cfg.loader == "fast":
+        common = dict(dtype=input_dtype, layout="nhwc" if cfg.channels_last else "nchw", threads=cfg.workers,
+                      seed=cfg.seed, rank=ranks.rank, world_size=ranks.world, on_bad_sample=cfg.on_bad_sample,
+                      device=device if device.type == "cuda" else None, log=log)
+        data.train_loader = NetCDFLoader(train_set, cfg.batch_size, shuffle=True, drop_last=True, **common)
+        data.val_loader = NetCDFLoader(val_set, cfg.batch_size, shuffle=False, drop_last=False, **common)
+        data.steps_per_epoch = ranks.min(len(data.train_loader))
+    else:
+        data.steps_per_epoch = len(train_set) // ranks.world // cfg.batch_size
+    return _check_steps(cfg, data, ranks)

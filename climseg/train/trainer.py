@@ -42,9 +42,9 @@ from climseg.distributed import launch as dist_launch
 from climseg.distributed.batchnorm import average_running_stats, convert_batchnorm, running_stat_buffers
 from climseg.errors import CheckpointError, ConfigError, DataError, TrainingError, first_line
 from climseg.io import RunLock, append_line, atomic_path, check_output_location, write_json
-from climseg.losses import DEEPCAM_FREQUENCIES, WeightedCrossEntropy
+from climseg.losses import DEEPCAM_FREQUENCIES, build_loss
 from climseg.metrics import RunningScores
-from climseg.models import DeepLabV3Plus, count_parameters
+from climseg.models import build_network, count_parameters
 from climseg.optim import FusedLAMB, FusedLARCAdam, build_scheduler
 from climseg.perf import count_flops
 from climseg.perf.cpu import tune_cpu_allocator
@@ -138,7 +138,7 @@ class Trainer:
         train_dir = data.train_dir
 
         # model, loss, optimizer
-        self.net = DeepLabV3Plus(cfg.config, in_channels=len(self.train_set.channels), num_classes=NUM_CLASSES, norm=cfg.norm)
+        self.net = build_network(cfg.config, in_channels=len(self.train_set.channels), num_classes=NUM_CLASSES, norm=cfg.norm)
         try:
             self.net.check_input((1, len(self.train_set.channels)) + self.train_set.shape)
         except ConfigError as exc:
@@ -153,8 +153,13 @@ class Trainer:
             if cfg.class_frequencies == "dataset":
                 log(f"climseg: {stats.path} holds no class frequencies; using the CAM5 DeepCAM figures for the loss weights")
             frequencies = DEEPCAM_FREQUENCIES
-        self.loss_fn = WeightedCrossEntropy(cfg.loss_weights, frequencies).to(self.device)
+        self.loss_fn = build_loss(cfg.loss, cfg.loss_weights, frequencies).to(self.device)
         self.net.init_class_prior(frequencies)
+        if cfg.init_weights and checkpoint is None:
+            from climseg.models.convert import init_weights
+
+            init_weights(cfg.init_weights, self.net)
+            log(f"climseg: initial weights from {cfg.init_weights}")
         self.optimizer = self._build_optimizer()
         self.model, self.dopt = parallelize(self.net, self.optimizer, cfg, self.ranks)
         self.total_steps = cfg.epochs * self.steps_per_epoch // cfg.accumulate    # optimizer steps
@@ -531,7 +536,7 @@ class Trainer:
         payload = dict(
             model=dict(config=cfg.config, in_channels=len(self.train_set.channels), num_classes=NUM_CLASSES,
                        norm=cfg.norm, state_dict=self.net.state_dict()),
-            data=dict(channels=list(self.train_set.channels), normalization=cfg.normalization,
+            data=dict(channels=list(self.train_set.channels), normalization=self.train_set.normalization,
                       shift=torch.from_numpy(self.train_set.shift.reshape(-1).copy()),
                       scale=torch.from_numpy(self.train_set.scale.reshape(-1).copy()),
                       height=self.train_set.shape[0], width=self.train_set.shape[1], class_names=list(CLASS_NAMES)),
