@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from climseg.analytics import sphere
-from climseg.analytics.track import CLIMATENET, TrackOptions, parse_size, track
+from climseg.analytics.track import CLIMATENET, TrackOptions, parse_size, track, track_arrays
 from climseg.cli import main
 from climseg.constants import CLASS_NAMES
 from climseg.data.synthetic import Features, grid
@@ -221,6 +221,17 @@ def test_chunked_and_parallel_equal_serial(series, tmp_path, monkeypatch):
     assert np.array_equal(_read_ids(str(tmp_path / "serial")), _read_ids(str(tmp_path / "chunked")))
     with netCDF4.Dataset(tmp_path / "serial" / "occupancy.nc") as a, netCDF4.Dataset(tmp_path / "chunked" / "occupancy.nc") as b:
         assert np.array_equal(a.variables["steps_in_event"][:], b.variables["steps_in_event"][:])
+    # in memory, the same events
+    files = _inputs(series)
+    with netCDF4.Dataset(files[0]) as ds:
+        lat, lon = np.asarray(ds.variables["lat"][:]), np.asarray(ds.variables["lon"][:])
+    masks = np.concatenate([np.asarray(netCDF4.Dataset(p).variables["LABELS"][:]) for p in files])
+    hours = np.concatenate([np.asarray(netCDF4.Dataset(p).variables["time"][:]) for p in files])
+    ids, events, _ = track_arrays(masks, lat, lon, hours, options)
+    assert np.array_equal(ids, _read_ids(str(tmp_path / "serial")))
+    with open(tmp_path / "serial" / "events.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["id"]), r["class"], int(r["steps"])) for r in rows] == [(e["id"], e["class"], e["steps"]) for e in events]
 
 
 def test_an_event_crossing_the_date_line(tmp_path):
