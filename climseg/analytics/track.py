@@ -25,6 +25,9 @@ Data flow (``climseg track MASKS... --out DIR``):
    number of steps inside an event of that class) and ``track.json`` (format version,
    options, inputs, time axis).
 
+:func:`track_arrays` does the same in memory, in one process, for masks already loaded
+(an xarray user's ``DataArray.values``): event ids and the two tables come back.
+
 Per event: class, first and last time, steps seen, lifetime (hours from the first to
 the last step seen), per-step centroid on the sphere (area-weighted mean of unit
 vectors, so right across the date line) and area, peak and mean area, travel distance
