@@ -185,6 +185,7 @@ setup(
         "triton": ["triton>=3.0"],
         "mpi": ["mpi4py>=3.1"],             # plus an MPI: the system's, or `pip install mpich`
         "cuda": ["cupy-cuda12x>=13"],
+        "parquet": ["pyarrow>=12"],        # climseg track also writes its tables as Parquet
     },
     entry_points={"console_scripts": ["climseg=climseg.cli:main"]},
     classifiers=[
