@@ -269,7 +269,7 @@ class _Reader:
 
 # ----------------------------------------------------------------------------- scan
 
-def _thresholds(options, weights, npix):
+def _thresholds(options):
     """Per-class (minimum pixels, minimum km^2)."""
     out = {}
     for c in range(1, NUM_CLASSES):
@@ -353,7 +353,7 @@ def _scan_chunk(job):
     components go to ``scratch`` for the writer."""
     series, options, start, stop, scratch = job
     weights = sphere.grid_weights(series.lat, series.lon)
-    limits = _thresholds(options, weights, series.lat.size * series.lon.size)
+    limits = _thresholds(options)
     reader = _Reader(series)
     try:
         nodes, edges, cells, labels = _scan_steps(reader.read, start, stop, options.look_ahead, series.periodic,
@@ -384,7 +384,7 @@ def track_arrays(masks, lat, lon, hours, options=None, times=None):
     series = MaskSeries([], lat, lon, sphere.is_global(lon), hours, "hours", "standard",
                         list(times) if times is not None else [f"{h:g}" for h in hours])
     weights = sphere.grid_weights(lat, lon)
-    limits = _thresholds(options, weights, lat.size * lon.size)
+    limits = _thresholds(options)
     nodes, edges, cells, labels = _scan_steps(lambda t: masks[t], 0, hours.size, options.look_ahead,
                                               series.periodic, weights, limits)
     result = stitch(series, [(nodes, edges)], options)
