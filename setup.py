@@ -190,6 +190,7 @@ setup(
         "mpi": ["mpi4py>=3.1"],             # plus an MPI: the system's, or `pip install mpich`
         "cuda": ["cupy-cuda12x>=13"],
         "docs": ["mkdocs>=1.5", "mkdocs-material>=9", "mkdocstrings[python]>=0.24"],   # mkdocs build --strict
+        "parquet": ["pyarrow>=12"],        # climseg track also writes its tables as Parquet
     },
     entry_points={"console_scripts": ["climseg=climseg.cli:main"]},
     classifiers=[

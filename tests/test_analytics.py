@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from climseg.analytics import sphere
-from climseg.analytics.track import CLIMATENET, TrackOptions, parse_size, track
+from climseg.analytics.track import CLIMATENET, TrackOptions, parse_size, track, track_arrays
 from climseg.cli import main
 from climseg.constants import CLASS_NAMES
 from climseg.data.synthetic import Features, grid
@@ -221,6 +221,17 @@ def test_chunked_and_parallel_equal_serial(series, tmp_path, monkeypatch):
     assert np.array_equal(_read_ids(str(tmp_path / "serial")), _read_ids(str(tmp_path / "chunked")))
     with netCDF4.Dataset(tmp_path / "serial" / "occupancy.nc") as a, netCDF4.Dataset(tmp_path / "chunked" / "occupancy.nc") as b:
         assert np.array_equal(a.variables["steps_in_event"][:], b.variables["steps_in_event"][:])
+    # in memory, the same events
+    files = _inputs(series)
+    with netCDF4.Dataset(files[0]) as ds:
+        lat, lon = np.asarray(ds.variables["lat"][:]), np.asarray(ds.variables["lon"][:])
+    masks = np.concatenate([np.asarray(netCDF4.Dataset(p).variables["LABELS"][:]) for p in files])
+    hours = np.concatenate([np.asarray(netCDF4.Dataset(p).variables["time"][:]) for p in files])
+    ids, events, _ = track_arrays(masks, lat, lon, hours, options)
+    assert np.array_equal(ids, _read_ids(str(tmp_path / "serial")))
+    with open(tmp_path / "serial" / "events.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["id"]), r["class"], int(r["steps"])) for r in rows] == [(e["id"], e["class"], e["steps"]) for e in events]
 
 
 def test_an_event_crossing_the_date_line(tmp_path):
@@ -353,3 +364,34 @@ def test_bench_track_smoke(tmp_path, capsys):
     assert (tmp_path / "r.md").read_text().startswith("# Event tracking")
     if len(data["rows"]) > 1:
         assert data["rows"][1]["steps"] == 8 and data["rows"][2]["speedup_per_step"] > 0
+
+
+def test_climatenet_style_files_and_descending_latitudes(tmp_path):
+    """LABELS(lat, lon) with one time value per file (ClimateNet's layout), latitudes north to south."""
+    lat, lon = grid(18, 36)
+    north_first = lat[::-1]
+    for k in range(3):
+        labels = np.zeros((18, 36), np.int64)
+        labels[2:4, 5 + k: 8 + k] = 1                 # rows 2-3 from the north: centres 65 and 55 N
+        with netCDF4.Dataset(tmp_path / f"data-{k}.nc", "w") as ds:
+            ds.createDimension("time", 1)
+            ds.createDimension("lat", 18)
+            ds.createDimension("lon", 36)
+            t = ds.createVariable("time", "f8", ("time",))
+            t.units, t.calendar = "days since 1996-07-01", "standard"
+            t[:] = [k * 0.125]
+            ds.createVariable("lat", "f8", ("lat",))[:] = north_first
+            ds.createVariable("lon", "f8", ("lon",))[:] = lon
+            ds.createVariable("TMQ", "f4", ("time", "lat", "lon"))[:] = np.ones((1, 18, 36))
+            ds.createVariable("LABELS", "i8", ("lat", "lon"))[:] = labels
+    files = [str(tmp_path / f"data-{k}.nc") for k in range(3)]
+    assert main(["track", *files, "--out", str(tmp_path / "out"), "--tc-min-size", "1px", "--min-steps", "3",
+                 "--no-progress"]) == 0
+    with open(tmp_path / "out" / "events.csv") as f:
+        (event,) = list(csv.DictReader(f))
+    assert event["first_time"] == "1996-07-01 00:00:00" and float(event["lifetime_hours"]) == 6.0
+    assert 55.0 < float(event["genesis_lat"]) < 60.0          # area-weighted: nearer the larger southern row
+    ids = _read_ids(str(tmp_path / "out"))
+    with netCDF4.Dataset(tmp_path / "out" / "data-0_event_id.nc") as ds:
+        assert np.all(np.diff(ds.variables["lat"][:]) > 0)          # written south to north
+    assert ids.shape == (3, 18, 36) and ids[0, 14:16, 5:8].min() == 1 and ids[0].sum() == 6

@@ -10,7 +10,7 @@ import pytest
 from climseg.cli import main
 from climseg.constants import CHANNEL_UNITS, CHANNELS, TROPICAL_CYCLONE
 from climseg.data.synthetic import Features
-from climseg.data.timeseries import (cyclone_at, generate_timeseries, noleap_date, parse_interval, river_at,
+from climseg.data.timeseries import (cyclone_at, noleap_date, parse_interval, river_at,
                                      simulate_events)
 from climseg.errors import ConfigError
 

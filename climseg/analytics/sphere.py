@@ -53,21 +53,28 @@ def is_global(lon):
     return bool(abs(lon[-1] - lon[0] + step - 360.0) < 0.5 * abs(step))
 
 
-def cell_areas(lat, lon):
-    """Area of every grid cell in km^2, float64 (H, W), from cell-centre ``lat`` and ``lon``
-    (degrees; any monotonic spacing)."""
+def _bands(lat):
+    """``sin(north bound) - sin(south bound)`` of each row (H,)."""
     lat = np.asarray(lat, dtype=np.float64).reshape(-1)
-    lon = np.rad2deg(np.unwrap(np.deg2rad(np.asarray(lon, dtype=np.float64).reshape(-1))))
     lat_b = cell_bounds(lat, -90.0, 90.0)
     if lat.size > 1:             # an outer row within one spacing of a pole reaches it (global grids)
         for end, inner, k in ((lat[0], lat[1], 0), (lat[-1], lat[-2], -1)):
             if abs(end) + abs(end - inner) >= 90.0 - 1e-9:
                 lat_b[k] = np.sign(end) * 90.0
     lat_b = np.deg2rad(lat_b)
-    lon_b = np.deg2rad(cell_bounds(lon))
-    band = np.abs(np.sin(lat_b[1:]) - np.sin(lat_b[:-1]))          # (H,)
-    width = np.abs(np.diff(lon_b))                                # (W,)
-    return EARTH_RADIUS_KM**2 * band[:, None] * width[None, :]
+    return np.abs(np.sin(lat_b[1:]) - np.sin(lat_b[:-1]))
+
+
+def _widths(lon):
+    """Longitude width of each column in radians (W,)."""
+    lon = np.rad2deg(np.unwrap(np.deg2rad(np.asarray(lon, dtype=np.float64).reshape(-1))))
+    return np.abs(np.diff(np.deg2rad(cell_bounds(lon))))
+
+
+def cell_areas(lat, lon):
+    """Area of every grid cell in km^2, float64 (H, W), from cell-centre ``lat`` and ``lon``
+    (degrees; any monotonic spacing)."""
+    return EARTH_RADIUS_KM**2 * _bands(lat)[:, None] * _widths(lon)[None, :]
 
 
 def haversine_km(lat1, lon1, lat2, lon2):
@@ -200,22 +207,22 @@ def label_classes(classes, num_classes=3, periodic=True):
     return labels.reshape(np.shape(classes)), owner
 
 
-_WEIGHTS = {}
-
-
 def grid_weights(lat, lon):
-    """Flat per-cell weights of a grid for :func:`component_stats`: areas (km^2) and the
-    area-weighted unit vectors, each float64 (H * W,). The last grid's are kept."""
+    """Per-row and per-column factors of a grid for :func:`cell_weights` (a cell's area is
+    ``R^2 * band[row] * width[col]``, its unit vector from cos/sin of its lat and lon)."""
     lat = np.asarray(lat, np.float64).reshape(-1)
     lon = np.asarray(lon, np.float64).reshape(-1)
-    key = (lat.tobytes(), lon.tobytes())
-    if key not in _WEIGHTS:
-        areas = cell_areas(lat, lon)
-        p, l = np.deg2rad(lat)[:, None], np.deg2rad(lon)[None, :]
-        _WEIGHTS.clear()
-        _WEIGHTS[key] = dict(area=areas.reshape(-1), x=(areas * (np.cos(p) * np.cos(l))).reshape(-1),
-                             y=(areas * (np.cos(p) * np.sin(l))).reshape(-1), z=(areas * np.sin(p)).reshape(-1))
-    return _WEIGHTS[key]
+    p, l = np.deg2rad(lat), np.deg2rad(lon)
+    return dict(width_cells=lon.size, band=EARTH_RADIUS_KM**2 * _bands(lat), lon_width=_widths(lon),
+                cos_lat=np.cos(p), sin_lat=np.sin(p), cos_lon=np.cos(l), sin_lon=np.sin(l))
+
+
+def cell_weights(weights, index):
+    """Areas (km^2) and area-weighted unit vectors (x, y, z) of the cells at flat ``index``."""
+    row, col = np.divmod(index, weights["width_cells"])
+    area = weights["band"][row] * weights["lon_width"][col]
+    horizontal = area * weights["cos_lat"][row]
+    return area, horizontal * weights["cos_lon"][col], horizontal * weights["sin_lon"][col], area * weights["sin_lat"][row]
 
 
 def component_stats(labels, count, weights):
@@ -223,10 +230,12 @@ def component_stats(labels, count, weights):
     ``(pixels (count,), area (count,), vectors (count, 3))`` of ``labels`` (1..count),
     with ``weights`` from :func:`grid_weights`; :func:`from_unit_vectors` of the vectors
     gives the centroids."""
-    flat = labels.reshape(-1)
+    flat = np.asarray(labels).reshape(-1)
+    index = np.flatnonzero(flat)
+    comp = flat[index]
     size = count + 1
-    pixels = np.bincount(flat, minlength=size)[1:]
-    sums = [np.bincount(flat, weights=weights[k], minlength=size)[1:] for k in ("area", "x", "y", "z")]
+    pixels = np.bincount(comp, minlength=size)[1:]
+    sums = [np.bincount(comp, weights=v, minlength=size)[1:] for v in cell_weights(weights, index)]
     return pixels, sums[0], np.stack(sums[1:], axis=-1)
 
 

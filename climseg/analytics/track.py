@@ -25,6 +25,9 @@ Data flow (``climseg track MASKS... --out DIR``):
    number of steps inside an event of that class) and ``track.json`` (format version,
    options, inputs, time axis).
 
+:func:`track_arrays` does the same in memory, in one process, for masks already loaded
+(an xarray user's ``DataArray.values``): event ids and the two tables come back.
+
 Per event: class, first and last time, steps seen, lifetime (hours from the first to
 the last step seen), per-step centroid on the sphere (area-weighted mean of unit
 vectors, so right across the date line) and area, peak and mean area, travel distance
@@ -266,7 +269,7 @@ class _Reader:
 
 # ----------------------------------------------------------------------------- scan
 
-def _thresholds(options, weights, npix):
+def _thresholds(options):
     """Per-class (minimum pixels, minimum km^2)."""
     out = {}
     for c in range(1, NUM_CLASSES):
@@ -284,7 +287,7 @@ def components(mask, periodic, weights, limits):
         return index, comp, owner[1:], np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 3))
     size = n + 1
     pixels = np.bincount(comp, minlength=size)[1:]
-    sums = [np.bincount(comp, weights=weights[k][index], minlength=size)[1:] for k in ("area", "x", "y", "z")]
+    sums = [np.bincount(comp, weights=v, minlength=size)[1:] for v in sphere.cell_weights(weights, index)]
     area, vectors = sums[0], np.stack(sums[1:], axis=-1)
     cls = owner[1:]
     min_px = np.array([0.0] + [limits[c][0] for c in range(1, NUM_CLASSES)])[cls]
@@ -317,33 +320,44 @@ def _overlaps(index_a, comp_a, index_b, comp_b, dense, cls_a, cls_b):
     return np.stack([a[same], b[same]], axis=-1)
 
 
-def _scan_chunk(job):
-    """Components and overlaps of steps [start, stop) (relabelling ``look_ahead`` steps
-    before); the steps' labelled cells and components go to ``scratch`` for the writer."""
-    series, options, start, stop, scratch = job
-    weights = sphere.grid_weights(series.lat, series.lon)
-    limits = _thresholds(options, weights, series.lat.size * series.lon.size)
-    dense = np.zeros(series.lat.size * series.lon.size, np.int32)
-    reader = _Reader(series)
+def _scan_steps(read, start, stop, look_ahead, periodic, weights, limits):
+    """Components and overlaps of steps [start, stop) of ``read(t) -> mask``, relabelling
+    the ``look_ahead`` steps before ``start``: ``(nodes, edges, cells, labels)``."""
+    dense = None
     recent = {}
     nodes, edges, cells, labels = [], [], [], []
+    for t in range(max(0, start - look_ahead), stop):
+        mask = read(t)
+        if dense is None:
+            dense = np.zeros(mask.size, np.int32)
+        comp = components(mask, periodic, weights, limits)
+        recent[t] = comp
+        recent.pop(t - look_ahead - 1, None)
+        if t < start:
+            continue
+        index, label, cls, pixels, area, vectors = comp
+        nodes.append((t, cls, pixels, area, vectors))
+        cells.append(index.astype(np.int64))
+        labels.append(label.astype(np.int32))
+        for d in range(1, look_ahead + 1):
+            if t - d in recent:
+                p = recent[t - d]
+                pairs = _overlaps(p[0], p[1], index, label, dense, p[2], cls)
+                if pairs.size:
+                    edges.append((t - d, pairs[:, 0], t, pairs[:, 1]))
+    return nodes, edges, cells, labels
+
+
+def _scan_chunk(job):
+    """:func:`_scan_steps` of a chunk of the series' files; the steps' labelled cells and
+    components go to ``scratch`` for the writer."""
+    series, options, start, stop, scratch = job
+    weights = sphere.grid_weights(series.lat, series.lon)
+    limits = _thresholds(options)
+    reader = _Reader(series)
     try:
-        for t in range(max(0, start - options.look_ahead), stop):
-            comp = components(reader.read(t), series.periodic, weights, limits)
-            recent[t] = comp
-            recent.pop(t - options.look_ahead - 1, None)
-            if t < start:
-                continue
-            index, label, cls, pixels, area, vectors = comp
-            nodes.append((t, cls, pixels, area, vectors))
-            cells.append(index.astype(np.int64))
-            labels.append(label.astype(np.int32))
-            for d in range(1, options.look_ahead + 1):
-                if t - d in recent:
-                    p = recent[t - d]
-                    pairs = _overlaps(p[0], p[1], index, label, dense, p[2], cls)
-                    if pairs.size:
-                        edges.append((t - d, pairs[:, 0], t, pairs[:, 1]))
+        nodes, edges, cells, labels = _scan_steps(reader.read, start, stop, options.look_ahead, series.periodic,
+                                                  weights, limits)
     finally:
         reader.close()
     counts = np.array([c.size for c in cells], np.int64)
@@ -352,6 +366,35 @@ def _scan_chunk(job):
         np.save(f, np.concatenate(cells) if cells else np.zeros(0, np.int64))
         np.save(f, np.concatenate(labels) if labels else np.zeros(0, np.int32))
     return nodes, edges
+
+
+def track_arrays(masks, lat, lon, hours, options=None, times=None):
+    """Track events in memory, in one process: ``masks`` (T, H, W) class indices on the grid
+    ``lat`` (ascending) x ``lon``, ``hours`` (T,) increasing. Returns ``(event_id (T, H, W)
+    int32, events, tracks)`` with the rows of ``events.csv`` and ``tracks.csv`` as dicts;
+    the same events as :func:`track` on the same masks."""
+    options = (options or TrackOptions()).check()
+    masks = np.asarray(masks)
+    lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
+    hours = np.asarray(hours, np.float64)
+    if masks.ndim != 3 or masks.shape[1:] != (lat.size, lon.size) or hours.shape != (masks.shape[0],):
+        raise DataError(f"masks of shape {masks.shape} do not fit {hours.size} times on a {lat.size} x {lon.size} grid")
+    if hours.size > 1 and not np.all(np.diff(hours) > 0):
+        raise DataError("times do not increase")
+    series = MaskSeries([], lat, lon, sphere.is_global(lon), hours, "hours", "standard",
+                        list(times) if times is not None else [f"{h:g}" for h in hours])
+    weights = sphere.grid_weights(lat, lon)
+    limits = _thresholds(options)
+    nodes, edges, cells, labels = _scan_steps(lambda t: masks[t], 0, hours.size, options.look_ahead,
+                                              series.periodic, weights, limits)
+    result = stitch(series, [(nodes, edges)], options)
+    ids = np.zeros(masks.shape, np.int32)
+    flat = ids.reshape(hours.size, -1)
+    for t in range(hours.size):
+        lo, hi = result.offsets[t], result.offsets[t + 1]
+        event = np.concatenate([[0], result.node_event[lo:hi]]).astype(np.int32)
+        flat[t, cells[t]] = event[labels[t]]
+    return ids, result.events, result.tracks
 
 
 def _scratch_file(scratch, start):

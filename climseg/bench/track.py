@@ -17,9 +17,12 @@ The per-step time is the total over the number of steps; the year is 2,920 steps
 ClimateNet comparison (``--climatenet-module PATH``: a copy of ClimateNet's
 ``climatenet/track_events.py``, which is not part of climseg): its ``track_events`` runs on
 the first ``--climatenet-steps`` steps (it visits every pixel in Python, so a year would
-take hours), given as the xarray DataArray it expects, and climseg tracks the same steps
-with ``--workers`` processes (ClimateNet's own pool takes every core for its labelling);
-the ratio is per step. NumPy 2 removed ``np.int``, which that file uses;
+take hours), given as the xarray DataArray it expects; climseg's
+:func:`~climseg.analytics.track.track_arrays` tracks the same masks in memory, in one
+process (ClimateNet's own pool takes every core for its labelling). Both take masks in
+memory and return event ids in memory, so the ratio per step compares the trackers,
+not file formats. Wall and CPU seconds (the process and its reaped children) are both
+reported: on a shared machine the CPU seconds say more. NumPy 2 removed ``np.int``, which that file uses;
 the benchmark sets ``np.int = int`` while it runs (the code is not edited).
 
     python benchmarks/bench_track.py
@@ -160,6 +163,30 @@ def _files_for_steps(files, n):
     return chosen, total
 
 
+def _year(args, files, options, work):
+    """climseg track + analyze of every mask file: one row."""
+    from climseg.analytics.analyze import analyze
+    from climseg.analytics.track import track
+
+    cpu0 = _cpu_seconds()
+    start = time.perf_counter()
+    s = track(files, os.path.join(work, "events"), options(), workers=args.workers, progress=False, log=lambda *_: None)
+    tracked = time.perf_counter()
+    analyze(os.path.join(work, "events"), os.path.join(work, "analysis"), log=lambda *_: None)
+    done = time.perf_counter()
+    cpu = _cpu_seconds() - cpu0
+    steps = s["steps"]
+    row = dict(tracker="climseg track", steps=steps, workers=args.workers, track_s=tracked - start,
+               analyze_s=done - tracked, total_s=done - start, ms_per_step=1e3 * (done - start) / steps,
+               cpu_s=cpu, cpu_ms_per_step=1e3 * cpu / steps, year_s=(done - start) / steps * 2920,
+               tropical_cyclones=s["events"]["tropical_cyclone"], atmospheric_rivers=s["events"]["atmospheric_river"])
+    print(f"climseg track + analyze: {steps} steps of {args.height}x{args.width} in {done - start:.1f} s "
+          f"(track {tracked - start:.1f} s, analyze {done - tracked:.1f} s; {row['ms_per_step']:.2f} ms/step, "
+          f"{row['year_s']:.1f} s per year of 2,920 steps) on {args.workers} processes; {cpu:.1f} CPU s "
+          f"({1e3 * cpu / steps:.2f} CPU ms/step)")
+    return row
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="climseg bench track", description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=2920, help="3-hourly steps (default 2920: one year)")
@@ -172,11 +199,12 @@ def main(argv=None):
     parser.add_argument("--masks", default=None, help="folder for the masks (default: in the climseg cache)")
     parser.add_argument("--climatenet-module", default=None, help="a copy of ClimateNet's track_events.py to time beside")
     parser.add_argument("--climatenet-steps", type=int, default=16, help="steps ClimateNet tracks (default 16)")
+    parser.add_argument("--skip-year", action="store_true", help="only the ClimateNet comparison")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
-    from climseg.analytics.analyze import analyze, land_mask
-    from climseg.analytics.track import CLIMATENET, TrackOptions, track
+    from climseg.analytics.analyze import land_mask
+    from climseg.analytics.track import CLIMATENET, TrackOptions
     from climseg.data.cache import cache_dir
 
     folder = args.masks or os.path.join(cache_dir(), f"bench-track-{args.steps}x{args.height}x{args.width}-{args.seed}")
@@ -189,23 +217,8 @@ def main(argv=None):
     load_before = os.getloadavg()[0]
     work = tempfile.mkdtemp(prefix="climseg-bench-track-out-")
     try:
-        cpu0 = _cpu_seconds()
-        start = time.perf_counter()
-        s = track(files, os.path.join(work, "events"), options(), workers=args.workers, progress=False, log=lambda *_: None)
-        tracked = time.perf_counter()
-        analyze(os.path.join(work, "events"), os.path.join(work, "analysis"), log=lambda *_: None)
-        done = time.perf_counter()
-        cpu = _cpu_seconds() - cpu0
-        steps = s["steps"]
-        rows.append(dict(tracker="climseg track", steps=steps, workers=args.workers, track_s=tracked - start,
-                         analyze_s=done - tracked, total_s=done - start, ms_per_step=1e3 * (done - start) / steps,
-                         cpu_s=cpu, cpu_ms_per_step=1e3 * cpu / steps,
-                         year_s=(done - start) / steps * 2920, tropical_cyclones=s["events"]["tropical_cyclone"],
-                         atmospheric_rivers=s["events"]["atmospheric_river"]))
-        print(f"climseg track + analyze: {steps} steps of {args.height}x{args.width} in {done - start:.1f} s "
-              f"(track {tracked - start:.1f} s, analyze {done - tracked:.1f} s; {rows[-1]['ms_per_step']:.2f} ms/step, "
-              f"{rows[-1]['year_s']:.1f} s per year of 2,920 steps) on {args.workers} processes; {cpu:.1f} CPU s "
-              f"({1e3 * cpu / steps:.2f} CPU ms/step)")
+        if not args.skip_year:
+            rows.append(_year(args, files, options, work))
         if args.climatenet_module:
             rows += _compare(args, files, options, work)
     finally:
@@ -229,10 +242,10 @@ def main(argv=None):
 
 def _compare(args, files, options, work):
     """ClimateNet's track_events (its own process pool over the cores for the labelling) and
-    climseg track (``--workers`` processes) on the same first steps."""
+    climseg's track_arrays (one process) on the same first steps, in memory."""
     import xarray
 
-    from climseg.analytics.track import track
+    from climseg.analytics.track import track_arrays
 
     chosen, total = _files_for_steps(files, args.climatenet_steps)
     n = args.climatenet_steps
@@ -257,23 +270,26 @@ def _compare(args, files, options, work):
             np.int = np_int
     ids = np.unique(np.asarray(result.values))
     climatenet_events = int((ids != 0).sum())
-    # climseg on the same steps (the files holding them)
-    links = chosen
-    cpu0 = _cpu_seconds()
+    # climseg on the same in-memory masks, in one process (ClimateNet's input and output are in memory too)
+    import netCDF4
+
+    with netCDF4.Dataset(chosen[0]) as ds:
+        lat, lon = np.asarray(ds.variables["lat"][:]), np.asarray(ds.variables["lon"][:])
+    hours = 3.0 * np.arange(n)
+    cpu0 = time.process_time()                      # one process, no children
     start = time.perf_counter()
-    s = track(links, os.path.join(work, "subset-events"), options(), workers=args.workers, progress=False,
-              log=lambda *_: None)
+    ids, events, _ = track_arrays(masks, lat, lon, hours, options())
     climseg_s = time.perf_counter() - start
-    climseg_cpu = _cpu_seconds() - cpu0
-    ours = s["events"]["tropical_cyclone"] + s["events"]["atmospheric_river"]
+    climseg_cpu = time.process_time() - cpu0
+    ours = len(events)
     print(f"same {n} steps: ClimateNet track_events {climatenet_s:.1f} s ({climatenet_s / n:.3f} s/step, "
-          f"{climatenet_events} events), climseg track {climseg_s:.2f} s ({climseg_s / n * 1e3:.1f} ms/step, "
+          f"{climatenet_events} events), climseg track_arrays {climseg_s:.2f} s ({climseg_s / n * 1e3:.1f} ms/step, "
           f"{ours} events): {climatenet_s / climseg_s:.0f}x per step; CPU {climatenet_cpu:.1f} s against "
           f"{climseg_cpu:.2f} s: {climatenet_cpu / climseg_cpu:.0f}x")
     return [dict(tracker="ClimateNet track_events", steps=n, workers=os.cpu_count(), total_s=climatenet_s,
                  ms_per_step=1e3 * climatenet_s / n, year_s=climatenet_s / n * 2920, events=climatenet_events,
                  cpu_s=climatenet_cpu, cpu_ms_per_step=1e3 * climatenet_cpu / n),
-            dict(tracker="climseg track (same steps)", steps=n, workers=args.workers, total_s=climseg_s,
+            dict(tracker="climseg track_arrays (same masks in memory)", steps=n, workers=1, total_s=climseg_s,
                  ms_per_step=1e3 * climseg_s / n, year_s=climseg_s / n * 2920, events=ours,
                  cpu_s=climseg_cpu, cpu_ms_per_step=1e3 * climseg_cpu / n,
                  speedup_per_step=climatenet_s / climseg_s, cpu_speedup_per_step=climatenet_cpu / climseg_cpu)]
