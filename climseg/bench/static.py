@@ -239,7 +239,7 @@ def sass_counts(sass):
     """Instruction counts of a SASS listing (one function)."""
     ops = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass)
     count = lambda pred: sum(1 for op in ops if pred(op))  # noqa: E731
-    loads = [op for op in ops if op.startswith("LDG")]
+    loads = [op for op in ops if re.match(r"LDG(\.|$)", op)]     # global loads (not LDGSTS, LDGDEPBAR)
     return dict(
         instructions=len(ops),
         hmma=count(lambda op: op.startswith("HMMA")),
