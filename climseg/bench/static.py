@@ -429,15 +429,19 @@ def violations(triton=(), cuda=()):
 # ---------------------------------------------------------------------------------------------
 def environment(argv=None, archs=ARCHS):
     import torch
-    import triton
 
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
     nvcc = nvcc_path()
     nvcc_version = None
     if nvcc:
         m = re.search(r"release ([\d.]+), V([\d.]+)", subprocess.run([nvcc, "--version"], capture_output=True,
                                                                    text=True).stdout)
         nvcc_version = m.group(2) if m else "unknown"
-    return dict(triton=triton.__version__, torch=torch.__version__, nvcc=nvcc_version, archs=[f"sm_{a}" for a in archs],
+    return dict(triton=triton_version, torch=torch.__version__, nvcc=nvcc_version, archs=[f"sm_{a}" for a in archs],
                 machine=f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU needed", python=platform.python_version(),
                 date=datetime.date.today().isoformat(), command=command_line(argv))
 
@@ -518,6 +522,12 @@ def main(argv=None):
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     cases = [parse_layer(t) for t in args.layer] if args.layer else None
+    if "triton" in which:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            raise ConfigError("climseg bench static: Triton is not installed (pip install 'climseg[triton]'), "
+                              "or check only the CUDA kernels with --kernels cuda") from None
     start = time.perf_counter()
     triton = triton_rows(archs, dtypes, cases, args.workers, not args.no_progress) if "triton" in which else []
     cuda = cuda_rows(archs, args.workers) if "cuda" in which else []
