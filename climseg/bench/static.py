@@ -458,7 +458,8 @@ def write(triton, cuda, meta, path):
     write_json(path, dict(meta=meta, rows=triton + cuda))
     lines = [f"# Static check of the GPU kernels ({meta['date']})", "",
              f"Triton {meta['triton']}, nvcc {meta['nvcc']}, torch {meta['torch']}; {', '.join(meta['archs'])}; "
-             f"compiled on {meta['machine']} in {meta['seconds']:.0f} s", "", f"Command: `{meta['command']}`", "",
+             f"compiled on {meta['machine']} in {meta['seconds']:.0f} s (kernels already in Triton's cache are "
+             "not compiled again)", "", f"Command: `{meta['command']}`", "",
              f"Checks: {'all pass' if not meta['violations'] else str(len(meta['violations'])) + ' violations'}", ""]
     lines += [f"- {v}" for v in meta["violations"]]
     if triton:
@@ -467,18 +468,18 @@ def write(triton, cuda, meta, path):
                   "divisibility-by-16 attribute); MMA: HMMA (sm_80) or HGMMA (sm_90) instructions; async: LDGSTS "
                   "(cp.async) + UTMALDG (TMA) instructions; warps/SM: resident warps per SM (limit).", "",
                   "| kernel | arch | dtype | block w stages | layers | regs | spills (STL/LDL) | smem KiB | MMA |"
-                  " async | LDG.128 / LDG | atomics | warps/SM | compile s |",
-                  "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  " async | LDG.128 / LDG | atomics | warps/SM |",
+                  "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in triton:
             name = r["kernel"] + (" (atomic)" if r.get("atomic") else "") + (" (det.)" if r.get("deterministic_only") else "")
             if not r["compiled"]:
                 lines.append(f"| {name} | {r['arch']} | {r['dtype']} | {_block(r)} | {len(r['layers'])} | "
-                             f"does not compile: {r['error'][:80]} |||||||||")
+                             f"does not compile: {r['error'][:80]} ||||||||")
                 continue
             lines.append(f"| {name} | {r['arch']} | {r['dtype']} | {_block(r)} | {len(r['layers'])} | {r['registers']} | "
                          f"{r['spill_stores']}/{r['spill_loads']} | {r['shared_bytes'] / 1024:.0f} | "
                          f"{r['hmma'] + r['hgmma']} | {r['ldgsts'] + r['utmaldg']} | {r['ldg128']}/{r['ldg']} | "
-                         f"{r['atomics']} | {r['warps_per_sm']} ({r['occupancy_limit']}) | {r['compile_s']:.1f} |")
+                         f"{r['atomics']} | {r['warps_per_sm']} ({r['occupancy_limit']}) |")
         specs = sorted({(r["kernel"], r["specialization"], tuple(r["layers"])) for r in triton})
         lines += ["", "Specializations (the JIT's, per kernel) and the layers they serve:", ""]
         lines += [f"- {k}: `{s}` ({'; '.join(layers)})" for k, s, layers in specs]
