@@ -26,6 +26,10 @@ tap and channel) and always deterministic.
 Accumulation is float32. fp16/bf16 operands go to the tensor cores as they are;
 fp32 operands use TF32 when ``allow_tf32`` is passed (the launcher follows
 ``torch.backends.cudnn.allow_tf32``, as ``F.conv2d`` does), else full fp32.
+
+Every kernel and autotuning candidate is compiled for sm_80 and sm_90 and its SASS checked
+(spills, tensor cores, asynchronous copies) by ``climseg bench static``, which runs these
+launchers on meta tensors inside :func:`recording`. Supported Triton: 3.6 to 3.9.
 """
 import contextlib
 import functools

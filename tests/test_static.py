@@ -70,6 +70,7 @@ def test_sass_reading_and_occupancy():
     assert len(found) == 3 and "spills" in found[0] and "tensor-core" in found[1] and "asynchronous" in found[2]
 
 
+@pytest.mark.slow
 def test_the_check_catches_a_spilling_tile(pool):
     """A tile pruned for spilling (256 x 128 x 64, 8 warps, sm_80) is still caught: the check can fail."""
     kurth = S.layer_cases()[0]
@@ -80,6 +81,7 @@ def test_the_check_catches_a_spilling_tile(pool):
     assert any("spills" in v for v in S.violations([row]))
 
 
+@pytest.mark.slow
 def test_every_triton_candidate_compiles_clean_for_sm80_and_sm90():
     """The whole matrix: kernels x candidates x bf16/fp16/fp32 x sm_80/sm_90 at the layer shapes
     of climseg bench atrous, one compilation per distinct specialization (Triton's cache, e.g.
@@ -103,6 +105,7 @@ def test_every_triton_candidate_compiles_clean_for_sm80_and_sm90():
     print(f"\nstatic check: {len(rows)} Triton compilations in {seconds:.0f} s")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(S.nvcc_path() is None, reason="needs nvcc (CI has CUDA 13.0)")
 def test_cuda_kernels_compile_clean_with_128_bit_loads(tmp_path):
     from climseg.cli import main
