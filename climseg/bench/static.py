@@ -239,7 +239,7 @@ def sass_counts(sass):
     """Instruction counts of a SASS listing (one function)."""
     ops = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass)
     count = lambda pred: sum(1 for op in ops if pred(op))  # noqa: E731
-    loads = [op for op in ops if op.startswith("LDG")]
+    loads = [op for op in ops if re.match(r"LDG(\.|$)", op)]     # global loads (not LDGSTS, LDGDEPBAR)
     return dict(
         instructions=len(ops),
         hmma=count(lambda op: op.startswith("HMMA")),
@@ -429,15 +429,19 @@ def violations(triton=(), cuda=()):
 # ---------------------------------------------------------------------------------------------
 def environment(argv=None, archs=ARCHS):
     import torch
-    import triton
 
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
     nvcc = nvcc_path()
     nvcc_version = None
     if nvcc:
         m = re.search(r"release ([\d.]+), V([\d.]+)", subprocess.run([nvcc, "--version"], capture_output=True,
                                                                    text=True).stdout)
         nvcc_version = m.group(2) if m else "unknown"
-    return dict(triton=triton.__version__, torch=torch.__version__, nvcc=nvcc_version, archs=[f"sm_{a}" for a in archs],
+    return dict(triton=triton_version, torch=torch.__version__, nvcc=nvcc_version, archs=[f"sm_{a}" for a in archs],
                 machine=f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU needed", python=platform.python_version(),
                 date=datetime.date.today().isoformat(), command=command_line(argv))
 
@@ -454,7 +458,8 @@ def write(triton, cuda, meta, path):
     write_json(path, dict(meta=meta, rows=triton + cuda))
     lines = [f"# Static check of the GPU kernels ({meta['date']})", "",
              f"Triton {meta['triton']}, nvcc {meta['nvcc']}, torch {meta['torch']}; {', '.join(meta['archs'])}; "
-             f"compiled on {meta['machine']} in {meta['seconds']:.0f} s", "", f"Command: `{meta['command']}`", "",
+             f"compiled on {meta['machine']} in {meta['seconds']:.0f} s (kernels already in Triton's cache are "
+             "not compiled again)", "", f"Command: `{meta['command']}`", "",
              f"Checks: {'all pass' if not meta['violations'] else str(len(meta['violations'])) + ' violations'}", ""]
     lines += [f"- {v}" for v in meta["violations"]]
     if triton:
@@ -463,18 +468,18 @@ def write(triton, cuda, meta, path):
                   "divisibility-by-16 attribute); MMA: HMMA (sm_80) or HGMMA (sm_90) instructions; async: LDGSTS "
                   "(cp.async) + UTMALDG (TMA) instructions; warps/SM: resident warps per SM (limit).", "",
                   "| kernel | arch | dtype | block w stages | layers | regs | spills (STL/LDL) | smem KiB | MMA |"
-                  " async | LDG.128 / LDG | atomics | warps/SM | compile s |",
-                  "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  " async | LDG.128 / LDG | atomics | warps/SM |",
+                  "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in triton:
             name = r["kernel"] + (" (atomic)" if r.get("atomic") else "") + (" (det.)" if r.get("deterministic_only") else "")
             if not r["compiled"]:
                 lines.append(f"| {name} | {r['arch']} | {r['dtype']} | {_block(r)} | {len(r['layers'])} | "
-                             f"does not compile: {r['error'][:80]} |||||||||")
+                             f"does not compile: {r['error'][:80]} ||||||||")
                 continue
             lines.append(f"| {name} | {r['arch']} | {r['dtype']} | {_block(r)} | {len(r['layers'])} | {r['registers']} | "
                          f"{r['spill_stores']}/{r['spill_loads']} | {r['shared_bytes'] / 1024:.0f} | "
                          f"{r['hmma'] + r['hgmma']} | {r['ldgsts'] + r['utmaldg']} | {r['ldg128']}/{r['ldg']} | "
-                         f"{r['atomics']} | {r['warps_per_sm']} ({r['occupancy_limit']}) | {r['compile_s']:.1f} |")
+                         f"{r['atomics']} | {r['warps_per_sm']} ({r['occupancy_limit']}) |")
         specs = sorted({(r["kernel"], r["specialization"], tuple(r["layers"])) for r in triton})
         lines += ["", "Specializations (the JIT's, per kernel) and the layers they serve:", ""]
         lines += [f"- {k}: `{s}` ({'; '.join(layers)})" for k, s, layers in specs]
@@ -518,6 +523,12 @@ def main(argv=None):
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     cases = [parse_layer(t) for t in args.layer] if args.layer else None
+    if "triton" in which:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            raise ConfigError("climseg bench static: Triton is not installed (pip install 'climseg[triton]'), "
+                              "or check only the CUDA kernels with --kernels cuda") from None
     start = time.perf_counter()
     triton = triton_rows(archs, dtypes, cases, args.workers, not args.no_progress) if "triton" in which else []
     cuda = cuda_rows(archs, args.workers) if "cuda" in which else []
