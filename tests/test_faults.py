@@ -21,9 +21,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -31,7 +29,7 @@ import torch
 from climseg.cli import main
 from climseg.constants import CHANNELS
 from climseg.errors import OutputError, first_line
-from climseg.io import RunLock, atomic_directory, atomic_path, check_output_location, current_umask, write_json
+from climseg.io import RunLock, atomic_directory, check_output_location, current_umask, write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
