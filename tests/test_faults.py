@@ -275,7 +275,7 @@ def test_patched_writer_failures_are_one_line(tmp_path, monkeypatch, code):
     no_temporaries(tmp_path)
 
 
-def test_patched_disk_full_in_generate_and_stage(tmp_path, monkeypatch, capsys):
+def test_patched_disk_full_in_generate(tmp_path, monkeypatch, capsys):
     import climseg.io
 
     monkeypatch.setattr(climseg.io.os, "replace", failing(errno.ENOSPC, after=1))
