@@ -109,7 +109,7 @@ def check_output_location(path, kind="folder", must_be_new=False):
         if kind == "file" and os.path.isdir(path):
             raise OutputError(f"{shown}: is a folder, not a file")
         if kind == "folder" and must_be_new and os.listdir(path):
-            raise OutputError(f"{shown}: already exists and is not empty")
+            raise OutputError(f"{shown}: already exists and is not an empty folder")
         folder = path if kind == "folder" else os.path.dirname(path)
     else:
         folder = os.path.dirname(path)

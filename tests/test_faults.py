@@ -21,9 +21,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -31,7 +29,7 @@ import torch
 from climseg.cli import main
 from climseg.constants import CHANNELS
 from climseg.errors import OutputError, first_line
-from climseg.io import RunLock, atomic_directory, atomic_path, check_output_location, current_umask, write_json
+from climseg.io import RunLock, atomic_directory, check_output_location, current_umask, write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -277,7 +275,7 @@ def test_patched_writer_failures_are_one_line(tmp_path, monkeypatch, code):
     no_temporaries(tmp_path)
 
 
-def test_patched_disk_full_in_generate_and_stage(tmp_path, monkeypatch, capsys):
+def test_patched_disk_full_in_generate(tmp_path, monkeypatch, capsys):
     import climseg.io
 
     monkeypatch.setattr(climseg.io.os, "replace", failing(errno.ENOSPC, after=1))
