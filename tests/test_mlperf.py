@@ -285,7 +285,8 @@ def test_convert_refusals(reference_checkpoint, small_dataset, tmp_path, capsys)
         (["convert", "--from", "mlperf-deepcam", str(junk), str(tmp_path / "o.pt"), "--stats", stats], "readable"),
         (["convert", "--from", "mlperf-deepcam", str(reference_checkpoint), str(tmp_path / "o.pt")], "--stats"),
         (["convert", "--to", "mlperf-deepcam", str(reference_checkpoint), str(tmp_path / "o.pt")], "not a climseg"),
-        (["convert", "--from", "mlperf-deepcam", str(reference_checkpoint), str(tmp_path / "no" / "o.pt")], "does not exist"),
+        (["convert", "--from", "mlperf-deepcam", str(reference_checkpoint), str(junk / "o.pt"), "--stats", stats],
+         "is a file, not a folder"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -245,6 +245,8 @@ def _segment(ds, path, name, var, flipped, times):
         if time_dim not in times:
             times[time_dim] = _dates(ds, path, time_dim)
         dates = times[time_dim][0]
+        if len(dates) == 0:
+            raise DataError(f"{path}: variable {name}: its time axis has length 0 (no time steps)")
     units, calendar = (times[time_dim][1], times[time_dim][2]) if time_dim else (None, None)
     return Segment(path=path, name=name, units=getattr(var, "units", None), ntime=len(dates) if time_dim else 0,
                    levels=levels, level_axis=var.dimensions.index(level_dim) if level_dim else -1,

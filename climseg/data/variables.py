@@ -153,7 +153,7 @@ def canonical_units(text):
 def to_channel_units(values, units, kind, step_seconds=None, where=""):
     """``values`` (float32 array) converted from ``units`` to the CAM5 unit of ``kind``
     (an empty or missing ``units`` means they are already in it)."""
-    if units is None or str(units).strip() == "":
+    if units is None or str(units).strip() == "" or kind is None:   # kind None: a field taken as it is (LABELS)
         return values
     table = UNIT_TABLE[kind]
     key = canonical_units(units)
@@ -322,7 +322,9 @@ def resolve(available, channels, optional=(), convention="auto", variables=None,
         plans, missing = {}, []
         for c in channels:
             plan = None
-            for recipe in table.get(c, []):
+            # a name no convention knows (e.g. ClimateNet's LABELS) is looked up as it is, never converted
+            recipes = table.get(c) or ([] if c in KIND else [_one(c)])
+            for recipe in recipes:
                 names = []
                 for s in recipe.sources:
                     found = next((lower[a.lower()] for a in s.names if a.lower() in lower), None)
