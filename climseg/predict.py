@@ -45,7 +45,7 @@ from climseg.io import OutputBatch, check_output_location, write_json
 from climseg.metrics import ConfusionMatrix, count_objects
 from climseg.plotting import plot_map
 from climseg.progress import progress_bar
-from climseg.train.checkpoint import build_model, load_checkpoint
+from climseg.models.checkpoint import build_model, load_checkpoint
 from climseg.perf.hardware import resolve_device
 
 

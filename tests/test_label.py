@@ -94,12 +94,11 @@ def test_planted_cyclone_found_and_not_without_warm_core_or_wind(centre):
     s = storms[0]
     assert sphere.haversine_km(s["lat"], s["lon"], *centre) < 120.0
     assert s["vorticity"] > 3.5e-5 and s["warm_core"] > 1.0 and s["wind"] > 17.0
-    h, w = len(lat), len(lon)
-    rows, cols = np.divmod(s["index"], w)
+    rows, cols = np.divmod(s["index"], len(lon))
     d = sphere.haversine_km(lat[rows], lon[cols], *centre)
     assert d.max() <= 500.0 + 120.0 and s["index"].size >= 10       # not a point: 20 cells or so at this resolution
     if centre[1] == 0.0:                                            # the mask wraps round the date line
-        assert cols.min() == 0 and cols.max() == w - 1
+        assert cols.min() == 0 and cols.max() == len(lon) - 1
     assert detect_cyclones(_vortex_fields(lat, lon, [centre], warm=0.0, rng=rng), lat, lon, True) == []
     assert detect_cyclones(_vortex_fields(lat, lon, [centre], vmax=14.0, rng=rng), lat, lon, True) == []
     assert detect_cyclones(_vortex_fields(lat, lon, [centre], sense=-1.0, rng=rng), lat, lon, True) == []

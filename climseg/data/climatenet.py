@@ -35,7 +35,6 @@ DeepCAM files. :attr:`NetCDFLoader.paths_used` counts the samples each path read
 import concurrent.futures
 import dataclasses
 import glob
-import json
 import os
 
 import h5py
@@ -355,7 +354,7 @@ class NetCDFLoader(FastLoader):
     def _read_by_offset(self, keys, layouts, where, data, labels, errors):
         """One ``load_batch`` per chosen variable, reading each step's plane by offset into a
         (n, H, W) buffer, then placed in channel k of the batch; the labels come with the first."""
-        (H, W), n = self.shape, len(keys)
+        H, W = self.shape
         paths = [self._by_key[k].path for k in keys]
         groups = {}
         for j, (fields, (_, lcode)) in enumerate(layouts):

@@ -1,7 +1,7 @@
 """Checkpoint converters between climseg and other projects' layouts, as tables keyed by format name.
 
 ``IMPORTERS[name](path, **options)`` reads another project's weights and returns a climseg
-checkpoint payload (the dict :func:`climseg.train.checkpoint.save_checkpoint` writes: ``model``
+checkpoint payload (the dict :func:`climseg.models.checkpoint.save_checkpoint` writes: ``model``
 and ``data`` sections); ``EXPORTERS[name](checkpoint, out, **options)`` writes a loaded climseg
 checkpoint in another layout. ``climseg convert --from NAME SOURCE OUT`` and
 ``--to NAME CHECKPOINT OUT`` look them up here; ``--init-weights NAME:PATH`` of train and predict
@@ -315,7 +315,7 @@ EXPORTERS = {"mlperf-deepcam": export_mlperf_deepcam}
 def convert(source, out, from_format=None, to_format=None, **options):
     """Convert ``source`` to ``out``: ``from_format`` imports another project's weights into a climseg
     checkpoint; ``to_format`` exports a climseg checkpoint. Returns a one-line description."""
-    from climseg.train.checkpoint import load_checkpoint, save_checkpoint
+    from climseg.models.checkpoint import load_checkpoint, save_checkpoint
 
     if (from_format is None) == (to_format is None):
         raise ConfigError("convert: give exactly one of --from FORMAT or --to FORMAT")
@@ -348,7 +348,7 @@ def init_weights(spec, model):
     name = getattr(model, "config_name", type(model).__name__)
     if section["config"] != name:
         raise CheckpointError(f"{path}: holds a {section['config']} network but this run builds {name}")
-    from climseg.train.checkpoint import load_model_state
+    from climseg.models.checkpoint import load_model_state
 
     load_model_state(model, section["state_dict"], path, name)
     return section
