@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from climseg.constants import CHANNEL_UNITS, CHANNELS, CLASS_NAMES, NUM_CLASSES
 from climseg.data.deepcam import DATA_KEY, LABELS_KEY, check_labels, read_sample
-from climseg.data.netcdf import is_netcdf, open_netcdf, read_netcdf_step
+from climseg.data.netcdf import create_mask_netcdf, is_netcdf, open_netcdf, read_netcdf_step
 from climseg.errors import DataError, UserError, first_line
 from climseg.io import OutputBatch, check_output_location, write_json
 from climseg.metrics import ConfusionMatrix, count_objects
@@ -271,30 +271,8 @@ class _MaskWriter:
         return self
 
     def _open_netcdf(self, tmp):
-        import netCDF4
-
         info = self.source.info
-        dst = netCDF4.Dataset(tmp, "w")
-        with netCDF4.Dataset(info.path) as src:
-            lat_var = next(v for v in src.variables if v.lower() in ("lat", "latitude", "nav_lat"))
-            lon_var = next(v for v in src.variables if v.lower() in ("lon", "longitude", "nav_lon"))
-            dims = []
-            if info.time_dim:
-                dst.createDimension(info.time_dim, None)
-                dims.append(info.time_dim)
-                if info.time_dim in src.variables:
-                    _copy_variable(src, dst, info.time_dim)
-            for var in (lat_var, lon_var):
-                dim = src.variables[var].dimensions[0]
-                dst.createDimension(dim, len(src.dimensions[dim]))
-                dims.append(dim)
-                _copy_variable(src, dst, var)
-        mask = dst.createVariable("mask", "u1", tuple(dims), zlib=True)
-        mask.long_name = "extreme weather class"
-        mask.flag_values = np.arange(NUM_CLASSES, dtype=np.uint8)
-        mask.flag_meanings = " ".join(CLASS_NAMES)
-        dst.source = f"climseg predict on {os.path.basename(info.path)}"
-        return dst, mask
+        return create_mask_netcdf(tmp, info.path, info.time_dim, f"climseg predict on {os.path.basename(info.path)}")
 
     def _open_hdf5(self, tmp):
         f = h5py.File(tmp, "w")
@@ -326,13 +304,6 @@ class _MaskWriter:
     def __exit__(self, *exc):
         self._file.close()
         return False
-
-
-def _copy_variable(src, dst, name):
-    var = src.variables[name]
-    new = dst.createVariable(name, var.datatype, var.dimensions)
-    new.setncatts({k: var.getncattr(k) for k in var.ncattrs() if k != "_FillValue"})
-    new[:] = var[:]
 
 
 def _count(n, noun):

@@ -58,6 +58,7 @@ from scipy import ndimage
 
 from climseg.analytics import sphere
 from climseg.constants import ATMOSPHERIC_RIVER, CHANNELS, CLASS_NAMES, NUM_CLASSES, TROPICAL_CYCLONE
+from climseg.data.netcdf import create_mask_netcdf
 from climseg.errors import ConfigError, DataError, UserError
 from climseg.io import atomic_path, write_json
 from climseg.progress import progress_bar
@@ -508,8 +509,6 @@ def _scan_job(args):
 def _write_job(args):
     """Worker: paint the kept storms over the rivers and write the mask file."""
     info, job, tmp, storms, keep, out, dataset = args
-    import netCDF4
-
     rivers = np.load(tmp, mmap_mode="r")
     h, w = rivers.shape[1:]
     masks = np.zeros(rivers.shape, np.uint8)
@@ -521,31 +520,11 @@ def _write_job(args):
                 flat[s["index"]] = TROPICAL_CYCLONE
     del rivers
     seg_flipped = _flipped(job.source)
-    with atomic_path(os.path.join(out, job.name)) as path, netCDF4.Dataset(job.source) as src, \
-            netCDF4.Dataset(path, "w") as dst:
-        from climseg.data.netcdf import LAT_NAMES, LON_NAMES, _find
-
-        names = list(src.variables)
-        lat_var, lon_var = _find(names, LAT_NAMES), _find(names, LON_NAMES)
-        dims = []
-        if job.time_var:
-            dst.createDimension(job.time_var, None)
-            dims.append(job.time_var)
-            if job.time_var in src.variables:
-                _copy_variable(src, dst, job.time_var)
-        for var in (lat_var, lon_var):
-            dim = src.variables[var].dimensions[0]
-            dst.createDimension(dim, len(src.dimensions[dim]))
-            dims.append(dim)
-            _copy_variable(src, dst, var)
-        mask = dst.createVariable("mask", "u1", tuple(dims), zlib=True)
-        mask.long_name = "extreme weather class"
-        mask.flag_values = np.arange(NUM_CLASSES, dtype=np.uint8)
-        mask.flag_meanings = " ".join(CLASS_NAMES)
-        data = masks[:, ::-1] if seg_flipped else masks
-        mask[:] = data if job.time_var else data[0]
-        dst.source = f"climseg label on {os.path.basename(job.source)}"
-        dst.Conventions = "CF-1.8"
+    with atomic_path(os.path.join(out, job.name)) as path:
+        dst, mask = create_mask_netcdf(path, job.source, job.time_var, f"climseg label on {os.path.basename(job.source)}")
+        with dst:
+            data = masks[:, ::-1] if seg_flipped else masks
+            mask[:] = data if job.time_var else data[0]
     os.unlink(tmp)
     counts = [np.bincount(m.reshape(-1), minlength=NUM_CLASSES) for m in masks]
     partials = _write_samples(dataset, job, masks) if dataset is not None else []
@@ -583,13 +562,6 @@ def _flipped(path):
     with netCDF4.Dataset(path) as ds:
         lat = np.asarray(ds.variables[_find(list(ds.variables), LAT_NAMES)][:]).reshape(-1)
     return lat.size > 1 and lat[0] > lat[-1]
-
-
-def _copy_variable(src, dst, name):
-    var = src.variables[name]
-    new = dst.createVariable(name, var.datatype, var.dimensions)
-    new.setncatts({k: var.getncattr(k) for k in var.ncattrs() if k != "_FillValue"})
-    new[:] = var[:]
 
 
 def _hours(info):

@@ -384,6 +384,52 @@ def _read_source(ds, seg, local, source, channel, index):
                                         f"{seg.path}: {channel}: variable {seg.name} ")
 
 
+def create_mask_netcdf(path, like, time_dim, note):
+    """Open ``path`` (netCDF4, mode ``"w"``) as a class-mask file on the grid of the netCDF file
+    ``like``: its time axis (``time_dim``, or none), latitude and longitude copied with their
+    attributes, and an empty ``mask(time, lat, lon)`` (or ``mask(lat, lon)``) of uint8 with CF
+    ``flag_values``/``flag_meanings`` (0 background, 1 tropical cyclone, 2 atmospheric river).
+    The one mask format that ``climseg predict`` and ``climseg label`` write and ``climseg track``
+    reads. Returns ``(dataset, mask variable)``; the caller fills the mask (rows in the file's
+    latitude order) and closes the dataset."""
+    import netCDF4
+
+    from climseg.constants import CLASS_NAMES, NUM_CLASSES
+
+    dst = netCDF4.Dataset(path, "w")
+    try:
+        with netCDF4.Dataset(like) as src:
+            names = list(src.variables)
+            dims = []
+            if time_dim:
+                dst.createDimension(time_dim, None)
+                dims.append(time_dim)
+                if time_dim in src.variables:
+                    _copy_variable(src, dst, time_dim)
+            for var in (_find(names, LAT_NAMES), _find(names, LON_NAMES)):
+                dim = src.variables[var].dimensions[0]
+                dst.createDimension(dim, len(src.dimensions[dim]))
+                dims.append(dim)
+                _copy_variable(src, dst, var)
+        mask = dst.createVariable("mask", "u1", tuple(dims), zlib=True)
+        mask.long_name = "extreme weather class"
+        mask.flag_values = np.arange(NUM_CLASSES, dtype=np.uint8)
+        mask.flag_meanings = " ".join(CLASS_NAMES)
+        dst.source = note
+        dst.Conventions = "CF-1.8"
+    except BaseException:
+        dst.close()
+        raise
+    return dst, mask
+
+
+def _copy_variable(src, dst, name):
+    var = src.variables[name]
+    new = dst.createVariable(name, var.datatype, var.dimensions)
+    new.setncatts({k: var.getncattr(k) for k in var.ncattrs() if k != "_FillValue"})
+    new[:] = var[:]
+
+
 def write_cam5_netcdf(path, fields, lat, lon, times=None, channels=CHANNELS):
     """Write fields (T, H, W, C) or (H, W, C) as a CAM5-style netCDF file (one variable per channel)."""
     import netCDF4
