@@ -52,24 +52,24 @@ def open_training_data(cfg, root, ranks, input_dtype, device, log):
                         f"{val_set.files[0]} is {val_set.shape[0]}x{val_set.shape[1]}; every sample must have "
                         f"the same grid")
     data = TrainingData(root, train_dir, stats, train_set, val_set)
+    return _with_loaders(data, cfg, ranks, FastLoader, train_dir, val_dir, input_dtype, device, log,
+                         stats=stats, channels=cfg.channels, normalization=cfg.normalization)
+
+
+def _with_loaders(data, cfg, ranks, loader, train_source, val_source, input_dtype, device, log, **options):
+    """``data`` with a loader per split (``--loader fast``) and this rank's steps per epoch, checked."""
     if cfg.loader == "fast":
-        common = dict(stats=stats, channels=cfg.channels, normalization=cfg.normalization, dtype=input_dtype,
-                      layout="nhwc" if cfg.channels_last else "nchw", threads=cfg.workers, seed=cfg.seed,
-                      rank=ranks.rank, world_size=ranks.world, on_bad_sample=cfg.on_bad_sample,
-                      device=device if device.type == "cuda" else None, log=log)
-        data.train_loader = FastLoader(train_dir, cfg.batch_size, shuffle=True, drop_last=True, **common)
-        data.val_loader = FastLoader(val_dir, cfg.batch_size, shuffle=False, drop_last=False, **common)
+        common = dict(dtype=input_dtype, layout="nhwc" if cfg.channels_last else "nchw", threads=cfg.workers,
+                      seed=cfg.seed, rank=ranks.rank, world_size=ranks.world, on_bad_sample=cfg.on_bad_sample,
+                      device=device if device.type == "cuda" else None, log=log, **options)
+        data.train_loader = loader(train_source, cfg.batch_size, shuffle=True, drop_last=True, **common)
+        data.val_loader = loader(val_source, cfg.batch_size, shuffle=False, drop_last=False, **common)
         data.steps_per_epoch = ranks.min(len(data.train_loader))
     else:
-        data.steps_per_epoch = len(train_set) // ranks.world // cfg.batch_size
-    return _check_steps(cfg, data, ranks)
-
-
-def _check_steps(cfg, data, ranks):
-    train_set = data.train_set
+        data.steps_per_epoch = len(data.train_set) // ranks.world // cfg.batch_size
     if data.steps_per_epoch == 0:
         raise ConfigError(f"option batch-size: {cfg.batch_size} per process x {ranks.world} processes is larger than "
-                          f"the {len(train_set)} training samples")
+                          f"the {len(data.train_set)} training samples")
     return data
 
 
@@ -82,13 +82,4 @@ def _open_climatenet(cfg, root, ranks, input_dtype, device, log):
     train_set = ClimateNetDataset(train, stats, channel_index, normalization)
     val_set = ClimateNetDataset(val, stats, channel_index, normalization)
     data = TrainingData(root, train_dir, stats, train_set, val_set)
-    if cfg.loader == "fast":
-        common = dict(dtype=input_dtype, layout="nhwc" if cfg.channels_last else "nchw", threads=cfg.workers,
-                      seed=cfg.seed, rank=ranks.rank, world_size=ranks.world, on_bad_sample=cfg.on_bad_sample,
-                      device=device if device.type == "cuda" else None, log=log)
-        data.train_loader = NetCDFLoader(train_set, cfg.batch_size, shuffle=True, drop_last=True, **common)
-        data.val_loader = NetCDFLoader(val_set, cfg.batch_size, shuffle=False, drop_last=False, **common)
-        data.steps_per_epoch = ranks.min(len(data.train_loader))
-    else:
-        data.steps_per_epoch = len(train_set) // ranks.world // cfg.batch_size
-    return _check_steps(cfg, data, ranks)
+    return _with_loaders(data, cfg, ranks, NetCDFLoader, train_set, val_set, input_dtype, device, log)
