@@ -37,7 +37,7 @@ ROOT = os.path.dirname(HERE)
 
 # ----------------------------------------------------------------------------- helpers
 
-def one_line_error(capsys, code, *fragments):
+def check_one_line_error(capsys, code, *fragments):
     """``main()`` returned ``code`` 2 with one ``climseg: error:`` line holding every fragment."""
     err = capsys.readouterr().err
     lines = [line for line in err.strip().splitlines() if line.strip()]
@@ -164,23 +164,23 @@ def test_train_refuses_a_bad_out_before_reading_data(tmp_path, capsys):
     # --data does not exist: the output is checked first, so the output is what the line names
     for out in (afile, afile / "run"):
         code = main(["train", "--data", str(tmp_path / "no-data"), "--out", str(out), "--no-progress"])
-        one_line_error(capsys, code, str(afile), "is a file, not a folder")
+        check_one_line_error(capsys, code, str(afile), "is a file, not a folder")
     assert afile.read_text() == "x"
 
 
 def test_read_only_outputs(read_only, tmp_path, checkpoint, samples, capsys):
     code = main(["train", "--data", str(tmp_path / "no-data"), "--out", str(read_only / "run"), "--no-progress"])
-    one_line_error(capsys, code, str(read_only / "run"), "cannot write into")
+    check_one_line_error(capsys, code, str(read_only / "run"), "cannot write into")
     code = main(["predict", checkpoint, samples[0], "--out", str(read_only / "masks"), "--no-progress"])
-    one_line_error(capsys, code, "masks", "cannot write into")
+    check_one_line_error(capsys, code, "masks", "cannot write into")
     code = main(["generate", str(read_only / "data"), "--samples", "2", "--height", "16", "--width", "16",
                  "--no-progress"])
-    one_line_error(capsys, code, "data", "cannot write into")
+    check_one_line_error(capsys, code, "data", "cannot write into")
     src = tmp_path / "src"
     (src / "train").mkdir(parents=True)
     (src / "train" / "a.h5").write_bytes(b"x" * 100)
     code = main(["stage", str(src), str(read_only / "staged"), "--no-progress"])
-    one_line_error(capsys, code, "staged", "cannot write into")
+    check_one_line_error(capsys, code, "staged", "cannot write into")
     assert os.listdir(read_only) == []
 
 
@@ -188,7 +188,7 @@ def test_predict_out_naming_a_file(tmp_path, checkpoint, samples, capsys):
     afile = tmp_path / "masks"
     afile.write_text("x")
     code = main(["predict", checkpoint, samples[0], "--out", str(afile), "--no-progress"])
-    one_line_error(capsys, code, "masks: is a file, not a folder")
+    check_one_line_error(capsys, code, "masks: is a file, not a folder")
 
 
 def test_stage_onto_a_file_itself_or_inside_the_source(tmp_path, capsys):
@@ -198,10 +198,10 @@ def test_stage_onto_a_file_itself_or_inside_the_source(tmp_path, capsys):
     before = snapshot(src)
     afile = tmp_path / "afile"
     afile.write_text("x")
-    one_line_error(capsys, main(["stage", str(src), str(afile), "--no-progress"]), "is a file, not a folder")
-    one_line_error(capsys, main(["stage", str(src), str(src), "--no-progress"]), "is the source folder itself")
-    one_line_error(capsys, main(["stage", str(src), str(src / "copy"), "--no-progress"]), "inside the source folder")
-    one_line_error(capsys, main(["stage", str(src / "train"), str(src), "--no-progress"]), "holds the source folder")
+    check_one_line_error(capsys, main(["stage", str(src), str(afile), "--no-progress"]), "is a file, not a folder")
+    check_one_line_error(capsys, main(["stage", str(src), str(src), "--no-progress"]), "is the source folder itself")
+    check_one_line_error(capsys, main(["stage", str(src), str(src / "copy"), "--no-progress"]), "inside the source folder")
+    check_one_line_error(capsys, main(["stage", str(src / "train"), str(src), "--no-progress"]), "holds the source folder")
     assert snapshot(src) == before
 
 
@@ -221,7 +221,7 @@ def test_stage_unreadable_source(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(builtins, "open", deny)
     code = main(["stage", str(src), str(tmp_path / "dst"), "--threads", "1", "--no-progress"])
-    one_line_error(capsys, code, "b.h5", "cannot read", "Permission denied")
+    check_one_line_error(capsys, code, "b.h5", "cannot read", "Permission denied")
     no_temporaries(tmp_path / "dst")
 
 
@@ -231,7 +231,7 @@ def test_full_tmpfs(full_fs, tmp_path, checkpoint, samples, capsys):
     # generate: more than 192 KiB of samples
     code = main(["generate", str(full_fs / "data"), "--samples", "8", "--height", "64", "--width", "64",
                  "--workers", "1", "--no-progress"])
-    one_line_error(capsys, code, "no space left on device")
+    check_one_line_error(capsys, code, "no space left on device")
     assert os.listdir(full_fs) == []                         # no half dataset, no temporary folder
     # stage: a 300 KB source
     src = tmp_path / "src"
@@ -239,14 +239,14 @@ def test_full_tmpfs(full_fs, tmp_path, checkpoint, samples, capsys):
     for i in range(3):
         (src / "train" / f"s{i}.h5").write_bytes(os.urandom(100_000))
     code = main(["stage", str(src), str(full_fs / "staged"), "--threads", "1", "--no-progress"])
-    one_line_error(capsys, code, "no space left on device")
+    check_one_line_error(capsys, code, "no space left on device")
     no_temporaries(full_fs)
     shutil.rmtree(full_fs / "staged")                        # the files that fitted are whole and journalled
     # predict: its maps fill what a ballast leaves of the disk
     with open(full_fs / "ballast", "wb") as f:
         f.write(os.urandom(150_000))
     code = main(["predict", checkpoint, *samples, "--out", str(full_fs / "masks"), "--no-progress"])
-    one_line_error(capsys, code, "no space left on device")
+    check_one_line_error(capsys, code, "no space left on device")
     no_temporaries(full_fs)
     # a checkpoint written onto the full disk: one OutputError, the earlier file intact
     from climseg.train.checkpoint import load_checkpoint, save_checkpoint
@@ -281,7 +281,7 @@ def test_patched_disk_full_in_generate(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(climseg.io.os, "replace", failing(errno.ENOSPC, after=1))
     code = main(["generate", str(tmp_path / "data"), "--samples", "3", "--height", "16", "--width", "16",
                  "--workers", "1", "--no-progress"])
-    one_line_error(capsys, code, "no space left on device")
+    check_one_line_error(capsys, code, "no space left on device")
     assert not (tmp_path / "data").exists()
     no_temporaries(tmp_path)
 
@@ -291,12 +291,12 @@ def test_patched_disk_full_in_generate(tmp_path, monkeypatch, capsys):
 def test_empty_and_broken_checkpoints(tmp_path, samples, capsys):
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
-    one_line_error(capsys, main(["train", "--resume", str(empty), "--no-progress"]), "empty.pt", "is empty")
-    one_line_error(capsys, main(["predict", str(empty), samples[0], "--out", str(tmp_path / "o"), "--no-progress"]),
+    check_one_line_error(capsys, main(["train", "--resume", str(empty), "--no-progress"]), "empty.pt", "is empty")
+    check_one_line_error(capsys, main(["predict", str(empty), samples[0], "--out", str(tmp_path / "o"), "--no-progress"]),
                    "empty.pt", "is empty")
     (tmp_path / "dir.pt").mkdir()
     (tmp_path / "dir.pt" / "last.pt").mkdir()
-    one_line_error(capsys, main(["predict", str(tmp_path / "dir.pt"), samples[0], "--out", str(tmp_path / "o")]),
+    check_one_line_error(capsys, main(["predict", str(tmp_path / "dir.pt"), samples[0], "--out", str(tmp_path / "o")]),
                    "not a file")
     assert not (tmp_path / "o").exists()
 
@@ -325,9 +325,9 @@ def test_predict_leaves_an_earlier_run_alone(tmp_path, checkpoint, samples, caps
     empty_nc = tmp_path / "s1.nc"                               # same stem as an earlier output, no time steps
     write_cam5_netcdf(str(empty_nc), np.zeros((0, 32, 48, len(CHANNELS)), np.float32), lat, lon)
     code = main(["predict", checkpoint, samples[0], str(empty_nc), "--out", str(out), "--no-progress"])
-    one_line_error(capsys, code, "s1.nc", "time axis has length 0")
+    check_one_line_error(capsys, code, "s1.nc", "time axis has length 0")
     assert snapshot(out) == before
-    one_line_error(capsys, main(["predict", checkpoint, str(tmp_path), "--out", str(out)]), "is a folder")
+    check_one_line_error(capsys, main(["predict", checkpoint, str(tmp_path), "--out", str(out)]), "is a folder")
     # a failure while writing the second input's outputs: nothing of the new run lands
     import climseg.plotting
 
@@ -342,7 +342,7 @@ def test_predict_leaves_an_earlier_run_alone(tmp_path, checkpoint, samples, caps
 
     monkeypatch.setattr("climseg.predict.plot_map", plot_then_fail)
     code = main(["predict", checkpoint, *samples, "--out", str(out), "--no-progress"])
-    one_line_error(capsys, code, "no space left on device")
+    check_one_line_error(capsys, code, "no space left on device")
     assert snapshot(out) == before
     no_temporaries(out)
 
@@ -370,7 +370,7 @@ def test_second_run_into_one_folder_is_refused_and_a_killed_one_frees_it(tmp_pat
     holder = _hold_lock(run)
     try:
         code = main(["train", "--data", str(tmp_path / "no-data"), "--out", str(run), "--no-progress"])
-        line = one_line_error(capsys, code, str(run), "another climseg run is writing into this folder")
+        line = check_one_line_error(capsys, code, str(run), "another climseg run is writing into this folder")
         assert f"process {holder.pid}" in line
         with pytest.raises(OutputError, match="another climseg run"):
             RunLock(run).acquire()
@@ -381,7 +381,7 @@ def test_second_run_into_one_folder_is_refused_and_a_killed_one_frees_it(tmp_pat
         assert lock.held
     # the lock of a refused set-up is released at once: the same process can start again
     code = main(["train", "--data", str(tmp_path / "no-data"), "--out", str(tmp_path / "fresh"), "--no-progress"])
-    one_line_error(capsys, code, "no-data")
+    check_one_line_error(capsys, code, "no-data")
     assert not (tmp_path / "fresh").exists()     # made for the lock, removed again: nothing was written
     with RunLock(tmp_path / "fresh"):
         pass
@@ -395,7 +395,7 @@ def test_two_concurrent_training_runs(small_dataset, tmp_path, capsys):
     first = _writer(tmp_path, "=run.json", 5, *args)     # holds the folder, paused while writing run.json
     try:
         code = main(args)
-        one_line_error(capsys, code, str(out), "another climseg run is writing into this folder")
+        check_one_line_error(capsys, code, str(out), "another climseg run is writing into this folder")
     finally:
         _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err

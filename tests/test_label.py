@@ -241,7 +241,7 @@ def test_era5_named_file_gets_the_same_labels(series, tmp_path):
         assert b["latitude"][0] > b["latitude"][-1]
 
 
-def _one_line_exit_2(capsys, argv, *fragments):
+def _check_one_line_exit_2(capsys, argv, *fragments):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("climseg: error: "), err
@@ -256,17 +256,17 @@ def test_bad_inputs_one_line_exit_2(series, tmp_path, capsys):
     out = str(tmp_path / "o")
     with netCDF4.Dataset(era5, "a") as d:
         d.renameVariable("msl", "mslp")
-    _one_line_exit_2(capsys, ["label", str(era5), "--out", out], "missing variable(s) PSL", "PSL: msl")
+    _check_one_line_exit_2(capsys, ["label", str(era5), "--out", out], "missing variable(s) PSL", "PSL: msl")
     with netCDF4.Dataset(era5, "a") as d:
         d.renameVariable("mslp", "msl")
         d.variables["pressure_level"][:] = [925.0, 500.0, 200.0]
-    _one_line_exit_2(capsys, ["label", str(era5), "--out", out], "U850: u has no 850 hPa level (levels: 200, 500, 925")
+    _check_one_line_exit_2(capsys, ["label", str(era5), "--out", out], "U850: u has no 850 hPa level (levels: 200, 500, 925")
     with netCDF4.Dataset(era5, "a") as d:
         d.variables["pressure_level"][:] = [850.0, 500.0, 200.0]
         d.variables["msl"].units = "inches of mercury"
-    _one_line_exit_2(capsys, ["label", str(era5), "--out", out, "--no-progress"], "msl", "'inches of mercury'")
-    _one_line_exit_2(capsys, ["label", str(tmp_path / "none*.nc"), "--out", out], "no files match")
-    _one_line_exit_2(capsys, ["label", str(first), "--out", out, "--ar-field", "wind"], "--ar-field wind")
+    _check_one_line_exit_2(capsys, ["label", str(era5), "--out", out, "--no-progress"], "msl", "'inches of mercury'")
+    _check_one_line_exit_2(capsys, ["label", str(tmp_path / "none*.nc"), "--out", out], "no files match")
+    _check_one_line_exit_2(capsys, ["label", str(first), "--out", out, "--ar-field", "wind"], "--ar-field wind")
 
 
 def test_labelled_series_becomes_a_training_set(series, tmp_path):
