@@ -35,11 +35,19 @@ def plot_map(path, background, mask, lat, lon, title, background_label="TMQ (kg 
     ax.set_ylabel("latitude (degrees north)")
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
+    finish_map(fig, ax, extent, title, note, path)
+
+
+def finish_map(fig, ax, extent, title, note, path):
+    """The common end of every latitude-longitude map: degree ticks every 30 (latitude) and 60
+    (longitude) on wide maps, the title, an optional note in the corner, and the PNG written
+    atomically to ``path``; closes the figure. ``extent``: (west, east, south, north)."""
+    import matplotlib.pyplot as plt
+
     if extent[3] - extent[2] > 90:
         ax.set_yticks(np.arange(-90, 91, 30))
     if extent[1] - extent[0] > 180:
-        start = 60 * np.ceil(extent[0] / 60)
-        ax.set_xticks(np.arange(start, extent[1] + 1e-6, 60))
+        ax.set_xticks(np.arange(60 * np.ceil(extent[0] / 60), extent[1] + 1e-6, 60))
     ax.set_title(title, fontsize=11)
     if note:
         ax.text(0.995, 0.01, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.3")

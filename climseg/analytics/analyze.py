@@ -32,6 +32,7 @@ from climseg.analytics.track import read_events
 from climseg.constants import CLASS_NAMES
 from climseg.errors import DataError, UserError
 from climseg.io import atomic_path, write_json
+from climseg.plotting import finish_map
 
 SHORT = {"tropical_cyclone": "tc", "atmospheric_river": "ar"}
 TITLE = {"tropical_cyclone": "tropical cyclones", "atmospheric_river": "atmospheric rivers"}
@@ -129,17 +130,7 @@ def _map(path, lat, lon, field, title, label, cmap="viridis", note=None):
     ax.set_ylim(max(-90.0, lat_b[0]), min(90.0, lat_b[-1]))
     ax.set_xlabel("longitude (degrees east)")
     ax.set_ylabel("latitude (degrees north)")
-    if lat_b[-1] - lat_b[0] > 90:
-        ax.set_yticks(np.arange(-90, 91, 30))
-    if lon_b[-1] - lon_b[0] > 180:
-        ax.set_xticks(np.arange(60 * np.ceil(lon_b[0] / 60), lon_b[-1] + 1e-6, 60))
-    ax.set_title(title, fontsize=11)
-    if note:
-        ax.text(0.995, 0.01, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.3")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    finish_map(fig, ax, (lon_b[0], lon_b[-1], lat_b[0], lat_b[-1]), title, note, path)
 
 
 def _histograms(path, events, classes):

@@ -141,7 +141,8 @@ def _find(names, candidates):
 def open_mask_series(paths, variable=None):
     """Check the inputs and describe them as one series; DataError naming the file on any problem."""
     import cftime
-    import netCDF4
+
+    from climseg.data.netcdf import open_dataset
 
     if not paths:
         raise UserError("no mask files given")
@@ -152,11 +153,7 @@ def open_mask_series(paths, variable=None):
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise DataError(f"{path}: no such file")
-        try:
-            ds = netCDF4.Dataset(path, "r")
-        except OSError as exc:
-            raise DataError(f"{path}: not a readable netCDF file ({str(exc).splitlines()[0]})") from None
-        with ds:
+        with open_dataset(path) as ds:
             names = list(ds.variables)
             name = _find(names, [variable]) if variable else _find(names, MASK_VARIABLES)
             if name is None:

@@ -466,26 +466,13 @@ def write_climatenet_file(path, fields, labels, lat, lon, channels=CLIMATENET_CH
     Fixed-size dimensions: the variables are stored contiguously unless ``zlib`` compresses them."""
     import netCDF4
 
+    from climseg.data.netcdf import create_cam5_grid
     from climseg.io import atomic_path
 
     fields = np.asarray(fields, np.float32)
     labels = np.asarray(labels)
     with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
-        ds.createDimension("lat", len(lat))
-        ds.createDimension("lon", len(lon))
-        dims = ("lat", "lon")
-        if fields.ndim == 4:
-            ds.createDimension("time", fields.shape[0])
-            t = ds.createVariable("time", "f8", ("time",))
-            t.units, t.calendar = "days since 2000-01-01 00:00:00", "noleap"
-            t[:] = np.arange(fields.shape[0]) * 0.125 if times is None else times
-            dims = ("time",) + dims
-        la = ds.createVariable("lat", "f8", ("lat",))
-        la.units = "degrees_north"
-        la[:] = lat
-        lo = ds.createVariable("lon", "f8", ("lon",))
-        lo.units = "degrees_east"
-        lo[:] = lon
+        dims = create_cam5_grid(ds, lat, lon, fields.shape[0] if fields.ndim == 4 else None, times, unlimited=False)
         for k, c in enumerate(channels):
             ds.createVariable(c, "f4", dims, zlib=zlib)[:] = fields[..., k]
         v = ds.createVariable(LABELS_VAR, "i8", dims, zlib=zlib)

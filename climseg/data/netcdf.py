@@ -27,7 +27,7 @@ import numpy as np
 
 from climseg.constants import CHANNELS
 from climseg.data import variables as conventions
-from climseg.errors import DataError
+from climseg.errors import DataError, first_line
 
 LAT_NAMES = ("lat", "latitude", "nav_lat")
 LON_NAMES = ("lon", "longitude", "nav_lon")
@@ -181,16 +181,20 @@ def _step_seconds(dates):
         return None
 
 
-def _scan_file(path):
-    """``(grid, [Segment])`` of one file: its ascending latitudes, unwrapped longitudes,
-    and every variable on that grid."""
+def open_dataset(path):
+    """``netCDF4.Dataset(path)`` for reading, or a one-line DataError naming the file."""
     import netCDF4
 
     try:
-        ds = netCDF4.Dataset(path, "r")
+        return netCDF4.Dataset(path, "r")
     except OSError as exc:
-        raise DataError(f"{path}: not a readable netCDF file ({str(exc).splitlines()[0]})") from None
-    with ds:
+        raise DataError(f"{path}: not a readable netCDF file ({first_line(exc)})") from None
+
+
+def _scan_file(path):
+    """``(grid, [Segment])`` of one file: its ascending latitudes, unwrapped longitudes,
+    and every variable on that grid."""
+    with open_dataset(path) as ds:
         names = list(ds.variables)
         lat_name, lon_name = _find(names, LAT_NAMES), _find(names, LON_NAMES)
         if lat_name is None or lon_name is None:
@@ -430,6 +434,29 @@ def _copy_variable(src, dst, name):
     new[:] = var[:]
 
 
+def create_cam5_grid(ds, lat, lon, steps=None, times=None, unlimited=True):
+    """The coordinates of a CAM5-style file in the open netCDF4 dataset ``ds``: ``lat``
+    (degrees_north), ``lon`` (degrees_east) and, with ``steps``, ``time`` (days since 2000-01-01,
+    noleap; 3-hourly unless ``times`` are given), unlimited unless ``unlimited=False`` (fixed-size
+    dimensions keep the variables contiguous). Returns the dimensions of a field variable."""
+    ds.createDimension("lat", len(lat))
+    ds.createDimension("lon", len(lon))
+    dims = ("lat", "lon")
+    if steps is not None:
+        ds.createDimension("time", None if unlimited else steps)
+        t = ds.createVariable("time", "f8", ("time",))
+        t.units, t.calendar = "days since 2000-01-01 00:00:00", "noleap"
+        t[:] = np.arange(steps) * 0.125 if times is None else times
+        dims = ("time",) + dims
+    la = ds.createVariable("lat", "f8", ("lat",))
+    la.units = "degrees_north"
+    la[:] = lat
+    lo = ds.createVariable("lon", "f8", ("lon",))
+    lo.units = "degrees_east"
+    lo[:] = lon
+    return dims
+
+
 def write_cam5_netcdf(path, fields, lat, lon, times=None, channels=CHANNELS):
     """Write fields (T, H, W, C) or (H, W, C) as a CAM5-style netCDF file (one variable per channel)."""
     import netCDF4
@@ -439,21 +466,7 @@ def write_cam5_netcdf(path, fields, lat, lon, times=None, channels=CHANNELS):
 
     fields = np.asarray(fields, dtype=np.float32)
     with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w") as ds:
-        ds.createDimension("lat", len(lat))
-        ds.createDimension("lon", len(lon))
-        dims = ("lat", "lon")
-        if fields.ndim == 4:
-            ds.createDimension("time", None)
-            t = ds.createVariable("time", "f8", ("time",))
-            t.units, t.calendar = "days since 2000-01-01 00:00:00", "noleap"
-            t[:] = np.arange(fields.shape[0]) * 0.125 if times is None else times
-            dims = ("time",) + dims
-        la = ds.createVariable("lat", "f8", ("lat",))
-        la.units = "degrees_north"
-        la[:] = lat
-        lo = ds.createVariable("lon", "f8", ("lon",))
-        lo.units = "degrees_east"
-        lo[:] = lon
+        dims = create_cam5_grid(ds, lat, lon, fields.shape[0] if fields.ndim == 4 else None, times)
         for k, c in enumerate(channels):
             v = ds.createVariable(c, "f4", dims)
             v.units = CHANNEL_UNITS.get(c, "")
