@@ -1,7 +1,7 @@
 """Maps for people: the TMQ field with cyclone and river outlines on a lat-lon grid."""
 import numpy as np
 
-from climseg.io import atomic_path
+from climseg.output import atomic_path
 
 TC_COLOR, AR_COLOR = "#d62728", "#ff00ff"
 

@@ -13,7 +13,7 @@ import netCDF4
 import numpy as np
 import pytest
 
-from climseg.analytics import sphere
+from climseg import sphere
 from climseg.analytics.track import CLIMATENET, TrackOptions, parse_size, track, track_arrays
 from climseg.cli import main
 from climseg.constants import CLASS_NAMES

@@ -29,7 +29,7 @@ import torch
 from climseg.cli import main
 from climseg.constants import CHANNELS
 from climseg.errors import OutputError, first_line
-from climseg.io import RunLock, atomic_directory, check_output_location, current_umask, write_json
+from climseg.output import RunLock, atomic_directory, check_output_location, current_umask, write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -130,7 +130,7 @@ def samples(tmp_path_factory):
 
 
 def failing(exc_errno, after=0):
-    """A replacement for ``os.replace`` in climseg.io that fails with ``exc_errno`` after ``after`` calls."""
+    """A replacement for ``os.replace`` in climseg.output that fails with ``exc_errno`` after ``after`` calls."""
     calls = [0]
     real = os.replace
 
@@ -263,10 +263,10 @@ def test_full_tmpfs(full_fs, tmp_path, checkpoint, samples, capsys):
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EDQUOT])
 def test_patched_writer_failures_are_one_line(tmp_path, monkeypatch, code):
     """Where no tmpfs can be mounted: the same path through a writer that fails."""
-    import climseg.io
+    import climseg.output
 
     (tmp_path / "old.json").write_text("{}")
-    monkeypatch.setattr(climseg.io.os, "replace", failing(code))
+    monkeypatch.setattr(climseg.output.os, "replace", failing(code))
     with pytest.raises(OutputError) as info:
         write_json(str(tmp_path / "old.json"), {"a": 1})
     assert str(info.value).startswith(f"{tmp_path / 'old.json'}: cannot write (")
@@ -276,9 +276,9 @@ def test_patched_writer_failures_are_one_line(tmp_path, monkeypatch, code):
 
 
 def test_patched_disk_full_in_generate(tmp_path, monkeypatch, capsys):
-    import climseg.io
+    import climseg.output
 
-    monkeypatch.setattr(climseg.io.os, "replace", failing(errno.ENOSPC, after=1))
+    monkeypatch.setattr(climseg.output.os, "replace", failing(errno.ENOSPC, after=1))
     code = main(["generate", str(tmp_path / "data"), "--samples", "3", "--height", "16", "--width", "16",
                  "--workers", "1", "--no-progress"])
     check_one_line_error(capsys, code, "no space left on device")
@@ -351,7 +351,7 @@ def test_predict_leaves_an_earlier_run_alone(tmp_path, checkpoint, samples, caps
 
 LOCK_HOLDER = textwrap.dedent("""
     import sys, time
-    from climseg.io import RunLock
+    from climseg.output import RunLock
     lock = RunLock(sys.argv[1]).acquire()
     print("locked", flush=True)
     time.sleep(60)
@@ -446,7 +446,7 @@ def test_generated_dataset_is_readable_by_others(tmp_path):
 
 KILLED_WRITER = textwrap.dedent("""
     import os, sys, time
-    import climseg.io
+    import climseg.output
     real = os.replace
     marker = sys.argv[1]
     def slow_replace(src, dst):       # every file complete under its temporary name, not yet renamed
@@ -455,7 +455,7 @@ KILLED_WRITER = textwrap.dedent("""
             print("WRITING", flush=True)
             time.sleep(float(sys.argv[2]))
         return real(src, dst)
-    climseg.io.os.replace = slow_replace
+    climseg.output.os.replace = slow_replace
     from climseg.cli import main
     sys.exit(main(sys.argv[3:]))
 """)
@@ -538,12 +538,12 @@ def test_kills_while_writing_predictions_and_checkpoints(tmp_path, checkpoint, s
     # a checkpoint killed while being written: the earlier one is still whole
     script = textwrap.dedent(f"""
         import os, sys, time, torch
-        import climseg.io
+        import climseg.output
         from climseg.train.checkpoint import save_checkpoint
         real = os.replace
         def slow(src, dst):
             print("WRITING", flush=True); time.sleep(30); real(src, dst)
-        climseg.io.os.replace = slow
+        climseg.output.os.replace = slow
         save_checkpoint({str(tmp_path / 'last.pt')!r}, dict(model=dict(), data=dict(step=2)))
     """)
     from climseg.train.checkpoint import load_checkpoint, save_checkpoint

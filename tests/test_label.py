@@ -12,7 +12,7 @@ import netCDF4
 import numpy as np
 import pytest
 
-from climseg.analytics import sphere
+from climseg import sphere
 from climseg.analytics.label import (LabelOptions, detect_cyclones, detect_rivers, link_cyclones,
                                      relative_vorticity)
 from climseg.cli import main

@@ -27,11 +27,11 @@ import os
 
 import numpy as np
 
-from climseg.analytics import sphere
+from climseg import sphere
 from climseg.analytics.track import read_events
 from climseg.constants import CLASS_NAMES
 from climseg.errors import DataError, UserError
-from climseg.io import atomic_path, write_json
+from climseg.output import atomic_path, write_json
 from climseg.plotting import finish_map
 
 SHORT = {"tropical_cyclone": "tc", "atmospheric_river": "ar"}

@@ -56,11 +56,11 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from climseg.analytics import sphere
+from climseg import sphere
 from climseg.constants import ATMOSPHERIC_RIVER, CHANNELS, CLASS_NAMES, NUM_CLASSES, TROPICAL_CYCLONE
 from climseg.data.netcdf import create_mask_netcdf
 from climseg.errors import ConfigError, DataError, UserError
-from climseg.io import atomic_path, write_json
+from climseg.output import atomic_path, write_json
 from climseg.progress import progress_bar
 
 EARTH_RADIUS_M = sphere.EARTH_RADIUS_KM * 1000.0
@@ -621,7 +621,7 @@ def label(inputs, out, options=None, convention="auto", variables=None, workers=
     started = time.perf_counter()
     summary = dict(options=dataclasses.asdict(options), inputs=[], steps=0)
     if info is not None and data_info is not None:
-        from climseg.io import atomic_directory
+        from climseg.output import atomic_directory
 
         with atomic_directory(dataset) as folder:
             os.makedirs(os.path.join(folder, "train"))

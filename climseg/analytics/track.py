@@ -6,7 +6,7 @@ Data flow (``climseg track MASKS... --out DIR``):
    increase across the files in the order given) and builds one time axis in hours.
 2. **Scan** (parallel over contiguous chunks of time steps): each step's class mask is
    split into connected components per class (8-connected, joined across the date line
-   on global grids, never across the poles: :mod:`climseg.analytics.sphere`); components
+   on global grids, never across the poles: :mod:`climseg.sphere`); components
    below the class's size threshold (pixels or km^2) are dropped; each component's
    pixels, area and area-weighted unit-vector sum are kept, and its overlaps with the
    components of the previous ``look_ahead`` steps of the same class are counted on the
@@ -47,10 +47,10 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
 
-from climseg.analytics import sphere
+from climseg import sphere
 from climseg.constants import CLASS_NAMES, NUM_CLASSES
 from climseg.errors import ConfigError, DataError, UserError
-from climseg.io import atomic_path, write_json
+from climseg.output import atomic_path, write_json
 from climseg.progress import progress_bar
 
 FORMAT = "climseg-events"

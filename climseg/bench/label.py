@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from climseg.analytics import sphere
+from climseg import sphere
 from climseg.constants import ATMOSPHERIC_RIVER, TROPICAL_CYCLONE
 
 
@@ -166,7 +166,7 @@ def _default_path(date):
 
 
 def _write(path, result, args):
-    from climseg.io import atomic_path, write_json
+    from climseg.output import atomic_path, write_json
 
     write_json(path, result)
     lines = [f"# climseg label: scores against the generator's truth, and throughput ({result['date']})", "",

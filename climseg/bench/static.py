@@ -453,7 +453,7 @@ def _block(r):
 
 def write(triton, cuda, meta, path):
     """JSON (meta + rows) and the markdown tables beside it."""
-    from climseg.io import atomic_path, write_json
+    from climseg.output import atomic_path, write_json
 
     write_json(path, dict(meta=meta, rows=triton + cuda))
     lines = [f"# Static check of the GPU kernels ({meta['date']})", "",

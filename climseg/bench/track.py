@@ -51,7 +51,7 @@ def _upsample_file(job):
     import netCDF4
 
     from climseg.constants import CLASS_NAMES, NUM_CLASSES
-    from climseg.io import atomic_path
+    from climseg.output import atomic_path
 
     with netCDF4.Dataset(src) as ds:
         labels = np.asarray(ds.variables["LABELS"][:], np.uint8)

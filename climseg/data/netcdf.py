@@ -462,7 +462,7 @@ def write_cam5_netcdf(path, fields, lat, lon, times=None, channels=CHANNELS):
     import netCDF4
 
     from climseg.constants import CHANNEL_UNITS
-    from climseg.io import atomic_path
+    from climseg.output import atomic_path
 
     fields = np.asarray(fields, dtype=np.float32)
     with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w") as ds:

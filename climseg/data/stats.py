@@ -18,7 +18,7 @@ import numpy as np
 
 from climseg.constants import CHANNELS
 from climseg.errors import DataError, UserError
-from climseg.io import atomic_path
+from climseg.output import atomic_path
 
 NORMALIZATIONS = ("minmax", "zscore")
 

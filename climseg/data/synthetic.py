@@ -42,7 +42,7 @@ from scipy import ndimage
 from climseg.constants import ATMOSPHERIC_RIVER, BACKGROUND, CHANNELS, NUM_CLASSES, TROPICAL_CYCLONE
 from climseg.data.stats import ChannelStats, write_stats
 from climseg.errors import UserError
-from climseg.io import atomic_directory, atomic_path, check_output_location, write_json
+from climseg.output import atomic_directory, atomic_path, check_output_location, write_json
 from climseg.metrics import label_components
 from climseg.progress import progress_bar
 

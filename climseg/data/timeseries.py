@@ -44,7 +44,7 @@ from climseg.constants import ATMOSPHERIC_RIVER, CHANNEL_UNITS, CHANNELS, CLASS_
 from climseg.data.synthetic import (EARTH_RADIUS, GALE_WIND, GENERATOR_VERSION, Features, _BaseGrid, _draw_cyclone,
                                     _great_circle, build_snapshot, draw_weather, grid, river_axis)
 from climseg.errors import ConfigError, UserError
-from climseg.io import atomic_directory, atomic_path, write_json
+from climseg.output import atomic_directory, atomic_path, write_json
 from climseg.progress import progress_bar
 
 TIMESERIES_VERSION = 1
@@ -391,7 +391,7 @@ def score_tracking(series_folder, track_folder, min_steps=1):
 
     import netCDF4
 
-    from climseg.analytics.sphere import haversine_km
+    from climseg.sphere import haversine_km
     from climseg.analytics.track import read_events
 
     meta, events, tracks = read_events(track_folder)
