@@ -237,8 +237,8 @@ def build_parser():
     p.add_argument("--climatenet-config", default=None, help="ClimateNet config.json (default: beside the weights)")
     p.add_argument("--stats", default=None, help="--from mlperf-deepcam: the dataset's stats.h5 (the input "
                    "normalisation, which the reference's checkpoint does not hold)")
-    p.add_argument("--normalization", default="minmax", help="--from mlperf-deepcam: minmax (the MLPerf "
-                   "reference's) or zscore")
+    p.add_argument("--normalization", default=None, help="--from mlperf-deepcam: minmax (the MLPerf "
+                   "reference's; default) or zscore")
 
     sub.add_parser("info", help="versions, devices, and which backend each op uses")
 
@@ -307,8 +307,8 @@ def main(argv=None):
     except OSError as exc:
         if exc.errno not in WRITE_ERRNOS:
             raise
-        # a write that did not go through climseg.io (a library writing on its own): still one line
-        from climseg.io import output_error
+        # a write that did not go through climseg.output (a library writing on its own): still one line
+        from climseg.output import output_error
 
         print(f"climseg: error: {_rank_prefix()}{output_error(exc.filename or '?', exc)}", file=sys.stderr)
         _end_job_if_distributed(2)
@@ -577,20 +577,9 @@ def cmd_bench(args):
 
 
 def cmd_convert(args):
-    from climseg.io import check_output_location
-    from climseg.models.convert import convert
+    from climseg.data.checkpoints import convert_checkpoint
 
-    options = {}
-    if args.climatenet_config is not None:
-        if args.from_format != "climatenet":
-            raise UserError("--climatenet-config goes with --from climatenet")
-        options["config"] = args.climatenet_config
-    if args.from_format == "mlperf-deepcam":
-        options.update(stats=args.stats, normalization=args.normalization)
-    elif args.stats is not None:
-        raise UserError("--stats goes with --from mlperf-deepcam")
-    check_output_location(args.out, kind="file")
-    print(f"climseg: {convert(args.source, args.out, args.from_format, args.to_format, **options)}")
+    print(f"climseg: {convert_checkpoint(args.source, args.out, args.from_format, args.to_format, config=args.climatenet_config, stats=args.stats, normalization=args.normalization)}")
     return 0
 
 

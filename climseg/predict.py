@@ -28,7 +28,7 @@ input, and rank 0 gathers the per-input entries and writes one merged ``summary.
 input order. Memory stays bounded: one time step is read, segmented and appended to the open
 mask file at a time (netCDF; the mask variable grows along time), whatever the series length.
 ``checkpoint`` may also be ``climatenet:WEIGHTS.pth`` (ClimateNet weights with the
-``config.json`` beside them, imported on the fly by :mod:`climseg.models.convert`).
+``config.json`` beside them, imported on the fly by :mod:`climseg.data.checkpoints`).
 """
 import os
 
@@ -41,11 +41,12 @@ from climseg.constants import CHANNEL_UNITS, CHANNELS, CLASS_NAMES, NUM_CLASSES
 from climseg.data.deepcam import DATA_KEY, LABELS_KEY, check_labels, read_sample
 from climseg.data.netcdf import create_mask_netcdf, is_netcdf, open_netcdf, read_netcdf_step
 from climseg.errors import DataError, UserError, first_line
-from climseg.io import OutputBatch, check_output_location, write_json
+from climseg.output import OutputBatch, check_output_location, write_json
 from climseg.metrics import ConfusionMatrix, count_objects
 from climseg.plotting import plot_map
 from climseg.progress import progress_bar
-from climseg.models.checkpoint import build_model, load_checkpoint
+from climseg.data.checkpoints import load_any_checkpoint
+from climseg.models.checkpoint import build_model
 from climseg.perf.hardware import resolve_device
 
 
@@ -125,16 +126,6 @@ def _pad(x, multiple, periodic=True):
     return x, (ph // 2, pw // 2)
 
 
-def _load(checkpoint):
-    """A climseg checkpoint, or another project's weights named ``FORMAT:PATH`` (imported)."""
-    from climseg.models.convert import IMPORTERS
-
-    fmt, sep, path = str(checkpoint).partition(":")
-    if sep and fmt in IMPORTERS and not os.path.exists(str(checkpoint)):
-        return dict(IMPORTERS[fmt](path), path=str(checkpoint))
-    return load_checkpoint(checkpoint)
-
-
 def _ranks(device):
     """``(rank, world, topology or None, device)`` of this process (one rank without a launcher)."""
     from climseg.distributed import launch
@@ -168,7 +159,7 @@ def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progre
     if not inputs:
         raise UserError("no input files given")
     check_output_location(out, "folder")
-    ckpt = _load(checkpoint)
+    ckpt = load_any_checkpoint(checkpoint)
     rank, world, topo, dev = _ranks(device)
     if rank != 0:
         log, progress = (lambda *a, **k: None), False
@@ -215,7 +206,7 @@ def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progre
 
 
 def _predict_source(s, model, shift, scale, autocast, batch, maps, dev, bar):
-    """Masks, maps and summary entries of one input file (written into the :class:`~climseg.io.OutputBatch`);
+    """Masks, maps and summary entries of one input file (written into the :class:`~climseg.output.OutputBatch`);
     each step's mask goes to the file at once."""
     entries = []
     with _MaskWriter(s, batch) as writer:

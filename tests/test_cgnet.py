@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from climseg.models import CGNet, build_network, count_parameters
-from climseg.models.convert import climatenet_model, convert, init_weights
+from climseg.data.checkpoints import convert_checkpoint as convert
+from climseg.models.layouts import climatenet_model, init_weights
 from climseg.errors import CheckpointError, ConfigError
 
 def hand_count(c, k, m=3, n=21):

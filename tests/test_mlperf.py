@@ -146,7 +146,7 @@ def test_recipes_lie_beneath_explicit_options():
 def reference_names(n_middle=16):
     """The MLPerf DeepCAM reference network's state_dict entries (name, shape), in its order,
     written out here from its architecture file (deepcam/src/deepCam/architecture/deeplab_xception.py)
-    independently of climseg.models.convert, with the batch-norm buffer order utils/bnstats.py leaves."""
+    independently of climseg.models.layouts, with the batch-norm buffer order utils/bnstats.py leaves."""
     out = []
 
     def bn(name, c):
@@ -293,6 +293,6 @@ def test_convert_refusals(reference_checkpoint, small_dataset, tmp_path, capsys)
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, (argv, err)
     with pytest.raises(CheckpointError, match="tiny"):
-        from climseg.models.convert import export_mlperf_deepcam
+        from climseg.data.checkpoints import export_mlperf_deepcam
 
         export_mlperf_deepcam(dict(model=dict(config="tiny", state_dict={})), str(tmp_path / "t.cpt"))

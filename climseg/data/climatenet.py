@@ -35,15 +35,16 @@ DeepCAM files. :attr:`NetCDFLoader.paths_used` counts the samples each path read
 import concurrent.futures
 import dataclasses
 import glob
+import json
 import os
 
 import h5py
 import numpy as np
 import torch
 
-from climseg.constants import CHANNELS, NUM_CLASSES
+from climseg.constants import CHANNELS, CLASS_NAMES, NUM_CLASSES
 from climseg.data.deepcam import channel_indices, check_labels
-from climseg.data.loader import DTYPES, LABEL_CODES, FastLoader, _convert_on
+from climseg.data.loader import DTYPES, LABEL_CODES, FastLoader, resolve_convert_on
 from climseg.data.netcdf import open_netcdf
 from climseg.data.stats import ChannelStats
 from climseg.errors import ConfigError, DataError
@@ -164,10 +165,37 @@ def _finish(sample, fields, lab):
 
 
 # ---------------------------------------------------------------------------------- statistics
+def read_climatenet_config(path):
+    """``(channels, mean, std, labels)`` from a ClimateNet ``config.json``."""
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ClimateNet config ({exc.strerror})") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not JSON ({exc})") from None
+    fields = raw.get("fields") if isinstance(raw, dict) else None
+    if not isinstance(fields, dict) or not fields:
+        raise ConfigError(f"{path}: no 'fields' block of {{variable: {{mean, std}}}} (ClimateNet config.json)")
+    channels, mean, std = [], [], []
+    for name, stats in fields.items():
+        if name not in CHANNELS:
+            raise ConfigError(f"{path}: field {name!r} is not one of climseg's channels ({', '.join(CHANNELS)})")
+        try:
+            m, s = float(stats["mean"]), float(stats["std"])
+        except (TypeError, KeyError, ValueError):
+            raise ConfigError(f"{path}: field {name!r} needs numeric 'mean' and 'std'") from None
+        if not (np.isfinite(m) and np.isfinite(s) and s > 0):
+            raise ConfigError(f"{path}: field {name!r} has mean {m} and std {s}; std must be positive and finite")
+        channels.append(name)
+        mean.append(m)
+        std.append(s)
+    labels = raw.get("labels", list(CLASS_NAMES))
+    return channels, np.array(mean, np.float32), np.array(std, np.float32), list(labels)
+
+
 def read_fields_block(path):
     """ClimateNet ``config.json`` ``fields`` block as {channel: (mean, std)} (DataError if malformed)."""
-    from climseg.models.convert import read_climatenet_config
-
     try:
         names, mean, std, _ = read_climatenet_config(path)
     except ConfigError as exc:
@@ -298,7 +326,7 @@ class NetCDFLoader(FastLoader):
             tune_cpu_allocator()
         self.stats, self.channel_index, self.channels = dataset.stats, dataset.channel_index, dataset.channels
         self.shift, self.scale = dataset.shift.reshape(-1).tolist(), dataset.scale.reshape(-1).tolist()
-        self.convert_on = _convert_on(convert_on, self.device)
+        self.convert_on = resolve_convert_on(convert_on, self.device)
         if self.convert_on == "device":
             self._read_dtype, self._read_layout = torch.float32, "nhwc"
             self._read_shift, self._read_scale = [0.0] * len(self.shift), [1.0] * len(self.scale)
@@ -467,7 +495,7 @@ def write_climatenet_file(path, fields, labels, lat, lon, channels=CLIMATENET_CH
     import netCDF4
 
     from climseg.data.netcdf import create_cam5_grid
-    from climseg.io import atomic_path
+    from climseg.output import atomic_path
 
     fields = np.asarray(fields, np.float32)
     labels = np.asarray(labels)

@@ -190,7 +190,7 @@ class FastLoader:
             ``climseg train`` opts in.
         convert_on: where samples are normalised, cast and laid out: ``"host"`` (the
             reader threads), ``"device"`` (the reader hands over raw float32 NHWC and one
-            CUDA kernel, climseg.ops.convert_input, converts after the upload: less CPU
+            CUDA kernel, climseg.ops.normalize_input, converts after the upload: less CPU
             work, twice the upload bytes for 16-bit output) or ``"auto"`` (default:
             ``"device"`` when ``device`` is CUDA and the CUDA kernels are there).
     """
@@ -228,7 +228,7 @@ class FastLoader:
         self.channels = [CHANNELS[i] for i in self.channel_index]
         shift, scale = self.stats.normalization(normalization, self.channel_index)
         self.shift, self.scale = shift.tolist(), scale.tolist()
-        self.convert_on = _convert_on(convert_on, self.device)
+        self.convert_on = resolve_convert_on(convert_on, self.device)
         if self.convert_on == "device":    # the reader only selects channels; the GPU does the rest
             self._read_dtype, self._read_layout = torch.float32, "nhwc"
             self._read_shift, self._read_scale = [0.0] * len(self.shift), [1.0] * len(self.scale)
@@ -438,12 +438,12 @@ class FastLoader:
 
     def _to_device(self, data, labels):
         if self.convert_on == "device":
-            from climseg.ops.convert import convert_input
+            from climseg.ops.normalize import normalize_input
 
             if self.device is not None:
                 data = data.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True) if labels is not None else None
-            return convert_input(data, self.shift, self.scale, dtype=self.dtype, layout=self.layout), labels
+            return normalize_input(data, self.shift, self.scale, dtype=self.dtype, layout=self.layout), labels
         if self.layout == "nhwc":
             data = data.permute(0, 3, 1, 2)   # (B, C, H, W), channels_last memory
         if self.device is not None and self.device.type != "cpu":
@@ -452,7 +452,10 @@ class FastLoader:
         return data, labels
 
 
-def _convert_on(convert_on, device):
+def resolve_convert_on(convert_on, device):
+    """Where a loader normalises and casts its batches: ``"host"`` (the reader threads) or ``"device"``
+    (the CUDA kernel :func:`climseg.ops.normalize_input` after the upload); ``"auto"`` takes the
+    device where that kernel runs."""
     if convert_on not in ("auto", "host", "device"):
         raise ConfigError(f"convert_on must be 'auto', 'host' or 'device', not {convert_on!r}")
     if convert_on != "auto":
@@ -461,7 +464,7 @@ def _convert_on(convert_on, device):
         return "host"
     from climseg.ops.backend import resolve
 
-    return "device" if resolve("convert_input", "auto", torch.empty(0, device=device)) == "cuda" else "host"
+    return "device" if resolve("normalize_input", "auto", torch.empty(0, device=device)) == "cuda" else "host"
 
 
 def _h5_read(path, key):

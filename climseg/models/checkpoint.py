@@ -11,7 +11,7 @@ A checkpoint is a ``torch.save`` dict (loadable with ``weights_only=True``):
   exactly.
 
 The file format lives here, beside the networks, so that inference (:mod:`climseg.predict`)
-and the converters (:mod:`climseg.models.convert`) read checkpoints without importing the
+and the converters (:mod:`climseg.data.checkpoints`) read checkpoints without importing the
 training code. Files are written to a temporary name and renamed, so a checkpoint on disk is
 always complete.
 """
@@ -20,7 +20,7 @@ import os
 import torch
 
 from climseg.errors import CheckpointError, first_line
-from climseg.io import atomic_path, output_error
+from climseg.output import atomic_path, output_error
 from climseg.models import build_network
 
 FORMAT = "climseg-checkpoint"

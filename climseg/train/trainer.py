@@ -41,7 +41,7 @@ from climseg.data.sampling import EpochSampler
 from climseg.distributed import launch as dist_launch
 from climseg.distributed.batchnorm import average_running_stats, convert_batchnorm, running_stat_buffers
 from climseg.errors import CheckpointError, ConfigError, DataError, TrainingError, first_line
-from climseg.io import RunLock, append_line, atomic_path, check_output_location, write_json
+from climseg.output import RunLock, append_line, atomic_path, check_output_location, write_json
 from climseg.losses import DEEPCAM_FREQUENCIES, build_loss
 from climseg.metrics import RunningScores
 from climseg.models import build_network, count_parameters
@@ -156,7 +156,7 @@ class Trainer:
         self.loss_fn = build_loss(cfg.loss, cfg.loss_weights, frequencies).to(self.device)
         self.net.init_class_prior(frequencies)
         if cfg.init_weights and checkpoint is None:
-            from climseg.models.convert import init_weights
+            from climseg.models.layouts import init_weights
 
             init_weights(cfg.init_weights, self.net)
             log(f"climseg: initial weights from {cfg.init_weights}")

@@ -1,18 +1,8 @@
-"""Checkpoint converters between climseg and other projects' layouts, as tables keyed by format name.
+"""Other projects' networks, weights only: their state_dict layouts mapped onto climseg's networks.
 
-``IMPORTERS[name](path, **options)`` reads another project's weights and returns a climseg
-checkpoint payload (the dict :func:`climseg.models.checkpoint.save_checkpoint` writes: ``model``
-and ``data`` sections); ``EXPORTERS[name](checkpoint, out, **options)`` writes a loaded climseg
-checkpoint in another layout. ``climseg convert --from NAME SOURCE OUT`` and
-``--to NAME CHECKPOINT OUT`` look them up here; ``--init-weights NAME:PATH`` of train and predict
-uses the importer's ``model`` section.
-
-``climatenet``: ClimateNet's ``weights.pth`` (a ``CGNetModule`` state_dict) with its
-``config.json`` (found beside the weights unless given): ``fields`` {name: {mean, std}} in the
-order the network reads them, and ``labels``. Keys are renamed by
+``climatenet``: ClimateNet's ``weights.pth``, a ``CGNetModule`` state_dict. Keys are renamed by
 :func:`climseg.models.cgnet.climatenet_key`; every key must be consumed and every climseg key
-filled, or the import fails naming the first odd key. Normalisation becomes ``zscore`` with
-shift = mean and scale = 1 / std, as ClimateNet's loader applies.
+filled, or the import fails naming the first odd key (:func:`climatenet_model`).
 
 ``mlperf-deepcam``: the MLPerf HPC DeepCAM reference (github.com/mlcommons/hpc,
 ``deepcam/src/deepCam``). Its network (``architecture/deeplab_xception.py``) has the same
@@ -22,55 +12,28 @@ state_dict of the DDP-wrapped network: every key starts with ``module.``, every 
 in a ``GBN`` wrapper (``....bn.weight``), and since ``utils/bnstats.py`` deletes and re-registers
 ``running_mean`` and ``running_var`` of every batch norm, each norm's entries come as weight,
 bias, num_batches_tracked, running_mean, running_var. The image-pooling branch's affine
-(``TrainableAffine``) is stored as ``weights`` and ``bias`` of shape (256, 1, 1).
+(``TrainableAffine``) is stored as ``weights`` and ``bias`` of shape (256, 1, 1)
+(:func:`to_reference`, :func:`from_reference`, :func:`mlperf_deepcam_model`).
 
-Import takes such a checkpoint, or a bare state_dict of the network (with or without
-``module.``); anything else is refused (:class:`~climseg.errors.CheckpointError`). The
-normalisation the reference trained with is not in its checkpoint: it comes from the dataset's
-``stats.h5`` (``--stats``) and the reference's min-max scaling.
+What comes with the weights in those projects' files (ClimateNet's ``config.json``, a dataset's
+``stats.h5``) is data; whole checkpoints of other projects, weights and normalisation together,
+are read and written by :mod:`climseg.data.checkpoints`. ``train --init-weights FORMAT:PATH``
+needs the weights only: :func:`init_weights`.
 """
 import collections
-import json
 import os
 import re
 
-import numpy as np
 import torch
 
-from climseg.constants import CHANNELS, CLASS_NAMES
 from climseg.errors import CheckpointError, ConfigError
 
-
-def read_climatenet_config(path):
-    """``(channels, mean, std, labels)`` from a ClimateNet ``config.json``."""
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ClimateNet config ({exc.strerror})") from None
-    except ValueError as exc:
-        raise ConfigError(f"{path}: not JSON ({exc})") from None
-    fields = raw.get("fields") if isinstance(raw, dict) else None
-    if not isinstance(fields, dict) or not fields:
-        raise ConfigError(f"{path}: no 'fields' block of {{variable: {{mean, std}}}} (ClimateNet config.json)")
-    channels, mean, std = [], [], []
-    for name, stats in fields.items():
-        if name not in CHANNELS:
-            raise ConfigError(f"{path}: field {name!r} is not one of climseg's channels ({', '.join(CHANNELS)})")
-        try:
-            m, s = float(stats["mean"]), float(stats["std"])
-        except (TypeError, KeyError, ValueError):
-            raise ConfigError(f"{path}: field {name!r} needs numeric 'mean' and 'std'") from None
-        if not (np.isfinite(m) and np.isfinite(s) and s > 0):
-            raise ConfigError(f"{path}: field {name!r} has mean {m} and std {s}; std must be positive and finite")
-        channels.append(name)
-        mean.append(m)
-        std.append(s)
-    labels = raw.get("labels", list(CLASS_NAMES))
-    return channels, np.array(mean, np.float32), np.array(std, np.float32), list(labels)
+WEIGHT_FORMATS = ("climatenet", "mlperf-deepcam")
 
 
-def _load_state_dict(path):
+def read_state_dict(path):
+    """A bare state_dict (names to tensors) from a PyTorch weights file; a ``{"state_dict": ...}`` wrapper
+    and DDP's ``module.`` prefix are taken off. CheckpointError names the file otherwise."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: weights file not found")
     try:
@@ -91,7 +54,7 @@ def climatenet_model(path):
     from climseg.models.cgnet import CGNet, from_climatenet_state
 
     try:
-        state, shape = from_climatenet_state(_load_state_dict(path))
+        state, shape = from_climatenet_state(read_state_dict(path))
     except ConfigError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     model = CGNet(**shape)
@@ -109,29 +72,6 @@ def climatenet_model(path):
     section = dict(config="cgnet", in_channels=shape["in_channels"], num_classes=shape["num_classes"], norm="batch",
                    options=options, state_dict=model.state_dict())
     return model, section
-
-
-def import_climatenet(path, config=None):
-    """A climseg checkpoint payload from ClimateNet's ``weights.pth`` and ``config.json``
-    (``config``; default: ``config.json`` in the weights' folder)."""
-    config = config or os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
-    if not os.path.isfile(config):
-        raise ConfigError(f"{config}: ClimateNet config.json not found (its 'fields' block gives the channels "
-                          f"and their mean/std); name it with --climatenet-config")
-    channels, mean, std, labels = read_climatenet_config(config)
-    _, section = climatenet_model(path)
-    if section["in_channels"] != len(channels):
-        raise CheckpointError(f"{path}: the network reads {section['in_channels']} channels but {config} lists "
-                              f"{len(channels)} fields")
-    if len(labels) != section["num_classes"]:
-        raise CheckpointError(f"{path}: the network has {section['num_classes']} classes but {config} lists "
-                              f"{len(labels)} labels")
-    data = dict(channels=channels, normalization="zscore", shift=torch.from_numpy(mean),
-                scale=torch.from_numpy(1.0 / std), class_names=list(CLASS_NAMES[:len(labels)]),
-                source=dict(format="climatenet", weights=os.path.abspath(path), config=os.path.abspath(config),
-                            labels=labels))
-    return dict(model=section, data=data)
-
 
 
 # ----------------------------------------------------------------------------- mlperf-deepcam
@@ -241,8 +181,8 @@ def from_reference(state_dict, where, in_channels, num_classes):
         out[key] = value.to(ours[key].dtype)
     return out
 
-
-def _read(path):
+def read_checkpoint_file(path):
+    """Whatever ``torch.load`` finds in ``path`` (weights only); CheckpointError names the file otherwise."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
@@ -251,14 +191,11 @@ def _read(path):
         raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:120]})") from None
 
 
-def import_mlperf_deepcam(path, stats=None, normalization="minmax", channels=None):
-    """A climseg checkpoint payload (weights only) from a reference checkpoint or bare state_dict.
-    ``stats``: the dataset's ``stats.h5`` (normalisation); ``channels``: channel names (default:
-    the 16 in climseg's order, as the reference's ``--channels 0..15``)."""
-    from climseg.constants import CHANNELS, CLASS_NAMES
-    from climseg.data import read_stats
-
-    raw = _read(path)
+def mlperf_deepcam_model(path):
+    """The ``model`` section of a climseg checkpoint (a ``deepcam`` network) from an MLPerf DeepCAM
+    reference checkpoint or bare state_dict (with or without ``module.``), and the reference's
+    ``{"step", "epoch"}`` where it has them."""
+    raw = read_checkpoint_file(path)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: not an MLPerf DeepCAM checkpoint or state_dict")
     state = raw.get("model") if isinstance(raw.get("model"), dict) else raw
@@ -270,67 +207,10 @@ def import_mlperf_deepcam(path, stats=None, normalization="minmax", channels=Non
         raise CheckpointError(f"{path}: not an MLPerf DeepCAM state_dict (no xception_features.conv1 / "
                               f"upsample.last_deconv.0 weights)")
     in_channels, num_classes = state[first].shape[1], state[last].shape[1]
-    channels = list(channels) if channels else list(CHANNELS[:in_channels])
-    if len(channels) != in_channels:
-        raise CheckpointError(f"{path}: the network reads {in_channels} channels, {len(channels)} were named")
-    if stats is None:
-        raise CheckpointError(f"{path}: give the dataset's statistics (--stats stats.h5): the reference's "
-                              f"checkpoint does not hold its input normalisation")
-    table = read_stats(stats)
-    index = [list(CHANNELS).index(c) for c in channels]
-    shift, scale = table.normalization(normalization, index)
-    state_dict = from_reference(state, path, in_channels, num_classes)
-    step = raw.get("step") if isinstance(raw.get("step"), int) else None
-    return dict(
-        model=dict(config="deepcam", in_channels=in_channels, num_classes=num_classes, norm="batch",
-                   state_dict=state_dict),
-        data=dict(channels=channels, normalization=normalization, shift=torch.as_tensor(shift).reshape(-1),
-                  scale=torch.as_tensor(scale).reshape(-1), class_names=list(CLASS_NAMES)[:num_classes]),
-        imported=dict(format="mlperf-deepcam", source=os.path.abspath(path), step=step,
-                      epoch=raw.get("epoch") if isinstance(raw.get("epoch"), int) else None),
-    )
-
-
-def export_mlperf_deepcam(ckpt, path):
-    """Write a climseg ``deepcam`` checkpoint as the reference writes its own:
-    ``{"step", "epoch", "model"}`` (no optimizer state: the reference's LAMB is apex's)."""
-    from climseg.io import atomic_path
-
-    spec = ckpt["model"]
-    if spec["config"] != "deepcam" or spec.get("norm", "batch") != "batch":
-        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: holds a {spec['config']!r} network; only the "
-                              f"deepcam configuration has the MLPerf reference's layout")
-    progress = (ckpt.get("train") or {}).get("progress", {})
-    payload = dict(step=int(progress.get("step", 0)), epoch=int(progress.get("epoch", 0)),
-                   model=to_reference(spec["state_dict"]))
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
-
-
-IMPORTERS = {"climatenet": import_climatenet, "mlperf-deepcam": import_mlperf_deepcam}
-EXPORTERS = {"mlperf-deepcam": export_mlperf_deepcam}
-
-
-def convert(source, out, from_format=None, to_format=None, **options):
-    """Convert ``source`` to ``out``: ``from_format`` imports another project's weights into a climseg
-    checkpoint; ``to_format`` exports a climseg checkpoint. Returns a one-line description."""
-    from climseg.models.checkpoint import load_checkpoint, save_checkpoint
-
-    if (from_format is None) == (to_format is None):
-        raise ConfigError("convert: give exactly one of --from FORMAT or --to FORMAT")
-    if from_format is not None:
-        if from_format not in IMPORTERS:
-            raise ConfigError(f"convert: unknown format {from_format!r} for --from (choose from {', '.join(IMPORTERS)})")
-        payload = IMPORTERS[from_format](source, **options)
-        save_checkpoint(out, payload)
-        m = payload["model"]
-        return (f"{source} ({from_format}) -> {out}: {m['config']} model, {m['in_channels']} channels "
-                f"({', '.join(payload['data']['channels'])}), {m['num_classes']} classes")
-    if to_format not in EXPORTERS:
-        raise ConfigError(f"convert: unknown format {to_format!r} for --to (choose from {', '.join(EXPORTERS) or 'none'})")
-    EXPORTERS[to_format](load_checkpoint(source), out, **options)
-    return f"{source} -> {out} ({to_format})"
+    section = dict(config="deepcam", in_channels=in_channels, num_classes=num_classes, norm="batch",
+                   state_dict=from_reference(state, path, in_channels, num_classes))
+    progress = {k: raw.get(k) if isinstance(raw.get(k), int) else None for k in ("step", "epoch")}
+    return section, progress
 
 
 def init_weights(spec, model):
@@ -341,10 +221,10 @@ def init_weights(spec, model):
         raise ConfigError(f"option init-weights: expected FORMAT:PATH (e.g. climatenet:weights.pth), got {spec!r}")
     if fmt == "climatenet":
         _, section = climatenet_model(path)
-    elif fmt in IMPORTERS:
-        section = IMPORTERS[fmt](path)["model"]
+    elif fmt == "mlperf-deepcam":
+        section, _ = mlperf_deepcam_model(path)
     else:
-        raise ConfigError(f"option init-weights: unknown format {fmt!r} (choose from {', '.join(IMPORTERS)})")
+        raise ConfigError(f"option init-weights: unknown format {fmt!r} (choose from {', '.join(WEIGHT_FORMATS)})")
     name = getattr(model, "config_name", type(model).__name__)
     if section["config"] != name:
         raise CheckpointError(f"{path}: holds a {section['config']} network but this run builds {name}")
