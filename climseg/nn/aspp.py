@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from climseg.nn.atrous import AtrousConv2d, _fold
+from climseg.nn.atrous import AtrousConv2d
+from climseg.nn.fold import fold_batchnorm
 from climseg.nn.layers import ChannelAffine, ConvNormAct
 from climseg.ops import aspp_conv, atrous_conv2d
 from climseg.ops import backend as _backend
@@ -110,7 +111,7 @@ class ASPP(nn.Module):
                 if norm.training or not norm.track_running_stats:
                     train_norms.append(norm)
                 else:
-                    s, t = _fold(norm)
+                    s, t = fold_batchnorm(norm)
                     scale, shift = scale * s, shift * s + t
             biases.append(bias)
             scales.append(scale)

@@ -63,29 +63,3 @@ class AtrousConv2d(nn.Conv2d):
         if self.activation:
             extra.append(f"activation={self.activation}")
         return ", ".join([super().extra_repr()] + extra)
-
-
-def _fold(bn):
-    """``(scale, shift)`` of an eval-mode BatchNorm2d: ``y = x * scale + shift``."""
-    return _fold_values(bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
-
-
-def _fold_values(mean, var, eps, weight=None, bias=None):
-    """``(scale, shift)`` in float32 of a batch norm with these statistics and affine terms."""
-    scale = torch.rsqrt(var.float() + eps)
-    shift = -mean.float() * scale
-    if weight is not None:
-        scale = scale * weight.float()
-        shift = shift * weight.float() + (bias.float() if bias is not None else 0)
-    return scale, shift
-
-
-def _foldable_bn(m):
-    return isinstance(m, nn.BatchNorm2d) and m.track_running_stats and m.running_mean is not None
-
-
-def convert_model(model, **options):
-    """:func:`climseg.nn.convert.convert_model` (kept here for imports of this module)."""
-    from climseg.nn.convert import convert_model as convert
-
-    return convert(model, **options)

@@ -37,7 +37,8 @@ import torch.nn as nn
 
 from climseg.errors import ConfigError
 from climseg.nn.aspp import ASPP
-from climseg.nn.atrous import AtrousConv2d, _fold, _fold_values, _foldable_bn
+from climseg.nn.atrous import AtrousConv2d
+from climseg.nn.fold import fold_batchnorm, fold_values, is_foldable_batchnorm
 from climseg.nn.layers import ConvNormAct
 
 logger = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ class _Folder:
             conv = AtrousConv2d.from_conv(conv, backend=self.backend)
             _set(self.model, conv_path, conv)
             self.report.convs += 1
-        conv.fuse_affine(*_fold(norm), "relu" if act_path else None)
+        conv.fuse_affine(*fold_batchnorm(norm), "relu" if act_path else None)
         conv.folded_norm = norm_path
         conv.folded_norm_state = {k: v.detach().clone() for k, v in norm.state_dict().items()}
         conv.folded_norm_state["eps"] = norm.eps
@@ -208,7 +209,7 @@ class _Folder:
             return f"follows {conv_path} (a {type(conv).__name__}), not a convolution"
         if isinstance(conv, AtrousConv2d) and (conv.scale is not None or conv.activation is not None):
             return "its convolution already has a fused epilogue"
-        if not _foldable_bn(norm):
+        if not is_foldable_batchnorm(norm):
             return "no running statistics (track_running_stats=False)"
         if norm.num_features != conv.out_channels:
             return f"{norm.num_features} channels after a convolution with {conv.out_channels}"
@@ -386,7 +387,7 @@ def unfold_state_dict(model):
         eps = saved.pop("eps")
         same = "weight" in saved and "running_mean" in saved
         if same:   # do the saved statistics still give the folded scale and shift?
-            scale, shift = _fold_values(saved["running_mean"], saved["running_var"], eps, saved["weight"],
+            scale, shift = fold_values(saved["running_mean"], saved["running_var"], eps, saved["weight"],
                                         saved.get("bias"))
             same = torch.equal(scale.to(m.scale), m.scale) and torch.equal(shift.to(m.shift), m.shift)
         if not same:
