@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from climseg.constants import NUM_CLASSES
 from climseg.errors import ConfigError
-from climseg.metrics import prediction_counts
+from climseg.ops.counts import prediction_counts
 from climseg.ops.cross_entropy import weighted_cross_entropy_with_counts
 
 # Pixel fractions of background, TC, AR in the CAM5 DeepCAM data (MLPerf HPC reference).

@@ -19,30 +19,7 @@ import math
 import torch
 
 from climseg.constants import CLASS_NAMES, NUM_CLASSES
-
-
-def _flatten(pred, target):
-    if pred.shape != target.shape:
-        raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
-    return pred.reshape(pred.shape[0], -1).long(), target.reshape(target.shape[0], -1).long()
-
-
-def prediction_counts(pred, target, num_classes=NUM_CLASSES, ignore_index=None):
-    """Per-sample (TP, FP, FN) of class indices ``pred`` against ``target``: int64 (N, C, 3).
-    Pixels whose target is ``ignore_index`` count nowhere; an index outside [0, C) matches no
-    class. One bincount of per-sample confusion matrices (an extra row and column collect the
-    out-of-range indices), then their diagonals and margins."""
-    p, t = _flatten(pred, target)
-    n, c = p.shape[0], num_classes
-    keep = t != ignore_index if ignore_index is not None else torch.ones_like(t, dtype=torch.bool)
-    p = torch.where((p >= 0) & (p < c), p, c)
-    t = torch.where((t >= 0) & (t < c), t, c)
-    sample = torch.arange(n, device=p.device).view(n, 1).expand_as(t)
-    size = (c + 1) * (c + 1)
-    index = (sample * (c + 1) + t) * (c + 1) + p
-    matrix = torch.bincount(index[keep], minlength=n * size)[: n * size].view(n, c + 1, c + 1)   # [n, true, pred]
-    tp = matrix.diagonal(dim1=1, dim2=2)[:, :c]
-    return torch.stack([tp, matrix.sum(1)[:, :c] - tp, matrix.sum(2)[:, :c] - tp], dim=-1)
+from climseg.ops.counts import prediction_counts
 
 
 def tp_fp_fn(pred, target, num_classes=NUM_CLASSES):
@@ -241,8 +218,8 @@ class ConfusionMatrix:
 def label_components(mask, periodic=True):
     """Connected regions of a boolean (H, W) numpy mask, 8-connected, joined across
     the date line when ``periodic`` (global longitude). Returns ``(labels, count)``
-    with labels ``1..count`` (0 outside); see :func:`climseg.analytics.sphere.label_components`."""
-    from climseg.analytics.sphere import label_components as on_sphere
+    with labels ``1..count`` (0 outside); see :func:`climseg.sphere.label_components`."""
+    from climseg.sphere import label_components as on_sphere
 
     return on_sphere(mask, periodic)
 

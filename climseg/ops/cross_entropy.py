@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from climseg.errors import ConfigError
-from climseg.metrics import prediction_counts
+from climseg.ops.counts import prediction_counts
 from climseg.ops import backend as _backend
 from climseg.ops import cuda as _cuda
 from climseg.ops.multi_tensor import is_dense
