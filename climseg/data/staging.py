@@ -45,7 +45,7 @@ import time
 import zlib
 
 from climseg.errors import DataError, UserError
-from climseg.io import append_line, atomic_path, check_output_location, makedirs, write_json
+from climseg.output import append_line, atomic_path, check_output_location, makedirs, write_json
 
 JOURNAL = ".climseg-stage-journal"
 MANIFEST = "climseg-manifest.json"
@@ -294,14 +294,14 @@ def _stage_mpi(src, dst_pattern, shard_by, replicate, progress, log, verify=Fals
     import numpy as np
     from mpi4py import MPI
 
-    from climseg.distributed.launch import _node_table, detect_launcher
+    from climseg.distributed.launch import node_table, detect_launcher
     from climseg.progress import progress_bar
 
     comm = MPI.COMM_WORLD
     rank, world = comm.Get_rank(), comm.Get_size()
     info = detect_launcher()
     info.rank, info.world_size = rank, world
-    nodes, local_ranks = _node_table(info, comm)
+    nodes, local_ranks = node_table(info, comm)
     num_nodes = max(nodes) + 1
     node_ranks = [sorted((r for r in range(world) if nodes[r] == n), key=lambda r: local_ranks[r]) for n in range(num_nodes)]
     node = nodes[rank]

@@ -227,7 +227,7 @@ def _timeout():
         raise ConfigError(f"{TIMEOUT_ENV}={os.environ[TIMEOUT_ENV]!r} is not a number of seconds") from None
 
 
-def _node_table(info, comm):
+def node_table(info, comm):
     """``(node of every rank, local rank of every rank)`` by global rank."""
     k = os.environ.get(LOCAL_SIZE_ENV, "").strip()
     if k:
@@ -280,7 +280,7 @@ def init(backend=None, device=None):
         os.environ["RANK"], os.environ["WORLD_SIZE"] = str(info.rank), str(info.world_size)
         dist.init_process_group(backend, init_method="env://", rank=info.rank, world_size=info.world_size,
                                 timeout=_timeout())
-    nodes, local_ranks = _node_table(info, comm)
+    nodes, local_ranks = node_table(info, comm)
     node = nodes[info.rank]
     num_nodes = max(nodes) + 1
     members = [[r for r in range(info.world_size) if nodes[r] == n] for n in range(num_nodes)]

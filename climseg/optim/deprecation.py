@@ -7,14 +7,15 @@ FusedLARCAdam ``eps_larc``.
 """
 import warnings
 
-_UNSET = object()
+#: The default of a renamed argument: tells "not given" apart from every value a caller may pass.
+UNSET = object()
 
 
 def renamed(owner, old, new, old_value, new_value, default):
     """The value to use for ``new``, given what the caller passed under either name."""
-    if old_value is _UNSET:
+    if old_value is UNSET:
         return new_value
-    if new_value is not _UNSET and new_value != default:
+    if new_value is not UNSET and new_value != default:
         raise TypeError(f"{owner}: give {new!r} only (the old name {old!r} was given too)")
     warnings.warn(f"{owner}: the argument {old!r} is now called {new!r}; the old name goes in the next release",
                   DeprecationWarning, stacklevel=3)

@@ -15,7 +15,7 @@ import torch
 from climseg.ops.multi_tensor import in_layout_of
 from climseg.ops.optimizers import lamb_step, larc_adam_step
 from climseg.optim.closure import closure_loss
-from climseg.optim.deprecation import _UNSET, renamed
+from climseg.optim.deprecation import UNSET, renamed
 
 
 class _FusedAdamFamily(torch.optim.Optimizer):
@@ -71,7 +71,7 @@ class FusedLARCAdam(_FusedAdamFamily):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, trust_coefficient=0.002,
-                 clip=True, trust_eps=1.0 / 16000, backend="auto", *, eps_larc=_UNSET):
+                 clip=True, trust_eps=1.0 / 16000, backend="auto", *, eps_larc=UNSET):
         trust_eps = renamed("FusedLARCAdam", "eps_larc", "trust_eps", eps_larc, trust_eps, 1.0 / 16000)
         if lr <= 0.0:
             raise ValueError(f"learning rate must be positive, got {lr}")

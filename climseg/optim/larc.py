@@ -15,7 +15,7 @@ apex's ``LARC``.
 import torch
 
 from climseg.optim.closure import closure_loss
-from climseg.optim.deprecation import _UNSET, renamed
+from climseg.optim.deprecation import UNSET, renamed
 
 
 class LARC(torch.optim.Optimizer):
@@ -33,7 +33,7 @@ class LARC(torch.optim.Optimizer):
             (deprecated).
     """
 
-    def __init__(self, optimizer, trust_coefficient=0.002, clip=True, trust_eps=1.0 / 16000, *, eps=_UNSET):
+    def __init__(self, optimizer, trust_coefficient=0.002, clip=True, trust_eps=1.0 / 16000, *, eps=UNSET):
         trust_eps = renamed("LARC", "eps", "trust_eps", eps, trust_eps, 1.0 / 16000)
         if trust_coefficient <= 0:
             raise ValueError(f"trust coefficient must be positive, got {trust_coefficient}")
