@@ -54,7 +54,7 @@ def test_bench_cuda_kernels_cpu_smoke_runs_every_row(tmp_path):
     data = json.loads(out.read_text())
     kernels = {r["kernel"] for r in data["rows"]}
     assert kernels == {"copy", "loss+counts", "larc_adam_step", "lamb_step", "flatten_gradients",
-                       "unflatten_gradients", "convert_input"}
+                       "unflatten_gradients", "normalize_input"}
     assert data["meta"]["kernels"] == "climseg._cuda_emulated" and data["meta"]["date"] and data["meta"]["command"]
     for r in data["rows"]:
         assert r["ms"] > 0 and r["bytes"] > 0 and r["gbps"] > 0 and ("vs_torch" in r) == (r["kernel"] != "copy"), r

@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 
 import climseg.ops.buckets as ops_buckets
-import climseg.ops.convert as ops_convert
+import climseg.ops.normalize as ops_normalize
 import climseg.ops.cross_entropy as ops_ce
 import climseg.ops.optimizers as ops_optimizers
 from climseg.errors import ConfigError
 from climseg.ops import cuda as ops_cuda
 from climseg.ops.buckets import flatten_gradients, flatten_gradients_reference, unflatten_gradients, \
     unflatten_gradients_reference
-from climseg.ops.convert import convert_input, convert_input_reference
+from climseg.ops.normalize import normalize_input, normalize_input_reference
 from climseg.ops.cross_entropy import counts_reference, weighted_cross_entropy_with_counts, \
     weighted_cross_entropy_with_counts_reference
 from climseg.ops.optimizers import lamb_step, lamb_step_reference, larc_adam_step, larc_adam_step_reference
@@ -93,7 +93,7 @@ class _PoisonedTorch:
 @pytest.fixture(autouse=True)
 def poison(monkeypatch):
     """Every buffer the ops allocate (outputs, partial sums, norms) starts as NaN."""
-    for module in (ops_ce, ops_optimizers, ops_buckets, ops_convert):
+    for module in (ops_ce, ops_optimizers, ops_buckets, ops_normalize):
         monkeypatch.setattr(module, "torch", _PoisonedTorch(torch))
 
 
@@ -608,8 +608,8 @@ def check_convert_case(dtype, layout, channels, shape, seed, device="cpu"):
     c = cin if channels is None else len(channels)
     shift = torch.randn(c) * 10 + 250
     scale = 1.0 / (torch.rand(c) * 40 + 1)
-    ref = convert_input_reference(x, shift, scale, channels, dtype, layout)
-    ours = convert_input(x, shift, scale, channels, dtype, layout, backend="cuda")
+    ref = normalize_input_reference(x, shift, scale, channels, dtype, layout)
+    ours = normalize_input(x, shift, scale, channels, dtype, layout, backend="cuda")
     assert ours.device == x.device and ours.shape == (n, c, h, w)
     if layout == "nhwc":
         assert ours.is_contiguous(memory_format=torch.channels_last)
@@ -624,13 +624,13 @@ def check_convert_case(dtype, layout, channels, shape, seed, device="cpu"):
 @pytest.mark.parametrize("channels", [None, [4, 0, 0, 5, 2]])
 @pytest.mark.parametrize("layout", ["nhwc", "nchw"])
 @pytest.mark.parametrize("dtype", FLOATS)
-def test_convert_input_bitwise_like_reference(dtype, layout, channels, seed):
+def test_normalize_input_bitwise_like_reference(dtype, layout, channels, seed):
     check_convert_case(dtype, layout, channels, (2, 7, 19, 6), seed)
 
 
 @emulated
 @pytest.mark.parametrize("layout", ["nhwc", "nchw"])
-def test_convert_input_batch_one_small(layout, seed):
+def test_normalize_input_batch_one_small(layout, seed):
     check_convert_case(torch.bfloat16, layout, [1], (1, 3, 5, 2), seed)
 
 
@@ -785,7 +785,7 @@ def test_gpu_buckets(source_dtype, seed):
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", ["nhwc", "nchw"])
 @pytest.mark.parametrize("dtype", FLOATS)
-def test_gpu_convert_input(dtype, layout, seed):
+def test_gpu_normalize_input(dtype, layout, seed):
     check_convert_case(dtype, layout, None, (2, 768, 1152, 16), seed, device="cuda")
     check_convert_case(dtype, layout, [0, 3, 3, 15, 7], (3, 97, 131, 16), seed, device="cuda")
 

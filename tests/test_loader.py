@@ -54,7 +54,7 @@ def test_extension_equals_numpy_bit_for_bit(odd_dataset, dtype, layout, channels
 @pytest.mark.parametrize("dtype,layout,channels", [(torch.bfloat16, "nhwc", None), (torch.float16, "nchw", ["PSL", "TMQ"]),
                                                    (torch.float32, "nchw", None)])
 def test_device_side_conversion_equals_the_host_path(odd_dataset, dtype, layout, channels, monkeypatch):
-    """convert_on="device": the reader hands over raw float32 NHWC and climseg.ops.convert_input
+    """convert_on="device": the reader hands over raw float32 NHWC and climseg.ops.normalize_input
     (here the CUDA kernel in its CPU emulation) normalises, casts and lays out: bit for bit the host path."""
     pytest.importorskip("climseg._cuda_emulated")
     monkeypatch.setenv("CLIMSEG_BACKEND", "cuda")

@@ -28,8 +28,8 @@ row bound by launches and Python overhead, host_ms close to ms, from one bound b
   1 / world size of an 8-GPU node); PyTorch: ``torch.cat([g.flatten() ...]).mul_(scale).to(bf16)``.
   ``unflatten_gradients``: that bucket back into the fp32 gradients with the Inf/NaN flag;
   PyTorch: ``torch.split`` + ``g.copy_(segment)`` per tensor + ``~torch.isfinite(bucket).all()``.
-* ``convert_input``: (4, 768, 1152, 16) fp32 to bf16 (4, 16, 768, 1152) in NHWC and NCHW
-  memory, against ``climseg.ops.convert_input_reference``.
+* ``normalize_input``: (4, 768, 1152, 16) fp32 to bf16 (4, 16, 768, 1152) in NHWC and NCHW
+  memory, against ``climseg.ops.normalize_input_reference``.
 
 Bytes are the least DRAM traffic the computation needs (each input read once per pass the
 algorithm cannot avoid, each output written once), not what a kernel happens to move:
@@ -46,7 +46,7 @@ algorithm cannot avoid, each output written once), not what a kernel happens to 
                                        update); pass 2 reads p, m, v, writes p
     flatten_gradients  n (4 + 2)       fp32 in, bf16 out
     unflatten          n (2 + 4)       bf16 in, fp32 out
-    convert_input      pixels 16 (4 + 2)
+    normalize_input    pixels 16 (4 + 2)
 
 Each repeat starts from a cold L2 (a 256 MiB buffer is zeroed before it, outside the timed
 interval), so small inputs are not timed out of the cache. That zeroing (tens of microseconds)
@@ -361,7 +361,7 @@ def bucket_rows(timer, device, config, copy_gbps, max_tensors=None):
 
 # -------------------------------------------------------------------------------- convert
 def convert_rows(timer, device, shape, copy_gbps):
-    from climseg.ops import convert_input, convert_input_reference
+    from climseg.ops import normalize_input, normalize_input_reference
 
     generator = torch.Generator(device=device).manual_seed(3)
     x = torch.randn(shape, device=device, generator=generator) * 50 + 10
@@ -372,14 +372,14 @@ def convert_rows(timer, device, shape, copy_gbps):
     rows = []
     for layout in ("nhwc", "nchw"):
         def ours(layout=layout):
-            return convert_input(x, shift, scale, dtype=torch.bfloat16, layout=layout, backend="cuda")
+            return normalize_input(x, shift, scale, dtype=torch.bfloat16, layout=layout, backend="cuda")
 
         def reference(layout=layout):
-            return convert_input_reference(x, shift, scale, None, torch.bfloat16, layout)
+            return normalize_input_reference(x, shift, scale, None, torch.bfloat16, layout)
 
-        row = make_row("convert_input", "x".join(map(str, shape)) + " fp32 -> bf16", layout.upper(), timer(ours),
+        row = make_row("normalize_input", "x".join(map(str, shape)) + " fp32 -> bf16", layout.upper(), timer(ours),
                        pixels * cin * (4 + 2), "pixels C (read fp32 + write bf16)", copy_gbps, timer(reference),
-                       "convert_input_reference: ((x - shift) * scale).to(bf16).permute(0, 3, 1, 2).contiguous()")
+                       "normalize_input_reference: ((x - shift) * scale).to(bf16).permute(0, 3, 1, 2).contiguous()")
         rows.append(row)
         say(row)
     return rows

@@ -105,4 +105,4 @@ def describe(ops=None):
 
 # every op climseg defines, whether or not it has fast backends yet
 _REGISTRY_OPS = {"atrous_conv2d", "aspp_conv", "weighted_cross_entropy_with_counts", "larc_adam_step", "lamb_step",
-                 "flatten_gradients", "unflatten_gradients", "convert_input"}
+                 "flatten_gradients", "unflatten_gradients", "normalize_input"}

@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-SOURCES = ("cross_entropy.cu", "optimizers.cu", "buckets.cu", "convert.cu")
+SOURCES = ("cross_entropy.cu", "optimizers.cu", "buckets.cu", "normalize.cu")
 FLOAT_NAMES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 LABEL_NAMES = {torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8"}
 
@@ -85,7 +85,7 @@ def kernel_signatures():
         table.update({f"wce_forward_{t}_{lab}": "ppplilllllppppppip" for lab in labels})
         table.update({f"wce_finalize_{t}": "plipp", f"mt_sumsq_{t}": "pppp", f"larc_adam_step_{t}": "ppppffffffffffif",
                       f"lamb_moments_{t}": "ppppffffffff", f"lamb_step_{t}": "ppppffffff",
-                      f"convert_input_{t}": "plliipppplll"})
+                      f"normalize_input_{t}": "plliipppplll"})
         for d in floats:
             table.update({f"bucket_flatten_{t}_{d}": "ppppf", f"bucket_unflatten_{d}_{t}": "ppppfp"})
     table.update({f"wce_weight_sum_{lab}": "pplillp" for lab in labels})

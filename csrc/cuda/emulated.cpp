@@ -4,5 +4,5 @@
 #include "cross_entropy.cu"
 #include "optimizers.cu"
 #include "buckets.cu"
-#include "convert.cu"
+#include "normalize.cu"
 #include "module.cpp"
