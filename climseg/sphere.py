@@ -7,7 +7,10 @@ prediction, labelling, tracking and analysis share.
   handled alike. A cell's area is
   ``R^2 * (sin(lat_north) - sin(lat_south)) * (lon_east - lon_west)`` (radians),
   with R = 6371 km; the areas of a global grid sum to ``4 pi R^2``.
-* Distances are great-circle distances by the haversine formula.
+* Distances are great-circle distances by the haversine formula (:func:`haversine_km`);
+  the synthetic generators keep the spherical law of cosines (:func:`central_angle`) and a
+  local step in metres (:func:`degrees_of_latitude`, :func:`degrees_of_longitude`), the
+  operations their samples were made with.
 * Centroids are the area-weighted mean of the cells' unit vectors in 3-D,
   projected back onto the sphere: correct across the date line and near the poles.
 * Connected components are 8-connected (``scipy.ndimage.label``); on a global grid
@@ -23,6 +26,7 @@ from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
 EARTH_RADIUS_KM = 6371.0
+EARTH_RADIUS_M = EARTH_RADIUS_KM * 1000.0          # 6.371e6 exactly, for code that works in metres
 EIGHT_CONNECTED = np.ones((3, 3), dtype=int)
 
 
@@ -84,6 +88,42 @@ def haversine_km(lat1, lon1, lat2, lon2):
     dl = np.deg2rad(np.asarray(lon2, dtype=np.float64) - lon1)
     h = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
     return 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+
+
+def central_angle(lat1, lon1, lat2, lon2):
+    """Great-circle angle (radians) between points given in degrees (broadcasts), by the
+    spherical law of cosines ``arccos(sin p1 sin p2 + cos p1 cos p2 cos(l2 - l1))`` (the cosine
+    clipped to [-1, 1]). Times :data:`EARTH_RADIUS_M` it is the distance the synthetic
+    generators space their features by; :func:`haversine_km` is better conditioned for
+    short distances."""
+    p1, p2 = np.deg2rad(lat1), np.deg2rad(lat2)
+    dl = np.deg2rad(lon2 - lon1)
+    cos = np.sin(p1) * np.sin(p2) + np.cos(p1) * np.cos(p2) * np.cos(dl)
+    return np.arccos(np.clip(cos, -1.0, 1.0))
+
+
+def degrees_of_latitude(north_m):
+    """Degrees of latitude spanned by ``north_m`` metres along a meridian: ``north / R`` in degrees."""
+    return np.rad2deg(north_m / EARTH_RADIUS_M)
+
+
+def degrees_of_longitude(east_m, lat, min_cos=0.0):
+    """Degrees of longitude spanned by ``east_m`` metres along the latitude circle ``lat``
+    (degrees): ``east / (R max(cos lat, min_cos))`` in degrees; ``min_cos`` keeps a step near
+    the poles finite."""
+    return np.rad2deg(east_m / (EARTH_RADIUS_M * np.maximum(np.cos(np.deg2rad(lat)), min_cos)))
+
+
+def diameter_km(lat, lon, samples=4000):
+    """Largest great-circle distance (km) between two of the points ``(lat, lon)`` (degrees,
+    1-D): two farthest-point sweeps from the first point, over at most ``samples`` points
+    evenly picked. The length of an object on the sphere (e.g. an atmospheric river's)."""
+    if lat.size > samples:
+        pick = np.linspace(0, lat.size - 1, samples).astype(np.int64)
+        lat, lon = lat[pick], lon[pick]
+    a = np.argmax(haversine_km(lat[0], lon[0], lat, lon))
+    b = np.argmax(haversine_km(lat[a], lon[a], lat, lon))
+    return float(haversine_km(lat[b], lon[b], lat, lon).max())
 
 
 def unit_vectors(lat, lon):

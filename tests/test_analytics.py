@@ -61,6 +61,27 @@ def test_haversine_by_hand():
     np.testing.assert_allclose(sphere.haversine_km(lat1, lon1, lat2, lon2), cosines, rtol=1e-6, atol=1e-3)
 
 
+def test_generator_geometry_by_hand():
+    # the law of cosines agrees with the haversine formula away from tiny distances
+    lat1, lat2 = RNG.uniform(-90, 90, 50), RNG.uniform(-90, 90, 50)
+    lon1, lon2 = RNG.uniform(0, 360, 50), RNG.uniform(-180, 180, 50)
+    np.testing.assert_allclose(sphere.EARTH_RADIUS_M / 1000.0 * sphere.central_angle(lat1, lon1, lat2, lon2),
+                               sphere.haversine_km(lat1, lon1, lat2, lon2), rtol=1e-6, atol=1e-3)
+    assert sphere.central_angle(0.0, 0.0, 0.0, 180.0) == pytest.approx(math.pi, rel=1e-12)
+    assert sphere.EARTH_RADIUS_M == 6.371e6
+    # a local step in metres: one degree of a meridian, and of a latitude circle at 60 degrees
+    assert sphere.degrees_of_latitude(R * 1000.0 * math.radians(1.0)) == pytest.approx(1.0, rel=1e-12)
+    assert sphere.degrees_of_longitude(R * 1000.0 * math.radians(1.0), 60.0) == pytest.approx(2.0, rel=1e-12)
+    assert sphere.degrees_of_longitude(1000.0, 89.9, 0.2) == pytest.approx(
+        math.degrees(1000.0 / (R * 1000.0 * 0.2)), rel=1e-12)
+    # the length of a set of points: along a meridian, and across the date line
+    lat = RNG.uniform(-30.0, 40.0, 200)
+    lat[:2] = -30.0, 40.0
+    assert sphere.diameter_km(lat, np.full(200, 20.0)) == pytest.approx(R * math.radians(70.0), rel=1e-9)
+    assert sphere.diameter_km(np.zeros(3), np.array([179.0, 181.0, -178.0])) == pytest.approx(
+        R * math.radians(3.0), rel=1e-9)
+
+
 def test_centroid_across_the_date_line_and_at_the_pole():
     lat, lon = sphere.centroid([10.0, 10.0], [179.0, -179.0])
     assert lat == pytest.approx(10.0, abs=0.02) and lon == pytest.approx(180.0, abs=1e-9)

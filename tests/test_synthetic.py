@@ -7,8 +7,9 @@ import pytest
 
 from climseg.constants import CHANNELS
 from climseg.data import DeepCAMDataset, generate_dataset, generate_sample, read_stats
-from climseg.data.synthetic import EARTH_RADIUS, grid
+from climseg.data.synthetic import grid
 from climseg.errors import UserError
+from climseg.sphere import EARTH_RADIUS_M
 
 C = {name: i for i, name in enumerate(CHANNELS)}
 
@@ -72,14 +73,14 @@ def _centre_index(c, lat, lon):
 
 def test_cyclones_are_warm_core_vortices_turning_with_the_hemisphere(samples):
     lat, lon = grid(192, 288)
-    dy = EARTH_RADIUS * np.deg2rad(lat[1] - lat[0])
+    dy = EARTH_RADIUS_M * np.deg2rad(lat[1] - lat[0])
     seen = {1.0: 0, -1.0: 0}
     for data, labels, meta in samples:
         for c in meta["cyclones"]:
             assert 8 <= abs(c["lat"]) <= 30
             i, j = _centre_index(c, lat, lon)
             k = 4  # ~400 km box
-            dx = EARTH_RADIUS * np.cos(np.deg2rad(lat[i])) * np.deg2rad(lon[1] - lon[0])
+            dx = EARTH_RADIUS_M * np.cos(np.deg2rad(lat[i])) * np.deg2rad(lon[1] - lon[0])
             rows, cols = np.arange(i - k, i + k + 1), np.arange(j - k, j + k + 1) % len(lon)
             u = data[np.ix_(rows, cols, [C["UBOT"]])][..., 0]
             v = data[np.ix_(rows, cols, [C["VBOT"]])][..., 0]

@@ -360,7 +360,7 @@ def _river_objects(above, lat, lon, periodic, o, weights, poleward=None):
         alat = np.abs(la)
         if alat.min() > o.ar_origin_lat or alat.max() < o.ar_reach_lat:
             continue
-        length = _diameter_km(la, lo)
+        length = sphere.diameter_km(la, lo)
         width = area[k] / max(length, 1e-9)
         aspect = length / max(width, 1e-9)
         if length >= o.ar_min_length_km and aspect >= o.ar_min_aspect and width <= o.ar_max_width_km:
@@ -369,18 +369,6 @@ def _river_objects(above, lat, lon, periodic, o, weights, poleward=None):
                                 poleward_transport=None if poleward is None else transport_k,
                                 area_km2=float(area[k]), lat_min=float(la.min()), lat_max=float(la.max())))
     return keep[labels], objects
-
-
-def _diameter_km(la, lo, samples=4000):
-    """Largest great-circle distance between two cells (two farthest-point sweeps from the
-    first cell; at most ``samples`` cells)."""
-    if la.size > samples:
-        pick = np.linspace(0, la.size - 1, samples).astype(np.int64)
-        la, lo = la[pick], lo[pick]
-    a = np.argmax(sphere.haversine_km(la[0], lo[0], la, lo))
-    d = sphere.haversine_km(la[a], lo[a], la, lo)
-    b = np.argmax(d)
-    return float(sphere.haversine_km(la[b], lo[b], la, lo).max())
 
 
 def river_climatology(info, options, progress=False):
@@ -535,8 +523,8 @@ def _write_samples(dataset, job, masks):
     """Each step of a job as a DeepCAM sample (``climate/data`` H x W x 16 rows south to north,
     ``climate/labels_0``) in ``dataset['folder']/train`` or ``/validation``; returns the
     training samples' partial statistics."""
+    from climseg.data.deepcam import sample_statistics, write_sample
     from climseg.data.netcdf import read_netcdf_step
-    from climseg.data.synthetic import write_sample
 
     partials = []
     for k, t in enumerate(job.steps):
@@ -547,10 +535,7 @@ def _write_samples(dataset, job, masks):
         labels = masks[k].astype(np.int32)
         write_sample(os.path.join(dataset["folder"], split, f"data-{stamp}-{t:06d}.h5"), data, labels)
         if split == "train":
-            d64 = data.reshape(-1, data.shape[-1]).astype(np.float64)
-            partials.append(dict(min=d64.min(axis=0), max=d64.max(axis=0), sum=d64.sum(axis=0),
-                                 sumsq=(d64 * d64).sum(axis=0), count=d64.shape[0],
-                                 classes=np.bincount(labels.reshape(-1), minlength=NUM_CLASSES)))
+            partials.append(sample_statistics(data, labels))
     return partials
 
 
@@ -657,15 +642,10 @@ def label(inputs, out, options=None, convention="auto", variables=None, workers=
 
 
 def _write_dataset_stats(folder, partials):
-    from climseg.data.stats import ChannelStats, write_stats
+    from climseg.data.deepcam import dataset_statistics
+    from climseg.data.stats import write_stats
 
-    count = sum(p["count"] for p in partials)
-    classes = sum(p["classes"] for p in partials).astype(np.float64)
-    stats = ChannelStats(minval=np.min([p["min"] for p in partials], axis=0),
-                         maxval=np.max([p["max"] for p in partials], axis=0),
-                         mean=sum(p["sum"] for p in partials) / count, sqmean=sum(p["sumsq"] for p in partials) / count,
-                         class_frequencies=classes / classes.sum())
-    write_stats(os.path.join(folder, "stats.h5"), stats)
+    write_stats(os.path.join(folder, "stats.h5"), dataset_statistics(partials))
 
 
 def _label_series(info, out, options, workers, progress, dataset=None):

@@ -76,8 +76,6 @@ def score(mask_files, truth_files, periodic=True, long_km=2000.0):
 
 def _long_objects(labels, n, lat, lon, long_km):
     """Boolean (n,): component k + 1 spans at least ``long_km``."""
-    from climseg.analytics.label import _diameter_km
-
     out = np.zeros(n, bool)
     if n == 0:
         return out
@@ -87,7 +85,7 @@ def _long_objects(labels, n, lat, lon, long_km):
     w = labels.shape[1]
     for k in range(n):
         idx = order[starts[k]: starts[k + 1]]
-        out[k] = _diameter_km(lat[idx // w], lon[idx % w]) >= long_km
+        out[k] = sphere.diameter_km(lat[idx // w], lon[idx % w]) >= long_km
     return out
 
 

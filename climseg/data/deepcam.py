@@ -1,4 +1,4 @@
-"""Reader for the MLPerf HPC DeepCAM layout, unchanged.
+"""The MLPerf HPC DeepCAM layout, unchanged: its one reader and writer.
 
 One HDF5 file per sample: ``climate/data`` float32 of shape (height, width, 16)
 in H x W x C order, ``climate/labels_0`` integers of shape (height, width) with
@@ -7,6 +7,11 @@ the files (see :mod:`climseg.data.stats`) gives the normalisation.
 
 ``DeepCAMDataset[i]`` reads file i, checks it, selects channels, normalises
 and returns ``(data, labels)``: float32 (C, H, W) and int64 (H, W).
+:func:`check_sample_file` is the quick check of an input before any work (``climseg
+predict``, ``climseg label``). Training sets are written by :func:`write_sample` (one
+sample), :func:`sample_statistics` (each sample's partial sums, computed where the sample
+is made) and :func:`dataset_statistics` (the partial sums reduced to the ``stats.h5``
+contents): the generator and ``climseg label --dataset`` share them.
 """
 import glob
 import os
@@ -17,7 +22,8 @@ import torch
 
 from climseg.constants import CHANNELS, NUM_CLASSES
 from climseg.data.stats import ChannelStats, find_stats, read_stats
-from climseg.errors import DataError, MissingFileError, UserError
+from climseg.errors import DataError, MissingFileError, UserError, first_line
+from climseg.output import atomic_path
 
 DATA_KEY = "climate/data"
 LABELS_KEY = "climate/labels_0"
@@ -109,6 +115,51 @@ def read_sample(path, channels=None, labels=True, check_values=True, num_classes
     if lab is not None:
         lab = check_labels(path, lab, num_classes)
     return data, lab
+
+
+def check_sample_file(path):
+    """Check that ``path`` is a readable DeepCAM sample (``climate/data`` of shape (H, W, 16))
+    without reading its data; returns ``((H, W), has_labels)``. DataError naming the file
+    otherwise (the message allows for a netCDF file given by mistake)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if DATA_KEY not in f:
+                raise DataError(f"{path}: missing dataset {DATA_KEY}")
+            shape = f[DATA_KEY].shape
+            has_labels = LABELS_KEY in f
+    except OSError as exc:
+        raise DataError(f"{path}: neither a readable HDF5 nor a netCDF file ({first_line(exc)})") from None
+    if len(shape) != 3 or shape[2] != len(CHANNELS):
+        raise DataError(f"{path}: {DATA_KEY} has shape {tuple(shape)}; expected (height, width, {len(CHANNELS)})")
+    return tuple(shape[:2]), has_labels
+
+
+def write_sample(path, data, labels):
+    """Write one sample in the DeepCAM layout (contiguous datasets), atomically."""
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset(DATA_KEY, data=data)
+        f.create_dataset(LABELS_KEY, data=labels)
+
+
+def sample_statistics(data, labels, num_classes=NUM_CLASSES):
+    """Partial statistics of one sample (``data`` (H, W, C), ``labels`` (H, W)) for
+    :func:`dataset_statistics`: per-channel ``min``, ``max``, ``sum``, ``sumsq`` (float64),
+    the cell ``count`` and the ``classes`` histogram."""
+    d64 = data.reshape(-1, data.shape[-1]).astype(np.float64)
+    return dict(min=d64.min(axis=0), max=d64.max(axis=0), sum=d64.sum(axis=0), sumsq=(d64 * d64).sum(axis=0),
+                count=d64.shape[0], classes=np.bincount(labels.reshape(-1), minlength=num_classes))
+
+
+def dataset_statistics(partials):
+    """The :class:`~climseg.data.stats.ChannelStats` of a training set from its samples'
+    :func:`sample_statistics` (in a fixed order, so the sums are reproducible): minimum,
+    maximum, mean, mean of squares and class frequencies."""
+    count = sum(p["count"] for p in partials)
+    classes = sum(p["classes"] for p in partials).astype(np.float64)
+    return ChannelStats(minval=np.min([p["min"] for p in partials], axis=0),
+                        maxval=np.max([p["max"] for p in partials], axis=0),
+                        mean=sum(p["sum"] for p in partials) / count, sqmean=sum(p["sumsq"] for p in partials) / count,
+                        class_frequencies=classes / classes.sum())
 
 
 def check_finite(path, data, names):

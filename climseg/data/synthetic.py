@@ -35,21 +35,19 @@ import datetime
 import json
 import os
 
-import h5py
 import numpy as np
 from scipy import ndimage
 
-from climseg.constants import ATMOSPHERIC_RIVER, BACKGROUND, CHANNELS, NUM_CLASSES, TROPICAL_CYCLONE
-from climseg.data.stats import ChannelStats, write_stats
+from climseg.constants import ATMOSPHERIC_RIVER, BACKGROUND, CHANNELS, TROPICAL_CYCLONE
+from climseg.data.deepcam import dataset_statistics, sample_statistics, write_sample
+from climseg.data.stats import write_stats
+from climseg.data.variables import GRAVITY, R_DRY
 from climseg.errors import UserError
-from climseg.output import atomic_directory, atomic_path, check_output_location, write_json
-from climseg.metrics import label_components
+from climseg.output import atomic_directory, check_output_location, write_json
 from climseg.progress import progress_bar
+from climseg.sphere import EARTH_RADIUS_M, central_angle, degrees_of_latitude, degrees_of_longitude, label_components
 
-EARTH_RADIUS = 6.371e6      # m
 OMEGA = 7.292e-5            # s-1
-GRAVITY = 9.80665           # m s-2
-R_DRY = 287.04              # J kg-1 K-1
 GALE_WIND = 17.5            # m s-1, tropical-storm threshold (34 kt)
 IVT_THRESHOLD = 250.0       # kg m-1 s-1, the usual atmospheric-river threshold
 ORDER = {name: i for i, name in enumerate(CHANNELS)}
@@ -79,8 +77,10 @@ def _zonal(lat, centre, width):
     return np.exp(-(((np.abs(lat) - centre) / width) ** 2))
 
 
-class _BaseGrid:
-    """Random smooth fields on a fixed 1-degree grid, interpolated to the output grid."""
+class NoiseGrid:
+    """The fixed 1-degree grid (180 x 360) on which the random fields of every sample are
+    drawn (:meth:`noise`), and their bilinear interpolation to one output grid (:meth:`resample`),
+    so that one seed gives the same planet at any output resolution."""
 
     lat = np.arange(-89.5, 90.0, 1.0)
     lon = np.arange(0.5, 360.0, 1.0)
@@ -103,15 +103,16 @@ class _BaseGrid:
         return field
 
     def resample(self, field):
+        """``field`` (180, 360) interpolated bilinearly to the output grid (H, W)."""
         rows = field[self.i0] * (1.0 - self.wi) + field[self.i0 + 1] * self.wi
         return rows[:, self.j0] * (1.0 - self.wj) + rows[:, self.j1] * self.wj
 
 
 def _geostrophic_wind(pressure, rho=1.0):
     """Geostrophic (u, v) of a pressure field on the base grid, f floored at 12 degrees."""
-    lat = np.deg2rad(_BaseGrid.lat)[:, None]
-    dy = EARTH_RADIUS * np.deg2rad(1.0)
-    dx = EARTH_RADIUS * np.maximum(np.cos(lat), np.cos(np.deg2rad(75.0))) * np.deg2rad(1.0)
+    lat = np.deg2rad(NoiseGrid.lat)[:, None]
+    dy = EARTH_RADIUS_M * np.deg2rad(1.0)
+    dx = EARTH_RADIUS_M * np.maximum(np.cos(lat), np.cos(np.deg2rad(75.0))) * np.deg2rad(1.0)
     dpdy = np.gradient(pressure, axis=0) / dy
     dpdx = (np.roll(pressure, -1, axis=1) - np.roll(pressure, 1, axis=1)) / (2.0 * dx)
     sin = np.sin(lat)
@@ -146,17 +147,22 @@ def _local_offsets(lat, lon, lat0, lon0):
     """East and north distances (m) of every grid point from (lat0, lon0), longitude wrapped."""
     dlon = (lon[None, :] - lon0 + 180.0) % 360.0 - 180.0
     coslat = np.cos(np.deg2rad(0.5 * (lat[:, None] + lat0)))
-    dx = EARTH_RADIUS * np.deg2rad(dlon) * coslat
-    dy = EARTH_RADIUS * np.deg2rad(lat[:, None] - lat0) * np.ones_like(dlon)
+    dx = EARTH_RADIUS_M * np.deg2rad(dlon) * coslat
+    dy = EARTH_RADIUS_M * np.deg2rad(lat[:, None] - lat0) * np.ones_like(dlon)
     return dx.astype(np.float32), dy.astype(np.float32)
 
 
-def _draw_cyclone(rng, others):
+def draw_cyclone(rng, others):
+    """A tropical cyclone drawn from ``rng`` at 8-30 degrees latitude, more than 2500 km from the
+    centres (``lat``, ``lon``) of ``others``, or None after 50 tries: a dict of its centre,
+    ``hemisphere``, maximum wind ``vmax`` (m/s), radius of maximum wind ``rmax`` and of gale
+    force ``r34`` (m), outer decay ``alpha``, Holland pressure ``deficit`` (Pa), ``warm_core`` (K),
+    ``rain`` and ``moisture``."""
     for _ in range(50):
         hemisphere = 1.0 if rng.random() < 0.6 else -1.0
         lat0 = hemisphere * rng.uniform(8.0, 30.0)
         lon0 = rng.uniform(0.0, 360.0)
-        if all(_great_circle(lat0, lon0, o["lat"], o["lon"]) > 2.5e6 for o in others):
+        if all(EARTH_RADIUS_M * central_angle(lat0, lon0, o["lat"], o["lon"]) > 2.5e6 for o in others):
             break
     else:
         return None
@@ -197,22 +203,17 @@ def _cyclone_fields(c, lat, lon):
                 rain=rain)
 
 
-def _great_circle(lat1, lon1, lat2, lon2):
-    p1, p2 = np.deg2rad(lat1), np.deg2rad(lat2)
-    dl = np.deg2rad(lon2 - lon1)
-    cos = np.sin(p1) * np.sin(p2) + np.cos(p1) * np.cos(p2) * np.cos(dl)
-    return EARTH_RADIUS * np.arccos(np.clip(cos, -1.0, 1.0))
-
-
-def _draw_river(rng, cyclones):
-    """An AR axis: points (lat, lon) every 25 km, with width and strength."""
+def draw_river(rng, cyclones):
+    """An atmospheric river drawn from ``rng``, its axis (:func:`river_axis`) more than 1200 km from
+    the ``cyclones``, or None after 30 tries: a dict of the axis points ``lats``, ``lons`` (every
+    25 km), ``length`` and width ``sigma`` (m), ``hemisphere``, ``vapour``, ``jet`` and ``rain``."""
     for _ in range(30):
         hemisphere = 1.0 if rng.random() < 0.5 else -1.0
         lat, lon = hemisphere * rng.uniform(12.0, 26.0), rng.uniform(0.0, 360.0)
         length = rng.uniform(2.5e6, 6.0e6)
         heading0, heading1 = np.deg2rad(rng.uniform(35.0, 70.0)), np.deg2rad(rng.uniform(0.0, 30.0))
         lats, lons = river_axis(lat, lon, hemisphere, length, heading0, heading1)
-        if all(_great_circle(lats, lons, c["lat"], c["lon"]).min() > 1.2e6 for c in cyclones):
+        if all((EARTH_RADIUS_M * central_angle(lats, lons, c["lat"], c["lon"])).min() > 1.2e6 for c in cyclones):
             return dict(lats=lats, lons=lons, length=length, hemisphere=hemisphere,
                         sigma=rng.uniform(130e3, 300e3), vapour=rng.uniform(14.0, 30.0),
                         jet=rng.uniform(10.0, 22.0), rain=rng.uniform(1e-7, 6e-7))
@@ -227,8 +228,8 @@ def river_axis(lat, lon, hemisphere, length, heading0, heading1, step=25e3):
     for k in range(n):
         lats[k], lons[k] = lat, lon % 360.0
         h = heading0 + (heading1 - heading0) * k / (n - 1)
-        lat = float(np.clip(lat + hemisphere * np.rad2deg(step * np.sin(h) / EARTH_RADIUS), -72.0, 72.0))
-        lon = lon + np.rad2deg(step * np.cos(h) / (EARTH_RADIUS * np.cos(np.deg2rad(lat))))
+        lat = float(np.clip(lat + hemisphere * degrees_of_latitude(step * np.sin(h)), -72.0, 72.0))
+        lon = lon + degrees_of_longitude(step * np.cos(h), lat)
     return lats, lons
 
 
@@ -236,7 +237,7 @@ def _river_fields(a, lat, lon):
     """AR perturbations: vapour filament, along-axis jet, rain; plus its footprint."""
     H, W = len(lat), len(lon)
     margin = 4.0 * a["sigma"]
-    lat_pad = np.rad2deg(margin / EARTH_RADIUS)
+    lat_pad = degrees_of_latitude(margin)
     rows = np.flatnonzero((lat >= a["lats"].min() - lat_pad) & (lat <= a["lats"].max() + lat_pad))
     out = dict(tmq=np.zeros((H, W), np.float32), u=np.zeros((H, W), np.float32),
                v=np.zeros((H, W), np.float32), rain=np.zeros((H, W), np.float32),
@@ -284,16 +285,16 @@ def generate_sample(height, width, seed, split="train", index=0, features=Featur
     split_id = {"train": 0, "validation": 1}.get(split, 2)
     rng = np.random.default_rng([int(seed), split_id, int(index), GENERATOR_VERSION])
     lat, lon = grid(height, width)
-    base = _BaseGrid(lat, lon)
+    base = NoiseGrid(lat, lon)
     weather = draw_weather(rng, base)
     cyclones = []
     for _ in range(min(rng.poisson(features.cyclones_mean), features.cyclones_max)):
-        c = _draw_cyclone(rng, cyclones)
+        c = draw_cyclone(rng, cyclones)
         if c is not None:
             cyclones.append(c)
     rivers = []
     for _ in range(min(rng.poisson(features.rivers_mean), features.rivers_max)):
-        r = _draw_river(rng, cyclones)
+        r = draw_river(rng, cyclones)
         if r is not None:
             rivers.append(r)
     data, labels, _ = build_snapshot(base, lat, lon, weather, cyclones, rivers)
@@ -313,7 +314,7 @@ def draw_weather(rng, base):
 
 def build_snapshot(base, lat, lon, weather, cyclones, rivers):
     """Fields and labels of one snapshot from its weather (:func:`draw_weather`), cyclones
-    (:func:`_draw_cyclone` dicts) and rivers (:func:`_draw_river` dicts); no random draws.
+    (:func:`draw_cyclone` dicts) and rivers (:func:`draw_river` dicts); no random draws.
     Returns ``(data[H, W, 16] float32, labels[H, W] int32, features)`` where ``features``
     lists ``(class, mask)`` of every labelled feature in the order it was painted
     (rivers, then cyclones, which take precedence)."""
@@ -325,7 +326,7 @@ def build_snapshot(base, lat, lon, weather, cyclones, rivers):
     # 1. background climate + weather
     n_temp, n_temp2, n_strat = weather["temp"], weather["temp2"], weather["strat"]
     n_press, n_moist, n_rain, n_wind = weather["press"], weather["moist"], weather["rain"], weather["wind"]
-    p_amp = (250.0 + 800.0 * np.sin(np.deg2rad(_BaseGrid.lat)) ** 2)[:, None].astype(np.float32)
+    p_amp = (250.0 + 800.0 * np.sin(np.deg2rad(NoiseGrid.lat)) ** 2)[:, None].astype(np.float32)
     p_anom = p_amp * n_press
     ug, vg = _geostrophic_wind(p_anom)
     z_surface = base.resample(_orography(base))
@@ -439,21 +440,11 @@ def _sample_name(split, index):
     return f"data-{when:%Y-%m-%d-%H}-1.h5"
 
 
-def write_sample(path, data, labels):
-    """Write one sample in the DeepCAM layout (contiguous datasets), atomically."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("climate/data", data=data)
-        f.create_dataset("climate/labels_0", data=labels)
-
-
 def _make_one(job):
     folder, split, index, height, width, seed, features = job
     data, labels, meta = generate_sample(height, width, seed, split, index, features)
     write_sample(os.path.join(folder, split, _sample_name(split, index)), data, labels)
-    d64 = data.reshape(-1, data.shape[-1]).astype(np.float64)
-    partial = dict(min=d64.min(axis=0), max=d64.max(axis=0), sum=d64.sum(axis=0), sumsq=(d64 * d64).sum(axis=0),
-                   count=d64.shape[0], classes=np.bincount(labels.reshape(-1), minlength=NUM_CLASSES))
-    return split, index, partial, len(meta["cyclones"]), len(meta["rivers"])
+    return split, index, sample_statistics(data, labels), len(meta["cyclones"]), len(meta["rivers"])
 
 
 def generate_dataset(out, samples, height=768, width=1152, seed=0, validation_fraction=0.125,
@@ -493,18 +484,12 @@ def generate_dataset(out, samples, height=768, width=1152, seed=0, validation_fr
             for job in jobs:
                 results.append(_make_one(job))
                 bar.update()
-        train = [r[2] for r in results if r[0] == "train"]
-        count = sum(p["count"] for p in train)
-        mean = sum(p["sum"] for p in train) / count
-        classes = sum(p["classes"] for p in train).astype(np.float64)
-        stats = ChannelStats(minval=np.min([p["min"] for p in train], axis=0), maxval=np.max([p["max"] for p in train], axis=0),
-                             mean=mean, sqmean=sum(p["sumsq"] for p in train) / count,
-                             class_frequencies=classes / classes.sum())
+        stats = dataset_statistics([r[2] for r in results if r[0] == "train"])
         write_stats(os.path.join(tmp, "stats.h5"), stats)
         summary = dict(generator="climseg.data.synthetic", version=GENERATOR_VERSION, seed=int(seed),
                        height=height, width=width, train=n_train, validation=n_val,
                        class_frequencies=dict(zip(("background", "tropical_cyclone", "atmospheric_river"),
-                                                  (classes / classes.sum()).round(5).tolist())),
+                                                  stats.class_frequencies.round(5).tolist())),
                        cyclones=int(sum(r[3] for r in results)), rivers=int(sum(r[4] for r in results)),
                        features=dataclasses.asdict(features))
         write_json(os.path.join(tmp, "climseg-dataset.json"), summary)

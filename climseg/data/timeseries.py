@@ -41,11 +41,12 @@ import re
 import numpy as np
 
 from climseg.constants import ATMOSPHERIC_RIVER, CHANNEL_UNITS, CHANNELS, CLASS_NAMES, TROPICAL_CYCLONE
-from climseg.data.synthetic import (EARTH_RADIUS, GALE_WIND, GENERATOR_VERSION, Features, _BaseGrid, _draw_cyclone,
-                                    _great_circle, build_snapshot, draw_weather, grid, river_axis)
+from climseg.data.synthetic import (GALE_WIND, GENERATOR_VERSION, Features, NoiseGrid, build_snapshot, draw_cyclone,
+                                    draw_weather, grid, river_axis)
 from climseg.errors import ConfigError, UserError
 from climseg.output import atomic_directory, atomic_path, write_json
 from climseg.progress import progress_bar
+from climseg.sphere import EARTH_RADIUS_M, central_angle, degrees_of_latitude, degrees_of_longitude
 
 TIMESERIES_VERSION = 1
 SPIN_UP_HOURS = 240.0
@@ -104,14 +105,15 @@ def _envelope(age, life):
 
 
 def _move(lat, lon, east, north, seconds):
-    """Move a point by velocity (east, north) m/s for ``seconds``."""
-    lat2 = lat + np.rad2deg(north * seconds / EARTH_RADIUS)
-    lon2 = lon + np.rad2deg(east * seconds / (EARTH_RADIUS * max(np.cos(np.deg2rad(lat)), 0.2)))
+    """Move a point by velocity (east, north) m/s for ``seconds``; poleward of about 78 degrees
+    the longitude step stays what it is there (cos(lat) floored at 0.2)."""
+    lat2 = lat + degrees_of_latitude(north * seconds)
+    lon2 = lon + degrees_of_longitude(east * seconds, lat, 0.2)
     return float(np.clip(lat2, -80.0, 80.0)), float(lon2 % 360.0)
 
 
 def cyclone_at(event, hours):
-    """The cyclone dict (as :func:`climseg.data.synthetic._cyclone_fields` takes it) of
+    """The cyclone dict (as :func:`climseg.data.synthetic.draw_cyclone` draws it) of
     ``event`` at model time ``hours``; its motion is integrated from genesis in hourly
     steps (kept on the event, so later calls continue where earlier ones stopped)."""
     p = event.params
@@ -133,7 +135,7 @@ def cyclone_at(event, hours):
 
 
 def river_at(event, hours):
-    """The river dict (as :func:`climseg.data.synthetic._river_fields` takes it) of ``event``
+    """The river dict (as :func:`climseg.data.synthetic.draw_river` draws it) of ``event``
     at model time ``hours``."""
     p = event.params
     age = hours - event.birth
@@ -163,7 +165,7 @@ def simulate_events(seed, hours_total, features=Features(), spin_up=SPIN_UP_HOUR
         for _ in range(rng.poisson(rates[0])):
             if len(cyclones) >= features.cyclones_max:
                 break
-            c = _draw_cyclone(rng, cyclones + [dict(lat=float(r["lats"][0]), lon=float(r["lons"][0])) for r in rivers])
+            c = draw_cyclone(rng, cyclones + [dict(lat=float(r["lats"][0]), lon=float(r["lons"][0])) for r in rivers])
             if c is None:
                 continue
             c["lat"] = c["hemisphere"] * rng.uniform(7.0, 20.0)
@@ -195,9 +197,10 @@ def _draw_river_params(rng, cyclones, rivers):
                  vapour=rng.uniform(14.0, 30.0), jet=rng.uniform(10.0, 22.0), rain=rng.uniform(1e-7, 6e-7),
                  drift_east=rng.uniform(6.0, 12.0), drift_north=rng.uniform(0.3, 1.2))
         lats, lons = river_axis(p["lat"], p["lon"], hemisphere, p["length"], p["heading0"], p["heading1"])
-        clear_of_cyclones = all(_great_circle(lats, lons, c["lat"], c["lon"]).min() > 1.5e6 for c in cyclones)
-        clear_of_rivers = all(_great_circle(lats[::8, None], lons[::8, None], r["lats"][None, ::8],
-                                            r["lons"][None, ::8]).min() > 2.0e6 for r in rivers)
+        clear_of_cyclones = all((EARTH_RADIUS_M * central_angle(lats, lons, c["lat"], c["lon"])).min() > 1.5e6
+                                for c in cyclones)
+        clear_of_rivers = all((EARTH_RADIUS_M * central_angle(lats[::8, None], lons[::8, None], r["lats"][None, ::8],
+                                                              r["lons"][None, ::8])).min() > 2.0e6 for r in rivers)
         if clear_of_cyclones and clear_of_rivers:
             return p
     return None
@@ -222,7 +225,7 @@ class SeriesSpec:
 def _snapshot(spec, events, hours):
     """Fields, labels and true event ids of one step at model time ``hours``."""
     lat, lon = grid(spec.height, spec.width)
-    base = _BaseGrid(lat, lon)
+    base = NoiseGrid(lat, lon)
     weather = _weather(spec.seed, base)
     shift = int(round(hours / 6.0))          # one degree eastward every six hours
     weather = {k: np.roll(v, shift, axis=1) for k, v in weather.items()}
