@@ -6,7 +6,8 @@ each input ``NAME`` the output folder receives
 
 * ``NAME_mask.h5`` (from HDF5: dataset ``mask``, uint8 H x W, class names in
   its attributes) or ``NAME_mask.nc`` (from netCDF: ``mask(time, lat, lon)``
-  with CF ``flag_values``/``flag_meanings``, the file's own coordinates);
+  with CF ``flag_values``/``flag_meanings``, the file's own coordinates), the
+  formats of :mod:`climseg.data.masks`;
 * one PNG map per time step (``NAME.png``, or ``NAME_tNNNN.png``);
 
 and ``summary.json`` covers every input and time step: pixel fraction of each
@@ -38,9 +39,10 @@ import torch
 import torch.nn.functional as F
 
 from climseg.constants import CHANNEL_UNITS, CHANNELS, CLASS_NAMES, NUM_CLASSES
-from climseg.data.deepcam import DATA_KEY, LABELS_KEY, check_labels, read_sample
-from climseg.data.netcdf import create_mask_netcdf, is_netcdf, open_netcdf, read_netcdf_step
-from climseg.errors import DataError, UserError, first_line
+from climseg.data.deepcam import LABELS_KEY, check_labels, check_sample_file, read_sample
+from climseg.data.masks import create_mask_hdf5, create_mask_netcdf
+from climseg.data.netcdf import is_netcdf, open_netcdf, read_netcdf_step
+from climseg.errors import DataError, UserError
 from climseg.output import OutputBatch, check_output_location, write_json
 from climseg.metrics import ConfusionMatrix, count_objects
 from climseg.plotting import plot_map
@@ -50,9 +52,11 @@ from climseg.models.checkpoint import build_model
 from climseg.perf.hardware import resolve_device
 
 
-class _Source:
-    """One input file: its kind, grid, time steps and a reader of each step.
-    ``channels`` are the ones the network reads; TMQ is read too, for the map, when there."""
+class InputFile:
+    """One input of ``climseg predict``, checked when made: its kind (``netcdf`` or ``hdf5``),
+    grid, time steps, and :meth:`read` of each step. ``channels`` are the ones the network
+    reads; TMQ is read too, for the map, when there. A DeepCAM sample's grid is assumed
+    (global, regular, rows south to north)."""
 
     def __init__(self, path, channels, convention="auto", variables=None):
         self.path, self.channels = path, list(channels)
@@ -72,17 +76,7 @@ class _Source:
             self.shape = (len(self.lat), len(self.lon))
         else:
             self.kind = "hdf5"
-            try:
-                with h5py.File(path, "r") as f:
-                    if DATA_KEY not in f:
-                        raise DataError(f"{path}: missing dataset {DATA_KEY}")
-                    shape = f[DATA_KEY].shape
-                    self.has_labels = LABELS_KEY in f
-            except OSError as exc:
-                raise DataError(f"{path}: neither a readable HDF5 nor a netCDF file ({first_line(exc)})") from None
-            if len(shape) != 3 or shape[2] != len(CHANNELS):
-                raise DataError(f"{path}: {DATA_KEY} has shape {tuple(shape)}; expected (height, width, {len(CHANNELS)})")
-            self.shape = tuple(shape[:2])
+            self.shape, self.has_labels = check_sample_file(path)
             h, w = self.shape
             self.lat = -90.0 + (np.arange(h) + 0.5) * 180.0 / h
             self.lon = np.arange(w) * 360.0 / w
@@ -177,7 +171,7 @@ def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progre
         stems[stem] = p
     mine = list(range(rank, len(inputs), world))           # this rank's share, round robin
     # every input of this rank checked before anything is written
-    sources = [_Source(os.fspath(inputs[i]), channels, convention, variables) for i in mine]
+    sources = [InputFile(os.fspath(inputs[i]), channels, convention, variables) for i in mine]
 
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     total = sum(len(s.times) for s in sources)
@@ -248,9 +242,10 @@ def _describe(pred, index, when, periodic):
 
 
 class _MaskWriter:
-    """The mask file of one input, written a time step at a time into the output batch's temporary
-    file (renamed with the others when the whole run is complete): ``NAME_mask.nc`` (netCDF input: ``mask(time, lat, lon)`` or
-    ``mask(lat, lon)`` with the input's coordinates) or ``NAME_mask.h5`` (HDF5 input)."""
+    """The mask file of one input (:mod:`climseg.data.masks`), written a time step at a time into
+    the output batch's temporary file (renamed with the others when the whole run is complete):
+    ``NAME_mask.nc`` (netCDF input: ``mask(time, lat, lon)`` or ``mask(lat, lon)`` with the
+    input's coordinates) or ``NAME_mask.h5`` (a DeepCAM sample: one step)."""
 
     def __init__(self, source, batch):
         self.source, self.batch = source, batch
@@ -266,8 +261,7 @@ class _MaskWriter:
         return create_mask_netcdf(tmp, info.path, info.time_dim, f"climseg predict on {os.path.basename(info.path)}")
 
     def _open_hdf5(self, tmp):
-        f = h5py.File(tmp, "w")
-        return f, None
+        return create_mask_hdf5(tmp, self.source.shape, self.source.path)
 
     def write(self, t, pred):
         """Append time step ``t``'s (H, W) uint8 mask (rows south to north)."""
@@ -278,19 +272,7 @@ class _MaskWriter:
             else:
                 self._mask[:] = data
             return
-        if self._mask is None:      # HDF5 inputs: one step, or a (T, H, W) stack grown step by step
-            n = len(self.source.times)
-            shape, maxshape = (pred.shape, pred.shape) if n == 1 else ((0,) + pred.shape, (None,) + pred.shape)
-            self._mask = self._file.create_dataset("mask", shape=shape, maxshape=maxshape, dtype="u1",
-                                                   compression="gzip", chunks=True)
-            self._mask.attrs["flag_values"] = np.arange(NUM_CLASSES, dtype=np.uint8)
-            self._mask.attrs["flag_meanings"] = " ".join(CLASS_NAMES)
-            self._mask.attrs["source"] = os.path.basename(self.source.path)
-        if self._mask.ndim == pred.ndim:
-            self._mask[...] = pred
-        else:
-            self._mask.resize(t + 1, axis=0)
-            self._mask[t] = pred
+        self._mask[...] = pred      # a DeepCAM sample holds one step
 
     def __exit__(self, *exc):
         self._file.close()

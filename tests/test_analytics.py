@@ -416,3 +416,36 @@ def test_climatenet_style_files_and_descending_latitudes(tmp_path):
     with netCDF4.Dataset(tmp_path / "out" / "data-0_event_id.nc") as ds:
         assert np.all(np.diff(ds.variables["lat"][:]) > 0)          # written south to north
     assert ids.shape == (3, 18, 36) and ids[0, 14:16, 5:8].min() == 1 and ids[0].sum() == 6
+
+
+def test_era5_style_time_and_nemo_style_coordinates(tmp_path):
+    """A mask whose time axis is ERA5's ``valid_time`` and whose 1-D coordinates are named
+    ``nav_lat``/``nav_lon`` (latitudes north to south) reads with the name tables every netCDF
+    reader of climseg shares, and tracks to the same events as the CAM5-style file."""
+    lat, lon = grid(18, 36)
+    steps = 4
+    masks = np.zeros((steps, 18, 36), np.uint8)
+    for k in range(steps):
+        masks[k, 12:14, 4 + 2 * k: 8 + 2 * k] = 1                # a cyclone drifting east
+        masks[k, 4:6, 20: 26 + k] = 2                             # a river growing east
+    hours = 6.0 * np.arange(steps)
+    _write_masks(str(tmp_path / "cam5.nc"), masks, lat, lon, hours)
+    with netCDF4.Dataset(tmp_path / "era5.nc", "w") as ds:
+        ds.createDimension("valid_time", None)
+        ds.createDimension("y", 18)
+        ds.createDimension("x", 36)
+        t = ds.createVariable("valid_time", "i8", ("valid_time",))
+        t.units, t.calendar = "hours since 2000-01-01 00:00:00", "noleap"
+        t[:] = hours.astype(np.int64)
+        ds.createVariable("nav_lat", "f8", ("y",))[:] = lat[::-1]
+        ds.createVariable("nav_lon", "f8", ("x",))[:] = lon
+        ds.createVariable("mask", "u1", ("valid_time", "y", "x"))[:] = masks[:, ::-1]
+    options = ["--tc-min-size", "1px", "--ar-min-size", "1px", "--min-steps", "2", "--no-progress"]
+    for name in ("cam5", "era5"):
+        assert main(["track", str(tmp_path / f"{name}.nc"), "--out", str(tmp_path / f"out-{name}"), *options]) == 0
+    with open(tmp_path / "out-era5" / "events.csv") as f:
+        events = list(csv.DictReader(f))
+    assert sorted((e["class"], int(e["steps"])) for e in events) == [("atmospheric_river", 4), ("tropical_cyclone", 4)]
+    assert (tmp_path / "out-era5" / "events.csv").read_text() == (tmp_path / "out-cam5" / "events.csv").read_text()
+    assert (tmp_path / "out-era5" / "tracks.csv").read_text() == (tmp_path / "out-cam5" / "tracks.csv").read_text()
+    assert np.array_equal(_read_ids(str(tmp_path / "out-era5")), _read_ids(str(tmp_path / "out-cam5")))

@@ -229,13 +229,13 @@ def test_bad_inputs_one_line(tmp_path):
 
 
 def test_predict_reads_an_era5_file(tmp_path):
-    from climseg.predict import _Source
+    from climseg.predict import InputFile
 
     truth = _truth(np.random.default_rng())
     lat, lon = _grid()
     path = tmp_path / "era5.nc"
     _era5_file(str(path), truth, lat, lon)
-    source = _Source(str(path), ["U850", "V850", "PSL"], convention="ERA5")
+    source = InputFile(str(path), ["U850", "V850", "PSL"], convention="ERA5")
     fields, background, name, labels = source.read(2)
     assert name == "TMQ" and labels is None and source.info.flipped
     np.testing.assert_allclose(fields[..., 2], truth["PSL"][2], rtol=1e-5)

@@ -1,10 +1,10 @@
 """Event statistics and climatology maps: a ``climseg track`` output folder in, the
 pictures and numbers a climate scientist puts in a paper out.
 
-Data flow (``climseg analyze EVENTS --out DIR``): :func:`climseg.analytics.track.read_events`
+Data flow (``climseg analyze EVENTS --out DIR``): :func:`climseg.data.events.read_events`
 checks the folder's ``track.json`` (format and version) and reads ``events.csv`` and
-``tracks.csv``; ``occupancy.nc`` gives how many steps each cell spent inside an event of
-each class. From these, per class (tropical cyclones, atmospheric rivers):
+``tracks.csv``; ``occupancy.nc`` (:func:`climseg.data.events.read_occupancy`) gives how many
+steps each cell spent inside an event of each class. From these, per class (tropical cyclones, atmospheric rivers):
 
 * **frequency**: fraction of the time steps with the class at each cell (tracked
   events only, i.e. after the size and lifetime filters);
@@ -28,9 +28,9 @@ import os
 import numpy as np
 
 from climseg import sphere
-from climseg.analytics.track import read_events
 from climseg.constants import CLASS_NAMES
-from climseg.errors import DataError, UserError
+from climseg.data.events import read_events, read_occupancy
+from climseg.errors import UserError
 from climseg.output import atomic_path, write_json
 from climseg.plotting import finish_map
 
@@ -205,21 +205,12 @@ def _stats(values):
 
 def analyze(events_folder, out, maps=True, log=print):
     """Statistics and maps of a ``climseg track`` output folder; returns the summary dict."""
-    import netCDF4
-
     meta, events, _ = read_events(events_folder)
     folder = events_folder if os.path.isdir(events_folder) else os.path.dirname(os.path.abspath(events_folder))
-    occ_path = os.path.join(folder, "occupancy.nc")
-    if not os.path.isfile(occ_path):
-        raise DataError(f"{occ_path}: missing (rerun climseg track)")
+    lat, lon, occupancy, total = read_occupancy(folder)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"{out}: exists and is not a folder")
     os.makedirs(out, exist_ok=True)
-    with netCDF4.Dataset(occ_path) as ds:
-        lat = np.asarray(ds.variables["lat"][:], np.float64)
-        lon = np.asarray(ds.variables["lon"][:], np.float64)
-        occupancy = np.asarray(ds.variables["steps_in_event"][:], np.float64)
-        total = int(ds.total_steps)
     lon = np.rad2deg(np.unwrap(np.deg2rad(lon)))
     classes = [c for c in CLASS_NAMES[1:]]
     frequency = occupancy / max(total, 1)

@@ -2,6 +2,8 @@
 (0 background, 1 TC, 2 AR) from the physical fields, the way the SC18 training data were
 made with TECA (Prabhat et al. 2012, 2015), written in ``climseg predict``'s mask format.
 
+The masks are the format of :mod:`climseg.data.masks`.
+
 Data flow: :func:`label` opens the netCDF inputs as one series (any variable-name
 convention, :mod:`climseg.data.netcdf`), and when a percentile threshold is asked for,
 computes the local climatology of the river field from a sample of steps
@@ -58,7 +60,8 @@ from scipy import ndimage
 
 from climseg import sphere
 from climseg.constants import ATMOSPHERIC_RIVER, CHANNELS, CLASS_NAMES, NUM_CLASSES, TROPICAL_CYCLONE
-from climseg.data.netcdf import create_mask_netcdf
+from climseg.data.deepcam import check_sample_file
+from climseg.data.masks import create_mask_hdf5, create_mask_netcdf
 from climseg.errors import ConfigError, DataError, UserError
 from climseg.output import atomic_path, write_json
 from climseg.progress import progress_bar
@@ -451,7 +454,7 @@ class _Job:
     steps: list                # global step indices
     local: list                # the same steps in ``source``
     time_var: str = None
-    kind: str = "netcdf"
+    flipped: bool = False      # ``source`` stores latitudes north to south
 
 
 def _jobs(info):
@@ -464,7 +467,8 @@ def _jobs(info):
             raise UserError(f"{seg.path}: has the same name as {stems[stem]}; their outputs would collide")
         stems[stem] = seg.path
         n = max(seg.ntime, 1)
-        jobs.append(_Job(f"{stem}_mask.nc", seg.path, list(range(start, start + n)), list(range(n)), seg.time_dim))
+        jobs.append(_Job(f"{stem}_mask.nc", seg.path, list(range(start, start + n)), list(range(n)), seg.time_dim,
+                         seg.flipped))
         start += n
     return jobs
 
@@ -507,11 +511,10 @@ def _write_job(args):
             if kept:
                 flat[s["index"]] = TROPICAL_CYCLONE
     del rivers
-    seg_flipped = _flipped(job.source)
     with atomic_path(os.path.join(out, job.name)) as path:
         dst, mask = create_mask_netcdf(path, job.source, job.time_var, f"climseg label on {os.path.basename(job.source)}")
         with dst:
-            data = masks[:, ::-1] if seg_flipped else masks
+            data = masks[:, ::-1] if job.flipped else masks
             mask[:] = data if job.time_var else data[0]
     os.unlink(tmp)
     counts = [np.bincount(m.reshape(-1), minlength=NUM_CLASSES) for m in masks]
@@ -537,16 +540,6 @@ def _write_samples(dataset, job, masks):
         if split == "train":
             partials.append(sample_statistics(data, labels))
     return partials
-
-
-def _flipped(path):
-    import netCDF4
-
-    from climseg.data.netcdf import LAT_NAMES, _find
-
-    with netCDF4.Dataset(path) as ds:
-        lat = np.asarray(ds.variables[_find(list(ds.variables), LAT_NAMES)][:]).reshape(-1)
-    return lat.size > 1 and lat[0] > lat[-1]
 
 
 def _hours(info):
@@ -587,7 +580,7 @@ def label(inputs, out, options=None, convention="auto", variables=None, workers=
                 "IVT" in info.variables or "TMQ" in info.variables):
             raise DataError(f"{info.path}: atmospheric rivers need IVT or TMQ (neither found)")
     for p in hdf5:
-        _check_hdf5(p)
+        check_sample_file(p)
     data_info = None
     if dataset is not None:
         if info is None:
@@ -724,26 +717,8 @@ def _mpi_comm():
     return MPI.COMM_WORLD
 
 
-def _check_hdf5(path):
-    import h5py
-
-    from climseg.data.deepcam import DATA_KEY
-
-    try:
-        with h5py.File(path, "r") as f:
-            if DATA_KEY not in f:
-                raise DataError(f"{path}: missing dataset {DATA_KEY}")
-            shape = f[DATA_KEY].shape
-    except OSError as exc:
-        raise DataError(f"{path}: neither a readable HDF5 nor a netCDF file ({str(exc).splitlines()[0]})") from None
-    if len(shape) != 3 or shape[2] != len(CHANNELS):
-        raise DataError(f"{path}: {DATA_KEY} has shape {tuple(shape)}; expected (height, width, {len(CHANNELS)})")
-
-
 def _label_hdf5(path, out, options):
     """A DeepCAM sample (global, regular grid assumed, rows south to north): NAME_mask.h5."""
-    import h5py
-
     from climseg.data.deepcam import read_sample
 
     data, _ = read_sample(path, labels=False)
@@ -759,11 +734,10 @@ def _label_hdf5(path, out, options):
     for s in storms:
         mask.reshape(-1)[s["index"]] = TROPICAL_CYCLONE
     name = f"{os.path.splitext(os.path.basename(path))[0]}_mask.h5"
-    with atomic_path(os.path.join(out, name)) as tmp, h5py.File(tmp, "w") as f:
-        d = f.create_dataset("mask", data=mask, compression="gzip")
-        d.attrs["flag_values"] = np.arange(NUM_CLASSES, dtype=np.uint8)
-        d.attrs["flag_meanings"] = " ".join(CLASS_NAMES)
-        d.attrs["source"] = os.path.basename(path)
+    with atomic_path(os.path.join(out, name)) as tmp:
+        f, dataset = create_mask_hdf5(tmp, mask.shape, path)
+        with f:
+            dataset[...] = mask
     frac = np.bincount(mask.reshape(-1), minlength=NUM_CLASSES) / mask.size
     return dict(file=path, mask=name, time_steps=[dict(
         index=0, time="", cyclones=len(storms), rivers=len(objects),

@@ -2,8 +2,9 @@
 
 Data flow (``climseg track MASKS... --out DIR``):
 
-1. :func:`open_mask_series` checks every input (one grid, a time axis, times that
-   increase across the files in the order given) and builds one time axis in hours.
+1. :func:`climseg.data.masks.open_mask_series` checks every input (one grid, a time axis,
+   times that increase across the files in the order given; coordinates named as every
+   netCDF reader of climseg knows them) and builds one time axis in hours.
 2. **Scan** (parallel over contiguous chunks of time steps): each step's class mask is
    split into connected components per class (8-connected, joined across the date line
    on global grids, never across the poles: :mod:`climseg.sphere`); components
@@ -17,7 +18,8 @@ Data flow (``climseg track MASKS... --out DIR``):
    Events seen on fewer than ``min_steps`` steps are dropped; the rest are numbered 1..E
    by their first step (then first component). The result does not depend on the
    number of chunks or workers.
-4. **Write** (parallel over input files): each input ``NAME`` gets ``NAME_event_id.nc``
+4. **Write** (parallel over input files; the format is :mod:`climseg.data.events`'s): each
+   input ``NAME`` gets ``NAME_event_id.nc``
    (CF netCDF, ``event_id(time, lat, lon)``, 0 outside events; uint16 while the
    ids fit, else int32); the folder gets
    ``events.csv`` (one row per event), ``tracks.csv`` (one row per event and step), the
@@ -35,9 +37,7 @@ vectors, so right across the date line) and area, peak and mean area, travel dis
 lifetime), genesis and lysis positions (first and last centroids).
 """
 import concurrent.futures
-import csv
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -49,17 +49,15 @@ from scipy.sparse import csgraph
 
 from climseg import sphere
 from climseg.constants import CLASS_NAMES, NUM_CLASSES
+from climseg.data.events import (EVENT_COLUMNS, FORMAT, FORMAT_VERSION, TRACK_COLUMNS, create_event_id_netcdf,
+                                 event_id_name, write_occupancy, write_table)
+from climseg.data.events import read_events as read_events  # its documented place before data.events held the format
+from climseg.data.masks import MaskReader, MaskSeries, open_mask_series
 from climseg.errors import ConfigError, DataError, UserError
 from climseg.output import atomic_path, write_json
 from climseg.progress import progress_bar
 
-FORMAT = "climseg-events"
-FORMAT_VERSION = 1
 CHUNK_STEPS = 64
-MASK_VARIABLES = ("mask", "LABELS", "labels", "class_mask")
-LAT_NAMES = ("lat", "latitude")
-LON_NAMES = ("lon", "longitude")
-TIME_NAMES = ("time", "t")
 CLIMATENET = dict(min_steps=5, look_ahead=1, min_size={1: (250.0, "px"), 2: (250.0, "px")})
 
 
@@ -90,178 +88,6 @@ def parse_size(text, option="--min-size"):
         raise ConfigError(f"{option} {text}: expected a size such as 250px or 50000km2")
     unit = "km2" if (m.group(2) or "px").startswith("km") else "px"
     return float(m.group(1)), unit
-
-
-# ----------------------------------------------------------------------------- inputs
-
-@dataclasses.dataclass
-class MaskFile:
-    """One input: where its mask lives and which of the series' steps it holds."""
-
-    path: str
-    variable: str
-    flipped: bool
-    has_time_dim: bool
-    first: int
-    steps: int
-    stem: str
-
-
-@dataclasses.dataclass
-class MaskSeries:
-    """All inputs as one series: grid (lat ascending), time axis, files."""
-
-    files: list
-    lat: np.ndarray
-    lon: np.ndarray
-    periodic: bool
-    hours: np.ndarray          # hours since ``time_units``' reference, one per step
-    time_units: str
-    calendar: str
-    times: list                # ISO-like labels, one per step
-
-    def locate(self, step):
-        """(file, index within it) of a global step."""
-        k = int(np.searchsorted(self.starts, step, side="right")) - 1
-        return self.files[k], step - self.files[k].first
-
-    @property
-    def starts(self):
-        return np.array([f.first for f in self.files])
-
-
-def _find(names, candidates):
-    lower = {n.lower(): n for n in names}
-    for c in candidates:
-        if c.lower() in lower:
-            return lower[c.lower()]
-    return None
-
-
-def open_mask_series(paths, variable=None):
-    """Check the inputs and describe them as one series; DataError naming the file on any problem."""
-    import cftime
-
-    from climseg.data.netcdf import open_dataset
-
-    if not paths:
-        raise UserError("no mask files given")
-    files, lat0, lon0, hours, times = [], None, None, [], []
-    units = calendar = None
-    stems = {}
-    for path in paths:
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise DataError(f"{path}: no such file")
-        with open_dataset(path) as ds:
-            names = list(ds.variables)
-            name = _find(names, [variable]) if variable else _find(names, MASK_VARIABLES)
-            if name is None:
-                wanted = variable or " or ".join(MASK_VARIABLES)
-                raise DataError(f"{path}: no mask variable {wanted} (choose one with --variable)")
-            var = ds.variables[name]
-            lat_name, lon_name = _find(names, LAT_NAMES), _find(names, LON_NAMES)
-            if lat_name is None or lon_name is None:
-                raise DataError(f"{path}: no latitude/longitude coordinate variables (lat, lon)")
-            lat = np.asarray(ds.variables[lat_name][:], np.float64).reshape(-1)
-            lon = np.asarray(ds.variables[lon_name][:], np.float64).reshape(-1)
-            dims = var.dimensions
-            time_name = _find(names, TIME_NAMES)
-            if len(dims) == 3:
-                if time_name is None or ds.variables[time_name].dimensions != (dims[0],):
-                    raise DataError(f"{path}: {name} has a first dimension {dims[0]} but no time coordinate for it")
-                has_time_dim, nsteps = True, var.shape[0]
-            elif len(dims) == 2 and time_name is not None and ds.variables[time_name].size == 1:
-                has_time_dim, nsteps = False, 1             # ClimateNet: LABELS(lat, lon) and one time value
-            elif len(dims) == 2:
-                raise DataError(f"{path}: mask {name} has no time dimension (and the file no single time value)")
-            else:
-                raise DataError(f"{path}: {name} has dimensions {dims}; expected (time, lat, lon)")
-            if tuple(var.shape[-2:]) != (lat.size, lon.size):
-                raise DataError(f"{path}: {name} has shape {tuple(var.shape)}; the grid is {lat.size} x {lon.size}")
-            tvar = ds.variables[time_name]
-            if not hasattr(tvar, "units"):
-                raise DataError(f"{path}: time variable {time_name} has no units")
-            cal = getattr(tvar, "calendar", "standard")
-            try:
-                dates = cftime.num2date(np.asarray(tvar[:], np.float64).reshape(-1), tvar.units, cal)
-            except Exception as exc:
-                raise DataError(f"{path}: time units {tvar.units!r} ({cal}) unreadable: {exc}") from None
-            if units is None:
-                units, calendar = _hours_units(tvar.units), cal
-            elif _calendar_kind(cal) != _calendar_kind(calendar):
-                raise DataError(f"{path}: calendar {cal} differs from {calendar} of the first file")
-            h = np.asarray(cftime.date2num(list(np.atleast_1d(dates)), units, calendar), np.float64).reshape(-1)
-        flipped = lat.size > 1 and lat[0] > lat[-1]
-        lat_asc = lat[::-1] if flipped else lat
-        if lat.size > 1 and not np.all(np.diff(lat_asc) > 0):
-            raise DataError(f"{path}: latitudes are not monotonic")
-        lon_u = np.rad2deg(np.unwrap(np.deg2rad(lon)))
-        if lon.size > 1 and not np.all(np.diff(lon_u) > 0):
-            raise DataError(f"{path}: longitudes are not monotonic")
-        if lat0 is None:
-            lat0, lon0 = lat_asc.copy(), lon_u
-        elif lat_asc.shape != lat0.shape or lon_u.shape != lon0.shape or not (
-                np.allclose(lat_asc, lat0, atol=1e-6) and np.allclose(lon_u, lon0, atol=1e-6)):
-            raise DataError(f"{path}: grid {lat.size} x {lon.size} differs from the grid of {files[0].path} "
-                            f"({lat0.size} x {lon0.size}); track one grid at a time")
-        stem = os.path.splitext(os.path.basename(path))[0]
-        if stem in stems:
-            raise UserError(f"{path}: has the same name as {stems[stem]}; their outputs would collide")
-        stems[stem] = path
-        files.append(MaskFile(path, name, bool(flipped), has_time_dim, len(hours), int(nsteps), stem))
-        hours.extend(h.tolist())
-        times.extend(str(d)[:19] for d in np.atleast_1d(dates))
-        if h.size != nsteps:
-            raise DataError(f"{path}: {h.size} time values for {nsteps} mask steps")
-    hours = np.asarray(hours)
-    bad = np.flatnonzero(np.diff(hours) <= 0)
-    if bad.size:
-        i = int(bad[0]) + 1
-        f = next(f for f in reversed(files) if f.first <= i)
-        raise DataError(f"{f.path}: time does not increase at {times[i]} (after {times[i - 1]}); "
-                        "give the files in time order, without repeated steps")
-    return MaskSeries(files, lat0, lon0, sphere.is_global(lon0), hours, units, calendar, times)
-
-
-def _hours_units(units):
-    since = units.split("since", 1)[1].strip() if "since" in units else "1970-01-01"
-    return f"hours since {since}"
-
-
-def _calendar_kind(cal):
-    cal = (cal or "standard").lower()
-    return {"gregorian": "standard", "proleptic_gregorian": "standard", "365_day": "noleap", "366_day": "all_leap"}.get(cal, cal)
-
-
-class _Reader:
-    """Reads steps of a series, keeping the current file open."""
-
-    def __init__(self, series):
-        self.series, self.path, self.ds = series, None, None
-
-    def read(self, step):
-        import netCDF4
-
-        f, k = self.series.locate(step)
-        if f.path != self.path:
-            self.close()
-            self.ds, self.path = netCDF4.Dataset(f.path, "r"), f.path
-            self.ds.set_auto_mask(False)
-        var = self.ds.variables[f.variable]
-        m = np.asarray(var[k] if f.has_time_dim else var[...])
-        if m.dtype.kind == "f":
-            if not np.all(np.isfinite(m)):
-                raise DataError(f"{f.path}: {f.variable} holds NaN or Inf at {self.series.times[step]}")
-        if m.size and (m.min() < 0 or m.max() >= NUM_CLASSES):
-            raise DataError(f"{f.path}: {f.variable} holds values outside 0..{NUM_CLASSES - 1} at {self.series.times[step]}")
-        m = m.astype(np.uint8, copy=False)
-        return m[::-1] if f.flipped else m
-
-    def close(self):
-        if self.ds is not None:
-            self.ds.close()
-        self.ds = self.path = None
 
 
 # ----------------------------------------------------------------------------- scan
@@ -351,12 +177,9 @@ def _scan_chunk(job):
     series, options, start, stop, scratch = job
     weights = sphere.grid_weights(series.lat, series.lon)
     limits = _thresholds(options)
-    reader = _Reader(series)
-    try:
+    with MaskReader(series) as reader:
         nodes, edges, cells, labels = _scan_steps(reader.read, start, stop, options.look_ahead, series.periodic,
                                                   weights, limits)
-    finally:
-        reader.close()
     counts = np.array([c.size for c in cells], np.int64)
     with open(_scratch_file(scratch, start), "wb") as f:
         np.save(f, np.concatenate([[0], np.cumsum(counts)]))
@@ -516,12 +339,6 @@ def _describe_events(series, node_event, node_step, cls, pixels, area, vectors, 
 
 # ----------------------------------------------------------------------------- write
 
-EVENT_COLUMNS = ["id", "class", "first_time", "last_time", "first_step", "last_step", "steps", "lifetime_hours",
-                 "peak_area_km2", "mean_area_km2", "distance_km", "mean_speed_m_s", "genesis_lat", "genesis_lon",
-                 "lysis_lat", "lysis_lon"]
-TRACK_COLUMNS = ["id", "class", "step", "time", "time_hours", "lat", "lon", "area_km2", "pixels", "components"]
-
-
 def _write_event_files(job):
     """Write the ``event_id`` netCDF files of some inputs from the scan's scratch files;
     returns per-class occupancy counts (classes, H*W) of their steps."""
@@ -536,32 +353,11 @@ def _write_event_files(job):
 
 def _write_event_file(series, f, lookups, out_dir, reader, occupancy, series_events):
     """Write one input file's ``event_id`` netCDF; add its steps to ``occupancy``."""
-    import netCDF4
-
     h, w = series.lat.size, series.lon.size
-    path = os.path.join(out_dir, f"{f.stem}_event_id.nc")
-    with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
-            ds.Conventions = "CF-1.8"
-            ds.source = f"climseg track of {os.path.basename(f.path)} ({FORMAT} version {FORMAT_VERSION})"
-            ds.createDimension("time", None)
-            ds.createDimension("lat", h)
-            ds.createDimension("lon", w)
-            tv = ds.createVariable("time", "f8", ("time",))
-            tv.standard_name, tv.units, tv.calendar, tv.axis = "time", series.time_units, series.calendar, "T"
-            tv[:] = series.hours[f.first: f.first + f.steps]
-            la = ds.createVariable("lat", "f8", ("lat",))
-            la.standard_name, la.units, la.axis = "latitude", "degrees_north", "Y"
-            la[:] = series.lat
-            lo = ds.createVariable("lon", "f8", ("lon",))
-            lo.standard_name, lo.units, lo.axis = "longitude", "degrees_east", "X"
-            lo[:] = series.lon % 360.0
-            # uint16 while the ids fit (half the bytes to compress), else int32
-            dtype = "u2" if int(series_events) < 65535 else "i4"
-            ev = ds.createVariable("event_id", dtype, ("time", "lat", "lon"), zlib=True, complevel=1,
-                                   shuffle=False, chunksizes=(1, h, w))
-            ev.long_name = "id of the tracked event (events.csv) each cell belongs to; 0 outside events"
-            ev.valid_min = np.int32(0)
-            ids = np.zeros(h * w, np.dtype(dtype))
+    with atomic_path(os.path.join(out_dir, event_id_name(f.stem))) as tmp:
+        ds, ev = create_event_id_netcdf(tmp, series, f, series_events)
+        with ds:
+            ids = np.zeros(h * w, ev.dtype)
             for k in range(f.steps):
                 index, comp = reader.read(f.first + k)
                 event, event_class = lookups[k]
@@ -617,12 +413,12 @@ def track(inputs, out, options=TrackOptions(), variable=None, workers=1, log=pri
         if pool:
             pool.shutdown()
         shutil.rmtree(scratch, ignore_errors=True)
-    _write_occupancy(os.path.join(out, "occupancy.nc"), series, occupancy)
-    _write_table(os.path.join(out, "events"), result.events, EVENT_COLUMNS)
-    _write_table(os.path.join(out, "tracks"), result.tracks, TRACK_COLUMNS)
+    write_occupancy(os.path.join(out, "occupancy.nc"), series, occupancy)
+    write_table(os.path.join(out, "events"), result.events, EVENT_COLUMNS)
+    write_table(os.path.join(out, "tracks"), result.tracks, TRACK_COLUMNS)
     counts = {CLASS_NAMES[c]: sum(1 for e in result.events if e["class"] == CLASS_NAMES[c]) for c in range(1, NUM_CLASSES)}
     summary = dict(format=FORMAT, version=FORMAT_VERSION, inputs=[f.path for f in series.files],
-                   event_files=[f"{f.stem}_event_id.nc" for f in series.files], steps=int(nsteps),
+                   event_files=[event_id_name(f.stem) for f in series.files], steps=int(nsteps),
                    first_time=series.times[0], last_time=series.times[-1], time_units=series.time_units,
                    calendar=series.calendar, interval_hours=float(np.median(np.diff(series.hours))) if nsteps > 1 else None,
                    grid=dict(height=int(series.lat.size), width=int(series.lon.size), periodic=series.periodic,
@@ -635,72 +431,3 @@ def track(inputs, out, options=TrackOptions(), variable=None, workers=1, log=pri
     log(f"climseg: {counts['tropical_cyclone']} tropical cyclones and {counts['atmospheric_river']} atmospheric rivers "
         f"tracked through {nsteps} steps; events.csv, tracks.csv and event ids written to {out}")
     return summary
-
-
-def _write_occupancy(path, series, occupancy):
-    import netCDF4
-
-    h, w = series.lat.size, series.lon.size
-    with atomic_path(path) as tmp, netCDF4.Dataset(tmp, "w", format="NETCDF4") as ds:
-        ds.Conventions = "CF-1.8"
-        ds.total_steps = np.int32(series.hours.size)
-        ds.createDimension("class", NUM_CLASSES)
-        ds.createDimension("lat", h)
-        ds.createDimension("lon", w)
-        la = ds.createVariable("lat", "f8", ("lat",))
-        la.standard_name, la.units = "latitude", "degrees_north"
-        la[:] = series.lat
-        lo = ds.createVariable("lon", "f8", ("lon",))
-        lo.standard_name, lo.units = "longitude", "degrees_east"
-        lo[:] = series.lon % 360.0
-        v = ds.createVariable("steps_in_event", "i4", ("class", "lat", "lon"), zlib=True)
-        v.long_name = "number of time steps the cell lies inside a tracked event of the class"
-        v.flag_meanings = " ".join(CLASS_NAMES)
-        v[:] = occupancy.reshape(NUM_CLASSES, h, w)
-
-
-def _write_table(stem, rows, columns):
-    """``stem.csv`` always; ``stem.parquet`` too when pyarrow is installed."""
-    with atomic_path(stem + ".csv") as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) and k not in ("lat", "lon") and not k.endswith(("_lat", "_lon"))
-                            else f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError:
-        return
-    table = pyarrow.table({c: [r[c] for r in rows] for c in columns})
-    with atomic_path(stem + ".parquet") as tmp:
-        pyarrow.parquet.write_table(table, tmp)
-
-
-def read_events(folder):
-    """``(track.json dict, events rows, tracks rows)`` of a ``climseg track`` output folder
-    (or its ``events.csv``); DataError when it is missing or of another format version."""
-    folder = os.fspath(folder)
-    if os.path.isfile(folder):
-        folder = os.path.dirname(os.path.abspath(folder))
-    meta_path = os.path.join(folder, "track.json")
-    if not os.path.isfile(meta_path):
-        raise DataError(f"{folder}: no track.json (not a climseg track output folder)")
-    try:
-        with open(meta_path) as f:
-            meta = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{meta_path}: unreadable ({exc})") from None
-    if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
-        raise DataError(f"{meta_path}: events of format {meta.get('format')!r} version {meta.get('version')!r}; "
-                        f"this climseg reads {FORMAT!r} version {FORMAT_VERSION}")
-    tables = []
-    for name in ("events.csv", "tracks.csv"):
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            raise DataError(f"{path}: missing")
-        with open(path, newline="") as f:
-            tables.append(list(csv.DictReader(f)))
-    if tables[0] and list(tables[0][0]) != EVENT_COLUMNS:
-        raise DataError(f"{os.path.join(folder, 'events.csv')}: columns differ from version {FORMAT_VERSION}'s")
-    return meta, tables[0], tables[1]

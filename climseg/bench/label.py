@@ -32,34 +32,32 @@ def score(mask_files, truth_files, periodic=True, long_km=2000.0):
     true and labelled object counts; for rivers also the detection rate of the true rivers at
     least ``long_km`` long (the labeller's own length condition; the generator also labels
     rivers while they grow and fade, and fragments of them)."""
-    import netCDF4
+    from climseg.data.masks import MaskReader, open_mask_series
 
     stats = {c: dict(inter=0, union=0, true=0, detected=0, labelled=0, false=0, long=0, long_detected=0)
              for c in (1, 2)}
-    steps = 0
-    for mf, tf in zip(mask_files, truth_files):
-        with netCDF4.Dataset(mf) as m, netCDF4.Dataset(tf) as t:
-            masks, truth = m.variables["mask"], t.variables["LABELS"]
-            lat, lon = np.asarray(t.variables["lat"][:], np.float64), np.asarray(t.variables["lon"][:], np.float64)
-            for k in range(truth.shape[0]):
-                pred, true = np.asarray(masks[k]), np.asarray(truth[k])
-                steps += 1
-                for c, s in stats.items():
-                    p, q = pred == c, true == c
-                    s["inter"] += int(np.count_nonzero(p & q))
-                    s["union"] += int(np.count_nonzero(p | q))
-                    tl, tn = sphere.label_components(q, periodic)
-                    pl, pn = sphere.label_components(p, periodic)
-                    hit_true = np.unique(tl[p & q])
-                    hit_pred = np.unique(pl[p & q])
-                    s["true"] += tn
-                    s["detected"] += int(np.count_nonzero(hit_true))
-                    s["labelled"] += pn
-                    s["false"] += pn - int(np.count_nonzero(hit_pred))
-                    if c == ATMOSPHERIC_RIVER:
-                        long = _long_objects(tl, tn, lat, lon, long_km)
-                        s["long"] += int(long.sum())
-                        s["long_detected"] += int(long[hit_true[hit_true > 0] - 1].sum())
+    labelled, truth = open_mask_series(mask_files, "mask"), open_mask_series(truth_files, "LABELS")
+    lat, lon = truth.lat, truth.lon
+    steps = int(truth.hours.size)
+    with MaskReader(labelled) as masks, MaskReader(truth) as true_masks:
+        for k in range(steps):
+            pred, true = masks.read(k), true_masks.read(k)
+            for c, s in stats.items():
+                p, q = pred == c, true == c
+                s["inter"] += int(np.count_nonzero(p & q))
+                s["union"] += int(np.count_nonzero(p | q))
+                tl, tn = sphere.label_components(q, periodic)
+                pl, pn = sphere.label_components(p, periodic)
+                hit_true = np.unique(tl[p & q])
+                hit_pred = np.unique(pl[p & q])
+                s["true"] += tn
+                s["detected"] += int(np.count_nonzero(hit_true))
+                s["labelled"] += pn
+                s["false"] += pn - int(np.count_nonzero(hit_pred))
+                if c == ATMOSPHERIC_RIVER:
+                    long = _long_objects(tl, tn, lat, lon, long_km)
+                    s["long"] += int(long.sum())
+                    s["long_detected"] += int(long[hit_true[hit_true > 0] - 1].sum())
     out = {}
     for c, s in stats.items():
         name = "tropical_cyclone" if c == TROPICAL_CYCLONE else "atmospheric_river"

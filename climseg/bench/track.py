@@ -50,7 +50,7 @@ def _upsample_file(job):
     src, dst, factor_h, factor_w, lat, lon = job
     import netCDF4
 
-    from climseg.constants import CLASS_NAMES, NUM_CLASSES
+    from climseg.data.masks import create_mask_variable
     from climseg.output import atomic_path
 
     with netCDF4.Dataset(src) as ds:
@@ -69,11 +69,7 @@ def _upsample_file(job):
             v = ds.createVariable(name, "f8", (name,))
             v.standard_name, v.units = std, u
             v[:] = values
-        m = ds.createVariable("mask", "u1", ("time", "lat", "lon"), zlib=True)
-        m.long_name = "extreme weather class"
-        m.flag_values = np.arange(NUM_CLASSES, dtype=np.uint8)
-        m.flag_meanings = " ".join(CLASS_NAMES)
-        m[:] = masks
+        create_mask_variable(ds, ("time", "lat", "lon"))[:] = masks
     return dst
 
 

@@ -14,7 +14,10 @@ Fields are ``(time, lat, lon)``, ``(lat, lon)``, or with a pressure axis
 ``(time, level, lat, lon)`` / ``(level, lat, lon)``; the pressure coordinate (``plev``,
 ``level``, ``pressure_level``, ``lev``, ``isobaricInhPa``...) is read in Pa or hPa from its
 ``units``. Coordinates ``lat``/``latitude`` and ``lon``/``longitude`` give the grid (any
-monotonic latitudes, e.g. Gaussian; any size). Fields are returned south to north
+monotonic latitudes, e.g. Gaussian; any size). The coordinate names known, here and to every
+other reader of netCDF in climseg (:mod:`climseg.data.masks`, :mod:`climseg.data.climatenet`),
+are the tables :data:`LAT_NAMES`, :data:`LON_NAMES`, :data:`TIME_NAMES` and
+:data:`LEVEL_NAMES`, looked up by :func:`find_name`. Fields are returned south to north
 (flipped if a file's latitudes descend), the orientation the networks are trained in.
 Calendars are read with cftime (``standard``, ``proleptic_gregorian``, ``noleap``,
 ``360_day``...). A variable without a time axis (a fixed field) serves every step.
@@ -28,7 +31,9 @@ import numpy as np
 from climseg.constants import CHANNELS
 from climseg.data import variables as conventions
 from climseg.errors import DataError, first_line
+from climseg.sphere import is_global
 
+# the coordinate names every netCDF reader of climseg knows (find_name matches them in any case)
 LAT_NAMES = ("lat", "latitude", "nav_lat")
 LON_NAMES = ("lon", "longitude", "nav_lon")
 TIME_NAMES = ("time", "t", "valid_time")
@@ -77,11 +82,13 @@ class NetCDFInput:
     calendar: str = None
 
 
-def _find(names, candidates):
+def find_name(names, candidates):
+    """The first of ``candidates`` (e.g. :data:`LAT_NAMES`) among ``names`` (a file's variable
+    names), matched without regard to case, as the file spells it; None when none is there."""
     lower = {n.lower(): n for n in names}
     for c in candidates:
-        if c in lower:
-            return lower[c]
+        if c.lower() in lower:
+            return lower[c.lower()]
     return None
 
 
@@ -160,9 +167,7 @@ def open_netcdf(path, channels=CHANNELS, optional=(), convention="auto", variabl
                     conventions.to_channel_units(np.zeros(1, np.float32), source.units or s.units, source.kind,
                                                  s.step_seconds, f"{s.path}: {c}: variable {s.name} ")
     lat, lon, flipped = grid["lat"], grid["lon"], grid["flipped"]
-    step = (lon[-1] - lon[0]) / max(len(lon) - 1, 1)
-    periodic = len(lon) > 1 and abs(lon[-1] - lon[0] + step - 360.0) < 0.5 * step
-    return NetCDFInput(path=paths[0], lat=lat, lon=lon, flipped=flipped, periodic=periodic, times=times,
+    return NetCDFInput(path=paths[0], lat=lat, lon=lon, flipped=flipped, periodic=is_global(lon), times=times,
                        variables={c: p.names[0] for c, p in plans.items()}, time_dim=time_dim, paths=paths,
                        convention=name, plans=plans, segments=segments, dates=dates,
                        time_units=time_units, calendar=calendar)
@@ -196,7 +201,7 @@ def _scan_file(path):
     and every variable on that grid."""
     with open_dataset(path) as ds:
         names = list(ds.variables)
-        lat_name, lon_name = _find(names, LAT_NAMES), _find(names, LON_NAMES)
+        lat_name, lon_name = find_name(names, LAT_NAMES), find_name(names, LON_NAMES)
         if lat_name is None or lon_name is None:
             raise DataError(f"{path}: no latitude/longitude coordinate variables (lat, lon)")
         lat_var, lon_var = ds.variables[lat_name], ds.variables[lon_name]
@@ -386,52 +391,6 @@ def _read_source(ds, seg, local, source, channel, index):
     units = source.units if source.units is not None else seg.units
     return conventions.to_channel_units(field, units, source.kind, seg.step_seconds,
                                         f"{seg.path}: {channel}: variable {seg.name} ")
-
-
-def create_mask_netcdf(path, like, time_dim, note):
-    """Open ``path`` (netCDF4, mode ``"w"``) as a class-mask file on the grid of the netCDF file
-    ``like``: its time axis (``time_dim``, or none), latitude and longitude copied with their
-    attributes, and an empty ``mask(time, lat, lon)`` (or ``mask(lat, lon)``) of uint8 with CF
-    ``flag_values``/``flag_meanings`` (0 background, 1 tropical cyclone, 2 atmospheric river).
-    The one mask format that ``climseg predict`` and ``climseg label`` write and ``climseg track``
-    reads. Returns ``(dataset, mask variable)``; the caller fills the mask (rows in the file's
-    latitude order) and closes the dataset."""
-    import netCDF4
-
-    from climseg.constants import CLASS_NAMES, NUM_CLASSES
-
-    dst = netCDF4.Dataset(path, "w")
-    try:
-        with netCDF4.Dataset(like) as src:
-            names = list(src.variables)
-            dims = []
-            if time_dim:
-                dst.createDimension(time_dim, None)
-                dims.append(time_dim)
-                if time_dim in src.variables:
-                    _copy_variable(src, dst, time_dim)
-            for var in (_find(names, LAT_NAMES), _find(names, LON_NAMES)):
-                dim = src.variables[var].dimensions[0]
-                dst.createDimension(dim, len(src.dimensions[dim]))
-                dims.append(dim)
-                _copy_variable(src, dst, var)
-        mask = dst.createVariable("mask", "u1", tuple(dims), zlib=True)
-        mask.long_name = "extreme weather class"
-        mask.flag_values = np.arange(NUM_CLASSES, dtype=np.uint8)
-        mask.flag_meanings = " ".join(CLASS_NAMES)
-        dst.source = note
-        dst.Conventions = "CF-1.8"
-    except BaseException:
-        dst.close()
-        raise
-    return dst, mask
-
-
-def _copy_variable(src, dst, name):
-    var = src.variables[name]
-    new = dst.createVariable(name, var.datatype, var.dimensions)
-    new.setncatts({k: var.getncattr(k) for k in var.ncattrs() if k != "_FillValue"})
-    new[:] = var[:]
 
 
 def create_cam5_grid(ds, lat, lon, steps=None, times=None, unlimited=True):

@@ -395,7 +395,7 @@ def score_tracking(series_folder, track_folder, min_steps=1):
     import netCDF4
 
     from climseg.sphere import haversine_km
-    from climseg.analytics.track import read_events
+    from climseg.data.events import read_events
 
     meta, events, tracks = read_events(track_folder)
     truth_files = sorted(glob.glob(os.path.join(series_folder, "*.cam.h2.*.nc")))
