@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from climseg import sphere
-from climseg.analytics.label import (LabelOptions, detect_cyclones, detect_rivers, link_cyclones,
-                                     relative_vorticity)
+from climseg.analytics.cyclones import detect_cyclones, link_cyclones, relative_vorticity
+from climseg.analytics.label import LabelOptions
+from climseg.analytics.rivers import detect_rivers
 from climseg.cli import main
 
 R = sphere.EARTH_RADIUS_KM * 1000.0

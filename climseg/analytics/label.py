@@ -1,8 +1,10 @@
 """Heuristic labels for data nobody labelled: tropical-cyclone and atmospheric-river masks
 (0 background, 1 TC, 2 AR) from the physical fields, the way the SC18 training data were
-made with TECA (Prabhat et al. 2012, 2015), written in ``climseg predict``'s mask format.
-
-The masks are the format of :mod:`climseg.data.masks`.
+made with TECA (Prabhat et al. 2012, 2015), written in ``climseg predict``'s mask format
+(:mod:`climseg.data.masks`). This module runs the labeller over files and processes; the
+physics is :mod:`climseg.analytics.cyclones` (storm centres, areas and tracks) and
+:mod:`climseg.analytics.rivers` (river objects), with the thresholds of
+:class:`~climseg.analytics.label_options.LabelOptions`.
 
 Data flow: :func:`label` opens the netCDF inputs as one series (any variable-name
 convention, :mod:`climseg.data.netcdf`), and when a percentile threshold is asked for,
@@ -10,45 +12,16 @@ computes the local climatology of the river field from a sample of steps
 (:func:`river_climatology`). Worker processes (``workers``), or MPI ranks when started
 by ``mpirun`` (each rank taking every size-th file, with its own worker processes), then
 take one output file each (one per file of the series' time axis) and go through its
-steps one at a time (bounded memory): :func:`detect_cyclones` finds the storm centres and
-their areas, :func:`detect_rivers` the river mask. Every process then links all storm
-centres through time (:func:`link_cyclones`; the table of centres is small and shared by
-an allgather under MPI), drops short-lived ones, and the workers write
+steps one at a time (bounded memory; :func:`label_step`): ``detect_cyclones`` finds the
+storm centres and their areas, ``detect_rivers`` the river mask. Every process then links
+all storm centres through time (``link_cyclones``; the table of centres is small and
+shared by an allgather under MPI), drops short-lived ones, and the workers write
 ``NAME_mask.nc`` (``mask(time, lat, lon)``, CF ``flag_values``/``flag_meanings``, the
 file's own coordinates and times), which ``climseg track`` reads; ``dataset`` also writes
-the steps and labels as a DeepCAM training set for ``climseg train``.
-DeepCAM HDF5 samples get ``NAME_mask.h5`` (dataset ``mask``). ``summary.json`` lists
-every step's storms and rivers.
-
-Tropical cyclones (defaults: :class:`LabelOptions`; every distance is on the sphere):
-
-1. candidates: local minima of sea-level pressure (PSL) within ``tc_candidate_km``,
-   equatorward of ``tc_max_lat``;
-2. the 850 hPa relative vorticity (:func:`relative_vorticity`, from U850/V850, cyclonic
-   sign by hemisphere) reaches ``tc_vorticity`` within ``tc_core_km``;
-3. a warm core: the upper-level temperature (mean of T200 and T500) within ``tc_core_km``
-   exceeds its mean within ``tc_environment_km`` by ``tc_warm_core``;
-4. a closed depression: PSL rises by ``tc_pressure_rise`` within ``tc_environment_km``;
-5. gale-force low-level wind (UBOT/VBOT, else U850/V850) within ``tc_wind_km``;
-6. the mask: the connected area around the centre, within ``tc_mask_km``, where the
-   low-level wind reaches gale force or the pressure deficit is at least
-   ``tc_mask_deficit`` of the centre's;
-7. in a series, centres at consecutive steps closer than ``tc_max_speed`` x interval are
-   linked; tracks shorter than ``tc_min_hours`` are dropped unless cut by the start or
-   end of the series.
-
-Atmospheric rivers: the field is IVT when the input has it (``IVT``, or ERA5's
-``viwve``/``viwvn``), else the proxy TMQ x |V850|, else TMQ; cells at or above the
-threshold (absolute ``ar_threshold``, or with ``ar_percentile`` the larger of that and the
-local percentile of the series or of the latitude circle) form 8-connected objects (joined
-across the date line on global grids); an object is kept when it is long
-(``ar_min_length_km``: the largest great-circle distance across it), narrow (length / width
->= ``ar_min_aspect`` and width <= ``ar_max_width_km``, width = area / length), carries
-vapour poleward (mean TMQ x V850 x sign(lat) >= ``ar_min_poleward``) and reaches from the
-subtropics (a cell equatorward of ``ar_origin_lat``) poleward (a cell beyond
-``ar_reach_lat``). Objects that fail are tried again at the higher thresholds
-``ar_threshold x ar_levels``, which separates rivers from the moist tropics they are joined
-to. Cyclone labels take precedence where the two meet.
+the steps and labels as a DeepCAM training set for ``climseg train``
+(:mod:`climseg.data.deepcam`). DeepCAM HDF5 samples get ``NAME_mask.h5`` (dataset
+``mask``). ``summary.json`` lists every step's storms and rivers. Cyclone labels take
+precedence where the two meet.
 """
 import concurrent.futures
 import dataclasses
@@ -56,322 +29,17 @@ import os
 import time
 
 import numpy as np
-from scipy import ndimage
 
 from climseg import sphere
+from climseg.analytics.cyclones import detect_cyclones, link_cyclones
+from climseg.analytics.label_options import DEFAULT_THRESHOLDS, LabelOptions
+from climseg.analytics.rivers import detect_rivers, poleward_transport, river_field
 from climseg.constants import ATMOSPHERIC_RIVER, CHANNELS, CLASS_NAMES, NUM_CLASSES, TROPICAL_CYCLONE
 from climseg.data.deepcam import check_sample_file
 from climseg.data.masks import create_mask_hdf5, create_mask_netcdf
 from climseg.errors import ConfigError, DataError, UserError
 from climseg.output import atomic_path, write_json
 from climseg.progress import progress_bar
-
-EARTH_RADIUS_M = sphere.EARTH_RADIUS_KM * 1000.0
-GALE_WIND = 17.0              # m s-1
-
-
-@dataclasses.dataclass
-class LabelOptions:
-    """Thresholds of the labeller; the defaults and their sources are in docs/labelling.md."""
-
-    method: str = "tc+ar"                 # which classes: tc+ar, tc or ar
-    # tropical cyclones
-    tc_max_lat: float = 45.0              # deg; candidates equatorward of this
-    tc_candidate_km: float = 300.0        # PSL minimum within this distance
-    tc_vorticity: float = 3.5e-5          # s-1, 850 hPa cyclonic vorticity (Zhao et al. 2009; Knutson et al. 2007)
-    tc_core_km: float = 222.0             # 2 deg: vorticity maximum and warm core near the centre (TECA max_core_radius)
-    tc_warm_core: float = 0.8             # K, upper-level warm anomaly (TECA max_core_temperature_delta)
-    tc_environment_km: float = 556.0      # 5 deg: warm-core surroundings and closed-depression radius (TECA)
-    tc_pressure_rise: float = 400.0       # Pa, PSL rise within tc_environment_km (TECA max_pressure_delta)
-    tc_wind: float = GALE_WIND            # m s-1, low-level wind (TECA min_wind_speed; 34 kt gale force)
-    tc_wind_km: float = 300.0             # wind criterion within this distance
-    tc_mask_km: float = 500.0             # largest extent of a storm's mask (our choice, not from the literature)
-    tc_mask_deficit: float = 0.5          # mask also where the deficit is >= this share of the centre's
-    tc_max_speed: float = 1600.0 / 86.4  # m s-1, fastest storm motion: 1600 km a day (TECA max_daily_distance)
-    tc_min_hours: float = 24.0            # shortest track kept (tracks cut by the series' ends are kept)
-    # atmospheric rivers
-    ar_field: str = "auto"                # auto, ivt, proxy (TMQ x |V850|) or tmq
-    ar_threshold: float = None            # absolute; default 250 kg m-1 s-1 (IVT, proxy) or 20 kg m-2 (TMQ)
-    ar_percentile: float = None           # e.g. 85: threshold = max(absolute, local percentile of the series)
-    ar_min_length_km: float = 2000.0      # Ralph et al. 2004; Guan and Waliser 2015
-    ar_min_aspect: float = 2.0            # length / width (Guan and Waliser 2015)
-    ar_max_width_km: float = 1000.0       # Ralph et al. 2004 (narrow: < 1000 km)
-    ar_levels: tuple = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.4)   # threshold multiples tried in turn (250..600 for IVT)
-    ar_min_poleward: float = 50.0         # kg m-1 s-1, object-mean poleward transport (Guan and Waliser 2015)
-    ar_min_lat: float = 0.0               # deg; cells equatorward of this are not rivers
-    ar_origin_lat: float = 35.0           # deg; equatorward end within the (sub)tropics
-    ar_reach_lat: float = 30.0            # deg; poleward end beyond this
-    ar_climatology: str = "series"        # series (each cell over the series' steps) or zonal (each step's latitude circle)
-    ar_climatology_steps: int = 240       # steps sampled for the series climatology
-
-    def check(self):
-        if self.method not in ("tc+ar", "tc", "ar"):
-            raise ConfigError(f"--method {self.method}: expected tc+ar, tc or ar")
-        if self.ar_field not in ("auto", "ivt", "proxy", "tmq"):
-            raise ConfigError(f"--ar-field {self.ar_field}: expected auto, ivt, proxy or tmq")
-        if self.ar_climatology not in ("series", "zonal"):
-            raise ConfigError(f"--ar-climatology {self.ar_climatology}: expected series or zonal")
-        if self.ar_percentile is not None and not 0.0 < self.ar_percentile < 100.0:
-            raise ConfigError(f"--ar-percentile {self.ar_percentile}: expected a value between 0 and 100")
-        for name in ("tc_vorticity", "tc_wind", "tc_mask_km", "tc_max_speed", "ar_min_length_km", "ar_min_aspect"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
-        return self
-
-
-DEFAULT_THRESHOLDS = {"ivt": 250.0, "proxy": 250.0, "tmq": 20.0}   # Rutz et al. 2014; Ralph et al. 2004
-
-
-# ----------------------------------------------------------------------------- fields on the sphere
-
-def relative_vorticity(u, v, lat, lon, periodic=True):
-    """Relative vorticity (s-1) of the wind (u east, v north; m s-1; (H, W), rows in the order
-    of ``lat``) on the sphere: ``zeta = (dv/dlambda - d(u cos phi)/dphi) / (R cos phi)``,
-    centred differences (wrapping in longitude on global grids); 0 where cos(phi) ~ 0."""
-    lat = np.asarray(lat, np.float64)
-    lon = np.rad2deg(np.unwrap(np.deg2rad(np.asarray(lon, np.float64))))
-    phi, lam = np.deg2rad(lat), np.deg2rad(lon)
-    cos = np.cos(phi)[:, None]
-    u = np.asarray(u, np.float64)
-    v = np.asarray(v, np.float64)
-    if periodic and lon.size > 2:
-        step = (lam[-1] - lam[0]) / (lam.size - 1)
-        dv = (np.roll(v, -1, axis=1) - np.roll(v, 1, axis=1)) / (2.0 * step)
-    else:
-        dv = np.gradient(v, lam, axis=1)
-    ducos = np.gradient(u * cos, phi, axis=0) if lat.size > 1 else np.zeros_like(u)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        zeta = (dv - ducos) / (EARTH_RADIUS_M * cos)
-    zeta[np.broadcast_to(np.abs(cos) < 1e-6, zeta.shape)] = 0.0
-    return zeta
-
-
-def _bands(lat, rows):
-    """Rows split into bands of about 10 degrees latitude (over which one window fits)."""
-    if rows.size == 0:
-        return []
-    edges = np.flatnonzero(np.diff(np.floor(lat[rows] / 10.0)) != 0) + 1
-    return np.split(rows, edges)
-
-
-def band_filter(field, lat, lon, periodic, radius_km, kind, rows=None):
-    """``kind`` (max, min or mean) of ``field`` over a box of half-width ``radius_km`` around
-    every cell of ``rows`` (default all), the box's columns sized for each latitude band
-    (``scipy.ndimage`` filters; wrapping in longitude on global grids). Other rows are NaN."""
-    h, w = field.shape
-    rows = np.arange(h) if rows is None else rows
-    ns, ew = sphere.grid_spacings_km(lat, lon)
-    func = {"max": ndimage.maximum_filter, "min": ndimage.minimum_filter, "mean": ndimage.uniform_filter}[kind]
-    out = np.full(field.shape, np.nan, np.float32 if field.dtype == np.float32 else np.float64)
-    for band in _bands(lat, rows):
-        a, b = band[0], band[-1] + 1
-        ry = int(np.ceil(radius_km / max(np.min(ns[a:b]), 1e-6)))
-        rx = int(min(np.ceil(radius_km / max(np.min(ew[a:b]), 1e-6)), w // 2))
-        lo, hi = max(0, a - ry), min(h, b + ry)
-        res = func(field[lo:hi], size=(2 * ry + 1, 2 * rx + 1), mode=("nearest", "wrap" if periodic else "nearest"))
-        out[a:b] = res[a - lo: b - lo]
-    return out
-
-
-# ----------------------------------------------------------------------------- tropical cyclones
-
-def detect_cyclones(fields, lat, lon, periodic=True, options=None):
-    """Storm centres and areas of one step. ``fields``: dict of (H, W) arrays in CAM5 units,
-    rows south to north: PSL, U850, V850, T200 and/or T500, optionally UBOT and VBOT.
-    Returns a list of dicts (``lat``, ``lon``, ``row``, ``col``, ``psl`` Pa, ``wind`` m s-1,
-    ``vorticity`` s-1, ``warm_core`` K, ``pressure_rise`` Pa, ``index``: flat indices of the
-    storm's mask)."""
-    o = options or LabelOptions()
-    lat = np.asarray(lat, np.float64)
-    lon = np.asarray(lon, np.float64)
-    psl = np.asarray(fields["PSL"], np.float64)
-    rows = np.flatnonzero(np.abs(lat) <= o.tc_max_lat)
-    if rows.size == 0:
-        return []
-    candidates = (psl == band_filter(psl, lat, lon, periodic, o.tc_candidate_km, "min", rows))
-    candidates[[0, -1]] = False                                 # not at the grid's edge rows
-    if not periodic:
-        candidates[:, [0, -1]] = False
-    rise = band_filter(psl, lat, lon, periodic, o.tc_environment_km, "max", rows) - psl
-    candidates &= rise >= o.tc_pressure_rise
-    if not candidates.any():
-        return []
-    hemisphere = np.where(lat >= 0, 1.0, -1.0)[:, None]
-    zeta = relative_vorticity(fields["U850"], fields["V850"], lat, lon, periodic) * hemisphere
-    vort = band_filter(zeta, lat, lon, periodic, o.tc_core_km, "max", rows)
-    candidates &= vort >= o.tc_vorticity
-    upper = [np.asarray(fields[k], np.float64) for k in ("T200", "T500") if k in fields]
-    temp = sum(upper) / len(upper)
-    warm = (band_filter(temp, lat, lon, periodic, o.tc_core_km, "max", rows)
-            - band_filter(temp, lat, lon, periodic, o.tc_environment_km, "mean", rows))
-    candidates &= warm >= o.tc_warm_core
-    u, v = (fields["UBOT"], fields["VBOT"]) if "UBOT" in fields and "VBOT" in fields else (fields["U850"], fields["V850"])
-    speed = np.hypot(np.asarray(u, np.float64), np.asarray(v, np.float64))
-    wind = band_filter(speed, lat, lon, periodic, o.tc_wind_km, "max", rows)
-    candidates &= wind >= o.tc_wind
-    lab, n = ndimage.label(candidates, structure=sphere.EIGHT_CONNECTED)   # plateaus: one centre each
-    if n == 0:
-        return []
-    rr, cc = np.nonzero(candidates)
-    order = np.lexsort((psl[rr, cc], lab[rr, cc]))                      # by plateau, then pressure
-    first = order[np.r_[True, np.diff(lab[rr, cc][order]) != 0]]      # the lowest cell of each plateau
-    storms = []
-    for r, c in sorted(zip(rr[first], cc[first]), key=lambda rc: psl[rc]):   # deepest first
-        index = _storm_area(psl, speed, lat, lon, periodic, r, c, rise[r, c], o)
-        storms.append(dict(lat=float(lat[r]), lon=float(lon[c] % 360.0), row=int(r), col=int(c),
-                           psl=float(psl[r, c]), wind=float(wind[r, c]), vorticity=float(vort[r, c]),
-                           warm_core=float(warm[r, c]), pressure_rise=float(rise[r, c]), index=index))
-    return storms
-
-
-def _storm_area(psl, speed, lat, lon, periodic, r, c, rise, o):
-    """Flat indices of the connected area around (r, c) within ``tc_mask_km`` where the wind
-    reaches gale force or the deficit is at least ``tc_mask_deficit`` of the centre's."""
-    h, w = psl.shape
-    ns, ew = sphere.grid_spacings_km(lat, lon)
-    ry = int(np.ceil(o.tc_mask_km / max(np.min(ns), 1e-6)))
-    r0, r1 = max(0, r - ry), min(h, r + ry + 1)
-    rx = int(np.ceil(o.tc_mask_km / max(np.min(ew[r0:r1]), 1e-6)))
-    if periodic:
-        cols = np.arange(c - rx, c + rx + 1) % w if 2 * rx + 1 < w else np.arange(w)
-    else:
-        cols = np.arange(max(0, c - rx), min(w, c + rx + 1))
-    sub_psl, sub_speed = psl[r0:r1][:, cols], speed[r0:r1][:, cols]
-    dist = sphere.haversine_km(lat[r], lon[c], lat[r0:r1, None], lon[None, cols])
-    threshold = psl[r, c] + (1.0 - o.tc_mask_deficit) * rise
-    region = (dist <= o.tc_mask_km) & ((sub_speed >= o.tc_wind) | (sub_psl <= threshold))
-    lab, _ = ndimage.label(region, structure=sphere.EIGHT_CONNECTED)
-    here = lab[r - r0, np.flatnonzero(cols == c)[0]]
-    if here == 0:
-        return np.array([r * w + c], np.int64)
-    rr, cc = np.nonzero(lab == here)
-    return np.unique((rr + r0).astype(np.int64) * w + cols[cc])
-
-
-def link_cyclones(steps, hours, options=None):
-    """Link storm centres through time. ``steps``: per step a list of (lat, lon); ``hours``:
-    each step's time in hours. Returns per step a list of booleans: keep this storm (its
-    track lasts at least ``tc_min_hours``, or is cut by the first or last step)."""
-    o = options or LabelOptions()
-    track_of = [np.full(len(s), -1, np.int64) for s in steps]
-    first, last, ntracks = [], [], 0
-    for t, centres in enumerate(steps):
-        prev = steps[t - 1] if t else []
-        taken = set()
-        if centres and prev:
-            a, b = np.asarray(prev, np.float64), np.asarray(centres, np.float64)
-            dist = sphere.haversine_km(a[:, None, 0], a[:, None, 1], b[None, :, 0], b[None, :, 1])
-            limit = o.tc_max_speed * 3.6 * max(hours[t] - hours[t - 1], 1e-9)
-            order = np.argsort(dist, axis=None)
-            used_prev = set()
-            for k in order:
-                i, j = divmod(int(k), len(centres))
-                if dist[i, j] > limit:
-                    break
-                if i in used_prev or j in taken:
-                    continue
-                used_prev.add(i)
-                taken.add(j)
-                track_of[t][j] = track_of[t - 1][i]
-                last[track_of[t][j]] = t
-        for j in range(len(centres)):
-            if j not in taken:
-                track_of[t][j] = ntracks
-                first.append(t)
-                last.append(t)
-                ntracks += 1
-    n = len(steps)
-    step_hours = float(np.median(np.diff(hours))) if n > 1 else 0.0
-    keep_track = np.array([(hours[last[k]] - hours[first[k]] + step_hours >= o.tc_min_hours)
-                           or first[k] == 0 or last[k] == n - 1 for k in range(ntracks)], bool)
-    return [[bool(keep_track[k]) for k in tr] for tr in track_of], track_of
-
-
-# ----------------------------------------------------------------------------- atmospheric rivers
-
-def river_field(fields, which="auto"):
-    """``(name, field)``: IVT when present, else TMQ x |V850|, else TMQ (``which`` forces one)."""
-    if which in ("auto", "ivt") and "IVT" in fields:
-        return "ivt", np.asarray(fields["IVT"], np.float32)
-    if which in ("auto", "proxy") and all(k in fields for k in ("TMQ", "U850", "V850")):
-        return "proxy", (fields["TMQ"] * np.hypot(fields["U850"], fields["V850"])).astype(np.float32)
-    if which in ("auto", "tmq") and "TMQ" in fields:
-        return "tmq", np.asarray(fields["TMQ"], np.float32)
-    raise DataError(f"the atmospheric-river field {which} needs " + {"ivt": "IVT", "proxy": "TMQ, U850 and V850",
-                                                                     "tmq": "TMQ", "auto": "IVT or TMQ"}[which])
-
-
-def poleward_transport(fields, lat):
-    """Poleward vapour transport proxy TMQ x V850 x sign(lat) (kg m-1 s-1), or None without them."""
-    if "TMQ" not in fields or "V850" not in fields:
-        return None
-    sign = np.where(np.asarray(lat) >= 0, 1.0, -1.0)[:, None]
-    return (fields["TMQ"] * fields["V850"] * sign).astype(np.float32)
-
-
-def detect_rivers(field, threshold, lat, lon, periodic=True, options=None, weights=None, poleward=None):
-    """River mask (bool (H, W)) of one step: cells with ``field >= threshold`` (a number or an
-    (H, W) array) grouped into objects that pass the shape conditions; objects that fail are
-    tried again at the higher thresholds ``threshold x ar_levels`` (after Guan and Waliser
-    2015, who raise the percentile from 85 to 95 for objects too large to be rivers).
-    With ``poleward`` (the poleward vapour transport, (H, W)), an object's mean must reach
-    ``ar_min_poleward``. ``weights``: the flat cell areas in km^2 (computed when None).
-    Also returns the kept objects' descriptions."""
-    o = options or LabelOptions()
-    lat = np.asarray(lat, np.float64)
-    lon = np.asarray(lon, np.float64)
-    field = np.asarray(field)
-    weights = weights if weights is not None else sphere.cell_areas(lat, lon).reshape(-1)
-    kept, objects = np.zeros(field.shape, bool), []
-    for level in o.ar_levels:
-        above = (field >= np.asarray(threshold) * level) & ~kept
-        if o.ar_min_lat > 0:
-            above &= (np.abs(lat) >= o.ar_min_lat)[:, None]
-        if not above.any():
-            break
-        mask, found = _river_objects(above, lat, lon, periodic, o, weights, poleward)
-        kept |= mask
-        objects += found
-    return kept, objects
-
-
-def _river_objects(above, lat, lon, periodic, o, weights, poleward=None):
-    """The objects of ``above`` that pass the shape conditions: (mask, descriptions)."""
-    labels, n = sphere.label_components(above, periodic)
-    if n == 0:
-        return np.zeros(above.shape, bool), []
-    cells = np.flatnonzero(labels)                               # the labelled cells only
-    comp = labels.reshape(-1)[cells]
-    pixels = np.bincount(comp, minlength=n + 1)[1:]
-    area = np.bincount(comp, weights=weights[cells], minlength=n + 1)[1:]
-    order = cells[np.argsort(comp, kind="stable")]
-    starts = np.concatenate([[0], np.cumsum(pixels)])
-    h, w = above.shape
-    ns, ew = sphere.grid_spacings_km(lat, lon)
-    diagonal = np.hypot(np.max(ns), np.max(ew))                  # the longest step between 8-neighbours
-    keep = np.zeros(n + 1, bool)
-    objects = []
-    for k in range(n):
-        if pixels[k] * diagonal < o.ar_min_length_km:             # cannot be long enough: skip the geometry
-            continue
-        idx = order[starts[k]: starts[k + 1]]
-        if poleward is not None:
-            transport_k = float(np.asarray(poleward).reshape(-1)[idx].mean())
-            if transport_k < o.ar_min_poleward:
-                continue
-        la, lo = lat[idx // w], lon[idx % w]
-        alat = np.abs(la)
-        if alat.min() > o.ar_origin_lat or alat.max() < o.ar_reach_lat:
-            continue
-        length = sphere.diameter_km(la, lo)
-        width = area[k] / max(length, 1e-9)
-        aspect = length / max(width, 1e-9)
-        if length >= o.ar_min_length_km and aspect >= o.ar_min_aspect and width <= o.ar_max_width_km:
-            keep[k + 1] = True
-            objects.append(dict(length_km=float(length), width_km=float(width), aspect=float(aspect),
-                                poleward_transport=None if poleward is None else transport_k,
-                                area_km2=float(area[k]), lat_min=float(la.min()), lat_max=float(la.max())))
-    return keep[labels], objects
 
 
 def river_climatology(info, options, progress=False):
