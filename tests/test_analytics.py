@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from climseg import sphere
+from climseg.analytics.scoring import score_tracking
 from climseg.analytics.track import CLIMATENET, TrackOptions, parse_size, track, track_arrays
 from climseg.cli import main
 from climseg.constants import CLASS_NAMES
 from climseg.data.synthetic import Features, grid
-from climseg.data.timeseries import generate_timeseries, score_tracking
+from climseg.data.timeseries import generate_timeseries
 
 R = sphere.EARTH_RADIUS_KM
 RNG = np.random.default_rng()

@@ -30,11 +30,14 @@ CAM5 units), ``LABELS`` (0 background, 1 tropical cyclone, 2 atmospheric river) 
 The output folder also holds ``true_events.csv`` (one row per event),
 ``true_tracks.csv`` (one row per event and step: the generator's centre and labelled
 pixels) and ``climseg-timeseries.json`` (the parameters). The same seed gives the same
-series whatever the number of worker processes.
+series whatever the number of worker processes. :func:`series_files`,
+:func:`read_true_event_ids` and :func:`read_truth` read the truth back, for
+:func:`climseg.analytics.scoring.score_tracking`.
 """
 import concurrent.futures
 import csv
 import dataclasses
+import glob
 import os
 import re
 
@@ -378,75 +381,28 @@ def _write_truth(folder, events, rows, spec):
     return seen
 
 
-# ----------------------------------------------------------------------------- scoring
+# ----------------------------------------------------------------------------- reading the truth
 
-def score_tracking(series_folder, track_folder, min_steps=1):
-    """Tracked events (a ``climseg track`` output of this series' ``LABELS``) against the
-    generator's true events, matched one to one by pixel overlap over the whole series
-    (mutual best: the tracked event that shares most cells with a true event, and vice versa).
+def series_files(folder):
+    """The history files of a generated series (``*.cam.h2.*.nc``), in time order."""
+    return sorted(glob.glob(os.path.join(folder, "*.cam.h2.*.nc")))
 
-    Returns per class: ``true`` (true events seen on at least ``min_steps`` steps),
-    ``tracked``, ``matched``, ``recall`` (matched / true), ``precision`` (matched / tracked),
-    ``lifetime_error_steps`` (mean absolute difference of steps seen, matched events) and
-    ``centre_error_km`` (mean great-circle distance between the tracked centroid and the
-    generator's centre over the matched events' common steps; cyclones only)."""
-    import glob
 
+def read_true_event_ids(path):
+    """``TRUE_EVENT_ID`` of one history file of a generated series: int64 (time, lat, lon)."""
     import netCDF4
 
-    from climseg.sphere import haversine_km
-    from climseg.data.events import read_events
+    with netCDF4.Dataset(path) as ds:
+        ds.set_auto_mask(False)
+        return np.asarray(ds.variables["TRUE_EVENT_ID"][:], np.int64)
 
-    meta, events, tracks = read_events(track_folder)
-    truth_files = sorted(glob.glob(os.path.join(series_folder, "*.cam.h2.*.nc")))
-    keys, counts = [], []
-    for path in truth_files:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        with netCDF4.Dataset(path) as a, netCDF4.Dataset(os.path.join(track_folder, f"{stem}_event_id.nc")) as b:
-            a.set_auto_mask(False)
-            b.set_auto_mask(False)
-            true_ids = np.asarray(a.variables["TRUE_EVENT_ID"][:], np.int64).reshape(-1)
-            ids = np.asarray(b.variables["event_id"][:], np.int64).reshape(-1)
-        both = (true_ids > 0) & (ids > 0)
-        k, c = np.unique(true_ids[both] * (1 << 32) + ids[both], return_counts=True)
-        keys.append(k)
-        counts.append(c)
-    k = np.concatenate(keys) if keys else np.zeros(0, np.int64)
-    c = np.concatenate(counts) if counts else np.zeros(0, np.int64)
-    k, inverse = np.unique(k, return_inverse=True)
-    c = np.bincount(inverse, weights=c).astype(np.int64) if k.size else c
-    true_of, tracked_of = k >> 32, k & ((1 << 32) - 1)
-    best_for_true, best_for_tracked = {}, {}
-    for t, e, n in zip(true_of.tolist(), tracked_of.tolist(), c.tolist()):
-        if n > best_for_true.get(t, (0, 0))[1]:
-            best_for_true[t] = (e, n)
-        if n > best_for_tracked.get(e, (0, 0))[1]:
-            best_for_tracked[e] = (t, n)
-    with open(os.path.join(series_folder, "true_events.csv"), newline="") as f:
-        true_events = {int(r["id"]): r for r in csv.DictReader(f)}
-    with open(os.path.join(series_folder, "true_tracks.csv"), newline="") as f:
-        true_tracks = {}
-        for r in csv.DictReader(f):
-            true_tracks[(int(r["id"]), int(r["step"]))] = (float(r["centre_lat"]), float(r["centre_lon"]))
-    tracked_steps = {(int(r["id"]), int(r["step"])): (float(r["lat"]), float(r["lon"])) for r in tracks}
-    tracked = {int(e["id"]): e for e in events}
-    out = {}
-    for cls in CLASS_NAMES[1:]:
-        true_ids = [i for i, r in true_events.items() if r["class"] == cls and int(r["steps"]) >= min_steps]
-        tracked_ids = [i for i, e in tracked.items() if e["class"] == cls]
-        matched = [(t, best_for_true[t][0]) for t in true_ids
-                   if t in best_for_true and best_for_tracked.get(best_for_true[t][0], (None,))[0] == t
-                   and tracked[best_for_true[t][0]]["class"] == cls]
-        life = [abs(int(tracked[e]["steps"]) - int(true_events[t]["steps"])) for t, e in matched]
-        dist = []
-        if cls == CLASS_NAMES[1]:
-            for t, e in matched:
-                for (tid, step), (la, lo) in true_tracks.items():
-                    if tid == t and (e, step) in tracked_steps:
-                        dist.append(float(haversine_km(la, lo, *tracked_steps[(e, step)])))
-        out[cls] = dict(true=len(true_ids), tracked=len(tracked_ids), matched=len(matched),
-                        recall=len(matched) / len(true_ids) if true_ids else None,
-                        precision=len(matched) / len(tracked_ids) if tracked_ids else None,
-                        lifetime_error_steps=float(np.mean(life)) if life else None,
-                        centre_error_km=float(np.mean(dist)) if dist else None)
-    return out
+
+def read_truth(folder):
+    """``(events, tracks)`` of a generated series: ``true_events.csv`` as ``{id: row}`` and
+    ``true_tracks.csv`` as ``{(id, step): (centre_lat, centre_lon)}``."""
+    with open(os.path.join(folder, "true_events.csv"), newline="") as f:
+        events = {int(r["id"]): r for r in csv.DictReader(f)}
+    with open(os.path.join(folder, "true_tracks.csv"), newline="") as f:
+        tracks = {(int(r["id"]), int(r["step"])): (float(r["centre_lat"]), float(r["centre_lon"]))
+                  for r in csv.DictReader(f)}
+    return events, tracks
