@@ -1,10 +1,13 @@
-"""After the masks: connected objects on the sphere, event tracking through time,
-statistics and climatology maps.
+"""After the masks: heuristic labelling, event tracking through time, scores against a
+generated series' truth, statistics and climatology maps.
 
-* :mod:`climseg.sphere`: cell areas, great-circle distances, centroids and
-  connected components on a latitude-longitude grid (joined across the date line on
-  global grids, never across the poles): the one geometry module that prediction,
-  labelling, tracking and analysis share.
+* :mod:`climseg.analytics.label`: ``climseg label``, fields in, class masks out (the runner:
+  files, processes, MPI, writing); its physics is :mod:`climseg.analytics.cyclones` and
+  :mod:`climseg.analytics.rivers`, its thresholds :mod:`climseg.analytics.label_options`.
 * :mod:`climseg.analytics.track`: ``climseg track``, masks in, event ids and an events table out.
+* :mod:`climseg.analytics.scoring`: tracked events against the generator's true events.
 * :mod:`climseg.analytics.analyze`: ``climseg analyze``, events in, maps, histograms and a summary out.
+
+Geometry on the sphere is :mod:`climseg.sphere` (a base module that data, predict and these
+share); the files read and written are :mod:`climseg.data.masks` and :mod:`climseg.data.events`.
 """
