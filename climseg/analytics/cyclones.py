@@ -192,7 +192,8 @@ def detect_cyclones(fields, lat, lon, periodic=True, options=None):
     warm = (band_filter(temp, lat, lon, periodic, o.tc_core_km, "max", rows)
             - band_filter(temp, lat, lon, periodic, o.tc_environment_km, "mean", rows))
     candidates &= warm >= o.tc_warm_core
-    u, v = (fields["UBOT"], fields["VBOT"]) if "UBOT" in fields and "VBOT" in fields else (fields["U850"], fields["V850"])
+    low_level = ("UBOT", "VBOT") if "UBOT" in fields and "VBOT" in fields else ("U850", "V850")
+    u, v = fields[low_level[0]], fields[low_level[1]]
     speed = np.hypot(np.asarray(u, np.float64), np.asarray(v, np.float64))
     wind = band_filter(speed, lat, lon, periodic, o.tc_wind_km, "max", rows)
     candidates &= wind >= o.tc_wind

@@ -19,7 +19,8 @@ class LabelOptions:
     tc_max_lat: float = 45.0              # deg; candidates equatorward of this
     tc_candidate_km: float = 300.0        # PSL minimum within this distance
     tc_vorticity: float = 3.5e-5          # s-1, 850 hPa cyclonic vorticity (Zhao et al. 2009; Knutson et al. 2007)
-    tc_core_km: float = 222.0             # 2 deg: vorticity maximum and warm core near the centre (TECA max_core_radius)
+    tc_core_km: float = 222.0             # 2 deg: vorticity maximum and warm core near the centre
+    #                                       (TECA max_core_radius)
     tc_warm_core: float = 0.8             # K, upper-level warm anomaly (TECA max_core_temperature_delta)
     tc_environment_km: float = 556.0      # 5 deg: warm-core surroundings and closed-depression radius (TECA)
     tc_pressure_rise: float = 400.0       # Pa, PSL rise within tc_environment_km (TECA max_pressure_delta)
@@ -41,7 +42,8 @@ class LabelOptions:
     ar_min_lat: float = 0.0               # deg; cells equatorward of this are not rivers
     ar_origin_lat: float = 35.0           # deg; equatorward end within the (sub)tropics
     ar_reach_lat: float = 30.0            # deg; poleward end beyond this
-    ar_climatology: str = "series"        # series (each cell over the series' steps) or zonal (each step's latitude circle)
+    ar_climatology: str = "series"        # series (each cell over the series' steps) or zonal (each step's
+    #                                       latitude circle)
     ar_climatology_steps: int = 240       # steps sampled for the series climatology
 
     def check(self):

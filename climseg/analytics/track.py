@@ -51,7 +51,6 @@ from climseg import sphere
 from climseg.constants import CLASS_NAMES, NUM_CLASSES
 from climseg.data.events import (EVENT_COLUMNS, FORMAT, FORMAT_VERSION, TRACK_COLUMNS, create_event_id_netcdf,
                                  event_id_name, write_occupancy, write_table)
-from climseg.data.events import read_events as read_events  # its documented place before data.events held the format
 from climseg.data.masks import MaskReader, MaskSeries, open_mask_series
 from climseg.errors import ConfigError, DataError, UserError
 from climseg.output import atomic_path, write_json

@@ -129,8 +129,7 @@ def write_table(stem, rows, columns):
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) and k not in ("lat", "lon") and not k.endswith(("_lat", "_lon"))
-                            else f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+            w.writerow({k: _csv_value(k, v) for k, v in r.items()})
     try:
         import pyarrow
         import pyarrow.parquet
@@ -139,6 +138,16 @@ def write_table(stem, rows, columns):
     table = pyarrow.table({c: [r[c] for r in rows] for c in columns})
     with atomic_path(stem + ".parquet") as tmp:
         pyarrow.parquet.write_table(table, tmp)
+
+
+def _csv_value(column, value):
+    """A table cell: positions (``lat``, ``lon``, ``*_lat``, ``*_lon``) to 4 decimals, other
+    floats to 6 significant digits, the rest as it is."""
+    if not isinstance(value, float):
+        return value
+    if column in ("lat", "lon") or column.endswith(("_lat", "_lon")):
+        return f"{value:.4f}"
+    return f"{value:.6g}"
 
 
 def _folder(path):

@@ -251,7 +251,8 @@ def _hours_units(units):
 
 def _calendar_kind(cal):
     cal = (cal or "standard").lower()
-    return {"gregorian": "standard", "proleptic_gregorian": "standard", "365_day": "noleap", "366_day": "all_leap"}.get(cal, cal)
+    same = {"gregorian": "standard", "proleptic_gregorian": "standard", "365_day": "noleap", "366_day": "all_leap"}
+    return same.get(cal, cal)
 
 
 class MaskReader:
@@ -277,7 +278,8 @@ class MaskReader:
             if not np.all(np.isfinite(m)):
                 raise DataError(f"{f.path}: {f.variable} holds NaN or Inf at {self.series.times[step]}")
         if m.size and (m.min() < 0 or m.max() >= NUM_CLASSES):
-            raise DataError(f"{f.path}: {f.variable} holds values outside 0..{NUM_CLASSES - 1} at {self.series.times[step]}")
+            raise DataError(f"{f.path}: {f.variable} holds values outside 0..{NUM_CLASSES - 1} "
+                            f"at {self.series.times[step]}")
         m = m.astype(np.uint8, copy=False)
         return m[::-1] if f.flipped else m
 
