@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from climseg.constants import CHANNEL_UNITS, CHANNELS, CLASS_NAMES, NUM_CLASSES
-from climseg.data.deepcam import LABELS_KEY, check_labels, check_sample_file, read_sample
+from climseg.data.deepcam import LABELS_KEY, check_labels, check_sample_file, grid, read_sample
 from climseg.data.masks import create_mask_hdf5, create_mask_netcdf
 from climseg.data.netcdf import is_netcdf, open_netcdf, read_netcdf_step
 from climseg.errors import DataError, UserError
@@ -77,9 +77,7 @@ class InputFile:
         else:
             self.kind = "hdf5"
             self.shape, self.has_labels = check_sample_file(path)
-            h, w = self.shape
-            self.lat = -90.0 + (np.arange(h) + 0.5) * 180.0 / h
-            self.lon = np.arange(w) * 360.0 / w
+            self.lat, self.lon = grid(*self.shape)
             self.assumed_grid = True
             self.periodic = True
             self.times = [""]

@@ -387,12 +387,10 @@ def _mpi_comm():
 
 def _label_hdf5(path, out, options):
     """A DeepCAM sample (global, regular grid assumed, rows south to north): NAME_mask.h5."""
-    from climseg.data.deepcam import read_sample
+    from climseg.data.deepcam import grid, read_sample
 
     data, _ = read_sample(path, labels=False)
-    h, w = data.shape[:2]
-    lat = -90.0 + (np.arange(h) + 0.5) * 180.0 / h
-    lon = np.arange(w) * 360.0 / w
+    lat, lon = grid(*data.shape[:2])
     fields = {c: data[..., i] for i, c in enumerate(CHANNELS)}
     threshold = options.ar_threshold
     if threshold is None:

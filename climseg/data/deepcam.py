@@ -53,6 +53,15 @@ def channel_indices(channels):
     return out
 
 
+def grid(height, width):
+    """Cell-centre latitudes (ascending, degrees N) and longitudes (0..360, degrees E) of the
+    global regular grid of a sample: the grid the synthetic generator makes, and the one
+    assumed for a DeepCAM sample, which carries no coordinates (rows south to north)."""
+    lat = -90.0 + (np.arange(height) + 0.5) * 180.0 / height
+    lon = np.arange(width) * 360.0 / width
+    return lat, lon
+
+
 def list_samples(root):
     """Sorted sample files of a DeepCAM folder (every ``*.h5`` but ``stats.h5``)."""
     if not os.path.exists(root):

@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from climseg.constants import ATMOSPHERIC_RIVER, BACKGROUND, CHANNELS, TROPICAL_CYCLONE
-from climseg.data.deepcam import dataset_statistics, sample_statistics, write_sample
+from climseg.data.deepcam import dataset_statistics, grid, sample_statistics, write_sample
 from climseg.data.stats import write_stats
 from climseg.data.variables import GRAVITY, R_DRY
 from climseg.errors import UserError
@@ -62,15 +62,6 @@ class Features:
     cyclones_max: int = 8
     rivers_mean: float = 4.0
     rivers_max: int = 9
-
-
-# ----------------------------------------------------------------------------- grid
-
-def grid(height, width):
-    """Cell-centre latitudes (ascending, degrees N) and longitudes (0..360, degrees E)."""
-    lat = -90.0 + (np.arange(height) + 0.5) * 180.0 / height
-    lon = np.arange(width) * 360.0 / width
-    return lat, lon
 
 
 def _zonal(lat, centre, width):
