@@ -51,7 +51,7 @@ class TrainingStopped(Exception):
         self.checkpoint = checkpoint
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, repr=False)
 class Trainer:
     """Runs one training job described by a :class:`TrainConfig` over parts built for it by
     :func:`climseg.train.builder.build_trainer` (or :func:`climseg.train.prepare`), which also
