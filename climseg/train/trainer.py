@@ -135,14 +135,7 @@ class Trainer:
             if finished % cfg.validate_every == 0 or finished == cfg.epochs:
                 last_val, reached = self._validate_epoch(finished, started)
             self.events.epoch_stop(finished, self.step)
-            self.epoch, self.batch_in_epoch, self.partial = finished, 0, None
-            improved = last_val is not None and last_val.get("epoch") == finished and \
-                _finite(last_val["mean_iou"], -math.inf) > self.best_mean_iou
-            if improved:
-                self.best_mean_iou = last_val["mean_iou"]
-            self._save("last.pt")
-            if improved:
-                self._save("best.pt")
+            self._end_epoch(finished, last_val)
             if reached:
                 self.log(f"climseg: reached the target DeepCAM IoU {cfg.target_iou} at epoch {finished} after "
                          f"{last_val['time_to_target_s']:.1f} s")
@@ -153,6 +146,17 @@ class Trainer:
         if reached:
             summary.update(target_iou=cfg.target_iou, time_to_target_s=last_val["time_to_target_s"])
         return summary
+
+    def _end_epoch(self, finished, last_val):
+        """Epoch ``finished`` done: ``last.pt``, and ``best.pt`` when its validation improved the mean IoU."""
+        self.epoch, self.batch_in_epoch, self.partial = finished, 0, None
+        improved = last_val is not None and last_val.get("epoch") == finished and \
+            _finite(last_val["mean_iou"], -math.inf) > self.best_mean_iou
+        if improved:
+            self.best_mean_iou = last_val["mean_iou"]
+        self._save("last.pt")
+        if improved:
+            self._save("best.pt")
 
     def _validate_epoch(self, epoch, started):
         """Validation after ``epoch``: its row, and whether it reached ``--target-iou``."""
