@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from climseg.distributed import launch
-from climseg.distributed.batchnorm import GroupBatchNorm2d, convert_batchnorm, group_batch_norm
+from climseg.distributed.batchnorm import (
+    GroupBatchNorm2d,
+    average_running_stats,
+    convert_batchnorm,
+    flatten_running_stats,
+    gather_running_stats,
+    group_batch_norm,
+    load_running_stats,
+)
 from climseg.errors import ConfigError
 from test_distributed import CHECKS, mpi, needs_mpi, torchrun
 
@@ -71,3 +79,29 @@ def test_group_members_and_refusals():
     with pytest.raises(ConfigError, match="batchnorm-group-size"):
         convert_batchnorm(torch.nn.BatchNorm2d(2), 0)
     launch.shutdown()
+
+
+def test_running_statistics_flatten_gather_and_load_in_one_process():
+    def model():
+        return torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3),
+                                   torch.nn.BatchNorm2d(2, track_running_stats=False), torch.nn.BatchNorm2d(4).double())
+
+    source = model()
+    with torch.no_grad():
+        for k, b in enumerate((source[1].running_mean, source[1].running_var, source[3].running_mean,
+                               source[3].running_var)):
+            b.copy_(torch.arange(b.numel(), dtype=b.dtype) + 10 * k)
+    flat = flatten_running_stats(source)
+    assert flat.dtype == torch.float32 and flat.shape == (14,)     # means and variances, in module order
+    assert flat.tolist() == [0, 1, 2, 10, 11, 12, 20, 21, 22, 23, 30, 31, 32, 33]
+    gathered = gather_running_stats(source)             # one process: its own, no collective
+    assert len(gathered) == 1 and torch.equal(gathered[0], flat)
+    target = model()
+    load_running_stats(target, gathered[0])
+    for a, b in zip(source.buffers(), target.buffers()):
+        if a.dtype != torch.int64:                      # num_batches_tracked is no running statistic
+            assert a.dtype == b.dtype and torch.equal(a, b)
+    average_running_stats(target, None, 1)              # one rank: its own mean
+    assert torch.equal(flatten_running_stats(target), flat)
+    assert flatten_running_stats(torch.nn.Conv2d(2, 3, 1)) is None
+    assert gather_running_stats(torch.nn.Conv2d(2, 3, 1)) is None

@@ -85,7 +85,7 @@ def _step_gradients(trainer, batches):
 
     trainer.optimizer.step = capture
     trainer.model.train()
-    stepped = [trainer._train_step(data, labels, RunningScores(trainer.device)) for data, labels in batches]
+    stepped = [trainer.train_step(data, labels, RunningScores(trainer.device)) for data, labels in batches]
     return stepped, seen
 
 
@@ -99,8 +99,8 @@ def test_accumulation_is_one_step_on_the_larger_batch(small_dataset, tmp_path):
     one = prepare(options(small_dataset, tmp_path / "one", batch_size=4, **common), log=quiet)
     acc = prepare(options(small_dataset, tmp_path / "acc", batch_size=2, accumulate=2, **common), log=quiet)
     assert one.total_steps == acc.total_steps == 2       # 10 samples: 2 steps of 4 samples
-    big = next(one._train_batches())
-    batches = iter(acc._train_batches())
+    big = next(one.train_batches())
+    batches = iter(acc.train_batches())
     halves = [next(batches), next(batches)]
     assert torch.equal(torch.cat([halves[0][1], halves[1][1]]), big[1])    # the same samples, same order
     stepped_one, (g_one,) = _step_gradients(one, [big])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from climseg.errors import CheckpointError, ConfigError, DataError
-from climseg.train import TrainingStopped, load_checkpoint, prepare, train
+from climseg.train import TrainingListener, TrainingStopped, load_checkpoint, prepare, train
 
 REQUIRED_KEYS = {"epoch", "split", "loss", "iou_background", "iou_tc", "iou_ar", "mean_iou", "deepcam_iou", "samples_per_s"}
 
@@ -143,3 +143,46 @@ def test_fp16_loss_scaling_on_cpu(small_dataset, tmp_path):
     assert summary["validation"]["samples"] == 4
     ckpt = load_checkpoint(str(tmp_path / "run"))
     assert ckpt["train"]["scaler"]["scale"] > 0
+
+
+class Recorder(TrainingListener):
+    """Hears the loop's events as (name, arguments) pairs."""
+
+    def __init__(self):
+        self.heard = []
+
+    def run_start(self, trainer):
+        self.heard.append(("run_start",))
+
+    def epoch_start(self, epoch, step):
+        self.heard.append(("epoch_start", epoch, step))
+
+    def train_stop(self, row):
+        self.heard.append(("train_stop", row["epoch"], row["split"]))
+
+    def eval_start(self, epoch):
+        self.heard.append(("eval_start", epoch))
+
+    def eval_stop(self, row):
+        self.heard.append(("eval_stop", row["epoch"], row["split"]))
+
+    def epoch_stop(self, epoch, step):
+        self.heard.append(("epoch_stop", epoch, step))
+
+    def run_stop(self, status, epoch):
+        self.heard.append(("run_stop", status, epoch))
+
+
+def test_listeners_hear_the_loop_events_in_order(small_dataset, tmp_path):
+    trainer = prepare(options(small_dataset, tmp_path / "run", validate_every=2, max_steps=7), log=quiet)
+    recorder = Recorder()
+    trainer.events.add(recorder)
+    assert trainer.fit()["stopped"]
+    assert recorder.heard == [("run_start",), ("epoch_start", 1, 0), ("train_stop", 1, "train"), ("epoch_stop", 1, 5),
+                              ("epoch_start", 2, 5), ("run_stop", "stopped", 2)]
+    trainer = prepare(dict(resume=str(tmp_path / "run"), progress=False), log=quiet)
+    recorder = Recorder()
+    trainer.events.add(recorder)
+    trainer.fit()
+    assert recorder.heard == [("run_start",), ("epoch_start", 2, 7), ("train_stop", 2, "train"), ("eval_start", 2),
+                              ("eval_stop", 2, "validation"), ("epoch_stop", 2, 10), ("run_stop", "completed", 2)]

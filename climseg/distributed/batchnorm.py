@@ -23,8 +23,15 @@ arithmetic in float32, output in the input's dtype).
 
 Use: :func:`convert_batchnorm` (``model = convert_batchnorm(model, group_size=G)``) swaps every
 ``nn.BatchNorm2d`` for :class:`GroupBatchNorm2d`, a subclass, so code that looks for batch
-norms (the fused ASPP among them) still finds them. :func:`average_running_stats` averages the
-running statistics over a process group (every epoch's end in the trainer, ``--bn-stats-sync``).
+norms (the fused ASPP among them) still finds them.
+
+Running statistics across ranks (each rank's batch norms move their running means and variances
+by their own batches): :func:`average_running_stats` makes them the mean over a process group
+(every epoch's end in the trainer, ``--bn-stats-sync epoch``); :func:`gather_running_stats`
+collects every rank's as one flat float32 tensor per rank (what a mid-epoch checkpoint keeps, when
+they still differ), and :func:`load_running_stats` puts one rank's back (its resume). The flat
+layout is :func:`flatten_running_stats`: means and variances of every tracking batch norm, in
+module order (:func:`running_stat_buffers`).
 """
 import torch
 import torch.distributed as dist
@@ -191,17 +198,50 @@ def running_stat_buffers(model):
     return out
 
 
+def flatten_running_stats(model):
+    """``model``'s running statistics (:func:`running_stat_buffers`) as one flat float32 tensor on
+    their device; None when it has no batch norm tracking them."""
+    buffers = running_stat_buffers(model)
+    if not buffers:
+        return None
+    return torch.cat([b.float().reshape(-1) for b in buffers])
+
+
+@torch.no_grad()
+def load_running_stats(model, flat):
+    """Copy ``flat`` (from :func:`flatten_running_stats` or one rank's entry of
+    :func:`gather_running_stats`, of a model of the same architecture) into ``model``'s running
+    means and variances, in place, each in its own dtype and device."""
+    offset = 0
+    for b in running_stat_buffers(model):
+        b.copy_(flat[offset:offset + b.numel()].view_as(b))
+        offset += b.numel()
+
+
+def gather_running_stats(model, group=None, world_size=1):
+    """Every rank's running statistics of ``model``: a list by rank of flat float32 CPU tensors
+    (:func:`flatten_running_stats`) over ``group`` (``world_size`` ranks; with 1, this rank's alone
+    and no collective). None when the model has no batch norm tracking them. Collective: every rank
+    of ``group`` must call it."""
+    flat = flatten_running_stats(model)
+    if flat is None:
+        return None
+    if world_size == 1:
+        return [flat.cpu()]
+    gathered = [torch.empty_like(flat) for _ in range(world_size)]
+    dist.all_gather(gathered, flat, group=group)
+    return [g.cpu() for g in gathered]
+
+
 @torch.no_grad()
 def average_running_stats(model, group, world_size):
     """Average the running means and variances of ``model``'s batch norms over ``group``
-    (``world_size`` ranks) in place; one flat float32 all-reduce."""
-    buffers = running_stat_buffers(model)
-    if not buffers or world_size == 1:
+    (``world_size`` ranks) in place; one flat float32 all-reduce. Collective."""
+    if world_size == 1:
         return
-    flat = torch.cat([b.float().reshape(-1) for b in buffers])
+    flat = flatten_running_stats(model)
+    if flat is None:
+        return
     _all_reduce_sum(flat, group)
     flat /= world_size
-    offset = 0
-    for b in buffers:
-        b.copy_(flat[offset:offset + b.numel()].view_as(b))
-        offset += b.numel()
+    load_running_stats(model, flat)

@@ -1,6 +1,10 @@
-"""Training: options (:mod:`.config`), checkpoints (:mod:`.checkpoint`), the loop (:mod:`.trainer`)."""
+"""Training: options (:mod:`.config`), the set-up (:mod:`.builder`), the loop (:mod:`.trainer`) and
+its events (:mod:`.events`: the run folder's record, :mod:`.record`; the MLPerf log,
+:mod:`.mlperf_log`), checkpoints and resuming (:mod:`.checkpoint`)."""
+from climseg.train.builder import build_trainer
 from climseg.train.checkpoint import build_model, load_checkpoint, save_checkpoint
 from climseg.train.config import TrainConfig, merge, read_config_file
+from climseg.train.events import TrainingListener
 from climseg.train.trainer import Trainer, TrainingStopped
 
 
@@ -16,7 +20,7 @@ def prepare(options=None, config_file=None, log=print):
     for key in ("resume", "out", "progress", "max_steps"):
         saved.pop(key, None)
     cfg = merge(file_options, saved, options)
-    return Trainer(cfg, checkpoint, log=log)
+    return build_trainer(cfg, checkpoint, log=log)
 
 
 def train(options=None, config_file=None, log=print):
@@ -24,5 +28,5 @@ def train(options=None, config_file=None, log=print):
     return prepare(options, config_file, log).fit()
 
 
-__all__ = ["TrainConfig", "Trainer", "TrainingStopped", "build_model", "load_checkpoint", "merge",
-           "prepare", "read_config_file", "save_checkpoint", "train"]
+__all__ = ["TrainConfig", "Trainer", "TrainingListener", "TrainingStopped", "build_model", "build_trainer",
+           "load_checkpoint", "merge", "prepare", "read_config_file", "save_checkpoint", "train"]

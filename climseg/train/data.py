@@ -7,10 +7,13 @@ and ClimateNet (``train/`` and ``validation/`` or ``test/`` of netCDF files with
 :mod:`climseg.data.climatenet`). With ``--loader fast`` it builds a
 :class:`~climseg.data.loader.FastLoader` (DeepCAM) or :class:`~climseg.data.climatenet.NetCDFLoader`
 (ClimateNet) per split that gives each rank its share. Every rank takes the same number of steps
-per epoch: the smallest share.
+per epoch: the smallest share. With ``--loader torch`` the loop draws its batches through
+:func:`torch_loader` (a ``DataLoader`` over the dataset, in the order of a sampler).
 """
 import dataclasses
 import os
+
+from torch.utils.data import DataLoader
 
 from climseg.data import DeepCAMDataset, find_stats, read_stats
 from climseg.data.loader import FastLoader
@@ -83,3 +86,12 @@ def _open_climatenet(cfg, root, ranks, input_dtype, device, log):
     val_set = ClimateNetDataset(val, stats, channel_index, normalization)
     data = TrainingData(root, train_dir, stats, train_set, val_set)
     return _with_loaders(data, cfg, ranks, NetCDFLoader, train_set, val_set, input_dtype, device, log)
+
+
+def torch_loader(dataset, sampler, batch_size, drop_last, workers, device):
+    """A ``DataLoader`` over ``dataset`` in the order of ``sampler`` (a sampler or a list of
+    indices); ``workers`` None: none on CPU, else up to 8 processes; memory pinned for CUDA."""
+    if workers is None:
+        workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
+                      pin_memory=device.type == "cuda", persistent_workers=False)

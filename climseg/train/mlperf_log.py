@@ -2,29 +2,35 @@
 ``mlperf-logging`` package's ``mllog`` so that its compliance checker reads it
 (``python -m mlperf_logging.compliance_checker --usage hpc --ruleset 3.0.0 FILE``).
 
-The trainer calls the hooks below in the order the hpc 3.0.0 DeepCAM rules expect:
+:class:`MLPerfLog` is a listener on the loop's events (:mod:`climseg.train.events`) and turns
+them into the keys, in the order, the hpc 3.0.0 DeepCAM rules expect:
 
-    init_start, submission_* , cache_clear, seed, number_of_*, global_batch_size,
-    batchnorm_group_size, gradient_accumulation_frequency, opt_*, scheduler_*,
-    staging_start/stop (opening the data), train_samples, eval_samples, init_stop,
-    run_start, then per epoch: epoch_start, eval_start, eval_accuracy (DeepCAM IoU, epoch_num),
-    eval_stop, epoch_stop, and finally run_stop with status success (the target DeepCAM IoU,
-    --target-iou or the rules' 0.82, was reached) or aborted.
+    setup_start: init_start
+    data_start:  submission_*, cache_clear, staging_start      (opening the data)
+    data_stop:   staging_stop
+    setup_stop:  seed, number_of_*, global_batch_size, batchnorm_group_size,
+                 gradient_accumulation_frequency, opt_*, scheduler_*, train_samples, eval_samples
+    run_start:   init_stop, run_start
+    per epoch:   epoch_start, eval_start, eval_accuracy (DeepCAM IoU, epoch_num), eval_stop, epoch_stop
+    run_stop:    run_stop with status success (a completed run whose last validation reached the
+                 target DeepCAM IoU, --target-iou or the rules' 0.82) or aborted
 
 Only rank 0 writes; on other ranks (and without ``--mlperf-log``) every hook does nothing.
 The file is appended line by line as the run goes (a log, like metrics.jsonl), each line flushed.
 """
 import logging
+import math
 import os
 
 from climseg.errors import ConfigError
+from climseg.train.events import TrainingListener
 
 RULES_TARGET_IOU = 0.82     # hpc 3.0.0 closed_deepcam.yaml / open_deepcam.yaml: eval_accuracy >= 0.82
 OPTIMIZER_NAMES = {"adam": "Adam", "adamw": "AdamW", "lamb": "LAMB", "larc-adam": "LARC-Adam"}
 SCHEDULER_NAMES = {"multistep": "multistep", "cosine": "cosine_annealing", "constant": "constant"}
 
 
-class MLPerfLog:
+class MLPerfLog(TrainingListener):
     """The MLPerf log of one run; ``path`` None or ``enabled`` False make every call a no-op.
     ``append``: add to an existing log (a resumed run) instead of starting it afresh."""
 
@@ -32,12 +38,15 @@ class MLPerfLog:
         self.path = path if enabled else None
         self.mllogger = None
         self._handler = None
+        self.target_iou = RULES_TARGET_IOU
+        self.accuracy = None       # the last validation's DeepCAM IoU (finite, else None)
         if self.path is None:
             return
         try:
             from mlperf_logging.mllog import mllog as mllog_module
         except ImportError:
-            raise ConfigError("option mlperf-log: needs the mlperf-logging package (pip install 'climseg[mlperf]')") from None
+            raise ConfigError("option mlperf-log: needs the mlperf-logging package "
+                              "(pip install 'climseg[mlperf]')") from None
 
         folder = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(folder):
@@ -81,7 +90,51 @@ class MLPerfLog:
             self._handler.close()
             self._handler, self.mllogger = None, None
 
-    # -- the blocks the trainer logs -------------------------------------------------------------
+    # -- the loop's events -----------------------------------------------------------------------
+    def setup_start(self):
+        self.start("init_start")
+
+    def data_start(self, cfg, device):
+        self.target_iou = cfg.target_iou or RULES_TARGET_IOU
+        self.submission(cfg, platform_name(device))
+        self.event("cache_clear", True)   # nothing cached from a previous run: this process opens all afresh
+        self.start("staging_start")
+
+    def data_stop(self):
+        self.end("staging_stop")
+
+    def setup_stop(self, trainer):
+        topo = trainer.ranks.topo
+        self.hyperparameters(trainer.cfg, trainer.optimizer, trainer.ranks.world, topo.num_nodes if topo else 1,
+                             topo.local_size if topo else 1, trainer.total_steps)
+        self.event("train_samples", len(trainer.train_set))
+        self.event("eval_samples", len(trainer.val_set))
+
+    def run_start(self, trainer):
+        self.end("init_stop")
+        self.start("run_start")
+
+    def epoch_start(self, epoch, step):
+        self.start("epoch_start", metadata=dict(epoch_num=epoch, step_num=step))
+
+    def eval_start(self, epoch):
+        self.start("eval_start", metadata=dict(epoch_num=epoch))
+
+    def eval_stop(self, row):
+        self.accuracy = _finite(row["deepcam_iou"])
+        self.event("eval_accuracy", 0.0 if self.accuracy is None else self.accuracy,
+                   metadata=dict(epoch_num=row["epoch"]))
+        self.end("eval_stop", metadata=dict(epoch_num=row["epoch"]))
+
+    def epoch_stop(self, epoch, step):
+        self.end("epoch_stop", metadata=dict(epoch_num=epoch, step_num=step))
+
+    def run_stop(self, status, epoch):
+        success = status == "completed" and self.accuracy is not None and self.accuracy >= self.target_iou
+        self.end("run_stop", metadata=dict(status="success" if success else "aborted", epoch_num=epoch))
+        self.close()
+
+    # -- the blocks of the set-up ----------------------------------------------------------------
     def submission(self, cfg, platform):
         """The submission fields, from the options (defaults: org climseg, division open, status
         research, platform the device's name)."""
@@ -125,3 +178,18 @@ class MLPerfLog:
         elif kind == "cosine_annealing":
             self.event("scheduler_t_max", max(1, total_steps - cfg.warmup_steps))
             self.event("scheduler_eta_min", 0.0)
+
+
+def platform_name(device):
+    """The MLPerf submission_platform default: the accelerator's name, or the CPU's."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _finite(x):
+    return x if isinstance(x, float) and math.isfinite(x) else None
