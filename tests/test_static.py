@@ -41,9 +41,9 @@ def test_specialization_is_the_jits(pool):
 
 
 def _candidates(name, arch, dtype="bf16"):
-    from climseg.kernels import atrous as K
+    from climseg.kernels.runtime import candidates
 
-    return [(c.kwargs, c.num_warps, c.num_stages) for c in K.candidates(name, arch // 10, S.ITEMSIZE[dtype])]
+    return [(c.kwargs, c.num_warps, c.num_stages) for c in candidates(name, arch, S.ITEMSIZE[dtype])]
 
 
 def test_sass_reading_and_occupancy():

@@ -44,17 +44,13 @@ import time
 
 from climseg.bench import command_line, result_path
 from climseg.errors import ConfigError
+from climseg.kernels.runtime import ARCHITECTURES
 
-ARCHS = (80, 90)
+ARCHS = tuple(ARCHITECTURES)       # the architectures checked (compute capability: 80, 90)
+
 DTYPES = ("bf16", "fp16", "fp32")
 ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
 DENSE = ("dense_fwd", "dense_dgrad", "dense_wgrad")
-# Per architecture: SMs (A100 SXM, H100 SXM: the weight gradient's split follows it), shared
-# memory per SM and per block (bytes; each resident block also takes 1 KiB the driver reserves)
-SM_COUNT = {80: 108, 90: 132}
-SMEM_PER_SM = {80: 164 * 1024, 90: 228 * 1024}
-SMEM_PER_BLOCK = {80: 163 * 1024, 90: 227 * 1024}
-REGS_PER_SM, MAX_WARPS_PER_SM, MAX_BLOCKS_PER_SM = 65536, 64, 32
 # csrc/cuda kernels that stream arrays (one pass, a few flops per element): their global
 # loads must be 128 bits wide on aligned inputs
 MEMORY_BOUND = re.compile(r"^(bucket_flatten|bucket_unflatten|mt_sumsq|larc_adam_step|lamb_moments|lamb_step)_")
@@ -93,6 +89,7 @@ def record_launches(case, dtype_name, arch):
     import torch
 
     from climseg.kernels import atrous as K
+    from climseg.kernels.runtime import recording
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
     _, n, cin, cout, h, w, ks, ds, groups = case
@@ -101,7 +98,7 @@ def record_launches(case, dtype_name, arch):
     g_channels = cout * len(ks)
     g = torch.empty((n, h, w, g_channels), device=meta, dtype=dtype)
     torch.backends.cudnn.allow_tf32 = True         # fp32 as TF32, as the launchers do by default
-    with K.recording(SM_COUNT[arch]) as launches:
+    with recording(ARCHITECTURES[arch]["sm_count"]) as launches:
         if groups == 1:
             rows, jobs, offset = [], [], 0
             for i, (k, d) in enumerate(zip(ks, ds)):
@@ -172,11 +169,11 @@ def _worker_init():
 def plan_job(case, dtype_name, arch):
     """Worker: every (kernel, candidate) of one layer, dtype and architecture with its
     specialization key: [(kernel, launch index, candidate index, key, spec text, atomic)]."""
-    from climseg.kernels import atrous as K
+    from climseg.kernels.runtime import candidates
 
     out = []
     for index, (name, fn, args, kwargs, fixed) in enumerate(record_launches(case, dtype_name, arch)):
-        configs = K.candidates(name, arch // 10, ITEMSIZE[dtype_name])
+        configs = candidates(name, arch, ITEMSIZE[dtype_name])
         if fixed:
             configs = configs[:1]       # deterministic mode runs the first candidate only
         for ci, config in enumerate(configs):
@@ -194,10 +191,10 @@ def compile_job(case, dtype_name, arch, index, ci, block=None):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from climseg.kernels import atrous as K
+    from climseg.kernels.runtime import candidates
 
     name, fn, args, kwargs, _ = record_launches(case, dtype_name, arch)[index]
-    config = K.candidates(name, arch // 10, ITEMSIZE[dtype_name])[ci] if block is None else triton.Config(block[0], num_warps=block[1],
+    config = candidates(name, arch, ITEMSIZE[dtype_name])[ci] if block is None else triton.Config(block[0], num_warps=block[1],
                                                                                       num_stages=block[2])
     signature, constexprs, attrs, options = specialize(fn, arch, args, kwargs, config)
     row = dict(block=config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
@@ -274,13 +271,15 @@ def occupancy(arch, registers, shared_bytes, warps):
     """Resident blocks and warps per SM from registers (256-register allocation units per warp,
     a quarter of the register file per SM sub-partition) and shared memory (plus the 1 KiB
     the driver reserves per block); ``fits`` is False when one block exceeds a limit."""
+    gpu = ARCHITECTURES[arch]
     regs_per_warp = -(-max(registers, 1) * 32 // 256) * 256
-    warps_by_regs = 4 * ((REGS_PER_SM // 4) // regs_per_warp)
+    warps_by_regs = 4 * ((gpu["registers_per_sm"] // 4) // regs_per_warp)
     by_regs = warps_by_regs // warps
-    by_smem = SMEM_PER_SM[arch] // (shared_bytes + 1024) if shared_bytes else MAX_BLOCKS_PER_SM
-    blocks = min(MAX_BLOCKS_PER_SM, MAX_WARPS_PER_SM // warps, by_regs, by_smem)
-    fits = shared_bytes <= SMEM_PER_BLOCK[arch] and registers <= 255 and blocks >= 1
-    limit = min((by_regs, "registers"), (by_smem, "shared memory"), (MAX_WARPS_PER_SM // warps, "warps"))[1]
+    by_smem = gpu["shared_per_sm"] // (shared_bytes + 1024) if shared_bytes else gpu["max_blocks_per_sm"]
+    by_warps = gpu["max_warps_per_sm"] // warps
+    blocks = min(gpu["max_blocks_per_sm"], by_warps, by_regs, by_smem)
+    fits = shared_bytes <= gpu["shared_per_block"] and registers <= 255 and blocks >= 1
+    limit = min((by_regs, "registers"), (by_smem, "shared memory"), (by_warps, "warps"))[1]
     return dict(blocks_per_sm=max(blocks, 0), warps_per_sm=max(blocks, 0) * warps, occupancy_limit=limit, fits=fits)
 
 
