@@ -448,6 +448,7 @@ def depthwise_forward(x, w_taps, kernel_size, stride, padding, dilation, out_hw,
 
 
 def depthwise_dgrad(g, w_taps, in_shape, kernel_size, stride, padding, dilation, deterministic=False, out=None):
+    """Input gradient (NHWC, shape ``in_shape``) of a depthwise conv from the NHWC output gradient ``g``."""
     NB, H, W, C = in_shape
     _, OH, OW, _ = g.shape
     dx = _empty((NB, H, W, C), g.device, g.dtype) if out is None else out
