@@ -35,7 +35,8 @@ ARCHITECTURES = {
     90: dict(sm_count=132, shared_per_sm=228 * 1024, shared_per_block=227 * 1024, registers_per_sm=65536,
              max_warps_per_sm=64, max_blocks_per_sm=32),
 }
-#: The shared memory a block may take on the parts not in the table (sm_86, sm_89 and others).
+#: The shared memory assumed for a block on an architecture the table does not list (99 KiB, what
+#: the smaller Ampere and Ada parts, sm_86 and sm_89, have); a GPU that is present reports its own.
 SMALL_SHARED_PER_BLOCK = 99 * 1024
 
 _RECORDING = None     # while recording launches (see recording()): {"launches": [...], "sm_count": int}
