@@ -27,91 +27,27 @@ Accumulation is float32. fp16/bf16 operands go to the tensor cores as they are;
 fp32 operands use TF32 when ``allow_tf32`` is passed (the launcher follows
 ``torch.backends.cudnn.allow_tf32``, as ``F.conv2d`` does), else full fp32.
 
-Every kernel and autotuning candidate is compiled for sm_80 and sm_90 and its SASS checked
-(spills, tensor cores, asynchronous copies) by ``climseg bench static``, which runs these
-launchers on meta tensors inside :func:`recording`. Supported Triton: 3.6 to 3.9.
-"""
-import contextlib
-import functools
-import os
+This module holds the kernels and their launchers only. Each launcher computes the grid and
+the arguments and hands them to the autotuner of :mod:`climseg.kernels.runtime`, which also
+holds the candidate block shapes, the interpreter's compatibility and the launch recording;
+the index arithmetic and the fused epilogue are in :mod:`climseg.kernels.nhwc`.
 
+Every kernel and autotuning candidate is compiled for sm_80 and sm_90 and its SASS checked
+(spills, tensor cores, asynchronous copies) by ``climseg bench static`` (:mod:`climseg.verify`),
+which runs these launchers on meta tensors inside :func:`climseg.kernels.runtime.recording`.
+Supported Triton: 3.6 to 3.9.
+"""
 import torch
 import triton
 import triton.language as tl
 
+from climseg.kernels import runtime
+from climseg.kernels.nhwc import epilogue_store, split_pixel, tap_destination, tap_source
+
 TABLE_COLS = 8   # w_offset, KH, KW, dil_h, dil_w, pad_h, pad_w, out_channel_offset
-_RECORDING = None     # while recording launches (see recording()): {"launches": [...], "sm_count": int}
 
-
-def interpreting():
-    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``), unless
-    launches are being recorded for a GPU (:func:`recording`)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1" and _RECORDING is None
-
-
-def _interpreter_compatibility():
-    """Let Triton's interpreter take a scalar as a ``range()`` bound under NumPy >= 2.4.
-
-    The interpreter holds every scalar (a program id, a loaded table entry) as a
-    one-element array. Triton 3.9 converts one to a Python int with
-    ``int(data.squeeze())``; Triton 3.6 (PyTorch 2.11's pin) with ``int(data)``, which
-    NumPy 2.4 refuses for a 1-d array ("only 0-dimensional arrays can be converted to
-    Python scalars"), so every kernel whose loop bound is such a scalar failed there.
-    This installs Triton 3.9's conversion in whichever Triton runs: interpreter only,
-    compiled kernels are untouched."""
-    try:
-        from triton.runtime import interpreter
-    except ImportError:
-        return
-    patch = getattr(interpreter, "_patch_lang_tensor", None)
-    if patch is None or getattr(patch, "climseg_index", False):
-        return
-
-    def patched(tensor, scope, *rest, **kwargs):
-        patch(tensor, scope, *rest, **kwargs)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
-
-    patched.climseg_index = True
-    interpreter._patch_lang_tensor = patched
-
-
-if interpreting():
-    _interpreter_compatibility()
-
-
-# ---------------------------------------------------------------------------------------------
-# index helpers shared by every kernel (NHWC rows of C channels)
-# ---------------------------------------------------------------------------------------------
-@triton.jit
-def _split_pixel(p, H, W):
-    """Image, row and column of flat pixel indices p of (N, H, W)."""
-    n_img = p // (H * W)
-    rem = p % (H * W)
-    return n_img, rem // W, rem % W
-
-
-@triton.jit
-def _tap_source(n_img, oh, ow, kh, kw, mask, H, W, C, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
-    """Where output pixel (oh, ow) reads input through tap (kh, kw): (in bounds, row offset of C channels)."""
-    ih = oh * stride_h - pad_h + kh * dil_h
-    iw = ow * stride_w - pad_w + kw * dil_w
-    valid = mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-    return valid, ((n_img * H + ih) * W + iw).to(tl.int64) * C
-
-
-@triton.jit
-def _tap_destination(n_img, ih, iw, kh, kw, mask, OH, OW, C, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
-    """The output pixel that reads input pixel (ih, iw) through tap (kh, kw), if any:
-    (exists, row offset of C channels). Stride > 1 leaves most taps without one."""
-    th = ih + pad_h - kh * dil_h
-    tw = iw + pad_w - kw * dil_w
-    th_c = tl.maximum(th, 0)     # keep // and % on non-negative numbers
-    tw_c = tl.maximum(tw, 0)
-    oh = th_c // stride_h
-    ow = tw_c // stride_w
-    valid = (mask & (th >= 0) & (tw >= 0) & (th_c % stride_h == 0) & (tw_c % stride_w == 0)
-             & (oh < OH) & (ow < OW))
-    return valid, ((n_img * OH + oh) * OW + ow).to(tl.int64) * C
+if runtime.interpreting():      # before any of these kernels runs in Triton's interpreter
+    runtime.install_interpreter_compatibility()
 
 
 # Arguments the JIT must not specialize on (divisibility by 16, equality to 1): image sizes,
@@ -121,27 +57,6 @@ def _tap_destination(n_img, ih, iw, kh, kw, mask, OH, OW, C, stride_h, stride_w,
 # 128-bit and asynchronous; so do the strides (stride 1 folds away).
 _SPATIAL = ["NB", "H", "W", "OH", "OW"]
 _WINDOW = ["KH", "KW", "dil_h", "dil_w", "pad_h", "pad_w"]
-
-
-# ---------------------------------------------------------------------------------------------
-# the forward epilogue, shared by the dense and depthwise kernels
-# ---------------------------------------------------------------------------------------------
-@triton.jit
-def _epilogue_store(acc, y_ptr, out, mask, ch, ch_mask, bias_ptr, scale_ptr, shift_ptr, res_ptr,
-                    HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RES: tl.constexpr,
-                    RELU: tl.constexpr):
-    """y[out] = relu((acc + bias[ch]) * scale[ch] + shift[ch] + res[out]), each term optional, in y's dtype."""
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + ch, mask=ch_mask, other=0.0).to(tl.float32)[None, :]
-    if HAS_SCALE:
-        acc *= tl.load(scale_ptr + ch, mask=ch_mask, other=0.0).to(tl.float32)[None, :]
-    if HAS_SHIFT:
-        acc += tl.load(shift_ptr + ch, mask=ch_mask, other=0.0).to(tl.float32)[None, :]
-    if HAS_RES:
-        acc += tl.load(res_ptr + out, mask=mask, other=0.0).to(tl.float32)
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
-    tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,12 +90,12 @@ def _dense_fwd_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, scale_ptr, shift_ptr, r
     offs_k = tl.arange(0, BLOCK_K)
     m_mask = offs_m < M
     n_mask = offs_n < Cout
-    n_img, oh, ow = _split_pixel(offs_m, OH, OW)
+    n_img, oh, ow = split_pixel(offs_m, OH, OW)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for tap in range(0, KH * KW):
-        valid, base = _tap_source(n_img, oh, ow, tap // KW, tap % KW, m_mask, H, W, Cin, stride_h, stride_w,
-                                  pad_h, pad_w, dil_h, dil_w)
+        valid, base = tap_source(n_img, oh, ow, tap // KW, tap % KW, m_mask, H, W, Cin, stride_h, stride_w,
+                                 pad_h, pad_w, dil_h, dil_w)
         w_tap = w_ptr + w_off + tap * Cin * Cout
         for c0 in range(0, Cin, BLOCK_K):
             ck = c0 + offs_k
@@ -194,8 +109,8 @@ def _dense_fwd_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, scale_ptr, shift_ptr, r
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
 
     ch = out_off + offs_n
-    _epilogue_store(acc, y_ptr, offs_m.to(tl.int64)[:, None] * Ctot + ch[None, :], m_mask[:, None] & n_mask[None, :],
-                    ch, n_mask, bias_ptr, scale_ptr, shift_ptr, res_ptr, HAS_BIAS, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU)
+    epilogue_store(acc, y_ptr, offs_m.to(tl.int64)[:, None] * Ctot + ch[None, :], m_mask[:, None] & n_mask[None, :],
+                   ch, n_mask, bias_ptr, scale_ptr, shift_ptr, res_ptr, HAS_BIAS, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +134,7 @@ def _dense_dgrad_kernel(g_ptr, w_ptr, table_ptr, dx_ptr, NB, H, W, Cin, OH, OW, 
     offs_k = tl.arange(0, BLOCK_K)
     m_mask = offs_m < M
     n_mask = offs_n < Cin
-    n_img, ih, iw = _split_pixel(offs_m, H, W)
+    n_img, ih, iw = split_pixel(offs_m, H, W)
     k_blocks = tl.cdiv(Cout, BLOCK_K)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -238,8 +153,8 @@ def _dense_dgrad_kernel(g_ptr, w_ptr, table_ptr, dx_ptr, NB, H, W, Cin, OH, OW, 
         for step in range(0, KH * KW * k_blocks):
             tap = step // k_blocks
             c0 = (step - tap * k_blocks) * BLOCK_K
-            valid, base = _tap_destination(n_img, ih, iw, tap // KW, tap % KW, m_mask, OH, OW, Ctot, stride_h,
-                                           stride_w, pad_h, pad_w, dil_h, dil_w)
+            valid, base = tap_destination(n_img, ih, iw, tap // KW, tap % KW, m_mask, OH, OW, Ctot, stride_h,
+                                          stride_w, pad_h, pad_w, dil_h, dil_w)
             ck = c0 + offs_k
             k_mask = ck < Cout
             a = tl.load(g_ptr + (base + out_off)[:, None] + ck[None, :], mask=valid[:, None] & k_mask[None, :],
@@ -294,9 +209,9 @@ def _dense_wgrad_kernel(x_ptr, g_ptr, jobs_ptr, dw_ptr, NB, H, W, Cin, OH, OW, C
     for p0 in range(p_start, p_end, BLOCK_K):
         p = p0 + offs_k
         p_mask = p < p_end
-        n_img, oh, ow = _split_pixel(p, OH, OW)
-        valid, base = _tap_source(n_img, oh, ow, kh, kw, p_mask, H, W, Cin, stride_h, stride_w, pad_h, pad_w,
-                                  dil_h, dil_w)
+        n_img, oh, ow = split_pixel(p, OH, OW)
+        valid, base = tap_source(n_img, oh, ow, kh, kw, p_mask, H, W, Cin, stride_h, stride_w, pad_h, pad_w,
+                                 dil_h, dil_w)
         a = tl.load(x_ptr + base[None, :] + offs_m[:, None], mask=m_mask[:, None] & valid[None, :], other=0.0)
         b = tl.load(g_ptr + p.to(tl.int64)[:, None] * Ctot + out_off + offs_n[None, :],
                     mask=p_mask[:, None] & n_mask[None, :], other=0.0)
@@ -327,16 +242,17 @@ def _dw_fwd_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, res_ptr, y_ptr,
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_mask = offs_p < NB * OH * OW
     c_mask = offs_c < C
-    n_img, oh, ow = _split_pixel(offs_p, OH, OW)
+    n_img, oh, ow = split_pixel(offs_p, OH, OW)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for tap in range(0, KH * KW):
-        valid, base = _tap_source(n_img, oh, ow, tap // KW, tap % KW, p_mask, H, W, C, stride_h, stride_w,
-                                  pad_h, pad_w, dil_h, dil_w)
+        valid, base = tap_source(n_img, oh, ow, tap // KW, tap % KW, p_mask, H, W, C, stride_h, stride_w,
+                                 pad_h, pad_w, dil_h, dil_w)
         xv = tl.load(x_ptr + base[:, None] + offs_c[None, :], mask=valid[:, None] & c_mask[None, :], other=0.0)
         wv = tl.load(w_ptr + tap * C + offs_c, mask=c_mask, other=0.0)
         acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
-    _epilogue_store(acc, y_ptr, offs_p.to(tl.int64)[:, None] * C + offs_c[None, :], p_mask[:, None] & c_mask[None, :],
-                    offs_c, c_mask, bias_ptr, scale_ptr, shift_ptr, res_ptr, HAS_BIAS, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU)
+    epilogue_store(acc, y_ptr, offs_p.to(tl.int64)[:, None] * C + offs_c[None, :], p_mask[:, None] & c_mask[None, :],
+                   offs_c, c_mask, bias_ptr, scale_ptr, shift_ptr, res_ptr, HAS_BIAS, HAS_SCALE, HAS_SHIFT, HAS_RES,
+                   RELU)
 
 
 @triton.jit(do_not_specialize=_SPATIAL + _WINDOW)
@@ -348,11 +264,11 @@ def _dw_dgrad_kernel(g_ptr, w_ptr, dx_ptr, NB, H, W, C, OH, OW, KH, KW, stride_h
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_mask = offs_p < NB * H * W
     c_mask = offs_c < C
-    n_img, ih, iw = _split_pixel(offs_p, H, W)
+    n_img, ih, iw = split_pixel(offs_p, H, W)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for tap in range(0, KH * KW):
-        valid, base = _tap_destination(n_img, ih, iw, tap // KW, tap % KW, p_mask, OH, OW, C, stride_h, stride_w,
-                                       pad_h, pad_w, dil_h, dil_w)
+        valid, base = tap_destination(n_img, ih, iw, tap // KW, tap % KW, p_mask, OH, OW, C, stride_h, stride_w,
+                                      pad_h, pad_w, dil_h, dil_w)
         gv = tl.load(g_ptr + base[:, None] + offs_c[None, :], mask=valid[:, None] & c_mask[None, :], other=0.0)
         wv = tl.load(w_ptr + tap * C + offs_c, mask=c_mask, other=0.0)
         acc += gv.to(tl.float32) * wv.to(tl.float32)[None, :]
@@ -379,9 +295,9 @@ def _dw_wgrad_kernel(x_ptr, g_ptr, ws_ptr, NB, H, W, C, OH, OW, KW, stride_h, st
     for p0 in range(p_start, p_end, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         p_mask = p < p_end
-        n_img, oh, ow = _split_pixel(p, OH, OW)
-        valid, base = _tap_source(n_img, oh, ow, kh, kw, p_mask, H, W, C, stride_h, stride_w, pad_h, pad_w,
-                                  dil_h, dil_w)
+        n_img, oh, ow = split_pixel(p, OH, OW)
+        valid, base = tap_source(n_img, oh, ow, kh, kw, p_mask, H, W, C, stride_h, stride_w, pad_h, pad_w,
+                                 dil_h, dil_w)
         xv = tl.load(x_ptr + base[:, None] + offs_c[None, :], mask=valid[:, None] & c_mask[None, :], other=0.0)
         gv = tl.load(g_ptr + p.to(tl.int64)[:, None] * C + offs_c[None, :], mask=p_mask[:, None] & c_mask[None, :],
                      other=0.0)
@@ -391,196 +307,15 @@ def _dw_wgrad_kernel(x_ptr, g_ptr, ws_ptr, NB, H, W, C, OH, OW, KW, stride_h, st
 
 
 # ---------------------------------------------------------------------------------------------
-# block shapes: autotuned per problem shape on GPUs, one fixed shape in the interpreter
+# launch helpers (block shapes, autotuning and recording: climseg.kernels.runtime)
 # ---------------------------------------------------------------------------------------------
-# the largest shared memory a block may take (bytes), by architecture: A100/H100 class; the
-# smaller Ampere and Ada parts (sm_86, sm_89) have 99 KiB
-_SMEM_LIMIT = {8: 163 * 1024, 9: 227 * 1024}
+_JIT = {"dense_fwd": _dense_fwd_kernel, "dense_dgrad": _dense_dgrad_kernel, "dense_wgrad": _dense_wgrad_kernel,
+        "dw_fwd": _dw_fwd_kernel, "dw_dgrad": _dw_dgrad_kernel}
 
 
-def _smem_limit(major):
-    if _RECORDING is None and torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(torch.cuda.current_device())
-        optin = getattr(props, "shared_memory_per_block_optin", 0)
-        if optin:
-            return optin
-    return _SMEM_LIMIT.get(major, 99 * 1024)
-
-
-# (kernel, architecture major, operand bytes) -> block shapes that spill registers there (the
-# SASS of climseg bench static at the real layer shapes): the input gradient keeps a row of
-# destination offsets per tap step, and in fp32 (TF32) the operands take twice the registers
-_SPILLING = {
-    ("dense_dgrad", 8, 2): {(128, 128, 64, 8, 3)},      # with Triton 3.6 (not 3.9)
-    ("dense_dgrad", 8, 4): {(128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4)},
-    ("dense_dgrad", 9, 4): {(128, 128, 64, 8, 3)},
-}
-
-
-def _gemm_configs(major=None, itemsize=2, kernel=None):
-    """Candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) of the dense kernels for GPU
-    architecture ``major`` (default: the current GPU's, else 8) and operands of ``itemsize``
-    bytes: the shapes whose pipeline buffers (stages x (BLOCK_M + BLOCK_N) x BLOCK_K operands)
-    fit the architecture's shared memory, less those that spill registers in ``kernel``.
-
-    Pruned with ``climseg bench static`` (the SASS of every candidate for sm_80 and sm_90 at
-    the real layer shapes): every candidate here compiles without register spills, and with
-    tensor-core instructions and asynchronous copies in all three dense kernels. Removed:
-    256 x 128 x 64 and 128 x 256 x 64 (8 warps), which spilled in all three kernels on sm_80
-    and mostly on sm_90, and took 128 KiB of shared memory in the weight gradient; 64 x 64 x 64
-    and 128 x 32 x 32, which added nothing another shape does not cover (and the first spilled
-    in the input gradient)."""
-    if major is None:
-        major = torch.cuda.get_device_capability()[0] if torch.cuda.is_available() else 8
-    shapes = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4),
-              (128, 128, 64, 8, 3), (32, 64, 32, 4, 4)]
-    if major >= 9:     # Hopper and newer: a deeper pipeline pays off
-        shapes += [(128, 128, 64, 8, 4)]
-    limit = _smem_limit(major)
-    spilling = _SPILLING.get((kernel, min(major, 9), itemsize), set())
-    fitting = [s for s in shapes if s[4] * (s[0] + s[1]) * s[2] * itemsize <= limit and s not in spilling]
-    fitting = fitting or shapes[-1:]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
-            for m, n, k, w, st in fitting]
-
-
-def _dw_configs(major=None, itemsize=2):
-    """Candidate (BLOCK_P, BLOCK_C, warps) of the depthwise forward and input gradient (128 x 64
-    and 256 x 32 with 8 warps were pruned: the first spilled in the fp16 input gradient on sm_80)."""
-    del major, itemsize   # the same on every architecture and dtype
-    return [triton.Config({"BLOCK_P": p, "BLOCK_C": c}, num_warps=w)
-            for p, c, w in [(64, 64, 4), (128, 32, 4), (32, 128, 4)]]
-
-
-# the interpreter (tests on CPU): one small block shape, whatever the GPU candidates
-_INTERPRETER_CONFIGS = {
-    "gemm": [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)],
-    "dw": [triton.Config({"BLOCK_P": 64, "BLOCK_C": 32}, num_warps=4)],
-}
-
-
-_DW_WGRAD_CONFIG = triton.Config({"BLOCK_P": 128, "BLOCK_C": 64}, num_warps=4)
-
-
-def _dw_wgrad_config():
-    """The one block shape of the depthwise weight gradient (not tuned: its grid is per tap)."""
-    return _INTERPRETER_CONFIGS["dw"][0] if interpreting() else _DW_WGRAD_CONFIG
-
-
-# name -> (kernel, candidate configs by architecture, autotuning key, buffer to zero between trials)
-KERNELS = {
-    "dense_fwd": ("_dense_fwd_kernel", functools.partial(_gemm_configs, kernel="dense_fwd"), ["M_KEY", "Cin", "Cout", "TAPS_KEY"], None),
-    "dense_dgrad": ("_dense_dgrad_kernel", functools.partial(_gemm_configs, kernel="dense_dgrad"), ["M_KEY", "Cin", "Cout", "TAPS_KEY"], None),
-    "dense_wgrad": ("_dense_wgrad_kernel", functools.partial(_gemm_configs, kernel="dense_wgrad"), ["M_KEY", "Cin", "Cout", "TAPS_KEY", "ATOMIC"], "dw_ptr"),
-    "dw_fwd": ("_dw_fwd_kernel", _dw_configs, ["M_KEY", "C", "TAPS_KEY"], None),
-    "dw_dgrad": ("_dw_dgrad_kernel", _dw_configs, ["M_KEY", "C", "TAPS_KEY"], None),
-    "dw_wgrad": ("_dw_wgrad_kernel", lambda major=None, itemsize=2: [_DW_WGRAD_CONFIG], [], None),
-}
-
-
-def candidates(name, major, itemsize=2):
-    """The autotuning candidates (``triton.Config``) of kernel ``name`` on GPU architecture
-    ``major`` (8: Ampere, 9: Hopper) for operands of ``itemsize`` bytes."""
-    return KERNELS[name][1](major, itemsize)
-
-
-# ---------------------------------------------------------------------------------------------
-# recording launches instead of running them (static analysis: climseg.bench.static)
-# ---------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def recording(sm_count):
-    """Within this block the launchers compute every argument exactly as for a real launch
-    (``torch.device("meta")`` tensors stand in for the data) but append
-    ``(name, jit function, args, kwargs, fixed)`` to the yielded list instead of launching
-    (``fixed``: the first candidate runs, untuned, as in deterministic mode);
-    ``sm_count`` is the GPU's number of SMs (it sets the weight gradient's split)."""
-    global _RECORDING
-    if _RECORDING is not None:
-        raise RuntimeError("climseg.kernels.atrous.recording() does not nest")
-    _RECORDING = {"launches": [], "sm_count": int(sm_count)}
-    try:
-        yield _RECORDING["launches"]
-    finally:
-        _RECORDING = None
-
-
-@functools.lru_cache(maxsize=None)
-def _tuned(name, arch, itemsize):
-    """The kernel ``name`` wrapped in an autotuner for this GPU architecture and operand size
-    (cached per shape key)."""
-    kernel, configs, key, reset = KERNELS[name]
-    if interpreting():
-        configs = _INTERPRETER_CONFIGS["gemm" if name.startswith("dense") else "dw"]
-    else:
-        configs = configs(arch[0] if isinstance(arch[0], int) else None, itemsize)
-    return _KeyedKernel(name, globals()[kernel], configs, key, reset)
-
-
-class _KeyedKernel:
-    """Autotuning keyed on the problem shape: ``M_KEY`` and ``TAPS_KEY`` are passed by the
-    launchers only to key the cache (bucketed pixel count, number of taps). ``FIXED=True``
-    (deterministic mode) skips tuning and takes the first config: a tuned choice may differ
-    between processes, and another block shape sums in another order."""
-
-    def __init__(self, name, kernel, configs, key, reset):
-        self.name = name
-        self.configs = configs
-        self.key = key
-        self.kernel = kernel
-        self.cache = {}
-        self.reset = reset
-
-    def __call__(self, grid, *args, M_KEY, TAPS_KEY, FIXED=False, **kwargs):
-        if _RECORDING is not None:
-            _RECORDING["launches"].append((self.name, self.kernel, args, kwargs, FIXED or len(self.configs) == 1))
-            return
-        if FIXED or len(self.configs) == 1:   # deterministic mode: the same config in every process
-            self._launch(self.configs[0], grid, args, kwargs)
-            return
-        names = self.kernel.arg_names
-        bound = dict(zip(names, args))
-        bound.update(kwargs)
-        bound["M_KEY"], bound["TAPS_KEY"] = M_KEY, TAPS_KEY
-        key = tuple(bound.get(k) for k in self.key) + tuple(str(a.dtype) for a in args if hasattr(a, "dtype"))
-        config = self.cache.get(key)
-        if config is None:
-            config = self._tune(grid, args, kwargs)
-            self.cache[key] = config
-        self._launch(config, grid, args, kwargs)
-
-    def _launch(self, config, grid, args, kwargs):
-        meta = dict(kwargs, **config.kwargs)
-        self.kernel[grid(meta)](*args, num_warps=config.num_warps, num_stages=config.num_stages, **meta)
-
-    def _tune(self, grid, args, kwargs):
-        reset = None
-        if self.reset is not None:
-            reset = args[self.kernel.arg_names.index(self.reset)]
-        best, best_ms = None, float("inf")
-        for config in self.configs:
-            def run(config=config):
-                if reset is not None:
-                    reset.zero_()
-                self._launch(config, grid, args, kwargs)
-            try:
-                ms = triton.testing.do_bench(run, warmup=5, rep=20)
-            except Exception:  # a config that does not fit this GPU (shared memory, registers)
-                continue
-            if ms < best_ms:
-                best, best_ms = config, ms
-        if reset is not None:
-            reset.zero_()
-        if best is None:
-            raise RuntimeError("no kernel configuration could run on this device")
-        return best
-
-
-def _arch(device):
-    if _RECORDING is not None:
-        return ("recording",)
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device)
-    return ("interpreter",)
+def _tuned(name, device, itemsize):
+    """Kernel ``name`` wrapped in the autotuner for ``device`` and operands of ``itemsize`` bytes."""
+    return runtime.tuned(name, _JIT[name], runtime.architecture(device), itemsize)
 
 
 def _mkey(m):
@@ -589,7 +324,8 @@ def _mkey(m):
 
 
 def _precision(dtype):
-    return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not interpreting() else "ieee"
+    tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not runtime.interpreting()
+    return "tf32" if tf32 else "ieee"
 
 
 def _empty(shape, device, dtype):
@@ -598,7 +334,7 @@ def _empty(shape, device, dtype):
 
 
 def _upcast(dtype):
-    return dtype == torch.bfloat16 and interpreting()
+    return dtype == torch.bfloat16 and runtime.interpreting()
 
 
 def _channel_divisor(c):
@@ -631,7 +367,7 @@ def dense_forward(x, w_packed, table, out_channels, total_channels, out_hw, stri
     branches = table.shape[0]
     dummy = out
     taps = int(w_packed.numel() // (Cin * out_channels))
-    _tuned("dense_fwd", _arch(x.device), x.element_size())(
+    _tuned("dense_fwd", x.device, x.element_size())(
         lambda meta: (_cdiv(M, meta["BLOCK_M"]), _cdiv(out_channels, meta["BLOCK_N"]), branches),
         x, w_packed, table, bias if bias is not None else dummy, scale if scale is not None else dummy,
         shift if shift is not None else dummy, residual if residual is not None else dummy, out,
@@ -650,7 +386,7 @@ def dense_dgrad(g, w_packed_t, table, in_shape, out_channels, stride, determinis
     dx = _empty((NB, H, W, Cin), g.device, g.dtype) if out is None else out
     M = NB * H * W
     taps = int(w_packed_t.numel() // (Cin * out_channels))
-    _tuned("dense_dgrad", _arch(g.device), g.element_size())(
+    _tuned("dense_dgrad", g.device, g.element_size())(
         lambda meta: (_cdiv(M, meta["BLOCK_M"]), _cdiv(Cin, meta["BLOCK_N"])),
         g, w_packed_t, table, dx, NB, H, W, Cin, OH, OW, out_channels, Ctot, stride[0], stride[1], table.shape[0],
         PRECISION=_precision(g.dtype), UPCAST=_upcast(g.dtype), M_KEY=_mkey(M), TAPS_KEY=taps, FIXED=deterministic)
@@ -660,12 +396,8 @@ def dense_dgrad(g, w_packed_t, table, in_shape, out_channels, stride, determinis
 def _splits(tiles, pixels, device, block):
     """How many parts the pixel reduction of the weight gradient is cut into: enough
     programs to fill the GPU (about four waves), each part at least a few blocks long."""
-    if _RECORDING is not None:
-        target = 4 * _RECORDING["sm_count"]
-    elif device.type != "cuda":
-        target = 64     # the interpreter: split too, so that tests see the split paths
-    else:
-        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    sms = runtime.sm_count(device)
+    target = 4 * sms if sms else 64     # the interpreter: split too, so that tests see the split paths
     return max(1, min(_cdiv(target, max(1, tiles)), _cdiv(pixels, 4 * block)))
 
 
@@ -675,8 +407,8 @@ def dense_wgrad(x, g, jobs, weight_numel, out_channels, stride, deterministic):
     NB, H, W, Cin = x.shape
     _, OH, OW, Ctot = g.shape
     P = NB * OH * OW
-    kernel = _tuned("dense_wgrad", _arch(x.device), x.element_size())
-    block = 64 if not interpreting() else 32
+    kernel = _tuned("dense_wgrad", x.device, x.element_size())
+    block = 64 if not runtime.interpreting() else 32
     tiles = _cdiv(Cin, 64) * _cdiv(out_channels, 64) * jobs.shape[0]
     splits = _splits(tiles, P, x.device, block)
     per = _cdiv(_cdiv(P, splits), block) * block       # whole blocks per part
@@ -704,7 +436,7 @@ def depthwise_forward(x, w_taps, kernel_size, stride, padding, dilation, out_hw,
         out = _empty((NB, OH, OW, C), x.device, x.dtype)
     M = NB * OH * OW
     KH, KW = kernel_size
-    _tuned("dw_fwd", _arch(x.device), x.element_size())(
+    _tuned("dw_fwd", x.device, x.element_size())(
         lambda meta: (_cdiv(M, meta["BLOCK_P"]), _cdiv(C, meta["BLOCK_C"])),
         x, w_taps, bias if bias is not None else out, scale if scale is not None else out,
         shift if shift is not None else out, residual if residual is not None else out, out,
@@ -716,12 +448,13 @@ def depthwise_forward(x, w_taps, kernel_size, stride, padding, dilation, out_hw,
 
 
 def depthwise_dgrad(g, w_taps, in_shape, kernel_size, stride, padding, dilation, deterministic=False, out=None):
+    """Input gradient (NHWC, shape ``in_shape``) of a depthwise conv from the NHWC output gradient ``g``."""
     NB, H, W, C = in_shape
     _, OH, OW, _ = g.shape
     dx = _empty((NB, H, W, C), g.device, g.dtype) if out is None else out
     M = NB * H * W
     KH, KW = kernel_size
-    _tuned("dw_dgrad", _arch(g.device), g.element_size())(
+    _tuned("dw_dgrad", g.device, g.element_size())(
         lambda meta: (_cdiv(M, meta["BLOCK_P"]), _cdiv(C, meta["BLOCK_C"])),
         g, w_taps, dx, NB, H, W, C, OH, OW, KH, KW, stride[0], stride[1], dilation[0], dilation[1],
         padding[0], padding[1], C_DIV=_channel_divisor(C), M_KEY=_mkey(M), TAPS_KEY=KH * KW, FIXED=deterministic)
@@ -735,7 +468,7 @@ def depthwise_wgrad(x, g, kernel_size, stride, padding, dilation):
     _, OH, OW, _ = g.shape
     KH, KW = kernel_size
     P = NB * OH * OW
-    config = _dw_wgrad_config()
+    config = runtime.launch_configs("dw_wgrad", runtime.architecture(x.device), x.element_size())[0]
     block_p, block_c = config.kwargs["BLOCK_P"], config.kwargs["BLOCK_C"]
     c_tiles = _cdiv(C, block_c)
     splits = _splits(c_tiles * KH * KW, P, x.device, block_p)
@@ -745,8 +478,6 @@ def depthwise_wgrad(x, g, kernel_size, stride, padding, dilation):
     args = (x, g, ws, NB, H, W, C, OH, OW, KW, stride[0], stride[1], dilation[0], dilation[1], padding[0], padding[1],
             KH * KW, per)
     kwargs = dict(C_DIV=_channel_divisor(C))
-    if _RECORDING is not None:
-        _RECORDING["launches"].append(("dw_wgrad", _dw_wgrad_kernel, args, kwargs, True))
-    else:
+    if not runtime.record("dw_wgrad", _dw_wgrad_kernel, args, kwargs, True):
         _dw_wgrad_kernel[(c_tiles, KH * KW, splits)](*args, **kwargs, **config.kwargs, num_warps=config.num_warps)
     return ws.sum(0)

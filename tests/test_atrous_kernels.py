@@ -279,6 +279,22 @@ def test_backend_choice_and_errors(monkeypatch):
     assert atrous_conv2d(x, w, groups=2).shape == (1, 4, 3, 3)
 
 
+def test_interpreter_compatibility_is_in_place():
+    """Triton < 3.9 converts interpreted scalars with int(array), which NumPy >= 2.4 refuses: the
+    runtime patches the interpreter's private _patch_lang_tensor there (the one Triton-private
+    name of climseg.kernels). Where that hook is gone, this Triton must not need it."""
+    import triton
+
+    from climseg.kernels import runtime
+
+    version = tuple(int(part) for part in triton.__version__.split(".")[:2])
+    installed = runtime.install_interpreter_compatibility()
+    assert installed or version >= (3, 9), (
+        f"Triton {triton.__version__}: its interpreter has no _patch_lang_tensor any more, which "
+        "climseg.kernels.runtime.install_interpreter_compatibility patches for Triton < 3.9 (scalars as loop bounds "
+        "under NumPy >= 2.4); update it for this Triton")
+
+
 @pytest.mark.gpu
 def test_gpu_real_layer_against_cudnn():
     """A real ASPP layer shape in bf16 on the GPU against cuDNN (channels_last)."""

@@ -1,4 +1,4 @@
-"""The static check of the GPU kernels (climseg.bench.static): every Triton kernel, autotuning
+"""The static check of the GPU kernels (climseg.verify, run by climseg bench static): every Triton kernel, autotuning
 candidate, dtype and architecture (sm_80, sm_90) compiled at the real layer shapes with the
 JIT's own specialization, and every CUDA kernel of csrc/cuda built by nvcc, must compile
 without spills; the dense convolution kernels in 16 bits must use tensor cores and
@@ -14,36 +14,39 @@ import time
 
 import pytest
 
-from climseg.bench import static as S
+from climseg.verify import checks, tools
+from climseg.verify import triton_kernels as T
+from climseg.verify.layers import layer_cases
+from climseg.verify.sass import instruction_counts
 
 pytest.importorskip("triton")
 
 
 @pytest.fixture(scope="module")
 def pool():
-    with S._pool(2) as p:
+    with T.compile_pool(2) as p:
         yield p
 
 
 def test_specialization_is_the_jits(pool):
     """What the JIT would specialize on: channel counts divisible by 16 and aligned pointers
     get tt.divisibility, stride 1 becomes a constant, image sizes are never specialized."""
-    kurth = S.layer_cases()[0]
-    rows = pool.submit(S.plan_job, kurth, "bf16", 90).result()
+    kurth = layer_cases()[0]
+    rows = pool.submit(T.plan_job, kurth, "bf16", 90).result()
     fwd = [r for r in rows if r[0] == "dense_fwd"]
     assert len(fwd) == len(pool.submit(_candidates, "dense_fwd", 90).result())
     spec = fwd[0][4]
     assert "x_ptr:*bf16/16" in spec and "Cin:i32/16" in spec and "Cout:i32/16" in spec
     assert "W:i32 " in spec and "stride_h" not in spec       # not specialized / a constant 1
     odd = ("odd", 1, 40, 24, 9, 11, (3,), (2,), 1)              # 40 channels: not a multiple of 16
-    spec = [r for r in pool.submit(S.plan_job, odd, "fp16", 80).result() if r[0] == "dense_fwd"][0][4]
+    spec = [r for r in pool.submit(T.plan_job, odd, "fp16", 80).result() if r[0] == "dense_fwd"][0][4]
     assert "Cin:i32 " in spec and "Cout:i32/16" not in spec and "x_ptr:*fp16/16" in spec
 
 
 def _candidates(name, arch, dtype="bf16"):
-    from climseg.kernels import atrous as K
+    from climseg.kernels.runtime import candidates
 
-    return [(c.kwargs, c.num_warps, c.num_stages) for c in K.candidates(name, arch // 10, S.ITEMSIZE[dtype])]
+    return [(c.kwargs, c.num_warps, c.num_stages) for c in candidates(name, arch, T.ITEMSIZE[dtype])]
 
 
 def test_sass_reading_and_occupancy():
@@ -56,29 +59,29 @@ def test_sass_reading_and_occupancy():
         /*0150*/                   RED.E.ADD.F32.FTZ.RN.STRONG.GPU desc[UR4][R2.64], R5 ;
         /*0160*/                   LDG.E.U16 R7, desc[UR4][R2.64] ;
     """
-    c = S.sass_counts(sass)
+    c = instruction_counts(sass)
     assert (c["ldgsts"], c["hmma"], c["spill_stores"], c["spill_loads"], c["atomics"], c["ldg"], c["ldg128"]) == \
         (1, 1, 1, 1, 1, 2, 1)
     # 128 registers x 256 threads: two blocks by registers; 100 KiB shared memory: one block on sm_80, two on sm_90
-    assert S.occupancy(80, 128, 100 * 1024, 8)["warps_per_sm"] == 8
-    assert S.occupancy(90, 128, 100 * 1024, 8)["warps_per_sm"] == 16
-    assert not S.occupancy(80, 96, 200 * 1024, 4)["fits"]
+    assert checks.occupancy(80, 128, 100 * 1024, 8)["warps_per_sm"] == 8
+    assert checks.occupancy(90, 128, 100 * 1024, 8)["warps_per_sm"] == 16
+    assert not checks.occupancy(80, 96, 200 * 1024, 4)["fits"]
     bad = dict(kernel="dense_dgrad", arch="sm_80", dtype="bf16", block={"BLOCK_M": 64}, num_warps=4, num_stages=3,
                layers=["x"], compiled=True, fits=True, registers=255, shared_bytes=0, spill_loads=2, spill_stores=2,
                local_bytes=8, hmma=0, hgmma=0, ldgsts=0, utmaldg=0)
-    found = S.violations([bad])
+    found = checks.violations([bad])
     assert len(found) == 3 and "spills" in found[0] and "tensor-core" in found[1] and "asynchronous" in found[2]
 
 
 @pytest.mark.slow
 def test_the_check_catches_a_spilling_tile(pool):
     """A tile pruned for spilling (256 x 128 x 64, 8 warps, sm_80) is still caught: the check can fail."""
-    kurth = S.layer_cases()[0]
-    row = pool.submit(S.compile_job, kurth, "bf16", 80, 1, 0,
+    kurth = layer_cases()[0]
+    row = pool.submit(T.compile_job, kurth, "bf16", 80, 1, 0,
                       ({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64}, 8, 3)).result()
     row.update(kernel="dense_dgrad", arch="sm_80", dtype="bf16", layers=[kurth[0]])
     assert row["compiled"] and row["spill_stores"] > 0
-    assert any("spills" in v for v in S.violations([row]))
+    assert any("spills" in v for v in checks.violations([row]))
 
 
 @pytest.mark.slow
@@ -87,26 +90,26 @@ def test_every_triton_candidate_compiles_clean_for_sm80_and_sm90():
     of climseg bench atrous, one compilation per distinct specialization (Triton's cache, e.g.
     ~/.triton/cache, keeps them between runs). CLIMSEG_STATIC_DTYPES narrows the dtypes (the CI
     step with the oldest Triton)."""
-    dtypes = tuple(os.environ.get("CLIMSEG_STATIC_DTYPES", ",".join(S.DTYPES)).split(","))
+    dtypes = tuple(os.environ.get("CLIMSEG_STATIC_DTYPES", ",".join(T.DTYPES)).split(","))
     start = time.perf_counter()
-    rows = S.triton_rows(dtypes=dtypes, progress=False)
+    rows = T.triton_rows(dtypes=dtypes, progress=False)
     seconds = time.perf_counter() - start
     seen = {(r["kernel"], r["arch"], r["dtype"]) for r in rows}
     kernels = ("dense_fwd", "dense_dgrad", "dense_wgrad", "dw_fwd", "dw_dgrad", "dw_wgrad")
-    assert seen == {(k, f"sm_{a}", d) for k in kernels for a in S.ARCHS for d in dtypes}
+    assert seen == {(k, f"sm_{a}", d) for k in kernels for a in T.ARCHS for d in dtypes}
     for name in kernels:     # every candidate of every kernel, per architecture and dtype
-        for arch in S.ARCHS:
+        for arch in T.ARCHS:
             for dtype in dtypes:
                 n = len(_candidates(name, arch, dtype))
                 got = {r["candidate"] for r in rows if (r["kernel"], r["arch"], r["dtype"]) == (name, f"sm_{arch}", dtype)}
                 assert got == set(range(n)), (name, arch, dtype, got)
-    found = S.violations(rows)
+    found = checks.violations(rows)
     assert not found, "\n".join(found)
     print(f"\nstatic check: {len(rows)} Triton compilations in {seconds:.0f} s")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(S.nvcc_path() is None, reason="needs nvcc (CI has CUDA 13.0)")
+@pytest.mark.skipif(tools.nvcc_path() is None, reason="needs nvcc (CI has CUDA 13.0)")
 def test_cuda_kernels_compile_clean_with_128_bit_loads(tmp_path):
     from climseg.cli import main
 
@@ -132,4 +135,4 @@ def test_user_errors_are_one_line(capsys):
 
 
 def test_tools_are_found():
-    assert shutil.which(S.tool("cuobjdump"))
+    assert shutil.which(tools.tool("cuobjdump"))

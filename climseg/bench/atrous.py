@@ -29,22 +29,10 @@ import platform
 import sys
 
 import torch
-
-from climseg.bench import command_line, gpu_environment, result_path
 import torch.nn.functional as F
 
-
-def layers():
-    """(name, N, Cin, Cout, H, W, kernel, dilation, groups) at a 768 x 1152 input, batch 2."""
-    rows = []
-    for d in (12, 24, 36):
-        rows.append((f"kurth2018 ASPP 3x3 d{d}", 2, 2048, 256, 96, 144, 3, d, 1))
-    for d in (6, 12, 18):
-        rows.append((f"deepcam ASPP 3x3 d{d}", 2, 2048, 256, 48, 72, 3, d, 1))
-    for d in (1, 2):
-        rows.append((f"deepcam middle-flow depthwise d{d}", 2, 728, 728, 48, 72, 3, d, 728))
-    rows.append(("kurth2018 decoder 3x3 384->256 full res", 2, 384, 256, 768, 1152, 3, 1, 1))
-    return rows
+from climseg.bench import command_line, gpu_environment, result_path
+from climseg.verify.layers import atrous_layers
 
 
 def flops(n, cin, cout, h, w, k, groups):
@@ -170,13 +158,13 @@ def main(argv=None):
     repeats = max(3, args.repeats // (4 if args.quick else 1))
     rows = []
     for dtype in dtypes:
-        for spec in layers():
+        for spec in atrous_layers():
             for mode in modes:
                 rows.append(conv_case(*spec, dtype, mode, repeats))
                 r = rows[-1]
                 print(f"{r['layer']:42s} {r['dtype']:8s} {mode:17s} {r['ms']:8.3f} ms {r['tflops']:6.1f} TFLOP/s "
                       f"{r['vs_cudnn']:5.2f}x cuDNN", flush=True)
-        for spec in layers()[:1] + layers()[6:7]:     # deterministic mode on one dense and one depthwise layer
+        for spec in atrous_layers()[:1] + atrous_layers()[6:7]:     # deterministic: one dense, one depthwise layer
             rows.append(conv_case(*spec, dtype, "forward+backward", repeats, deterministic=True))
             r = rows[-1]
             base = [b for b in rows if b["layer"] == r["layer"] and b["dtype"] == r["dtype"]

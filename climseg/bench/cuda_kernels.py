@@ -64,65 +64,23 @@ step where the GPU runs behind Python; ``host_ms`` shows what it was. The kernel
 import argparse
 import datetime
 import functools
-import json
 import math
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 from climseg.bench import command_line, gpu_environment, result_path
+from climseg.bench.timing import FLUSH_BYTES, Timer
 
 PROG = "bench cuda-kernels"
 CLASSES = 3
 HEIGHT, WIDTH, IN_CHANNELS = 768, 1152, 16
 COPY_BYTES = 1 << 30
-FLUSH_BYTES = 256 << 20
 LR, WEIGHT_DECAY, LAMB_WEIGHT_DECAY, STEP = 1e-3, 1e-4, 0.01, 10
 BUCKET_SCALE = 1.0 / 8
-
-
-class Timer:
-    """``timer(fn) -> (median, p20, p80, host median)`` in ms: CUDA events on a GPU (L2 flushed
-    before each repeat, outside the timed interval), a monotonic clock on CPU (the smoke check).
-    The host median is the time the call takes to return to Python (to enqueue its work, or
-    longer where it synchronises): close to the event time, the row is bound by launches and
-    Python, not by memory."""
-
-    def __init__(self, device, warmup, repeats):
-        self.device, self.warmup, self.repeats = device, warmup, repeats
-        self.flush = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device=device) if device.type == "cuda" else None
-
-    def __call__(self, fn):
-        cuda = self.device.type == "cuda"
-        for _ in range(self.warmup):
-            fn()
-        if cuda:
-            torch.cuda.synchronize(self.device)
-        times, host = [], []
-        for _ in range(self.repeats):
-            if cuda:
-                self.flush.zero_()
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                t = time.perf_counter()
-                fn()
-                host.append(1e3 * (time.perf_counter() - t))
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t = time.perf_counter()
-                fn()
-                times.append(1e3 * (time.perf_counter() - t))
-                host.append(times[-1])
-        times.sort()
-        q = lambda p: times[min(len(times) - 1, int(p * (len(times) - 1) + 0.5))]  # noqa: E731
-        return statistics.median(times), q(0.2), q(0.8), statistics.median(host)
 
 
 def make_row(kernel, case, mode, ours, nbytes, formula, copy_gbps, torch_times=None, reference=None):
@@ -405,14 +363,17 @@ def environment(device, argv, kernels, quick, warmup, repeats):
 
 
 def write(rows, meta, path):
-    with open(path, "w") as f:
-        json.dump(dict(meta=meta, rows=rows), f, indent=2)
+    """JSON (meta + rows) at ``path`` and the markdown table beside it (``.md``, returned), written
+    atomically (climseg.output)."""
+    from climseg.output import atomic_path, write_json
+
+    write_json(path, dict(meta=meta, rows=rows))
     md = os.path.splitext(path)[0] + ".md"
 
     def num(r, key, fmt):
         return format(r[key], fmt) if key in r else "–"
 
-    with open(md, "w") as f:
+    with atomic_path(md) as tmp, open(tmp, "w") as f:
         f.write(f"# CUDA kernels on {meta['gpu']} ({meta['date']})\n\n"
                 f"driver {meta['driver']}, CUDA {meta['cuda']}, torch {meta['torch']}, CuPy {meta['cupy']}; "
                 f"kernels: {meta['kernels']}\n\nCommand: `{meta['command']}`\n\n"
