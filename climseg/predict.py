@@ -158,6 +158,9 @@ def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progre
     (:mod:`climseg.data.variables`)."""
     if not inputs:
         raise UserError("no input files given")
+    from climseg.data.variables import conventions_for
+
+    conventions_for(convention, variables)   # a bad --convention or --variables file is refused before any work
     check_output_location(out, "folder")
     ckpt = load_any_checkpoint(checkpoint)
     rank, world, topo, dev = _ranks(device)
