@@ -204,7 +204,7 @@ def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progre
                 i = e["iou_vs_labels"]
                 line += f"; IoU vs labels: TC {_fmt(i['iou_tc'])}, AR {_fmt(i['iou_ar'])}"
             log(line)
-    log(f"climseg: masks, maps and summary.json written to {out}")
+    log(f"climseg: masks{', maps' if maps else ''} and summary.json written to {out}")
     return summary
 
 
