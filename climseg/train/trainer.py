@@ -91,7 +91,7 @@ class Trainer:
         self.log = log if self.is_main else (lambda *a, **k: None)
         self.show_progress = cfg.progress and self.is_main
         # output: checked and locked (one run per folder) before the data are read or the model built
-        self.out = cfg.out or (os.path.dirname(checkpoint["path"]) if checkpoint else _default_out(cfg.config))
+        self.out = cfg.out or (os.path.dirname(checkpoint["path"]) if checkpoint else _default_out(cfg.network))
         self.metrics_path = os.path.join(self.out, "metrics.jsonl")
         self.run_lock = RunLock(self.out)
         if self.is_main:
@@ -138,7 +138,7 @@ class Trainer:
         train_dir = data.train_dir
 
         # model, loss, optimizer
-        self.net = build_network(cfg.config, in_channels=len(self.train_set.channels), num_classes=NUM_CLASSES, norm=cfg.norm)
+        self.net = build_network(cfg.network, in_channels=len(self.train_set.channels), num_classes=NUM_CLASSES, norm=cfg.norm)
         try:
             self.net.check_input((1, len(self.train_set.channels)) + self.train_set.shape)
         except ConfigError as exc:
@@ -214,11 +214,11 @@ class Trainer:
     def _restore(self, ckpt):
         where = ckpt["path"]
         spec = ckpt["model"]
-        if spec["config"] != self.cfg.config or spec.get("norm", "batch") != self.cfg.norm:
-            raise CheckpointError(f"{where}: was trained with model configuration {spec['config']!r}, not {self.cfg.config!r}")
+        if spec["config"] != self.cfg.network or spec.get("norm", "batch") != self.cfg.norm:
+            raise CheckpointError(f"{where}: was trained with model configuration {spec['config']!r}, not {self.cfg.network!r}")
         if spec["in_channels"] != len(self.train_set.channels):
             raise CheckpointError(f"{where}: expects {spec['in_channels']} input channels, the data gives {len(self.train_set.channels)}")
-        load_model_state(self.net, spec["state_dict"], where, self.cfg.config)
+        load_model_state(self.net, spec["state_dict"], where, self.cfg.network)
         train = ckpt.get("train")
         if not train:
             raise CheckpointError(f"{where}: holds weights only (no optimizer state) and cannot be resumed")
@@ -315,7 +315,7 @@ class Trainer:
             f"{self.world} processes ({self.topo.num_nodes} node(s) x {self.topo.local_size}, "
             f"{'hierarchical' if uses_hierarchical(cfg.allreduce, self.topo) else 'flat'} allreduce"
             f"{', gradient lag 1' if cfg.gradient_lag else ''}) on {self.device.type}")
-        self.log(f"climseg: training {cfg.config} ({count_parameters(self.net):,} parameters) on {where} in "
+        self.log(f"climseg: training {cfg.network} ({count_parameters(self.net):,} parameters) on {where} in "
                  f"{self.precision}, {len(self.train_set)} training / {len(self.val_set)} validation samples of "
                  f"{self.train_set.shape[0]}x{self.train_set.shape[1]}, batch {cfg.batch_size}"
                  f"{' per process' if self.world > 1 else ''}, {cfg.epochs} epochs -> {self.out}")
@@ -534,7 +534,7 @@ class Trainer:
         if not self.is_main:
             return path
         payload = dict(
-            model=dict(config=cfg.config, in_channels=len(self.train_set.channels), num_classes=NUM_CLASSES,
+            model=dict(config=cfg.network, in_channels=len(self.train_set.channels), num_classes=NUM_CLASSES,
                        norm=cfg.norm, state_dict=self.net.state_dict()),
             data=dict(channels=list(self.train_set.channels), normalization=self.train_set.normalization,
                       shift=torch.from_numpy(self.train_set.shift.reshape(-1).copy()),
