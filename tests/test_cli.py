@@ -439,3 +439,45 @@ def test_predict_says_what_it_wrote(workspace, tmp_path):
     lines = []
     predict(str(workspace / "run"), [sample], str(tmp_path / "with"), progress=False, log=lines.append)
     assert lines[-1] == f"climseg: masks, maps and summary.json written to {tmp_path / 'with'}"
+
+
+def test_readme_analytics_workflow_runs_as_written_after_the_default_train(tmp_path, monkeypatch, capsys):
+    """The README's commands from masks to climate science, at a small size, after a default `climseg train`."""
+    import re
+    import shlex
+
+    import climseg.data.cache as cache
+
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    section = readme.split("## From masks to climate science", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
+    commands = [line.split("  #")[0].strip() for line in block.splitlines() if line.startswith("climseg ")]
+    assert [c.split()[1] for c in commands] == ["generate", "label", "predict", "track", "analyze"]
+    monkeypatch.setattr(cache, "DEFAULT_DATASET", dict(samples=6, height=32, width=48, seed=1,
+                                                       validation_fraction=1 / 3))
+    monkeypatch.setenv("CLIMSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--epochs", "1", "--batch-size", "2", "--no-progress"]) == 0     # the default run
+    capsys.readouterr()
+    small = {"--timesteps": "8", "--height": "32", "--width": "48"}
+    python = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "climseg"))
+    for command in commands:
+        words = command.split()
+        words = [small.get(words[i - 1], w) if i else w for i, w in enumerate(words)]
+        line = python + " " + " ".join(words[1:])
+        proc = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True,
+                              env=ENV, timeout=600)
+        assert proc.returncode == 0, (command, proc.stderr)
+    assert os.path.isfile(tmp_path / "analysis" / "summary.json") and os.listdir(tmp_path / "labels")
+
+
+def test_docs_name_every_option_of_every_command():
+    _, sub, _ = train_parser()
+    docs = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "cli.md")).read()
+    missing = []
+    for command, parser in sub.choices.items():
+        parser.complete()
+        section = docs.split(f"## `climseg {command}`", 1)[-1].split("\n## ", 1)[0]
+        missing += [f"{command} {flag}" for action in parser._actions for flag in action.option_strings
+                    if flag not in ("-h", "--help") and f"`{flag}" not in section]
+    assert not missing, missing
