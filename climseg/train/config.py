@@ -9,7 +9,8 @@ The command line spells the fields with dashes (``--batch-size``), files with ei
 underscores.
 
 Renamed options (:data:`RENAMED`) are still read under their old names: from a configuration
-file with a ``FutureWarning``, from a resumed checkpoint's saved options silently.
+file with a ``FutureWarning`` (:func:`read_config_file`), and silently by :func:`merge` (the saved
+options of a checkpoint written before the rename, which ``--resume`` reads).
 """
 import dataclasses
 import json
@@ -20,9 +21,10 @@ import warnings
 from climseg.errors import ConfigError, first_line
 from climseg.train.recipes import RECIPES
 
-#: Old option name -> new one. ``config`` held the network's name until 0.2.
+#: Old option name -> new one: ``config`` held the network's name in climseg 0.1.
 RENAMED = {"config": "network"}
 
+#: What ``--precision auto`` means: the rule of :func:`climseg.perf.hardware.resolve_precision`.
 PRECISION_RULE = ("auto: bf16 on CUDA (fp16 on GPUs before Ampere); on a CPU bf16 where the cores compute it "
                   "natively (AVX512-BF16 or AMX), else fp32")
 
