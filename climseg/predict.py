@@ -150,6 +150,9 @@ def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progre
     (:mod:`climseg.data.variables`)."""
     if not inputs:
         raise UserError("no input files given")
+    from climseg.data.variables import conventions_for
+
+    conventions_for(convention, variables)   # a bad --convention or --variables file is refused before any work
     check_output_location(out, "folder")
     ckpt = load_any_checkpoint(checkpoint)
     rank, world, topo, dev = _ranks(device)
@@ -193,7 +196,7 @@ def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progre
                 i = e["iou_vs_labels"]
                 line += f"; IoU vs labels: TC {_fmt(i['iou_tc'])}, AR {_fmt(i['iou_ar'])}"
             log(line)
-    log(f"climseg: masks, maps and summary.json written to {out}")
+    log(f"climseg: masks{', maps' if maps else ''} and summary.json written to {out}")
     return summary
 
 

@@ -155,7 +155,7 @@ def test_train_cgnet_then_predict(climatenet_dir, tmp_path):
 
     root, _ = climatenet_dir
     out = tmp_path / "run"
-    trainer = prepare(dict(data=str(root), config="cgnet", loss="ce+jaccard", epochs=1, batch_size=2,
+    trainer = prepare(dict(data=str(root), network="cgnet", loss="ce+jaccard", epochs=1, batch_size=2,
                            max_steps=2, out=str(out), progress=False, lr=1e-3, warmup_steps=0, precision="fp32"),
                       None, log=lambda *a: None)
     trainer.fit()

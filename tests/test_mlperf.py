@@ -134,7 +134,7 @@ def test_recipes_lie_beneath_explicit_options():
     cfg = merge({"recipe": "mlperf-deepcam"}, {"lr": 0.01, "batch_size": 4})
     assert cfg.lr == 0.01 and cfg.batch_size == 4 and cfg.optimizer == "lamb"
     cfg = merge({"recipe": "sc18-kurth2018"})
-    assert (cfg.config, cfg.optimizer, cfg.gradient_lag, cfg.loss_weights) == ("kurth2018", "larc-adam", 1, "kurth2018")
+    assert (cfg.network, cfg.optimizer, cfg.gradient_lag, cfg.loss_weights) == ("kurth2018", "larc-adam", 1, "kurth2018")
     with pytest.raises(ConfigError, match="recipe"):
         merge({"recipe": "imagenet"})
     with pytest.raises(ConfigError, match="accumulate"):

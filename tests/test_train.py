@@ -104,7 +104,7 @@ def test_refusals(small_dataset, tmp_path):
     with pytest.raises(ConfigError, match="already holds a training run"):
         prepare(options(small_dataset, out), log=quiet)
     with pytest.raises(CheckpointError, match="was trained with model configuration 'tiny', not 'deepcam'"):
-        prepare(dict(resume=str(out / "last.pt"), config="deepcam", progress=False), log=quiet)
+        prepare(dict(resume=str(out / "last.pt"), network="deepcam", progress=False), log=quiet)
     with pytest.raises(CheckpointError, match="expects 16 input channels, the data gives 2"):
         prepare(dict(resume=str(out / "last.pt"), channels="TMQ,PSL", progress=False), log=quiet)
     with pytest.raises(ConfigError, match="has already trained 1 epochs; pass --epochs above 1"):

@@ -236,6 +236,9 @@ def label(inputs, out, options=None, convention="auto", variables=None, workers=
         raise UserError("no input files given")
     if workers < 1:
         raise ConfigError("--workers must be at least 1")
+    from climseg.data.variables import conventions_for
+
+    conventions_for(convention, variables)   # a bad --convention or --variables file is refused before any work
     inputs = [os.fspath(p) for p in inputs]
     hdf5 = [p for p in inputs if os.path.isfile(p) and not is_netcdf(p) and not os.path.isdir(p)]
     netcdf = [p for p in inputs if p not in hdf5]

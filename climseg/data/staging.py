@@ -245,6 +245,12 @@ def stage(src, dst, shard_by="node", replicate=1, threads=None, progress=True, l
     ``verify``: re-read every already staged copy against its recorded CRC-32 (copy it again if it differs)."""
     from climseg.distributed.launch import detect_launcher
 
+    if shard_by not in ("node", "rank"):
+        raise UserError(f"--shard-by must be node or rank, not {shard_by!r}")
+    if replicate < 1:
+        raise UserError(f"--replicate must be at least 1, got {replicate}")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
     src = os.path.abspath(src)
     info = detect_launcher()
     if info.world_size > 1 and info.launcher in ("mpi", "jsrun"):

@@ -63,6 +63,11 @@ class Features:
     rivers_mean: float = 4.0
     rivers_max: int = 9
 
+    def __post_init__(self):
+        for name, flag in (("cyclones_mean", "--cyclones"), ("rivers_mean", "--rivers")):
+            if getattr(self, name) < 0:
+                raise UserError(f"{flag} must not be negative")
+
 
 def _zonal(lat, centre, width):
     return np.exp(-(((np.abs(lat) - centre) / width) ** 2))
@@ -454,6 +459,8 @@ def generate_dataset(out, samples, height=768, width=1152, seed=0, validation_fr
         raise UserError(f"--samples {samples}: need at least 2 (one for training, one for validation)")
     if not 0.0 < validation_fraction < 1.0:
         raise UserError(f"validation fraction {validation_fraction} must lie between 0 and 1")
+    if workers is not None and workers < 1:
+        raise UserError("--workers must be at least 1")
     check_output_location(out, "folder", must_be_new=True)
     n_val = min(samples - 1, max(1, int(round(samples * validation_fraction))))
     n_train = samples - n_val

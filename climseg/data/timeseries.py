@@ -323,6 +323,8 @@ def generate_timeseries(out, timesteps, interval_hours=3.0, height=768, width=11
         raise UserError(f"height {height} and width {width} must be at least 8")
     if timesteps < 1:
         raise UserError(f"--timesteps {timesteps}: need at least 1")
+    if workers is not None and workers < 1:
+        raise UserError("--workers must be at least 1")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", case):
         raise UserError(f"case name {case!r}: use letters, digits, '_', '-' and '.' only")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):

@@ -58,7 +58,7 @@ def build_trainer(cfg, checkpoint=None, log=print):
     events = Listeners([MLPerfLog(cfg.mlperf_log, enabled=is_main, append=checkpoint is not None)])
     events.setup_start()
     log = log if is_main else _silent
-    out = cfg.out or (os.path.dirname(checkpoint["path"]) if checkpoint else default_out(cfg.config))
+    out = cfg.out or (os.path.dirname(checkpoint["path"]) if checkpoint else default_out(cfg.network))
     run_lock = RunLock(out)
     try:
         return _build(cfg, checkpoint, log, topo, events, out, run_lock)
@@ -166,7 +166,7 @@ def _build_network(cfg, data, device, memory_format, topo, log, resuming):
     """The network checked against the data's shape and moved to ``device``, with batch-norm
     groups, the class prior and ``--init-weights`` (not when resuming); and the loss."""
     channels = len(data.train_set.channels)
-    net = build_network(cfg.config, in_channels=channels, num_classes=NUM_CLASSES, norm=cfg.norm)
+    net = build_network(cfg.network, in_channels=channels, num_classes=NUM_CLASSES, norm=cfg.norm)
     try:
         net.check_input((1, channels) + data.train_set.shape)
     except ConfigError as exc:

@@ -60,7 +60,7 @@ def training_checkpoint(trainer, optimizer_state, partial, rank_bn_stats):
     """The sections of a training checkpoint (see the module docstring) for ``trainer`` as it is now."""
     cfg, dataset = trainer.cfg, trainer.train_set
     return dict(
-        model=dict(config=cfg.config, in_channels=len(dataset.channels), num_classes=NUM_CLASSES,
+        model=dict(config=cfg.network, in_channels=len(dataset.channels), num_classes=NUM_CLASSES,
                    norm=cfg.norm, state_dict=trainer.net.state_dict()),
         data=dict(channels=list(dataset.channels), normalization=dataset.normalization,
                   shift=torch.from_numpy(dataset.shift.reshape(-1).copy()),
@@ -121,12 +121,12 @@ def resume(trainer, ckpt):
     :class:`~climseg.errors.ConfigError` for ``--epochs``) naming the file. Every rank calls this."""
     where, cfg = ckpt["path"], trainer.cfg
     spec = ckpt["model"]
-    if spec["config"] != cfg.config or spec.get("norm", "batch") != cfg.norm:
-        raise CheckpointError(f"{where}: was trained with model configuration {spec['config']!r}, not {cfg.config!r}")
+    if spec["config"] != cfg.network or spec.get("norm", "batch") != cfg.norm:
+        raise CheckpointError(f"{where}: was trained with model configuration {spec['config']!r}, not {cfg.network!r}")
     in_channels = len(trainer.train_set.channels)
     if spec["in_channels"] != in_channels:
         raise CheckpointError(f"{where}: expects {spec['in_channels']} input channels, the data gives {in_channels}")
-    load_model_state(trainer.net, spec["state_dict"], where, cfg.config)
+    load_model_state(trainer.net, spec["state_dict"], where, cfg.network)
     train = ckpt.get("train")
     if not train:
         raise CheckpointError(f"{where}: holds weights only (no optimizer state) and cannot be resumed")

@@ -147,7 +147,7 @@ def start_line(trainer):
         f"{ranks.world} processes ({ranks.topo.num_nodes} node(s) x {ranks.topo.local_size}, "
         f"{'hierarchical' if uses_hierarchical(cfg.allreduce, ranks.topo) else 'flat'} allreduce"
         f"{', gradient lag 1' if cfg.gradient_lag else ''}) on {trainer.device.type}")
-    return (f"climseg: training {cfg.config} ({count_parameters(trainer.net):,} parameters) on {where} in "
+    return (f"climseg: training {cfg.network} ({count_parameters(trainer.net):,} parameters) on {where} in "
             f"{trainer.precision}, {len(train_set)} training / {len(trainer.val_set)} validation samples of "
             f"{train_set.shape[0]}x{train_set.shape[1]}, batch {cfg.batch_size}"
             f"{' per process' if ranks.world > 1 else ''}, {cfg.epochs} epochs -> {trainer.out}")
