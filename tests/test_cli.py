@@ -195,7 +195,8 @@ def test_data_path_messages_say_what_is_wrong(tmp_path, capsys):
 
 def test_training_data_grid_mismatch_names_both_files(tmp_path, capsys):
     from climseg.data import generate_dataset
-    from climseg.data.synthetic import generate_sample, write_sample
+    from climseg.data.deepcam import write_sample
+    from climseg.data.synthetic import generate_sample
 
     root = tmp_path / "d"
     generate_dataset(str(root), samples=4, height=32, width=48, workers=1, progress=False)
@@ -387,7 +388,8 @@ def test_argument_checks_live_in_the_library(workspace, tmp_path):
     from climseg.analytics.label import LabelOptions, label
     from climseg.analytics.track import TrackOptions, parse_size, track
     from climseg.data.staging import stage
-    from climseg.data.synthetic import Features, generate_dataset
+    from climseg.data.generate import generate_dataset
+    from climseg.data.synthetic import Features
     from climseg.data.timeseries import generate_timeseries, parse_interval
     from climseg.predict import predict
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from climseg.data.climatenet import (ClimateNetDataset, NetCDFLoader, find_layout, index_folder, open_climatenet,
-                                     read_step, write_climatenet_file)
+from climseg.data.climatenet import (ClimateNetDataset, find_layout, index_folder, open_climatenet, read_step,
+                                     write_climatenet_file)
+from climseg.data.climatenet_loader import NetCDFLoader
 from climseg.errors import DataError
 
 H, W = 32, 40

@@ -118,7 +118,8 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
     """Two DeepCAM samples (32 x 48) to segment."""
-    from climseg.data.synthetic import generate_sample, write_sample
+    from climseg.data.deepcam import write_sample
+    from climseg.data.synthetic import generate_sample
 
     folder = tmp_path_factory.mktemp("samples")
     paths = []

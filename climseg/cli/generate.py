@@ -1,5 +1,5 @@
 """``climseg generate OUT``: a synthetic CAM5-like dataset in the DeepCAM layout
-(:func:`climseg.data.synthetic.generate_dataset`), or with ``--timesteps`` a time series of
+(:func:`climseg.data.generate.generate_dataset`), or with ``--timesteps`` a time series of
 netCDF history files (:func:`climseg.data.timeseries.generate_timeseries`). The library checks
 the sizes and counts; this module picks the generator from ``--format`` and ``--timesteps``."""
 from climseg.cli.options import add_progress_option
@@ -43,7 +43,7 @@ def add_parser(subparsers):
 def run(args):
     if args.timesteps is not None or args.format == "netcdf":
         return _timeseries(args)
-    from climseg.data.synthetic import generate_dataset
+    from climseg.data.generate import generate_dataset
 
     s = generate_dataset(args.out, args.samples, args.height, args.width, args.seed, args.validation_fraction,
                          workers=args.workers, progress=not args.no_progress, features=_features(args))

@@ -10,7 +10,7 @@ _WHERE = {
     "DeepCAMDataset": "deepcam", "channel_indices": "deepcam", "list_samples": "deepcam", "read_sample": "deepcam",
     "FastLoader": "loader",
     "ChannelStats": "stats", "find_stats": "stats", "read_stats": "stats", "write_stats": "stats",
-    "generate_dataset": "synthetic", "generate_sample": "synthetic",
+    "generate_dataset": "generate", "generate_sample": "synthetic",
 }
 
 __all__ = sorted(_WHERE)

@@ -6,7 +6,8 @@ import shutil
 
 import dataclasses
 
-from climseg.data.synthetic import GENERATOR_VERSION, Features, generate_dataset, read_dataset_summary
+from climseg.data.generate import generate_dataset, read_dataset_summary
+from climseg.data.synthetic import GENERATOR_VERSION, Features
 
 CACHE_ENV = "CLIMSEG_CACHE"
 # 400 training and 48 validation samples of 192 x 288 (0.94 x 1.25 degrees), with more

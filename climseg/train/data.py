@@ -5,7 +5,7 @@ and the loaders that feed the loop.
 channels. Two layouts: DeepCAM (``train/`` and ``validation/`` of HDF5 samples with ``stats.h5``)
 and ClimateNet (``train/`` and ``validation/`` or ``test/`` of netCDF files with ``LABELS``; see
 :mod:`climseg.data.climatenet`). With ``--loader fast`` it builds a
-:class:`~climseg.data.loader.FastLoader` (DeepCAM) or :class:`~climseg.data.climatenet.NetCDFLoader`
+:class:`~climseg.data.loader.FastLoader` (DeepCAM) or :class:`~climseg.data.climatenet_loader.NetCDFLoader`
 (ClimateNet) per split that gives each rank its share. Every rank takes the same number of steps
 per epoch: the smallest share. With ``--loader torch`` the loop draws its batches through
 :func:`torch_loader` (a ``DataLoader`` over the dataset, in the order of a sampler).
@@ -78,7 +78,8 @@ def _with_loaders(data, cfg, ranks, loader, train_source, val_source, input_dtyp
 
 def _open_climatenet(cfg, root, ranks, input_dtype, device, log):
     """The ClimateNet-layout counterpart of :func:`open_training_data`."""
-    from climseg.data.climatenet import ClimateNetDataset, NetCDFLoader, find_layout, open_climatenet
+    from climseg.data.climatenet import ClimateNetDataset, find_layout, open_climatenet
+    from climseg.data.climatenet_loader import NetCDFLoader
 
     train_dir, _ = find_layout(root)
     train, val, stats, channel_index, normalization = open_climatenet(root, cfg.channels, cfg.normalization, log)

@@ -1,0 +1,92 @@
+"""The synthetic dataset in the DeepCAM layout, written by ``climseg generate`` and, once, by the
+default ``climseg train``: :func:`generate_dataset` draws samples with
+:func:`climseg.data.synthetic.generate_sample` in a process pool (deterministic by seed, whatever the
+number of workers), writes them with :func:`climseg.data.deepcam.write_sample` into a temporary
+folder with their statistics (``stats.h5``) and a summary (``climseg-dataset.json``), and renames
+the folder into place when it is complete.
+"""
+import concurrent.futures
+import dataclasses
+import datetime
+import json
+import os
+
+from climseg.data.deepcam import dataset_statistics, sample_statistics, write_sample
+from climseg.data.stats import write_stats
+from climseg.data.synthetic import GENERATOR_VERSION, Features, generate_sample
+from climseg.errors import UserError
+from climseg.output import atomic_directory, check_output_location, write_json
+from climseg.progress import progress_bar
+
+
+def _sample_name(split, index):
+    start = datetime.datetime(2106 if split == "train" else 2116, 1, 1)
+    when = start + datetime.timedelta(hours=3 * index)
+    return f"data-{when:%Y-%m-%d-%H}-1.h5"
+
+
+def _make_one(job):
+    folder, split, index, height, width, seed, features = job
+    data, labels, meta = generate_sample(height, width, seed, split, index, features)
+    write_sample(os.path.join(folder, split, _sample_name(split, index)), data, labels)
+    return split, index, sample_statistics(data, labels), len(meta["cyclones"]), len(meta["rivers"])
+
+
+def generate_dataset(out, samples, height=768, width=1152, seed=0, validation_fraction=0.125,
+                     workers=None, progress=True, features=Features()):
+    """Write a synthetic dataset: ``out/train/*.h5``, ``out/validation/*.h5``, ``out/stats.h5``.
+
+    ``samples`` is the total; ``round(samples * validation_fraction)`` (at least
+    one) go to validation. Statistics cover the training split. Deterministic
+    by ``seed`` whatever ``workers`` is. The dataset is built in a temporary
+    folder and renamed to ``out`` when complete; ``out`` must not exist or be empty.
+    Returns a summary dict (also written to ``out/climseg-dataset.json``).
+    """
+    if height % 16 or width % 16 or height < 16 or width < 16:
+        raise UserError(f"height {height} and width {width} must be positive multiples of 16")
+    if samples < 2:
+        raise UserError(f"--samples {samples}: need at least 2 (one for training, one for validation)")
+    if not 0.0 < validation_fraction < 1.0:
+        raise UserError(f"validation fraction {validation_fraction} must lie between 0 and 1")
+    if workers is not None and workers < 1:
+        raise UserError("--workers must be at least 1")
+    check_output_location(out, "folder", must_be_new=True)
+    n_val = min(samples - 1, max(1, int(round(samples * validation_fraction))))
+    n_train = samples - n_val
+    workers = workers or min(8, os.cpu_count() or 1)
+    jobs_for = lambda folder: [(folder, "train", i, height, width, seed, features) for i in range(n_train)] + \
+        [(folder, "validation", i, height, width, seed, features) for i in range(n_val)]
+    with atomic_directory(out) as tmp, progress_bar(total=n_train + n_val, desc=f"generate {height}x{width}",
+                                                    unit="sample", disable=not progress) as bar:
+        os.makedirs(os.path.join(tmp, "train"))
+        os.makedirs(os.path.join(tmp, "validation"))
+        jobs = jobs_for(tmp)
+        results = []
+        if workers > 1 and len(jobs) > 1:
+            with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+                for res in pool.map(_make_one, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
+                    results.append(res)
+                    bar.update()
+        else:
+            for job in jobs:
+                results.append(_make_one(job))
+                bar.update()
+        stats = dataset_statistics([r[2] for r in results if r[0] == "train"])
+        write_stats(os.path.join(tmp, "stats.h5"), stats)
+        summary = dict(generator="climseg.data.synthetic", version=GENERATOR_VERSION, seed=int(seed),
+                       height=height, width=width, train=n_train, validation=n_val,
+                       class_frequencies=dict(zip(("background", "tropical_cyclone", "atmospheric_river"),
+                                                  stats.class_frequencies.round(5).tolist())),
+                       cyclones=int(sum(r[3] for r in results)), rivers=int(sum(r[4] for r in results)),
+                       features=dataclasses.asdict(features))
+        write_json(os.path.join(tmp, "climseg-dataset.json"), summary)
+    return summary
+
+
+def read_dataset_summary(folder):
+    """The ``climseg-dataset.json`` a generated dataset carries, or None."""
+    path = os.path.join(folder, "climseg-dataset.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
