@@ -17,6 +17,7 @@ Dependencies are declared here; build requirements and tool settings live in
 pyproject.toml. Install PyTorch first (see README): an unpinned ``torch``
 requirement resolved by pip alone pulls a multi-GB CUDA build.
 """
+
 import glob
 import os
 import re
@@ -35,8 +36,8 @@ try:  # a build requirement (pyproject.toml); missing only when building without
 except ImportError:
     Pybind11Extension = None
     from setuptools.command.build_ext import build_ext as _build_ext
-    print("WARNING: climseg: pybind11 is not installed; building without the C++ extension climseg._C",
-          file=sys.stderr)
+
+    print("WARNING: climseg: pybind11 is not installed; building without the C++ extension climseg._C", file=sys.stderr)
 
 packages = find_packages(include=["climseg", "climseg.*"]) + ["climseg.kernels"]
 
@@ -45,7 +46,7 @@ EXTENSIONS = {
     "climseg._C": (sorted(glob.glob("csrc/cpu/*.cpp")), ["-O3", "-ffp-contract=off", "-pthread"]),
     "climseg._cuda_emulated": (["csrc/cuda/emulated.cpp"], ["-O2", "-pthread", "-Icsrc/cuda"]),
 }
-CUDA_EXTENSION = "climseg._cuda"          # nvcc: csrc/cuda/*.cu + csrc/cuda/module.cpp
+CUDA_EXTENSION = "climseg._cuda"  # nvcc: csrc/cuda/*.cu + csrc/cuda/module.cpp
 CUDA_SOURCES = ("csrc/cuda/*.cu", "csrc/cuda/*.cuh", "csrc/cuda/*.h", "csrc/cuda/*.cpp")
 
 
@@ -57,20 +58,33 @@ def cuda_build_plan():
     nvcc = os.path.join(home, "bin", "nvcc") if home else shutil.which("nvcc")
     if not nvcc or not os.path.exists(nvcc):
         return None, [], "no nvcc (set CUDA_HOME or put nvcc on PATH)"
-    version = re.search(r"release (\d+)\.(\d+)", subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout)
+    version = re.search(
+        r"release (\d+)\.(\d+)", subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    )
     major = int(version.group(1)) if version else 0
     wanted = os.environ.get("CLIMSEG_CUDA_ARCHS", "").replace(",", ";")
     if not wanted:
         smi = shutil.which("nvidia-smi")
-        caps = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
-                              text=True).stdout.split() if smi else []
+        caps = (
+            subprocess.run(
+                [smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True, text=True
+            ).stdout.split()
+            if smi
+            else []
+        )
         wanted = ";".join(sorted({c.replace(".", "") for c in caps if re.fullmatch(r"\d+\.\d+", c)})) or "80;90"
     archs = [a.strip() for a in wanted.split(";") if a.strip()]
     if any(not re.fullmatch(r"\d+[af]?", a) for a in archs):
         return None, [], f"CLIMSEG_CUDA_ARCHS={wanted!r} is not a list like '80;90'"
     if major >= 13 and any(int(re.match(r"\d+", a).group()) < 75 for a in archs):
-        return None, [], (f"CUDA {major} cannot compile for {wanted} (sm_70 Volta needs a CUDA 12 toolkit or older; "
-                          "CUDA 13 starts at sm_75)")
+        return (
+            None,
+            [],
+            (
+                f"CUDA {major} cannot compile for {wanted} (sm_70 Volta needs a CUDA 12 toolkit or older; "
+                "CUDA 13 starts at sm_75)"
+            ),
+        )
     return nvcc, archs, f"nvcc {version.group(0) if version else '?'} for sm_{', sm_'.join(archs)}"
 
 
@@ -87,9 +101,18 @@ def nvcc_build(build, ext, nvcc, archs):
     jobs = []
     for source in sorted(glob.glob("csrc/cuda/*.cu")):
         jobs.append(common + gencode + ["-c", source, "-o", os.path.join(tmp, os.path.basename(source) + ".o")])
-    jobs.append(common + [f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}",
-                          f'-DCLIMSEG_CUDA_ARCHS="{";".join(archs)}"', "-c", "csrc/cuda/module.cpp",
-                          "-o", os.path.join(tmp, "module.cpp.o")])
+    jobs.append(
+        common
+        + [
+            f"-I{pybind11.get_include()}",
+            f"-I{sysconfig.get_paths()['include']}",
+            f'-DCLIMSEG_CUDA_ARCHS="{";".join(archs)}"',
+            "-c",
+            "csrc/cuda/module.cpp",
+            "-o",
+            os.path.join(tmp, "module.cpp.o"),
+        ]
+    )
 
     def run(cmd):
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -100,9 +123,11 @@ def nvcc_build(build, ext, nvcc, archs):
         list(pool.map(run, jobs))
     target = build.get_ext_fullpath(ext.name)
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    run([nvcc, "-shared", "-cudart", "static", "-o", target] + [cmd[cmd.index("-o") + 1] for cmd in jobs]
-        + ["-lrt", "-ldl", "-lpthread"])
-
+    run(
+        [nvcc, "-shared", "-cudart", "static", "-o", target]
+        + [cmd[cmd.index("-o") + 1] for cmd in jobs]
+        + ["-lrt", "-ldl", "-lpthread"]
+    )
 
 
 class build_ext(_build_ext):
@@ -118,8 +143,11 @@ class build_ext(_build_ext):
         except Exception as exc:  # compiler missing or failing: any of distutils' error types
             if os.environ.get("CLIMSEG_FORCE_CPP_BUILD", "0") == "1":
                 raise
-            print(f"WARNING: climseg: building {ext.name} failed ({exc}); installing without it, "
-                  "the pure-Python paths will be used", file=sys.stderr)
+            print(
+                f"WARNING: climseg: building {ext.name} failed ({exc}); installing without it, "
+                "the pure-Python paths will be used",
+                file=sys.stderr,
+            )
 
     def build_cuda(self, ext):
         force = os.environ.get("CLIMSEG_FORCE_CUDA_BUILD", "0") == "1"
@@ -135,8 +163,11 @@ class build_ext(_build_ext):
         except Exception as exc:
             if force:
                 raise
-            print(f"WARNING: climseg: building {CUDA_EXTENSION} failed ({str(exc)[-2000:]}); installing without it: "
-                  "CuPy (if installed) or the PyTorch references will run instead", file=sys.stderr)
+            print(
+                f"WARNING: climseg: building {CUDA_EXTENSION} failed ({str(exc)[-2000:]}); installing without it: "
+                "CuPy (if installed) or the PyTorch references will run instead",
+                file=sys.stderr,
+            )
 
 
 class build_py(_build_py):
@@ -162,11 +193,22 @@ setup(
     python_requires=">=3.9",
     packages=packages,
     package_dir={"climseg.kernels": "kernels"},
-    ext_modules=([Pybind11Extension(name, sources, cxx_std=17, extra_compile_args=flags, extra_link_args=["-pthread"],
-                                    depends=sorted(glob.glob("csrc/cuda/*.cu*") + glob.glob("csrc/cuda/*.h")))
-                  for name, (sources, flags) in EXTENSIONS.items()]
-                 + [Pybind11Extension(CUDA_EXTENSION, sorted(glob.glob("csrc/cuda/*.cpp")))])
-    if Pybind11Extension is not None else [],
+    ext_modules=(
+        [
+            Pybind11Extension(
+                name,
+                sources,
+                cxx_std=17,
+                extra_compile_args=flags,
+                extra_link_args=["-pthread"],
+                depends=sorted(glob.glob("csrc/cuda/*.cu*") + glob.glob("csrc/cuda/*.h")),
+            )
+            for name, (sources, flags) in EXTENSIONS.items()
+        ]
+        + [Pybind11Extension(CUDA_EXTENSION, sorted(glob.glob("csrc/cuda/*.cpp")))]
+    )
+    if Pybind11Extension is not None
+    else [],
     cmdclass={"build_ext": build_ext, "build_py": build_py},
     install_requires=[
         "torch>=2.3",
@@ -177,20 +219,20 @@ setup(
         "matplotlib>=3.5",
         "tqdm>=4.60",
         "pyyaml>=5.4",
-        "cftime>=1.5",                 # CF time axes of climseg track (also a netCDF4 dependency)
-        "global-land-mask>=1.0",       # coastlines of climseg analyze's maps: ships its land mask, no download
+        "cftime>=1.5",  # CF time axes of climseg track (also a netCDF4 dependency)
+        "global-land-mask>=1.0",  # coastlines of climseg analyze's maps: ships its land mask, no download
     ],
     extras_require={
         # Triton: from 3.6 (what PyTorch 2.11's CUDA wheels pin) to 3.9, both ends tested in CI (.ci/run);
         # the kernels' tests run in Triton's CPU interpreter, `climseg bench static` compiles them for sm_80/sm_90;
         # the MLPerf log is checked by mlperf-logging's compliance checker
         "test": ["pytest>=7", "triton>=3.6,<3.10", "mlperf-logging>=4.1"],
-        "mlperf": ["mlperf-logging>=4.1"],      # --mlperf-log (MLPerf HPC :::MLLOG logs)
+        "mlperf": ["mlperf-logging>=4.1"],  # --mlperf-log (MLPerf HPC :::MLLOG logs)
         "triton": ["triton>=3.6,<3.10"],
-        "mpi": ["mpi4py>=3.1"],             # plus an MPI: the system's, or `pip install mpich`
+        "mpi": ["mpi4py>=3.1"],  # plus an MPI: the system's, or `pip install mpich`
         "cuda": ["cupy-cuda12x>=13"],
-        "docs": ["mkdocs>=1.5", "mkdocs-material>=9", "mkdocstrings[python]>=0.24"],   # mkdocs build --strict
-        "parquet": ["pyarrow>=12"],        # climseg track also writes its tables as Parquet
+        "docs": ["mkdocs>=1.5", "mkdocs-material>=9", "mkdocstrings[python]>=0.24"],  # mkdocs build --strict
+        "parquet": ["pyarrow>=12"],  # climseg track also writes its tables as Parquet
     },
     entry_points={"console_scripts": ["climseg=climseg.cli:main"]},
     classifiers=[

@@ -1,4 +1,5 @@
 """Runs ``climseg.bench.allreduce`` (also ``climseg bench allreduce``); see that module for what it measures."""
+
 import sys
 
 from climseg.bench.allreduce import main

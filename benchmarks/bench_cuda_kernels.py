@@ -1,4 +1,5 @@
 """Runs ``climseg.bench.cuda_kernels`` (also ``climseg bench cuda-kernels``); see that module for what it measures."""
+
 import sys
 
 from climseg.bench.cuda_kernels import main

@@ -1,4 +1,5 @@
 """Runs ``climseg.bench.io`` (also ``climseg bench io``); see that module for what it measures."""
+
 import sys
 
 from climseg.bench.io import main

@@ -1,4 +1,5 @@
 """Runs ``climseg.bench.track`` (also ``climseg bench track``); see that module for what it measures."""
+
 import sys
 
 from climseg.bench.track import main

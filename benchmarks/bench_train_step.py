@@ -1,4 +1,5 @@
 """Runs ``climseg.bench.step`` (also ``climseg bench step``); see that module for what it measures."""
+
 import sys
 
 from climseg.bench.step import main

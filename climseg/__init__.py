@@ -9,6 +9,7 @@ use (PEP 562): ``import climseg`` then ``climseg.nn.convert_model(model)`` works
 do ``climseg.ops``, ``climseg.data``, ``climseg.optim``, ``climseg.distributed``,
 ``climseg.losses``, ``climseg.metrics`` and the others in :data:`SUBPACKAGES`.
 """
+
 import importlib
 
 from climseg.constants import CHANNELS, CLASS_NAMES, NUM_CLASSES
@@ -16,8 +17,7 @@ from climseg.constants import CHANNELS, CLASS_NAMES, NUM_CLASSES
 __version__ = "0.1.0"
 
 #: Subpackages and modules reachable as attributes of ``climseg``, imported on first access.
-SUBPACKAGES = ("data", "distributed", "errors", "losses", "metrics", "models", "nn", "ops", "optim", "perf",
-               "train")
+SUBPACKAGES = ("data", "distributed", "errors", "losses", "metrics", "models", "nn", "ops", "optim", "perf", "train")
 
 __all__ = ["CHANNELS", "CLASS_NAMES", "NUM_CLASSES", "__version__", *SUBPACKAGES]
 
@@ -47,8 +47,9 @@ def _kernels_from_source_tree():
     init = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels", "__init__.py")
     if not os.path.isfile(init) or importlib.util.find_spec("climseg.kernels") is not None:
         return
-    spec = importlib.util.spec_from_file_location("climseg.kernels", init,
-                                                  submodule_search_locations=[os.path.dirname(init)])
+    spec = importlib.util.spec_from_file_location(
+        "climseg.kernels", init, submodule_search_locations=[os.path.dirname(init)]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules["climseg.kernels"] = module
     spec.loader.exec_module(module)

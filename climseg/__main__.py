@@ -1,4 +1,5 @@
 """``python -m climseg`` runs the ``climseg`` command."""
+
 import sys
 
 from climseg.cli import main

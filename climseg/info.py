@@ -1,4 +1,5 @@
 """``climseg info``: versions, devices, backends and the settings in force."""
+
 import importlib
 import os
 import platform
@@ -19,8 +20,10 @@ def info_lines():
     from climseg.ops import backend
     from climseg.perf.cpu import ENV_VAR as MALLOC_ENV
 
-    lines = [f"climseg {climseg.__version__}  (python {platform.python_version()}, {platform.machine()}, "
-             f"{os.cpu_count()} CPU cores)"]
+    lines = [
+        f"climseg {climseg.__version__}  (python {platform.python_version()}, {platform.machine()}, "
+        f"{os.cpu_count()} CPU cores)"
+    ]
     lines.append("libraries:")
     for name in ("torch", "numpy", "h5py", "netCDF4", "triton", "mpi4py", "cupy"):
         lines.append(f"  {name:10s} {_version(name)}")
@@ -28,8 +31,10 @@ def info_lines():
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            lines.append(f"  cuda:{i}  {p.name}, {p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}, "
-                         f"CUDA {torch.version.cuda}")
+            lines.append(
+                f"  cuda:{i}  {p.name}, {p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}, "
+                f"CUDA {torch.version.cuda}"
+            )
     else:
         build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
         lines.append(f"  no CUDA device (torch is {build}); running on CPU, {torch.get_num_threads()} threads")
@@ -43,10 +48,19 @@ def info_lines():
     from climseg.data.loader import extension_available
 
     lines.append("data loading:")
-    lines.append("  FastLoader reader         " + ("C++ (climseg._C), threads with the GIL released" if extension_available()
-                                                   else "NumPy (climseg._C was not built: no C++ compiler at install?)"))
+    lines.append(
+        "  FastLoader reader         "
+        + (
+            "C++ (climseg._C), threads with the GIL released"
+            if extension_available()
+            else "NumPy (climseg._C was not built: no C++ compiler at install?)"
+        )
+    )
     lines.append("settings:")
     lines.append(f"  {backend.ENV_VAR}={os.environ.get(backend.ENV_VAR, '')!s:10s} (backend choice; unset = auto)")
     lines.append(f"  {CACHE_ENV}={os.environ.get(CACHE_ENV, '')!s:10s} (synthetic dataset cache: {cache_dir()})")
-    lines.append(f"  {MALLOC_ENV}={os.environ.get(MALLOC_ENV, '')!s:10s} (0: leave glibc malloc alone when training or loading on CPU)")
+    lines.append(
+        f"  {MALLOC_ENV}={os.environ.get(MALLOC_ENV, '')!s:10s} "
+        "(0: leave glibc malloc alone when training or loading on CPU)"
+    )
     return lines

@@ -22,6 +22,7 @@ the pixels per class c,
 again; climseg applies softmax once, to the logits.) :func:`build_loss` makes the
 ``--loss`` choices: ``ce`` (weighted cross-entropy), ``jaccard``, ``ce+jaccard`` (their sum).
 """
+
 import os
 
 import numpy as np
@@ -92,8 +93,7 @@ class WeightedCrossEntropy(nn.Module):
     reference. ``backend`` chooses (default ``"auto"``).
     """
 
-    def __init__(self, weights="deepcam", frequencies=None, reduction="mean", num_classes=NUM_CLASSES,
-                 backend="auto"):
+    def __init__(self, weights="deepcam", frequencies=None, reduction="mean", num_classes=NUM_CLASSES, backend="auto"):
         super().__init__()
         self.backend = backend
         if isinstance(weights, str):
@@ -116,8 +116,9 @@ class WeightedCrossEntropy(nn.Module):
         if not return_counts and logits.device.type != "cuda":
             return self._reference(logits, labels, weight)
         reduction = {"weighted_mean": "mean", "mean": "sum"}.get(self.reduction, self.reduction)
-        loss, counts = weighted_cross_entropy_with_counts(logits, labels, weight, reduction, per_sample=True,
-                                                          loss_dtype=torch.float32, backend=self.backend)
+        loss, counts = weighted_cross_entropy_with_counts(
+            logits, labels, weight, reduction, per_sample=True, loss_dtype=torch.float32, backend=self.backend
+        )
         if self.reduction == "mean":
             loss = loss / labels.numel()
         return (loss, counts) if return_counts else loss
@@ -188,6 +189,7 @@ def build_loss(name="ce", weights="deepcam", frequencies=None, num_classes=NUM_C
     if name == "jaccard":
         return JaccardLoss(num_classes=num_classes)
     if name == "ce+jaccard":
-        return SumOfLosses(WeightedCrossEntropy(weights, frequencies, num_classes=num_classes),
-                           JaccardLoss(num_classes=num_classes))
+        return SumOfLosses(
+            WeightedCrossEntropy(weights, frequencies, num_classes=num_classes), JaccardLoss(num_classes=num_classes)
+        )
     raise ConfigError(f"unknown loss {name!r} (choose from {', '.join(LOSSES)})")

@@ -14,6 +14,7 @@ loss's own pass; ``deepcam_iou_from_counts`` is the DeepCAM score from per-sampl
 ``RunningScores`` accumulates those counts with the loss and throughput over a pass (what
 the trainer writes to ``metrics.jsonl``), summed over ranks.
 """
+
 import math
 
 import torch
@@ -110,7 +111,7 @@ class RunningScores:
         self.loss_sum, self.deepcam_sum, self.samples, self.seconds, self.skipped = 0.0, 0.0, 0, 0.0, 0
         self.skipped_samples = 0
         if state:
-            if "matrix" in state:    # a checkpoint from before the counts: its confusion matrix
+            if "matrix" in state:  # a checkpoint from before the counts: its confusion matrix
                 self.cm.add(IoUCounts.from_matrix(state["matrix"]).counts)
             else:
                 self.cm.add(state["counts"])
@@ -130,8 +131,11 @@ class RunningScores:
     def state(self, group=None):
         """The running sums; over all ranks of ``group`` (a collective) when given."""
         counts = self.cm.counts.clone()
-        sums = torch.tensor([self.loss_sum, self.deepcam_sum, float(self.samples), float(self.skipped),
-                             float(self.skipped_samples)], dtype=torch.float64, device=counts.device)
+        sums = torch.tensor(
+            [self.loss_sum, self.deepcam_sum, float(self.samples), float(self.skipped), float(self.skipped_samples)],
+            dtype=torch.float64,
+            device=counts.device,
+        )
         seconds = torch.tensor([self.seconds], dtype=torch.float64, device=counts.device)
         if group is not None:
             import torch.distributed as dist
@@ -140,8 +144,15 @@ class RunningScores:
             dist.all_reduce(sums, group=group)
             dist.all_reduce(seconds, op=dist.ReduceOp.MAX, group=group)
         sums, seconds = sums.tolist(), float(seconds.item())
-        return dict(counts=counts.cpu(), loss_sum=sums[0], deepcam_sum=sums[1], samples=int(sums[2]),
-                    seconds=seconds, skipped=int(sums[3]), skipped_samples=int(sums[4]))
+        return dict(
+            counts=counts.cpu(),
+            loss_sum=sums[0],
+            deepcam_sum=sums[1],
+            samples=int(sums[2]),
+            seconds=seconds,
+            skipped=int(sums[3]),
+            skipped_samples=int(sums[4]),
+        )
 
     def row(self, split, group=None):
         total = RunningScores(self.cm.counts.device, self.state(group))
@@ -150,8 +161,12 @@ class RunningScores:
     def _row(self, split):
         row = dict(split=split, loss=self.loss_sum / max(self.samples, 1))
         row.update(self.cm.as_dict())
-        row.update(deepcam_iou=self.deepcam_sum / max(self.samples, 1), accuracy=self.cm.accuracy(),
-                   samples=self.samples, samples_per_s=self.samples / max(self.seconds, 1e-9))
+        row.update(
+            deepcam_iou=self.deepcam_sum / max(self.samples, 1),
+            accuracy=self.cm.accuracy(),
+            samples=self.samples,
+            samples_per_s=self.samples / max(self.seconds, 1e-9),
+        )
         if self.skipped:
             row["skipped_steps"] = self.skipped
         if self.skipped_samples:
@@ -171,8 +186,9 @@ class ConfusionMatrix:
         p, t = pred.reshape(-1).long(), target.reshape(-1).long()
         if p.shape != t.shape:
             raise ValueError(f"prediction has {p.numel()} elements, target {t.numel()}")
-        counts = torch.bincount(t.to(self.matrix.device) * self.num_classes + p.to(self.matrix.device),
-                                minlength=self.num_classes**2)
+        counts = torch.bincount(
+            t.to(self.matrix.device) * self.num_classes + p.to(self.matrix.device), minlength=self.num_classes**2
+        )
         self.matrix += counts[: self.num_classes**2].view(self.num_classes, self.num_classes)
         return self
 

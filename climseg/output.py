@@ -16,6 +16,7 @@
   (``fcntl.flock`` on ``FOLDER/.climseg-lock``; the kernel drops the lock when
   the holder dies, so a killed run never leaves it stuck).
 """
+
 import contextlib
 import errno
 import json
@@ -32,6 +33,7 @@ _UMASK_LOCK = threading.Lock()
 
 
 # ----------------------------------------------------------------------------- modes
+
 
 def current_umask():
     """The process's umask (read from /proc where there is one, else set and restored)."""
@@ -58,10 +60,17 @@ def _file_mode(path):
 
 # ----------------------------------------------------------------------------- errors
 
-_REASONS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
-            errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-            errno.EPERM: "operation not permitted", errno.ENOTDIR: "a part of the path is a file, not a folder",
-            errno.EISDIR: "is a folder", errno.EFBIG: "file too large", errno.EIO: "input/output error"}
+_REASONS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "is a folder",
+    errno.EFBIG: "file too large",
+    errno.EIO: "input/output error",
+}
 
 
 def output_error(path, exc):
@@ -77,7 +86,7 @@ def output_error(path, exc):
     else:
         text = str(exc).strip().splitlines()
         reason = text[0] if text else type(exc).__name__
-        if _disk_full(os.path.dirname(os.path.abspath(path))):   # h5py, torch.save: no errno, but the disk is full
+        if _disk_full(os.path.dirname(os.path.abspath(path))):  # h5py, torch.save: no errno, but the disk is full
             reason = f"no space left on device ({reason})"
     return OutputError(f"{path}: cannot write ({reason})")
 
@@ -93,6 +102,7 @@ def _disk_full(folder):
 
 
 # ----------------------------------------------------------------------------- checks
+
 
 def check_output_location(path, kind="folder", must_be_new=False):
     """Refuse, with one line, an output location that cannot be written: call it before
@@ -138,6 +148,7 @@ def _probe(path, folder):
 
 
 # ----------------------------------------------------------------------------- atomic writes
+
 
 def makedirs(folder):
     """``os.makedirs(folder, exist_ok=True)``, a failure as one :class:`OutputError` line."""
@@ -222,7 +233,7 @@ def deferred_signals(signals=(2, 15)):
     try:
         for sig in signals:
             previous[sig] = signal.signal(sig, lambda signum, frame: received.append(signum))
-    except ValueError:       # not the main thread
+    except ValueError:  # not the main thread
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         previous = {}
@@ -246,7 +257,7 @@ class OutputBatch:
 
     def __init__(self, folder):
         self.folder = os.path.abspath(os.fspath(folder))
-        self.files = {}       # final path -> temporary path
+        self.files = {}  # final path -> temporary path
 
     def _discard(self):
         for tmp in self.files.values():
@@ -275,8 +286,8 @@ class OutputBatch:
     def __exit__(self, kind, exc, tb):
         if exc is None:
             try:
-                with deferred_signals():     # a signal now would leave half of the files renamed
-                    for final in sorted(self.files, key=lambda p: p.endswith(".json")):   # summaries last
+                with deferred_signals():  # a signal now would leave half of the files renamed
+                    for final in sorted(self.files, key=lambda p: p.endswith(".json")):  # summaries last
                         os.replace(self.files.pop(final), final)
                 return False
             except BaseException as err:
@@ -320,6 +331,7 @@ def _json_default(obj):
 
 # ----------------------------------------------------------------------------- the run lock
 
+
 class RunLock:
     """Exclusive use of a run folder by one process, for the life of a run.
 
@@ -358,9 +370,11 @@ class RunLock:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise OutputError(f"{self.folder}: another climseg run is writing into this folder"
-                                  f"{f' (process {holder})' if holder else ''}; wait for it or choose another "
-                                  f"output folder") from None
+                raise OutputError(
+                    f"{self.folder}: another climseg run is writing into this folder"
+                    f"{f' (process {holder})' if holder else ''}; wait for it or choose another "
+                    f"output folder"
+                ) from None
             raise output_error(path, exc) from None
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
@@ -377,7 +391,7 @@ class RunLock:
                 if os.listdir(self.folder) == [LOCK_NAME]:
                     os.unlink(os.path.join(self.folder, LOCK_NAME))
                     os.rmdir(self.folder)
-        os.close(fd)   # closing drops the flock
+        os.close(fd)  # closing drops the flock
 
     def __enter__(self):
         return self.acquire()

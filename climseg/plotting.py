@@ -1,4 +1,5 @@
 """Maps for people: the TMQ field with cyclone and river outlines on a lat-lon grid."""
+
 import numpy as np
 
 from climseg.output import atomic_path
@@ -28,8 +29,10 @@ def plot_map(path, background, mask, lat, lon, title, background_label="TMQ (kg 
     for value, color in ((1, TC_COLOR), (2, AR_COLOR)):
         if np.any(mask == value):
             ax.contour(lon, lat, (mask == value).astype(np.float32), levels=[0.5], colors=[color], linewidths=1.3)
-    handles = [Line2D([], [], color=TC_COLOR, lw=2, label="tropical cyclone"),
-               Line2D([], [], color=AR_COLOR, lw=2, label="atmospheric river")]
+    handles = [
+        Line2D([], [], color=TC_COLOR, lw=2, label="tropical cyclone"),
+        Line2D([], [], color=AR_COLOR, lw=2, label="atmospheric river"),
+    ]
     ax.legend(handles=handles, loc="lower left", fontsize=9, framealpha=0.85)
     ax.set_xlabel("longitude (degrees east)")
     ax.set_ylabel("latitude (degrees north)")

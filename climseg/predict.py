@@ -31,6 +31,7 @@ mask file at a time (netCDF; the mask variable grows along time), whatever the s
 ``checkpoint`` may also be ``climatenet:WEIGHTS.pth`` (ClimateNet weights with the
 ``config.json`` beside them, imported on the fly by :mod:`climseg.data.checkpoints`).
 """
+
 import os
 
 import h5py
@@ -39,17 +40,17 @@ import torch
 import torch.nn.functional as F
 
 from climseg.constants import CHANNEL_UNITS, CHANNELS, CLASS_NAMES, NUM_CLASSES
+from climseg.data.checkpoints import load_any_checkpoint
 from climseg.data.deepcam import LABELS_KEY, check_labels, check_sample_file, grid, read_sample
 from climseg.data.masks import create_mask_hdf5, create_mask_netcdf
 from climseg.data.netcdf import is_netcdf, open_netcdf, read_netcdf_step
 from climseg.errors import DataError, UserError
-from climseg.output import OutputBatch, check_output_location, write_json
 from climseg.metrics import ConfusionMatrix, count_objects
+from climseg.models.checkpoint import build_model
+from climseg.output import OutputBatch, check_output_location, write_json
+from climseg.perf.hardware import resolve_device
 from climseg.plotting import plot_map
 from climseg.progress import progress_bar
-from climseg.data.checkpoints import load_any_checkpoint
-from climseg.models.checkpoint import build_model
-from climseg.perf.hardware import resolve_device
 
 
 class InputFile:
@@ -68,8 +69,13 @@ class InputFile:
         if is_netcdf(path):
             self.kind = "netcdf"
             wanted = self.channels + ([] if "TMQ" in self.channels else ["TMQ"])
-            self.info = open_netcdf(path, wanted, optional=() if "TMQ" in self.channels else ("TMQ",),
-                                    convention=convention, variables=variables)
+            self.info = open_netcdf(
+                path,
+                wanted,
+                optional=() if "TMQ" in self.channels else ("TMQ",),
+                convention=convention,
+                variables=variables,
+            )
             self.lat, self.lon, self.assumed_grid = self.info.lat, self.info.lon, False
             self.periodic = self.info.periodic
             self.times = self.info.times
@@ -141,8 +147,9 @@ def _gather(items, topo):
     return everyone
 
 
-def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progress=True, convention="auto",
-            variables=None):
+def predict(
+    checkpoint, inputs, out, device="auto", maps=True, log=print, progress=True, convention="auto", variables=None
+):
     """Segment ``inputs`` with the model in ``checkpoint``; write masks, maps and
     ``summary.json`` into ``out``. Returns the summary dict (under a launcher: the merged
     summary on every rank; each rank segments its share of the inputs). netCDF variable names
@@ -152,7 +159,7 @@ def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progre
         raise UserError("no input files given")
     from climseg.data.variables import conventions_for
 
-    conventions_for(convention, variables)   # a bad --convention or --variables file is refused before any work
+    conventions_for(convention, variables)  # a bad --convention or --variables file is refused before any work
     check_output_location(out, "folder")
     ckpt = load_any_checkpoint(checkpoint)
     rank, world, topo, dev = _ranks(device)
@@ -170,7 +177,7 @@ def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progre
         if stem in stems:
             raise UserError(f"{p}: has the same name as {stems[stem]}; their outputs would collide")
         stems[stem] = p
-    mine = list(range(rank, len(inputs), world))           # this rank's share, round robin
+    mine = list(range(rank, len(inputs), world))  # this rank's share, round robin
     # every input of this rank checked before anything is written
     sources = [InputFile(os.fspath(inputs[i]), channels, convention, variables) for i in mine]
 
@@ -189,9 +196,11 @@ def predict(checkpoint, inputs, out, device="auto", maps=True, log=print, progre
     for item in summary["inputs"]:
         for e in item["time_steps"]:
             f = e["fractions"]
-            line = (f"{os.path.basename(item['file'])}{(' ' + e['time']) if e['time'] else ''}: "
-                    f"TC {100 * f['tropical_cyclone']:.2f}% of pixels ({_count(e['cyclones'], 'cyclone')}), "
-                    f"AR {100 * f['atmospheric_river']:.2f}% ({_count(e['rivers'], 'river')})")
+            line = (
+                f"{os.path.basename(item['file'])}{(' ' + e['time']) if e['time'] else ''}: "
+                f"TC {100 * f['tropical_cyclone']:.2f}% of pixels ({_count(e['cyclones'], 'cyclone')}), "
+                f"AR {100 * f['atmospheric_river']:.2f}% ({_count(e['rivers'], 'river')})"
+            )
             if "iou_vs_labels" in e:
                 i = e["iou_vs_labels"]
                 line += f"; IoU vs labels: TC {_fmt(i['iou_tc'])}, AR {_fmt(i['iou_ar'])}"
@@ -219,7 +228,7 @@ def _predict_step(s, t, when, model, shift, scale, autocast, batch, maps, dev, w
     x, (top, left) = _pad(x, model.input_multiple, s.periodic)
     with torch.inference_mode(), autocast:
         logits = model(x)
-    pred = logits.argmax(1)[0, top: top + s.shape[0], left: left + s.shape[1]].to(torch.uint8).cpu().numpy()
+    pred = logits.argmax(1)[0, top : top + s.shape[0], left : left + s.shape[1]].to(torch.uint8).cpu().numpy()
     writer.write(t, pred)
     entry = _describe(pred, t, when, s.periodic)
     if labels is not None:
@@ -229,7 +238,9 @@ def _predict_step(s, t, when, model, shift, scale, autocast, batch, maps, dev, w
         name = f"{s.stem}.png" if len(s.times) == 1 else f"{s.stem}_t{t:04d}.png"
         title = f"{os.path.basename(s.path)}" + (f"  {when}" if when else "")
         note = "grid assumed: global, regular, south to north" if s.assumed_grid else None
-        label = "TMQ (kg m$^{-2}$)" if background_name == "TMQ" else f"{background_name} ({CHANNEL_UNITS[background_name]})"
+        label = (
+            "TMQ (kg m$^{-2}$)" if background_name == "TMQ" else f"{background_name} ({CHANNEL_UNITS[background_name]})"
+        )
         plot_map(batch.path(name), background, pred, s.lat, s.lon, title, background_label=label, note=note)
         entry["map"] = name
     return entry
@@ -238,8 +249,13 @@ def _predict_step(s, t, when, model, shift, scale, autocast, batch, maps, dev, w
 def _describe(pred, index, when, periodic):
     counts = np.bincount(pred.reshape(-1), minlength=NUM_CLASSES).astype(np.float64)
     objects = count_objects(pred, periodic=periodic)
-    return dict(index=index, time=when, fractions=dict(zip(CLASS_NAMES, (counts / counts.sum()).round(6).tolist())),
-                cyclones=int(objects[1]), rivers=int(objects[2]))
+    return dict(
+        index=index,
+        time=when,
+        fractions=dict(zip(CLASS_NAMES, (counts / counts.sum()).round(6).tolist())),
+        cyclones=int(objects[1]),
+        rivers=int(objects[2]),
+    )
 
 
 class _MaskWriter:
@@ -254,7 +270,7 @@ class _MaskWriter:
 
     def __enter__(self):
         tmp = self.batch.path(self.name)
-        self._file, self._mask = (self._open_netcdf(tmp) if self.source.kind == "netcdf" else self._open_hdf5(tmp))
+        self._file, self._mask = self._open_netcdf(tmp) if self.source.kind == "netcdf" else self._open_hdf5(tmp)
         return self
 
     def _open_netcdf(self, tmp):
@@ -273,7 +289,7 @@ class _MaskWriter:
             else:
                 self._mask[:] = data
             return
-        self._mask[...] = pred      # a DeepCAM sample holds one step
+        self._mask[...] = pred  # a DeepCAM sample holds one step
 
     def __exit__(self, *exc):
         self._file.close()

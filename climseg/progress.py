@@ -1,6 +1,7 @@
 """Progress bars (tqdm) on terminals only (a job log gets the one-line
 summaries instead), cleared when the work they show fails so that an error
 message stands alone on its line."""
+
 import contextlib
 import sys
 

@@ -21,16 +21,18 @@ prediction, labelling, tracking and analysis share.
 Arrays are (H, W) with rows in the order of ``lat`` (ascending in climseg) and
 columns in the order of ``lon``.
 """
+
 import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
 EARTH_RADIUS_KM = 6371.0
-EARTH_RADIUS_M = EARTH_RADIUS_KM * 1000.0          # 6.371e6 exactly, for code that works in metres
+EARTH_RADIUS_M = EARTH_RADIUS_KM * 1000.0  # 6.371e6 exactly, for code that works in metres
 EIGHT_CONNECTED = np.ones((3, 3), dtype=int)
 
 
 # ----------------------------------------------------------------------------- grid geometry
+
 
 def cell_bounds(centres, low=None, high=None):
     """Bounds (N + 1,) of cells with the given centres (monotonic, degrees): midpoints
@@ -61,7 +63,7 @@ def _bands(lat):
     """``sin(north bound) - sin(south bound)`` of each row (H,)."""
     lat = np.asarray(lat, dtype=np.float64).reshape(-1)
     lat_b = cell_bounds(lat, -90.0, 90.0)
-    if lat.size > 1:             # an outer row within one spacing of a pole reaches it (global grids)
+    if lat.size > 1:  # an outer row within one spacing of a pole reaches it (global grids)
         for end, inner, k in ((lat[0], lat[1], 0), (lat[-1], lat[-2], -1)):
             if abs(end) + abs(end - inner) >= 90.0 - 1e-9:
                 lat_b[k] = np.sign(end) * 90.0
@@ -128,8 +130,8 @@ def diameter_km(lat, lon, samples=4000):
 
 def unit_vectors(lat, lon):
     """(x, y, z) of points on the unit sphere, each shaped like ``lat`` and ``lon`` broadcast."""
-    p, l = np.deg2rad(lat), np.deg2rad(lon)
-    return np.cos(p) * np.cos(l), np.cos(p) * np.sin(l), np.sin(p) * np.ones_like(l)
+    phi, lam = np.deg2rad(lat), np.deg2rad(lon)
+    return np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi) * np.ones_like(lam)
 
 
 def from_unit_vectors(x, y, z):
@@ -149,6 +151,7 @@ def centroid(lat, lon, weights=None):
 
 # ----------------------------------------------------------------------------- connected components
 
+
 def label_components(mask, periodic=True):
     """Connected regions of a boolean (H, W) mask, 8-connected, joined across the date
     line when ``periodic`` (global longitude), never across the poles. Returns
@@ -159,7 +162,7 @@ def label_components(mask, periodic=True):
         return labels, n
     west, east = labels[:, 0], labels[:, -1]
     pairs_a, pairs_b = [west], [east]
-    pairs_a += [west[1:], west[:-1]]          # west row i with east rows i-1 and i+1
+    pairs_a += [west[1:], west[:-1]]  # west row i with east rows i-1 and i+1
     pairs_b += [east[:-1], east[1:]]
     a, b = np.concatenate(pairs_a), np.concatenate(pairs_b)
     keep = (a > 0) & (b > 0) & (a != b)
@@ -181,7 +184,7 @@ def _merge_map(n, a, b):
     _, group = csgraph.connected_components(graph, directed=False)
     smallest = np.full(group.max() + 1, n + 1, dtype=np.int64)
     np.minimum.at(smallest, group, np.arange(n + 1))
-    root = smallest[group]                                    # each label's group representative
+    root = smallest[group]  # each label's group representative
     unique = np.unique(root[1:])
     relabel = np.zeros(n + 1, dtype=np.int32)
     relabel[1:] = np.searchsorted(unique, root[1:]) + 1
@@ -204,8 +207,8 @@ def label_classes_sparse(classes, num_classes=3, periodic=True):
     if index.size == 0:
         return index, np.zeros(0, np.int32), np.zeros(1, np.int64)
     first, last = index[0] // w, index[-1] // w
-    if first > 0 or last < h - 1:          # label only the band of rows that holds objects
-        index, comp, owner = label_classes_sparse(classes[first:last + 1], num_classes, periodic)
+    if first > 0 or last < h - 1:  # label only the band of rows that holds objects
+        index, comp, owner = label_classes_sparse(classes[first : last + 1], num_classes, periodic)
         return index + first * w, comp, owner
     cls = classes.reshape(-1)[index].astype(np.int64)
     labels, n = ndimage.label(nonzero, structure=EIGHT_CONNECTED, output=np.int32)
@@ -213,7 +216,7 @@ def label_classes_sparse(classes, num_classes=3, periodic=True):
     key = np.unique(comp.astype(np.int64) * num_classes + cls)
     owner = np.zeros(n + 1, np.int64)
     owner[key // num_classes] = key % num_classes
-    if key.size != n:                                   # a component mixes classes: label each class apart
+    if key.size != n:  # a component mixes classes: label each class apart
         comp = np.zeros(index.size, np.int32)
         owners, offset = [np.zeros(1, np.int64)], 0
         for c in range(1, num_classes):
@@ -252,9 +255,16 @@ def grid_weights(lat, lon):
     ``R^2 * band[row] * width[col]``, its unit vector from cos/sin of its lat and lon)."""
     lat = np.asarray(lat, np.float64).reshape(-1)
     lon = np.asarray(lon, np.float64).reshape(-1)
-    p, l = np.deg2rad(lat), np.deg2rad(lon)
-    return dict(width_cells=lon.size, band=EARTH_RADIUS_KM**2 * _bands(lat), lon_width=_widths(lon),
-                cos_lat=np.cos(p), sin_lat=np.sin(p), cos_lon=np.cos(l), sin_lon=np.sin(l))
+    phi, lam = np.deg2rad(lat), np.deg2rad(lon)
+    return dict(
+        width_cells=lon.size,
+        band=EARTH_RADIUS_KM**2 * _bands(lat),
+        lon_width=_widths(lon),
+        cos_lat=np.cos(phi),
+        sin_lat=np.sin(phi),
+        cos_lon=np.cos(lam),
+        sin_lon=np.sin(lam),
+    )
 
 
 def cell_weights(weights, index):
@@ -262,7 +272,12 @@ def cell_weights(weights, index):
     row, col = np.divmod(index, weights["width_cells"])
     area = weights["band"][row] * weights["lon_width"][col]
     horizontal = area * weights["cos_lat"][row]
-    return area, horizontal * weights["cos_lon"][col], horizontal * weights["sin_lon"][col], area * weights["sin_lat"][row]
+    return (
+        area,
+        horizontal * weights["cos_lon"][col],
+        horizontal * weights["sin_lon"][col],
+        area * weights["sin_lat"][row],
+    )
 
 
 def component_stats(labels, count, weights):
@@ -280,6 +295,7 @@ def component_stats(labels, count, weights):
 
 
 # ----------------------------------------------------------------------------- grid spacings
+
 
 def grid_spacings_km(lat, lon):
     """Spacing of a latitude-longitude grid in km: ``(north_south (H,), east_west (H,))``, the

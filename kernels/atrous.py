@@ -37,6 +37,7 @@ Every kernel and autotuning candidate is compiled for sm_80 and sm_90 and its SA
 which runs these launchers on meta tensors inside :func:`climseg.kernels.runtime.recording`.
 Supported Triton: 3.6 to 3.9.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -44,9 +45,9 @@ import triton.language as tl
 from climseg.kernels import runtime
 from climseg.kernels.nhwc import epilogue_store, split_pixel, tap_destination, tap_source
 
-TABLE_COLS = 8   # w_offset, KH, KW, dil_h, dil_w, pad_h, pad_w, out_channel_offset
+TABLE_COLS = 8  # w_offset, KH, KW, dil_h, dil_w, pad_h, pad_w, out_channel_offset
 
-if runtime.interpreting():      # before any of these kernels runs in Triton's interpreter
+if runtime.interpreting():  # before any of these kernels runs in Triton's interpreter
     runtime.install_interpreter_compatibility()
 
 
@@ -63,11 +64,36 @@ _WINDOW = ["KH", "KW", "dil_h", "dil_w", "pad_h", "pad_w"]
 # dense: forward
 # ---------------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=_SPATIAL)
-def _dense_fwd_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, scale_ptr, shift_ptr, res_ptr, y_ptr,
-                      NB, H, W, Cin, OH, OW, Cout, Ctot, stride_h, stride_w,
-                      HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
-                      HAS_RES: tl.constexpr, RELU: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _dense_fwd_kernel(
+    x_ptr,
+    w_ptr,
+    table_ptr,
+    bias_ptr,
+    scale_ptr,
+    shift_ptr,
+    res_ptr,
+    y_ptr,
+    NB,
+    H,
+    W,
+    Cin,
+    OH,
+    OW,
+    Cout,
+    Ctot,
+    stride_h,
+    stride_w,
+    HAS_BIAS: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    RELU: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """y[p, off + o] = relu((sum_{t,i} x[src(p,t), i] w[t, i, o] + bias) * scale + shift + res)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -82,7 +108,7 @@ def _dense_fwd_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, scale_ptr, shift_ptr, r
     dil_w = tl.load(row + 4)
     pad_h = tl.load(row + 5)
     pad_w = tl.load(row + 6)
-    out_off = (tl.load(row + 7) // Cout) * Cout    # the channel slice: a multiple of Cout too
+    out_off = (tl.load(row + 7) // Cout) * Cout  # the channel slice: a multiple of Cout too
 
     M = NB * OH * OW
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -94,32 +120,66 @@ def _dense_fwd_kernel(x_ptr, w_ptr, table_ptr, bias_ptr, scale_ptr, shift_ptr, r
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for tap in range(0, KH * KW):
-        valid, base = tap_source(n_img, oh, ow, tap // KW, tap % KW, m_mask, H, W, Cin, stride_h, stride_w,
-                                 pad_h, pad_w, dil_h, dil_w)
+        valid, base = tap_source(
+            n_img, oh, ow, tap // KW, tap % KW, m_mask, H, W, Cin, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w
+        )
         w_tap = w_ptr + w_off + tap * Cin * Cout
         for c0 in range(0, Cin, BLOCK_K):
             ck = c0 + offs_k
             k_mask = ck < Cin
             a = tl.load(x_ptr + base[:, None] + ck[None, :], mask=valid[:, None] & k_mask[None, :], other=0.0)
-            b = tl.load(w_tap + ck[:, None] * Cout + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :],
-                        other=0.0)
-            if UPCAST:   # the interpreter's dot is wrong for bf16 operands: multiply in fp32 there
+            b = tl.load(w_tap + ck[:, None] * Cout + offs_n[None, :], mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+            if UPCAST:  # the interpreter's dot is wrong for bf16 operands: multiply in fp32 there
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
 
     ch = out_off + offs_n
-    epilogue_store(acc, y_ptr, offs_m.to(tl.int64)[:, None] * Ctot + ch[None, :], m_mask[:, None] & n_mask[None, :],
-                   ch, n_mask, bias_ptr, scale_ptr, shift_ptr, res_ptr, HAS_BIAS, HAS_SCALE, HAS_SHIFT, HAS_RES, RELU)
+    epilogue_store(
+        acc,
+        y_ptr,
+        offs_m.to(tl.int64)[:, None] * Ctot + ch[None, :],
+        m_mask[:, None] & n_mask[None, :],
+        ch,
+        n_mask,
+        bias_ptr,
+        scale_ptr,
+        shift_ptr,
+        res_ptr,
+        HAS_BIAS,
+        HAS_SCALE,
+        HAS_SHIFT,
+        HAS_RES,
+        RELU,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # dense: input gradient
 # ---------------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=_SPATIAL + ["NUM_BRANCHES"])
-def _dense_dgrad_kernel(g_ptr, w_ptr, table_ptr, dx_ptr, NB, H, W, Cin, OH, OW, Cout, Ctot, stride_h, stride_w,
-                        NUM_BRANCHES, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _dense_dgrad_kernel(
+    g_ptr,
+    w_ptr,
+    table_ptr,
+    dx_ptr,
+    NB,
+    H,
+    W,
+    Cin,
+    OH,
+    OW,
+    Cout,
+    Ctot,
+    stride_h,
+    stride_w,
+    NUM_BRANCHES,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """dx[q, i] = sum_{branch, t, o} g[dst(q, t), off + o] * w[t, o, i] (w here laid out [t, Cout, Cin]).
 
     Per branch ONE loop over (tap, block of output channels), so that Triton's software
@@ -153,14 +213,19 @@ def _dense_dgrad_kernel(g_ptr, w_ptr, table_ptr, dx_ptr, NB, H, W, Cin, OH, OW, 
         for step in range(0, KH * KW * k_blocks):
             tap = step // k_blocks
             c0 = (step - tap * k_blocks) * BLOCK_K
-            valid, base = tap_destination(n_img, ih, iw, tap // KW, tap % KW, m_mask, OH, OW, Ctot, stride_h,
-                                          stride_w, pad_h, pad_w, dil_h, dil_w)
+            valid, base = tap_destination(
+                n_img, ih, iw, tap // KW, tap % KW, m_mask, OH, OW, Ctot, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w
+            )
             ck = c0 + offs_k
             k_mask = ck < Cout
-            a = tl.load(g_ptr + (base + out_off)[:, None] + ck[None, :], mask=valid[:, None] & k_mask[None, :],
-                        other=0.0)
-            b = tl.load(w_ptr + w_off + tap * Cout * Cin + ck[:, None] * Cin + offs_n[None, :],
-                        mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+            a = tl.load(
+                g_ptr + (base + out_off)[:, None] + ck[None, :], mask=valid[:, None] & k_mask[None, :], other=0.0
+            )
+            b = tl.load(
+                w_ptr + w_off + tap * Cout * Cin + ck[:, None] * Cin + offs_n[None, :],
+                mask=k_mask[:, None] & n_mask[None, :],
+                other=0.0,
+            )
             if UPCAST:
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
@@ -173,9 +238,31 @@ def _dense_dgrad_kernel(g_ptr, w_ptr, table_ptr, dx_ptr, NB, H, W, Cin, OH, OW, 
 # dense: weight gradient
 # ---------------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=_SPATIAL + ["SPLITS", "P_PER_SPLIT"])
-def _dense_wgrad_kernel(x_ptr, g_ptr, jobs_ptr, dw_ptr, NB, H, W, Cin, OH, OW, Cout, Ctot, stride_h, stride_w,
-                        SPLITS, P_PER_SPLIT, WS_STRIDE, ATOMIC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _dense_wgrad_kernel(
+    x_ptr,
+    g_ptr,
+    jobs_ptr,
+    dw_ptr,
+    NB,
+    H,
+    W,
+    Cin,
+    OH,
+    OW,
+    Cout,
+    Ctot,
+    stride_h,
+    stride_w,
+    SPLITS,
+    P_PER_SPLIT,
+    WS_STRIDE,
+    ATOMIC: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """dw[t, i, o] = sum_p x[src(p, t), i] g[p, off + o], over this program's part of the pixels.
 
     One job per (branch, tap): its row of ``jobs`` holds the dw offset, (kh, kw), dilation,
@@ -187,7 +274,7 @@ def _dense_wgrad_kernel(x_ptr, g_ptr, jobs_ptr, dw_ptr, NB, H, W, Cin, OH, OW, C
     job = pid_z // SPLITS
     split = pid_z % SPLITS
     row = jobs_ptr + job * 8
-    dw_off = (tl.load(row).to(tl.int64) // Cout) * Cout    # a multiple of Cout: see the forward
+    dw_off = (tl.load(row).to(tl.int64) // Cout) * Cout  # a multiple of Cout: see the forward
     kh = tl.load(row + 1)
     kw = tl.load(row + 2)
     dil_h = tl.load(row + 3)
@@ -210,11 +297,15 @@ def _dense_wgrad_kernel(x_ptr, g_ptr, jobs_ptr, dw_ptr, NB, H, W, Cin, OH, OW, C
         p = p0 + offs_k
         p_mask = p < p_end
         n_img, oh, ow = split_pixel(p, OH, OW)
-        valid, base = tap_source(n_img, oh, ow, kh, kw, p_mask, H, W, Cin, stride_h, stride_w, pad_h, pad_w,
-                                 dil_h, dil_w)
+        valid, base = tap_source(
+            n_img, oh, ow, kh, kw, p_mask, H, W, Cin, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w
+        )
         a = tl.load(x_ptr + base[None, :] + offs_m[:, None], mask=m_mask[:, None] & valid[None, :], other=0.0)
-        b = tl.load(g_ptr + p.to(tl.int64)[:, None] * Ctot + out_off + offs_n[None, :],
-                    mask=p_mask[:, None] & n_mask[None, :], other=0.0)
+        b = tl.load(
+            g_ptr + p.to(tl.int64)[:, None] * Ctot + out_off + offs_n[None, :],
+            mask=p_mask[:, None] & n_mask[None, :],
+            other=0.0,
+        )
         if UPCAST:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
@@ -231,13 +322,39 @@ def _dense_wgrad_kernel(x_ptr, g_ptr, jobs_ptr, dw_ptr, NB, H, W, Cin, OH, OW, C
 # depthwise (groups = channels): direct
 # ---------------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=_SPATIAL + _WINDOW)
-def _dw_fwd_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, res_ptr, y_ptr,
-                   NB, H, W, C, OH, OW, KH, KW, stride_h, stride_w, dil_h, dil_w, pad_h, pad_w,
-                   HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
-                   HAS_RES: tl.constexpr, RELU: tl.constexpr, C_DIV: tl.constexpr, BLOCK_P: tl.constexpr,
-                   BLOCK_C: tl.constexpr):
+def _dw_fwd_kernel(
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    scale_ptr,
+    shift_ptr,
+    res_ptr,
+    y_ptr,
+    NB,
+    H,
+    W,
+    C,
+    OH,
+    OW,
+    KH,
+    KW,
+    stride_h,
+    stride_w,
+    dil_h,
+    dil_w,
+    pad_h,
+    pad_w,
+    HAS_BIAS: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    RELU: tl.constexpr,
+    C_DIV: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """y[p, c] = relu((sum_t x[src(p, t), c] w[t, c] + bias) * scale + shift + res)."""
-    C = (C // C_DIV) * C_DIV      # C is a multiple of C_DIV: see _channel_divisor
+    C = (C // C_DIV) * C_DIV  # C is a multiple of C_DIV: see _channel_divisor
     offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_mask = offs_p < NB * OH * OW
@@ -245,21 +362,56 @@ def _dw_fwd_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, res_ptr, y_ptr,
     n_img, oh, ow = split_pixel(offs_p, OH, OW)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for tap in range(0, KH * KW):
-        valid, base = tap_source(n_img, oh, ow, tap // KW, tap % KW, p_mask, H, W, C, stride_h, stride_w,
-                                 pad_h, pad_w, dil_h, dil_w)
+        valid, base = tap_source(
+            n_img, oh, ow, tap // KW, tap % KW, p_mask, H, W, C, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w
+        )
         xv = tl.load(x_ptr + base[:, None] + offs_c[None, :], mask=valid[:, None] & c_mask[None, :], other=0.0)
         wv = tl.load(w_ptr + tap * C + offs_c, mask=c_mask, other=0.0)
         acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
-    epilogue_store(acc, y_ptr, offs_p.to(tl.int64)[:, None] * C + offs_c[None, :], p_mask[:, None] & c_mask[None, :],
-                   offs_c, c_mask, bias_ptr, scale_ptr, shift_ptr, res_ptr, HAS_BIAS, HAS_SCALE, HAS_SHIFT, HAS_RES,
-                   RELU)
+    epilogue_store(
+        acc,
+        y_ptr,
+        offs_p.to(tl.int64)[:, None] * C + offs_c[None, :],
+        p_mask[:, None] & c_mask[None, :],
+        offs_c,
+        c_mask,
+        bias_ptr,
+        scale_ptr,
+        shift_ptr,
+        res_ptr,
+        HAS_BIAS,
+        HAS_SCALE,
+        HAS_SHIFT,
+        HAS_RES,
+        RELU,
+    )
 
 
 @triton.jit(do_not_specialize=_SPATIAL + _WINDOW)
-def _dw_dgrad_kernel(g_ptr, w_ptr, dx_ptr, NB, H, W, C, OH, OW, KH, KW, stride_h, stride_w, dil_h, dil_w,
-                     pad_h, pad_w, C_DIV: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _dw_dgrad_kernel(
+    g_ptr,
+    w_ptr,
+    dx_ptr,
+    NB,
+    H,
+    W,
+    C,
+    OH,
+    OW,
+    KH,
+    KW,
+    stride_h,
+    stride_w,
+    dil_h,
+    dil_w,
+    pad_h,
+    pad_w,
+    C_DIV: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """dx[q, c] = sum_t g[dst(q, t), c] w[t, c]."""
-    C = (C // C_DIV) * C_DIV      # C is a multiple of C_DIV: see _channel_divisor
+    C = (C // C_DIV) * C_DIV  # C is a multiple of C_DIV: see _channel_divisor
     offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_mask = offs_p < NB * H * W
@@ -267,8 +419,9 @@ def _dw_dgrad_kernel(g_ptr, w_ptr, dx_ptr, NB, H, W, C, OH, OW, KH, KW, stride_h
     n_img, ih, iw = split_pixel(offs_p, H, W)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for tap in range(0, KH * KW):
-        valid, base = tap_destination(n_img, ih, iw, tap // KW, tap % KW, p_mask, OH, OW, C, stride_h, stride_w,
-                                      pad_h, pad_w, dil_h, dil_w)
+        valid, base = tap_destination(
+            n_img, ih, iw, tap // KW, tap % KW, p_mask, OH, OW, C, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w
+        )
         gv = tl.load(g_ptr + base[:, None] + offs_c[None, :], mask=valid[:, None] & c_mask[None, :], other=0.0)
         wv = tl.load(w_ptr + tap * C + offs_c, mask=c_mask, other=0.0)
         acc += gv.to(tl.float32) * wv.to(tl.float32)[None, :]
@@ -277,11 +430,31 @@ def _dw_dgrad_kernel(g_ptr, w_ptr, dx_ptr, NB, H, W, C, OH, OW, KH, KW, stride_h
 
 
 @triton.jit(do_not_specialize=_SPATIAL + _WINDOW[1:] + ["TAPS", "P_PER_SPLIT"])
-def _dw_wgrad_kernel(x_ptr, g_ptr, ws_ptr, NB, H, W, C, OH, OW, KW, stride_h, stride_w, dil_h, dil_w,
-                     pad_h, pad_w, TAPS, P_PER_SPLIT, C_DIV: tl.constexpr, BLOCK_P: tl.constexpr,
-                     BLOCK_C: tl.constexpr):
+def _dw_wgrad_kernel(
+    x_ptr,
+    g_ptr,
+    ws_ptr,
+    NB,
+    H,
+    W,
+    C,
+    OH,
+    OW,
+    KW,
+    stride_h,
+    stride_w,
+    dil_h,
+    dil_w,
+    pad_h,
+    pad_w,
+    TAPS,
+    P_PER_SPLIT,
+    C_DIV: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """ws[split, t, c] = sum over this split's pixels p of x[src(p, t), c] g[p, c]."""
-    C = (C // C_DIV) * C_DIV      # C is a multiple of C_DIV: see _channel_divisor
+    C = (C // C_DIV) * C_DIV  # C is a multiple of C_DIV: see _channel_divisor
     offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     tap = tl.program_id(1)
     split = tl.program_id(2)
@@ -296,11 +469,11 @@ def _dw_wgrad_kernel(x_ptr, g_ptr, ws_ptr, NB, H, W, C, OH, OW, KW, stride_h, st
         p = p0 + tl.arange(0, BLOCK_P)
         p_mask = p < p_end
         n_img, oh, ow = split_pixel(p, OH, OW)
-        valid, base = tap_source(n_img, oh, ow, kh, kw, p_mask, H, W, C, stride_h, stride_w, pad_h, pad_w,
-                                 dil_h, dil_w)
+        valid, base = tap_source(n_img, oh, ow, kh, kw, p_mask, H, W, C, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
         xv = tl.load(x_ptr + base[:, None] + offs_c[None, :], mask=valid[:, None] & c_mask[None, :], other=0.0)
-        gv = tl.load(g_ptr + p.to(tl.int64)[:, None] * C + offs_c[None, :], mask=p_mask[:, None] & c_mask[None, :],
-                     other=0.0)
+        gv = tl.load(
+            g_ptr + p.to(tl.int64)[:, None] * C + offs_c[None, :], mask=p_mask[:, None] & c_mask[None, :], other=0.0
+        )
         acc += xv.to(tl.float32) * gv.to(tl.float32)
     total = tl.sum(acc, axis=0)
     tl.store(ws_ptr + (split.to(tl.int64) * TAPS + tap) * C + offs_c, total, mask=c_mask)
@@ -309,8 +482,13 @@ def _dw_wgrad_kernel(x_ptr, g_ptr, ws_ptr, NB, H, W, C, OH, OW, KW, stride_h, st
 # ---------------------------------------------------------------------------------------------
 # launch helpers (block shapes, autotuning and recording: climseg.kernels.runtime)
 # ---------------------------------------------------------------------------------------------
-_JIT = {"dense_fwd": _dense_fwd_kernel, "dense_dgrad": _dense_dgrad_kernel, "dense_wgrad": _dense_wgrad_kernel,
-        "dw_fwd": _dw_fwd_kernel, "dw_dgrad": _dw_dgrad_kernel}
+_JIT = {
+    "dense_fwd": _dense_fwd_kernel,
+    "dense_dgrad": _dense_dgrad_kernel,
+    "dense_wgrad": _dense_wgrad_kernel,
+    "dw_fwd": _dw_fwd_kernel,
+    "dw_dgrad": _dw_dgrad_kernel,
+}
 
 
 def _tuned(name, device, itemsize):
@@ -352,8 +530,23 @@ def _cdiv(a, b):
 # launchers (NHWC tensors; shapes checked by climseg.ops; ``out``: an NHWC-contiguous view to fill,
 # e.g. ``y.permute(0, 2, 3, 1)`` of a channels_last tensor)
 # ---------------------------------------------------------------------------------------------
-def dense_forward(x, w_packed, table, out_channels, total_channels, out_hw, stride, *, bias=None, scale=None,
-                  shift=None, residual=None, relu=False, deterministic=False, out=None):
+def dense_forward(
+    x,
+    w_packed,
+    table,
+    out_channels,
+    total_channels,
+    out_hw,
+    stride,
+    *,
+    bias=None,
+    scale=None,
+    shift=None,
+    residual=None,
+    relu=False,
+    deterministic=False,
+    out=None,
+):
     """Dense convs (one per table row) of NHWC ``x`` into channel slices of one NHWC output.
 
     ``w_packed``: every branch's weight as [KH, KW, Cin, Cout], flattened one after another.
@@ -369,12 +562,35 @@ def dense_forward(x, w_packed, table, out_channels, total_channels, out_hw, stri
     taps = int(w_packed.numel() // (Cin * out_channels))
     _tuned("dense_fwd", x.device, x.element_size())(
         lambda meta: (_cdiv(M, meta["BLOCK_M"]), _cdiv(out_channels, meta["BLOCK_N"]), branches),
-        x, w_packed, table, bias if bias is not None else dummy, scale if scale is not None else dummy,
-        shift if shift is not None else dummy, residual if residual is not None else dummy, out,
-        NB, H, W, Cin, OH, OW, out_channels, total_channels, stride[0], stride[1],
-        HAS_BIAS=bias is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-        HAS_RES=residual is not None, RELU=relu, PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), M_KEY=_mkey(M), TAPS_KEY=taps,
-        FIXED=deterministic)
+        x,
+        w_packed,
+        table,
+        bias if bias is not None else dummy,
+        scale if scale is not None else dummy,
+        shift if shift is not None else dummy,
+        residual if residual is not None else dummy,
+        out,
+        NB,
+        H,
+        W,
+        Cin,
+        OH,
+        OW,
+        out_channels,
+        total_channels,
+        stride[0],
+        stride[1],
+        HAS_BIAS=bias is not None,
+        HAS_SCALE=scale is not None,
+        HAS_SHIFT=shift is not None,
+        HAS_RES=residual is not None,
+        RELU=relu,
+        PRECISION=_precision(x.dtype),
+        UPCAST=_upcast(x.dtype),
+        M_KEY=_mkey(M),
+        TAPS_KEY=taps,
+        FIXED=deterministic,
+    )
     return out
 
 
@@ -388,8 +604,27 @@ def dense_dgrad(g, w_packed_t, table, in_shape, out_channels, stride, determinis
     taps = int(w_packed_t.numel() // (Cin * out_channels))
     _tuned("dense_dgrad", g.device, g.element_size())(
         lambda meta: (_cdiv(M, meta["BLOCK_M"]), _cdiv(Cin, meta["BLOCK_N"])),
-        g, w_packed_t, table, dx, NB, H, W, Cin, OH, OW, out_channels, Ctot, stride[0], stride[1], table.shape[0],
-        PRECISION=_precision(g.dtype), UPCAST=_upcast(g.dtype), M_KEY=_mkey(M), TAPS_KEY=taps, FIXED=deterministic)
+        g,
+        w_packed_t,
+        table,
+        dx,
+        NB,
+        H,
+        W,
+        Cin,
+        OH,
+        OW,
+        out_channels,
+        Ctot,
+        stride[0],
+        stride[1],
+        table.shape[0],
+        PRECISION=_precision(g.dtype),
+        UPCAST=_upcast(g.dtype),
+        M_KEY=_mkey(M),
+        TAPS_KEY=taps,
+        FIXED=deterministic,
+    )
     return dx
 
 
@@ -397,7 +632,7 @@ def _splits(tiles, pixels, device, block):
     """How many parts the pixel reduction of the weight gradient is cut into: enough
     programs to fill the GPU (about four waves), each part at least a few blocks long."""
     sms = runtime.sm_count(device)
-    target = 4 * sms if sms else 64     # the interpreter: split too, so that tests see the split paths
+    target = 4 * sms if sms else 64  # the interpreter: split too, so that tests see the split paths
     return max(1, min(_cdiv(target, max(1, tiles)), _cdiv(pixels, 4 * block)))
 
 
@@ -411,24 +646,61 @@ def dense_wgrad(x, g, jobs, weight_numel, out_channels, stride, deterministic):
     block = 64 if not runtime.interpreting() else 32
     tiles = _cdiv(Cin, 64) * _cdiv(out_channels, 64) * jobs.shape[0]
     splits = _splits(tiles, P, x.device, block)
-    per = _cdiv(_cdiv(P, splits), block) * block       # whole blocks per part
+    per = _cdiv(_cdiv(P, splits), block) * block  # whole blocks per part
     splits = _cdiv(P, per)
     atomic = not deterministic and splits > 1
     if atomic or splits == 1:
         dw = torch.zeros(weight_numel, device=x.device, dtype=torch.float32)
     else:
         dw = _empty((splits, weight_numel), x.device, torch.float32)
-    kernel(lambda meta: (_cdiv(Cin, meta["BLOCK_M"]), _cdiv(out_channels, meta["BLOCK_N"]), jobs.shape[0] * splits),
-           x, g, jobs, dw, NB, H, W, Cin, OH, OW, out_channels, Ctot, stride[0], stride[1], splits, per,
-           weight_numel, ATOMIC=atomic, PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), M_KEY=_mkey(P), TAPS_KEY=jobs.shape[0],
-           FIXED=deterministic)
+    kernel(
+        lambda meta: (_cdiv(Cin, meta["BLOCK_M"]), _cdiv(out_channels, meta["BLOCK_N"]), jobs.shape[0] * splits),
+        x,
+        g,
+        jobs,
+        dw,
+        NB,
+        H,
+        W,
+        Cin,
+        OH,
+        OW,
+        out_channels,
+        Ctot,
+        stride[0],
+        stride[1],
+        splits,
+        per,
+        weight_numel,
+        ATOMIC=atomic,
+        PRECISION=_precision(x.dtype),
+        UPCAST=_upcast(x.dtype),
+        M_KEY=_mkey(P),
+        TAPS_KEY=jobs.shape[0],
+        FIXED=deterministic,
+    )
     if dw.dim() == 2:
-        dw = dw.sum(0)      # a fixed-order reduction: deterministic
+        dw = dw.sum(0)  # a fixed-order reduction: deterministic
     return dw
 
 
-def depthwise_forward(x, w_taps, kernel_size, stride, padding, dilation, out_hw, *, bias=None, scale=None,
-                      shift=None, residual=None, relu=False, deterministic=False, out=None):
+def depthwise_forward(
+    x,
+    w_taps,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+    out_hw,
+    *,
+    bias=None,
+    scale=None,
+    shift=None,
+    residual=None,
+    relu=False,
+    deterministic=False,
+    out=None,
+):
     """Depthwise conv of NHWC ``x``; ``w_taps`` is the weight as [KH*KW, C]."""
     NB, H, W, C = x.shape
     OH, OW = out_hw
@@ -438,12 +710,37 @@ def depthwise_forward(x, w_taps, kernel_size, stride, padding, dilation, out_hw,
     KH, KW = kernel_size
     _tuned("dw_fwd", x.device, x.element_size())(
         lambda meta: (_cdiv(M, meta["BLOCK_P"]), _cdiv(C, meta["BLOCK_C"])),
-        x, w_taps, bias if bias is not None else out, scale if scale is not None else out,
-        shift if shift is not None else out, residual if residual is not None else out, out,
-        NB, H, W, C, OH, OW, KH, KW, stride[0], stride[1], dilation[0], dilation[1], padding[0], padding[1],
-        HAS_BIAS=bias is not None, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-        HAS_RES=residual is not None, RELU=relu, C_DIV=_channel_divisor(C), M_KEY=_mkey(M), TAPS_KEY=KH * KW,
-        FIXED=deterministic)
+        x,
+        w_taps,
+        bias if bias is not None else out,
+        scale if scale is not None else out,
+        shift if shift is not None else out,
+        residual if residual is not None else out,
+        out,
+        NB,
+        H,
+        W,
+        C,
+        OH,
+        OW,
+        KH,
+        KW,
+        stride[0],
+        stride[1],
+        dilation[0],
+        dilation[1],
+        padding[0],
+        padding[1],
+        HAS_BIAS=bias is not None,
+        HAS_SCALE=scale is not None,
+        HAS_SHIFT=shift is not None,
+        HAS_RES=residual is not None,
+        RELU=relu,
+        C_DIV=_channel_divisor(C),
+        M_KEY=_mkey(M),
+        TAPS_KEY=KH * KW,
+        FIXED=deterministic,
+    )
     return out
 
 
@@ -456,8 +753,28 @@ def depthwise_dgrad(g, w_taps, in_shape, kernel_size, stride, padding, dilation,
     KH, KW = kernel_size
     _tuned("dw_dgrad", g.device, g.element_size())(
         lambda meta: (_cdiv(M, meta["BLOCK_P"]), _cdiv(C, meta["BLOCK_C"])),
-        g, w_taps, dx, NB, H, W, C, OH, OW, KH, KW, stride[0], stride[1], dilation[0], dilation[1],
-        padding[0], padding[1], C_DIV=_channel_divisor(C), M_KEY=_mkey(M), TAPS_KEY=KH * KW, FIXED=deterministic)
+        g,
+        w_taps,
+        dx,
+        NB,
+        H,
+        W,
+        C,
+        OH,
+        OW,
+        KH,
+        KW,
+        stride[0],
+        stride[1],
+        dilation[0],
+        dilation[1],
+        padding[0],
+        padding[1],
+        C_DIV=_channel_divisor(C),
+        M_KEY=_mkey(M),
+        TAPS_KEY=KH * KW,
+        FIXED=deterministic,
+    )
     return dx
 
 
@@ -475,8 +792,26 @@ def depthwise_wgrad(x, g, kernel_size, stride, padding, dilation):
     per = _cdiv(_cdiv(P, splits), block_p) * block_p
     splits = _cdiv(P, per)
     ws = _empty((splits, KH * KW, C), x.device, torch.float32)
-    args = (x, g, ws, NB, H, W, C, OH, OW, KW, stride[0], stride[1], dilation[0], dilation[1], padding[0], padding[1],
-            KH * KW, per)
+    args = (
+        x,
+        g,
+        ws,
+        NB,
+        H,
+        W,
+        C,
+        OH,
+        OW,
+        KW,
+        stride[0],
+        stride[1],
+        dilation[0],
+        dilation[1],
+        padding[0],
+        padding[1],
+        KH * KW,
+        per,
+    )
     kwargs = dict(C_DIV=_channel_divisor(C))
     if not runtime.record("dw_wgrad", _dw_wgrad_kernel, args, kwargs, True):
         _dw_wgrad_kernel[(c_tiles, KH * KW, splits)](*args, **kwargs, **config.kwargs, num_warps=config.num_warps)

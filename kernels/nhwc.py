@@ -8,6 +8,7 @@ offset ``p * C``. A convolution tap (kh, kw) links output pixel (oh, ow) to inpu
 backward (which output pixel reads an input pixel, if any). :func:`epilogue_store` finishes a
 forward accumulator: ``relu((acc + bias) * scale + shift + residual)``, each term optional.
 """
+
 import triton
 import triton.language as tl
 
@@ -38,12 +39,11 @@ def tap_destination(n_img, ih, iw, kh, kw, mask, OH, OW, C, stride_h, stride_w, 
     (exists, row offset of C channels). Stride > 1 leaves most taps without one."""
     th = ih + pad_h - kh * dil_h
     tw = iw + pad_w - kw * dil_w
-    th_c = tl.maximum(th, 0)     # keep // and % on non-negative numbers
+    th_c = tl.maximum(th, 0)  # keep // and % on non-negative numbers
     tw_c = tl.maximum(tw, 0)
     oh = th_c // stride_h
     ow = tw_c // stride_w
-    valid = (mask & (th >= 0) & (tw >= 0) & (th_c % stride_h == 0) & (tw_c % stride_w == 0)
-             & (oh < OH) & (ow < OW))
+    valid = mask & (th >= 0) & (tw >= 0) & (th_c % stride_h == 0) & (tw_c % stride_w == 0) & (oh < OH) & (ow < OW)
     return valid, ((n_img * OH + oh) * OW + ow).to(tl.int64) * C
 
 
@@ -51,9 +51,23 @@ def tap_destination(n_img, ih, iw, kh, kw, mask, OH, OW, C, stride_h, stride_w, 
 # the forward epilogue, shared by the dense and depthwise kernels
 # ---------------------------------------------------------------------------------------------
 @triton.jit
-def epilogue_store(acc, y_ptr, out, mask, ch, ch_mask, bias_ptr, scale_ptr, shift_ptr, res_ptr,
-                   HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, HAS_RES: tl.constexpr,
-                   RELU: tl.constexpr):
+def epilogue_store(
+    acc,
+    y_ptr,
+    out,
+    mask,
+    ch,
+    ch_mask,
+    bias_ptr,
+    scale_ptr,
+    shift_ptr,
+    res_ptr,
+    HAS_BIAS: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    RELU: tl.constexpr,
+):
     """y[out] = relu((acc + bias[ch]) * scale[ch] + shift[ch] + res[out]), each term optional, in y's dtype."""
     if HAS_BIAS:
         acc += tl.load(bias_ptr + ch, mask=ch_mask, other=0.0).to(tl.float32)[None, :]

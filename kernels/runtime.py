@@ -17,6 +17,7 @@ all read it. This module imports Triton only where it builds block shapes, times
 the interpreter, so that the table and the recording are there without it (and a process that
 compiles for a GPU may import it before it turns the interpreter off).
 """
+
 import contextlib
 import functools
 import os
@@ -30,16 +31,28 @@ import torch
 #: them), shared memory per SM and the most one block may take (bytes; each resident block also
 #: takes 1 KiB the driver reserves), registers per SM, resident warps and blocks per SM.
 ARCHITECTURES = {
-    80: dict(sm_count=108, shared_per_sm=164 * 1024, shared_per_block=163 * 1024, registers_per_sm=65536,
-             max_warps_per_sm=64, max_blocks_per_sm=32),
-    90: dict(sm_count=132, shared_per_sm=228 * 1024, shared_per_block=227 * 1024, registers_per_sm=65536,
-             max_warps_per_sm=64, max_blocks_per_sm=32),
+    80: dict(
+        sm_count=108,
+        shared_per_sm=164 * 1024,
+        shared_per_block=163 * 1024,
+        registers_per_sm=65536,
+        max_warps_per_sm=64,
+        max_blocks_per_sm=32,
+    ),
+    90: dict(
+        sm_count=132,
+        shared_per_sm=228 * 1024,
+        shared_per_block=227 * 1024,
+        registers_per_sm=65536,
+        max_warps_per_sm=64,
+        max_blocks_per_sm=32,
+    ),
 }
 #: The shared memory assumed for a block on an architecture the table does not list (99 KiB, what
 #: the smaller Ampere and Ada parts, sm_86 and sm_89, have); a GPU that is present reports its own.
 SMALL_SHARED_PER_BLOCK = 99 * 1024
 
-_RECORDING = None     # while recording launches (see recording()): {"launches": [...], "sm_count": int}
+_RECORDING = None  # while recording launches (see recording()): {"launches": [...], "sm_count": int}
 
 
 def shared_memory_limit(arch):
@@ -114,7 +127,6 @@ def install_interpreter_compatibility():
     return True
 
 
-
 # ---------------------------------------------------------------------------------------------
 # recording launches instead of running them (static analysis: climseg.verify)
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +164,7 @@ def record(name, kernel, args, kwargs, fixed):
 # climseg bench static at the real layer shapes): the input gradient keeps a row of destination
 # offsets per tap step, and in fp32 (TF32) the operands take twice the registers
 _SPILLING = {
-    ("dense_dgrad", 80, 2): {(128, 128, 64, 8, 3)},      # with Triton 3.6 (not 3.9)
+    ("dense_dgrad", 80, 2): {(128, 128, 64, 8, 3)},  # with Triton 3.6 (not 3.9)
     ("dense_dgrad", 80, 4): {(128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4)},
     ("dense_dgrad", 90, 4): {(128, 128, 64, 8, 3)},
 }
@@ -176,16 +188,24 @@ def _gemm_configs(arch=None, itemsize=2, kernel=None):
     if arch is None:
         arch = 10 * torch.cuda.get_device_capability()[0] if torch.cuda.is_available() else 80
     major = arch // 10
-    shapes = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4),
-              (128, 128, 64, 8, 3), (32, 64, 32, 4, 4)]
-    if major >= 9:     # Hopper and newer: a deeper pipeline pays off
+    shapes = [
+        (128, 128, 32, 8, 3),
+        (128, 64, 32, 4, 4),
+        (64, 128, 32, 4, 4),
+        (64, 64, 32, 4, 4),
+        (128, 128, 64, 8, 3),
+        (32, 64, 32, 4, 4),
+    ]
+    if major >= 9:  # Hopper and newer: a deeper pipeline pays off
         shapes += [(128, 128, 64, 8, 4)]
     limit = shared_memory_limit(10 * major)
     spilling = _SPILLING.get((kernel, 10 * min(major, 9), itemsize), set())
     fitting = [s for s in shapes if s[4] * (s[0] + s[1]) * s[2] * itemsize <= limit and s not in spilling]
     fitting = fitting or shapes[-1:]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
-            for m, n, k, w, st in fitting]
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st)
+        for m, n, k, w, st in fitting
+    ]
 
 
 def _dw_configs(arch=None, itemsize=2):
@@ -193,9 +213,11 @@ def _dw_configs(arch=None, itemsize=2):
     and 256 x 32 with 8 warps were pruned: the first spilled in the fp16 input gradient on sm_80)."""
     import triton
 
-    del arch, itemsize   # the same on every architecture and dtype
-    return [triton.Config({"BLOCK_P": p, "BLOCK_C": c}, num_warps=w)
-            for p, c, w in [(64, 64, 4), (128, 32, 4), (32, 128, 4)]]
+    del arch, itemsize  # the same on every architecture and dtype
+    return [
+        triton.Config({"BLOCK_P": p, "BLOCK_C": c}, num_warps=w)
+        for p, c, w in [(64, 64, 4), (128, 32, 4), (32, 128, 4)]
+    ]
 
 
 def _dw_wgrad_configs(arch=None, itemsize=2):
@@ -245,7 +267,7 @@ def launch_configs(name, arch, itemsize=2):
 # ---------------------------------------------------------------------------------------------
 # the autotuner
 # ---------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tuned(name, kernel, arch, itemsize):
     """The jit function ``kernel`` (named ``name`` in :data:`TUNING`) wrapped in an autotuner for
     this :func:`architecture` and operand size (cached per shape key). Call it as
@@ -271,7 +293,7 @@ class _KeyedKernel:
     def __call__(self, grid, *args, M_KEY, TAPS_KEY, FIXED=False, **kwargs):
         if record(self.name, self.kernel, args, kwargs, FIXED or len(self.configs) == 1):
             return
-        if FIXED or len(self.configs) == 1:   # deterministic mode: the same config in every process
+        if FIXED or len(self.configs) == 1:  # deterministic mode: the same config in every process
             self._launch(self.configs[0], grid, args, kwargs)
             return
         names = self.kernel.arg_names
@@ -297,10 +319,12 @@ class _KeyedKernel:
             reset = args[self.kernel.arg_names.index(self.reset)]
         best, best_ms = None, float("inf")
         for config in self.configs:
+
             def run(config=config):
                 if reset is not None:
                     reset.zero_()
                 self._launch(config, grid, args, kwargs)
+
             try:
                 ms = triton.testing.do_bench(run, warmup=5, rep=20)
             except Exception:  # a config that does not fit this GPU (shared memory, registers)

@@ -1,6 +1,7 @@
 """Shared fixtures: small synthetic datasets made once per test session, and a
 cache folder of our own so tests never touch the user's. Without a GPU, Triton
 kernels run in Triton's CPU interpreter (set before anything imports Triton)."""
+
 import os
 
 import pytest
@@ -33,8 +34,9 @@ def small_dataset(tmp_path_factory):
     from climseg.data import generate_dataset
 
     root = tmp_path_factory.mktemp("data") / "small"
-    generate_dataset(str(root), samples=14, height=32, width=48, seed=7, validation_fraction=4 / 14,
-                     workers=1, progress=False)
+    generate_dataset(
+        str(root), samples=14, height=32, width=48, seed=7, validation_fraction=4 / 14, workers=1, progress=False
+    )
     return str(root)
 
 
@@ -44,6 +46,7 @@ def medium_dataset(tmp_path_factory):
     from climseg.data import generate_dataset
 
     root = tmp_path_factory.mktemp("data") / "medium"
-    generate_dataset(str(root), samples=8, height=64, width=96, seed=11, validation_fraction=0.25,
-                     workers=1, progress=False)
+    generate_dataset(
+        str(root), samples=8, height=64, width=96, seed=11, validation_fraction=0.25, workers=1, progress=False
+    )
     return str(root)

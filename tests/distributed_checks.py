@@ -1,6 +1,7 @@
 """Checks that run inside a multi-process job (started by tests/test_distributed.py
 under mpiexec or torchrun): ``python tests/distributed_checks.py CHECK``.
 Every rank asserts; a failing assertion makes the launcher exit non-zero."""
+
 import os
 import sys
 
@@ -18,8 +19,10 @@ def check_allreduce(topo):
     transports = ["torch", "mpi"] if topo.mpi_cross is not None else ["torch"]
     r, n = topo.rank, topo.world_size
     for size in (1, 7, 1_000_003):
+
         def make(k, size=size):
             return (torch.arange(size) % 5 + k).float()
+
         expected = exact_sum(make, n)
         for dtype in (torch.float32, torch.bfloat16):
             for compression in (None, "bf16", "fp16"):
@@ -37,9 +40,11 @@ def check_allreduce(topo):
     # float64 and integers: summed exactly in their own type, also through shared memory (issue 15, item 7)
     for size in (5, 7, 100_003):
         g = torch.Generator().manual_seed(1234 + size)
-        parts = [torch.rand(size, generator=g, dtype=torch.float64) * 10 ** torch.randint(-3, 4, (size,), generator=g)
-                 for _ in range(n)]
-        exact = sum(p.double() for p in parts)     # the same order of additions is not promised; the precision is
+        parts = [
+            torch.rand(size, generator=g, dtype=torch.float64) * 10 ** torch.randint(-3, 4, (size,), generator=g)
+            for _ in range(n)
+        ]
+        exact = sum(p.double() for p in parts)  # the same order of additions is not promised; the precision is
         for transport in transports:
             x = parts[r].clone()
             cd.hierarchical_all_reduce(x, "sum", transport=transport)
@@ -52,22 +57,29 @@ def check_allreduce(topo):
             for transport in transports:
                 y = ints[r].clone()
                 cd.hierarchical_all_reduce(y, "sum", transport=transport)
-                assert y.dtype == dtype and torch.equal(y.long(), sum(t.long() for t in ints).to(dtype).long()), \
-                    (size, dtype, transport)
-    for bad, op, compression in ((torch.ones(3, dtype=torch.int64), "avg", None),
-                                 (torch.ones(3, dtype=torch.int32), "sum", "bf16"),
-                                 (torch.ones(3, dtype=torch.bool), "sum", None)):
+                assert y.dtype == dtype and torch.equal(y.long(), sum(t.long() for t in ints).to(dtype).long()), (
+                    size,
+                    dtype,
+                    transport,
+                )
+    for bad, op, compression in (
+        (torch.ones(3, dtype=torch.int64), "avg", None),
+        (torch.ones(3, dtype=torch.int32), "sum", "bf16"),
+        (torch.ones(3, dtype=torch.bool), "sum", None),
+    ):
         try:
             cd.hierarchical_all_reduce(bad, op, compression)
-        except ValueError as exc:     # ConfigError
+        except ValueError as exc:  # ConfigError
             assert "allreduce:" in str(exc), str(exc)
         else:
             raise AssertionError(f"{bad.dtype} {op} {compression} was not refused")
     # bucketed lists of mixed shapes (tensor fusion), fp32 and bf16, non-contiguous included
     shapes = [(3, 5), (1,), (17, 2, 3), (4000,), (2, 2)]
     for dtype in (torch.float32, torch.bfloat16):
+
         def make_list(k, dtype=dtype):
             return [(torch.arange(torch.Size(s).numel()).reshape(s) % 7 + k).to(dtype) for s in shapes]
+
         tensors = make_list(r)
         tensors.append(make_list(r)[2].transpose(0, 2))  # non-contiguous
         cd.all_reduce_tensors(tensors, "sum", bucket_bytes=200)
@@ -108,7 +120,9 @@ def check_ddp(topo):
     for step in range(steps):
         x, y = _batch(step, n * per_rank)
         opt.zero_grad()
-        torch.nn.functional.mse_loss(ddp(x[r * per_rank:(r + 1) * per_rank]), y[r * per_rank:(r + 1) * per_rank]).backward()
+        torch.nn.functional.mse_loss(
+            ddp(x[r * per_rank : (r + 1) * per_rank]), y[r * per_rank : (r + 1) * per_rank]
+        ).backward()
         opt.step()
         _reference_grads(reference, step, n * per_rank)
         ref_opt.step()
@@ -127,13 +141,15 @@ def check_optimizer(topo):
             with torch.no_grad():
                 for p in model.parameters():
                     p.add_(1.0)
-        dopt = cd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=lr), model.named_parameters(),
-                                       gradient_lag=lag, bucket_bytes=64)
+        dopt = cd.DistributedOptimizer(
+            torch.optim.SGD(model.parameters(), lr=lr), model.named_parameters(), gradient_lag=lag, bucket_bytes=64
+        )
         for step in range(steps):
             x, y = _batch(step, n * per_rank)
             dopt.zero_grad()
-            torch.nn.functional.mse_loss(model(x[r * per_rank:(r + 1) * per_rank]),
-                                         y[r * per_rank:(r + 1) * per_rank]).backward()
+            torch.nn.functional.mse_loss(
+                model(x[r * per_rank : (r + 1) * per_rank]), y[r * per_rank : (r + 1) * per_rank]
+            ).backward()
             stepped = dopt.step()
             assert stepped == (lag == 0 or step > 0)
         if lag:
@@ -164,7 +180,7 @@ def check_fail(topo):
 
     if topo.rank == 1:
         main(["train", "--data", "/nonexistent-climseg-data", "--no-progress"])
-    dist.barrier(group=topo.world)   # the others wait for rank 1, which never comes
+    dist.barrier(group=topo.world)  # the others wait for rank 1, which never comes
     dist.barrier(group=topo.world)
 
 
@@ -176,13 +192,13 @@ def check_optimizer_without_init():
     model = _tiny_model(seed=1)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(r)                      # every rank starts apart; the broadcast must join them
+            p.add_(r)  # every rank starts apart; the broadcast must join them
     dopt = cd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.05), model.named_parameters())
     assert dopt.world_size == n, dopt.world_size
     for step in range(3):
         x, y = _batch(step, n * 2)
         dopt.zero_grad()
-        torch.nn.functional.mse_loss(model(x[r * 2:(r + 1) * 2]), y[r * 2:(r + 1) * 2]).backward()
+        torch.nn.functional.mse_loss(model(x[r * 2 : (r + 1) * 2]), y[r * 2 : (r + 1) * 2]).backward()
         dopt.step()
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     gathered = [torch.empty_like(flat) for _ in range(n)]
@@ -203,7 +219,7 @@ def check_hook_without_init():
     x, y = _batch(0, 2)
     try:
         torch.nn.functional.mse_loss(model(x), y).backward()
-    except Exception as exc:    # DDP wraps what the hook raised; the message must come through whole
+    except Exception as exc:  # DDP wraps what the hook raised; the message must come through whole
         message = str(exc)
         assert "call climseg.distributed.init()" in message and "Unable to cast" not in message, message
     else:
@@ -232,7 +248,7 @@ def check_batchnorm(topo):
     r, n = topo.rank, topo.world_size
     per_rank, c, h, w = 2, 5, 7, 3
     seed = torch.randint(0, 2**30, (1,))
-    dist.broadcast(seed, 0, group=topo.world)         # fresh inputs each run, the same on every rank
+    dist.broadcast(seed, 0, group=topo.world)  # fresh inputs each run, the same on every rank
     for g in _group_sizes(topo):
         members = next(m for m in batchnorm_group_members(n, g) if r in m)
         gen = torch.Generator().manual_seed(int(seed) + g)
@@ -244,17 +260,18 @@ def check_batchnorm(topo):
                 mine = slice(r * per_rank, (r + 1) * per_rank)
                 group_rows = slice(members[0] * per_rank, (members[-1] + 1) * per_rank)
 
-                def make():
+                def make(affine=affine):
                     bn = torch.nn.BatchNorm2d(c, momentum=0.3)
                     with torch.no_grad():
                         bn.weight.copy_(affine[0])
                         bn.bias.copy_(affine[1])
                     return bn
+
                 # ours: this rank's samples
                 ours = convert_batchnorm(torch.nn.Sequential(make()), g, topo)[0]
                 assert type(ours).__name__ == "GroupBatchNorm2d" and (ours.process_group is None) == (len(members) == 1)
                 x = full[mine].contiguous(memory_format=memory_format).requires_grad_()
-                for _ in range(2):    # twice: the running statistics move twice
+                for _ in range(2):  # twice: the running statistics move twice
                     y = ours(x)
                 assert y.dtype == dtype and y.is_contiguous(memory_format=memory_format)
                 (y.float() * upstream[mine]).sum().backward()
@@ -273,7 +290,9 @@ def check_batchnorm(topo):
                 torch.testing.assert_close(y.float(), yr[local].detach().to(dtype).float(), **tol, msg=str(where))
                 torch.testing.assert_close(x.grad.float(), xr.grad[local].to(dtype).float(), **tol, msg=str(where))
                 ptol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=0.5)
-                torch.testing.assert_close(pgrads, torch.stack([ref.weight.grad, ref.bias.grad]), **ptol, msg=str(where))
+                torch.testing.assert_close(
+                    pgrads, torch.stack([ref.weight.grad, ref.bias.grad]), **ptol, msg=str(where)
+                )
                 torch.testing.assert_close(ours.running_mean, ref.running_mean, rtol=1e-5, atol=1e-5)
                 torch.testing.assert_close(ours.running_var, ref.running_var, rtol=1e-4, atol=1e-4)
                 assert int(ours.num_batches_tracked) == 2
@@ -283,8 +302,9 @@ def check_batchnorm(topo):
         y = torch.randn(n * per_rank, 8, h, w, generator=gen)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = ASPP._batch_norm(y[mine].to(torch.bfloat16).contiguous(memory_format=torch.channels_last), norms)
-        reference = torch.nn.functional.batch_norm(y[group_rows].to(torch.bfloat16).float(), torch.zeros(8),
-                                                   torch.ones(8), None, None, True, 0.1, norms[0].eps)
+        reference = torch.nn.functional.batch_norm(
+            y[group_rows].to(torch.bfloat16).float(), torch.zeros(8), torch.ones(8), None, None, True, 0.1, norms[0].eps
+        )
         local = slice((r - members[0]) * per_rank, (r - members[0] + 1) * per_rank)
         torch.testing.assert_close(out.float(), reference[local], rtol=2e-2, atol=4e-2)
         ref_mean = 0.1 * y[group_rows].to(torch.bfloat16).float().mean((0, 2, 3))
@@ -299,7 +319,9 @@ def check_bn_stats(topo):
     model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3))
     values = [torch.arange(12, dtype=torch.float32).reshape(4, 3) * (k + 1) for k in range(n)]
     with torch.no_grad():
-        for i, b in enumerate((model[1].running_mean, model[1].running_var, model[2].running_mean, model[2].running_var)):
+        for i, b in enumerate(
+            (model[1].running_mean, model[1].running_var, model[2].running_mean, model[2].running_var)
+        ):
             b.copy_(values[topo.rank][i])
     average_running_stats(model, topo.world, n)
     expected = sum(values) / n
@@ -307,8 +329,14 @@ def check_bn_stats(topo):
         torch.testing.assert_close(b, expected[i])
 
 
-CHECKS = {"allreduce": check_allreduce, "ddp": check_ddp, "optimizer": check_optimizer, "fail": check_fail,
-          "batchnorm": check_batchnorm, "bn_stats": check_bn_stats}
+CHECKS = {
+    "allreduce": check_allreduce,
+    "ddp": check_ddp,
+    "optimizer": check_optimizer,
+    "fail": check_fail,
+    "batchnorm": check_batchnorm,
+    "bn_stats": check_bn_stats,
+}
 
 if __name__ == "__main__":
     if sys.argv[1] in NO_INIT_CHECKS:
@@ -320,6 +348,9 @@ if __name__ == "__main__":
     assert topo.world_size > 1
     CHECKS[sys.argv[1]](topo)
     if topo.rank == 0:
-        print(f"{sys.argv[1]} ok: {topo.world_size} ranks, {topo.num_nodes} nodes x {topo.local_size}, "
-              f"launcher {topo.launcher}", flush=True)
+        print(
+            f"{sys.argv[1]} ok: {topo.world_size} ranks, {topo.num_nodes} nodes x {topo.local_size}, "
+            f"launcher {topo.launcher}",
+            flush=True,
+        )
     cd.shutdown()

@@ -4,6 +4,7 @@ Geometry against hand computations; connected components against a per-pixel
 reference on random masks of odd sizes; tracking against the time-series generator's
 true events; chunked runs equal to serial ones; bad inputs through the command line.
 """
+
 import csv
 import json
 import math
@@ -26,6 +27,7 @@ RNG = np.random.default_rng()
 
 
 # ----------------------------------------------------------------------------- geometry
+
 
 def test_cell_areas_by_hand():
     # centres 5 and 15 N, 0 and 10 E: bounds 0, 10, 20 N and -5, 5, 15 E
@@ -66,21 +68,27 @@ def test_generator_geometry_by_hand():
     # the law of cosines agrees with the haversine formula away from tiny distances
     lat1, lat2 = RNG.uniform(-90, 90, 50), RNG.uniform(-90, 90, 50)
     lon1, lon2 = RNG.uniform(0, 360, 50), RNG.uniform(-180, 180, 50)
-    np.testing.assert_allclose(sphere.EARTH_RADIUS_M / 1000.0 * sphere.central_angle(lat1, lon1, lat2, lon2),
-                               sphere.haversine_km(lat1, lon1, lat2, lon2), rtol=1e-6, atol=1e-3)
+    np.testing.assert_allclose(
+        sphere.EARTH_RADIUS_M / 1000.0 * sphere.central_angle(lat1, lon1, lat2, lon2),
+        sphere.haversine_km(lat1, lon1, lat2, lon2),
+        rtol=1e-6,
+        atol=1e-3,
+    )
     assert sphere.central_angle(0.0, 0.0, 0.0, 180.0) == pytest.approx(math.pi, rel=1e-12)
     assert sphere.EARTH_RADIUS_M == 6.371e6
     # a local step in metres: one degree of a meridian, and of a latitude circle at 60 degrees
     assert sphere.degrees_of_latitude(R * 1000.0 * math.radians(1.0)) == pytest.approx(1.0, rel=1e-12)
     assert sphere.degrees_of_longitude(R * 1000.0 * math.radians(1.0), 60.0) == pytest.approx(2.0, rel=1e-12)
     assert sphere.degrees_of_longitude(1000.0, 89.9, 0.2) == pytest.approx(
-        math.degrees(1000.0 / (R * 1000.0 * 0.2)), rel=1e-12)
+        math.degrees(1000.0 / (R * 1000.0 * 0.2)), rel=1e-12
+    )
     # the length of a set of points: along a meridian, and across the date line
     lat = RNG.uniform(-30.0, 40.0, 200)
     lat[:2] = -30.0, 40.0
     assert sphere.diameter_km(lat, np.full(200, 20.0)) == pytest.approx(R * math.radians(70.0), rel=1e-9)
     assert sphere.diameter_km(np.zeros(3), np.array([179.0, 181.0, -178.0])) == pytest.approx(
-        R * math.radians(3.0), rel=1e-9)
+        R * math.radians(3.0), rel=1e-9
+    )
 
 
 def test_centroid_across_the_date_line_and_at_the_pole():
@@ -109,7 +117,7 @@ def _reference_components(classes, periodic):
                 for dj in (-1, 0, 1):
                     ii, jj = i + di, j + dj
                     if not 0 <= ii < h:
-                        continue                        # never across the poles
+                        continue  # never across the poles
                     if not 0 <= jj < w:
                         if not periodic:
                             continue
@@ -144,9 +152,9 @@ def test_components_match_a_per_pixel_reference(shape, periodic):
 
 def test_date_line_joins_and_poles_do_not():
     m = np.zeros((8, 12), int)
-    m[3, 0] = m[4, 11] = 1                 # diagonal across the date line: one object
-    m[0, 2] = m[7, 2] = 2                  # first and last rows: never joined across a pole
-    m[0, 5] = m[0, 6] = 2                  # the polar row itself is an ordinary row
+    m[3, 0] = m[4, 11] = 1  # diagonal across the date line: one object
+    m[0, 2] = m[7, 2] = 2  # first and last rows: never joined across a pole
+    m[0, 5] = m[0, 6] = 2  # the polar row itself is an ordinary row
     labels, owner = sphere.label_classes(m, 3, periodic=True)
     assert labels[3, 0] == labels[4, 11]
     assert labels[0, 2] != labels[7, 2]
@@ -166,6 +174,7 @@ def test_parse_size():
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def _write_masks(path, masks, lat, lon, hours, variable="mask", time=True):
     with netCDF4.Dataset(path, "w") as ds:
@@ -195,8 +204,17 @@ def _read_ids(folder):
 def series(tmp_path_factory):
     """A generated series: 24 steps every 3 h on 96 x 144, more cyclones than the default."""
     out = tmp_path_factory.mktemp("series") / "series"
-    generate_timeseries(str(out), 24, 3.0, 96, 144, seed=int(RNG.integers(1 << 30)), workers=2, progress=False,
-                        features=Features(cyclones_mean=4.0, rivers_mean=4.0))
+    generate_timeseries(
+        str(out),
+        24,
+        3.0,
+        96,
+        144,
+        seed=int(RNG.integers(1 << 30)),
+        workers=2,
+        progress=False,
+        features=Features(cyclones_mean=4.0, rivers_mean=4.0),
+    )
     return str(out)
 
 
@@ -205,6 +223,7 @@ def _inputs(folder):
 
 
 # ----------------------------------------------------------------------------- tracking
+
 
 def test_tracking_recovers_the_generated_events(series, tmp_path):
     options = TrackOptions(min_size={1: (1, "px"), 2: (1, "px")}, look_ahead=2, min_steps=3)
@@ -218,7 +237,7 @@ def test_tracking_recovers_the_generated_events(series, tmp_path):
         assert s["tracked"] <= 2 * s["true"] + 2, (cls, s)
         assert s["lifetime_error_steps"] <= 3.0, (cls, s)
     if scores["tropical_cyclone"]["centre_error_km"] is not None:
-        assert scores["tropical_cyclone"]["centre_error_km"] < 300.0    # grid cells are ~200 x 280 km here
+        assert scores["tropical_cyclone"]["centre_error_km"] < 300.0  # grid cells are ~200 x 280 km here
     # every labelled cell of a kept event carries its id; LABELS and event ids agree on class
     ids = _read_ids(str(tmp_path / "events"))
     with open(tmp_path / "events" / "events.csv") as f:
@@ -236,12 +255,15 @@ def test_chunked_and_parallel_equal_serial(series, tmp_path, monkeypatch):
 
     options = TrackOptions(min_size={1: (1, "px"), 2: (2, "px")}, look_ahead=2, min_steps=2)
     track(_inputs(series), str(tmp_path / "serial"), options, progress=False, log=lambda *_: None)
-    monkeypatch.setattr(track_module, "CHUNK_STEPS", 5)                 # chunk edges inside files
+    monkeypatch.setattr(track_module, "CHUNK_STEPS", 5)  # chunk edges inside files
     track(_inputs(series), str(tmp_path / "chunked"), options, workers=2, progress=False, log=lambda *_: None)
     for name in ("events.csv", "tracks.csv"):
         assert (tmp_path / "serial" / name).read_text() == (tmp_path / "chunked" / name).read_text()
     assert np.array_equal(_read_ids(str(tmp_path / "serial")), _read_ids(str(tmp_path / "chunked")))
-    with netCDF4.Dataset(tmp_path / "serial" / "occupancy.nc") as a, netCDF4.Dataset(tmp_path / "chunked" / "occupancy.nc") as b:
+    with (
+        netCDF4.Dataset(tmp_path / "serial" / "occupancy.nc") as a,
+        netCDF4.Dataset(tmp_path / "chunked" / "occupancy.nc") as b,
+    ):
         assert np.array_equal(a.variables["steps_in_event"][:], b.variables["steps_in_event"][:])
     # in memory, the same events
     files = _inputs(series)
@@ -253,18 +275,20 @@ def test_chunked_and_parallel_equal_serial(series, tmp_path, monkeypatch):
     assert np.array_equal(ids, _read_ids(str(tmp_path / "serial")))
     with open(tmp_path / "serial" / "events.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(int(r["id"]), r["class"], int(r["steps"])) for r in rows] == [(e["id"], e["class"], e["steps"]) for e in events]
+    assert [(int(r["id"]), r["class"], int(r["steps"])) for r in rows] == [
+        (e["id"], e["class"], e["steps"]) for e in events
+    ]
 
 
 def test_an_event_crossing_the_date_line(tmp_path):
-    h, w = 18, 36                                      # 10-degree cells
+    h, w = 18, 36  # 10-degree cells
     lat, lon = grid(h, w)
     steps = 6
     masks = np.zeros((steps, h, w), np.uint8)
-    for t in range(steps):                             # a 3 x 3 cyclone moving one cell east per step
+    for t in range(steps):  # a 3 x 3 cyclone moving one cell east per step
         cols = [(w - 4 + t + k) % w for k in range(3)]
         masks[t, 8:11][:, cols] = 1
-    masks[:, 0, 10:13] = 2                             # a river along the southern row, never joined across the pole
+    masks[:, 0, 10:13] = 2  # a river along the southern row, never joined across the pole
     masks[:, h - 1, 10:13] = 2
     _write_masks(tmp_path / "m.nc", masks, lat, lon, np.arange(steps) * 6.0)
     options = TrackOptions(min_size={1: (1, "px"), 2: (1, "px")}, look_ahead=1, min_steps=1)
@@ -288,31 +312,61 @@ def test_climatenet_preset_and_size_thresholds(tmp_path):
     h, w = 40, 60
     lat, lon = grid(h, w)
     masks = np.zeros((6, h, w), np.uint8)
-    masks[:, 5:25, 5:20] = 2                           # 300 pixels: kept by 250 px
-    masks[:, 30:35, 30:35] = 1                         # 25 pixels: dropped
-    masks[:4, 30:37, 40:77 - 30] = 1
+    masks[:, 5:25, 5:20] = 2  # 300 pixels: kept by 250 px
+    masks[:, 30:35, 30:35] = 1  # 25 pixels: dropped
+    masks[:4, 30:37, 40 : 77 - 30] = 1
     _write_masks(tmp_path / "m.nc", masks, lat, lon, np.arange(6) * 3.0)
-    assert main(["track", str(tmp_path / "m.nc"), "--out", str(tmp_path / "a"), "--like", "climatenet",
-                 "--no-progress"]) == 0
+    assert (
+        main(["track", str(tmp_path / "m.nc"), "--out", str(tmp_path / "a"), "--like", "climatenet", "--no-progress"])
+        == 0
+    )
     meta = json.loads((tmp_path / "a" / "track.json").read_text())
-    assert meta["options"] == dict(min_size={"tropical_cyclone": "250px", "atmospheric_river": "250px"},
-                                   look_ahead=CLIMATENET["look_ahead"], min_steps=CLIMATENET["min_steps"])
+    assert meta["options"] == dict(
+        min_size={"tropical_cyclone": "250px", "atmospheric_river": "250px"},
+        look_ahead=CLIMATENET["look_ahead"],
+        min_steps=CLIMATENET["min_steps"],
+    )
     assert meta["events"] == {"tropical_cyclone": 0, "atmospheric_river": 1}
-    assert main(["track", str(tmp_path / "m.nc"), "--out", str(tmp_path / "b"), "--tc-min-size", "20px",
-                 "--ar-min-size", "1e9km2", "--min-steps", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "track",
+                str(tmp_path / "m.nc"),
+                "--out",
+                str(tmp_path / "b"),
+                "--tc-min-size",
+                "20px",
+                "--ar-min-size",
+                "1e9km2",
+                "--min-steps",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((tmp_path / "b" / "track.json").read_text())
     assert meta["events"] == {"tropical_cyclone": 2, "atmospheric_river": 0}
 
 
 # ----------------------------------------------------------------------------- analysis
 
+
 def test_analyze_writes_maps_and_summary(series, tmp_path):
     options = TrackOptions(min_size={1: (1, "px"), 2: (1, "px")}, look_ahead=2, min_steps=3)
     track(_inputs(series), str(tmp_path / "events"), options, progress=False, log=lambda *_: None)
     assert main(["analyze", str(tmp_path / "events"), "--out", str(tmp_path / "analysis")]) == 0
     out = tmp_path / "analysis"
-    for name in ("climatology.nc", "summary.json", "frequency_tc.png", "frequency_ar.png", "genesis_tc.png",
-                 "genesis_ar.png", "histograms.png", "events_per_month.png"):
+    for name in (
+        "climatology.nc",
+        "summary.json",
+        "frequency_tc.png",
+        "frequency_ar.png",
+        "genesis_tc.png",
+        "genesis_ar.png",
+        "histograms.png",
+        "events_per_month.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
     with open(tmp_path / "events" / "events.csv") as f:
@@ -332,6 +386,7 @@ def test_analyze_writes_maps_and_summary(series, tmp_path):
 
 # ----------------------------------------------------------------------------- bad input
 
+
 def _error(capsys, argv):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -346,21 +401,25 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     assert "no time dimension" in _error(capsys, ["track", str(tmp_path / "notime.nc"), "--out", str(tmp_path / "o")])
     _write_masks(tmp_path / "a.nc", m, lat, lon, [0.0, 3.0])
     _write_masks(tmp_path / "b.nc", m, lat, lon, [6.0, 9.0])
-    assert "does not increase" in _error(capsys, ["track", str(tmp_path / "b.nc"), str(tmp_path / "a.nc"),
-                                                  "--out", str(tmp_path / "o")])
+    assert "does not increase" in _error(
+        capsys, ["track", str(tmp_path / "b.nc"), str(tmp_path / "a.nc"), "--out", str(tmp_path / "o")]
+    )
     lat2, lon2 = grid(16, 24)
     _write_masks(tmp_path / "c.nc", np.zeros((2, 16, 24), np.uint8), lat2, lon2, [6.0, 9.0])
-    assert "differs from the grid" in _error(capsys, ["track", str(tmp_path / "a.nc"), str(tmp_path / "c.nc"),
-                                                      "--out", str(tmp_path / "o")])
+    assert "differs from the grid" in _error(
+        capsys, ["track", str(tmp_path / "a.nc"), str(tmp_path / "c.nc"), "--out", str(tmp_path / "o")]
+    )
     bad = m.copy()
     bad[1, 0, 0] = 7
     _write_masks(tmp_path / "d.nc", bad, lat, lon, [0.0, 3.0])
     assert "outside 0..2" in _error(capsys, ["track", str(tmp_path / "d.nc"), "--out", str(tmp_path / "o")])
     assert "no such file" in _error(capsys, ["track", str(tmp_path / "missing.nc"), "--out", str(tmp_path / "o")])
-    assert "--look-ahead" in _error(capsys, ["track", str(tmp_path / "a.nc"), "--out", str(tmp_path / "o"),
-                                             "--look-ahead", "0"])
-    assert "--tc-min-size" in _error(capsys, ["track", str(tmp_path / "a.nc"), "--out", str(tmp_path / "o"),
-                                              "--tc-min-size", "big"])
+    assert "--look-ahead" in _error(
+        capsys, ["track", str(tmp_path / "a.nc"), "--out", str(tmp_path / "o"), "--look-ahead", "0"]
+    )
+    assert "--tc-min-size" in _error(
+        capsys, ["track", str(tmp_path / "a.nc"), "--out", str(tmp_path / "o"), "--tc-min-size", "big"]
+    )
     # an events folder of another format version
     assert main(["track", str(tmp_path / "a.nc"), "--out", str(tmp_path / "ev"), "--no-progress"]) == 0
     meta = json.loads((tmp_path / "ev" / "track.json").read_text())
@@ -372,8 +431,27 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
 
 def test_bench_track_smoke(tmp_path, capsys):
     """The benchmark's code paths on a tiny series; a stand-in tracker for the comparison."""
-    argv = ["bench", "track", "--json", str(tmp_path / "r.json"), "--", "--steps", "16", "--height", "48",
-            "--width", "72", "--source-height", "24", "--source-width", "36", "--masks", str(tmp_path / "masks"), "--workers", "1"]
+    argv = [
+        "bench",
+        "track",
+        "--json",
+        str(tmp_path / "r.json"),
+        "--",
+        "--steps",
+        "16",
+        "--height",
+        "48",
+        "--width",
+        "72",
+        "--source-height",
+        "24",
+        "--source-width",
+        "36",
+        "--masks",
+        str(tmp_path / "masks"),
+        "--workers",
+        "1",
+    ]
     if __import__("importlib").util.find_spec("xarray") is not None:
         stand_in = tmp_path / "stand_in.py"
         stand_in.write_text("def track_events(masks, **kw):\n    return masks\n")
@@ -382,7 +460,9 @@ def test_bench_track_smoke(tmp_path, capsys):
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["meta"]["command"].startswith("climseg bench track")
     first = data["rows"][0]
-    assert first["steps"] == 16 and first["total_s"] > 0 and first["year_s"] == pytest.approx(first["total_s"] / 16 * 2920)
+    assert (
+        first["steps"] == 16 and first["total_s"] > 0 and first["year_s"] == pytest.approx(first["total_s"] / 16 * 2920)
+    )
     assert (tmp_path / "r.md").read_text().startswith("# Event tracking")
     if len(data["rows"]) > 1:
         assert data["rows"][1]["steps"] == 8 and data["rows"][2]["speedup_per_step"] > 0
@@ -394,7 +474,7 @@ def test_climatenet_style_files_and_descending_latitudes(tmp_path):
     north_first = lat[::-1]
     for k in range(3):
         labels = np.zeros((18, 36), np.int64)
-        labels[2:4, 5 + k: 8 + k] = 1                 # rows 2-3 from the north: centres 65 and 55 N
+        labels[2:4, 5 + k : 8 + k] = 1  # rows 2-3 from the north: centres 65 and 55 N
         with netCDF4.Dataset(tmp_path / f"data-{k}.nc", "w") as ds:
             ds.createDimension("time", 1)
             ds.createDimension("lat", 18)
@@ -407,15 +487,29 @@ def test_climatenet_style_files_and_descending_latitudes(tmp_path):
             ds.createVariable("TMQ", "f4", ("time", "lat", "lon"))[:] = np.ones((1, 18, 36))
             ds.createVariable("LABELS", "i8", ("lat", "lon"))[:] = labels
     files = [str(tmp_path / f"data-{k}.nc") for k in range(3)]
-    assert main(["track", *files, "--out", str(tmp_path / "out"), "--tc-min-size", "1px", "--min-steps", "3",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "track",
+                *files,
+                "--out",
+                str(tmp_path / "out"),
+                "--tc-min-size",
+                "1px",
+                "--min-steps",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     with open(tmp_path / "out" / "events.csv") as f:
         (event,) = list(csv.DictReader(f))
     assert event["first_time"] == "1996-07-01 00:00:00" and float(event["lifetime_hours"]) == 6.0
-    assert 55.0 < float(event["genesis_lat"]) < 60.0          # area-weighted: nearer the larger southern row
+    assert 55.0 < float(event["genesis_lat"]) < 60.0  # area-weighted: nearer the larger southern row
     ids = _read_ids(str(tmp_path / "out"))
     with netCDF4.Dataset(tmp_path / "out" / "data-0_event_id.nc") as ds:
-        assert np.all(np.diff(ds.variables["lat"][:]) > 0)          # written south to north
+        assert np.all(np.diff(ds.variables["lat"][:]) > 0)  # written south to north
     assert ids.shape == (3, 18, 36) and ids[0, 14:16, 5:8].min() == 1 and ids[0].sum() == 6
 
 
@@ -427,8 +521,8 @@ def test_era5_style_time_and_nemo_style_coordinates(tmp_path):
     steps = 4
     masks = np.zeros((steps, 18, 36), np.uint8)
     for k in range(steps):
-        masks[k, 12:14, 4 + 2 * k: 8 + 2 * k] = 1                # a cyclone drifting east
-        masks[k, 4:6, 20: 26 + k] = 2                             # a river growing east
+        masks[k, 12:14, 4 + 2 * k : 8 + 2 * k] = 1  # a cyclone drifting east
+        masks[k, 4:6, 20 : 26 + k] = 2  # a river growing east
     hours = 6.0 * np.arange(steps)
     _write_masks(str(tmp_path / "cam5.nc"), masks, lat, lon, hours)
     with netCDF4.Dataset(tmp_path / "era5.nc", "w") as ds:

@@ -6,18 +6,18 @@ poisoned with NaN before the call, so an element a kernel fails to write fails
 the test. Accuracy rule: err(ours) <= 2 * err(PyTorch in the same precision)
 + a small floor, both against float64.
 """
+
 import copy
 
 import pytest
 import torch
 import torch.nn as nn
+from conftest import DEVICE
 
 import climseg.ops.atrous as ops_atrous
 from climseg.errors import ConfigError
 from climseg.nn import ASPP, AtrousConv2d, convert_model
 from climseg.ops import aspp_conv, aspp_conv_reference, atrous_conv2d, atrous_conv2d_reference
-
-from conftest import DEVICE
 
 pytest.importorskip("triton")
 K = pytest.importorskip("climseg.kernels.atrous")
@@ -106,7 +106,9 @@ def test_plain_conv_without_epilogue_and_batch_one():
 
 def test_aspp_conv_one_launch_with_pooled_slice():
     x = torch.randn(2, 12, 9, 14, device=DEVICE)
-    weights = [torch.randn(6, 12, 1, 1, device=DEVICE)] + [torch.randn(6, 12, 3, 3, device=DEVICE) / 6 for _ in range(3)]
+    weights = [torch.randn(6, 12, 1, 1, device=DEVICE)] + [
+        torch.randn(6, 12, 3, 3, device=DEVICE) / 6 for _ in range(3)
+    ]
     weights = [w.requires_grad_() for w in weights]
     pooled = torch.randn(2, 6, device=DEVICE, requires_grad=True)
     scale, shift = torch.rand(24, device=DEVICE) + 0.5, torch.randn(24, device=DEVICE)
@@ -114,13 +116,21 @@ def test_aspp_conv_one_launch_with_pooled_slice():
     real = K.dense_forward
     K.dense_forward = lambda *a, **k: launches.append(1) or real(*a, **k)
     try:
-        ours = aspp_conv(x, weights, [1, 2, 4, 6], scale=scale, shift=shift, activation="relu", pooled=pooled,
-                         backend="triton")
+        ours = aspp_conv(
+            x, weights, [1, 2, 4, 6], scale=scale, shift=shift, activation="relu", pooled=pooled, backend="triton"
+        )
     finally:
         K.dense_forward = real
     assert launches == [1], "the four branches must be one launch"
-    exact = aspp_conv_reference(x.double(), [w.double() for w in weights], [1, 2, 4, 6], scale=scale.double(),
-                                shift=shift.double(), activation="relu", pooled=pooled.double())
+    exact = aspp_conv_reference(
+        x.double(),
+        [w.double() for w in weights],
+        [1, 2, 4, 6],
+        scale=scale.double(),
+        shift=shift.double(),
+        activation="relu",
+        pooled=pooled.double(),
+    )
     theirs = aspp_conv_reference(x, weights, [1, 2, 4, 6], scale=scale, shift=shift, activation="relu", pooled=pooled)
     assert ours.shape == (2, 30, 9, 14)
     _check(ours, theirs.detach(), exact.detach(), torch.float32, "aspp output")
@@ -159,7 +169,7 @@ def test_fused_aspp_module_equals_unfused(norm):
             if b is not None:
                 torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
     for a, b in zip(fused.buffers(), reference.buffers()):
-        torch.testing.assert_close(a, b)     # running statistics updated alike
+        torch.testing.assert_close(a, b)  # running statistics updated alike
 
 
 def test_fused_aspp_skips_concatenation():
@@ -204,7 +214,7 @@ def test_convert_model_whole_network_with_folded_batch_norm():
 
     torch.manual_seed(3)
     model = DeepLabV3Plus("tiny").to(DEVICE)
-    with torch.no_grad():      # non-trivial running statistics
+    with torch.no_grad():  # non-trivial running statistics
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.2, 0.2)
@@ -221,7 +231,7 @@ def test_convert_model_whole_network_with_folded_batch_norm():
     folded = sum(c.scale is not None for c in convs)
     left = sum(isinstance(m, nn.BatchNorm2d) for m in converted.modules())
     before = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    assert folded > 0 and left == before - folded     # pre-activation norms (ResNet v2) stay
+    assert folded > 0 and left == before - folded  # pre-activation norms (ResNet v2) stay
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
     assert converted.state_dict().keys() >= {k for k in model.state_dict() if "norm" not in k and "bn" not in k}
 
@@ -249,8 +259,11 @@ def test_torch_compile_traces_without_graph_break():
 
     torch._dynamo.reset()
     counters.clear()
-    model = nn.Sequential(AtrousConv2d(5, 6, 3, padding=2, dilation=2, backend="triton"), nn.ReLU(),
-                          AtrousConv2d(6, 6, 3, padding=1, groups=6, backend="triton")).to(DEVICE)
+    model = nn.Sequential(
+        AtrousConv2d(5, 6, 3, padding=2, dilation=2, backend="triton"),
+        nn.ReLU(),
+        AtrousConv2d(6, 6, 3, padding=1, groups=6, backend="triton"),
+    ).to(DEVICE)
     x = torch.randn(1, 5, 8, 9, device=DEVICE, requires_grad=True)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     y = compiled(x)
@@ -292,7 +305,8 @@ def test_interpreter_compatibility_is_in_place():
     assert installed or version >= (3, 9), (
         f"Triton {triton.__version__}: its interpreter has no _patch_lang_tensor any more, which "
         "climseg.kernels.runtime.install_interpreter_compatibility patches for Triton < 3.9 (scalars as loop bounds "
-        "under NumPy >= 2.4); update it for this Triton")
+        "under NumPy >= 2.4); update it for this Triton"
+    )
 
 
 @pytest.mark.gpu

@@ -1,6 +1,7 @@
 """CGNet (config ``cgnet``): parameter count against a hand derivation of ClimateNet's layer list,
 shapes for any input size and channel count, and import of ClimateNet-named weights checked
 against a direct functional computation with those weights (fp32, CPU)."""
+
 import json
 import os
 
@@ -8,24 +9,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from climseg.models import CGNet, build_network, count_parameters
 from climseg.data.checkpoints import convert_checkpoint as convert
-from climseg.models.layouts import climatenet_model, init_weights
 from climseg.errors import CheckpointError, ConfigError
+from climseg.models import CGNet, build_network, count_parameters
+from climseg.models.layouts import climatenet_model, init_weights
+
 
 def hand_count(c, k, m=3, n=21):
     """Trainable parameters of ClimateNet's CGNetModule(classes=k, channels=c, M=m, N=n), from its layer
     list: conv weights (no biases), BN 2 per channel, PReLU 1 per channel, SE linears with biases."""
-    def cbp(cin, cout, ks):          # ConvBNPReLU
+
+    def cbp(cin, cout, ks):  # ConvBNPReLU
         return cin * cout * ks * ks + 3 * cout
 
-    def se(w, r):                    # FGlo: Linear(w, w/r), Linear(w/r, w)
+    def se(w, r):  # FGlo: Linear(w, w/r), Linear(w/r, w)
         return w * (w // r) + w // r + (w // r) * w + w
 
-    def down(cin, w, r):             # ContextGuidedBlock_Down
+    def down(cin, w, r):  # ContextGuidedBlock_Down
         return cbp(cin, w, 3) + 9 * w + 9 * w + 3 * 2 * w + 2 * w * w + se(w, r)
 
-    def block(w, r):                 # ContextGuidedBlock
+    def block(w, r):  # ContextGuidedBlock
         h = w // 2
         return cbp(w, h, 1) + 9 * h + 9 * h + 3 * w + se(w, r)
 
@@ -90,8 +93,15 @@ def climatenet_shapes(c, k, m=3, n=21):
     out = []
 
     def bn(prefix, ch):
-        out.extend([(f"{prefix}.weight", (ch,)), (f"{prefix}.bias", (ch,)), (f"{prefix}.running_mean", (ch,)),
-                    (f"{prefix}.running_var", (ch,)), (f"{prefix}.num_batches_tracked", ())])
+        out.extend(
+            [
+                (f"{prefix}.weight", (ch,)),
+                (f"{prefix}.bias", (ch,)),
+                (f"{prefix}.running_mean", (ch,)),
+                (f"{prefix}.running_var", (ch,)),
+                (f"{prefix}.num_batches_tracked", ()),
+            ]
+        )
 
     def cbp(prefix, cin, cout, ks):
         out.append((f"{prefix}.conv.weight", (cout, cin, ks, ks)))
@@ -103,8 +113,14 @@ def climatenet_shapes(c, k, m=3, n=21):
         out.append((f"{prefix}.act.weight", (ch,)))
 
     def fglo(prefix, w, r):
-        out.extend([(f"{prefix}.fc.0.weight", (w // r, w)), (f"{prefix}.fc.0.bias", (w // r,)),
-                    (f"{prefix}.fc.2.weight", (w, w // r)), (f"{prefix}.fc.2.bias", (w,))])
+        out.extend(
+            [
+                (f"{prefix}.fc.0.weight", (w // r, w)),
+                (f"{prefix}.fc.0.bias", (w // r,)),
+                (f"{prefix}.fc.2.weight", (w, w // r)),
+                (f"{prefix}.fc.2.bias", (w,)),
+            ]
+        )
 
     def down(prefix, cin, w, r):
         cbp(f"{prefix}.conv1x1", cin, w, 3)
@@ -150,12 +166,13 @@ def random_climatenet_state(c, k, m=3, n=21):
             state[key] = torch.rand(shape) + 0.5
         else:
             fan_in = max(1, int(torch.tensor(shape[1:]).prod())) if len(shape) > 1 else 1
-            state[key] = torch.randn(shape) / fan_in ** 0.5
+            state[key] = torch.randn(shape) / fan_in**0.5
     return state
 
 
 def functional_climatenet(s, x):
     """ClimateNet's forward written out with torch.nn.functional on its own key names."""
+
     def wrap(t, p):
         return F.pad(t, (p, p, p, p), mode="circular") if p else t
 
@@ -164,8 +181,16 @@ def functional_climatenet(s, x):
         return F.conv2d(wrap(t, (w.shape[-1] - 1) // 2 * d), w, None, stride, 0, d, groups)
 
     def bnp(t, prefix, bn="bn", act="act"):
-        t = F.batch_norm(t, s[f"{prefix}.{bn}.running_mean"], s[f"{prefix}.{bn}.running_var"],
-                         s[f"{prefix}.{bn}.weight"], s[f"{prefix}.{bn}.bias"], False, 0.0, 1e-3)
+        t = F.batch_norm(
+            t,
+            s[f"{prefix}.{bn}.running_mean"],
+            s[f"{prefix}.{bn}.running_var"],
+            s[f"{prefix}.{bn}.weight"],
+            s[f"{prefix}.{bn}.bias"],
+            False,
+            0.0,
+            1e-3,
+        )
         return F.prelu(t, s[f"{prefix}.{act}.weight"])
 
     def cbp(t, prefix, stride=1):
@@ -173,23 +198,32 @@ def functional_climatenet(s, x):
 
     def fglo(t, prefix):
         g = t.mean((2, 3))
-        g = torch.sigmoid(F.linear(torch.relu(F.linear(g, s[f"{prefix}.fc.0.weight"], s[f"{prefix}.fc.0.bias"])),
-                                   s[f"{prefix}.fc.2.weight"], s[f"{prefix}.fc.2.bias"]))
+        g = torch.sigmoid(
+            F.linear(
+                torch.relu(F.linear(g, s[f"{prefix}.fc.0.weight"], s[f"{prefix}.fc.0.bias"])),
+                s[f"{prefix}.fc.2.weight"],
+                s[f"{prefix}.fc.2.bias"],
+            )
+        )
         return t * g[:, :, None, None]
 
     def down(t, prefix, d):
         t = cbp(t, f"{prefix}.conv1x1", 2)
         ch = t.shape[1]
-        j = torch.cat([conv(t, f"{prefix}.F_loc.conv.weight", groups=ch),
-                       conv(t, f"{prefix}.F_sur.conv.weight", d=d, groups=ch)], 1)
+        j = torch.cat(
+            [conv(t, f"{prefix}.F_loc.conv.weight", groups=ch), conv(t, f"{prefix}.F_sur.conv.weight", d=d, groups=ch)],
+            1,
+        )
         j = conv(bnp(j, prefix), f"{prefix}.reduce.conv.weight")
         return fglo(j, f"{prefix}.F_glo")
 
     def block(t, prefix, d):
         u = cbp(t, f"{prefix}.conv1x1")
         ch = u.shape[1]
-        j = torch.cat([conv(u, f"{prefix}.F_loc.conv.weight", groups=ch),
-                       conv(u, f"{prefix}.F_sur.conv.weight", d=d, groups=ch)], 1)
+        j = torch.cat(
+            [conv(u, f"{prefix}.F_loc.conv.weight", groups=ch), conv(u, f"{prefix}.F_sur.conv.weight", d=d, groups=ch)],
+            1,
+        )
         return t + fglo(bnp(j, f"{prefix}.bn_prelu"), f"{prefix}.F_glo")
 
     def pool(t, times):
@@ -225,13 +259,14 @@ def test_climatenet_weights_import_matches_functional(tmp_path, c, h, w, m, n):
     torch.save(state, path)
     model, section = climatenet_model(str(path))
     assert section["config"] == "cgnet" and section["in_channels"] == c
-    assert len(model.state_dict()) == len(state)          # every key consumed, none left empty
+    assert len(model.state_dict()) == len(state)  # every key consumed, none left empty
     model.eval()
     x = torch.randn(2, c, h, w)
     with torch.no_grad():
         ours = model(x)
-        ref = functional_climatenet({k: v.double() if v.is_floating_point() else v for k, v in state.items()},
-                                    x.double())
+        ref = functional_climatenet(
+            {k: v.double() if v.is_floating_point() else v for k, v in state.items()}, x.double()
+        )
         ref32 = functional_climatenet(state, x)
     err_ours = (ours.double() - ref).abs().max().item()
     err_torch = (ref32.double() - ref).abs().max().item()
@@ -254,9 +289,15 @@ def test_climatenet_import_rejects_odd_weights(tmp_path):
         climatenet_model(str(tmp_path / "c.pth"))
 
 
-CONFIG = {"fields": {"TMQ": {"mean": 19.21859, "std": 15.81723}, "U850": {"mean": 1.55302, "std": 8.29764},
-                     "V850": {"mean": 0.25413, "std": 6.23163}, "PSL": {"mean": 100814.414, "std": 1461.2227}},
-          "labels": ["Background", "Tropical Cyclone", "Atmospheric River"]}
+CONFIG = {
+    "fields": {
+        "TMQ": {"mean": 19.21859, "std": 15.81723},
+        "U850": {"mean": 1.55302, "std": 8.29764},
+        "V850": {"mean": 0.25413, "std": 6.23163},
+        "PSL": {"mean": 100814.414, "std": 1461.2227},
+    },
+    "labels": ["Background", "Tropical Cyclone", "Atmospheric River"],
+}
 
 
 def test_convert_command_and_init_weights(tmp_path, capsys):
@@ -289,8 +330,9 @@ def test_convert_command_and_init_weights(tmp_path, capsys):
 
     rng = np.random.default_rng(1)
     fields = rng.standard_normal((2, 32, 40, 4)).astype(np.float32) * [15.8, 8.3, 6.2, 1461] + [19, 1.5, 0.3, 1e5]
-    write_cam5_netcdf(str(tmp_path / "in.nc"), fields, np.linspace(-80, 80, 32), np.arange(40) * 9.0,
-                      channels=list(CONFIG["fields"]))
+    write_cam5_netcdf(
+        str(tmp_path / "in.nc"), fields, np.linspace(-80, 80, 32), np.arange(40) * 9.0, channels=list(CONFIG["fields"])
+    )
     quiet = dict(maps=False, progress=False, log=lambda *a: None)
     a = predict(f"climatenet:{tmp_path / 'weights.pth'}", [str(tmp_path / "in.nc")], str(tmp_path / "p1"), **quiet)
     b = predict(str(out), [str(tmp_path / "in.nc")], str(tmp_path / "p2"), **quiet)
@@ -312,12 +354,15 @@ def test_context_guided_blocks_on_the_triton_kernels():
     import copy
 
     from conftest import DEVICE
+
     from climseg.models.cgnet import ContextGuidedBlock, ContextGuidedDown
     from climseg.nn import AtrousConv2d
 
     torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
-    for block, x in ((ContextGuidedDown(6, 16, dilation=2, reduction=8), torch.randn(2, 6, 13, 11)),
-                     (ContextGuidedBlock(16, dilation=4, reduction=8), torch.randn(1, 16, 9, 10))):
+    for block, x in (
+        (ContextGuidedDown(6, 16, dilation=2, reduction=8), torch.randn(2, 6, 13, 11)),
+        (ContextGuidedBlock(16, dilation=4, reduction=8), torch.randn(1, 16, 9, 10)),
+    ):
         block = block.eval().to(DEVICE)
         x = x.to(DEVICE)
         exact = copy.deepcopy(block).double()

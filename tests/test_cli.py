@@ -1,5 +1,6 @@
 """The command line as a user meets it: every command end to end at a tiny size,
 and every bad input answered with one line and exit status 2."""
+
 import os
 import subprocess
 import sys
@@ -14,8 +15,14 @@ ENV = dict(os.environ, PYTHONWARNINGS="ignore")
 
 
 def run(*args, cwd=None, env=None):
-    proc = subprocess.run([sys.executable, "-m", "climseg", *args], capture_output=True, text=True, cwd=cwd,
-                          env=dict(ENV, **(env or {})), timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "climseg", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=dict(ENV, **(env or {})),
+        timeout=600,
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -33,12 +40,35 @@ def assert_user_error(result, *fragments):
 def workspace(tmp_path_factory):
     """generate -> train -> predict through the CLI once; later tests reuse the files."""
     root = tmp_path_factory.mktemp("cli")
-    code, out, err = run("generate", str(root / "data"), "--samples", "10", "--height", "32", "--width", "48",
-                         "--seed", "4", "--validation-fraction", "0.2", "--no-progress")
+    code, out, err = run(
+        "generate",
+        str(root / "data"),
+        "--samples",
+        "10",
+        "--height",
+        "32",
+        "--width",
+        "48",
+        "--seed",
+        "4",
+        "--validation-fraction",
+        "0.2",
+        "--no-progress",
+    )
     assert code == 0, err
     assert "wrote 8 training and 2 validation samples of 32x48" in out
-    code, out, err = run("train", "--data", str(root / "data"), "--epochs", "2", "--batch-size", "4",
-                         "--out", str(root / "run"), "--no-progress")
+    code, out, err = run(
+        "train",
+        "--data",
+        str(root / "data"),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--out",
+        str(root / "run"),
+        "--no-progress",
+    )
     assert code == 0, err
     assert "tropical cyclone" in out and "atmospheric river" in out and "DeepCAM score" in out
     return root
@@ -46,7 +76,9 @@ def workspace(tmp_path_factory):
 
 def test_generate_train_predict(workspace):
     val = sorted((workspace / "data" / "validation").iterdir())
-    code, out, err = run("predict", str(workspace / "run"), str(val[0]), "--out", str(workspace / "pred"), "--no-progress")
+    code, out, err = run(
+        "predict", str(workspace / "run"), str(val[0]), "--out", str(workspace / "pred"), "--no-progress"
+    )
     assert code == 0, err
     assert "IoU vs labels" in out
     names = set(os.listdir(workspace / "pred"))
@@ -57,28 +89,44 @@ def test_generate_train_predict(workspace):
 def test_yaml_file_given_to_config_file(workspace, tmp_path):
     opts = tmp_path / "opts.yml"
     opts.write_text(f"data: {workspace / 'data'}\nepochs: 1\nbatch-size: 4\nnetwork: tiny\nchannels: [TMQ, PSL]\n")
-    code, out, err = run("train", "--config-file", str(opts), "--out", str(tmp_path / "run"), "--no-progress",
-                         env={"PYTHONWARNINGS": "default"})
+    code, out, err = run(
+        "train",
+        "--config-file",
+        str(opts),
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+        env={"PYTHONWARNINGS": "default"},
+    )
     assert code == 0, err
     assert "training tiny" in out and "warning" not in err
     from climseg.train import load_checkpoint
+
     ckpt = load_checkpoint(str(tmp_path / "run"))
     assert ckpt["train"]["options"]["network"] == "tiny" and "config" not in ckpt["train"]["options"]
-    assert ckpt["model"]["config"] == "tiny"          # the checkpoint format keeps its own key
+    assert ckpt["model"]["config"] == "tiny"  # the checkpoint format keeps its own key
 
 
 def test_yaml_file_given_to_config(workspace, tmp_path):
     """The old spellings: --config FILE.yaml and a file's config: key still work (with warnings)."""
     opts = tmp_path / "opts.yml"
     opts.write_text(f"data: {workspace / 'data'}\nepochs: 1\nbatch-size: 4\nconfig: tiny\nchannels: [TMQ, PSL, U850]\n")
-    code, out, err = run("train", "--config", str(opts), "--out", str(tmp_path / "run"), "--no-progress",
-                         env={"PYTHONWARNINGS": "default"})
+    code, out, err = run(
+        "train",
+        "--config",
+        str(opts),
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+        env={"PYTHONWARNINGS": "default"},
+    )
     assert code == 0, err
     assert "training tiny" in out
     warnings = [line for line in err.splitlines() if line.startswith("climseg: warning: ")]
     assert f"climseg: warning: --config {opts} is now --config-file {opts}" in warnings[0], err
     assert f"climseg: warning: {opts}: option 'config' is now 'network'" in warnings[1], err
     from climseg.train import load_checkpoint
+
     assert load_checkpoint(str(tmp_path / "run"))["data"]["channels"] == ["TMQ", "PSL", "U850"]
 
 
@@ -91,7 +139,9 @@ def test_info():
 def test_default_train_generates_and_caches_its_dataset(tmp_path, monkeypatch, capsys):
     import climseg.data.cache as cache
 
-    monkeypatch.setattr(cache, "DEFAULT_DATASET", dict(samples=6, height=32, width=48, seed=1, validation_fraction=1 / 3))
+    monkeypatch.setattr(
+        cache, "DEFAULT_DATASET", dict(samples=6, height=32, width=48, seed=1, validation_fraction=1 / 3)
+    )
     monkeypatch.setenv("CLIMSEG_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--epochs", "1", "--batch-size", "2", "--no-progress"]) == 0
@@ -127,21 +177,35 @@ def test_bad_inputs_get_one_line_and_status_2(workspace, tmp_path):
     empty.mkdir()
     (empty / "keep.txt").write_text("x")
 
-    assert_user_error(run("predict", str(run_dir), str(tmp_path / "missing.h5"), "--out", str(tmp_path / "o")),
-                      "missing.h5", "no such file")
+    assert_user_error(
+        run("predict", str(run_dir), str(tmp_path / "missing.h5"), "--out", str(tmp_path / "o")),
+        "missing.h5",
+        "no such file",
+    )
     assert_user_error(run("predict", str(run_dir), str(nan_file), "--out", str(tmp_path / "o")), "nan.h5", "NaN")
-    assert_user_error(run("predict", str(run_dir), str(wrong), "--out", str(tmp_path / "o")), "wrong.h5", "(32, 48, 12)")
-    assert_user_error(run("predict", str(run_dir), str(labels), "--out", str(tmp_path / "o")), "labels.h5", "outside 0..2")
-    assert_user_error(run("predict", str(tmp_path / "nope.pt"), str(val[0]), "--out", str(tmp_path / "o")),
-                      "nope.pt", "checkpoint not found")
-    assert_user_error(run("train", "--resume", str(run_dir / "last.pt"), "--network", "deepcam", "--no-progress"),
-                      "last.pt", "'tiny', not 'deepcam'")
+    assert_user_error(
+        run("predict", str(run_dir), str(wrong), "--out", str(tmp_path / "o")), "wrong.h5", "(32, 48, 12)"
+    )
+    assert_user_error(
+        run("predict", str(run_dir), str(labels), "--out", str(tmp_path / "o")), "labels.h5", "outside 0..2"
+    )
+    assert_user_error(
+        run("predict", str(tmp_path / "nope.pt"), str(val[0]), "--out", str(tmp_path / "o")),
+        "nope.pt",
+        "checkpoint not found",
+    )
+    assert_user_error(
+        run("train", "--resume", str(run_dir / "last.pt"), "--network", "deepcam", "--no-progress"),
+        "last.pt",
+        "'tiny', not 'deepcam'",
+    )
     assert_user_error(run("train", "--data", str(tmp_path / "nowhere"), "--no-progress"), "nowhere", "no such folder")
     assert_user_error(run("train", "--data", str(data), "--precision", "fp8", "--out", str(tmp_path / "r")), "fp8")
     assert_user_error(run("train", "--data", str(data), "--epochs", "0", "--out", str(tmp_path / "r")), "epochs")
     assert_user_error(run("train", "--data", str(data), "--out", str(run_dir)), "already holds a training run")
-    assert_user_error(run("generate", str(empty), "--samples", "2", "--height", "32", "--width", "48"),
-                      "already exists")
+    assert_user_error(
+        run("generate", str(empty), "--samples", "2", "--height", "32", "--width", "48"), "already exists"
+    )
     assert_user_error(run("generate", str(tmp_path / "g"), "--height", "40"), "multiples of 16")
     assert (empty / "keep.txt").read_text() == "x"
     assert not (tmp_path / "o").exists() or not any(n.endswith(".tmp") for n in os.listdir(tmp_path / "o"))
@@ -152,17 +216,34 @@ def test_bad_inputs_get_one_line_and_status_2(workspace, tmp_path):
     first = sorted((bad_data / "train").iterdir())[0]
     with h5py.File(first, "r+") as f:
         f["climate/labels_0"][0, 0] = 9
-    assert_user_error(run("train", "--data", str(bad_data), "--epochs", "1", "--batch-size", "1", "--out",
-                          str(tmp_path / "r2"), "--no-progress"), first.name, "outside 0..2")
+    assert_user_error(
+        run(
+            "train",
+            "--data",
+            str(bad_data),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "1",
+            "--out",
+            str(tmp_path / "r2"),
+            "--no-progress",
+        ),
+        first.name,
+        "outside 0..2",
+    )
 
 
 # ----------------------------------------------------------------------------- issue 15, item 9: messages
 
+
 def test_command_line_type_errors_are_one_line(capsys):
-    for argv, fragment in ((["train", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
-                           (["generate", "d", "--samples", "1.5"], "argument --samples: invalid int value"),
-                           (["stage"], "the following arguments are required"),
-                           (["nonsense"], "invalid choice")):
+    for argv, fragment in (
+        (["train", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+        (["generate", "d", "--samples", "1.5"], "argument --samples: invalid int value"),
+        (["stage"], "the following arguments are required"),
+        (["nonsense"], "invalid choice"),
+    ):
         with pytest.raises(SystemExit) as info:
             main(argv)
         err = capsys.readouterr().err
@@ -202,7 +283,7 @@ def test_training_data_grid_mismatch_names_both_files(tmp_path, capsys):
     generate_dataset(str(root), samples=4, height=32, width=48, workers=1, progress=False)
     first = sorted((root / "train").iterdir())[0]
     data, labels, _ = generate_sample(16, 16, seed=1)
-    write_sample(str(first), data, labels)           # the first training file has another grid
+    write_sample(str(first), data, labels)  # the first training file has another grid
     code = main(["train", "--data", str(root), "--out", str(tmp_path / "r"), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and first.name in err and "validation" in err and "16x16" in err, err
@@ -222,11 +303,11 @@ def test_second_signal_aborts_training():
     trainer = FakeTrainer()
     previous = install_stop_handlers(trainer)
     try:
-        os.kill(os.getpid(), signal.SIGTERM)         # the first: finish the step, checkpoint, stop
+        os.kill(os.getpid(), signal.SIGTERM)  # the first: finish the step, checkpoint, stop
         assert trainer.stop_requested
-        with pytest.raises(Terminated):              # the second: abort now
+        with pytest.raises(Terminated):  # the second: abort now
             os.kill(os.getpid(), signal.SIGTERM)
-            for _ in range(100):                     # the handler runs between bytecodes
+            for _ in range(100):  # the handler runs between bytecodes
                 pass
     finally:
         for sig, handler in previous.items():
@@ -235,11 +316,12 @@ def test_second_signal_aborts_training():
 
 # ----------------------------------------------------------------------------- issue 23: the CLI as a package
 
+
 def train_parser():
     from climseg.cli.entry import build_parser
 
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")      # argparse keeps its subparsers here
+    sub = next(a for a in parser._actions if a.dest == "command")  # argparse keeps its subparsers here
     train = sub.choices["train"]
     train.complete()
     return parser, sub, train
@@ -256,10 +338,10 @@ def test_every_train_config_field_is_an_option_showing_its_real_default():
     for field in dataclasses.fields(TrainConfig):
         action = actions.get(field.name)
         assert action is not None, f"TrainConfig.{field.name} has no option"
-        assert action.default is None                 # only what the user typed overrides a file or a checkpoint
+        assert action.default is None  # only what the user typed overrides a file or a checkpoint
         assert "default" not in field.metadata["help"], f"{field.name}: the default is written by hand"
         value = getattr(defaults, field.name)
-        if isinstance(value, bool):                   # the flag turns the default over
+        if isinstance(value, bool):  # the flag turns the default over
             assert action.option_strings == [("--no-" if value else "--") + field.name.replace("_", "-")]
             assert action.const is (not value)
             continue
@@ -276,7 +358,7 @@ def test_every_train_config_field_is_an_option_showing_its_real_default():
 
 
 def test_train_help_shows_defaults_and_the_precision_rule(capsys, monkeypatch):
-    monkeypatch.setenv("COLUMNS", "1000")              # no line breaks inside the phrases looked for
+    monkeypatch.setenv("COLUMNS", "1000")  # no line breaks inside the phrases looked for
     with pytest.raises(SystemExit) as info:
         main(["train", "--help"])
     assert info.value.code == 0
@@ -323,7 +405,7 @@ def test_one_casing_every_default_and_each_choice_once():
             if metavar is not None:
                 assert metavar.upper() == metavar or metavar.startswith("{"), name
             if not action.option_strings or action.nargs == 0:
-                continue                              # positionals and flags
+                continue  # positionals and flags
             if action.required or (action.help or "").startswith("deprecated"):
                 continue
             assert "default" in action.help, name
@@ -354,7 +436,7 @@ def test_deprecated_config_names_warn_and_still_work(tmp_path, capsys, monkeypat
     with pytest.raises(ConfigError, match="given twice"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         read_config_file(str(both))
-    assert merge({"config": "cgnet"}).network == "cgnet"     # e.g. the saved options of an older checkpoint
+    assert merge({"config": "cgnet"}).network == "cgnet"  # e.g. the saved options of an older checkpoint
     # on the command line: one line on stderr, then the command goes on (here to its own one-line error)
     with warnings.catch_warnings():
         warnings.simplefilter("default")
@@ -369,14 +451,12 @@ def test_resume_from_a_checkpoint_saved_before_the_rename(workspace, tmp_path):
 
     ckpt = load_checkpoint(str(workspace / "run" / "last.pt"))
     options = ckpt["train"]["options"]
-    options["config"] = options.pop("network")           # as climseg 0.1 wrote them
+    options["config"] = options.pop("network")  # as climseg 0.1 wrote them
     (tmp_path / "old").mkdir()
     save_checkpoint(str(tmp_path / "old" / "last.pt"), {k: v for k, v in ckpt.items() if k != "path"})
     with pytest.raises(CheckpointError, match="'tiny', not 'deepcam'"):
-        prepare(dict(resume=str(tmp_path / "old" / "last.pt"), network="deepcam", progress=False),
-                log=lambda *a: None)
-    trainer = prepare(dict(resume=str(tmp_path / "old" / "last.pt"), epochs=3, progress=False),
-                      log=lambda *a: None)
+        prepare(dict(resume=str(tmp_path / "old" / "last.pt"), network="deepcam", progress=False), log=lambda *a: None)
+    trainer = prepare(dict(resume=str(tmp_path / "old" / "last.pt"), epochs=3, progress=False), log=lambda *a: None)
     try:
         assert trainer.cfg.network == "tiny" and trainer.cfg.batch_size == 4
     finally:
@@ -387,8 +467,8 @@ def test_argument_checks_live_in_the_library(workspace, tmp_path):
     """The Python API refuses what the command line refuses, with the same one-line messages."""
     from climseg.analytics.label import LabelOptions, label
     from climseg.analytics.track import TrackOptions, parse_size, track
-    from climseg.data.staging import stage
     from climseg.data.generate import generate_dataset
+    from climseg.data.staging import stage
     from climseg.data.synthetic import Features
     from climseg.data.timeseries import generate_timeseries, parse_interval
     from climseg.predict import predict
@@ -413,8 +493,10 @@ def test_argument_checks_live_in_the_library(workspace, tmp_path):
         (lambda: label([sample], str(tmp_path / "l"), LabelOptions(ar_field="wind")), "--ar-field wind"),
         (lambda: label([sample], str(tmp_path / "l"), workers=0), "--workers must be at least 1"),
         (lambda: label([sample], str(tmp_path / "l"), convention="martian"), "--convention martian"),
-        (lambda: predict(str(workspace / "run"), [sample], str(tmp_path / "p"), convention="martian"),
-         "--convention martian"),
+        (
+            lambda: predict(str(workspace / "run"), [sample], str(tmp_path / "p"), convention="martian"),
+            "--convention martian",
+        ),
     ]
     for call, message in cases:
         with pytest.raises(UserError) as info:
@@ -434,8 +516,7 @@ def test_predict_says_what_it_wrote(workspace, tmp_path):
 
     sample = str(sorted((workspace / "data" / "validation").iterdir())[0])
     lines = []
-    predict(str(workspace / "run"), [sample], str(tmp_path / "without"), maps=False, progress=False,
-            log=lines.append)
+    predict(str(workspace / "run"), [sample], str(tmp_path / "without"), maps=False, progress=False, log=lines.append)
     assert lines[-1] == f"climseg: masks and summary.json written to {tmp_path / 'without'}"
     assert not any(name.endswith(".png") for name in os.listdir(tmp_path / "without"))
     lines = []
@@ -455,11 +536,12 @@ def test_readme_analytics_workflow_runs_as_written_after_the_default_train(tmp_p
     block = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
     commands = [line.split("  #")[0].strip() for line in block.splitlines() if line.startswith("climseg ")]
     assert [c.split()[1] for c in commands] == ["generate", "label", "predict", "track", "analyze"]
-    monkeypatch.setattr(cache, "DEFAULT_DATASET", dict(samples=6, height=32, width=48, seed=1,
-                                                       validation_fraction=1 / 3))
+    monkeypatch.setattr(
+        cache, "DEFAULT_DATASET", dict(samples=6, height=32, width=48, seed=1, validation_fraction=1 / 3)
+    )
     monkeypatch.setenv("CLIMSEG_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "--epochs", "1", "--batch-size", "2", "--no-progress"]) == 0     # the default run
+    assert main(["train", "--epochs", "1", "--batch-size", "2", "--no-progress"]) == 0  # the default run
     capsys.readouterr()
     small = {"--timesteps": "8", "--height": "32", "--width": "48"}
     python = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "climseg"))
@@ -467,8 +549,7 @@ def test_readme_analytics_workflow_runs_as_written_after_the_default_train(tmp_p
         words = command.split()
         words = [small.get(words[i - 1], w) if i else w for i, w in enumerate(words)]
         line = python + " " + " ".join(words[1:])
-        proc = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True,
-                              env=ENV, timeout=600)
+        proc = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=600)
         assert proc.returncode == 0, (command, proc.stderr)
     assert os.path.isfile(tmp_path / "analysis" / "summary.json") and os.listdir(tmp_path / "labels")
 
@@ -480,6 +561,10 @@ def test_docs_name_every_option_of_every_command():
     for command, parser in sub.choices.items():
         parser.complete()
         section = docs.split(f"## `climseg {command}`", 1)[-1].split("\n## ", 1)[0]
-        missing += [f"{command} {flag}" for action in parser._actions for flag in action.option_strings
-                    if flag not in ("-h", "--help") and f"`{flag}" not in section]
+        missing += [
+            f"{command} {flag}"
+            for action in parser._actions
+            for flag in action.option_strings
+            if flag not in ("-h", "--help") and f"`{flag}" not in section
+        ]
     assert not missing, missing

@@ -1,6 +1,7 @@
 """ClimateNet-layout data (netCDF with LABELS): indexing, reading, normalisation from a config.json
 fields block or computed statistics, the NetCDFLoader against the Dataset, and training CGNet on it
 end to end, then predicting."""
+
 import json
 import os
 
@@ -8,8 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from climseg.data.climatenet import (ClimateNetDataset, find_layout, index_folder, open_climatenet, read_step,
-                                     write_climatenet_file)
+from climseg.data.climatenet import (
+    ClimateNetDataset,
+    find_layout,
+    index_folder,
+    open_climatenet,
+    read_step,
+    write_climatenet_file,
+)
 from climseg.data.climatenet_loader import NetCDFLoader
 from climseg.errors import DataError
 
@@ -81,8 +88,9 @@ def test_normalisation_from_config_or_computed(climatenet_dir):
     labels = np.concatenate([truth[n][1].reshape(-1) for n in "abc"])
     np.testing.assert_allclose(stats.class_frequencies, np.bincount(labels, minlength=3) / labels.size)
     # a ClimateNet config.json: its fields' order and mean/std, z-score whatever was asked
-    (root / "config.json").write_text(json.dumps({"fields": {k: {"mean": m, "std": s} for k, (m, s) in
-                                                             reversed(list(FIELDS.items()))}}))
+    (root / "config.json").write_text(
+        json.dumps({"fields": {k: {"mean": m, "std": s} for k, (m, s) in reversed(list(FIELDS.items()))}})
+    )
     train, _, stats, idx, norm = open_climatenet(str(root), None, "minmax", log=lambda *a: None)
     ds = ClimateNetDataset(train, stats, idx, norm)
     assert ds.channels == ["PSL", "V850", "U850", "TMQ"] and norm == "zscore"
@@ -108,7 +116,7 @@ def test_loader_matches_dataset(climatenet_dir, layout, offsets):
     loader = NetCDFLoader(ds, 3, dtype=torch.float32, layout=layout, shuffle=False, drop_last=False, threads=2)
     loader.use_offsets = offsets and extension_available()
     batches = list(loader)
-    if loader.use_offsets:   # a.nc (3 steps), b.nc (2) by offset; c.nc (north to south, 2), z.nc (zlib, 2) by h5py
+    if loader.use_offsets:  # a.nc (3 steps), b.nc (2) by offset; c.nc (north to south, 2), z.nc (zlib, 2) by h5py
         assert loader.paths_used == {"offset": 5, "h5py": 4}
     else:
         assert loader.paths_used == {"offset": 0, "h5py": 9}
@@ -119,8 +127,10 @@ def test_loader_matches_dataset(climatenet_dir, layout, offsets):
     torch.testing.assert_close(data, ref, rtol=1e-6, atol=1e-6)
     assert torch.equal(labels, torch.stack([ds[i][1] for i in range(len(ds))]))
     # two ranks: disjoint shares covering the epoch
-    shares = [NetCDFLoader(ds, 1, dtype=torch.float32, shuffle=True, seed=3, rank=r, world_size=2, drop_last=False)
-              for r in range(2)]
+    shares = [
+        NetCDFLoader(ds, 1, dtype=torch.float32, shuffle=True, seed=3, rank=r, world_size=2, drop_last=False)
+        for r in range(2)
+    ]
     seen = [tuple(b[0].flatten()[:4].tolist()) for s in shares for b in s]
     assert len(seen) == len(ds) == len(set(seen))
 
@@ -130,8 +140,9 @@ def test_bad_values_named(climatenet_dir):
     from climseg.data.loader import extension_available
 
     train, _, stats, idx, norm = open_climatenet(str(root), None, "zscore", log=lambda *a: None)
-    loader = NetCDFLoader(ClimateNetDataset(train, stats, idx, norm), 7, dtype=torch.float32, shuffle=False,
-                          drop_last=False)
+    loader = NetCDFLoader(
+        ClimateNetDataset(train, stats, idx, norm), 7, dtype=torch.float32, shuffle=False, drop_last=False
+    )
     f, lab = truth["b"]
     f = f.copy()
     f[1, 3, 4, 2] = np.nan
@@ -139,7 +150,7 @@ def test_bad_values_named(climatenet_dir):
     samples = index_folder(str(root / "train"), ["TMQ", "U850", "V850", "PSL"])
     with pytest.raises(DataError, match=r"b\.nc\[1\].*V850"):
         read_step(samples[4])
-    if extension_available():   # the C++ offset reader names the variable too
+    if extension_available():  # the C++ offset reader names the variable too
         with pytest.raises(DataError, match=r"b\.nc\[1\]: NaN/Inf value\(s\) in V850"):
             list(loader)
         assert loader.paths_used["offset"] > 0
@@ -156,16 +167,36 @@ def test_train_cgnet_then_predict(climatenet_dir, tmp_path):
 
     root, _ = climatenet_dir
     out = tmp_path / "run"
-    trainer = prepare(dict(data=str(root), network="cgnet", loss="ce+jaccard", epochs=1, batch_size=2,
-                           max_steps=2, out=str(out), progress=False, lr=1e-3, warmup_steps=0, precision="fp32"),
-                      None, log=lambda *a: None)
+    trainer = prepare(
+        dict(
+            data=str(root),
+            network="cgnet",
+            loss="ce+jaccard",
+            epochs=1,
+            batch_size=2,
+            max_steps=2,
+            out=str(out),
+            progress=False,
+            lr=1e-3,
+            warmup_steps=0,
+            precision="fp32",
+        ),
+        None,
+        log=lambda *a: None,
+    )
     trainer.fit()
     from climseg.train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(str(out / "last.pt"))
     assert ckpt["model"]["config"] == "cgnet" and ckpt["data"]["channels"] == ["TMQ", "U850", "V850", "PSL"]
-    summary = predict(str(out / "last.pt"), [str(root / "test" / "d.nc")], str(tmp_path / "pred"), maps=False,
-                      progress=False, log=lambda *a: None)
+    summary = predict(
+        str(out / "last.pt"),
+        [str(root / "test" / "d.nc")],
+        str(tmp_path / "pred"),
+        maps=False,
+        progress=False,
+        log=lambda *a: None,
+    )
     assert len(summary["inputs"]) == 1 and os.path.isfile(tmp_path / "pred" / "d_mask.nc")
 
 
@@ -175,15 +206,29 @@ def _random_cgnet_checkpoint(path, channels):
 
     torch.manual_seed(0)
     model = CGNet(len(channels), 3, blocks_stage2=2, blocks_stage3=2)
-    for m in model.modules():           # running statistics away from 0/1 so that classes differ
+    for m in model.modules():  # running statistics away from 0/1 so that classes differ
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.normal_(0, 0.1)
     model.stem[0].conv.conv.weight.data *= 3
-    save_checkpoint(path, dict(model=dict(config="cgnet", in_channels=len(channels), num_classes=3, norm="batch",
-                                          options=dict(blocks_stage2=2, blocks_stage3=2), state_dict=model.state_dict()),
-                               data=dict(channels=list(channels), normalization="zscore",
-                                         shift=torch.tensor([FIELDS[c][0] for c in channels]),
-                                         scale=torch.tensor([1 / FIELDS[c][1] for c in channels]))))
+    save_checkpoint(
+        path,
+        dict(
+            model=dict(
+                config="cgnet",
+                in_channels=len(channels),
+                num_classes=3,
+                norm="batch",
+                options=dict(blocks_stage2=2, blocks_stage3=2),
+                state_dict=model.state_dict(),
+            ),
+            data=dict(
+                channels=list(channels),
+                normalization="zscore",
+                shift=torch.tensor([FIELDS[c][0] for c in channels]),
+                scale=torch.tensor([1 / FIELDS[c][1] for c in channels]),
+            ),
+        ),
+    )
 
 
 def test_predict_under_mpiexec_matches_one_process(tmp_path):
@@ -204,7 +249,7 @@ def test_predict_under_mpiexec_matches_one_process(tmp_path):
     ckpt = tmp_path / "cgnet.pt"
     _random_cgnet_checkpoint(str(ckpt), channels)
     inputs = []
-    for name, t in (("s1", 3), ("s2", 1), ("s3", 2)):         # three files over two ranks: uneven shares
+    for name, t in (("s1", 3), ("s2", 1), ("s3", 2)):  # three files over two ranks: uneven shares
         path = tmp_path / f"{name}.nc"
         write_cam5_netcdf(str(path), _fields(rng, t), LAT, LON, channels=channels)
         inputs.append(str(path))
@@ -213,8 +258,13 @@ def test_predict_under_mpiexec_matches_one_process(tmp_path):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     args = ["-m", "climseg", "predict", str(ckpt), *inputs, "--no-maps", "--no-progress", "--device", "cpu"]
-    par = subprocess.run([mpiexec, "-n", "2", sys.executable, *args, "--out", str(tmp_path / "par")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    par = subprocess.run(
+        [mpiexec, "-n", "2", sys.executable, *args, "--out", str(tmp_path / "par")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert par.returncode == 0, par.stdout + par.stderr
     from climseg.predict import predict
 
@@ -224,7 +274,9 @@ def test_predict_under_mpiexec_matches_one_process(tmp_path):
     assert merged.pop("ranks") == 2
     assert merged["inputs"] == one["inputs"] and [e["file"] for e in merged["inputs"]] == inputs
     for name in ("s1", "s2", "s3"):
-        with netCDF4.Dataset(tmp_path / "one" / f"{name}_mask.nc") as a, \
-                netCDF4.Dataset(tmp_path / "par" / f"{name}_mask.nc") as b:
+        with (
+            netCDF4.Dataset(tmp_path / "one" / f"{name}_mask.nc") as a,
+            netCDF4.Dataset(tmp_path / "par" / f"{name}_mask.nc") as b,
+        ):
             np.testing.assert_array_equal(a["mask"][:], b["mask"][:])
     assert sum(len(e["time_steps"]) for e in merged["inputs"]) == 6

@@ -10,6 +10,7 @@ segmentation-models-pytorch's DeepLabV3+ (a ResNet encoder, a forward that check
 size in Python, separable or plain ASPP), with narrow widths so that each test takes a second.
 The real packages are tested at the end where they import.
 """
+
 import collections
 import copy
 import logging
@@ -36,7 +37,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.relu = nn.ReLU(inplace=True)          # one ReLU module called three times
+        self.relu = nn.ReLU(inplace=True)  # one ReLU module called three times
         self.downsample = downsample
 
     def forward(self, x):
@@ -73,8 +74,9 @@ class ResNet(nn.Module):
             stride = 1
         downsample = None
         if stride != 1 or self.inplanes != planes * 4:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * 4, 1, stride, bias=False),
-                                       nn.BatchNorm2d(planes * 4))
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4)
+            )
         out = [Bottleneck(self.inplanes, planes, stride, downsample, previous)]
         self.inplanes = planes * 4
         out += [Bottleneck(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)]
@@ -102,8 +104,9 @@ class IntermediateLayerGetter(nn.ModuleDict):
 
 class TVASPPConv(nn.Sequential):
     def __init__(self, cin, cout, dilation):
-        super().__init__(nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU())
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+        )
 
 
 class TVASPPPooling(nn.Sequential):
@@ -124,8 +127,9 @@ class TVASPP(nn.Module):
         modules += [TVASPPConv(cin, cout, r) for r in rates]
         modules.append(TVASPPPooling(cin, cout))
         self.convs = nn.ModuleList(modules)
-        self.project = nn.Sequential(nn.Conv2d(len(self.convs) * cout, cout, 1, bias=False), nn.BatchNorm2d(cout),
-                                     nn.ReLU(), nn.Dropout(dropout))
+        self.project = nn.Sequential(
+            nn.Conv2d(len(self.convs) * cout, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.Dropout(dropout)
+        )
 
     def forward(self, x):
         return self.project(torch.cat([conv(x) for conv in self.convs], dim=1))
@@ -140,25 +144,37 @@ class SimpleSegmentationModel(nn.Module):
         input_shape = x.shape[-2:]
         features = self.backbone(x)
         result = collections.OrderedDict()
-        result["out"] = F.interpolate(self.classifier(features["out"]), size=input_shape, mode="bilinear",
-                                      align_corners=False)
+        result["out"] = F.interpolate(
+            self.classifier(features["out"]), size=input_shape, mode="bilinear", align_corners=False
+        )
         if self.aux_classifier is not None:
-            result["aux"] = F.interpolate(self.aux_classifier(features["aux"]), size=input_shape, mode="bilinear",
-                                          align_corners=False)
+            result["aux"] = F.interpolate(
+                self.aux_classifier(features["aux"]), size=input_shape, mode="bilinear", align_corners=False
+            )
         return result
 
 
 def tv_deeplabv3(num_classes=3, aux=False):
     """torchvision.models.segmentation.deeplabv3_resnet50's structure (16 input channels)."""
     backbone = IntermediateLayerGetter(ResNet(), {"layer3": "aux", "layer4": "out"} if aux else {"layer4": "out"})
-    head = nn.Sequential(TVASPP(128, [12, 24, 36]), nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
-                         nn.ReLU(), nn.Conv2d(8, num_classes, 1))
+    head = nn.Sequential(
+        TVASPP(128, [12, 24, 36]),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, num_classes, 1),
+    )
     return SimpleSegmentationModel(backbone, head, tv_fcn_head(64, num_classes) if aux else None)
 
 
 def tv_fcn_head(cin, num_classes):
-    return nn.Sequential(nn.Conv2d(cin, cin // 4, 3, padding=1, bias=False), nn.BatchNorm2d(cin // 4), nn.ReLU(),
-                         nn.Dropout(0.1), nn.Conv2d(cin // 4, num_classes, 1))
+    return nn.Sequential(
+        nn.Conv2d(cin, cin // 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cin // 4),
+        nn.ReLU(),
+        nn.Dropout(0.1),
+        nn.Conv2d(cin // 4, num_classes, 1),
+    )
 
 
 def tv_fcn(num_classes=3):
@@ -172,22 +188,31 @@ def tv_fcn(num_classes=3):
 # ---------------------------------------------------------------------------------------------
 class SeparableConv2d(nn.Sequential):
     def __init__(self, cin, cout, kernel_size, padding=0, dilation=1, bias=True):
-        super().__init__(nn.Conv2d(cin, cin, kernel_size, padding=padding, dilation=dilation, groups=cin, bias=False),
-                         nn.Conv2d(cin, cout, 1, bias=bias))
+        super().__init__(
+            nn.Conv2d(cin, cin, kernel_size, padding=padding, dilation=dilation, groups=cin, bias=False),
+            nn.Conv2d(cin, cout, 1, bias=bias),
+        )
 
 
 class SmpASPP(nn.Module):
     def __init__(self, cin, cout, rates, separable, dropout=0.5):
         super().__init__()
-        branch = (lambda r: nn.Sequential(SeparableConv2d(cin, cout, 3, padding=r, dilation=r, bias=False),
-                                          nn.BatchNorm2d(cout), nn.ReLU())) if separable else \
-            (lambda r: TVASPPConv(cin, cout, r))
+        branch = (
+            (
+                lambda r: nn.Sequential(
+                    SeparableConv2d(cin, cout, 3, padding=r, dilation=r, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+                )
+            )
+            if separable
+            else (lambda r: TVASPPConv(cin, cout, r))
+        )
         modules = [nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())]
         modules += [branch(r) for r in rates]
         modules.append(TVASPPPooling(cin, cout))
         self.convs = nn.ModuleList(modules)
-        self.project = nn.Sequential(nn.Conv2d(5 * cout, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-                                     nn.Dropout(dropout))
+        self.project = nn.Sequential(
+            nn.Conv2d(5 * cout, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.Dropout(dropout)
+        )
 
     def forward(self, x):
         res = [conv(x) for conv in self.convs]
@@ -196,11 +221,17 @@ class SmpASPP(nn.Module):
 
 class SmpResNetEncoder(ResNet):
     def __init__(self):
-        super().__init__(layers=(3, 4, 6, 3), dilate=(False, False, True))   # output stride 16
+        super().__init__(layers=(3, 4, 6, 3), dilate=(False, False, True))  # output stride 16
 
     def forward(self, x):
-        stages = [nn.Identity(), nn.Sequential(self.conv1, self.bn1, self.relu),
-                  nn.Sequential(self.maxpool, self.layer1), self.layer2, self.layer3, self.layer4]
+        stages = [
+            nn.Identity(),
+            nn.Sequential(self.conv1, self.bn1, self.relu),
+            nn.Sequential(self.maxpool, self.layer1),
+            self.layer2,
+            self.layer3,
+            self.layer4,
+        ]
         features = []
         for stage in stages:
             x = stage(x)
@@ -211,13 +242,19 @@ class SmpResNetEncoder(ResNet):
 class SmpDeepLabV3PlusDecoder(nn.Module):
     def __init__(self, encoder_channels, out_channels=8, rates=(12, 24, 36), separable=True):
         super().__init__()
-        self.aspp = nn.Sequential(SmpASPP(encoder_channels[-1], out_channels, rates, separable),
-                                  SeparableConv2d(out_channels, out_channels, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(out_channels), nn.ReLU())
+        self.aspp = nn.Sequential(
+            SmpASPP(encoder_channels[-1], out_channels, rates, separable),
+            SeparableConv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(),
+        )
         self.up = nn.UpsamplingBilinear2d(scale_factor=4)
         self.block1 = nn.Sequential(nn.Conv2d(encoder_channels[2], 6, 1, bias=False), nn.BatchNorm2d(6), nn.ReLU())
-        self.block2 = nn.Sequential(SeparableConv2d(6 + out_channels, out_channels, 3, padding=1, bias=False),
-                                    nn.BatchNorm2d(out_channels), nn.ReLU())
+        self.block2 = nn.Sequential(
+            SeparableConv2d(6 + out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(),
+        )
 
     def forward(self, *features):
         aspp = self.up(self.aspp(features[-1]))
@@ -235,7 +272,7 @@ class SmpDeepLabV3Plus(nn.Module):
 
     def check_input_shape(self, x):
         h, w = x.shape[-2:]
-        if h % 16 or w % 16:           # Python control flow on the shape: torch.fx cannot trace it
+        if h % 16 or w % 16:  # Python control flow on the shape: torch.fx cannot trace it
             raise RuntimeError(f"input size {h}x{w} is not divisible by 16")
 
     def forward(self, x):
@@ -274,7 +311,7 @@ def seed():
 def test_torchvision_shaped_deeplabv3_folds_every_norm_after_a_conv(seed, fuse_aspp, caplog):
     torch.manual_seed(seed)
     model = _randomise(tv_deeplabv3(), seed)
-    assert _norms(model) == 60                      # as torchvision's deeplabv3_resnet50
+    assert _norms(model) == 60  # as torchvision's deeplabv3_resnet50
     x = torch.randn(2, 16, 33, 47)
     with torch.no_grad():
         expected = _out(model(x))
@@ -286,8 +323,12 @@ def test_torchvision_shaped_deeplabv3_folds_every_norm_after_a_conv(seed, fuse_a
     assert report.traced == ["(model)"] and report.untraced == []
     assert _norms(converted) == 0
     folded_names = {norm for _, norm, _ in report.folded}
-    assert {"backbone.bn1", "backbone.layer1.0.bn1", "backbone.layer4.2.bn3",
-            "backbone.layer2.0.downsample.1"} <= folded_names
+    assert {
+        "backbone.bn1",
+        "backbone.layer1.0.bn1",
+        "backbone.layer4.2.bn3",
+        "backbone.layer2.0.downsample.1",
+    } <= folded_names
     # the stem's ReLU feeds only its norm: folded; a Bottleneck's shared ReLU is not
     assert ("backbone.conv1", "backbone.bn1", "backbone.relu") in report.folded
     assert ("backbone.layer1.0.conv1", "backbone.layer1.0.bn1", None) in report.folded
@@ -323,9 +364,9 @@ def test_smp_shaped_deeplabv3plus_traces_part_by_part(seed, separable):
         got = converted(x)
     report = converted.conversion_report
     assert report.untraced and report.untraced[0][0] == "(model)" and "TraceError" in report.untraced[0][1]
-    assert {"encoder", "decoder", "segmentation_head"} <= set(report.traced)   # encoder: stages built in forward
+    assert {"encoder", "decoder", "segmentation_head"} <= set(report.traced)  # encoder: stages built in forward
     assert report.norms == 62 and len(report.folded) == 62, report.not_folded
-    if separable:   # depthwise + pointwise branches: not climseg's ASPP (it would cost 9x the work)
+    if separable:  # depthwise + pointwise branches: not climseg's ASPP (it would cost 9x the work)
         assert report.aspp_replaced == [] and "separable" in report.aspp_not_replaced[0][1]
     else:
         assert report.aspp_replaced == ["decoder.aspp.0"]
@@ -343,7 +384,7 @@ def test_third_party_aspp_becomes_climseg_aspp_with_the_same_outputs(seed, train
     ours = convert_model(theirs, fuse_aspp=True, backend="torch", inplace=True)
     assert isinstance(ours, ASPP) and ours.rates == tuple(rates) and ours.training == training
     assert ours.backend == "torch" and all(m.backend == "torch" for m in ours.modules() if isinstance(m, AtrousConv2d))
-    assert ours.atrous[1].conv.weight is theirs.convs[2][0].weight      # the same tensors
+    assert ours.atrous[1].conv.weight is theirs.convs[2][0].weight  # the same tensors
     x = torch.randn(3, 12, 9, 11)
     torch.manual_seed(seed)
     expected = reference(x)
@@ -351,7 +392,7 @@ def test_third_party_aspp_becomes_climseg_aspp_with_the_same_outputs(seed, train
     got = ours(x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     if training:
-        assert (got == 0).float().mean() > 0.3                     # dropout ran
+        assert (got == 0).float().mean() > 0.3  # dropout ran
         ours_state = unfold_state_dict(ours)
         for name, a in reference.state_dict().items():
             torch.testing.assert_close(ours_state[name], a, rtol=1e-6, atol=1e-6)
@@ -364,7 +405,7 @@ def test_unfold_state_dict_gives_the_original_model_the_weights(seed):
     converted = convert_model(model, fold_bn=True, fuse_aspp=True)
     state = unfold_state_dict(converted)
     assert state.keys() == model.state_dict().keys()
-    for key, value in model.state_dict().items():       # nothing changed: the saved norms come back
+    for key, value in model.state_dict().items():  # nothing changed: the saved norms come back
         assert torch.equal(state[key], value), key
     # a folded epilogue changed after conversion (fine-tuned, or loaded): the norm is rebuilt from it
     conv = converted.backbone.layer2[1].conv2
@@ -419,7 +460,7 @@ def test_backend_reaches_every_climseg_module_including_aspp():
 def _import_or_skip(name):
     try:
         return __import__(name)
-    except Exception as exc:   # torchvision beside a torch it was not built for raises RuntimeError
+    except Exception as exc:  # torchvision beside a torch it was not built for raises RuntimeError
         pytest.skip(f"{name} does not import here: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
 
 
@@ -443,8 +484,9 @@ def test_real_smp_deeplabv3plus():
     _import_or_skip("torchvision")
     smp = _import_or_skip("segmentation_models_pytorch")
 
-    model = _randomise(smp.DeepLabV3Plus("resnet34", encoder_weights=None, in_channels=16, classes=3,
-                                         decoder_aspp_separable=False), 2)
+    model = _randomise(
+        smp.DeepLabV3Plus("resnet34", encoder_weights=None, in_channels=16, classes=3, decoder_aspp_separable=False), 2
+    )
     x = torch.randn(1, 16, 64, 64)
     with torch.no_grad():
         expected = model(x)

@@ -2,6 +2,7 @@
 
 CI sets CLIMSEG_FORCE_CUDA_BUILD=1 (it has nvcc and no GPU) and CLIMSEG_FORCE_CPP_BUILD=1: there
 the compiled modules must exist. Elsewhere the checks of a missing module skip."""
+
 import os
 
 import pytest

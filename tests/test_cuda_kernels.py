@@ -13,6 +13,7 @@ kernel fails to write shows. Accuracy rule: err(ours) <= 2 * err(PyTorch in the 
 precision) + a small floor, both against a float64 reference; where the op is a pure
 conversion (buckets, input conversion) the result must equal the reference bit for bit.
 """
+
 import os
 
 import pytest
@@ -20,16 +21,23 @@ import torch
 import torch.nn.functional as F
 
 import climseg.ops.buckets as ops_buckets
-import climseg.ops.normalize as ops_normalize
 import climseg.ops.cross_entropy as ops_ce
+import climseg.ops.normalize as ops_normalize
 import climseg.ops.optimizers as ops_optimizers
 from climseg.errors import ConfigError
 from climseg.ops import cuda as ops_cuda
-from climseg.ops.buckets import flatten_gradients, flatten_gradients_reference, unflatten_gradients, \
-    unflatten_gradients_reference
+from climseg.ops.buckets import (
+    flatten_gradients,
+    flatten_gradients_reference,
+    unflatten_gradients,
+    unflatten_gradients_reference,
+)
+from climseg.ops.cross_entropy import (
+    counts_reference,
+    weighted_cross_entropy_with_counts,
+    weighted_cross_entropy_with_counts_reference,
+)
 from climseg.ops.normalize import normalize_input, normalize_input_reference
-from climseg.ops.cross_entropy import counts_reference, weighted_cross_entropy_with_counts, \
-    weighted_cross_entropy_with_counts_reference
 from climseg.ops.optimizers import lamb_step, lamb_step_reference, larc_adam_step, larc_adam_step_reference
 from climseg.optim import LAMB, LARC
 
@@ -50,12 +58,13 @@ REDUCTIONS = ["mean", "sum", "none"]
 # relative to the largest magnitude of the exact result: about one unit in the last place
 # of the output type (two for the 16-bit types), more than fp32 summation-order noise
 FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}
-CHUNK = 32768              # CS_CHUNK: the multi-tensor kernels walk tensors in chunks of this
+CHUNK = 32768  # CS_CHUNK: the multi-tensor kernels walk tensors in chunks of this
 BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 
 
 # ---------------------------------------------------------------------------------------------
 # fixtures and helpers
+
 
 @pytest.fixture
 def seed():
@@ -106,12 +115,15 @@ def _check(ours, theirs, exact, dtype, what, seed, floor=None):
     ours, theirs, exact = (t.detach().double().cpu() for t in (ours, theirs, exact))
     assert ours.shape == exact.shape, f"{what}: shape {tuple(ours.shape)}, expected {tuple(exact.shape)} {_where(seed)}"
     nan = exact.isnan()
-    assert torch.equal(ours.isnan(), nan), (f"{what}: NaN at {int((ours.isnan() & ~nan).sum())} elements where the "
-                                           f"reference has none, missing at {int((nan & ~ours.isnan()).sum())} "
-                                           f"{_where(seed)}")
+    assert torch.equal(ours.isnan(), nan), (
+        f"{what}: NaN at {int((ours.isnan() & ~nan).sum())} elements where the "
+        f"reference has none, missing at {int((nan & ~ours.isnan()).sum())} "
+        f"{_where(seed)}"
+    )
     inf = exact.isinf()
-    assert torch.equal(ours[inf], exact[inf]) and not ours[~inf].isinf().any(), \
+    assert torch.equal(ours[inf], exact[inf]) and not ours[~inf].isinf().any(), (
         f"{what}: infinities differ {_where(seed)}"
+    )
     finite = exact.isfinite()
     if not finite.any():
         return
@@ -119,8 +131,9 @@ def _check(ours, theirs, exact, dtype, what, seed, floor=None):
     err = (ours - exact)[finite].abs().max().item()
     ref = (theirs - exact)[finite].abs().max().item()
     floor = (FLOOR[dtype] if floor is None else floor) * scale
-    assert err <= 2 * ref + floor, (f"{what}: error {err:.3g} against float64, PyTorch's {ref:.3g}, floor {floor:.3g} "
-                                    f"{_where(seed)}")
+    assert err <= 2 * ref + floor, (
+        f"{what}: error {err:.3g} against float64, PyTorch's {ref:.3g}, floor {floor:.3g} {_where(seed)}"
+    )
 
 
 def _bits(t):
@@ -128,11 +141,14 @@ def _bits(t):
 
 
 def _assert_bitwise(ours, ref, what, seed):
-    assert ours.dtype == ref.dtype and ours.shape == ref.shape, f"{what}: {ours.dtype} {tuple(ours.shape)} vs " \
-                                                                f"{ref.dtype} {tuple(ref.shape)}"
+    assert ours.dtype == ref.dtype and ours.shape == ref.shape, (
+        f"{what}: {ours.dtype} {tuple(ours.shape)} vs {ref.dtype} {tuple(ref.shape)}"
+    )
     same = _bits(ours.cpu()) == _bits(ref.cpu())
-    assert same.all(), (f"{what}: {int((~same).sum())} of {same.numel()} elements differ in their bits, first at "
-                        f"{int((~same).flatten().nonzero()[0])} {_where(seed)}")
+    assert same.all(), (
+        f"{what}: {int((~same).sum())} of {same.numel()} elements differ in their bits, first at "
+        f"{int((~same).flatten().nonzero()[0])} {_where(seed)}"
+    )
 
 
 def _assert_same_values(ours, ref, what, seed):
@@ -146,8 +162,10 @@ def _assert_same_values(ours, ref, what, seed):
 # ---------------------------------------------------------------------------------------------
 # weighted cross-entropy with counts: one case, on any device
 
-def _ce_inputs(shape, dtype, label_dtype, *, layout="nchw", ignore_index=-100, ignore_fraction=0.15, weights=True,
-               device="cpu"):
+
+def _ce_inputs(
+    shape, dtype, label_dtype, *, layout="nchw", ignore_index=-100, ignore_fraction=0.15, weights=True, device="cpu"
+):
     n, c = shape[:2]
     logits = (torch.randn(shape, device=device) * 3).to(dtype)
     if layout == "nhwc":
@@ -162,12 +180,19 @@ def _ce_inputs(shape, dtype, label_dtype, *, layout="nchw", ignore_index=-100, i
 def _exact_loss(logits, labels, weight, reduction, ignore_index):
     """float64 F.cross_entropy and its float64 leaf."""
     leaf = logits.detach().double().requires_grad_()
-    loss = F.cross_entropy(leaf, labels.long(), weight=None if weight is None else weight.double(),
-                           reduction=reduction, ignore_index=ignore_index)
+    loss = F.cross_entropy(
+        leaf,
+        labels.long(),
+        weight=None if weight is None else weight.double(),
+        reduction=reduction,
+        ignore_index=ignore_index,
+    )
     return leaf, loss
 
 
-def check_cross_entropy_case(logits, labels, weight, reduction, ignore_index, per_sample, seed, *, fused_grad=True, backward=True):
+def check_cross_entropy_case(
+    logits, labels, weight, reduction, ignore_index, per_sample, seed, *, fused_grad=True, backward=True
+):
     """Loss, counts, autograd gradient and the fused gradient of the CUDA kernel against
     the reference (in the logits' dtype) and float64."""
     dtype = logits.dtype
@@ -197,8 +222,9 @@ def check_cross_entropy_case(logits, labels, weight, reduction, ignore_index, pe
         _check(g_ours, g_theirs, g_exact, dtype, f"autograd gradient ({reduction})", seed)
 
     if fused_grad:
-        loss_r, counts_r, grad_r = weighted_cross_entropy_with_counts(logits, labels, weight, reduction,
-                                                                      return_grad=True, backend="cuda", **kw)
+        loss_r, counts_r, grad_r = weighted_cross_entropy_with_counts(
+            logits, labels, weight, reduction, return_grad=True, backend="cuda", **kw
+        )
         assert not loss_r.requires_grad and not grad_r.requires_grad
         # the same forward kernel: the loss is the same to the bit
         assert torch.equal(_bits(loss_r), _bits(ours.detach())), f"loss with return_grad differs {_where(seed)}"
@@ -216,6 +242,7 @@ def check_cross_entropy_case(logits, labels, weight, reduction, ignore_index, pe
 # ---------------------------------------------------------------------------------------------
 # cross-entropy: the main matrix (emulated kernels)
 
+
 @emulated
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -228,20 +255,24 @@ def test_cross_entropy_matches_reference(dtype, reduction, seed):
     ignore_index = {torch.int64: -100, torch.int32: 7, torch.uint8: 255}[label_dtype]
     n = (1, 2)[(d + r // 2) % 2]
     c = (3, 5)[d % 2]
-    logits, labels, weight = _ce_inputs((n, c, 13, 21), dtype, label_dtype, layout=layout, ignore_index=ignore_index,
-                                        weights=(2 * d + r) % 3 != 0)
+    logits, labels, weight = _ce_inputs(
+        (n, c, 13, 21), dtype, label_dtype, layout=layout, ignore_index=ignore_index, weights=(2 * d + r) % 3 != 0
+    )
     check_cross_entropy_case(logits, labels, weight, reduction, ignore_index, per_sample=(d + r) % 3 == 1, seed=seed)
 
 
 @emulated
-@pytest.mark.parametrize("shape, layout", [
-    ((2, 4), "nchw"),                   # no spatial dimensions: (N, C) logits, (N,) labels
-    ((1, 3, 301), "nchw"),              # 1-D signal
-    ((1, 3, 3, 7, 11), "nchw"),         # 3-D volume
-    ((2, 3, 11, 9), "transposed"),      # neither layout: copied to contiguous first
-    ((1, 64, 9, 7), "nhwc"),            # the most classes the kernel takes
-    ((1, 2, 17, 1), "nchw"),            # width 1
-])
+@pytest.mark.parametrize(
+    "shape, layout",
+    [
+        ((2, 4), "nchw"),  # no spatial dimensions: (N, C) logits, (N,) labels
+        ((1, 3, 301), "nchw"),  # 1-D signal
+        ((1, 3, 3, 7, 11), "nchw"),  # 3-D volume
+        ((2, 3, 11, 9), "transposed"),  # neither layout: copied to contiguous first
+        ((1, 64, 9, 7), "nhwc"),  # the most classes the kernel takes
+        ((1, 2, 17, 1), "nchw"),  # width 1
+    ],
+)
 def test_cross_entropy_shapes_and_layouts(shape, layout, seed):
     logits, labels, weight = _ce_inputs(shape, torch.float32, torch.int64)
     if layout == "nhwc":
@@ -253,8 +284,7 @@ def test_cross_entropy_shapes_and_layouts(shape, layout, seed):
 
 
 @emulated
-@pytest.mark.parametrize("dtype, reduction", [
-    (d, r) for d in (torch.float16, torch.bfloat16) for r in REDUCTIONS])
+@pytest.mark.parametrize("dtype, reduction", [(d, r) for d in (torch.float16, torch.bfloat16) for r in REDUCTIONS])
 def test_cross_entropy_float32_loss_from_16bit_logits(dtype, reduction, seed):
     logits, labels, weight = _ce_inputs((2, 3, 11, 13), dtype, torch.int32)
     kw = dict(ignore_index=-100, loss_dtype=torch.float32)
@@ -263,8 +293,9 @@ def test_cross_entropy_float32_loss_from_16bit_logits(dtype, reduction, seed):
     ours, _ = weighted_cross_entropy_with_counts(logits, labels, weight, reduction, backend="cuda", **kw)
     assert ours.dtype == theirs.dtype == torch.float32
     _check(ours, theirs, exact, torch.float32, f"float32 loss ({reduction}) of {dtype} logits", seed)
-    loss_r, _, _ = weighted_cross_entropy_with_counts(logits, labels, weight, reduction, return_grad=True,
-                                                      backend="cuda", **kw)
+    loss_r, _, _ = weighted_cross_entropy_with_counts(
+        logits, labels, weight, reduction, return_grad=True, backend="cuda", **kw
+    )
     assert loss_r.dtype == torch.float32
     _check(loss_r, theirs, exact, torch.float32, f"float32 loss ({reduction}, return_grad) of {dtype} logits", seed)
 
@@ -281,18 +312,22 @@ def test_cross_entropy_is_bitwise_reproducible(dtype, seed):
 
 
 @emulated
-@pytest.mark.parametrize("label_dtype, bad, ignore_index, return_grad", [
-    (torch.int64, 3, -100, False),      # == C
-    (torch.int32, -1, -100, True),      # negative, not ignore_index
-    (torch.uint8, 200, 255, False),     # too large for 3 classes
-    (torch.int64, -100, -1, True),      # the usual ignore value, but not this call's
-])
+@pytest.mark.parametrize(
+    "label_dtype, bad, ignore_index, return_grad",
+    [
+        (torch.int64, 3, -100, False),  # == C
+        (torch.int32, -1, -100, True),  # negative, not ignore_index
+        (torch.uint8, 200, 255, False),  # too large for 3 classes
+        (torch.int64, -100, -1, True),  # the usual ignore value, but not this call's
+    ],
+)
 def test_cross_entropy_invalid_labels_raise(label_dtype, bad, ignore_index, return_grad, seed):
     logits, labels, weight = _ce_inputs((1, 3, 7, 9), torch.float32, label_dtype, ignore_index=ignore_index)
     labels.view(-1)[int(torch.randint(0, labels.numel(), ()))] = bad
     with pytest.raises(ValueError, match="labels lie outside"):
-        weighted_cross_entropy_with_counts(logits, labels, weight, return_grad=return_grad, ignore_index=ignore_index,
-                                           backend="cuda")
+        weighted_cross_entropy_with_counts(
+            logits, labels, weight, return_grad=return_grad, ignore_index=ignore_index, backend="cuda"
+        )
 
 
 @emulated
@@ -301,8 +336,9 @@ def test_cross_entropy_unchecked_invalid_labels_give_nan_pixels(seed):
     bad = torch.zeros(labels.shape, dtype=torch.bool)
     bad.view(-1)[torch.randperm(labels.numel())[:4]] = True
     labels[bad] = 5
-    loss, counts = weighted_cross_entropy_with_counts(logits, labels, reduction="none", check_labels=False,
-                                                      backend="cuda")
+    loss, counts = weighted_cross_entropy_with_counts(
+        logits, labels, reduction="none", check_labels=False, backend="cuda"
+    )
     assert torch.equal(loss.isnan(), bad), f"NaN loss exactly at the invalid labels {_where(seed)}"
     valid = (labels != -100) & ~bad
     assert int(counts[:, 0].sum() + counts[:, 2].sum()) == int(valid.sum()), "invalid labels count nowhere"
@@ -313,17 +349,16 @@ def test_cross_entropy_unchecked_invalid_labels_give_nan_pixels(seed):
 def test_cross_entropy_argmax_ties_nan_and_inf_like_torch(dtype, seed):
     """Ties go to the first maximum, a NaN wins (the first NaN), as torch.argmax."""
     n, c, h, w = 2, 4, 9, 17
-    logits = torch.randint(-1, 2, (n, c, h, w)).to(dtype)          # ties everywhere
+    logits = torch.randint(-1, 2, (n, c, h, w)).to(dtype)  # ties everywhere
     special = torch.rand(n, c, h, w)
     logits[special < 0.03] = float("nan")
     logits[(special >= 0.03) & (special < 0.05)] = float("inf")
     logits[(special >= 0.05) & (special < 0.07)] = -float("inf")
-    logits[0, :, 0, 0] = -float("inf")                              # all -inf: argmax 0
-    logits[1, :, 0, 1] = 2.0                                        # all equal
+    logits[0, :, 0, 0] = -float("inf")  # all -inf: argmax 0
+    logits[1, :, 0, 1] = 2.0  # all equal
     labels = torch.randint(0, c, (n, h, w))
     labels[torch.rand(n, h, w) < 0.1] = -100
-    loss, counts = weighted_cross_entropy_with_counts(logits, labels, reduction="none", per_sample=True,
-                                                      backend="cuda")
+    loss, counts = weighted_cross_entropy_with_counts(logits, labels, reduction="none", per_sample=True, backend="cuda")
     expected = counts_reference(logits, labels)
     assert torch.equal(counts, expected), f"counts\n{counts}\nexpected (torch.argmax)\n{expected} {_where(seed)}"
     _, exact = _exact_loss(logits, labels, None, "none", -100)
@@ -361,8 +396,10 @@ def test_cross_entropy_custom_ops_pass_opcheck():
     """Schema, fake (meta) implementations and autograd registration, as torch.compile needs them."""
     logits, labels, weight = _ce_inputs((1, 3, 5, 7), torch.float32, torch.int64)
     logits.requires_grad_()
-    forward, with_grad = (torch.ops.climseg.weighted_cross_entropy_with_counts.default,
-                          torch.ops.climseg.weighted_cross_entropy_with_grad.default)
+    forward, with_grad = (
+        torch.ops.climseg.weighted_cross_entropy_with_counts.default,
+        torch.ops.climseg.weighted_cross_entropy_with_grad.default,
+    )
     torch.library.opcheck(forward, (logits, labels, weight, "mean", -100, torch.float32))
     torch.library.opcheck(forward, (logits, labels, weight, "none", -100, torch.bfloat16))
     torch.library.opcheck(with_grad, (logits.detach(), labels, weight, "sum", -100, torch.float32))
@@ -410,12 +447,23 @@ def _optimizer_state(sizes, device):
 def _step_grads(sizes, scales, grad_dtype, device, step):
     grads = [(torch.randn(s, device=device) * k).to(grad_dtype) for s, k in zip(sizes, scales)]
     if step == 2 and len(grads) > 1:
-        grads[1].zero_()          # gradient norm 0 for a tensor with non-zero weights
+        grads[1].zero_()  # gradient norm 0 for a tensor with non-zero weights
     return grads
 
 
-def check_optimizer_case(fused, reference, grad_dtype, weight_decay, seed, device="cpu", sizes=None, scales=None,
-                    floor=None, steps=3, **hyper):
+def check_optimizer_case(
+    fused,
+    reference,
+    grad_dtype,
+    weight_decay,
+    seed,
+    device="cpu",
+    sizes=None,
+    scales=None,
+    floor=None,
+    steps=3,
+    **hyper,
+):
     """``steps`` steps of ``fused`` (CUDA kernels) against ``reference`` in float32 and float64;
     with 16-bit gradients the fp32 params are master weights of a 16-bit model copy."""
     if sizes is None:
@@ -444,27 +492,47 @@ def check_optimizer_case(fused, reference, grad_dtype, weight_decay, seed, devic
 
 
 @emulated
-@pytest.mark.parametrize("fused, reference", [(larc_adam_step, larc_adam_step_reference),
-                                              (lamb_step, lamb_step_reference)], ids=["larc_adam", "lamb"])
-@pytest.mark.parametrize("grad_dtype, weight_decay", [(torch.float32, 0.0), (torch.float32, 0.01),
-                                                      (torch.float16, 0.01), (torch.bfloat16, 0.0)])
+@pytest.mark.parametrize(
+    "fused, reference",
+    [(larc_adam_step, larc_adam_step_reference), (lamb_step, lamb_step_reference)],
+    ids=["larc_adam", "lamb"],
+)
+@pytest.mark.parametrize(
+    "grad_dtype, weight_decay",
+    [(torch.float32, 0.0), (torch.float32, 0.01), (torch.float16, 0.01), (torch.bfloat16, 0.0)],
+)
 def test_optimizer_step_matches_reference(fused, reference, grad_dtype, weight_decay, seed):
     check_optimizer_case(fused, reference, grad_dtype, weight_decay, seed, lr=0.01, betas=BETAS)
 
 
 @emulated
 def test_larc_adam_step_without_clip(seed):
-    check_optimizer_case(larc_adam_step, larc_adam_step_reference, torch.bfloat16, 0.01, seed, steps=2, lr=0.01, clip=False,
-                    trust_coefficient=0.02, betas=(0.75, 0.9375), eps=1e-6)
+    check_optimizer_case(
+        larc_adam_step,
+        larc_adam_step_reference,
+        torch.bfloat16,
+        0.01,
+        seed,
+        steps=2,
+        lr=0.01,
+        clip=False,
+        trust_coefficient=0.02,
+        betas=(0.75, 0.9375),
+        eps=1e-6,
+    )
 
 
 @emulated
-@pytest.mark.parametrize("fused, reference", [(larc_adam_step, larc_adam_step_reference),
-                                              (lamb_step, lamb_step_reference)], ids=["larc_adam", "lamb"])
+@pytest.mark.parametrize(
+    "fused, reference",
+    [(larc_adam_step, larc_adam_step_reference), (lamb_step, lamb_step_reference)],
+    ids=["larc_adam", "lamb"],
+)
 def test_optimizer_state_with_default_betas_is_fp32_accurate(fused, reference, seed):
     """Default betas (0.9, 0.999): the moments to a few fp32 ulps, as PyTorch's."""
-    check_optimizer_case(fused, reference, torch.float32, 0.0, seed, steps=1, lr=0.01, sizes=[(7, 5)], scales=[1.0],
-                    floor=1e-6)    # 8 units in the last place of float32
+    check_optimizer_case(
+        fused, reference, torch.float32, 0.0, seed, steps=1, lr=0.01, sizes=[(7, 5)], scales=[1.0], floor=1e-6
+    )  # 8 units in the last place of float32
 
 
 def check_against_optimizer(make_optimizer, fused, weight_decay, seed, device="cpu", **fused_kw):
@@ -486,24 +554,42 @@ def check_against_optimizer(make_optimizer, fused, weight_decay, seed, device="c
             where = f"{fused.__name__} vs {type(opt_theirs).__name__}, step {step}"
             _check(params[i], theirs[i], exact[i], torch.float32, f"{where}: param {i} {tuple(sizes[i])}", seed)
             for name, ours in (("exp_avg", exp_avgs[i]), ("exp_avg_sq", exp_avg_sqs[i])):
-                _check(ours, opt_theirs.state[theirs[i]][name], opt_exact.state[exact[i]][name], torch.float32,
-                       f"{where}: {name} {i}", seed)
+                _check(
+                    ours,
+                    opt_theirs.state[theirs[i]][name],
+                    opt_exact.state[exact[i]][name],
+                    torch.float32,
+                    f"{where}: {name} {i}",
+                    seed,
+                )
 
 
 @emulated
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_larc_adam_step_agrees_with_LARC_around_Adam(weight_decay, seed):
     lr = 0.01
-    check_against_optimizer(lambda ps: LARC(torch.optim.Adam(ps, lr=lr, betas=BETAS, weight_decay=weight_decay)),
-                       larc_adam_step, weight_decay, seed, lr=lr, betas=BETAS)
+    check_against_optimizer(
+        lambda ps: LARC(torch.optim.Adam(ps, lr=lr, betas=BETAS, weight_decay=weight_decay)),
+        larc_adam_step,
+        weight_decay,
+        seed,
+        lr=lr,
+        betas=BETAS,
+    )
 
 
 @emulated
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_lamb_step_agrees_with_LAMB(weight_decay, seed):
     lr = 0.01
-    check_against_optimizer(lambda ps: LAMB(ps, lr=lr, betas=BETAS, weight_decay=weight_decay), lamb_step, weight_decay,
-                       seed, lr=lr, betas=BETAS)
+    check_against_optimizer(
+        lambda ps: LAMB(ps, lr=lr, betas=BETAS, weight_decay=weight_decay),
+        lamb_step,
+        weight_decay,
+        seed,
+        lr=lr,
+        betas=BETAS,
+    )
 
 
 @emulated
@@ -513,12 +599,20 @@ def test_optimizer_steps_on_empty_tensors_only(fused):
     states = [[torch.empty_like(p) for p in params] for _ in range(2)]
     fused(params, [torch.empty_like(p) for p in params], *states, step=1, lr=0.1, backend="cuda")
     with pytest.raises(ValueError, match="one dtype"):
-        fused([torch.ones(3)] * 2, [torch.ones(3), torch.ones(3, dtype=torch.float16)], [torch.zeros(3)] * 2,
-              [torch.zeros(3)] * 2, step=1, lr=0.1, backend="cuda")
+        fused(
+            [torch.ones(3)] * 2,
+            [torch.ones(3), torch.ones(3, dtype=torch.float16)],
+            [torch.zeros(3)] * 2,
+            [torch.zeros(3)] * 2,
+            step=1,
+            lr=0.1,
+            backend="cuda",
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # gradient buckets
+
 
 def _bucket_tensors(dtype, device="cpu", big=CHUNK + 37):
     """Odd sizes, an empty tensor, one of more than a chunk; magnitudes from fp16 subnormals
@@ -543,7 +637,7 @@ def test_flatten_unflatten_bitwise_like_reference(source_dtype, bucket_dtype, se
     ours = flatten_gradients(tensors, bucket_dtype, scale, out=out, backend="cuda")
     assert ours is out
     _assert_bitwise(ours, ref, f"flatten {source_dtype} -> {bucket_dtype}", seed)
-    ours_new = flatten_gradients(tensors, bucket_dtype, scale, backend="cuda")     # poisoned allocation
+    ours_new = flatten_gradients(tensors, bucket_dtype, scale, backend="cuda")  # poisoned allocation
     _assert_bitwise(ours_new, ref, f"flatten {source_dtype} -> {bucket_dtype} (allocated)", seed)
 
     for scale in (3.0, 1.0):
@@ -555,19 +649,24 @@ def test_flatten_unflatten_bitwise_like_reference(source_dtype, bucket_dtype, se
             _assert_bitwise(o, e, f"unflatten {bucket_dtype} -> {source_dtype}, scale {scale}: tensor {i}", seed)
         assert found.dtype == torch.bool and found.shape == () and not bool(found) and not bool(found_ref)
     # scale 1: the cast alone
-    _assert_bitwise(flatten_gradients(tensors, bucket_dtype, backend="cuda"), flatten_gradients_reference(
-        tensors, bucket_dtype), f"flatten {source_dtype} -> {bucket_dtype}, scale 1", seed)
+    _assert_bitwise(
+        flatten_gradients(tensors, bucket_dtype, backend="cuda"),
+        flatten_gradients_reference(tensors, bucket_dtype),
+        f"flatten {source_dtype} -> {bucket_dtype}, scale 1",
+        seed,
+    )
 
 
 @emulated
-@pytest.mark.parametrize("case", ["inf", "nan", "fp32-1e6-to-fp16", "fp32-1e6-to-bf16", "fp16-times-scale",
-                                  "finite", "flattened-overflow"])
+@pytest.mark.parametrize(
+    "case", ["inf", "nan", "fp32-1e6-to-fp16", "fp32-1e6-to-bf16", "fp16-times-scale", "finite", "flattened-overflow"]
+)
 def test_unflatten_flags_non_finite_values(case, seed):
     """The flag is true exactly when a value that arrives in a tensor is Inf or NaN."""
     bucket_dtype, target_dtype, scale = torch.float32, torch.float32, 1.0
     tensors = _bucket_tensors(torch.float32)
     bucket = flatten_gradients_reference(tensors, torch.float32)
-    where = int(torch.randint(CHUNK, CHUNK + 37, ()))     # in the second chunk of the first tensor
+    where = int(torch.randint(CHUNK, CHUNK + 37, ()))  # in the second chunk of the first tensor
     expected_flag = True
     if case == "inf":
         bucket[where] = -float("inf")
@@ -602,6 +701,7 @@ def test_unflatten_flags_non_finite_values(case, seed):
 # ---------------------------------------------------------------------------------------------
 # input conversion
 
+
 def check_convert_case(dtype, layout, channels, shape, seed, device="cpu"):
     n, h, w, cin = shape
     x = torch.randn(shape, device=device) * 40 + 250
@@ -615,8 +715,9 @@ def check_convert_case(dtype, layout, channels, shape, seed, device="cpu"):
         assert ours.is_contiguous(memory_format=torch.channels_last)
     else:
         assert ours.is_contiguous()
-    assert [s for s, k in zip(ours.stride(), ours.shape) if k > 1] == \
-        [s for s, k in zip(ref.stride(), ref.shape) if k > 1]
+    assert [s for s, k in zip(ours.stride(), ours.shape) if k > 1] == [
+        s for s, k in zip(ref.stride(), ref.shape) if k > 1
+    ]
     _assert_bitwise(ours, ref, f"convert to {dtype} {layout}", seed)
 
 
@@ -637,6 +738,7 @@ def test_normalize_input_batch_one_small(layout, seed):
 # ---------------------------------------------------------------------------------------------
 # the builds and their kernel tables
 
+
 @emulated
 def test_kernel_table_of_the_emulated_build():
     assert ops_cuda.kernel_signatures() == EMULATED.kernels()
@@ -649,7 +751,7 @@ def test_kernel_table_of_the_emulated_build():
         found.launch("mt_norms", (1,), 32, [0, 0, 0])
     with pytest.raises(ValueError, match="no kernel named"):
         found.launch("no_such_kernel", (1,), 32, [])
-    found.launch("mt_norms", (0,), 32, [0, 0, 0, 0])       # an empty grid launches nothing
+    found.launch("mt_norms", (0,), 32, [0, 0, 0, 0])  # an empty grid launches nothing
 
 
 @pytest.mark.skipif(COMPILED is None, reason="climseg._cuda (nvcc) is not built")
@@ -663,7 +765,7 @@ def test_kernel_table_of_the_nvcc_build():
     assert COMPILED.device_count() == 0 and COMPILED.device_problem().startswith("no usable CUDA device (")
     with pytest.raises(RuntimeError, match=r"climseg._cuda: no usable CUDA device .*backend=\"torch\""):
         COMPILED.launch("mt_norms", (1,), 32, 0, 0, [0, 0, 0, 0])
-    with pytest.raises(RuntimeError, match="no usable CUDA device"):         # again: the error was cleared
+    with pytest.raises(RuntimeError, match="no usable CUDA device"):  # again: the error was cleared
         COMPILED.launch("mt_norms", (1,), 32, 0, 0, [0, 0, 0, 0])
     assert "no usable CUDA device" in ops_cuda.describe()
 
@@ -681,8 +783,9 @@ def test_gpu_cross_entropy(dtype, layout, seed):
     for r, reduction in enumerate(REDUCTIONS):
         label_dtype = LABELS[(FLOATS.index(dtype) + r) % 3]
         ignore_index = 255 if label_dtype == torch.uint8 else -100
-        logits, labels, weight = _ce_inputs(GPU_LOGITS, dtype, label_dtype, layout=layout, ignore_index=ignore_index,
-                                            weights=r != 1, device="cuda")
+        logits, labels, weight = _ce_inputs(
+            GPU_LOGITS, dtype, label_dtype, layout=layout, ignore_index=ignore_index, weights=r != 1, device="cuda"
+        )
         check_cross_entropy_case(logits, labels, weight, reduction, ignore_index, per_sample=r == 0, seed=seed)
     kw = dict(ignore_index=ignore_index, return_grad=True, backend="cuda")
     first = weighted_cross_entropy_with_counts(logits, labels, weight, "sum", **kw)
@@ -706,17 +809,20 @@ def test_gpu_cross_entropy_edge_cases(dtype, seed):
     with pytest.raises(ValueError, match="labels lie outside"):
         weighted_cross_entropy_with_counts(logits, labels, backend="cuda")
     logits, _, weight = _ce_inputs((2, 3, 33, 65), dtype, torch.int64, device="cuda")
-    loss, counts = weighted_cross_entropy_with_counts(logits, torch.full((2, 33, 65), -100, device="cuda"), weight,
-                                                      backend="cuda")
+    loss, counts = weighted_cross_entropy_with_counts(
+        logits, torch.full((2, 33, 65), -100, device="cuda"), weight, backend="cuda"
+    )
     assert bool(loss.isnan()) and not counts.any()
     # float32 loss of 16-bit logits ("none": see test_cross_entropy_float32_loss_from_16bit_logits)
     for reduction in ("mean", "sum") if dtype != torch.float32 else ():
         logits, labels, weight = _ce_inputs((2, 3, 257, 129), dtype, torch.int32, device="cuda")
         _, exact = _exact_loss(logits, labels, weight, reduction, -100)
-        theirs, _ = weighted_cross_entropy_with_counts_reference(logits, labels, weight, reduction,
-                                                                 loss_dtype=torch.float32)
-        ours, _ = weighted_cross_entropy_with_counts(logits, labels, weight, reduction, loss_dtype=torch.float32,
-                                                     backend="cuda")
+        theirs, _ = weighted_cross_entropy_with_counts_reference(
+            logits, labels, weight, reduction, loss_dtype=torch.float32
+        )
+        ours, _ = weighted_cross_entropy_with_counts(
+            logits, labels, weight, reduction, loss_dtype=torch.float32, backend="cuda"
+        )
         _check(ours, theirs, exact, torch.float32, f"float32 loss ({reduction})", seed)
 
 
@@ -746,25 +852,60 @@ def test_cross_entropy_more_samples_than_grid_rows(shape, per_sample, seed, monk
 @pytest.mark.gpu
 @pytest.mark.parametrize("grad_dtype", FLOATS)
 def test_gpu_optimizers(grad_dtype, seed):
-    sizes = [((1 << 20) + 3,), (257, 3, 3), (0,), (4096,), (CHUNK + 37,), (1,)]     # [3] has zero weights
-    scales = [1.0, 0.05, 1.0, 1.0, 10.0, 1.0]                                      # [1] gets a zero gradient
+    sizes = [((1 << 20) + 3,), (257, 3, 3), (0,), (4096,), (CHUNK + 37,), (1,)]  # [3] has zero weights
+    scales = [1.0, 0.05, 1.0, 1.0, 10.0, 1.0]  # [1] gets a zero gradient
     for weight_decay in (0.0, 0.01):
-        check_optimizer_case(larc_adam_step, larc_adam_step_reference, grad_dtype, weight_decay, seed, device="cuda",
-                        sizes=sizes, scales=scales, lr=0.01, betas=BETAS)
-        check_optimizer_case(lamb_step, lamb_step_reference, grad_dtype, weight_decay, seed, device="cuda", sizes=sizes,
-                        scales=scales, lr=0.01, betas=BETAS)
+        check_optimizer_case(
+            larc_adam_step,
+            larc_adam_step_reference,
+            grad_dtype,
+            weight_decay,
+            seed,
+            device="cuda",
+            sizes=sizes,
+            scales=scales,
+            lr=0.01,
+            betas=BETAS,
+        )
+        check_optimizer_case(
+            lamb_step,
+            lamb_step_reference,
+            grad_dtype,
+            weight_decay,
+            seed,
+            device="cuda",
+            sizes=sizes,
+            scales=scales,
+            lr=0.01,
+            betas=BETAS,
+        )
     if grad_dtype == torch.float32:
-        check_against_optimizer(lambda ps: LARC(torch.optim.Adam(ps, lr=0.01, betas=BETAS, weight_decay=0.01)),
-                           larc_adam_step, 0.01, seed, device="cuda", lr=0.01, betas=BETAS)
-        check_against_optimizer(lambda ps: LAMB(ps, lr=0.01, betas=BETAS, weight_decay=0.01), lamb_step, 0.01, seed,
-                           device="cuda", lr=0.01, betas=BETAS)
+        check_against_optimizer(
+            lambda ps: LARC(torch.optim.Adam(ps, lr=0.01, betas=BETAS, weight_decay=0.01)),
+            larc_adam_step,
+            0.01,
+            seed,
+            device="cuda",
+            lr=0.01,
+            betas=BETAS,
+        )
+        check_against_optimizer(
+            lambda ps: LAMB(ps, lr=0.01, betas=BETAS, weight_decay=0.01),
+            lamb_step,
+            0.01,
+            seed,
+            device="cuda",
+            lr=0.01,
+            betas=BETAS,
+        )
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("source_dtype", FLOATS)
 def test_gpu_buckets(source_dtype, seed):
-    tensors = _bucket_tensors(source_dtype, device="cuda", big=3 * CHUNK + 5) + \
-        [t.to(source_dtype) for t in _bucket_tensors(torch.float32, device="cuda", big=(1 << 20) + 1)]
+    tensors = _bucket_tensors(source_dtype, device="cuda", big=3 * CHUNK + 5) + [
+        t.to(source_dtype) for t in _bucket_tensors(torch.float32, device="cuda", big=(1 << 20) + 1)
+    ]
     for bucket_dtype in FLOATS:
         ref = flatten_gradients_reference(tensors, bucket_dtype, 0.125)
         ours = flatten_gradients(tensors, bucket_dtype, 0.125, backend="cuda")
@@ -837,7 +978,7 @@ def test_fused_larc_adam_on_a_channels_last_model(seed):
         for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
             opt.zero_grad()
             model(x).square().mean().backward()
-            if step == 1:   # a contiguous gradient on a channels-last parameter
+            if step == 1:  # a contiguous gradient on a channels-last parameter
                 p = next(model.parameters())
                 p.grad = p.grad.contiguous()
             opt.step()
@@ -867,10 +1008,24 @@ def test_tensors_on_another_device_are_refused_before_any_launch():
     cases = [
         (lambda: flatten_gradients([torch.zeros(3)], out=torch.zeros(3, **meta), backend="cuda"), "flatten_gradients"),
         (lambda: unflatten_gradients(torch.zeros(3), [torch.zeros(3, **meta)], backend="cuda"), "unflatten_gradients"),
-        (lambda: larc_adam_step([torch.zeros(3)], [torch.zeros(3, **meta)], [torch.zeros(3)], [torch.zeros(3)], step=1,
-                                lr=0.1, backend="cuda"), "larc_adam_step"),
-        (lambda: weighted_cross_entropy_with_counts(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long, **meta),
-                                                    backend="cuda"), "weighted_cross_entropy_with_counts"),
+        (
+            lambda: larc_adam_step(
+                [torch.zeros(3)],
+                [torch.zeros(3, **meta)],
+                [torch.zeros(3)],
+                [torch.zeros(3)],
+                step=1,
+                lr=0.1,
+                backend="cuda",
+            ),
+            "larc_adam_step",
+        ),
+        (
+            lambda: weighted_cross_entropy_with_counts(
+                torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long, **meta), backend="cuda"
+            ),
+            "weighted_cross_entropy_with_counts",
+        ),
     ]
     for call, op in cases:
         with pytest.raises(ValueError, match=f"{op}: .*meta"):

@@ -1,5 +1,6 @@
 """Reading the MLPerf DeepCAM layout: files written here with plain h5py, exactly
 as the reference data is laid out, then read back through DeepCAMDataset."""
+
 import os
 
 import h5py
@@ -95,17 +96,20 @@ def test_channel_indices():
         channel_indices(["TMQ", "tmq"])
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "no such file"),
-    ("not_hdf5", "not a readable HDF5 file"),
-    ("no_data", "missing dataset climate/data"),
-    ("no_labels", "missing dataset climate/labels_0"),
-    ("channels", r"has shape \(16, 32, 5\); expected \(height, width, 16\)"),
-    ("nan", "NaN/Inf value"),
-    ("labels_range", r"outside 0..2 \(found \[7\]\)"),
-    ("labels_shape", "climate/labels_0 has shape"),
-    ("labels_fraction", "not class indices"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "no such file"),
+        ("not_hdf5", "not a readable HDF5 file"),
+        ("no_data", "missing dataset climate/data"),
+        ("no_labels", "missing dataset climate/labels_0"),
+        ("channels", r"has shape \(16, 32, 5\); expected \(height, width, 16\)"),
+        ("nan", "NaN/Inf value"),
+        ("labels_range", r"outside 0..2 \(found \[7\]\)"),
+        ("labels_shape", "climate/labels_0 has shape"),
+        ("labels_fraction", "not class indices"),
+    ],
+)
 def test_bad_files_name_file_and_problem(tmp_path, case, message):
     path = tmp_path / "bad.h5"
     data = np.ones((H, W, 16), np.float32)

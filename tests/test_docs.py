@@ -1,6 +1,7 @@
 """The README's relative links point at files (and headings) that exist; the docs site's
 configuration names only pages that exist. (CI also builds the site with
 ``mkdocs build --strict``, which checks the links inside docs/.)"""
+
 import os
 import re
 
@@ -24,7 +25,7 @@ def _anchors(path):
 
 def _relative_links(path):
     with open(path, encoding="utf-8") as f:
-        text = re.sub(r"```.*?```", "", f.read(), flags=re.DOTALL)   # not inside code blocks
+        text = re.sub(r"```.*?```", "", f.read(), flags=re.DOTALL)  # not inside code blocks
     return [t for t in LINK.findall(text) if not re.match(r"[a-z]+:", t) and not t.startswith("#")]
 
 

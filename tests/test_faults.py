@@ -13,6 +13,7 @@ permission bits) or, for other users, a folder without write permission. Where
 neither can be made the case is skipped with the reason, and the patched-writer
 cases (a write that fails with ENOSPC/EROFS) still run.
 """
+
 import errno
 import json
 import os
@@ -36,6 +37,7 @@ ROOT = os.path.dirname(HERE)
 
 
 # ----------------------------------------------------------------------------- helpers
+
 
 def check_one_line_error(capsys, code, *fragments):
     """``main()`` returned ``code`` 2 with one ``climseg: error:`` line holding every fragment."""
@@ -69,8 +71,9 @@ def _mount(target, options):
     os.makedirs(target, exist_ok=True)
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True, text=True)
     if proc.returncode:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'mount failed'}); "
-                    f"the patched-writer cases cover this")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({proc.stderr.strip() or 'mount failed'}); the patched-writer cases cover this"
+        )
 
 
 @pytest.fixture
@@ -108,10 +111,20 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     net = DeepLabV3Plus("tiny", in_channels=len(CHANNELS), num_classes=3)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    save_checkpoint(str(path), dict(
-        model=dict(config="tiny", in_channels=len(CHANNELS), num_classes=3, norm="batch", state_dict=net.state_dict()),
-        data=dict(channels=list(CHANNELS), normalization="minmax", shift=torch.zeros(len(CHANNELS)),
-                  scale=torch.full((len(CHANNELS),), 1e-3))))
+    save_checkpoint(
+        str(path),
+        dict(
+            model=dict(
+                config="tiny", in_channels=len(CHANNELS), num_classes=3, norm="batch", state_dict=net.state_dict()
+            ),
+            data=dict(
+                channels=list(CHANNELS),
+                normalization="minmax",
+                shift=torch.zeros(len(CHANNELS)),
+                scale=torch.full((len(CHANNELS),), 1e-3),
+            ),
+        ),
+    )
     return str(path)
 
 
@@ -140,10 +153,12 @@ def failing(exc_errno, after=0):
         if calls[0] > after:
             raise OSError(exc_errno, os.strerror(exc_errno), dst)
         return real(src, dst)
+
     return replace
 
 
 # ----------------------------------------------------------------------------- 1. output paths
+
 
 def test_output_check_refuses_files_and_paths_under_files(tmp_path):
     afile = tmp_path / "afile"
@@ -155,7 +170,7 @@ def test_output_check_refuses_files_and_paths_under_files(tmp_path):
     with pytest.raises(OutputError, match="is a folder, not a file"):
         check_output_location(str(tmp_path), kind="file")
     assert check_output_location(str(tmp_path / "new" / "deeper")) == str(tmp_path / "new" / "deeper")
-    assert not (tmp_path / "new").exists()      # a check creates nothing
+    assert not (tmp_path / "new").exists()  # a check creates nothing
     assert afile.read_text() == "keep"
 
 
@@ -174,8 +189,9 @@ def test_read_only_outputs(read_only, tmp_path, checkpoint, samples, capsys):
     check_one_line_error(capsys, code, str(read_only / "run"), "cannot write into")
     code = main(["predict", checkpoint, samples[0], "--out", str(read_only / "masks"), "--no-progress"])
     check_one_line_error(capsys, code, "masks", "cannot write into")
-    code = main(["generate", str(read_only / "data"), "--samples", "2", "--height", "16", "--width", "16",
-                 "--no-progress"])
+    code = main(
+        ["generate", str(read_only / "data"), "--samples", "2", "--height", "16", "--width", "16", "--no-progress"]
+    )
     check_one_line_error(capsys, code, "data", "cannot write into")
     src = tmp_path / "src"
     (src / "train").mkdir(parents=True)
@@ -201,8 +217,12 @@ def test_stage_onto_a_file_itself_or_inside_the_source(tmp_path, capsys):
     afile.write_text("x")
     check_one_line_error(capsys, main(["stage", str(src), str(afile), "--no-progress"]), "is a file, not a folder")
     check_one_line_error(capsys, main(["stage", str(src), str(src), "--no-progress"]), "is the source folder itself")
-    check_one_line_error(capsys, main(["stage", str(src), str(src / "copy"), "--no-progress"]), "inside the source folder")
-    check_one_line_error(capsys, main(["stage", str(src / "train"), str(src), "--no-progress"]), "holds the source folder")
+    check_one_line_error(
+        capsys, main(["stage", str(src), str(src / "copy"), "--no-progress"]), "inside the source folder"
+    )
+    check_one_line_error(
+        capsys, main(["stage", str(src / "train"), str(src), "--no-progress"]), "holds the source folder"
+    )
     assert snapshot(src) == before
 
 
@@ -215,7 +235,7 @@ def test_stage_unreadable_source(tmp_path, capsys, monkeypatch):
 
     real_open = builtins.open
 
-    def deny(path, *args, **kwargs):     # root reads whatever the permission bits say: deny by patching
+    def deny(path, *args, **kwargs):  # root reads whatever the permission bits say: deny by patching
         if str(path).endswith("b.h5") and str(path).startswith(str(src)):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
@@ -228,12 +248,26 @@ def test_stage_unreadable_source(tmp_path, capsys, monkeypatch):
 
 # ----------------------------------------------------------------------------- disk full
 
+
 def test_full_tmpfs(full_fs, tmp_path, checkpoint, samples, capsys):
     # generate: more than 192 KiB of samples
-    code = main(["generate", str(full_fs / "data"), "--samples", "8", "--height", "64", "--width", "64",
-                 "--workers", "1", "--no-progress"])
+    code = main(
+        [
+            "generate",
+            str(full_fs / "data"),
+            "--samples",
+            "8",
+            "--height",
+            "64",
+            "--width",
+            "64",
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     check_one_line_error(capsys, code, "no space left on device")
-    assert os.listdir(full_fs) == []                         # no half dataset, no temporary folder
+    assert os.listdir(full_fs) == []  # no half dataset, no temporary folder
     # stage: a 300 KB source
     src = tmp_path / "src"
     (src / "train").mkdir(parents=True)
@@ -242,7 +276,7 @@ def test_full_tmpfs(full_fs, tmp_path, checkpoint, samples, capsys):
     code = main(["stage", str(src), str(full_fs / "staged"), "--threads", "1", "--no-progress"])
     check_one_line_error(capsys, code, "no space left on device")
     no_temporaries(full_fs)
-    shutil.rmtree(full_fs / "staged")                        # the files that fitted are whole and journalled
+    shutil.rmtree(full_fs / "staged")  # the files that fitted are whole and journalled
     # predict: its maps fill what a ballast leaves of the disk
     with open(full_fs / "ballast", "wb") as f:
         f.write(os.urandom(150_000))
@@ -280,8 +314,21 @@ def test_patched_disk_full_in_generate(tmp_path, monkeypatch, capsys):
     import climseg.output
 
     monkeypatch.setattr(climseg.output.os, "replace", failing(errno.ENOSPC, after=1))
-    code = main(["generate", str(tmp_path / "data"), "--samples", "3", "--height", "16", "--width", "16",
-                 "--workers", "1", "--no-progress"])
+    code = main(
+        [
+            "generate",
+            str(tmp_path / "data"),
+            "--samples",
+            "3",
+            "--height",
+            "16",
+            "--width",
+            "16",
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     check_one_line_error(capsys, code, "no space left on device")
     assert not (tmp_path / "data").exists()
     no_temporaries(tmp_path)
@@ -289,29 +336,36 @@ def test_patched_disk_full_in_generate(tmp_path, monkeypatch, capsys):
 
 # ----------------------------------------------------------------------------- 2. checkpoints
 
+
 def test_empty_and_broken_checkpoints(tmp_path, samples, capsys):
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
     check_one_line_error(capsys, main(["train", "--resume", str(empty), "--no-progress"]), "empty.pt", "is empty")
-    check_one_line_error(capsys, main(["predict", str(empty), samples[0], "--out", str(tmp_path / "o"), "--no-progress"]),
-                   "empty.pt", "is empty")
+    check_one_line_error(
+        capsys,
+        main(["predict", str(empty), samples[0], "--out", str(tmp_path / "o"), "--no-progress"]),
+        "empty.pt",
+        "is empty",
+    )
     (tmp_path / "dir.pt").mkdir()
     (tmp_path / "dir.pt" / "last.pt").mkdir()
-    check_one_line_error(capsys, main(["predict", str(tmp_path / "dir.pt"), samples[0], "--out", str(tmp_path / "o")]),
-                   "not a file")
+    check_one_line_error(
+        capsys, main(["predict", str(tmp_path / "dir.pt"), samples[0], "--out", str(tmp_path / "o")]), "not a file"
+    )
     assert not (tmp_path / "o").exists()
 
 
 def test_first_line_never_fails_and_cuts_at_words():
-    assert first_line(ValueError()) == "ValueError"            # an empty message: its type, not IndexError
+    assert first_line(ValueError()) == "ValueError"  # an empty message: its type, not IndexError
     assert first_line(RuntimeError("\n\n  second line\nthird")) == "second line"
     words = " ".join(f"word{i}" for i in range(100))
     cut = first_line(RuntimeError(words), limit=120)
     assert cut.endswith(" ...") and len(cut) <= 125
-    assert cut[:-4].split(" ")[-1] in words.split(" ")          # ends on a whole word
+    assert cut[:-4].split(" ")[-1] in words.split(" ")  # ends on a whole word
 
 
 # ----------------------------------------------------------------------------- 3. predict checks everything first
+
 
 def test_predict_leaves_an_earlier_run_alone(tmp_path, checkpoint, samples, capsys, monkeypatch):
     from climseg.data.netcdf import write_cam5_netcdf
@@ -323,7 +377,7 @@ def test_predict_leaves_an_earlier_run_alone(tmp_path, checkpoint, samples, caps
     before = snapshot(out)
     assert "summary.json" in before and len(before) == 5
     lat, lon = grid(32, 48)
-    empty_nc = tmp_path / "s1.nc"                               # same stem as an earlier output, no time steps
+    empty_nc = tmp_path / "s1.nc"  # same stem as an earlier output, no time steps
     write_cam5_netcdf(str(empty_nc), np.zeros((0, 32, 48, len(CHANNELS)), np.float32), lat, lon)
     code = main(["predict", checkpoint, samples[0], str(empty_nc), "--out", str(out), "--no-progress"])
     check_one_line_error(capsys, code, "s1.nc", "time axis has length 0")
@@ -361,7 +415,9 @@ LOCK_HOLDER = textwrap.dedent("""
 
 def _hold_lock(folder):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(folder)], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(folder)], stdout=subprocess.PIPE, text=True, env=env
+    )
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -376,14 +432,14 @@ def test_second_run_into_one_folder_is_refused_and_a_killed_one_frees_it(tmp_pat
         with pytest.raises(OutputError, match="another climseg run"):
             RunLock(run).acquire()
     finally:
-        holder.send_signal(signal.SIGKILL)       # a killed run: the kernel drops its lock
+        holder.send_signal(signal.SIGKILL)  # a killed run: the kernel drops its lock
         holder.wait()
     with RunLock(run) as lock:
         assert lock.held
     # the lock of a refused set-up is released at once: the same process can start again
     code = main(["train", "--data", str(tmp_path / "no-data"), "--out", str(tmp_path / "fresh"), "--no-progress"])
     check_one_line_error(capsys, code, "no-data")
-    assert not (tmp_path / "fresh").exists()     # made for the lock, removed again: nothing was written
+    assert not (tmp_path / "fresh").exists()  # made for the lock, removed again: nothing was written
     with RunLock(tmp_path / "fresh"):
         pass
 
@@ -391,9 +447,21 @@ def test_second_run_into_one_folder_is_refused_and_a_killed_one_frees_it(tmp_pat
 def test_two_concurrent_training_runs(small_dataset, tmp_path, capsys):
     """A second `climseg train` into the --out of a running one gets one line; the first is unharmed."""
     out = tmp_path / "run"
-    args = ["train", "--data", small_dataset, "--epochs", "1", "--batch-size", "5", "--max-steps", "1",
-            "--out", str(out), "--no-progress"]
-    first = _writer(tmp_path, "=run.json", 5, *args)     # holds the folder, paused while writing run.json
+    args = [
+        "train",
+        "--data",
+        small_dataset,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "5",
+        "--max-steps",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    first = _writer(tmp_path, "=run.json", 5, *args)  # holds the folder, paused while writing run.json
     try:
         code = main(args)
         check_one_line_error(capsys, code, str(out), "another climseg run is writing into this folder")
@@ -404,6 +472,7 @@ def test_two_concurrent_training_runs(small_dataset, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- 6. umask
+
 
 @pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
 def test_written_files_follow_the_umask(tmp_path, mask):
@@ -419,7 +488,10 @@ def test_written_files_follow_the_umask(tmp_path, mask):
         os.mkdir(tmp_path / "plain_dir")
     finally:
         os.umask(old)
-    mode = lambda p: os.stat(p).st_mode & 0o777
+
+    def mode(p):
+        return os.stat(p).st_mode & 0o777
+
     assert mode(tmp_path / "a.json") == mode(plain) == 0o666 & ~mask
     assert mode(tmp_path / "folder" / "b.json") == 0o666 & ~mask
     assert mode(tmp_path / "folder") == mode(tmp_path / "plain_dir") == 0o777 & ~mask
@@ -437,7 +509,7 @@ def test_generated_dataset_is_readable_by_others(tmp_path):
         generate_dataset(str(tmp_path / "d"), samples=2, height=16, width=16, workers=1, progress=False)
     finally:
         os.umask(old)
-    for d, dirs, files in os.walk(tmp_path / "d"):
+    for d, _dirs, files in os.walk(tmp_path / "d"):
         assert os.stat(d).st_mode & 0o777 == 0o755, d
         for n in files:
             assert os.stat(os.path.join(d, n)).st_mode & 0o777 == 0o644, n
@@ -463,10 +535,17 @@ KILLED_WRITER = textwrap.dedent("""
 
 
 def _writer(tmp_path, marker, pause, *args):
-    env = dict(os.environ, PYTHONWARNINGS="ignore",
-               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, marker, str(pause), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    env = dict(
+        os.environ, PYTHONWARNINGS="ignore", PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, marker, str(pause), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     line = proc.stdout.readline()
     assert line.strip() == "WRITING", (line, proc.stderr.read() if proc.poll() is not None else "")
     return proc
@@ -505,16 +584,44 @@ def test_sigkill_during_stage_then_resume(stage_source, tmp_path):
 def test_kills_during_generate(tmp_path):
     for sig in (signal.SIGTERM, signal.SIGKILL):
         out = tmp_path / f"data{int(sig)}"
-        proc = _writer(tmp_path, ".h5", 30, "generate", str(out), "--samples", "3", "--height", "16", "--width", "16",
-                       "--workers", "1", "--no-progress")
+        proc = _writer(
+            tmp_path,
+            ".h5",
+            30,
+            "generate",
+            str(out),
+            "--samples",
+            "3",
+            "--height",
+            "16",
+            "--width",
+            "16",
+            "--workers",
+            "1",
+            "--no-progress",
+        )
         proc.send_signal(sig)
         proc.communicate(timeout=60)
-        assert not out.exists()                           # no half dataset under the final name
+        assert not out.exists()  # no half dataset under the final name
         if sig == signal.SIGTERM:
             assert proc.returncode == 143
             assert [n for n in os.listdir(tmp_path) if n.startswith(f".data{int(sig)}")] == []
-    assert main(["generate", str(tmp_path / f"data{int(signal.SIGKILL)}"), "--samples", "2", "--height", "16",
-                 "--width", "16", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(tmp_path / f"data{int(signal.SIGKILL)}"),
+                "--samples",
+                "2",
+                "--height",
+                "16",
+                "--width",
+                "16",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
 
 
 def test_kills_while_writing_predictions_and_checkpoints(tmp_path, checkpoint, samples):
@@ -545,7 +652,7 @@ def test_kills_while_writing_predictions_and_checkpoints(tmp_path, checkpoint, s
         def slow(src, dst):
             print("WRITING", flush=True); time.sleep(30); real(src, dst)
         climseg.output.os.replace = slow
-        save_checkpoint({str(tmp_path / 'last.pt')!r}, dict(model=dict(), data=dict(step=2)))
+        save_checkpoint({str(tmp_path / "last.pt")!r}, dict(model=dict(), data=dict(step=2)))
     """)
     from climseg.train.checkpoint import load_checkpoint, save_checkpoint
 

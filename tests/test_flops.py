@@ -1,4 +1,5 @@
 """FLOP counting on the meta device."""
+
 import torch
 import torch.nn as nn
 

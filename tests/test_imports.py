@@ -1,6 +1,7 @@
 """``import climseg`` is light and complete: subpackages load on first use, ``import climseg.nn``
 pulls in no torch._dynamo, Triton or SciPy, and torch.compile still treats the backend probe as
 a constant. Each check runs in a fresh interpreter (this one has imported everything already)."""
+
 import os
 import subprocess
 import sys
@@ -14,8 +15,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_fresh(code):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -120,8 +122,9 @@ def test_errors_derive_from_the_matching_builtins():
     for cls in (errors.DataError, errors.CheckpointError, errors.ConfigError):
         assert issubclass(cls, errors.UserError) and issubclass(cls, ValueError)
     assert issubclass(errors.TrainingError, RuntimeError)
-    assert issubclass(errors.MissingFileError, errors.DataError) and issubclass(errors.MissingFileError,
-                                                                                 FileNotFoundError)
+    assert issubclass(errors.MissingFileError, errors.DataError) and issubclass(
+        errors.MissingFileError, FileNotFoundError
+    )
     with pytest.raises(FileNotFoundError, match="no-such-folder: no such folder"):
         list_samples("no-such-folder")
     with pytest.raises(ValueError, match="unknown channel 'NOPE'"):

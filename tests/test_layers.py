@@ -2,6 +2,7 @@
 grows past 500 lines, and the layers of docs/architecture.md hold (import-linter's contracts in
 pyproject.toml, run by .ci/run as ``lint-imports``; checked here too where import-linter is
 installed). Read from the source with :mod:`ast`, nothing is imported."""
+
 import ast
 import os
 import shutil
@@ -41,7 +42,7 @@ def private_uses(path):
     Private modules (``climseg._C``, ``_cuda``) may be imported by the package they belong to."""
     tree = ast.parse(open(path, encoding="utf-8").read(), path)
     me = module_name(path)
-    modules = {}          # local alias -> climseg module
+    modules = {}  # local alias -> climseg module
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.startswith("climseg"):
@@ -68,8 +69,9 @@ def is_private_module_of_parent(full, importer):
 
 
 def test_no_private_names_across_modules():
-    offenders = [f"{os.path.relpath(path, ROOT)}:{line}: {text}" for path in package_files()
-                 for line, text in private_uses(path)]
+    offenders = [
+        f"{os.path.relpath(path, ROOT)}:{line}: {text}" for path in package_files() for line, text in private_uses(path)
+    ]
     assert not offenders, "private names used outside their module:\n" + "\n".join(offenders)
 
 
@@ -80,13 +82,19 @@ def test_the_checker_finds_a_private_import(tmp_path):
 
 
 def test_no_file_over_500_lines():
-    long = [f"{os.path.relpath(p, ROOT)}: {n} lines" for p in package_files()
-            if (n := sum(1 for _ in open(p, encoding="utf-8"))) > MAX_LINES]
+    long = [
+        f"{os.path.relpath(p, ROOT)}: {n} lines"
+        for p in package_files()
+        if (n := sum(1 for _ in open(p, encoding="utf-8"))) > MAX_LINES
+    ]
     assert not long, f"files over {MAX_LINES} lines:\n" + "\n".join(long)
 
 
-@pytest.mark.skipif(shutil.which("lint-imports") is None and not os.path.exists(
-    os.path.join(os.path.dirname(sys.executable), "lint-imports")), reason="import-linter is not installed")
+@pytest.mark.skipif(
+    shutil.which("lint-imports") is None
+    and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "lint-imports")),
+    reason="import-linter is not installed",
+)
 def test_import_contracts_hold():
     exe = shutil.which("lint-imports") or os.path.join(os.path.dirname(sys.executable), "lint-imports")
     proc = subprocess.run([exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True)

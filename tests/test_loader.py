@@ -1,4 +1,5 @@
 """FastLoader and climseg._C against the NumPy reference, order and sharding, bad data."""
+
 import os
 
 import h5py
@@ -18,8 +19,9 @@ needs_ext = pytest.mark.skipif(not loader_mod.extension_available(), reason="cli
 def odd_dataset(tmp_path_factory):
     """Non-square samples whose width is no multiple of anything, 9 training files."""
     root = tmp_path_factory.mktemp("odd") / "ds"
-    generate_dataset(str(root), samples=11, height=48, width=80, seed=3, validation_fraction=2 / 11, workers=1,
-                     progress=False)
+    generate_dataset(
+        str(root), samples=11, height=48, width=80, seed=3, validation_fraction=2 / 11, workers=1, progress=False
+    )
     return str(root)
 
 
@@ -36,12 +38,21 @@ def bits(batch):
 def test_extension_equals_numpy_bit_for_bit(odd_dataset, dtype, layout, channels):
     train = os.path.join(odd_dataset, "train")
     for batch_size, threads in ((4, 3), (1, 2), (3, 1)):
-        fl = FastLoader(train, batch_size, dtype=dtype, layout=layout, channels=channels, shuffle=False, threads=threads,
-                        normalization="zscore" if channels else "minmax")
+        fl = FastLoader(
+            train,
+            batch_size,
+            dtype=dtype,
+            layout=layout,
+            channels=channels,
+            shuffle=False,
+            threads=threads,
+            normalization="zscore" if channels else "minmax",
+        )
         seen = 0
         for data, labels in fl:
-            ref, ref_labels = reference_batch(fl.files[seen: seen + data.shape[0]], fl.channel_index, fl.shift,
-                                              fl.scale, dtype, layout)
+            ref, ref_labels = reference_batch(
+                fl.files[seen : seen + data.shape[0]], fl.channel_index, fl.shift, fl.scale, dtype, layout
+            )
             assert data.shape == ref.shape and data.dtype == dtype
             assert data.is_contiguous(memory_format=torch.channels_last) == (layout == "nhwc")
             assert torch.equal(bits(data), bits(ref))
@@ -51,8 +62,10 @@ def test_extension_equals_numpy_bit_for_bit(odd_dataset, dtype, layout, channels
 
 
 @needs_ext
-@pytest.mark.parametrize("dtype,layout,channels", [(torch.bfloat16, "nhwc", None), (torch.float16, "nchw", ["PSL", "TMQ"]),
-                                                   (torch.float32, "nchw", None)])
+@pytest.mark.parametrize(
+    "dtype,layout,channels",
+    [(torch.bfloat16, "nhwc", None), (torch.float16, "nchw", ["PSL", "TMQ"]), (torch.float32, "nchw", None)],
+)
 def test_device_side_conversion_equals_the_host_path(odd_dataset, dtype, layout, channels, monkeypatch):
     """convert_on="device": the reader hands over raw float32 NHWC and climseg.ops.normalize_input
     (here the CUDA kernel in its CPU emulation) normalises, casts and lays out: bit for bit the host path."""
@@ -115,7 +128,7 @@ def test_each_sample_once_per_epoch_across_ranks(odd_dataset, world):
                 paths = _paths_of(fl)
                 got = [labels for _, labels in fl]
                 assert len(fl) == len(paths) == len(got)
-                for p, labels in zip(paths, got):   # the yielded samples are the planned files
+                for p, labels in zip(paths, got):  # the yielded samples are the planned files
                     assert torch.equal(labels[0], reference_batch([p], fl.channel_index, fl.shift, fl.scale)[1][0])
                 seen += [fl.files.index(p) for p in paths]
             if drop_last:
@@ -123,13 +136,16 @@ def test_each_sample_once_per_epoch_across_ranks(odd_dataset, world):
             else:
                 assert sorted(seen) == list(range(9))
             orders[epoch] = seen
-        assert orders[0] != orders[1]   # shuffled anew each epoch
+        assert orders[0] != orders[1]  # shuffled anew each epoch
 
 
 def _paths_of(fl):
     """The files a loader yields, in order (read from the order, not the data)."""
-    return [fl.files[i] for i in fl._my_indices()][: len(fl) * fl.batch_size] if fl.drop_last else \
-        [fl.files[i] for i in fl._my_indices()]
+    return (
+        [fl.files[i] for i in fl._my_indices()][: len(fl) * fl.batch_size]
+        if fl.drop_last
+        else [fl.files[i] for i in fl._my_indices()]
+    )
 
 
 def test_unshuffled_order_is_sorted_and_resume_position(odd_dataset):
@@ -175,11 +191,17 @@ def _corrupt_copy(odd_dataset, tmp_path, how):
     return out, bad
 
 
-@pytest.mark.parametrize("how, message", [
-    ("truncated", "truncated"), ("nan", "NaN/Inf value in channel PSL"), ("labels", "outside 0..2 (found 7)"),
-    ("missing_dataset", "missing dataset climate/labels_0"), ("garbage", "not a readable HDF5 file"),
-    ("shape", "is 16x80 but the first sample is 48x80"),
-])
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("truncated", "truncated"),
+        ("nan", "NaN/Inf value in channel PSL"),
+        ("labels", "outside 0..2 (found 7)"),
+        ("missing_dataset", "missing dataset climate/labels_0"),
+        ("garbage", "not a readable HDF5 file"),
+        ("shape", "is 16x80 but the first sample is 48x80"),
+    ],
+)
 def test_bad_files_by_policy(odd_dataset, tmp_path, how, message):
     files, bad = _corrupt_copy(odd_dataset, tmp_path, how)
     stats = os.path.join(odd_dataset, "stats.h5")
@@ -192,9 +214,9 @@ def test_bad_files_by_policy(odd_dataset, tmp_path, how, message):
     for epoch in range(2):
         fl.set_epoch(epoch)
         batches = list(fl)
-        assert [d.shape[0] for d in [b[0] for b in batches]] == [2, 2]   # refilled from the next files
+        assert [d.shape[0] for d in [b[0] for b in batches]] == [2, 2]  # refilled from the next files
     assert fl.skipped == 1 and list(fl.bad) == [bad]
-    assert len(logged) == 1 and bad in logged[0]                        # logged once, not once per epoch
+    assert len(logged) == 1 and bad in logged[0]  # logged once, not once per epoch
 
 
 def test_missing_manifest_files_reported_at_start(odd_dataset, tmp_path):
@@ -205,7 +227,9 @@ def test_missing_manifest_files_reported_at_start(odd_dataset, tmp_path):
     files = list_samples(os.path.join(odd_dataset, "train"))[:4]
     for p in files[:3]:
         (folder / os.path.basename(p)).write_bytes(open(p, "rb").read())
-    (folder / "climseg-manifest.json").write_text(json.dumps(dict(files=[dict(name=os.path.basename(p)) for p in files])))
+    (folder / "climseg-manifest.json").write_text(
+        json.dumps(dict(files=[dict(name=os.path.basename(p)) for p in files]))
+    )
     stats = os.path.join(odd_dataset, "stats.h5")
     with pytest.raises(DataError, match="1 file\\(s\\) listed but missing"):
         FastLoader(str(folder), 1, stats=stats)
@@ -221,7 +245,9 @@ def test_nothing_hangs_when_the_consumer_stops_early(odd_dataset):
     assert sum(1 for _ in fl) == 9
 
 
-@pytest.mark.skipif(os.environ.get("CLIMSEG_FORCE_CPP_BUILD") != "1", reason="only where the build promised the extension")
+@pytest.mark.skipif(
+    os.environ.get("CLIMSEG_FORCE_CPP_BUILD") != "1", reason="only where the build promised the extension"
+)
 def test_extension_was_built():
     from climseg.data.loader import extension_available
 

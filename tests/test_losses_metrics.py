@@ -1,4 +1,5 @@
 """Loss presets and both IoU definitions, against hand computations."""
+
 import math
 
 import numpy as np
@@ -7,7 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from climseg.errors import ConfigError
-from climseg.losses import DEEPCAM_FREQUENCIES, JaccardLoss, WeightedCrossEntropy, build_loss, class_weights, jaccard_loss
+from climseg.losses import (
+    DEEPCAM_FREQUENCIES,
+    JaccardLoss,
+    WeightedCrossEntropy,
+    build_loss,
+    class_weights,
+    jaccard_loss,
+)
 from climseg.metrics import ConfusionMatrix, count_objects, deepcam_iou, label_components
 
 
@@ -20,7 +28,9 @@ def test_presets_by_hand():
     # the MLPerf reference's hard-coded weights
     ref = [0.986267818390377**-0.125, 0.0004578708870701058**-0.125, 0.01327431072255291**-0.125]
     np.testing.assert_allclose(class_weights("deepcam").numpy(), ref, rtol=1e-6)
-    assert class_weights("deepcam", [9, 0.2, 0.8]).tolist() == pytest.approx((np.array([0.9, 0.02, 0.08]) ** -0.125).tolist())
+    assert class_weights("deepcam", [9, 0.2, 0.8]).tolist() == pytest.approx(
+        (np.array([0.9, 0.02, 0.08]) ** -0.125).tolist()
+    )
     with pytest.raises(ConfigError, match="unknown loss weight preset"):
         class_weights("focal")
     with pytest.raises(ConfigError, match="non-negative"):
@@ -53,19 +63,22 @@ def test_loss_float32_for_half_logits():
 def test_frequencies_from_stats(small_dataset):
     fn = WeightedCrossEntropy("deepcam", frequencies=small_dataset)
     from climseg.data import read_stats
+
     f = read_stats(small_dataset + "/stats.h5").class_frequencies
     np.testing.assert_allclose(fn.weight.numpy(), (f / f.sum()) ** -0.125, rtol=1e-5)
-    assert WeightedCrossEntropy("deepcam").weight.tolist() == pytest.approx(class_weights("deepcam", DEEPCAM_FREQUENCIES).tolist())
+    assert WeightedCrossEntropy("deepcam").weight.tolist() == pytest.approx(
+        class_weights("deepcam", DEEPCAM_FREQUENCIES).tolist()
+    )
 
 
 def test_deepcam_iou_by_hand():
     # sample 0: TC predicted on 2 pixels, true on 1 -> TP 1, FP 1; AR absent from both -> 1
     pred = torch.tensor([[[0, 1, 1, 0]], [[2, 2, 0, 0]]])
     true = torch.tensor([[[0, 1, 0, 0]], [[2, 0, 0, 1]]])
-    bg0 = 2 / (2 + 0 + 1)            # pred bg at 0,3; true bg at 0,2,3 -> TP 2, FN 1
+    bg0 = 2 / (2 + 0 + 1)  # pred bg at 0,3; true bg at 0,2,3 -> TP 2, FN 1
     s0 = (bg0 + 1 / 2 + 1.0) / 3
-    bg1 = 1 / (1 + 1 + 1)            # pred bg at 2,3; true bg at 1,2 -> TP 1, FP 1, FN 1
-    s1 = (bg1 + 0 / 1 + 1 / 2) / 3   # TC: true at 3 only -> 0; AR: TP 1, FP 1
+    bg1 = 1 / (1 + 1 + 1)  # pred bg at 2,3; true bg at 1,2 -> TP 1, FP 1, FN 1
+    s1 = (bg1 + 0 / 1 + 1 / 2) / 3  # TC: true at 3 only -> 0; AR: TP 1, FP 1
     assert deepcam_iou(pred, true).item() == pytest.approx((s0 + s1) / 2)
     assert deepcam_iou(true, true).item() == pytest.approx(1.0)
 
@@ -90,10 +103,10 @@ def test_confusion_matrix_by_hand():
 
 def test_objects_join_across_the_date_line():
     m = np.zeros((6, 10), int)
-    m[2, 0] = m[2, 9] = 1       # one cyclone split by the seam
+    m[2, 0] = m[2, 9] = 1  # one cyclone split by the seam
     m[3, 0] = 0
     m[5, 9] = 1
-    m[4, 0] = 1                 # diagonal across the seam: same object as (5, 9)
+    m[4, 0] = 1  # diagonal across the seam: same object as (5, 9)
     m[0, 4:6] = 2
     assert count_objects(m) == {1: 2, 2: 1}
     assert count_objects(m, periodic=False) == {1: 4, 2: 1}
@@ -103,8 +116,9 @@ def test_objects_join_across_the_date_line():
 
 def test_jaccard_loss_by_hand():
     # two samples of two pixels, three classes; ClimateNet's formula summed by hand
-    logits = torch.tensor([[[[1.0, 0.0]], [[0.0, 2.0]], [[-1.0, 0.0]]],
-                           [[[0.0, 0.0]], [[0.0, 0.0]], [[3.0, -2.0]]]])       # (2, 3, 1, 2)
+    logits = torch.tensor(
+        [[[[1.0, 0.0]], [[0.0, 2.0]], [[-1.0, 0.0]]], [[[0.0, 0.0]], [[0.0, 0.0]], [[3.0, -2.0]]]]
+    )  # (2, 3, 1, 2)
     labels = torch.tensor([[[0, 1]], [[2, 0]]])
     p = []
     for n in range(2):

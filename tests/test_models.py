@@ -1,5 +1,6 @@
 """DeepLabv3+ configurations: parameter counts against the published figures,
 output shapes at sizes other than 768 x 1152, the drop-in modules."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -9,8 +10,8 @@ from climseg.errors import ConfigError
 from climseg.models import CONFIGS, DeepLabV3Plus, count_parameters
 from climseg.nn import ASPP, AtrousConv2d
 
-SC18_PARAMETERS = 43_669_251       # Kurth et al. 2018, trainable parameters
-DEEPCAM_PARAMETERS = 56.45e6       # MLPerf HPC DeepCAM reference
+SC18_PARAMETERS = 43_669_251  # Kurth et al. 2018, trainable parameters
+DEEPCAM_PARAMETERS = 56.45e6  # MLPerf HPC DeepCAM reference
 
 
 def meta_model(config, **kw):

@@ -1,4 +1,5 @@
 """LAMB against a hand computation, schedules, the atrous op's reference and backend switch."""
+
 import types
 
 import pytest
@@ -50,7 +51,9 @@ def test_schedules():
         build_scheduler(opt, 10, "linear")
 
 
-@pytest.mark.parametrize("stride, padding, dilation, groups", [(1, 2, 2, 1), (2, 1, 1, 1), (1, 12, 12, 3), (1, 0, 1, 1)])
+@pytest.mark.parametrize(
+    "stride, padding, dilation, groups", [(1, 2, 2, 1), (2, 1, 1, 1), (1, 12, 12, 3), (1, 0, 1, 1)]
+)
 def test_atrous_reference_epilogue(stride, padding, dilation, groups):
     torch.manual_seed(0)
     x = torch.randn(2, 6, 19, 23, dtype=torch.float64)
@@ -59,18 +62,32 @@ def test_atrous_reference_epilogue(stride, padding, dilation, groups):
     conv = F.conv2d(x, w, b, stride, padding, dilation, groups)
     res = torch.randn_like(conv)
     expected = torch.relu((conv * scale.view(1, -1, 1, 1)) + shift.view(1, -1, 1, 1) + res)
-    out = atrous_conv2d(x, w, b, stride, padding, dilation, groups, scale=scale, shift=shift, residual=res,
-                        activation="relu", backend="torch")
+    out = atrous_conv2d(
+        x,
+        w,
+        b,
+        stride,
+        padding,
+        dilation,
+        groups,
+        scale=scale,
+        shift=shift,
+        residual=res,
+        activation="relu",
+        backend="torch",
+    )
     torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(atrous_conv2d_reference(x, w, None, stride, padding, dilation, groups),
-                               F.conv2d(x, w, None, stride, padding, dilation, groups))
+    torch.testing.assert_close(
+        atrous_conv2d_reference(x, w, None, stride, padding, dilation, groups),
+        F.conv2d(x, w, None, stride, padding, dilation, groups),
+    )
 
 
 def test_backend_switch(monkeypatch):
     x = torch.randn(1, 2, 5, 5)
     w = torch.randn(2, 2, 3, 3)
     assert backend_mod.resolve("atrous_conv2d", "auto", x) == "torch"
-    monkeypatch.setenv("TRITON_INTERPRET", "0")     # CPU tensors reach Triton only through its interpreter
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # CPU tensors reach Triton only through its interpreter
     with pytest.raises(ConfigError, match="backend 'triton' cannot run here: CPU tensors"):
         atrous_conv2d(x, w, backend="triton")
     monkeypatch.delenv("TRITON_INTERPRET")
@@ -89,12 +106,14 @@ def test_backend_switch(monkeypatch):
     # a registered fast backend is taken by auto when its probe accepts the tensor
     monkeypatch.delenv("CLIMSEG_BACKEND")
     monkeypatch.setattr(backend_mod, "_REGISTRY", {})
-    backend_mod.register("atrous_conv2d", "triton", lambda t: (t is not None and t.dtype == torch.float16, "needs fp16"))
-    cuda_half = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float16)   # stands in for a GPU tensor
+    backend_mod.register(
+        "atrous_conv2d", "triton", lambda t: (t is not None and t.dtype == torch.float16, "needs fp16")
+    )
+    cuda_half = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float16)  # stands in for a GPU tensor
     cuda_float = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32)
     assert backend_mod.resolve("atrous_conv2d", "auto", cuda_half) == "triton"
     assert backend_mod.resolve("atrous_conv2d", "auto", cuda_float) == "torch"
-    assert backend_mod.resolve("atrous_conv2d", "auto", x.half()) == "torch"    # CPU tensors: the reference
+    assert backend_mod.resolve("atrous_conv2d", "auto", x.half()) == "torch"  # CPU tensors: the reference
     assert backend_mod.resolve("atrous_conv2d", "triton", x.half()) == "triton"  # unless a backend is named
     with pytest.raises(ConfigError, match="cannot run here: needs fp16"):
         backend_mod.resolve("atrous_conv2d", "triton", x)
@@ -112,7 +131,7 @@ def test_larc_epsilon_has_one_name_and_the_old_names_still_work():
 
     assert "trust_eps" in inspect.signature(LARC).parameters
     assert "trust_eps" in inspect.signature(FusedLARCAdam).parameters
-    trust_eps = float(torch.rand(()) * 0.5 + 0.1)   # large enough to matter
+    trust_eps = float(torch.rand(()) * 0.5 + 0.1)  # large enough to matter
     w0, g0 = torch.randn(7), torch.randn(7)
 
     def larc_step(**kwargs):

@@ -1,4 +1,5 @@
 """Inference on DeepCAM HDF5 and CAM5 netCDF files: masks, maps, summary."""
+
 import json
 import os
 
@@ -63,7 +64,11 @@ def test_netcdf_with_time_descending_latitude_and_odd_size(checkpoint, tmp_path)
         np.testing.assert_array_equal(a["mask"][:], b["mask"][:][:, ::-1])
         assert list(a["mask"].flag_values) == [0, 1, 2]
         assert a["time"].units.startswith("days since")
-    assert sorted(n for n in os.listdir(out) if n.startswith("up_t")) == ["up_t0000.png", "up_t0001.png", "up_t0002.png"]
+    assert sorted(n for n in os.listdir(out) if n.startswith("up_t")) == [
+        "up_t0000.png",
+        "up_t0001.png",
+        "up_t0002.png",
+    ]
     times = [s["time"] for s in summary["inputs"][0]["time_steps"]]
     assert times[0].startswith("2000-01-01") and len(set(times)) == 3
 
@@ -140,8 +145,10 @@ def test_bad_inputs(checkpoint, small_dataset, tmp_path):
 
 def test_channel_subset_needs_only_those_variables(small_dataset, tmp_path):
     out = tmp_path / "run"
-    train(dict(data=small_dataset, out=str(out), epochs=1, batch_size=5, channels="U850,V850,PSL", progress=False),
-          log=quiet)
+    train(
+        dict(data=small_dataset, out=str(out), epochs=1, batch_size=5, channels="U850,V850,PSL", progress=False),
+        log=quiet,
+    )
     lat, lon = grid(32, 48)
     fields = generate_sample(32, 48, seed=3, index=0)[0][..., [1, 2, 7]]
     path = tmp_path / "winds.nc"

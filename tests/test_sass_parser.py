@@ -4,6 +4,7 @@ see its README for how each file was made). Every count the checks use is checke
 spilling kernel, a kernel without tensor cores and a listing of two kernels. No Triton, no GPU,
 no tools needed: text in, numbers out.
 """
+
 import os
 
 import pytest
@@ -12,8 +13,18 @@ from climseg.verify import checks
 from climseg.verify.sass import functions, instruction_counts, opcodes, ptxas_usage, resource_usage
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "static")
-COUNTED = ("instructions", "hmma", "hgmma", "ldgsts", "utmaldg", "atomics", "spill_loads", "spill_stores", "ldg",
-           "ldg128")
+COUNTED = (
+    "instructions",
+    "hmma",
+    "hgmma",
+    "ldgsts",
+    "utmaldg",
+    "atomics",
+    "spill_loads",
+    "spill_stores",
+    "ldg",
+    "ldg128",
+)
 
 
 def _read(name):
@@ -25,20 +36,23 @@ def _counts(**nonzero):
     return {key: nonzero.get(key, 0) for key in COUNTED}
 
 
-@pytest.mark.parametrize("name, expected", [
-    # MOV S2R LDGSTS LDGSTS LDGDEPBAR BAR LDSM @!P0 BRA HMMA HMMA @!PT LDS MEMBAR ATOMG NOP
-    ("mma_sm80.sass", _counts(instructions=14, hmma=2, ldgsts=2, atomics=1)),
-    # LDGSTS x2, WARPGROUP.ARRIVE, HGMMA x3, WARPGROUP.DEPBAR, ATOMG (F32x4)
-    ("mma_sm90.sass", _counts(instructions=8, hgmma=3, ldgsts=2, atomics=1)),
-    # UTMACCTL UTMACMDFLUSH @UP1 UTMALDG @UP1 UTMASTG UTMACMDFLUSH: one TMA load, the store is no load
-    ("tma_sm90.sass", _counts(instructions=5, utmaldg=1)),
-    # STL STL STL.64 LDL.LU LDL.LU.64 HMMA
-    ("spill_sm80.sass", _counts(instructions=6, hmma=1, spill_stores=3, spill_loads=2)),
-    # the whole kernel (32 instructions, 8 NOPs of padding): two predicated LDG.E.128, no MMA (HFMA2.MMA is a
-    # half-precision FMA, not a tensor core)
-    ("stream_sm80.sass", _counts(instructions=40, ldg=2, ldg128=2)),
-    ("stream_sm80.nvdisasm", _counts(instructions=40, ldg=2, ldg128=2)),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        # MOV S2R LDGSTS LDGSTS LDGDEPBAR BAR LDSM @!P0 BRA HMMA HMMA @!PT LDS MEMBAR ATOMG NOP
+        ("mma_sm80.sass", _counts(instructions=14, hmma=2, ldgsts=2, atomics=1)),
+        # LDGSTS x2, WARPGROUP.ARRIVE, HGMMA x3, WARPGROUP.DEPBAR, ATOMG (F32x4)
+        ("mma_sm90.sass", _counts(instructions=8, hgmma=3, ldgsts=2, atomics=1)),
+        # UTMACCTL UTMACMDFLUSH @UP1 UTMALDG @UP1 UTMASTG UTMACMDFLUSH: one TMA load, the store is no load
+        ("tma_sm90.sass", _counts(instructions=5, utmaldg=1)),
+        # STL STL STL.64 LDL.LU LDL.LU.64 HMMA
+        ("spill_sm80.sass", _counts(instructions=6, hmma=1, spill_stores=3, spill_loads=2)),
+        # the whole kernel (32 instructions, 8 NOPs of padding): two predicated LDG.E.128, no MMA (HFMA2.MMA is a
+        # half-precision FMA, not a tensor core)
+        ("stream_sm80.sass", _counts(instructions=40, ldg=2, ldg128=2)),
+        ("stream_sm80.nvdisasm", _counts(instructions=40, ldg=2, ldg128=2)),
+    ],
+)
 def test_instruction_counts(name, expected):
     assert instruction_counts(_read(name)) == expected
 
@@ -47,7 +61,7 @@ def test_opcodes_keep_modifiers_and_drop_predicates():
     ops = opcodes(_read("stream_sm80.sass"))
     assert ops[:3] == ["MOV", "S2R", "CS2R"]
     assert ops.count("LDG.E.128") == 2 and ops.count("STG.E.128") == 2 and "HFMA2.MMA" in ops
-    assert ops == opcodes(_read("stream_sm80.nvdisasm"))      # both tools list the same code
+    assert ops == opcodes(_read("stream_sm80.nvdisasm"))  # both tools list the same code
 
 
 def test_a_listing_of_two_kernels_is_split_per_kernel():
@@ -63,24 +77,40 @@ def test_a_listing_of_two_kernels_is_split_per_kernel():
 
 def test_resource_usage():
     assert resource_usage(_read("mma_sm80.res-usage")) == {
-        "mm": dict(registers=93, stack_bytes=0, static_shared=0, local_bytes=0)}
+        "mm": dict(registers=93, stack_bytes=0, static_shared=0, local_bytes=0)
+    }
     assert resource_usage(_read("spill_sm80.res-usage")) == {
-        "mm": dict(registers=32, stack_bytes=11536, static_shared=0, local_bytes=0)}
+        "mm": dict(registers=32, stack_bytes=11536, static_shared=0, local_bytes=0)
+    }
     assert resource_usage(_read("two_kernels_sm80.res-usage")) == {
         "_Z5heavyPKfPfi": dict(registers=24, stack_bytes=1448, static_shared=0, local_bytes=0),
-        "_Z11stream_copyPK6float4PS_i": dict(registers=10, stack_bytes=0, static_shared=0, local_bytes=0)}
+        "_Z11stream_copyPK6float4PS_i": dict(registers=10, stack_bytes=0, static_shared=0, local_bytes=0),
+    }
     assert resource_usage("cuobjdump: no such file") == {}
 
 
 def test_ptxas_usage_with_a_spill():
     assert ptxas_usage(_read("two_kernels_sm80.ptxas")) == {
         "_Z5heavyPKfPfi": dict(registers=24, stack_bytes=1448, spill_store_bytes=1452, spill_load_bytes=2948),
-        "_Z11stream_copyPK6float4PS_i": dict(registers=10, stack_bytes=0, spill_store_bytes=0, spill_load_bytes=0)}
+        "_Z11stream_copyPK6float4PS_i": dict(registers=10, stack_bytes=0, spill_store_bytes=0, spill_load_bytes=0),
+    }
 
 
 def _triton_row(kernel, sass, **extra):
-    row = dict(kernel=kernel, arch="sm_80", dtype="bf16", block={"BLOCK_M": 64}, num_warps=4, num_stages=3,
-               layers=["fixture"], compiled=True, fits=True, registers=93, shared_bytes=0, local_bytes=0)
+    row = dict(
+        kernel=kernel,
+        arch="sm_80",
+        dtype="bf16",
+        block={"BLOCK_M": 64},
+        num_warps=4,
+        num_stages=3,
+        layers=["fixture"],
+        compiled=True,
+        fits=True,
+        registers=93,
+        shared_bytes=0,
+        local_bytes=0,
+    )
     row.update(instruction_counts(_read(sass)), **extra)
     return row
 
@@ -93,7 +123,7 @@ def test_the_checks_on_parsed_code():
     assert "no asynchronous copies" in spilled[1]
     no_mma = checks.violations([_triton_row("dense_dgrad", "stream_sm80.sass")])
     assert len(no_mma) == 2 and "no tensor-core instructions" in no_mma[0] and "no asynchronous" in no_mma[1]
-    assert checks.violations([_triton_row("dw_fwd", "stream_sm80.sass")]) == []    # depthwise: no MMA needed
+    assert checks.violations([_triton_row("dw_fwd", "stream_sm80.sass")]) == []  # depthwise: no MMA needed
 
 
 def test_the_cuda_checks_on_parsed_code():
@@ -101,8 +131,18 @@ def test_the_cuda_checks_on_parsed_code():
     rows = []
     for name, body in functions(_read("two_kernels_sm80.sass")).items():
         counts = instruction_counts(body)
-        rows.append(dict(kernel=name, arch="sm_80", compiled=True, memory_bound=True, **info[name],
-                         **{k: counts[k] for k in ("ldg", "ldg128", "spill_loads", "spill_stores", "atomics")}))
+        rows.append(
+            dict(
+                kernel=name,
+                arch="sm_80",
+                compiled=True,
+                memory_bound=True,
+                **info[name],
+                **{k: counts[k] for k in ("ldg", "ldg128", "spill_loads", "spill_stores", "atomics")},
+            )
+        )
     found = checks.violations(cuda=rows)
-    assert found == ["_Z5heavyPKfPfi sm_80: spills (1452 B stores, 2948 B loads)",
-                     "_Z5heavyPKfPfi sm_80: memory-bound but no 128-bit loads (1 narrower ones)"]
+    assert found == [
+        "_Z5heavyPKfPfi sm_80: spills (1452 B stores, 2948 B loads)",
+        "_Z5heavyPKfPfi sm_80: memory-bound but no 128-bit loads (1 narrower ones)",
+    ]

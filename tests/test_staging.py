@@ -1,4 +1,5 @@
 """climseg stage: complete verified copies, each source file read once, resume."""
+
 import json
 import os
 import shutil
@@ -17,8 +18,9 @@ needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     root = tmp_path_factory.mktemp("src") / "ds"
-    generate_dataset(str(root), samples=14, height=32, width=48, seed=9, validation_fraction=3 / 14, workers=1,
-                     progress=False)
+    generate_dataset(
+        str(root), samples=14, height=32, width=48, seed=9, validation_fraction=3 / 14, workers=1, progress=False
+    )
     return str(root)
 
 
@@ -32,8 +34,12 @@ def same_bytes(a, b):
 
 
 def source_bytes(src):
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(src) for f in files
-               if f.endswith(".h5") or f == "climseg-dataset.json")
+    return sum(
+        os.path.getsize(os.path.join(d, f))
+        for d, _, files in os.walk(src)
+        for f in files
+        if f.endswith(".h5") or f == "climseg-dataset.json"
+    )
 
 
 def test_local_staging_and_resume(source, tmp_path):
@@ -79,8 +85,11 @@ def test_killed_staging_resumes(source, tmp_path):
 
 
 def test_cli_errors(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "climseg", "stage", str(tmp_path / "nope"), str(tmp_path / "d")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "climseg", "stage", str(tmp_path / "nope"), str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stderr.strip() == f"climseg: error: {tmp_path / 'nope'}: no such folder"
 
 
@@ -98,10 +107,19 @@ if MPI.COMM_WORLD.Get_rank() == 0:
 def run_mpi_stage(source, dst, shard_by, replicate, ranks=4, local_size=2):
     import climseg
 
-    env = dict(os.environ, CLIMSEG_LOCAL_SIZE=str(local_size), OMP_NUM_THREADS="1",
-               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(climseg.__file__))))
-    proc = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, "-c", STAGE_SCRIPT, source, dst, shard_by,
-                           str(replicate)], capture_output=True, text=True, env=env, timeout=300)
+    env = dict(
+        os.environ,
+        CLIMSEG_LOCAL_SIZE=str(local_size),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(climseg.__file__))),
+    )
+    proc = subprocess.run(
+        [MPIEXEC, "-n", str(ranks), sys.executable, "-c", STAGE_SCRIPT, source, dst, shard_by, str(replicate)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -115,7 +133,7 @@ def test_mpi_staging_two_nodes(source, tmp_path, shard_by, replicate):
 
     pattern = str(tmp_path / "node{node}")
     summary = run_mpi_stage(source, pattern, shard_by, replicate)
-    assert summary["read_bytes"] == source_bytes(source)          # every source file read exactly once
+    assert summary["read_bytes"] == source_bytes(source)  # every source file read exactly once
     train = sorted(os.listdir(os.path.join(source, "train")))
     held = {}
     for node in (0, 1):
@@ -135,8 +153,14 @@ def test_mpi_staging_two_nodes(source, tmp_path, shard_by, replicate):
     # the loader gives every rank its own files: each training file once per epoch over the 4 ranks
     seen = []
     for rank in range(4):
-        fl = FastLoader(str(tmp_path / f"node{rank // 2}" / "train"), 1, rank=rank, world_size=4, drop_last=False,
-                        dtype=torch.float32)
+        fl = FastLoader(
+            str(tmp_path / f"node{rank // 2}" / "train"),
+            1,
+            rank=rank,
+            world_size=4,
+            drop_last=False,
+            dtype=torch.float32,
+        )
         seen += [os.path.basename(fl.files[i]) for i in fl._my_indices()]
     if replicate == 1:
         assert sorted(seen) == train
@@ -146,9 +170,11 @@ def test_mpi_staging_two_nodes(source, tmp_path, shard_by, replicate):
 
 # ----------------------------------------------------------------------------- issue 15, item 4: stale stages
 
+
 def _dataset(root, seed):
-    generate_dataset(str(root), samples=4, height=16, width=16, seed=seed, validation_fraction=0.25, workers=1,
-                     progress=False)
+    generate_dataset(
+        str(root), samples=4, height=16, width=16, seed=seed, validation_fraction=0.25, workers=1, progress=False
+    )
 
 
 def test_regenerated_source_is_staged_again(tmp_path):
@@ -156,7 +182,7 @@ def test_regenerated_source_is_staged_again(tmp_path):
     _dataset(src, 1)
     assert stage(str(src), str(dst), progress=False, log=quiet)["staged"] == 6
     shutil.rmtree(src)
-    _dataset(src, 2)                                    # same names and sizes, other content
+    _dataset(src, 2)  # same names and sizes, other content
     again = stage(str(src), str(dst), progress=False, log=quiet)
     assert again["staged"] == 6
     for split in ("train", "validation"):
@@ -164,6 +190,7 @@ def test_regenerated_source_is_staged_again(tmp_path):
             assert same_bytes(src / split / name, dst / split / name)
         manifest = json.load(open(dst / split / MANIFEST))
         import zlib
+
         for e in manifest["files"]:
             assert e["crc32"] == zlib.crc32((src / split / e["name"]).read_bytes())
     assert stage(str(src), str(dst), progress=False, log=quiet)["staged"] == 0
@@ -197,6 +224,6 @@ def test_journal_of_an_older_format_is_staged_again(tmp_path):
     _dataset(src, 4)
     stage(str(src), str(dst), progress=False, log=quiet)
     rows = [json.loads(line) for line in open(dst / JOURNAL)]
-    with open(dst / JOURNAL, "w") as f:                # size and CRC only, as before issue 15
+    with open(dst / JOURNAL, "w") as f:  # size and CRC only, as before issue 15
         f.writelines(json.dumps(dict(name=r["name"], size=r["size"], crc32=r["crc32"])) + "\n" for r in rows)
     assert stage(str(src), str(dst), progress=False, log=quiet)["staged"] == 6

@@ -7,6 +7,7 @@ asynchronous copies; the streaming CUDA kernels must load 128 bits per thread.
 Compiling needs Triton's compiler (not its interpreter, which conftest turns on): the work runs
 in a pool of fresh processes. Launches with the same specialization compile once.
 """
+
 import json
 import os
 import shutil
@@ -37,8 +38,8 @@ def test_specialization_is_the_jits(pool):
     assert len(fwd) == len(pool.submit(_candidates, "dense_fwd", 90).result())
     spec = fwd[0][4]
     assert "x_ptr:*bf16/16" in spec and "Cin:i32/16" in spec and "Cout:i32/16" in spec
-    assert "W:i32 " in spec and "stride_h" not in spec       # not specialized / a constant 1
-    odd = ("odd", 1, 40, 24, 9, 11, (3,), (2,), 1)              # 40 channels: not a multiple of 16
+    assert "W:i32 " in spec and "stride_h" not in spec  # not specialized / a constant 1
+    odd = ("odd", 1, 40, 24, 9, 11, (3,), (2,), 1)  # 40 channels: not a multiple of 16
     spec = [r for r in pool.submit(T.plan_job, odd, "fp16", 80).result() if r[0] == "dense_fwd"][0][4]
     assert "Cin:i32 " in spec and "Cout:i32/16" not in spec and "x_ptr:*fp16/16" in spec
 
@@ -60,15 +61,39 @@ def test_sass_reading_and_occupancy():
         /*0160*/                   LDG.E.U16 R7, desc[UR4][R2.64] ;
     """
     c = instruction_counts(sass)
-    assert (c["ldgsts"], c["hmma"], c["spill_stores"], c["spill_loads"], c["atomics"], c["ldg"], c["ldg128"]) == \
-        (1, 1, 1, 1, 1, 2, 1)
+    assert (c["ldgsts"], c["hmma"], c["spill_stores"], c["spill_loads"], c["atomics"], c["ldg"], c["ldg128"]) == (
+        1,
+        1,
+        1,
+        1,
+        1,
+        2,
+        1,
+    )
     # 128 registers x 256 threads: two blocks by registers; 100 KiB shared memory: one block on sm_80, two on sm_90
     assert checks.occupancy(80, 128, 100 * 1024, 8)["warps_per_sm"] == 8
     assert checks.occupancy(90, 128, 100 * 1024, 8)["warps_per_sm"] == 16
     assert not checks.occupancy(80, 96, 200 * 1024, 4)["fits"]
-    bad = dict(kernel="dense_dgrad", arch="sm_80", dtype="bf16", block={"BLOCK_M": 64}, num_warps=4, num_stages=3,
-               layers=["x"], compiled=True, fits=True, registers=255, shared_bytes=0, spill_loads=2, spill_stores=2,
-               local_bytes=8, hmma=0, hgmma=0, ldgsts=0, utmaldg=0)
+    bad = dict(
+        kernel="dense_dgrad",
+        arch="sm_80",
+        dtype="bf16",
+        block={"BLOCK_M": 64},
+        num_warps=4,
+        num_stages=3,
+        layers=["x"],
+        compiled=True,
+        fits=True,
+        registers=255,
+        shared_bytes=0,
+        spill_loads=2,
+        spill_stores=2,
+        local_bytes=8,
+        hmma=0,
+        hgmma=0,
+        ldgsts=0,
+        utmaldg=0,
+    )
     found = checks.violations([bad])
     assert len(found) == 3 and "spills" in found[0] and "tensor-core" in found[1] and "asynchronous" in found[2]
 
@@ -77,8 +102,9 @@ def test_sass_reading_and_occupancy():
 def test_the_check_catches_a_spilling_tile(pool):
     """A tile pruned for spilling (256 x 128 x 64, 8 warps, sm_80) is still caught: the check can fail."""
     kurth = layer_cases()[0]
-    row = pool.submit(T.compile_job, kurth, "bf16", 80, 1, 0,
-                      ({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64}, 8, 3)).result()
+    row = pool.submit(
+        T.compile_job, kurth, "bf16", 80, 1, 0, ({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64}, 8, 3)
+    ).result()
     row.update(kernel="dense_dgrad", arch="sm_80", dtype="bf16", layers=[kurth[0]])
     assert row["compiled"] and row["spill_stores"] > 0
     assert any("spills" in v for v in checks.violations([row]))
@@ -97,11 +123,13 @@ def test_every_triton_candidate_compiles_clean_for_sm80_and_sm90():
     seen = {(r["kernel"], r["arch"], r["dtype"]) for r in rows}
     kernels = ("dense_fwd", "dense_dgrad", "dense_wgrad", "dw_fwd", "dw_dgrad", "dw_wgrad")
     assert seen == {(k, f"sm_{a}", d) for k in kernels for a in T.ARCHS for d in dtypes}
-    for name in kernels:     # every candidate of every kernel, per architecture and dtype
+    for name in kernels:  # every candidate of every kernel, per architecture and dtype
         for arch in T.ARCHS:
             for dtype in dtypes:
                 n = len(_candidates(name, arch, dtype))
-                got = {r["candidate"] for r in rows if (r["kernel"], r["arch"], r["dtype"]) == (name, f"sm_{arch}", dtype)}
+                got = {
+                    r["candidate"] for r in rows if (r["kernel"], r["arch"], r["dtype"]) == (name, f"sm_{arch}", dtype)
+                }
                 assert got == set(range(n)), (name, arch, dtype, got)
     found = checks.violations(rows)
     assert not found, "\n".join(found)

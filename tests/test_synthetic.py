@@ -1,4 +1,5 @@
 """The synthetic generator: deterministic, physically shaped, in the DeepCAM layout."""
+
 import os
 
 import h5py
@@ -15,10 +16,22 @@ C = {name: i for i, name in enumerate(CHANNELS)}
 
 # plausible global extremes of CAM5 fields (units as CAM5 writes them)
 RANGES = {
-    "TMQ": (0.0, 100.0), "U850": (-100.0, 100.0), "V850": (-100.0, 100.0), "UBOT": (-90.0, 90.0),
-    "VBOT": (-90.0, 90.0), "QREFHT": (0.0, 0.04), "PS": (5.0e4, 1.09e5), "PSL": (8.8e4, 1.085e5),
-    "T200": (195.0, 240.0), "T500": (220.0, 285.0), "PRECT": (0.0, 5e-5), "TS": (220.0, 315.0),
-    "TREFHT": (215.0, 315.0), "Z1000": (-800.0, 700.0), "Z200": (1.0e4, 1.3e4), "ZBOT": (40.0, 80.0),
+    "TMQ": (0.0, 100.0),
+    "U850": (-100.0, 100.0),
+    "V850": (-100.0, 100.0),
+    "UBOT": (-90.0, 90.0),
+    "VBOT": (-90.0, 90.0),
+    "QREFHT": (0.0, 0.04),
+    "PS": (5.0e4, 1.09e5),
+    "PSL": (8.8e4, 1.085e5),
+    "T200": (195.0, 240.0),
+    "T500": (220.0, 285.0),
+    "PRECT": (0.0, 5e-5),
+    "TS": (220.0, 315.0),
+    "TREFHT": (215.0, 315.0),
+    "Z1000": (-800.0, 700.0),
+    "Z200": (1.0e4, 1.3e4),
+    "ZBOT": (40.0, 80.0),
 }
 
 
@@ -120,7 +133,9 @@ def test_class_frequencies_like_real_data():
 
 def test_generate_dataset_layout_and_determinism(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    s = generate_dataset(str(a), samples=5, height=32, width=48, seed=1, validation_fraction=0.4, workers=1, progress=False)
+    s = generate_dataset(
+        str(a), samples=5, height=32, width=48, seed=1, validation_fraction=0.4, workers=1, progress=False
+    )
     generate_dataset(str(b), samples=5, height=32, width=48, seed=1, validation_fraction=0.4, workers=2, progress=False)
     assert (s["train"], s["validation"]) == (3, 2)
     assert sorted(os.listdir(a)) == ["climseg-dataset.json", "stats.h5", "train", "validation"]

@@ -1,4 +1,5 @@
 """climseg.data.timeseries: CAM5-like history files with moving events and their truth."""
+
 import csv
 import json
 import os
@@ -10,8 +11,7 @@ import pytest
 from climseg.cli import main
 from climseg.constants import CHANNEL_UNITS, CHANNELS, TROPICAL_CYCLONE
 from climseg.data.synthetic import Features
-from climseg.data.timeseries import (cyclone_at, noleap_date, parse_interval, river_at,
-                                     simulate_events)
+from climseg.data.timeseries import cyclone_at, noleap_date, parse_interval, river_at, simulate_events
 from climseg.errors import ConfigError
 
 RNG = np.random.default_rng()
@@ -21,8 +21,28 @@ RNG = np.random.default_rng()
 def series(tmp_path_factory):
     out = tmp_path_factory.mktemp("ts") / "series"
     seed = int(RNG.integers(1 << 30))
-    assert main(["generate", str(out), "--timesteps", "10", "--interval", "6h", "--height", "40", "--width", "56",
-                 "--seed", str(seed), "--workers", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(out),
+                "--timesteps",
+                "10",
+                "--interval",
+                "6h",
+                "--height",
+                "40",
+                "--width",
+                "56",
+                "--seed",
+                str(seed),
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return out, seed
 
 
@@ -74,8 +94,28 @@ def test_truth_tables_agree_with_the_ids(series):
 
 def test_deterministic_whatever_the_workers(series, tmp_path):
     out, seed = series
-    assert main(["generate", str(tmp_path / "again"), "--timesteps", "10", "--interval", "6h", "--height", "40",
-                 "--width", "56", "--seed", str(seed), "--workers", "2", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(tmp_path / "again"),
+                "--timesteps",
+                "10",
+                "--interval",
+                "6h",
+                "--height",
+                "40",
+                "--width",
+                "56",
+                "--seed",
+                str(seed),
+                "--workers",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     for name in sorted(f for f in os.listdir(out) if f.endswith(".nc")):
         with netCDF4.Dataset(out / name) as a, netCDF4.Dataset(tmp_path / "again" / name) as b:
             for v in ("TMQ", "PSL", "LABELS", "TRUE_EVENT_ID"):
@@ -92,15 +132,15 @@ def test_cyclones_drift_west_and_poleward_then_recurve():
     for e in cyclones:
         track = [cyclone_at(e, e.birth + h) for h in np.arange(0.0, e.life, 6.0)]
         lats = np.array([abs(c["lat"]) for c in track])
-        assert np.all(np.diff(lats) > 0)                                   # always poleward
+        assert np.all(np.diff(lats) > 0)  # always poleward
         dlon = (np.diff([c["lon"] for c in track]) + 180.0) % 360.0 - 180.0
         early = [d for c, d in zip(track, dlon) if abs(c["lat"]) < e.params["recurve"]]
         late = [d for c, d in zip(track, dlon) if abs(c["lat"]) > e.params["recurve"] + 6.0]
-        assert all(d < 0 for d in early)                                    # westward in the trades
-        assert all(d > 0 for d in late)                                     # eastward after recurvature
+        assert all(d < 0 for d in early)  # westward in the trades
+        assert all(d > 0 for d in late)  # eastward after recurvature
         recurved += bool(late)
         vmax = np.array([c["vmax"] for c in track])
-        assert vmax.max() > vmax[0] and vmax.max() > vmax[-1]               # genesis, peak, decay
+        assert vmax.max() > vmax[0] and vmax.max() > vmax[-1]  # genesis, peak, decay
         assert 3 * 24 <= e.life <= 10 * 24
     assert recurved >= 1
 
@@ -123,16 +163,19 @@ def test_interval_and_calendar():
     with pytest.raises(ConfigError):
         parse_interval("soon")
     assert noleap_date(0.0, 2106) == (2106, 1, 1, 0.0)
-    assert noleap_date(59 * 24 + 21, 2106) == (2106, 3, 1, 21.0)          # no 29 February
+    assert noleap_date(59 * 24 + 21, 2106) == (2106, 3, 1, 21.0)  # no 29 February
     assert noleap_date(365 * 24, 2106) == (2107, 1, 1, 0.0)
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--timesteps", "4", "--interval", "soon"], "--interval"),
-    (["--timesteps", "4", "--format", "hdf5"], "--format hdf5"),
-    (["--format", "netcdf"], "--timesteps"),
-    (["--timesteps", "0"], "--timesteps 0"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--timesteps", "4", "--interval", "soon"], "--interval"),
+        (["--timesteps", "4", "--format", "hdf5"], "--format hdf5"),
+        (["--format", "netcdf"], "--timesteps"),
+        (["--timesteps", "0"], "--timesteps 0"),
+    ],
+)
 def test_bad_options_exit_2(tmp_path, capsys, argv, words):
     assert main(["generate", str(tmp_path / "x"), "--height", "16", "--width", "32"] + argv) == 2
     err = capsys.readouterr().err.strip()

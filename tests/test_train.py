@@ -1,4 +1,5 @@
 """The trainer: metrics, checkpoints, and exact resume."""
+
 import json
 import os
 
@@ -8,7 +9,17 @@ import torch
 from climseg.errors import CheckpointError, ConfigError, DataError
 from climseg.train import TrainingListener, TrainingStopped, load_checkpoint, prepare, train
 
-REQUIRED_KEYS = {"epoch", "split", "loss", "iou_background", "iou_tc", "iou_ar", "mean_iou", "deepcam_iou", "samples_per_s"}
+REQUIRED_KEYS = {
+    "epoch",
+    "split",
+    "loss",
+    "iou_background",
+    "iou_tc",
+    "iou_ar",
+    "mean_iou",
+    "deepcam_iou",
+    "samples_per_s",
+}
 
 
 def options(data, out, **kw):
@@ -30,7 +41,12 @@ def test_training_writes_metrics_and_checkpoints(small_dataset, tmp_path):
     summary = train(options(small_dataset, tmp_path / "run"), log=quiet)
     out = str(tmp_path / "run")
     lines = rows(out)
-    assert [(r["epoch"], r["split"]) for r in lines] == [(1, "train"), (1, "validation"), (2, "train"), (2, "validation")]
+    assert [(r["epoch"], r["split"]) for r in lines] == [
+        (1, "train"),
+        (1, "validation"),
+        (2, "train"),
+        (2, "validation"),
+    ]
     for r in lines:
         assert REQUIRED_KEYS <= set(r)
         assert r["loss"] > 0 and r["samples_per_s"] > 0
@@ -53,7 +69,7 @@ def _assert_same_weights(a, b):
         assert torch.equal(a[k], b[k]), f"{k} differs"
 
 
-@pytest.mark.parametrize("stop_at", [3, 5])   # mid-epoch, and exactly at an epoch's end
+@pytest.mark.parametrize("stop_at", [3, 5])  # mid-epoch, and exactly at an epoch's end
 def test_resume_continues_exactly(small_dataset, tmp_path, stop_at):
     straight = tmp_path / "straight"
     train(options(small_dataset, straight), log=quiet)
@@ -79,7 +95,11 @@ def test_resume_drops_metric_lines_written_after_the_checkpoint(small_dataset, t
     train(dict(resume=str(partial), progress=False), log=quiet)
     lines = rows(str(partial))
     assert [(r["epoch"], r["split"], r["step"]) for r in lines] == [
-        (1, "train", 5), (1, "validation", 5), (2, "train", 10), (2, "validation", 10)]
+        (1, "train", 5),
+        (1, "validation", 5),
+        (2, "train", 10),
+        (2, "validation", 10),
+    ]
 
 
 def test_mid_epoch_resume_needs_the_same_batch_size(small_dataset, tmp_path):
@@ -95,7 +115,7 @@ def test_stop_request_writes_a_checkpoint(small_dataset, tmp_path):
     with pytest.raises(TrainingStopped) as info:
         trainer.fit()
     ckpt = load_checkpoint(info.value.checkpoint)
-    assert ckpt["train"]["progress"]["step"] == 0     # stopped before the next step, which resume will take
+    assert ckpt["train"]["progress"]["step"] == 0  # stopped before the next step, which resume will take
 
 
 def test_refusals(small_dataset, tmp_path):
@@ -125,8 +145,10 @@ def test_refusals(small_dataset, tmp_path):
 
 def test_config_file_and_other_optimizers(small_dataset, tmp_path):
     cfg = tmp_path / "opts.yaml"
-    cfg.write_text("optimizer: lamb\nlr-schedule: multistep\nmilestones: [3]\nchannels: TMQ, U850, V850, PSL\n"
-                   "precision: bf16\nnormalization: zscore\nclip_grad_norm: 1.0\nloss_weights: kurth2018\n")
+    cfg.write_text(
+        "optimizer: lamb\nlr-schedule: multistep\nmilestones: [3]\nchannels: TMQ, U850, V850, PSL\n"
+        "precision: bf16\nnormalization: zscore\nclip_grad_norm: 1.0\nloss_weights: kurth2018\n"
+    )
     summary = train(options(small_dataset, tmp_path / "run", epochs=1), config_file=str(cfg), log=quiet)
     assert summary["validation"]["loss"] > 0
     ckpt = load_checkpoint(str(tmp_path / "run"))
@@ -178,11 +200,24 @@ def test_listeners_hear_the_loop_events_in_order(small_dataset, tmp_path):
     recorder = Recorder()
     trainer.events.add(recorder)
     assert trainer.fit()["stopped"]
-    assert recorder.heard == [("run_start",), ("epoch_start", 1, 0), ("train_stop", 1, "train"), ("epoch_stop", 1, 5),
-                              ("epoch_start", 2, 5), ("run_stop", "stopped", 2)]
+    assert recorder.heard == [
+        ("run_start",),
+        ("epoch_start", 1, 0),
+        ("train_stop", 1, "train"),
+        ("epoch_stop", 1, 5),
+        ("epoch_start", 2, 5),
+        ("run_stop", "stopped", 2),
+    ]
     trainer = prepare(dict(resume=str(tmp_path / "run"), progress=False), log=quiet)
     recorder = Recorder()
     trainer.events.add(recorder)
     trainer.fit()
-    assert recorder.heard == [("run_start",), ("epoch_start", 2, 7), ("train_stop", 2, "train"), ("eval_start", 2),
-                              ("eval_stop", 2, "validation"), ("epoch_stop", 2, 10), ("run_stop", "completed", 2)]
+    assert recorder.heard == [
+        ("run_start",),
+        ("epoch_start", 2, 7),
+        ("train_stop", 2, "train"),
+        ("eval_start", 2),
+        ("eval_stop", 2, "validation"),
+        ("epoch_stop", 2, 10),
+        ("run_stop", "completed", 2),
+    ]

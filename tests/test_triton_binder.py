@@ -5,6 +5,7 @@ version and what changed, instead of the static check compiling other programs t
 The binder only exists for compiled kernels (the interpreter, which conftest turns on, has
 none): the probe runs in a fresh process with TRITON_INTERPRET=0.
 """
+
 import types
 
 import pytest
@@ -30,8 +31,15 @@ def specialize_probe(arch):
     x = torch.empty(64, device="meta", dtype=torch.bfloat16)
     config = triton.Config({"BLOCK": 64}, num_warps=2, num_stages=3)
     signature, constexprs, attrs, options = specialize(probe_kernel, arch, (x, 32, 1, 7), {}, config)
-    return dict(version=triton.__version__, signature=signature, constexprs=constexprs, attrs=attrs,
-                num_warps=options.num_warps, num_stages=options.num_stages, option_type=type(options).__name__)
+    return dict(
+        version=triton.__version__,
+        signature=signature,
+        constexprs=constexprs,
+        attrs=attrs,
+        num_warps=options.num_warps,
+        num_stages=options.num_stages,
+        option_type=type(options).__name__,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +49,10 @@ def probed():
 
 
 def _changed(got, what, value, expected):
-    return (f"Triton {got['version']}: its private JIT binder changed: {what} is {value!r}, climseg.verify.binder "
-            f"expects {expected!r} (as in Triton 3.6 to 3.9); update climseg.verify.binder.specialize")
+    return (
+        f"Triton {got['version']}: its private JIT binder changed: {what} is {value!r}, climseg.verify.binder "
+        f"expects {expected!r} (as in Triton 3.6 to 3.9); update climseg.verify.binder.specialize"
+    )
 
 
 @pytest.mark.parametrize("arch", [80, 90])
@@ -50,14 +60,18 @@ def test_the_binder_gives_the_jits_specialization(probed, arch):
     got = probed[arch]
     expected = {"x_ptr": "*bf16", "aligned": "i32", "one": "constexpr", "odd": "i32", "BLOCK": "constexpr"}
     assert got["signature"] == expected, _changed(got, "the signature", got["signature"], expected)
-    expected = {(2,): 1, (4,): 64}           # an integer equal to 1 becomes a constant, like the constexpr
+    expected = {(2,): 1, (4,): 64}  # an integer equal to 1 becomes a constant, like the constexpr
     assert got["constexprs"] == expected, _changed(got, "the constants", got["constexprs"], expected)
-    divisible = sorted(path for path, values in got["attrs"].items()
-                       if any(value[0] == "tt.divisibility" and value[1] == 16 for value in values))
-    expected = [(0,), (1,)]                 # the aligned pointer and 32, not 7
+    divisible = sorted(
+        path
+        for path, values in got["attrs"].items()
+        if any(value[0] == "tt.divisibility" and value[1] == 16 for value in values)
+    )
+    expected = [(0,), (1,)]  # the aligned pointer and 32, not 7
     assert divisible == expected, _changed(got, "the tt.divisibility attributes", got["attrs"], expected)
     assert (got["num_warps"], got["num_stages"]) == (2, 3), _changed(
-        got, "(num_warps, num_stages) of the options", (got["num_warps"], got["num_stages"]), (2, 3))
+        got, "(num_warps, num_stages) of the options", (got["num_warps"], got["num_stages"]), (2, 3)
+    )
 
 
 def test_a_binder_that_is_gone_is_named_with_the_version():

@@ -1,6 +1,7 @@
 """Variable-name conventions: CAM5, ERA5 and CMIP6 files built here with each
 convention's names, units, coordinates and calendars read into the 16 channels in
 CAM5 units; sets of files merged on time; a mapping file; bad inputs named in one line."""
+
 import json
 
 import netCDF4
@@ -12,14 +13,30 @@ from climseg.data.netcdf import open_netcdf, read_netcdf_step, write_cam5_netcdf
 from climseg.data.variables import GRAVITY, canonical_units, lowest_level_height, specific_humidity_from_dewpoint
 from climseg.errors import ConfigError, DataError
 
-H, W, T = 13, 21, 3            # odd sizes, not multiples of 16
+H, W, T = 13, 21, 3  # odd sizes, not multiples of 16
 
 
 def _truth(rng):
     """CAM5-unit fields (T, H, W) of every channel, plausible magnitudes."""
     f = {}
-    base = dict(TMQ=30.0, U850=5.0, V850=-3.0, UBOT=4.0, VBOT=2.0, QREFHT=0.01, PS=98000.0, PSL=101000.0,
-                T200=218.0, T500=255.0, PRECT=2e-8, TS=290.0, TREFHT=289.0, Z1000=100.0, Z200=11800.0, ZBOT=60.0)
+    base = dict(
+        TMQ=30.0,
+        U850=5.0,
+        V850=-3.0,
+        UBOT=4.0,
+        VBOT=2.0,
+        QREFHT=0.01,
+        PS=98000.0,
+        PSL=101000.0,
+        T200=218.0,
+        T500=255.0,
+        PRECT=2e-8,
+        TS=290.0,
+        TREFHT=289.0,
+        Z1000=100.0,
+        Z200=11800.0,
+        ZBOT=60.0,
+    )
     for c, v in base.items():
         f[c] = (v * (1.0 + 0.05 * rng.standard_normal((T, H, W)))).astype(np.float32)
     return f
@@ -33,20 +50,30 @@ def _coord(ds, name, dim, values, **attrs):
 
 
 def _era5_file(path, truth, lat, lon):
-    levels = np.array([1000.0, 850.0, 500.0, 200.0])     # hPa, as the CDS writes pressure_level
+    levels = np.array([1000.0, 850.0, 500.0, 200.0])  # hPa, as the CDS writes pressure_level
     with netCDF4.Dataset(path, "w") as ds:
         ds.createDimension("valid_time", T)
         ds.createDimension("pressure_level", 4)
         ds.createDimension("latitude", H)
         ds.createDimension("longitude", W)
-        _coord(ds, "valid_time", "valid_time", np.arange(T) * 1.0, units="hours since 2020-01-01",
-               calendar="proleptic_gregorian")
+        _coord(
+            ds,
+            "valid_time",
+            "valid_time",
+            np.arange(T) * 1.0,
+            units="hours since 2020-01-01",
+            calendar="proleptic_gregorian",
+        )
         _coord(ds, "pressure_level", "pressure_level", levels, units="hPa")
-        _coord(ds, "latitude", "latitude", lat[::-1], units="degrees_north")       # north to south, as ERA5
+        _coord(ds, "latitude", "latitude", lat[::-1], units="degrees_north")  # north to south, as ERA5
         _coord(ds, "longitude", "longitude", lon, units="degrees_east")
 
         def put(name, value, units, level=False):
-            dims = ("valid_time", "pressure_level", "latitude", "longitude") if level else ("valid_time", "latitude", "longitude")
+            dims = (
+                ("valid_time", "pressure_level", "latitude", "longitude")
+                if level
+                else ("valid_time", "latitude", "longitude")
+            )
             v = ds.createVariable(name, "f4", dims)
             v.units = units
             v[:] = value[..., ::-1, :]
@@ -61,8 +88,8 @@ def _era5_file(path, truth, lat, lon):
         put("u10", truth["UBOT"], "m s**-1")
         put("v10", truth["VBOT"], "m s**-1")
         put("sp", truth["PS"], "Pa")
-        put("msl", truth["PSL"] / 100.0, "hPa")                       # hPa converts too
-        put("tp", truth["PRECT"] * 3600.0, "m")                       # accumulated over the hourly step
+        put("msl", truth["PSL"] / 100.0, "hPa")  # hPa converts too
+        put("tp", truth["PRECT"] * 3600.0, "m")  # accumulated over the hourly step
         put("skt", truth["TS"], "K")
         put("t2m", truth["TREFHT"], "K")
         put("d2m", truth["TREFHT"] - 5.0, "K")
@@ -70,12 +97,23 @@ def _era5_file(path, truth, lat, lon):
 
 def _cmip6_files(folder, truth, lat, lon, calendar):
     """One variable per file, CMIP names; tas split in time over two files."""
-    plev = np.array([100000.0, 85000.0, 50000.0, 20000.0])        # Pa
-    plain = dict(prw=("TMQ", "kg m-2", 1.0), uas=("UBOT", "m s-1", 1.0), vas=("VBOT", "m s-1", 1.0),
-                 huss=("QREFHT", "1", 1.0), ps=("PS", "Pa", 1.0), psl=("PSL", "Pa", 1.0),
-                 pr=("PRECT", "kg m-2 s-1", 1000.0), ts=("TS", "K", 1.0))
-    levelled = dict(ua={85000.0: "U850"}, va={85000.0: "V850"}, ta={20000.0: "T200", 50000.0: "T500"},
-                    zg={100000.0: "Z1000", 20000.0: "Z200"})
+    plev = np.array([100000.0, 85000.0, 50000.0, 20000.0])  # Pa
+    plain = dict(
+        prw=("TMQ", "kg m-2", 1.0),
+        uas=("UBOT", "m s-1", 1.0),
+        vas=("VBOT", "m s-1", 1.0),
+        huss=("QREFHT", "1", 1.0),
+        ps=("PS", "Pa", 1.0),
+        psl=("PSL", "Pa", 1.0),
+        pr=("PRECT", "kg m-2 s-1", 1000.0),
+        ts=("TS", "K", 1.0),
+    )
+    levelled = dict(
+        ua={85000.0: "U850"},
+        va={85000.0: "V850"},
+        ta={20000.0: "T200", 50000.0: "T500"},
+        zg={100000.0: "Z1000", 20000.0: "Z200"},
+    )
 
     def new(name, steps, level=False):
         ds = netCDF4.Dataset(str(folder / f"{name}_6hrPlevPt_MODEL_historical_r1i1p1f1_gn_{steps[0]}.nc"), "w")
@@ -98,7 +136,7 @@ def _cmip6_files(folder, truth, lat, lon, calendar):
             v = ds.createVariable(name, "f4", ("time", "lat", "lon"))
             v.units = units
             v[:] = truth[channel] * factor
-    for part in ([2], [0, 1]):                                     # tas in two pieces, the later written first
+    for part in ([2], [0, 1]):  # tas in two pieces, the later written first
         with new("tas", part) as ds:
             v = ds.createVariable("tas", "f4", ("time", "lat", "lon"))
             v.units = "K"
@@ -148,12 +186,14 @@ def test_era5_preset(tmp_path):
     info = open_netcdf(str(path))
     assert info.convention == "ERA5" and info.flipped
     assert info.times[:2] == ["2020-01-01 00:00:00", "2020-01-01 01:00:00"]
-    derived = dict(QREFHT=specific_humidity_from_dewpoint(truth["TREFHT"] - 5.0, truth["PS"]),
-                   ZBOT=lowest_level_height(truth["TREFHT"]))
+    derived = dict(
+        QREFHT=specific_humidity_from_dewpoint(truth["TREFHT"] - 5.0, truth["PS"]),
+        ZBOT=lowest_level_height(truth["TREFHT"]),
+    )
     expect = {c: derived.get(c) for c in CHANNELS}
     _check(info, truth, expect, rtol=2e-5)
     q = derived["QREFHT"]
-    assert 0.002 < float(np.median(q)) < 0.03            # a plausible specific humidity
+    assert 0.002 < float(np.median(q)) < 0.03  # a plausible specific humidity
 
 
 @pytest.mark.parametrize("calendar", ["noleap", "360_day"])
@@ -170,7 +210,7 @@ def test_cmip6_preset_set_of_files(tmp_path, calendar):
         assert info.convention == "CMIP6" and len(info.times) == T and len(info.paths) == 14
         assert np.allclose(info.lat, lat)
     _check(info, truth, expect)
-    only = open_netcdf(str(folder / "ta_*.nc"), channels=["T200", "T500"])   # fewer channels: only those needed
+    only = open_netcdf(str(folder / "ta_*.nc"), channels=["T200", "T500"])  # fewer channels: only those needed
     assert list(only.variables) == ["T200", "T500"]
 
 
@@ -183,8 +223,11 @@ def test_mapping_file(tmp_path):
         ds.createDimension("lon", W)
         _coord(ds, "lat", "lat", lat)
         _coord(ds, "lon", "lon", lon)
-        for name, value, units in (("iwv", truth["TMQ"][0], "mm"), ("precip", truth["PRECT"][0] * 8.64e7, None),
-                                   ("sst", truth["TS"][0] - 273.15, "degC")):
+        for name, value, units in (
+            ("iwv", truth["TMQ"][0], "mm"),
+            ("precip", truth["PRECT"][0] * 8.64e7, None),
+            ("sst", truth["TS"][0] - 273.15, "degC"),
+        ):
             v = ds.createVariable(name, "f4", ("lat", "lon"))
             if units:
                 v.units = units

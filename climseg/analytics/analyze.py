@@ -22,6 +22,7 @@ Coastlines come from the land mask that the ``global-land-mask`` package ships (
 1-km data, no download), reduced once to a 0.5-degree grid and kept in the climseg
 cache folder.
 """
+
 import json
 import os
 
@@ -72,7 +73,7 @@ def land_mask():
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, land=land)
     except OSError:
-        pass                                   # a read-only cache only costs the next run the same time
+        pass  # a read-only cache only costs the next run the same time
     return lat, lon, land
 
 
@@ -96,7 +97,7 @@ def _draw_coastlines(ax, lon_range):
     lo0 = lon_range[0]
     segments = []
     for line in coastlines():
-        for shift in (-360.0, 0.0, 360.0):     # the copies that fall on the map's longitude range
+        for shift in (-360.0, 0.0, 360.0):  # the copies that fall on the map's longitude range
             x = line[:, 0] + shift
             if x.max() >= lo0 and x.min() <= lon_range[1]:
                 segments.append(np.column_stack([x, line[:, 1]]))
@@ -119,9 +120,16 @@ def _map(path, lat, lon, field, title, label, cmap="viridis", note=None):
     lon_b = sphere.cell_bounds(lon)
     fig, ax = plt.subplots(figsize=(10.0, 5.4))
     shown = np.ma.masked_equal(field, 0.0)
-    if _regular(lat_b) and _regular(lon_b):        # an image: fast at any size
-        mesh = ax.imshow(shown, origin="lower", extent=[lon_b[0], lon_b[-1], lat_b[0], lat_b[-1]], cmap=cmap,
-                         vmin=0.0, aspect="auto", interpolation="nearest")
+    if _regular(lat_b) and _regular(lon_b):  # an image: fast at any size
+        mesh = ax.imshow(
+            shown,
+            origin="lower",
+            extent=[lon_b[0], lon_b[-1], lat_b[0], lat_b[-1]],
+            cmap=cmap,
+            vmin=0.0,
+            aspect="auto",
+            interpolation="nearest",
+        )
     else:
         mesh = ax.pcolormesh(lon_b, lat_b, shown, cmap=cmap, shading="flat", vmin=0.0)
     fig.colorbar(mesh, ax=ax, label=label, fraction=0.035, pad=0.02)
@@ -138,11 +146,13 @@ def _histograms(path, events, classes):
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import MaxNLocator
 
-    quantities = (("lifetime_hours", "lifetime (hours)"), ("distance_km", "travel distance (km)"),
-                  ("mean_speed_m_s", "mean speed (m s$^{-1}$)"))
+    quantities = (
+        ("lifetime_hours", "lifetime (hours)"),
+        ("distance_km", "travel distance (km)"),
+        ("mean_speed_m_s", "mean speed (m s$^{-1}$)"),
+    )
     fig, axes = plt.subplots(1, 3, figsize=(13.0, 3.8))
     for ax, (key, label) in zip(axes, quantities):
         values = {c: np.array([_float(e[key]) for e in events if e["class"] == c]) for c in classes}
@@ -199,8 +209,13 @@ def _stats(values):
     v = np.array([x for x in values if np.isfinite(x)])
     if v.size == 0:
         return dict(count=0, mean=None, median=None, p90=None, max=None)
-    return dict(count=int(v.size), mean=float(v.mean()), median=float(np.median(v)),
-                p90=float(np.percentile(v, 90)), max=float(v.max()))
+    return dict(
+        count=int(v.size),
+        mean=float(v.mean()),
+        median=float(np.median(v)),
+        p90=float(np.percentile(v, 90)),
+        max=float(v.max()),
+    )
 
 
 def analyze(events_folder, out, maps=True, log=print):
@@ -220,7 +235,7 @@ def analyze(events_folder, out, maps=True, log=print):
     glat_b = np.arange(-90.0, 90.0 + 1e-9, GENESIS_BIN_DEG)
     glon_b = np.arange(0.0, 360.0 + 1e-9, GENESIS_BIN_DEG)
     glat, glon = 0.5 * (glat_b[1:] + glat_b[:-1]), 0.5 * (glon_b[1:] + glon_b[:-1])
-    bin_area = sphere.cell_areas(glat, glon) / 1e6            # 10^6 km^2
+    bin_area = sphere.cell_areas(glat, glon) / 1e6  # 10^6 km^2
     genesis = np.zeros((len(CLASS_NAMES), glat.size, glon.size))
     for k, c in enumerate(CLASS_NAMES):
         if k == 0:
@@ -232,7 +247,9 @@ def analyze(events_folder, out, maps=True, log=print):
         genesis[k] = counts / bin_area / (years if years > 0 else 1.0)
     density_units = "events per year per 10^6 km2" if years > 0 else "events per 10^6 km2"
 
-    _write_climatology(os.path.join(out, "climatology.nc"), lat, lon, frequency, glat, glon, genesis, density_units, meta)
+    _write_climatology(
+        os.path.join(out, "climatology.nc"), lat, lon, frequency, glat, glon, genesis, density_units, meta
+    )
     months = _months(meta["first_time"], meta["last_time"])
     per_month = {c: {m: 0 for m in months} for c in classes}
     for e in events:
@@ -250,36 +267,64 @@ def analyze(events_folder, out, maps=True, log=print):
             if k == 0:
                 continue
             name = f"frequency_{SHORT[c]}.png"
-            _map(os.path.join(out, name), lat, lon, frequency[k], f"Frequency of {TITLE[c]} ({span})",
-                 "fraction of time steps", cmap="YlOrRd")
+            _map(
+                os.path.join(out, name),
+                lat,
+                lon,
+                frequency[k],
+                f"Frequency of {TITLE[c]} ({span})",
+                "fraction of time steps",
+                cmap="YlOrRd",
+            )
             files.append(name)
             name = f"genesis_{SHORT[c]}.png"
-            _map(os.path.join(out, name), glat, glon, genesis[k], f"Genesis density of {TITLE[c]} ({span})",
-                 density_units.replace("10^6 km2", "10$^6$ km$^2$"), cmap="PuBu",
-                 note=f"{GENESIS_BIN_DEG:g}-degree bins")
+            _map(
+                os.path.join(out, name),
+                glat,
+                glon,
+                genesis[k],
+                f"Genesis density of {TITLE[c]} ({span})",
+                density_units.replace("10^6 km2", "10$^6$ km$^2$"),
+                cmap="PuBu",
+                note=f"{GENESIS_BIN_DEG:g}-degree bins",
+            )
             files.append(name)
         _histograms(os.path.join(out, "histograms.png"), events, classes)
         _per_month_plot(os.path.join(out, "events_per_month.png"), months, per_month, classes)
         files += ["histograms.png", "events_per_month.png"]
-    summary = dict(events_folder=os.path.abspath(folder), first_time=meta["first_time"], last_time=meta["last_time"],
-                   steps=total, interval_hours=interval, years=years, files=files, classes={})
+    summary = dict(
+        events_folder=os.path.abspath(folder),
+        first_time=meta["first_time"],
+        last_time=meta["last_time"],
+        steps=total,
+        interval_hours=interval,
+        years=years,
+        files=files,
+        classes={},
+    )
     for k, c in enumerate(CLASS_NAMES):
         if k == 0:
             continue
         sel = [e for e in events if e["class"] == c]
         summary["classes"][c] = dict(
-            events=len(sel), events_per_year=(len(sel) / years) if years > 0 else None,
+            events=len(sel),
+            events_per_year=(len(sel) / years) if years > 0 else None,
             lifetime_hours=_stats([_float(e["lifetime_hours"]) for e in sel]),
             distance_km=_stats([_float(e["distance_km"]) for e in sel]),
             mean_speed_m_s=_stats([_float(e["mean_speed_m_s"]) for e in sel]),
             peak_area_km2=_stats([_float(e["peak_area_km2"]) for e in sel]),
-            max_frequency=float(frequency[k].max()), mean_frequency=float(np.average(frequency[k], weights=sphere.cell_areas(lat, lon))),
-            per_month=per_month[c], per_year=per_year[c])
+            max_frequency=float(frequency[k].max()),
+            mean_frequency=float(np.average(frequency[k], weights=sphere.cell_areas(lat, lon))),
+            per_month=per_month[c],
+            per_year=per_year[c],
+        )
     write_json(os.path.join(out, "summary.json"), summary)
     tc, ar = summary["classes"]["tropical_cyclone"], summary["classes"]["atmospheric_river"]
     what = "maps, histograms, climatology.nc and summary.json" if maps else "climatology.nc and summary.json"
-    log(f"climseg: {tc['events']} tropical cyclones, {ar['events']} atmospheric rivers over {total} steps; "
-        f"{what} written to {out}")
+    log(
+        f"climseg: {tc['events']} tropical cyclones, {ar['events']} atmospheric rivers over {total} steps; "
+        f"{what} written to {out}"
+    )
     return summary
 
 
@@ -290,8 +335,12 @@ def _write_climatology(path, lat, lon, frequency, glat, glon, genesis, density_u
         ds.Conventions = "CF-1.8"
         ds.source = f"climseg analyze of events {meta['first_time']} to {meta['last_time']}"
         ds.createDimension("class", len(CLASS_NAMES))
-        for dim, values, std, units in (("lat", lat, "latitude", "degrees_north"), ("lon", lon % 360.0, "longitude", "degrees_east"),
-                                        ("glat", glat, "latitude", "degrees_north"), ("glon", glon, "longitude", "degrees_east")):
+        for dim, values, std, units in (
+            ("lat", lat, "latitude", "degrees_north"),
+            ("lon", lon % 360.0, "longitude", "degrees_east"),
+            ("glat", glat, "latitude", "degrees_north"),
+            ("glon", glon, "longitude", "degrees_east"),
+        ):
             ds.createDimension(dim, values.size)
             v = ds.createVariable(dim, "f8", (dim,))
             v.standard_name, v.units = std, units

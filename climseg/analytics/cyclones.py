@@ -29,6 +29,7 @@ and sources in docs/labelling.md):
    linked; tracks shorter than ``tc_min_hours`` are dropped unless cut by the start or
    end of the series.
 """
+
 import numpy as np
 from scipy import ndimage
 
@@ -36,8 +37,8 @@ from climseg import sphere
 from climseg.analytics.label_options import LabelOptions
 from climseg.sphere import EARTH_RADIUS_M
 
-
 # ----------------------------------------------------------------------------- fields on the sphere
+
 
 def relative_vorticity(u, v, lat, lon, periodic=True):
     """Relative vorticity of a horizontal wind on the sphere,
@@ -135,11 +136,12 @@ def band_filter(field, lat, lon, periodic, radius_km, kind, rows=None):
         rx = int(min(np.ceil(radius_km / max(np.min(ew[a:b]), 1e-6)), w // 2))
         lo, hi = max(0, a - ry), min(h, b + ry)
         res = func(field[lo:hi], size=(2 * ry + 1, 2 * rx + 1), mode=("nearest", "wrap" if periodic else "nearest"))
-        out[a:b] = res[a - lo: b - lo]
+        out[a:b] = res[a - lo : b - lo]
     return out
 
 
 # ----------------------------------------------------------------------------- tropical cyclones
+
 
 def detect_cyclones(fields, lat, lon, periodic=True, options=None):
     """Storm centres and their areas in the fields of one step (criteria 1-6 of the module).
@@ -175,8 +177,8 @@ def detect_cyclones(fields, lat, lon, periodic=True, options=None):
     rows = np.flatnonzero(np.abs(lat) <= o.tc_max_lat)
     if rows.size == 0:
         return []
-    candidates = (psl == band_filter(psl, lat, lon, periodic, o.tc_candidate_km, "min", rows))
-    candidates[[0, -1]] = False                                 # not at the grid's edge rows
+    candidates = psl == band_filter(psl, lat, lon, periodic, o.tc_candidate_km, "min", rows)
+    candidates[[0, -1]] = False  # not at the grid's edge rows
     if not periodic:
         candidates[:, [0, -1]] = False
     rise = band_filter(psl, lat, lon, periodic, o.tc_environment_km, "max", rows) - psl
@@ -189,26 +191,38 @@ def detect_cyclones(fields, lat, lon, periodic=True, options=None):
     candidates &= vort >= o.tc_vorticity
     upper = [np.asarray(fields[k], np.float64) for k in ("T200", "T500") if k in fields]
     temp = sum(upper) / len(upper)
-    warm = (band_filter(temp, lat, lon, periodic, o.tc_core_km, "max", rows)
-            - band_filter(temp, lat, lon, periodic, o.tc_environment_km, "mean", rows))
+    warm = band_filter(temp, lat, lon, periodic, o.tc_core_km, "max", rows) - band_filter(
+        temp, lat, lon, periodic, o.tc_environment_km, "mean", rows
+    )
     candidates &= warm >= o.tc_warm_core
     low_level = ("UBOT", "VBOT") if "UBOT" in fields and "VBOT" in fields else ("U850", "V850")
     u, v = fields[low_level[0]], fields[low_level[1]]
     speed = np.hypot(np.asarray(u, np.float64), np.asarray(v, np.float64))
     wind = band_filter(speed, lat, lon, periodic, o.tc_wind_km, "max", rows)
     candidates &= wind >= o.tc_wind
-    lab, n = ndimage.label(candidates, structure=sphere.EIGHT_CONNECTED)   # plateaus: one centre each
+    lab, n = ndimage.label(candidates, structure=sphere.EIGHT_CONNECTED)  # plateaus: one centre each
     if n == 0:
         return []
     rr, cc = np.nonzero(candidates)
-    order = np.lexsort((psl[rr, cc], lab[rr, cc]))                      # by plateau, then pressure
-    first = order[np.r_[True, np.diff(lab[rr, cc][order]) != 0]]      # the lowest cell of each plateau
+    order = np.lexsort((psl[rr, cc], lab[rr, cc]))  # by plateau, then pressure
+    first = order[np.r_[True, np.diff(lab[rr, cc][order]) != 0]]  # the lowest cell of each plateau
     storms = []
-    for r, c in sorted(zip(rr[first], cc[first]), key=lambda rc: psl[rc]):   # deepest first
+    for r, c in sorted(zip(rr[first], cc[first]), key=lambda rc: psl[rc]):  # deepest first
         index = _storm_area(psl, speed, lat, lon, periodic, r, c, rise[r, c], o)
-        storms.append(dict(lat=float(lat[r]), lon=float(lon[c] % 360.0), row=int(r), col=int(c),
-                           psl=float(psl[r, c]), wind=float(wind[r, c]), vorticity=float(vort[r, c]),
-                           warm_core=float(warm[r, c]), pressure_rise=float(rise[r, c]), index=index))
+        storms.append(
+            dict(
+                lat=float(lat[r]),
+                lon=float(lon[c] % 360.0),
+                row=int(r),
+                col=int(c),
+                psl=float(psl[r, c]),
+                wind=float(wind[r, c]),
+                vorticity=float(vort[r, c]),
+                warm_core=float(warm[r, c]),
+                pressure_rise=float(rise[r, c]),
+                index=index,
+            )
+        )
     return storms
 
 
@@ -296,6 +310,11 @@ def link_cyclones(steps, hours, options=None):
                 ntracks += 1
     n = len(steps)
     step_hours = float(np.median(np.diff(hours))) if n > 1 else 0.0
-    keep_track = np.array([(hours[last[k]] - hours[first[k]] + step_hours >= o.tc_min_hours)
-                           or first[k] == 0 or last[k] == n - 1 for k in range(ntracks)], bool)
+    keep_track = np.array(
+        [
+            (hours[last[k]] - hours[first[k]] + step_hours >= o.tc_min_hours) or first[k] == 0 or last[k] == n - 1
+            for k in range(ntracks)
+        ],
+        bool,
+    )
     return [[bool(keep_track[k]) for k in tr] for tr in track_of], track_of

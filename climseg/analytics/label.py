@@ -23,6 +23,7 @@ the steps and labels as a DeepCAM training set for ``climseg train``
 ``mask``). ``summary.json`` lists every step's storms and rivers. Cyclone labels take
 precedence where the two meet.
 """
+
 import concurrent.futures
 import dataclasses
 import os
@@ -75,6 +76,7 @@ def _coarsen(field, stride):
 
 # ----------------------------------------------------------------------------- one step
 
+
 def label_step(fields, lat, lon, periodic, options, threshold, weights=None):
     """``(rivers bool (H, W), storms list, river objects)`` of one step's fields (dict)."""
     rivers, objects, storms = None, [], []
@@ -106,23 +108,24 @@ def _channels_for(options):
             required += [c for c in ("TMQ", "U850", "V850") if c not in required]
         else:
             optional += ["IVT", "TMQ"]
-        optional += ["TMQ", "U850", "V850"]          # the proxy and the poleward-transport test, when there
+        optional += ["TMQ", "U850", "V850"]  # the proxy and the poleward-transport test, when there
     optional = list(dict.fromkeys(optional))
     return required, [c for c in optional if c not in required]
 
 
 # ----------------------------------------------------------------------------- files
 
+
 @dataclasses.dataclass
 class _Job:
     """One output file: a run of the series' steps."""
 
-    name: str                  # output file name
-    source: str                # file whose coordinates and times the mask copies
-    steps: list                # global step indices
-    local: list                # the same steps in ``source``
+    name: str  # output file name
+    source: str  # file whose coordinates and times the mask copies
+    steps: list  # global step indices
+    local: list  # the same steps in ``source``
     time_var: str = None
-    flipped: bool = False      # ``source`` stores latitudes north to south
+    flipped: bool = False  # ``source`` stores latitudes north to south
 
 
 def _jobs(info):
@@ -135,8 +138,9 @@ def _jobs(info):
             raise UserError(f"{seg.path}: has the same name as {stems[stem]}; their outputs would collide")
         stems[stem] = seg.path
         n = max(seg.ntime, 1)
-        jobs.append(_Job(f"{stem}_mask.nc", seg.path, list(range(start, start + n)), list(range(n)), seg.time_dim,
-                         seg.flipped))
+        jobs.append(
+            _Job(f"{stem}_mask.nc", seg.path, list(range(start, start + n)), list(range(n)), seg.time_dim, seg.flipped)
+        )
         start += n
     return jobs
 
@@ -180,7 +184,9 @@ def _write_job(args):
                 flat[s["index"]] = TROPICAL_CYCLONE
     del rivers
     with atomic_path(os.path.join(out, job.name)) as path:
-        dst, mask = create_mask_netcdf(path, job.source, job.time_var, f"climseg label on {os.path.basename(job.source)}")
+        dst, mask = create_mask_netcdf(
+            path, job.source, job.time_var, f"climseg label on {os.path.basename(job.source)}"
+        )
         with dst:
             data = masks[:, ::-1] if job.flipped else masks
             mask[:] = data if job.time_var else data[0]
@@ -221,8 +227,18 @@ def _hours(info):
         return np.arange(len(info.times), dtype=np.float64)
 
 
-def label(inputs, out, options=None, convention="auto", variables=None, workers=1, progress=True, log=print,
-          dataset=None, validation_fraction=0.125):
+def label(
+    inputs,
+    out,
+    options=None,
+    convention="auto",
+    variables=None,
+    workers=1,
+    progress=True,
+    log=print,
+    dataset=None,
+    validation_fraction=0.125,
+):
     """Label ``inputs`` (netCDF files in any convention, merged into one series, and/or
     DeepCAM HDF5 samples): write ``NAME_mask.nc`` / ``NAME_mask.h5`` and ``summary.json``
     into ``out``. With ``dataset`` (a folder), the netCDF steps and their labels also become
@@ -238,7 +254,7 @@ def label(inputs, out, options=None, convention="auto", variables=None, workers=
         raise ConfigError("--workers must be at least 1")
     from climseg.data.variables import conventions_for
 
-    conventions_for(convention, variables)   # a bad --convention or --variables file is refused before any work
+    conventions_for(convention, variables)  # a bad --convention or --variables file is refused before any work
     inputs = [os.fspath(p) for p in inputs]
     hdf5 = [p for p in inputs if os.path.isfile(p) and not is_netcdf(p) and not os.path.isdir(p)]
     netcdf = [p for p in inputs if p not in hdf5]
@@ -247,8 +263,11 @@ def label(inputs, out, options=None, convention="auto", variables=None, workers=
     if info is not None:
         if options.method != "ar" and not ("T200" in info.variables or "T500" in info.variables):
             raise DataError(f"{info.path}: the warm-core test needs T200 or T500 (neither found)")
-        if options.method != "tc" and options.ar_field == "auto" and not (
-                "IVT" in info.variables or "TMQ" in info.variables):
+        if (
+            options.method != "tc"
+            and options.ar_field == "auto"
+            and not ("IVT" in info.variables or "TMQ" in info.variables)
+        ):
             raise DataError(f"{info.path}: atmospheric rivers need IVT or TMQ (neither found)")
     for p in hdf5:
         check_sample_file(p)
@@ -259,8 +278,10 @@ def label(inputs, out, options=None, convention="auto", variables=None, workers=
         if os.path.exists(dataset) and (not os.path.isdir(dataset) or os.listdir(dataset)):
             raise UserError(f"{dataset}: already exists and is not an empty folder")
         if not 0.0 < validation_fraction < 1.0 or len(info.times) < 2:
-            raise UserError(f"--validation-fraction {validation_fraction} must lie between 0 and 1, and the "
-                            f"series needs at least 2 steps (it has {len(info.times)})")
+            raise UserError(
+                f"--validation-fraction {validation_fraction} must lie between 0 and 1, and the "
+                f"series needs at least 2 steps (it has {len(info.times)})"
+            )
         if _mpi_comm() is not None:
             raise UserError("--dataset is written by one process: run it without mpirun (--workers for processes)")
         data_info = open_netcdf(netcdf, CHANNELS, (), convention, variables)
@@ -296,12 +317,14 @@ def label(inputs, out, options=None, convention="auto", variables=None, workers=
     summary["steps"] = sum(len(i["time_steps"]) for i in summary["inputs"])
     summary["seconds"] = time.perf_counter() - started
     if rank != 0:
-        return summary                                      # rank 0 writes the summary and reports
+        return summary  # rank 0 writes the summary and reports
     write_json(os.path.join(out, "summary.json"), summary)
     storms = sum(e["cyclones"] for i in summary["inputs"] for e in i["time_steps"])
     rivers = sum(e["rivers"] for i in summary["inputs"] for e in i["time_steps"])
-    log(f"climseg: labelled {summary['steps']} steps in {summary['seconds']:.1f} s ({storms} cyclone and "
-        f"{rivers} river labels); masks and summary.json written to {out}")
+    log(
+        f"climseg: labelled {summary['steps']} steps in {summary['seconds']:.1f} s ({storms} cyclone and "
+        f"{rivers} river labels); masks and summary.json written to {out}"
+    )
     return summary
 
 
@@ -323,7 +346,7 @@ def _label_series(info, out, options, workers, progress, dataset=None):
     jobs = _jobs(info)
     comm = _mpi_comm()
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
-    mine = list(range(rank, len(jobs), size))                  # under MPI: every size-th file from the rank's own
+    mine = list(range(rank, len(jobs), size))  # under MPI: every size-th file from the rank's own
     pool = concurrent.futures.ProcessPoolExecutor(workers) if workers > 1 and len(mine) > 1 else None
     mapper = pool.map if pool else map
     try:
@@ -332,16 +355,18 @@ def _label_series(info, out, options, workers, progress, dataset=None):
             for i, result in zip(mine, mapper(_scan_job, [(info, jobs[i], options, threshold, out) for i in mine])):
                 scanned[i] = result
                 bar.update(len(result[1]) * size)
-        if comm is not None:                                   # every rank links every storm (a small table)
+        if comm is not None:  # every rank links every storm (a small table)
             for part in comm.allgather({i: r for i, r in scanned.items()}):
                 scanned.update(part)
         scanned = [scanned[i] for i in range(len(jobs))]
         all_storms = [s for _, storms, _ in scanned for s in storms]
-        keep, tracks = link_cyclones([[(s["lat"], s["lon"]) for s in step] for step in all_storms], _hours(info), options)
+        keep, tracks = link_cyclones(
+            [[(s["lat"], s["lon"]) for s in step] for step in all_storms], _hours(info), options
+        )
         entries, offset, args = [], 0, []
         for i, (job, (tmp, storms, _)) in enumerate(zip(jobs, scanned)):
             if i in mine:
-                args.append((info, job, tmp, storms, keep[offset: offset + len(storms)], out, dataset))
+                args.append((info, job, tmp, storms, keep[offset : offset + len(storms)], out, dataset))
             offset += len(storms)
         written = dict(zip(mine, mapper(_write_job, args)))
         if comm is not None:
@@ -362,13 +387,27 @@ def _label_series(info, out, options, workers, progress, dataset=None):
     for job, (_, storms, objects), (name, counts, _) in zip(jobs, scanned, written):
         steps = []
         for k, t in enumerate(job.steps):
-            kept = [dict({key: v for key, v in s.items() if key not in ("index", "row", "col")},
-                         track=int(tracks[offset + k][i]), pixels=int(s["index"].size))
-                    for i, s in enumerate(storms[k]) if keep[offset + k][i]]
+            kept = [
+                dict(
+                    {key: v for key, v in s.items() if key not in ("index", "row", "col")},
+                    track=int(tracks[offset + k][i]),
+                    pixels=int(s["index"].size),
+                )
+                for i, s in enumerate(storms[k])
+                if keep[offset + k][i]
+            ]
             frac = counts[k] / max(counts[k].sum(), 1)
-            steps.append(dict(index=t, time=info.times[t], cyclones=len(kept), rivers=len(objects[k]),
-                              fractions=dict(zip(CLASS_NAMES, np.round(frac, 6).tolist())),
-                              storms=kept, river_objects=objects[k]))
+            steps.append(
+                dict(
+                    index=t,
+                    time=info.times[t],
+                    cyclones=len(kept),
+                    rivers=len(objects[k]),
+                    fractions=dict(zip(CLASS_NAMES, np.round(frac, 6).tolist())),
+                    storms=kept,
+                    river_objects=objects[k],
+                )
+            )
         offset += len(job.steps)
         entries.append(dict(file=job.source, mask=name, time_steps=steps))
     return entries, partials
@@ -408,8 +447,18 @@ def _label_hdf5(path, out, options):
         with f:
             dataset[...] = mask
     frac = np.bincount(mask.reshape(-1), minlength=NUM_CLASSES) / mask.size
-    return dict(file=path, mask=name, time_steps=[dict(
-        index=0, time="", cyclones=len(storms), rivers=len(objects),
-        fractions=dict(zip(CLASS_NAMES, np.round(frac, 6).tolist())),
-        storms=[{k: v for k, v in s.items() if k not in ("index", "row", "col")} for s in storms],
-        river_objects=objects)])
+    return dict(
+        file=path,
+        mask=name,
+        time_steps=[
+            dict(
+                index=0,
+                time="",
+                cyclones=len(storms),
+                rivers=len(objects),
+                fractions=dict(zip(CLASS_NAMES, np.round(frac, 6).tolist())),
+                storms=[{k: v for k, v in s.items() if k not in ("index", "row", "col")} for s in storms],
+                river_objects=objects,
+            )
+        ],
+    )

@@ -3,48 +3,49 @@
 (:mod:`climseg.analytics.label`) checks and records in ``summary.json``; the defaults and
 their sources are tabled in docs/labelling.md.
 """
+
 import dataclasses
 
 from climseg.errors import ConfigError
 
-GALE_WIND = 17.0              # m s-1, gale force (34 kt; TECA min_wind_speed)
+GALE_WIND = 17.0  # m s-1, gale force (34 kt; TECA min_wind_speed)
 
 
 @dataclasses.dataclass
 class LabelOptions:
     """Thresholds of the labeller; the defaults and their sources are in docs/labelling.md."""
 
-    method: str = "tc+ar"                 # which classes: tc+ar, tc or ar
+    method: str = "tc+ar"  # which classes: tc+ar, tc or ar
     # tropical cyclones
-    tc_max_lat: float = 45.0              # deg; candidates equatorward of this
-    tc_candidate_km: float = 300.0        # PSL minimum within this distance
-    tc_vorticity: float = 3.5e-5          # s-1, 850 hPa cyclonic vorticity (Zhao et al. 2009; Knutson et al. 2007)
-    tc_core_km: float = 222.0             # 2 deg: vorticity maximum and warm core near the centre
+    tc_max_lat: float = 45.0  # deg; candidates equatorward of this
+    tc_candidate_km: float = 300.0  # PSL minimum within this distance
+    tc_vorticity: float = 3.5e-5  # s-1, 850 hPa cyclonic vorticity (Zhao et al. 2009; Knutson et al. 2007)
+    tc_core_km: float = 222.0  # 2 deg: vorticity maximum and warm core near the centre
     #                                       (TECA max_core_radius)
-    tc_warm_core: float = 0.8             # K, upper-level warm anomaly (TECA max_core_temperature_delta)
-    tc_environment_km: float = 556.0      # 5 deg: warm-core surroundings and closed-depression radius (TECA)
-    tc_pressure_rise: float = 400.0       # Pa, PSL rise within tc_environment_km (TECA max_pressure_delta)
-    tc_wind: float = GALE_WIND            # m s-1, low-level wind (TECA min_wind_speed; 34 kt gale force)
-    tc_wind_km: float = 300.0             # wind criterion within this distance
-    tc_mask_km: float = 500.0             # largest extent of a storm's mask (our choice, not from the literature)
-    tc_mask_deficit: float = 0.5          # mask also where the deficit is >= this share of the centre's
+    tc_warm_core: float = 0.8  # K, upper-level warm anomaly (TECA max_core_temperature_delta)
+    tc_environment_km: float = 556.0  # 5 deg: warm-core surroundings and closed-depression radius (TECA)
+    tc_pressure_rise: float = 400.0  # Pa, PSL rise within tc_environment_km (TECA max_pressure_delta)
+    tc_wind: float = GALE_WIND  # m s-1, low-level wind (TECA min_wind_speed; 34 kt gale force)
+    tc_wind_km: float = 300.0  # wind criterion within this distance
+    tc_mask_km: float = 500.0  # largest extent of a storm's mask (our choice, not from the literature)
+    tc_mask_deficit: float = 0.5  # mask also where the deficit is >= this share of the centre's
     tc_max_speed: float = 1600.0 / 86.4  # m s-1, fastest storm motion: 1600 km a day (TECA max_daily_distance)
-    tc_min_hours: float = 24.0            # shortest track kept (tracks cut by the series' ends are kept)
+    tc_min_hours: float = 24.0  # shortest track kept (tracks cut by the series' ends are kept)
     # atmospheric rivers
-    ar_field: str = "auto"                # auto, ivt, proxy (TMQ x |V850|) or tmq
-    ar_threshold: float = None            # absolute; default 250 kg m-1 s-1 (IVT, proxy) or 20 kg m-2 (TMQ)
-    ar_percentile: float = None           # e.g. 85: threshold = max(absolute, local percentile of the series)
-    ar_min_length_km: float = 2000.0      # Ralph et al. 2004; Guan and Waliser 2015
-    ar_min_aspect: float = 2.0            # length / width (Guan and Waliser 2015)
-    ar_max_width_km: float = 1000.0       # Ralph et al. 2004 (narrow: < 1000 km)
-    ar_levels: tuple = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.4)   # threshold multiples tried in turn (250..600 for IVT)
-    ar_min_poleward: float = 50.0         # kg m-1 s-1, object-mean poleward transport (Guan and Waliser 2015)
-    ar_min_lat: float = 0.0               # deg; cells equatorward of this are not rivers
-    ar_origin_lat: float = 35.0           # deg; equatorward end within the (sub)tropics
-    ar_reach_lat: float = 30.0            # deg; poleward end beyond this
-    ar_climatology: str = "series"        # series (each cell over the series' steps) or zonal (each step's
+    ar_field: str = "auto"  # auto, ivt, proxy (TMQ x |V850|) or tmq
+    ar_threshold: float = None  # absolute; default 250 kg m-1 s-1 (IVT, proxy) or 20 kg m-2 (TMQ)
+    ar_percentile: float = None  # e.g. 85: threshold = max(absolute, local percentile of the series)
+    ar_min_length_km: float = 2000.0  # Ralph et al. 2004; Guan and Waliser 2015
+    ar_min_aspect: float = 2.0  # length / width (Guan and Waliser 2015)
+    ar_max_width_km: float = 1000.0  # Ralph et al. 2004 (narrow: < 1000 km)
+    ar_levels: tuple = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.4)  # threshold multiples tried in turn (250..600 for IVT)
+    ar_min_poleward: float = 50.0  # kg m-1 s-1, object-mean poleward transport (Guan and Waliser 2015)
+    ar_min_lat: float = 0.0  # deg; cells equatorward of this are not rivers
+    ar_origin_lat: float = 35.0  # deg; equatorward end within the (sub)tropics
+    ar_reach_lat: float = 30.0  # deg; poleward end beyond this
+    ar_climatology: str = "series"  # series (each cell over the series' steps) or zonal (each step's
     #                                       latitude circle)
-    ar_climatology_steps: int = 240       # steps sampled for the series climatology
+    ar_climatology_steps: int = 240  # steps sampled for the series climatology
 
     def check(self):
         """The options themselves (for chaining), or ConfigError naming the option that is out of range."""
@@ -63,4 +64,4 @@ class LabelOptions:
 
 
 # the absolute river threshold of each river field when ar_threshold is not given
-DEFAULT_THRESHOLDS = {"ivt": 250.0, "proxy": 250.0, "tmq": 20.0}   # Rutz et al. 2014; Ralph et al. 2004
+DEFAULT_THRESHOLDS = {"ivt": 250.0, "proxy": 250.0, "tmq": 20.0}  # Rutz et al. 2014; Ralph et al. 2004

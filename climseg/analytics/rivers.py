@@ -19,6 +19,7 @@ sign(lat) >= ``ar_min_poleward``) and reaches from the subtropics (a cell equato
 again at the thresholds ``threshold x ar_levels``, which separates rivers from the moist
 tropics they are joined to.
 """
+
 import numpy as np
 
 from climseg import sphere
@@ -54,8 +55,10 @@ def river_field(fields, which="auto"):
         return "proxy", (fields["TMQ"] * np.hypot(fields["U850"], fields["V850"])).astype(np.float32)
     if which in ("auto", "tmq") and "TMQ" in fields:
         return "tmq", np.asarray(fields["TMQ"], np.float32)
-    raise DataError(f"the atmospheric-river field {which} needs " + {"ivt": "IVT", "proxy": "TMQ, U850 and V850",
-                                                                     "tmq": "TMQ", "auto": "IVT or TMQ"}[which])
+    raise DataError(
+        f"the atmospheric-river field {which} needs "
+        + {"ivt": "IVT", "proxy": "TMQ, U850 and V850", "tmq": "TMQ", "auto": "IVT or TMQ"}[which]
+    )
 
 
 def poleward_transport(fields, lat):
@@ -134,7 +137,7 @@ def _river_objects(above, lat, lon, periodic, o, weights, poleward=None):
     labels, n = sphere.label_components(above, periodic)
     if n == 0:
         return np.zeros(above.shape, bool), []
-    cells = np.flatnonzero(labels)                               # the labelled cells only
+    cells = np.flatnonzero(labels)  # the labelled cells only
     comp = labels.reshape(-1)[cells]
     pixels = np.bincount(comp, minlength=n + 1)[1:]
     area = np.bincount(comp, weights=weights[cells], minlength=n + 1)[1:]
@@ -142,13 +145,13 @@ def _river_objects(above, lat, lon, periodic, o, weights, poleward=None):
     starts = np.concatenate([[0], np.cumsum(pixels)])
     h, w = above.shape
     ns, ew = sphere.grid_spacings_km(lat, lon)
-    diagonal = np.hypot(np.max(ns), np.max(ew))                  # the longest step between 8-neighbours
+    diagonal = np.hypot(np.max(ns), np.max(ew))  # the longest step between 8-neighbours
     keep = np.zeros(n + 1, bool)
     objects = []
     for k in range(n):
-        if pixels[k] * diagonal < o.ar_min_length_km:             # cannot be long enough: skip the geometry
+        if pixels[k] * diagonal < o.ar_min_length_km:  # cannot be long enough: skip the geometry
             continue
-        idx = order[starts[k]: starts[k + 1]]
+        idx = order[starts[k] : starts[k + 1]]
         if poleward is not None:
             transport_k = float(np.asarray(poleward).reshape(-1)[idx].mean())
             if transport_k < o.ar_min_poleward:
@@ -162,7 +165,15 @@ def _river_objects(above, lat, lon, periodic, o, weights, poleward=None):
         aspect = length / max(width, 1e-9)
         if length >= o.ar_min_length_km and aspect >= o.ar_min_aspect and width <= o.ar_max_width_km:
             keep[k + 1] = True
-            objects.append(dict(length_km=float(length), width_km=float(width), aspect=float(aspect),
-                                poleward_transport=None if poleward is None else transport_k,
-                                area_km2=float(area[k]), lat_min=float(la.min()), lat_max=float(la.max())))
+            objects.append(
+                dict(
+                    length_km=float(length),
+                    width_km=float(width),
+                    aspect=float(aspect),
+                    poleward_transport=None if poleward is None else transport_k,
+                    area_km2=float(area[k]),
+                    lat_min=float(la.min()),
+                    lat_max=float(la.max()),
+                )
+            )
     return keep[labels], objects

@@ -7,6 +7,7 @@ Data flow: :func:`score_tracking` reads the tracked events and their event-id fi
 shares over the whole series, matches the events one to one by mutual best overlap, and
 compares the matched pairs' lifetimes and centres.
 """
+
 import os
 
 import numpy as np
@@ -65,9 +66,13 @@ def score_tracking(series_folder, track_folder, min_steps=1):
     for cls in CLASS_NAMES[1:]:
         true_ids = [i for i, r in true_events.items() if r["class"] == cls and int(r["steps"]) >= min_steps]
         tracked_ids = [i for i, e in tracked.items() if e["class"] == cls]
-        matched = [(t, best_for_true[t][0]) for t in true_ids
-                   if t in best_for_true and best_for_tracked.get(best_for_true[t][0], (None,))[0] == t
-                   and tracked[best_for_true[t][0]]["class"] == cls]
+        matched = [
+            (t, best_for_true[t][0])
+            for t in true_ids
+            if t in best_for_true
+            and best_for_tracked.get(best_for_true[t][0], (None,))[0] == t
+            and tracked[best_for_true[t][0]]["class"] == cls
+        ]
         life = [abs(int(tracked[e]["steps"]) - int(true_events[t]["steps"])) for t, e in matched]
         dist = []
         if cls == CLASS_NAMES[1]:
@@ -75,9 +80,13 @@ def score_tracking(series_folder, track_folder, min_steps=1):
                 for (tid, step), (la, lo) in true_tracks.items():
                     if tid == t and (e, step) in tracked_steps:
                         dist.append(float(haversine_km(la, lo, *tracked_steps[(e, step)])))
-        out[cls] = dict(true=len(true_ids), tracked=len(tracked_ids), matched=len(matched),
-                        recall=len(matched) / len(true_ids) if true_ids else None,
-                        precision=len(matched) / len(tracked_ids) if tracked_ids else None,
-                        lifetime_error_steps=float(np.mean(life)) if life else None,
-                        centre_error_km=float(np.mean(dist)) if dist else None)
+        out[cls] = dict(
+            true=len(true_ids),
+            tracked=len(tracked_ids),
+            matched=len(matched),
+            recall=len(matched) / len(true_ids) if true_ids else None,
+            precision=len(matched) / len(tracked_ids) if tracked_ids else None,
+            lifetime_error_steps=float(np.mean(life)) if life else None,
+            centre_error_km=float(np.mean(dist)) if dist else None,
+        )
     return out

@@ -36,6 +36,7 @@ vectors, so right across the date line) and area, peak and mean area, travel dis
 (sum of great-circle distances between successive centroids), mean speed (distance over
 lifetime), genesis and lysis positions (first and last centroids).
 """
+
 import concurrent.futures
 import dataclasses
 import os
@@ -49,8 +50,16 @@ from scipy.sparse import csgraph
 
 from climseg import sphere
 from climseg.constants import CLASS_NAMES, NUM_CLASSES
-from climseg.data.events import (EVENT_COLUMNS, FORMAT, FORMAT_VERSION, TRACK_COLUMNS, create_event_id_netcdf,
-                                 event_id_name, write_occupancy, write_table)
+from climseg.data.events import (
+    EVENT_COLUMNS,
+    FORMAT,
+    FORMAT_VERSION,
+    TRACK_COLUMNS,
+    create_event_id_netcdf,
+    event_id_name,
+    write_occupancy,
+    write_table,
+)
 from climseg.data.masks import MaskReader, MaskSeries, open_mask_series
 from climseg.errors import ConfigError, DataError, UserError
 from climseg.output import atomic_path, write_json
@@ -90,6 +99,7 @@ def parse_size(text, option="--min-size"):
 
 
 # ----------------------------------------------------------------------------- scan
+
 
 def _thresholds(options):
     """Per-class (minimum pixels, minimum km^2)."""
@@ -177,8 +187,9 @@ def _scan_chunk(job):
     weights = sphere.grid_weights(series.lat, series.lon)
     limits = _thresholds(options)
     with MaskReader(series) as reader:
-        nodes, edges, cells, labels = _scan_steps(reader.read, start, stop, options.look_ahead, series.periodic,
-                                                  weights, limits)
+        nodes, edges, cells, labels = _scan_steps(
+            reader.read, start, stop, options.look_ahead, series.periodic, weights, limits
+        )
     counts = np.array([c.size for c in cells], np.int64)
     with open(_scratch_file(scratch, start), "wb") as f:
         np.save(f, np.concatenate([[0], np.cumsum(counts)]))
@@ -200,12 +211,21 @@ def track_arrays(masks, lat, lon, hours, options=None, times=None):
         raise DataError(f"masks of shape {masks.shape} do not fit {hours.size} times on a {lat.size} x {lon.size} grid")
     if hours.size > 1 and not np.all(np.diff(hours) > 0):
         raise DataError("times do not increase")
-    series = MaskSeries([], lat, lon, sphere.is_global(lon), hours, "hours", "standard",
-                        list(times) if times is not None else [f"{h:g}" for h in hours])
+    series = MaskSeries(
+        [],
+        lat,
+        lon,
+        sphere.is_global(lon),
+        hours,
+        "hours",
+        "standard",
+        list(times) if times is not None else [f"{h:g}" for h in hours],
+    )
     weights = sphere.grid_weights(lat, lon)
     limits = _thresholds(options)
-    nodes, edges, cells, labels = _scan_steps(lambda t: masks[t], 0, hours.size, options.look_ahead,
-                                              series.periodic, weights, limits)
+    nodes, edges, cells, labels = _scan_steps(
+        lambda t: masks[t], 0, hours.size, options.look_ahead, series.periodic, weights, limits
+    )
     result = stitch(series, [(nodes, edges)], options)
     ids = np.zeros(masks.shape, np.int32)
     flat = ids.reshape(hours.size, -1)
@@ -235,7 +255,7 @@ class _ScratchReader:
             self.current = k
         offsets, cells, labels = self.data
         i = step - int(self.starts[k])
-        return cells[offsets[i]:offsets[i + 1]], labels[offsets[i]:offsets[i + 1]]
+        return cells[offsets[i] : offsets[i + 1]], labels[offsets[i] : offsets[i + 1]]
 
 
 def _chunks(steps, parts):
@@ -245,16 +265,17 @@ def _chunks(steps, parts):
 
 # ----------------------------------------------------------------------------- stitch
 
+
 @dataclasses.dataclass
 class Tracking:
     """Result of :func:`stitch`: node tables, each node's event (0: dropped), per-event tables."""
 
     node_step: np.ndarray
-    node_local: np.ndarray       # component number within its step (1..n)
+    node_local: np.ndarray  # component number within its step (1..n)
     node_event: np.ndarray
-    offsets: np.ndarray          # first node of each step (steps + 1,)
-    events: list                 # dict per event
-    tracks: list                 # dict per event and step
+    offsets: np.ndarray  # first node of each step (steps + 1,)
+    events: list  # dict per event
+    tracks: list  # dict per event and step
 
 
 def stitch(series, scanned, options):
@@ -321,22 +342,46 @@ def _describe_events(series, node_event, node_step, cls, pixels, area, vectors, 
         i, j = start[e - 1], stop[e - 1] - 1
         lifetime = float(r_hours[j] - r_hours[i])
         dist = float(distance[e])
-        events.append(dict(
-            id=e, **{"class": CLASS_NAMES[event_class[e]]}, first_time=series.times[r_step[i]],
-            last_time=series.times[r_step[j]], first_step=int(r_step[i]), last_step=int(r_step[j]),
-            steps=int(j - i + 1), lifetime_hours=lifetime, peak_area_km2=float(r_area[i:j + 1].max()),
-            mean_area_km2=float(r_area[i:j + 1].mean()), distance_km=dist,
-            mean_speed_m_s=(dist * 1000.0 / (lifetime * 3600.0)) if lifetime > 0 else float("nan"),
-            genesis_lat=float(r_lat[i]), genesis_lon=float(r_lon[i]), lysis_lat=float(r_lat[j]), lysis_lon=float(r_lon[j])))
+        events.append(
+            dict(
+                id=e,
+                **{"class": CLASS_NAMES[event_class[e]]},
+                first_time=series.times[r_step[i]],
+                last_time=series.times[r_step[j]],
+                first_step=int(r_step[i]),
+                last_step=int(r_step[j]),
+                steps=int(j - i + 1),
+                lifetime_hours=lifetime,
+                peak_area_km2=float(r_area[i : j + 1].max()),
+                mean_area_km2=float(r_area[i : j + 1].mean()),
+                distance_km=dist,
+                mean_speed_m_s=(dist * 1000.0 / (lifetime * 3600.0)) if lifetime > 0 else float("nan"),
+                genesis_lat=float(r_lat[i]),
+                genesis_lon=float(r_lon[i]),
+                lysis_lat=float(r_lat[j]),
+                lysis_lon=float(r_lon[j]),
+            )
+        )
     for k in range(rows.size):
-        tracks.append(dict(id=int(r_event[k]), **{"class": CLASS_NAMES[event_class[r_event[k]]]}, step=int(r_step[k]),
-                           time=series.times[r_step[k]], time_hours=float(r_hours[k]), lat=float(r_lat[k]),
-                           lon=float(r_lon[k]), area_km2=float(r_area[k]), pixels=int(r_pixels[k]),
-                           components=int(r_parts[k])))
+        tracks.append(
+            dict(
+                id=int(r_event[k]),
+                **{"class": CLASS_NAMES[event_class[r_event[k]]]},
+                step=int(r_step[k]),
+                time=series.times[r_step[k]],
+                time_hours=float(r_hours[k]),
+                lat=float(r_lat[k]),
+                lon=float(r_lon[k]),
+                area_km2=float(r_area[k]),
+                pixels=int(r_pixels[k]),
+                components=int(r_parts[k]),
+            )
+        )
     return events, tracks
 
 
 # ----------------------------------------------------------------------------- write
+
 
 def _write_event_files(job):
     """Write the ``event_id`` netCDF files of some inputs from the scan's scratch files;
@@ -369,9 +414,11 @@ def _write_event_file(series, f, lookups, out_dir, reader, occupancy, series_eve
                 ids[index] = 0
 
 
-def track(inputs, out, options=TrackOptions(), variable=None, workers=1, log=print, progress=True):
-    """Track events through the class masks ``inputs`` into the folder ``out``; returns the
-    ``track.json`` summary dict (see the module docstring)."""
+def track(inputs, out, options=None, variable=None, workers=1, log=print, progress=True):
+    """Track events through the class masks ``inputs`` into the folder ``out`` with ``options`` (a
+    :class:`TrackOptions`; default its defaults); returns the ``track.json`` summary dict (see the
+    module docstring)."""
+    options = options if options is not None else TrackOptions()
     options.check()
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be at least 1")
@@ -405,7 +452,7 @@ def track(inputs, out, options=TrackOptions(), variable=None, workers=1, log=pri
         jobs = [(series, g, out, scratch, chunks, len(result.events)) for g in groups]
         occupancy = None
         with progress_bar(total=len(jobs), desc="write event ids", unit="part", disable=not progress) as bar:
-            for occ in (pool.map(_write_event_files, jobs) if pool else map(_write_event_files, jobs)):
+            for occ in pool.map(_write_event_files, jobs) if pool else map(_write_event_files, jobs):
                 occupancy = occ if occupancy is None else occupancy + occ
                 bar.update()
     finally:
@@ -415,18 +462,40 @@ def track(inputs, out, options=TrackOptions(), variable=None, workers=1, log=pri
     write_occupancy(os.path.join(out, "occupancy.nc"), series, occupancy)
     write_table(os.path.join(out, "events"), result.events, EVENT_COLUMNS)
     write_table(os.path.join(out, "tracks"), result.tracks, TRACK_COLUMNS)
-    counts = {CLASS_NAMES[c]: sum(1 for e in result.events if e["class"] == CLASS_NAMES[c]) for c in range(1, NUM_CLASSES)}
-    summary = dict(format=FORMAT, version=FORMAT_VERSION, inputs=[f.path for f in series.files],
-                   event_files=[event_id_name(f.stem) for f in series.files], steps=int(nsteps),
-                   first_time=series.times[0], last_time=series.times[-1], time_units=series.time_units,
-                   calendar=series.calendar, interval_hours=float(np.median(np.diff(series.hours))) if nsteps > 1 else None,
-                   grid=dict(height=int(series.lat.size), width=int(series.lon.size), periodic=series.periodic,
-                             lat_first=float(series.lat[0]), lat_last=float(series.lat[-1]),
-                             lon_first=float(series.lon[0]), lon_last=float(series.lon[-1])),
-                   options=dict(min_size={CLASS_NAMES[c]: f"{v:g}{u}" for c, (v, u) in options.min_size.items()},
-                                look_ahead=options.look_ahead, min_steps=options.min_steps),
-                   events=counts, components=int(result.node_event.size))
+    counts = {
+        CLASS_NAMES[c]: sum(1 for e in result.events if e["class"] == CLASS_NAMES[c]) for c in range(1, NUM_CLASSES)
+    }
+    summary = dict(
+        format=FORMAT,
+        version=FORMAT_VERSION,
+        inputs=[f.path for f in series.files],
+        event_files=[event_id_name(f.stem) for f in series.files],
+        steps=int(nsteps),
+        first_time=series.times[0],
+        last_time=series.times[-1],
+        time_units=series.time_units,
+        calendar=series.calendar,
+        interval_hours=float(np.median(np.diff(series.hours))) if nsteps > 1 else None,
+        grid=dict(
+            height=int(series.lat.size),
+            width=int(series.lon.size),
+            periodic=series.periodic,
+            lat_first=float(series.lat[0]),
+            lat_last=float(series.lat[-1]),
+            lon_first=float(series.lon[0]),
+            lon_last=float(series.lon[-1]),
+        ),
+        options=dict(
+            min_size={CLASS_NAMES[c]: f"{v:g}{u}" for c, (v, u) in options.min_size.items()},
+            look_ahead=options.look_ahead,
+            min_steps=options.min_steps,
+        ),
+        events=counts,
+        components=int(result.node_event.size),
+    )
     write_json(os.path.join(out, "track.json"), summary)
-    log(f"climseg: {counts['tropical_cyclone']} tropical cyclones and {counts['atmospheric_river']} atmospheric rivers "
-        f"tracked through {nsteps} steps; events.csv, tracks.csv and event ids written to {out}")
+    log(
+        f"climseg: {counts['tropical_cyclone']} tropical cyclones and {counts['atmospheric_river']} atmospheric rivers "
+        f"tracked through {nsteps} steps; events.csv, tracks.csv and event ids written to {out}"
+    )
     return summary

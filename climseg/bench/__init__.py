@@ -8,6 +8,7 @@ markdown table: ``step`` (training step, ours against the plain-PyTorch model),
 reader and dd), ``scaling`` (the weak-scaling model of :mod:`climseg.perf.scaling`).
 Medians over repeats after warm-up; CUDA events on GPUs.
 """
+
 import os
 import shlex
 import sys
@@ -41,9 +42,18 @@ def gpu_environment(device=0):
 
     props = torch.cuda.get_device_properties(device)
     try:
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
+        driver = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+            .stdout.strip()
+            .splitlines()[0]
+        )
     except (OSError, subprocess.SubprocessError, IndexError):
         driver = "unknown"
-    return dict(gpu=props.name, sm=f"{props.major}{props.minor}", driver=driver,
-                memory_gib=round(props.total_memory / 2**30, 1))
+    return dict(
+        gpu=props.name, sm=f"{props.major}{props.minor}", driver=driver, memory_gib=round(props.total_memory / 2**30, 1)
+    )

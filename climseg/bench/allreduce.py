@@ -15,6 +15,7 @@ the script start one:
     python benchmarks/bench_allreduce.py --procs 4 --local-size 2     # 2 simulated nodes x 2
     mpiexec -n 8 python benchmarks/bench_allreduce.py                 # real nodes
 """
+
 import argparse
 import datetime
 import json
@@ -27,9 +28,9 @@ import sys
 import time
 
 import torch
+import torch.distributed as dist
 
 from climseg.bench import command_line, result_path
-import torch.distributed as dist
 
 
 def sizes_from(args):
@@ -56,7 +57,7 @@ def time_one(fn, tensor, reference, warmup, repeats, device):
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t)
     worst = torch.tensor([statistics.median(times)], dtype=torch.float64)
-    dist.all_reduce(worst, op=dist.ReduceOp.MAX)   # the slowest rank's median
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)  # the slowest rank's median
     return float(worst.item())
 
 
@@ -67,8 +68,10 @@ def run(args):
     n = topo.world_size
     device = topo.device
     rows = []
-    candidates = [("flat", lambda t: dist.all_reduce(t)),
-                  ("hierarchical", lambda t: cd.hierarchical_all_reduce(t, transport="torch"))]
+    candidates = [
+        ("flat", lambda t: dist.all_reduce(t)),
+        ("hierarchical", lambda t: cd.hierarchical_all_reduce(t, transport="torch")),
+    ]
     if topo.mpi_cross is not None:
         candidates.append(("hierarchical-mpi", lambda t: cd.hierarchical_all_reduce(t, transport="mpi")))
     for nbytes in sizes_from(args):
@@ -81,20 +84,41 @@ def run(args):
             seconds = time_one(fn, work, mine, args.warmup, repeats, device)
             exact = bool(torch.equal(work.double(), expected))
             algbw = count * 4 / seconds / 1e9
-            rows.append(dict(algorithm=name, bytes=count * 4, elements=count, time_us=seconds * 1e6,
-                             algbw_gbs=algbw, busbw_gbs=algbw * 2 * (n - 1) / n, exact=exact))
+            rows.append(
+                dict(
+                    algorithm=name,
+                    bytes=count * 4,
+                    elements=count,
+                    time_us=seconds * 1e6,
+                    algbw_gbs=algbw,
+                    busbw_gbs=algbw * 2 * (n - 1) / n,
+                    exact=exact,
+                )
+            )
             if topo.rank == 0:
                 r = rows[-1]
-                print(f"{r['bytes']:>12d} {r['elements']:>11d} {name:>17s} {r['time_us']:>12.1f} "
-                      f"{r['algbw_gbs']:>8.3f} {r['busbw_gbs']:>8.3f}  {'ok' if exact else 'WRONG'}", flush=True)
+                print(
+                    f"{r['bytes']:>12d} {r['elements']:>11d} {name:>17s} {r['time_us']:>12.1f} "
+                    f"{r['algbw_gbs']:>8.3f} {r['busbw_gbs']:>8.3f}  {'ok' if exact else 'WRONG'}",
+                    flush=True,
+                )
             if not exact:
                 raise SystemExit(f"rank {topo.rank}: {name} gave a wrong sum at {nbytes} bytes")
     if topo.rank == 0:
-        meta = dict(benchmark="allreduce", ranks=n, nodes=topo.num_nodes, local_size=topo.local_size,
-                    simulated_nodes=bool(os.environ.get("CLIMSEG_LOCAL_SIZE")), backend=topo.backend,
-                    device=str(device), cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
-                    torch=torch.__version__, date=datetime.date.today().isoformat(),
-                    command=command_line())
+        meta = dict(
+            benchmark="allreduce",
+            ranks=n,
+            nodes=topo.num_nodes,
+            local_size=topo.local_size,
+            simulated_nodes=bool(os.environ.get("CLIMSEG_LOCAL_SIZE")),
+            backend=topo.backend,
+            device=str(device),
+            cpu=platform.processor() or platform.machine(),
+            cores=os.cpu_count(),
+            torch=torch.__version__,
+            date=datetime.date.today().isoformat(),
+            command=command_line(),
+        )
         path = result_path(f"allreduce-{topo.backend}-{n}x-{meta['date']}.json", args.json)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
@@ -106,15 +130,21 @@ def run(args):
 
 def write_markdown(path, meta, rows):
     with open(path, "w") as f:
-        f.write(f"# Allreduce, {meta['ranks']} ranks as {meta['nodes']} node(s) x {meta['local_size']} "
-                f"({'simulated' if meta['simulated_nodes'] else 'real'} nodes), {meta['backend']} on {meta['device']}\n\n")
-        f.write(f"{meta['date']}, CPU {meta['cpu']} ({meta['cores']} cores), torch {meta['torch']}\n\n"
-                f"Command: `{meta['command']}`\n\n")
+        f.write(
+            f"# Allreduce, {meta['ranks']} ranks as {meta['nodes']} node(s) x {meta['local_size']} "
+            f"({'simulated' if meta['simulated_nodes'] else 'real'} nodes), {meta['backend']} on {meta['device']}\n\n"
+        )
+        f.write(
+            f"{meta['date']}, CPU {meta['cpu']} ({meta['cores']} cores), torch {meta['torch']}\n\n"
+            f"Command: `{meta['command']}`\n\n"
+        )
         f.write("| bytes | elements | algorithm | time (us, median) | algbw (GB/s) | busbw (GB/s) | exact |\n")
         f.write("|---:|---:|---|---:|---:|---:|---|\n")
         for r in rows:
-            f.write(f"| {r['bytes']} | {r['elements']} | {r['algorithm']} | {r['time_us']:.1f} | {r['algbw_gbs']:.3f} | "
-                    f"{r['busbw_gbs']:.3f} | {'yes' if r['exact'] else 'NO'} |\n")
+            f.write(
+                f"| {r['bytes']} | {r['elements']} | {r['algorithm']} | {r['time_us']:.1f} | {r['algbw_gbs']:.3f} | "
+                f"{r['busbw_gbs']:.3f} | {'yes' if r['exact'] else 'NO'} |\n"
+            )
 
 
 def main(argv=None):
@@ -139,8 +169,17 @@ def main(argv=None):
         if shutil.which("mpiexec"):
             cmd = ["mpiexec", "-n", str(args.procs), sys.executable, "-m", "climseg.bench.allreduce", *rest]
         else:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                   str(args.procs), "-m", "climseg.bench.allreduce", *rest]
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                str(args.procs),
+                "-m",
+                "climseg.bench.allreduce",
+                *rest,
+            ]
         return subprocess.call(cmd, env=env)
     run(args)
     return 0

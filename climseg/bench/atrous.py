@@ -21,6 +21,7 @@ non-deterministic speed. JSON and a markdown table go to ``benchmarks/results/``
     python benchmarks/bench_atrous.py                 # on a CUDA machine
     python benchmarks/bench_atrous.py --quick         # fewer repeats, bf16 only
 """
+
 import argparse
 import datetime
 import json
@@ -79,9 +80,18 @@ def conv_case(name, n, cin, cout, h, w, k, d, groups, dtype, mode, repeats, dete
     f = flops(n, cin, cout, h, w, k, groups) * (1 if mode == "forward" else 2 if mode == "backward" else 3)
     t_ours = timeit(ours, repeats)
     t_ref = timeit(cudnn, repeats)
-    row = dict(layer=name, dtype=str(dtype).replace("torch.", ""), mode=mode, deterministic=deterministic,
-               ms=t_ours[0], ms_p20=t_ours[1], ms_p80=t_ours[2], tflops=f / t_ours[0] / 1e9,
-               cudnn_ms=t_ref[0], vs_cudnn=t_ref[0] / t_ours[0])
+    row = dict(
+        layer=name,
+        dtype=str(dtype).replace("torch.", ""),
+        mode=mode,
+        deterministic=deterministic,
+        ms=t_ours[0],
+        ms_p20=t_ours[1],
+        ms_p80=t_ours[2],
+        tflops=f / t_ours[0] / 1e9,
+        cudnn_ms=t_ref[0],
+        vs_cudnn=t_ref[0] / t_ours[0],
+    )
     if deterministic:
         torch.use_deterministic_algorithms(True)
         try:
@@ -112,17 +122,33 @@ def aspp_case(config, dtype, mode, repeats):
                 y = module(x)
             if mode != "forward":
                 y.float().square().mean().backward()
+
         times[label] = timeit(step, repeats)
-    return dict(layer=f"{config} ASPP block", dtype=str(dtype).replace("torch.", ""), mode=mode,
-                deterministic=False, ms=times["fused"][0], ms_p20=times["fused"][1], ms_p80=times["fused"][2],
-                unfused_ms=times["unfused"][0], vs_unfused=times["unfused"][0] / times["fused"][0])
+    return dict(
+        layer=f"{config} ASPP block",
+        dtype=str(dtype).replace("torch.", ""),
+        mode=mode,
+        deterministic=False,
+        ms=times["fused"][0],
+        ms_p20=times["fused"][1],
+        ms_p80=times["fused"][2],
+        unfused_ms=times["unfused"][0],
+        vs_unfused=times["unfused"][0] / times["fused"][0],
+    )
 
 
 def environment(argv=None):
     import triton
 
-    return dict(gpu_environment(0), cuda=torch.version.cuda, torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
-                date=datetime.date.today().isoformat(), command=command_line(argv))
+    return dict(
+        gpu_environment(0),
+        cuda=torch.version.cuda,
+        torch=torch.__version__,
+        triton=triton.__version__,
+        python=platform.python_version(),
+        date=datetime.date.today().isoformat(),
+        command=command_line(argv),
+    )
 
 
 def write(rows, env, path):
@@ -130,23 +156,31 @@ def write(rows, env, path):
     with open(path, "w") as f:
         json.dump(dict(meta=env, rows=rows), f, indent=2)
     with open(os.path.splitext(path)[0] + ".md", "w") as f:
-        f.write(f"# Atrous convolution on {env['gpu']} ({env['date']})\n\n"
-                f"driver {env['driver']}, CUDA {env['cuda']}, torch {env['torch']}, triton {env['triton']}\n\n"
-                f"Command: `{env['command']}`\n\n")
-        f.write("| layer | dtype | mode | det. | ms (p20-p80) | TFLOP/s | vs cuDNN | vs torch det. | det. vs ours |"
-                " vs unfused |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|\n")
+        f.write(
+            f"# Atrous convolution on {env['gpu']} ({env['date']})\n\n"
+            f"driver {env['driver']}, CUDA {env['cuda']}, torch {env['torch']}, triton {env['triton']}\n\n"
+            f"Command: `{env['command']}`\n\n"
+        )
+        f.write(
+            "| layer | dtype | mode | det. | ms (p20-p80) | TFLOP/s | vs cuDNN | vs torch det. | det. vs ours |"
+            " vs unfused |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|\n"
+        )
         for r in rows:
-            f.write(f"| {r['layer']} | {r['dtype']} | {r['mode']} | {'yes' if r['deterministic'] else ''} | "
-                    f"{r['ms']:.3f} ({r['ms_p20']:.3f}-{r['ms_p80']:.3f}) | {r.get('tflops', float('nan')):.1f} | "
-                    f"{r.get('vs_cudnn', float('nan')):.2f} | {r.get('vs_torch_deterministic', float('nan')):.2f} | "
-                    f"{r.get('vs_ours_nondeterministic', float('nan')):.2f} | {r.get('vs_unfused', float('nan')):.2f} |\n")
+            f.write(
+                f"| {r['layer']} | {r['dtype']} | {r['mode']} | {'yes' if r['deterministic'] else ''} | "
+                f"{r['ms']:.3f} ({r['ms_p20']:.3f}-{r['ms_p80']:.3f}) | {r.get('tflops', float('nan')):.1f} | "
+                f"{r.get('vs_cudnn', float('nan')):.2f} | {r.get('vs_torch_deterministic', float('nan')):.2f} | "
+                f"{r.get('vs_ours_nondeterministic', float('nan')):.2f} | {r.get('vs_unfused', float('nan')):.2f} |\n"
+            )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="bf16 only, forward+backward only, fewer repeats")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--json", default=None, help="output file (default benchmarks/results/atrous-<gpu>-<date>.json)")
+    parser.add_argument(
+        "--json", default=None, help="output file (default benchmarks/results/atrous-<gpu>-<date>.json)"
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_atrous: no CUDA device here; this benchmark measures GPU kernels only (nothing run)")
@@ -162,22 +196,36 @@ def main(argv=None):
             for mode in modes:
                 rows.append(conv_case(*spec, dtype, mode, repeats))
                 r = rows[-1]
-                print(f"{r['layer']:42s} {r['dtype']:8s} {mode:17s} {r['ms']:8.3f} ms {r['tflops']:6.1f} TFLOP/s "
-                      f"{r['vs_cudnn']:5.2f}x cuDNN", flush=True)
-        for spec in atrous_layers()[:1] + atrous_layers()[6:7]:     # deterministic: one dense, one depthwise layer
+                print(
+                    f"{r['layer']:42s} {r['dtype']:8s} {mode:17s} {r['ms']:8.3f} ms {r['tflops']:6.1f} TFLOP/s "
+                    f"{r['vs_cudnn']:5.2f}x cuDNN",
+                    flush=True,
+                )
+        for spec in atrous_layers()[:1] + atrous_layers()[6:7]:  # deterministic: one dense, one depthwise layer
             rows.append(conv_case(*spec, dtype, "forward+backward", repeats, deterministic=True))
             r = rows[-1]
-            base = [b for b in rows if b["layer"] == r["layer"] and b["dtype"] == r["dtype"]
-                    and b["mode"] == "forward+backward" and not b["deterministic"]]
+            base = [
+                b
+                for b in rows
+                if b["layer"] == r["layer"]
+                and b["dtype"] == r["dtype"]
+                and b["mode"] == "forward+backward"
+                and not b["deterministic"]
+            ]
             if base:
                 r["vs_ours_nondeterministic"] = base[0]["ms"] / r["ms"]
-            print(f"{r['layer']:42s} {r['dtype']:8s} deterministic     {r['ms']:8.3f} ms "
-                  f"{r['vs_torch_deterministic']:6.1f}x torch deterministic", flush=True)
+            print(
+                f"{r['layer']:42s} {r['dtype']:8s} deterministic     {r['ms']:8.3f} ms "
+                f"{r['vs_torch_deterministic']:6.1f}x torch deterministic",
+                flush=True,
+            )
         for config in ("kurth2018", "deepcam"):
             rows.append(aspp_case(config, dtype, "forward+backward", repeats))
             r = rows[-1]
-            print(f"{r['layer']:42s} {r['dtype']:8s} forward+backward  {r['ms']:8.3f} ms "
-                  f"{r['vs_unfused']:5.2f}x unfused", flush=True)
+            print(
+                f"{r['layer']:42s} {r['dtype']:8s} forward+backward  {r['ms']:8.3f} ms {r['vs_unfused']:5.2f}x unfused",
+                flush=True,
+            )
     path = result_path(f"atrous-{env['gpu'].replace(' ', '_')}-{env['date']}.json", args.json)
     write(rows, env, path)
     print(f"wrote {path}")

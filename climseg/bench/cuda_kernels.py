@@ -61,6 +61,7 @@ step where the GPU runs behind Python; ``host_ms`` shows what it was. The kernel
     python benchmarks/bench_cuda_kernels.py --cpu-smoke   # this script's code paths on CPU,
                                                           # emulated kernels, tiny sizes, no numbers
 """
+
 import argparse
 import datetime
 import functools
@@ -85,20 +86,40 @@ BUCKET_SCALE = 1.0 / 8
 
 def make_row(kernel, case, mode, ours, nbytes, formula, copy_gbps, torch_times=None, reference=None):
     gbps = nbytes / (ours[0] * 1e-3) / 1e9
-    row = dict(kernel=kernel, case=case, mode=mode, ms=ours[0], ms_p20=ours[1], ms_p80=ours[2], host_ms=ours[3],
-               bytes=int(nbytes), bytes_formula=formula, gbps=gbps,
-               copy_fraction=gbps / copy_gbps if copy_gbps else float("nan"))
+    row = dict(
+        kernel=kernel,
+        case=case,
+        mode=mode,
+        ms=ours[0],
+        ms_p20=ours[1],
+        ms_p80=ours[2],
+        host_ms=ours[3],
+        bytes=int(nbytes),
+        bytes_formula=formula,
+        gbps=gbps,
+        copy_fraction=gbps / copy_gbps if copy_gbps else float("nan"),
+    )
     if torch_times is not None:
-        row.update(torch_ms=torch_times[0], torch_ms_p20=torch_times[1], torch_ms_p80=torch_times[2],
-                   torch_host_ms=torch_times[3], vs_torch=torch_times[0] / ours[0], torch_reference=reference)
+        row.update(
+            torch_ms=torch_times[0],
+            torch_ms_p20=torch_times[1],
+            torch_ms_p80=torch_times[2],
+            torch_host_ms=torch_times[3],
+            vs_torch=torch_times[0] / ours[0],
+            torch_reference=reference,
+        )
     return row
 
 
 def say(row):
     vs = f"{row['vs_torch']:6.2f}x torch" if "vs_torch" in row else ""
-    print(f"{row['kernel']:20s} {row['case']:34s} {row['mode']:17s} {row['ms']:9.3f} ms "
-          f"[{row['ms_p20']:.3f}, {row['ms_p80']:.3f}] host {row['host_ms']:7.3f} ms {row['gbps']:8.1f} GB/s {100 * row['copy_fraction']:5.1f}% copy "
-          f"{vs}", flush=True)
+    print(
+        f"{row['kernel']:20s} {row['case']:34s} {row['mode']:17s} {row['ms']:9.3f} ms "
+        f"[{row['ms_p20']:.3f}, {row['ms_p80']:.3f}] host {row['host_ms']:7.3f} ms {row['gbps']:8.1f} GB/s "
+        f"{100 * row['copy_fraction']:5.1f}% copy "
+        f"{vs}",
+        flush=True,
+    )
 
 
 def nbytes(t):
@@ -166,8 +187,9 @@ def loss_case(timer, device, batch, dtype, layout, height, width, weight, copy_g
         return torch.autograd.grad(loss, leaf)
 
     def ours_fused():
-        return wce(logits, labels, weight, return_grad=True, check_labels=False, loss_dtype=torch.float32,
-                   backend="cuda")
+        return wce(
+            logits, labels, weight, return_grad=True, check_labels=False, loss_dtype=torch.float32, backend="cuda"
+        )
 
     def torch_forward(x=logits):
         loss = F.cross_entropy(x.float(), labels, weight=weight)
@@ -179,19 +201,22 @@ def loss_case(timer, device, batch, dtype, layout, height, width, weight, copy_g
         loss, _ = torch_forward(leaf)
         return torch.autograd.grad(loss, leaf)
 
-    with torch.no_grad():      # the two sides compute the same thing: same loss, same counts
+    with torch.no_grad():  # the two sides compute the same thing: same loss, same counts
         loss, counts = ours_forward()
         ref_loss, matrix = torch_forward()
-        matrix = matrix.view(CLASSES, CLASSES)        # [true, predicted]
+        matrix = matrix.view(CLASSES, CLASSES)  # [true, predicted]
         tp = matrix.diagonal()
         ref_counts = torch.stack([tp, matrix.sum(0) - tp, matrix.sum(1) - tp], dim=-1)
         counts_agree = bool(torch.equal(counts.cpu(), ref_counts.cpu()))
         loss_rel_diff = abs(float(loss) - float(ref_loss)) / max(abs(float(ref_loss)), 1e-30)
     if not counts_agree or loss_rel_diff > 1e-3:
-        print(f"WARNING: {case}: the kernel and PyTorch disagree (counts equal: {counts_agree}, loss relative "
-              f"difference {loss_rel_diff:.2e})", flush=True)
+        print(
+            f"WARNING: {case}: the kernel and PyTorch disagree (counts equal: {counts_agree}, loss relative "
+            f"difference {loss_rel_diff:.2e})",
+            flush=True,
+        )
     logit_bytes, label_bytes = nbytes(logits), nbytes(labels)
-    small = 4 + CLASSES * 3 * 8               # the fp32 loss and the int64 (C, 3) counts
+    small = 4 + CLASSES * 3 * 8  # the fp32 loss and the int64 (C, 3) counts
     with torch.no_grad():
         t_forward = timer(torch_forward)
         t_ours_forward = timer(ours_forward)
@@ -200,14 +225,39 @@ def loss_case(timer, device, batch, dtype, layout, height, width, weight, copy_g
     t_ours_forward_backward = timer(ours_forward_backward)
     reference = "F.cross_entropy(logits.float(), labels, weight=w) + argmax(1) + bincount"
     rows = [
-        make_row("loss+counts", case, "forward", t_ours_forward, logit_bytes + label_bytes + small,
-                 "logits + labels (+ loss, counts)", copy_gbps, t_forward, reference),
-        make_row("loss+counts", case, "forward+backward", t_ours_forward_backward,
-                 3 * logit_bytes + 2 * label_bytes + small, "2 (logits + labels) + gradient (+ loss, counts)",
-                 copy_gbps, t_forward_backward, reference + ", then autograd backward"),
-        make_row("loss+counts", case, "fused grad", t_ours_fused, 2 * logit_bytes + label_bytes + small,
-                 "logits + labels + gradient (+ loss, counts)", copy_gbps, t_forward_backward,
-                 reference + ", then autograd backward"),
+        make_row(
+            "loss+counts",
+            case,
+            "forward",
+            t_ours_forward,
+            logit_bytes + label_bytes + small,
+            "logits + labels (+ loss, counts)",
+            copy_gbps,
+            t_forward,
+            reference,
+        ),
+        make_row(
+            "loss+counts",
+            case,
+            "forward+backward",
+            t_ours_forward_backward,
+            3 * logit_bytes + 2 * label_bytes + small,
+            "2 (logits + labels) + gradient (+ loss, counts)",
+            copy_gbps,
+            t_forward_backward,
+            reference + ", then autograd backward",
+        ),
+        make_row(
+            "loss+counts",
+            case,
+            "fused grad",
+            t_ours_fused,
+            2 * logit_bytes + label_bytes + small,
+            "logits + labels + gradient (+ loss, counts)",
+            copy_gbps,
+            t_forward_backward,
+            reference + ", then autograd backward",
+        ),
     ]
     rows[2]["vs_ours_forward_backward"] = t_ours_forward_backward[0] / t_ours_fused[0]
     for row in rows:
@@ -218,7 +268,7 @@ def loss_case(timer, device, batch, dtype, layout, height, width, weight, copy_g
 
 
 # ------------------------------------------------------------------- optimizers, buckets
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def parameter_shapes(config, max_tensors=None):
     """Shapes of every trainable parameter of ``DeepLabV3Plus(config)``, built on the meta device
     (the first ``max_tensors`` of them when given: the smoke check)."""
@@ -235,7 +285,9 @@ def tensors(shapes, device, std, generator):
 
 def optimizer_rows(timer, device, config, copy_gbps, max_tensors=None):
     shapes = parameter_shapes(config, max_tensors)
-    rows = [optimizer_case(timer, device, kernel, shapes, config, copy_gbps) for kernel in ("larc_adam_step", "lamb_step")]
+    rows = [
+        optimizer_case(timer, device, kernel, shapes, config, copy_gbps) for kernel in ("larc_adam_step", "lamb_step")
+    ]
     for row in rows:
         say(row)
     return rows
@@ -255,16 +307,22 @@ def optimizer_case(timer, device, kernel, shapes, config, copy_gbps):
     for p, g in zip(reference_params, grads):
         p.grad = g.clone()
     if kernel == "larc_adam_step":
+
         def ours():
-            larc_adam_step(params, grads, exp_avgs, exp_avg_sqs, step=STEP, lr=LR, weight_decay=WEIGHT_DECAY,
-                           backend="cuda")
+            larc_adam_step(
+                params, grads, exp_avgs, exp_avg_sqs, step=STEP, lr=LR, weight_decay=WEIGHT_DECAY, backend="cuda"
+            )
+
         reference = LARC(torch.optim.Adam(reference_params, lr=LR, weight_decay=WEIGHT_DECAY, foreach=True))
         label = "climseg.optim.LARC(torch.optim.Adam(params, foreach=True)).step()"
         count, formula = n * (8 + 28), "n (read p, g for the norms; read p, g, m, v; write p, m, v): 36 B/param"
     else:
+
         def ours():
-            lamb_step(params, grads, exp_avgs, exp_avg_sqs, step=STEP, lr=LR, weight_decay=LAMB_WEIGHT_DECAY,
-                      backend="cuda")
+            lamb_step(
+                params, grads, exp_avgs, exp_avg_sqs, step=STEP, lr=LR, weight_decay=LAMB_WEIGHT_DECAY, backend="cuda"
+            )
+
         reference = LAMB(reference_params, lr=LR, weight_decay=LAMB_WEIGHT_DECAY)
         label = "climseg.optim.LAMB(params).step()"
         count, formula = n * (24 + 16), "n (read p, g, m, v, write m, v; read p, m, v, write p): 40 B/param"
@@ -305,12 +363,28 @@ def bucket_rows(timer, device, config, copy_gbps, max_tensors=None):
         return ~torch.isfinite(bucket).all()
 
     rows = [
-        make_row("flatten_gradients", case, f"scale 1/{round(1 / BUCKET_SCALE)}", timer(ours_flatten), n * (4 + 2),
-                 "n (read fp32 + write bf16)", copy_gbps, timer(torch_flatten),
-                 "torch.cat([g.flatten() for g in grads]).mul_(scale).to(bf16)"),
-        make_row("unflatten_gradients", case, "+ Inf/NaN flag", timer(ours_unflatten), n * (2 + 4),
-                 "n (read bf16 + write fp32)", copy_gbps, timer(torch_unflatten),
-                 "torch.split(bucket) + g.copy_(segment) + ~torch.isfinite(bucket).all()"),
+        make_row(
+            "flatten_gradients",
+            case,
+            f"scale 1/{round(1 / BUCKET_SCALE)}",
+            timer(ours_flatten),
+            n * (4 + 2),
+            "n (read fp32 + write bf16)",
+            copy_gbps,
+            timer(torch_flatten),
+            "torch.cat([g.flatten() for g in grads]).mul_(scale).to(bf16)",
+        ),
+        make_row(
+            "unflatten_gradients",
+            case,
+            "+ Inf/NaN flag",
+            timer(ours_unflatten),
+            n * (2 + 4),
+            "n (read bf16 + write fp32)",
+            copy_gbps,
+            timer(torch_unflatten),
+            "torch.split(bucket) + g.copy_(segment) + ~torch.isfinite(bucket).all()",
+        ),
     ]
     for row in rows:
         say(row)
@@ -329,15 +403,24 @@ def convert_rows(timer, device, shape, copy_gbps):
     pixels = shape[0] * shape[1] * shape[2]
     rows = []
     for layout in ("nhwc", "nchw"):
+
         def ours(layout=layout):
             return normalize_input(x, shift, scale, dtype=torch.bfloat16, layout=layout, backend="cuda")
 
         def reference(layout=layout):
             return normalize_input_reference(x, shift, scale, None, torch.bfloat16, layout)
 
-        row = make_row("normalize_input", "x".join(map(str, shape)) + " fp32 -> bf16", layout.upper(), timer(ours),
-                       pixels * cin * (4 + 2), "pixels C (read fp32 + write bf16)", copy_gbps, timer(reference),
-                       "normalize_input_reference: ((x - shift) * scale).to(bf16).permute(0, 3, 1, 2).contiguous()")
+        row = make_row(
+            "normalize_input",
+            "x".join(map(str, shape)) + " fp32 -> bf16",
+            layout.upper(),
+            timer(ours),
+            pixels * cin * (4 + 2),
+            "pixels C (read fp32 + write bf16)",
+            copy_gbps,
+            timer(reference),
+            "normalize_input_reference: ((x - shift) * scale).to(bf16).permute(0, 3, 1, 2).contiguous()",
+        )
         rows.append(row)
         say(row)
     return rows
@@ -345,10 +428,19 @@ def convert_rows(timer, device, shape, copy_gbps):
 
 # ------------------------------------------------------------------------------- reports
 def environment(device, argv, kernels, quick, warmup, repeats):
-    meta = dict(benchmark="cuda_kernels", torch=torch.__version__, cuda=torch.version.cuda,
-                python=platform.python_version(), date=datetime.date.today().isoformat(), command=command_line(argv),
-                kernels=kernels, quick=quick, warmup=warmup, repeats=repeats,
-                l2_flush_bytes=FLUSH_BYTES if device.type == "cuda" else 0)
+    meta = dict(
+        benchmark="cuda_kernels",
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        python=platform.python_version(),
+        date=datetime.date.today().isoformat(),
+        command=command_line(argv),
+        kernels=kernels,
+        quick=quick,
+        warmup=warmup,
+        repeats=repeats,
+        l2_flush_bytes=FLUSH_BYTES if device.type == "cuda" else 0,
+    )
     try:
         import cupy
 
@@ -374,33 +466,47 @@ def write(rows, meta, path):
         return format(r[key], fmt) if key in r else "–"
 
     with atomic_path(md) as tmp, open(tmp, "w") as f:
-        f.write(f"# CUDA kernels on {meta['gpu']} ({meta['date']})\n\n"
-                f"driver {meta['driver']}, CUDA {meta['cuda']}, torch {meta['torch']}, CuPy {meta['cupy']}; "
-                f"kernels: {meta['kernels']}\n\nCommand: `{meta['command']}`\n\n"
-                f"Median of {meta['repeats']} repeats after {meta['warmup']} warm-up runs"
-                f"{', L2 flushed before each' if meta['l2_flush_bytes'] else ''}. GB/s from the least bytes the "
-                f"computation must move (column MB); % copy against `dst.copy_(src)` of "
-                f"{size_name(meta['copy_bytes'] // 2)} ({meta['copy_gbps']:.1f} GB/s); vs torch = PyTorch ms / kernel "
-                f"ms (above 1: the kernel is faster); host ms: the time the call takes to return to Python (near "
-                f"ms: the row is bound by launches and Python, not by memory).\n\n")
-        f.write("| kernel | case | mode | ms (p20-p80) | host ms | MB | GB/s | % copy | torch ms | torch host ms "
-                "| vs torch |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+        f.write(
+            f"# CUDA kernels on {meta['gpu']} ({meta['date']})\n\n"
+            f"driver {meta['driver']}, CUDA {meta['cuda']}, torch {meta['torch']}, CuPy {meta['cupy']}; "
+            f"kernels: {meta['kernels']}\n\nCommand: `{meta['command']}`\n\n"
+            f"Median of {meta['repeats']} repeats after {meta['warmup']} warm-up runs"
+            f"{', L2 flushed before each' if meta['l2_flush_bytes'] else ''}. GB/s from the least bytes the "
+            f"computation must move (column MB); % copy against `dst.copy_(src)` of "
+            f"{size_name(meta['copy_bytes'] // 2)} ({meta['copy_gbps']:.1f} GB/s); vs torch = PyTorch ms / kernel "
+            f"ms (above 1: the kernel is faster); host ms: the time the call takes to return to Python (near "
+            f"ms: the row is bound by launches and Python, not by memory).\n\n"
+        )
+        f.write(
+            "| kernel | case | mode | ms (p20-p80) | host ms | MB | GB/s | % copy | torch ms | torch host ms "
+            "| vs torch |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        )
         for r in rows:
-            f.write(f"| {r['kernel']} | {r['case']} | {r['mode']} | {r['ms']:.3f} ({r['ms_p20']:.3f}-{r['ms_p80']:.3f}) | "
-                    f"{r['host_ms']:.3f} | {r['bytes'] / 1e6:.1f} | {r['gbps']:.1f} | {100 * r['copy_fraction']:.1f} | "
-                    f"{num(r, 'torch_ms', '.3f')} | {num(r, 'torch_host_ms', '.3f')} | {num(r, 'vs_torch', '.2f')} |\n")
+            f.write(
+                f"| {r['kernel']} | {r['case']} | {r['mode']} | {r['ms']:.3f} ({r['ms_p20']:.3f}-{r['ms_p80']:.3f}) | "
+                f"{r['host_ms']:.3f} | {r['bytes'] / 1e6:.1f} | {r['gbps']:.1f} | {100 * r['copy_fraction']:.1f} | "
+                f"{num(r, 'torch_ms', '.3f')} | {num(r, 'torch_host_ms', '.3f')} | {num(r, 'vs_torch', '.2f')} |\n"
+            )
         f.write("\nBytes counted per row:\n\n")
         for formula in dict.fromkeys(f"{r['kernel']}: {r['bytes_formula']}" for r in rows):
             f.write(f"* {formula}\n")
         extra = [r for r in rows if "torch_fused_adam_ms" in r]
         if extra:
-            f.write("\nPlain `torch.optim.Adam(fused=True)` (no LARC), for scale: "
-                    + "; ".join(f"{r['case'].split(':')[0]} {r['torch_fused_adam_ms']:.3f} ms "
-                                f"({r['vs_torch_fused_adam']:.2f}x)" for r in extra) + "\n")
+            f.write(
+                "\nPlain `torch.optim.Adam(fused=True)` (no LARC), for scale: "
+                + "; ".join(
+                    f"{r['case'].split(':')[0]} {r['torch_fused_adam_ms']:.3f} ms ({r['vs_torch_fused_adam']:.2f}x)"
+                    for r in extra
+                )
+                + "\n"
+            )
         fused = [r for r in rows if "vs_ours_forward_backward" in r]
         if fused:
-            f.write("\nFused grad against the kernel's own forward+backward: "
-                    + "; ".join(f"{r['case']} {r['vs_ours_forward_backward']:.2f}x" for r in fused) + "\n")
+            f.write(
+                "\nFused grad against the kernel's own forward+backward: "
+                + "; ".join(f"{r['case']} {r['vs_ours_forward_backward']:.2f}x" for r in fused)
+                + "\n"
+            )
     return md
 
 
@@ -412,14 +518,24 @@ def fail(message):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="bench_cuda_kernels", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="batch 4 only, fewer repeats and warm-up runs")
-    parser.add_argument("--reps", type=int, default=None, help="timed repeats per measurement (default 30, 10 with --quick)")
+    parser.add_argument(
+        "--reps", type=int, default=None, help="timed repeats per measurement (default 30, 10 with --quick)"
+    )
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 3, 2 with --quick)")
-    parser.add_argument("--out", "--json", dest="out", default=None,
-                        help="JSON result file, or an existing folder for it (default "
-                             "benchmarks/results/cuda_kernels-<gpu>-<date>.json); the markdown table goes next to it")
-    parser.add_argument("--cpu-smoke", action="store_true",
-                        help="check this script on CPU: tiny sizes, kernels through climseg._cuda_emulated; timings "
-                             "meaningless; writes results only with --out")
+    parser.add_argument(
+        "--out",
+        "--json",
+        dest="out",
+        default=None,
+        help="JSON result file, or an existing folder for it (default "
+        "benchmarks/results/cuda_kernels-<gpu>-<date>.json); the markdown table goes next to it",
+    )
+    parser.add_argument(
+        "--cpu-smoke",
+        action="store_true",
+        help="check this script on CPU: tiny sizes, kernels through climseg._cuda_emulated; timings "
+        "meaningless; writes results only with --out",
+    )
     args = parser.parse_args(argv)
     if args.reps is not None and args.reps < 1:
         return fail(f"{PROG}: --reps must be at least 1, got {args.reps}")
@@ -433,8 +549,10 @@ def main(argv=None):
         kernels = "climseg._cuda_emulated"
     else:
         if not torch.cuda.is_available():
-            return fail(f"{PROG}: no CUDA device here; this benchmark times the CUDA kernels of csrc/cuda on a GPU "
-                        "(nothing run)")
+            return fail(
+                f"{PROG}: no CUDA device here; this benchmark times the CUDA kernels of csrc/cuda on a GPU "
+                "(nothing run)"
+            )
         device = torch.device("cuda", torch.cuda.current_device())
         ok, why = _cuda.probe(torch.empty(0, device=device))
         if not ok:
@@ -446,7 +564,7 @@ def main(argv=None):
     meta = environment(device, argv, kernels, args.quick, warmup, repeats)
     print(f"{PROG}: {meta['gpu']}, kernels from {kernels}, {repeats} repeats after {warmup} warm-up runs", flush=True)
 
-    if args.cpu_smoke:     # the emulation runs a CUDA thread per OS thread: tiny sizes, 12 tensors of tiny
+    if args.cpu_smoke:  # the emulation runs a CUDA thread per OS thread: tiny sizes, 12 tensors of tiny
         copy_size, height, width, batches, configs, convert_shape = 4 << 20, 32, 48, (1, 2), ("tiny",), (2, 32, 48, 16)
         max_tensors = 12
     else:
@@ -456,7 +574,9 @@ def main(argv=None):
     say(rows[0])
     copy_gbps = rows[0]["gbps"]
     meta.update(copy_gbps=copy_gbps, copy_bytes=rows[0]["bytes"])
-    rows += loss_rows(timer, device, batches, (torch.bfloat16, torch.float32), ("NCHW", "NHWC"), height, width, copy_gbps)
+    rows += loss_rows(
+        timer, device, batches, (torch.bfloat16, torch.float32), ("NCHW", "NHWC"), height, width, copy_gbps
+    )
     for config in configs:
         rows += optimizer_rows(timer, device, config, copy_gbps, max_tensors)
         rows += bucket_rows(timer, device, config, copy_gbps, max_tensors)

@@ -18,6 +18,7 @@ sample) are medians over ``--repeats`` passes over all files, after one untimed 
     python benchmarks/bench_io.py                      # `climseg generate`s 24 training samples of 768 x 1152 first
     python benchmarks/bench_io.py --data /path/train --workers 8
 """
+
 import argparse
 import datetime
 import json
@@ -75,7 +76,7 @@ def warm(files):
 
 def timed_passes(run, files, repeats, cold):
     warm(files)
-    run()      # untimed: first touch of the buffers (page faults in a fresh VM's memory cost more than the work)
+    run()  # untimed: first touch of the buffers (page faults in a fresh VM's memory cost more than the work)
     times = []
     for _ in range(repeats):
         if cold:
@@ -96,13 +97,19 @@ def write_markdown(path, meta, rows, staging):
         return f"{r[key]:.2f}" if key in r else "–"
 
     with open(path, "w") as f:
-        f.write(f"# Input pipeline, {meta['files']} samples of {h}x{w}x{c} ({meta['cores']}-core CPU, no GPU)\n\n"
-                f"{meta['date']}, torch {meta['torch']}, h5py {meta['h5py']}, {meta['workers']} workers/threads, "
-                f"batch {meta['batch']}\n\nCommand: `{meta['command']}`\n\n")
-        f.write("| cache | reader | samples/s | GB/s | vs reference style | vs raw read |\n|---|---|---:|---:|---:|---:|\n")
+        f.write(
+            f"# Input pipeline, {meta['files']} samples of {h}x{w}x{c} ({meta['cores']}-core CPU, no GPU)\n\n"
+            f"{meta['date']}, torch {meta['torch']}, h5py {meta['h5py']}, {meta['workers']} workers/threads, "
+            f"batch {meta['batch']}\n\nCommand: `{meta['command']}`\n\n"
+        )
+        f.write(
+            "| cache | reader | samples/s | GB/s | vs reference style | vs raw read |\n|---|---|---:|---:|---:|---:|\n"
+        )
         for r in rows:
-            f.write(f"| {r['cache']} | {r['reader']} | {r['samples_per_s']:.1f} | {r['gbs']:.2f} | "
-                    f"{ratio(r, 'vs_reference')} | {ratio(r, 'vs_raw')} |\n")
+            f.write(
+                f"| {r['cache']} | {r['reader']} | {r['samples_per_s']:.1f} | {r['gbs']:.2f} | "
+                f"{ratio(r, 'vs_reference')} | {ratio(r, 'vs_raw')} |\n"
+            )
         f.write(f"\nStaging (local thread pool, read-back verification): {staging['gbs']:.2f} GB/s\n")
 
 
@@ -125,8 +132,26 @@ def main(argv=None):
             root = os.path.join(tmp, "data")
             # `climseg generate` in its own process: 28 samples = 24 training + 4 validation. (Generated in
             # this process, the generator's freed heap makes every later reader here 2-3x slower.)
-            subprocess.run([sys.executable, "-m", "climseg", "generate", root, "--samples", "28", "--height", "768",
-                            "--width", "1152", "--seed", "1", "--no-progress"], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "climseg",
+                    "generate",
+                    root,
+                    "--samples",
+                    "28",
+                    "--height",
+                    "768",
+                    "--width",
+                    "1152",
+                    "--seed",
+                    "1",
+                    "--no-progress",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             os.sync()  # dirty pages neither drop from the cache nor leave the disk idle
             args.data = os.path.join(root, "train")
         files = list_samples(args.data)
@@ -141,13 +166,15 @@ def main(argv=None):
         rows = []
 
         def reference():
-            loader = torch.utils.data.DataLoader(ReferenceStyleDataset(files, shift, scale), batch_size=B,
-                                                 num_workers=W, shuffle=False, drop_last=False)
+            loader = torch.utils.data.DataLoader(
+                ReferenceStyleDataset(files, shift, scale), batch_size=B, num_workers=W, shuffle=False, drop_last=False
+            )
             return sum(d.shape[0] for d, _ in loader)
 
         def fast(dtype, layout):
-            loader = FastLoader(files, B, stats=stats, dtype=dtype, layout=layout, threads=W, shuffle=False,
-                                drop_last=False)
+            loader = FastLoader(
+                files, B, stats=stats, dtype=dtype, layout=layout, threads=W, shuffle=False, drop_last=False
+            )
             return lambda: sum(d.shape[0] for d, _ in loader)
 
         def raw():
@@ -155,23 +182,44 @@ def main(argv=None):
                 subprocess.run(["dd", f"if={p}", "of=/dev/null", "bs=4M", "status=none"], check=True)
             return len(files)
 
-        cases = [("raw read (dd bs=4M)", raw), ("reference style (DataLoader + h5py + NumPy), fp32 NCHW", reference),
-                 ("FastLoader, fp32 NCHW", fast(torch.float32, "nchw")),
-                 ("FastLoader, bf16 NHWC", fast(torch.bfloat16, "nhwc"))]
+        cases = [
+            ("raw read (dd bs=4M)", raw),
+            ("reference style (DataLoader + h5py + NumPy), fp32 NCHW", reference),
+            ("FastLoader, fp32 NCHW", fast(torch.float32, "nchw")),
+            ("FastLoader, bf16 NHWC", fast(torch.bfloat16, "nhwc")),
+        ]
         for cold in (False, True):
             for name, run in cases:
                 seconds = timed_passes(run, files, args.repeats, cold)
-                rows.append(dict(reader=name, cache="cold" if cold else "warm", samples=len(files),
-                                 seconds=seconds, samples_per_s=len(files) / seconds,
-                                 gbs=(total_bytes if name.startswith("raw") else len(files) * sample_bytes) / seconds / 1e9))
-                print(f"{rows[-1]['cache']:4s} {name:58s} {rows[-1]['samples_per_s']:8.1f} samples/s "
-                      f"{rows[-1]['gbs']:6.2f} GB/s", flush=True)
+                rows.append(
+                    dict(
+                        reader=name,
+                        cache="cold" if cold else "warm",
+                        samples=len(files),
+                        seconds=seconds,
+                        samples_per_s=len(files) / seconds,
+                        gbs=(total_bytes if name.startswith("raw") else len(files) * sample_bytes) / seconds / 1e9,
+                    )
+                )
+                print(
+                    f"{rows[-1]['cache']:4s} {name:58s} {rows[-1]['samples_per_s']:8.1f} samples/s "
+                    f"{rows[-1]['gbs']:6.2f} GB/s",
+                    flush=True,
+                )
         warm(files)
         t = time.perf_counter()
-        summary = stage(os.path.dirname(os.path.abspath(files[0])), os.path.join(tmp, "staged"), threads=W,
-                        progress=False, log=lambda *a: None)
-        staging = dict(seconds=time.perf_counter() - t, bytes=summary["written_bytes"],
-                       gbs=summary["written_bytes"] / (time.perf_counter() - t) / 1e9)
+        summary = stage(
+            os.path.dirname(os.path.abspath(files[0])),
+            os.path.join(tmp, "staged"),
+            threads=W,
+            progress=False,
+            log=lambda *a: None,
+        )
+        staging = dict(
+            seconds=time.perf_counter() - t,
+            bytes=summary["written_bytes"],
+            gbs=summary["written_bytes"] / (time.perf_counter() - t) / 1e9,
+        )
         print(f"staging (local, {W} threads, with read-back verification): {staging['gbs']:.2f} GB/s", flush=True)
         for cache in ("warm", "cold"):
             by = {r["reader"]: r for r in rows if r["cache"] == cache}
@@ -181,11 +229,25 @@ def main(argv=None):
                 r = by[name]
                 r["vs_reference"] = r["samples_per_s"] / ref
                 r["vs_raw"] = r["samples_per_s"] / rawrate
-                print(f"{cache}: {name}: {r['vs_reference']:.1f}x the reference style, {100 * r['vs_raw']:.0f}% of the raw read rate")
-        meta = dict(benchmark="io", files=len(files), shape=[h, w, c], file_bytes=total_bytes, workers=W, batch=B,
-                    cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), device="cpu",
-                    torch=torch.__version__, h5py=h5py.__version__, date=datetime.date.today().isoformat(),
-                    command=command_line(argv))
+                print(
+                    f"{cache}: {name}: {r['vs_reference']:.1f}x the reference style, "
+                    f"{100 * r['vs_raw']:.0f}% of the raw read rate"
+                )
+        meta = dict(
+            benchmark="io",
+            files=len(files),
+            shape=[h, w, c],
+            file_bytes=total_bytes,
+            workers=W,
+            batch=B,
+            cpu=platform.processor() or platform.machine(),
+            cores=os.cpu_count(),
+            device="cpu",
+            torch=torch.__version__,
+            h5py=h5py.__version__,
+            date=datetime.date.today().isoformat(),
+            command=command_line(argv),
+        )
         path = result_path(f"io-cpu-{meta['date']}.json", args.json)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:

@@ -7,6 +7,7 @@ the checks) is :mod:`climseg.verify`; see :mod:`climseg.verify.command` for the 
     climseg bench static [--arch 80,90] [--dtype bf16,fp16,fp32] [--kernels triton,cuda] [--json OUT]
     python -m climseg.bench.static --help
 """
+
 import sys
 
 from climseg.bench import command_line, result_path

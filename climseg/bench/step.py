@@ -9,6 +9,7 @@ CPU steps with a monotonic clock. Writes JSON and a markdown table.
     python benchmarks/bench_train_step.py --configs tiny --device cpu --height 128 --width 192
     python benchmarks/bench_train_step.py --configs kurth2018,deepcam --device cuda --batch-size 2
 """
+
 import argparse
 import datetime
 import json
@@ -21,7 +22,6 @@ import time
 import torch
 
 from climseg.bench import command_line, result_path
-
 from climseg.losses import WeightedCrossEntropy
 from climseg.models import DeepLabV3Plus
 from climseg.perf import count_flops
@@ -67,8 +67,9 @@ def _bench_one(config, device, shape, precision, warmup, repeats, channels_last)
     y = torch.randint(0, 3, (shape[0], shape[2], shape[3]), device=device)
     loss_fn = WeightedCrossEntropy("deepcam").to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    autocast = torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision, torch.float32),
-                              enabled=precision in AUTOCAST_DTYPES)
+    autocast = torch.autocast(
+        device.type, dtype=AUTOCAST_DTYPES.get(precision, torch.float32), enabled=precision in AUTOCAST_DTYPES
+    )
 
     def step():
         with autocast:
@@ -96,10 +97,23 @@ def _bench_one(config, device, shape, precision, warmup, repeats, channels_last)
     times.sort()
     median = statistics.median(times)
     flops = count_flops(model, shape)
-    q = lambda p: times[min(len(times) - 1, int(p * (len(times) - 1) + 0.5))]
-    return dict(config=config, batch=shape[0], height=shape[2], width=shape[3], precision=precision,
-                ms_median=1e3 * median, ms_p20=1e3 * q(0.2), ms_p80=1e3 * q(0.8),
-                samples_per_s=shape[0] / median, tflop_per_step=flops / 1e12, tflops_per_s=flops / median / 1e12)
+
+    def q(p):
+        return times[min(len(times) - 1, int(p * (len(times) - 1) + 0.5))]
+
+    return dict(
+        config=config,
+        batch=shape[0],
+        height=shape[2],
+        width=shape[3],
+        precision=precision,
+        ms_median=1e3 * median,
+        ms_p20=1e3 * q(0.2),
+        ms_p80=1e3 * q(0.8),
+        samples_per_s=shape[0] / median,
+        tflop_per_step=flops / 1e12,
+        tflops_per_s=flops / median / 1e12,
+    )
 
 
 def main(argv=None):
@@ -112,9 +126,12 @@ def main(argv=None):
     parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--backends", default=None,
-                        help="comma-separated: auto (climseg's kernels where the device has them) and/or torch (the "
-                             "same model on plain PyTorch ops); default auto,torch on CUDA, auto on CPU")
+    parser.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated: auto (climseg's kernels where the device has them) and/or torch (the "
+        "same model on plain PyTorch ops); default auto,torch on CUDA, auto on CPU",
+    )
     parser.add_argument("--json", default=None, help="write results here (default benchmarks/results/...)")
     args = parser.parse_args(argv)
 
@@ -143,13 +160,25 @@ def main(argv=None):
                     if r["config"] == config and r["backend"] != "torch":
                         r["vs_plain"] = row["ms_median"] / r["ms_median"]
             label = "climseg" if backend == "auto" else "plain PyTorch" if backend == "torch" else backend
-            print(f"{config:10s} {n}x16x{h}x{w} {precision} {label:14s}: {row['ms_median']:9.1f} ms/step "
-                  f"[{row['ms_p20']:.1f}, {row['ms_p80']:.1f}]  {row['samples_per_s']:8.2f} samples/s  "
-                  f"{row['tflops_per_s']:7.3f} TFLOP/s  MFU {100 * row['mfu']:.1f}%", flush=True)
-    meta = dict(benchmark="train_step", device=device_name(device), device_type=device.type,
-                torch=torch.__version__, cuda=torch.version.cuda, python=platform.python_version(),
-                malloc_tuning=malloc_tuned, peak_tflops=peak, peak_source=peak_source,
-                date=datetime.date.today().isoformat(), command=command_line(argv))
+            print(
+                f"{config:10s} {n}x16x{h}x{w} {precision} {label:14s}: {row['ms_median']:9.1f} ms/step "
+                f"[{row['ms_p20']:.1f}, {row['ms_p80']:.1f}]  {row['samples_per_s']:8.2f} samples/s  "
+                f"{row['tflops_per_s']:7.3f} TFLOP/s  MFU {100 * row['mfu']:.1f}%",
+                flush=True,
+            )
+    meta = dict(
+        benchmark="train_step",
+        device=device_name(device),
+        device_type=device.type,
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        python=platform.python_version(),
+        malloc_tuning=malloc_tuned,
+        peak_tflops=peak,
+        peak_source=peak_source,
+        date=datetime.date.today().isoformat(),
+        command=command_line(argv),
+    )
     if gpu:
         meta["driver"] = torch.cuda.get_device_properties(device).name
     tag = "gpu" if gpu else "cpu"
@@ -159,17 +188,23 @@ def main(argv=None):
         json.dump(dict(meta=meta, rows=rows), f, indent=2)
     md = os.path.splitext(path)[0] + ".md"
     with open(md, "w") as f:
-        f.write(f"# Training step ({meta['device']})\n\n{meta['date']}, torch {meta['torch']}, "
-                f"device type {device.type}\n\nCommand: `{meta['command']}`\n\n")
+        f.write(
+            f"# Training step ({meta['device']})\n\n{meta['date']}, torch {meta['torch']}, "
+            f"device type {device.type}\n\nCommand: `{meta['command']}`\n\n"
+        )
         f.write(f"MFU against {peak:.1f} TFLOP/s ({peak_source})\n\n")
-        f.write("| config | path | input | precision | ms/step (median) | p20-p80 | samples/s | TFLOP/step | TFLOP/s | MFU |"
-                " vs plain PyTorch |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+        f.write(
+            "| config | path | input | precision | ms/step (median) | p20-p80 | samples/s | TFLOP/step | TFLOP/s "
+            "| MFU | vs plain PyTorch |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        )
         for r in rows:
             vs = f"{r['vs_plain']:.2f}" if "vs_plain" in r else "–"
-            f.write(f"| {r['config']} | {'plain PyTorch' if r['backend'] == 'torch' else 'climseg'} | "
-                    f"{r['batch']}x16x{r['height']}x{r['width']} | {r['precision']} | "
-                    f"{r['ms_median']:.1f} | {r['ms_p20']:.1f}-{r['ms_p80']:.1f} | {r['samples_per_s']:.2f} | "
-                    f"{r['tflop_per_step']:.4f} | {r['tflops_per_s']:.3f} | {100 * r['mfu']:.1f}% | {vs} |\n")
+            f.write(
+                f"| {r['config']} | {'plain PyTorch' if r['backend'] == 'torch' else 'climseg'} | "
+                f"{r['batch']}x16x{r['height']}x{r['width']} | {r['precision']} | "
+                f"{r['ms_median']:.1f} | {r['ms_p20']:.1f}-{r['ms_p80']:.1f} | {r['samples_per_s']:.2f} | "
+                f"{r['tflop_per_step']:.4f} | {r['tflops_per_s']:.3f} | {100 * r['mfu']:.1f}% | {vs} |\n"
+            )
     print(f"wrote {path} and {md}")
     return 0
 

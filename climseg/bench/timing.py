@@ -2,12 +2,13 @@
 cache flushed before it (outside the timed interval) so that small inputs are not timed out of
 the cache, and the host time of the call beside it; a monotonic clock on CPU (smoke checks).
 """
+
 import statistics
 import time
 
 import torch
 
-FLUSH_BYTES = 256 << 20      # zeroed before each repeat: more than any GPU's L2
+FLUSH_BYTES = 256 << 20  # zeroed before each repeat: more than any GPU's L2
 
 
 class Timer:

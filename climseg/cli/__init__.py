@@ -14,6 +14,7 @@ once (the checkpoint on disk stays the last complete one). Every other command e
 SIGTERM at once, its temporary files removed, with status 130 (SIGINT) or 143 (SIGTERM)
 (:mod:`climseg.cli.signals`).
 """
+
 from climseg.cli.entry import main
 
 __all__ = ["main"]

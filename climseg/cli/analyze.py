@@ -3,10 +3,13 @@
 
 
 def add_parser(subparsers):
-    parser = subparsers.add_parser("analyze", help="statistics and climatology maps of tracked events",
-                                   description="Frequency and genesis-density maps (netCDF and PNG with coastlines), "
-                                   "histograms of lifetime, travel distance and speed, events per month, "
-                                   "summary.json.")
+    parser = subparsers.add_parser(
+        "analyze",
+        help="statistics and climatology maps of tracked events",
+        description="Frequency and genesis-density maps (netCDF and PNG with coastlines), "
+        "histograms of lifetime, travel distance and speed, events per month, "
+        "summary.json.",
+    )
     parser.add_argument("events", metavar="EVENTS", help="a climseg track output folder (or its events.csv)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--no-maps", action="store_true", help="numbers only (climatology.nc, summary.json)")

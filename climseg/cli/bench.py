@@ -1,6 +1,7 @@
 """``climseg bench NAME``: one of the benchmarks of :mod:`climseg.bench`, or all of them in turn.
 Options after the name that are not listed here go to the benchmark itself
 (``python -m climseg.bench.NAME --help``)."""
+
 import os
 import shlex
 import warnings
@@ -11,29 +12,51 @@ GPU_ONLY = ("cuda-kernels",)
 
 
 def add_parser(subparsers):
-    parser = subparsers.add_parser("bench", help="benchmarks with one output format (JSON + markdown)",
-                                   description="Run a benchmark: step (training step; on CUDA ours against the same "
-                                   "model on plain PyTorch), atrous (Triton convolutions against cuDNN; GPU), "
-                                   "cuda-kernels (the CUDA kernels against copy bandwidth and unfused PyTorch; GPU), "
-                                   "allreduce (flat against hierarchical), io (FastLoader against a reference-style "
-                                   "reader), scaling (the weak-scaling model; model output), static (every GPU kernel "
-                                   "compiled for sm_80/sm_90 and its machine code checked; no GPU needed), track "
-                                   "(event tracking and analysis of a year of masks), label (the heuristic "
-                                   "labeller scored against a generated series' truth, and its speed), or all. "
-                                   "Options after the name that are not listed here go to the benchmark itself (see "
-                                   "python -m climseg.bench.NAME --help).")
-    parser.add_argument("what", choices=BENCHMARKS + ("all",), metavar="NAME", help="a benchmark named above, or "
-                        "all (each in turn; those that need a GPU only where there is one)")
-    parser.add_argument("--device", default="auto", metavar="{auto,cpu,cuda}", help="step: where it runs "
-                        "(default: auto)")
-    parser.add_argument("--network", default=None, metavar="NAMES", help="step: comma-separated networks (default: "
-                        "tiny on CPU, kurth2018,deepcam on CUDA)")
-    parser.add_argument("--config", dest="old_network", default=None, metavar="NAMES",
-                        help="deprecated: the old name of --network")
-    parser.add_argument("--preset", default="summit-kurth2018", metavar="NAME", help="scaling: summit-kurth2018 or "
-                        "h100-kurth2018 (default: summit-kurth2018)")
-    parser.add_argument("--json", default=None, metavar="OUT", help="result file (a folder for all) (default: "
-                        "benchmarks/results/ in a source tree, else ./climseg-bench-results/)")
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmarks with one output format (JSON + markdown)",
+        description="Run a benchmark: step (training step; on CUDA ours against the same "
+        "model on plain PyTorch), atrous (Triton convolutions against cuDNN; GPU), "
+        "cuda-kernels (the CUDA kernels against copy bandwidth and unfused PyTorch; GPU), "
+        "allreduce (flat against hierarchical), io (FastLoader against a reference-style "
+        "reader), scaling (the weak-scaling model; model output), static (every GPU kernel "
+        "compiled for sm_80/sm_90 and its machine code checked; no GPU needed), track "
+        "(event tracking and analysis of a year of masks), label (the heuristic "
+        "labeller scored against a generated series' truth, and its speed), or all. "
+        "Options after the name that are not listed here go to the benchmark itself (see "
+        "python -m climseg.bench.NAME --help).",
+    )
+    parser.add_argument(
+        "what",
+        choices=BENCHMARKS + ("all",),
+        metavar="NAME",
+        help="a benchmark named above, or all (each in turn; those that need a GPU only where there is one)",
+    )
+    parser.add_argument(
+        "--device", default="auto", metavar="{auto,cpu,cuda}", help="step: where it runs (default: auto)"
+    )
+    parser.add_argument(
+        "--network",
+        default=None,
+        metavar="NAMES",
+        help="step: comma-separated networks (default: tiny on CPU, kurth2018,deepcam on CUDA)",
+    )
+    parser.add_argument(
+        "--config", dest="old_network", default=None, metavar="NAMES", help="deprecated: the old name of --network"
+    )
+    parser.add_argument(
+        "--preset",
+        default="summit-kurth2018",
+        metavar="NAME",
+        help="scaling: summit-kurth2018 or h100-kurth2018 (default: summit-kurth2018)",
+    )
+    parser.add_argument(
+        "--json",
+        default=None,
+        metavar="OUT",
+        help="result file (a folder for all) (default: "
+        "benchmarks/results/ in a source tree, else ./climseg-bench-results/)",
+    )
     parser.set_defaults(run=run, passes_extra_arguments=True)
     return parser
 
@@ -44,7 +67,7 @@ def run(args):
     import torch
 
     network = _network(args)
-    gpu_only = () if torch.cuda.is_available() else GPU_ONLY     # all: the GPU-only ones where they can run
+    gpu_only = () if torch.cuda.is_available() else GPU_ONLY  # all: the GPU-only ones where they can run
     names = [b for b in BENCHMARKS if b not in gpu_only] if args.what == "all" else [args.what]
     status = 0
     for name in names:
@@ -59,7 +82,7 @@ def run(args):
         elif name == "scaling":
             argv = ["--preset", args.preset] + argv
         elif name == "allreduce" and not any(a.startswith("--procs") for a in argv):
-            argv = ["--procs", "4", "--local-size", "2"] + argv      # two simulated nodes of two ranks
+            argv = ["--procs", "4", "--local-size", "2"] + argv  # two simulated nodes of two ranks
         if out is not None:
             argv += ["--json", out]
         os.environ["CLIMSEG_BENCH_COMMAND"] = "climseg " + " ".join(shlex.quote(a) for a in args.argv)

@@ -18,6 +18,7 @@ In a multi-process job (mpirun, srun, torchrun) the error line names the rank, a
 takes the whole job down instead of leaving the others waiting. Deprecation notices of climseg
 (``FutureWarning``) print as one line, ``climseg: warning: ...``.
 """
+
 import argparse
 import errno
 import os
@@ -32,8 +33,17 @@ from climseg.errors import UserError
 COMMANDS = (train, predict, generate, stage, label, track, analyze, convert, bench, info)
 
 #: Errors of writing that are the user's to fix (disk, mount, permissions), not a bug.
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
-                errno.EEXIST, errno.EFBIG}
+WRITE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.EFBIG,
+}
 
 
 class Parser(argparse.ArgumentParser):
@@ -71,8 +81,11 @@ def build_parser():
     """The ``climseg`` parser: one subparser per module of :data:`COMMANDS`."""
     from climseg import __version__
 
-    parser = Parser(prog="climseg", description="DeepLabv3+ segmentation of tropical cyclones and atmospheric "
-                    "rivers in climate data, and the events, tracks and climatologies of its masks.")
+    parser = Parser(
+        prog="climseg",
+        description="DeepLabv3+ segmentation of tropical cyclones and atmospheric "
+        "rivers in climate data, and the events, tracks and climatologies of its masks.",
+    )
     parser.add_argument("--version", action="version", version=f"climseg {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     subparsers.required = True

@@ -2,9 +2,11 @@
 
 
 def add_parser(subparsers):
-    parser = subparsers.add_parser("info", help="versions, devices, and which backend each op uses",
-                                   description="Versions, devices, the backend each op uses and why, and the "
-                                   "environment variables in force.")
+    parser = subparsers.add_parser(
+        "info",
+        help="versions, devices, and which backend each op uses",
+        description="Versions, devices, the backend each op uses and why, and the environment variables in force.",
+    )
     parser.set_defaults(run=run)
     return parser
 

@@ -5,11 +5,20 @@ channels (``predict``, ``label``), and ``--no-progress``."""
 def add_variable_options(parser):
     """``--convention`` and ``--variables``: how netCDF variable names map to the channels
     (checked by :func:`climseg.data.variables.conventions_for`)."""
-    parser.add_argument("--convention", default="auto", metavar="{auto,CAM5,ERA5,CMIP6}",
-                        help="netCDF variable names, in any case (default: auto, the first that has every channel)")
-    parser.add_argument("--variables", default=None, metavar="FILE", help="YAML/JSON mapping of channel -> variable "
-                        "(name, level, units) for any other naming; may extend a preset with 'convention: ERA5' "
-                        "(default: none)")
+    parser.add_argument(
+        "--convention",
+        default="auto",
+        metavar="{auto,CAM5,ERA5,CMIP6}",
+        help="netCDF variable names, in any case (default: auto, the first that has every channel)",
+    )
+    parser.add_argument(
+        "--variables",
+        default=None,
+        metavar="FILE",
+        help="YAML/JSON mapping of channel -> variable "
+        "(name, level, units) for any other naming; may extend a preset with 'convention: ERA5' "
+        "(default: none)",
+    )
 
 
 def add_progress_option(parser):

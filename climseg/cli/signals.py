@@ -5,6 +5,7 @@ so that every ``finally`` and atomic writer cleans up as on Ctrl-C; the entry po
 into exit status 143 (130 for Ctrl-C). Training: the first SIGINT or SIGTERM asks the trainer
 to finish its step, write a checkpoint and stop; a second one aborts at once.
 """
+
 import signal
 import sys
 
@@ -16,12 +17,13 @@ class Terminated(KeyboardInterrupt):
 def install_terminate_handler():
     """SIGTERM raises :class:`Terminated` in the main thread (a command's own handlers may replace it).
     Returns the handlers it replaced, for :func:`restore_handlers`."""
+
     def handler(signum, frame):
         raise Terminated()
 
     try:
         return {signal.SIGTERM: signal.signal(signal.SIGTERM, handler)}
-    except ValueError:   # not the main thread (main() called from a thread)
+    except ValueError:  # not the main thread (main() called from a thread)
         return {}
 
 
@@ -31,7 +33,7 @@ def install_stop_handlers(trainer):
     previous = {}
 
     def handler(signum, frame):
-        if trainer.stop_requested:    # the second signal, SIGINT or SIGTERM: abort now
+        if trainer.stop_requested:  # the second signal, SIGINT or SIGTERM: abort now
             signal.signal(signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler)
             raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
         print("\nclimseg: stopping after this step (again to abort)...", file=sys.stderr)

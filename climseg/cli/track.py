@@ -1,31 +1,56 @@
 """``climseg track MASK... --out DIR``: cyclones and rivers followed through time in class masks
 (:func:`climseg.analytics.track.track`; :class:`~climseg.analytics.track.TrackOptions` and
 :func:`~climseg.analytics.track.parse_size` check the options)."""
+
 from climseg.cli.options import add_progress_option
 
 
 def add_parser(subparsers):
-    parser = subparsers.add_parser("track", help="track cyclones and rivers through time in class masks",
-                                   description="Connected components per class and step (8-connected, joined across "
-                                   "the date line on global grids), stitched through time by overlap. Writes "
-                                   "NAME_event_id.nc per input, events.csv, tracks.csv (and .parquet with pyarrow), "
-                                   "occupancy.nc and track.json into --out.")
-    parser.add_argument("masks", nargs="+", metavar="MASK", help="netCDF class masks with a time axis, in time order: "
-                        "climseg predict's NAME_mask.nc, data files with LABELS, or any CF class mask (--variable)")
+    parser = subparsers.add_parser(
+        "track",
+        help="track cyclones and rivers through time in class masks",
+        description="Connected components per class and step (8-connected, joined across "
+        "the date line on global grids), stitched through time by overlap. Writes "
+        "NAME_event_id.nc per input, events.csv, tracks.csv (and .parquet with pyarrow), "
+        "occupancy.nc and track.json into --out.",
+    )
+    parser.add_argument(
+        "masks",
+        nargs="+",
+        metavar="MASK",
+        help="netCDF class masks with a time axis, in time order: "
+        "climseg predict's NAME_mask.nc, data files with LABELS, or any CF class mask (--variable)",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--variable", default=None, metavar="NAME", help="mask variable (default: mask, else LABELS)")
-    parser.add_argument("--like", default=None, choices=("climatenet",), help="preset: climatenet = ClimateNet's "
-                        "track_events values, 250-pixel thresholds, look-ahead 1, at least 5 steps (default: none)")
-    parser.add_argument("--tc-min-size", default=None, metavar="SIZE", help="smallest cyclone kept, e.g. 250px or "
-                        "5000km2 (default: 5000km2)")
-    parser.add_argument("--ar-min-size", default=None, metavar="SIZE", help="smallest river kept, e.g. 250px or "
-                        "50000km2 (default: 50000km2)")
-    parser.add_argument("--look-ahead", type=int, default=None, metavar="N", help="steps ahead an overlap links "
-                        "objects (default: 1)")
-    parser.add_argument("--min-steps", type=int, default=None, metavar="N", help="fewest steps an event must be seen "
-                        "on (default: 2)")
-    parser.add_argument("--workers", type=int, default=1, metavar="N", help="processes over chunks of time "
-                        "(default: 1)")
+    parser.add_argument(
+        "--like",
+        default=None,
+        choices=("climatenet",),
+        help="preset: climatenet = ClimateNet's "
+        "track_events values, 250-pixel thresholds, look-ahead 1, at least 5 steps (default: none)",
+    )
+    parser.add_argument(
+        "--tc-min-size",
+        default=None,
+        metavar="SIZE",
+        help="smallest cyclone kept, e.g. 250px or 5000km2 (default: 5000km2)",
+    )
+    parser.add_argument(
+        "--ar-min-size",
+        default=None,
+        metavar="SIZE",
+        help="smallest river kept, e.g. 250px or 50000km2 (default: 50000km2)",
+    )
+    parser.add_argument(
+        "--look-ahead", type=int, default=None, metavar="N", help="steps ahead an overlap links objects (default: 1)"
+    )
+    parser.add_argument(
+        "--min-steps", type=int, default=None, metavar="N", help="fewest steps an event must be seen on (default: 2)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="processes over chunks of time (default: 1)"
+    )
     add_progress_option(parser)
     parser.set_defaults(run=run)
     return parser
@@ -36,8 +61,11 @@ def run(args):
 
     options = TrackOptions()
     if args.like == "climatenet":
-        options = TrackOptions(min_size=dict(CLIMATENET["min_size"]), look_ahead=CLIMATENET["look_ahead"],
-                               min_steps=CLIMATENET["min_steps"])
+        options = TrackOptions(
+            min_size=dict(CLIMATENET["min_size"]),
+            look_ahead=CLIMATENET["look_ahead"],
+            min_steps=CLIMATENET["min_steps"],
+        )
     if args.tc_min_size is not None:
         options.min_size[1] = parse_size(args.tc_min_size, "--tc-min-size")
     if args.ar_min_size is not None:

@@ -9,6 +9,7 @@ so that only what the user typed overrides a ``--config-file`` and a resumed che
 options (:func:`climseg.train.config.merge` checks the values). ``--config NAME`` and
 ``--config FILE.yaml`` are the old spellings of ``--network`` and ``--config-file``.
 """
+
 import dataclasses
 import os
 import sys
@@ -17,14 +18,20 @@ import warnings
 
 from climseg.errors import UserError
 
-DESCRIPTION = ("Train DeepLabv3+ (or CGNet). Options override a --config-file, which overrides the options stored "
-               "in a --resume checkpoint, which override the defaults (and a --recipe beneath them all). With no "
-               "options: the tiny network on a small synthetic dataset, generated once into the cache.")
+DESCRIPTION = (
+    "Train DeepLabv3+ (or CGNet). Options override a --config-file, which overrides the options stored "
+    "in a --resume checkpoint, which override the defaults (and a --recipe beneath them all). With no "
+    "options: the tiny network on a small synthetic dataset, generated once into the cache."
+)
 
 
 def add_parser(subparsers):
-    parser = subparsers.add_parser("train", help="train a network (no arguments: the tiny network on synthetic data)",
-                                   description=DESCRIPTION, add_options=add_options)
+    parser = subparsers.add_parser(
+        "train",
+        help="train a network (no arguments: the tiny network on synthetic data)",
+        description=DESCRIPTION,
+        add_options=add_options,
+    )
     parser.set_defaults(run=run)
     return parser
 
@@ -34,10 +41,20 @@ def add_options(parser):
     from climseg.train.config import TrainConfig
 
     files = parser.add_argument_group("options from a file")
-    files.add_argument("--config-file", default=None, metavar="FILE", help="YAML or JSON file of further options "
-                       "(keys as the long options below, with dashes or underscores) (default: none)")
-    files.add_argument("--config", dest="old_config", default=None, metavar="NAME|FILE", help="deprecated: --config "
-                       "NAME is now --network NAME, --config FILE.yaml is --config-file FILE.yaml")
+    files.add_argument(
+        "--config-file",
+        default=None,
+        metavar="FILE",
+        help="YAML or JSON file of further options "
+        "(keys as the long options below, with dashes or underscores) (default: none)",
+    )
+    files.add_argument(
+        "--config",
+        dest="old_config",
+        default=None,
+        metavar="NAME|FILE",
+        help="deprecated: --config NAME is now --network NAME, --config FILE.yaml is --config-file FILE.yaml",
+    )
     defaults = TrainConfig()
     group = parser
     for field in dataclasses.fields(TrainConfig):
@@ -51,12 +68,19 @@ def add_option(group, field, default):
     meta = field.metadata
     if isinstance(default, bool):
         flag = ("--no-" if default else "--") + field.name.replace("_", "-")
-        group.add_argument(flag, dest=field.name, action="store_const", const=not default, default=None,
-                           help=meta["help"])
+        group.add_argument(
+            flag, dest=field.name, action="store_const", const=not default, default=None, help=meta["help"]
+        )
         return
     metavar = meta["metavar"] or ("{" + ",".join(meta["choices"]) + "}" if meta["choices"] else None)
-    group.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=option_type(field),
-                       default=None, metavar=metavar, help=f"{meta['help']} (default: {shown_default(field, default)})")
+    group.add_argument(
+        "--" + field.name.replace("_", "-"),
+        dest=field.name,
+        type=option_type(field),
+        default=None,
+        metavar=metavar,
+        help=f"{meta['help']} (default: {shown_default(field, default)})",
+    )
 
 
 def option_type(field):
@@ -108,8 +132,11 @@ def old_config(value, network, config_file):
     if value.endswith((".yaml", ".yml", ".json")) or os.path.isfile(value):
         if config_file:
             raise UserError("give the configuration file once, with --config-file")
-        warnings.warn(f"--config {value} is now --config-file {value}; the old spelling goes in a later release",
-                      FutureWarning, stacklevel=2)
+        warnings.warn(
+            f"--config {value} is now --config-file {value}; the old spelling goes in a later release",
+            FutureWarning,
+            stacklevel=2,
+        )
         return network, value
     if network is not None:
         raise UserError("give the network once, with --network")
@@ -131,6 +158,8 @@ def print_iou_table(summary, trainer):
     print(f"  atmospheric river   {fmt(val.get('iou_ar'))}")
     print(f"  mean                {fmt(val.get('mean_iou'))}    (DeepCAM score {fmt(val.get('deepcam_iou'))})")
     minutes = summary["seconds"] / 60.0
-    print(f"Trained in {minutes:.1f} min. Checkpoint: {summary['checkpoint']}; metrics: "
-          f"{os.path.join(summary['out'], 'metrics.jsonl')}")
+    print(
+        f"Trained in {minutes:.1f} min. Checkpoint: {summary['checkpoint']}; metrics: "
+        f"{os.path.join(summary['out'], 'metrics.jsonl')}"
+    )
     print(f"Next: climseg predict {summary['checkpoint']} <files .h5/.nc> --out <folder>")

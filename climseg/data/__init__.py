@@ -4,13 +4,21 @@ CAM5 netCDF input for inference, FastLoader and staging to node-local storage.
 The names below load their module on first use (PEP 562), so that
 ``from climseg.data import FastLoader`` does not import the generator's SciPy.
 """
+
 import importlib
 
 _WHERE = {
-    "DeepCAMDataset": "deepcam", "channel_indices": "deepcam", "list_samples": "deepcam", "read_sample": "deepcam",
+    "DeepCAMDataset": "deepcam",
+    "channel_indices": "deepcam",
+    "list_samples": "deepcam",
+    "read_sample": "deepcam",
     "FastLoader": "loader",
-    "ChannelStats": "stats", "find_stats": "stats", "read_stats": "stats", "write_stats": "stats",
-    "generate_dataset": "generate", "generate_sample": "synthetic",
+    "ChannelStats": "stats",
+    "find_stats": "stats",
+    "read_stats": "stats",
+    "write_stats": "stats",
+    "generate_dataset": "generate",
+    "generate_sample": "synthetic",
 }
 
 __all__ = sorted(_WHERE)

@@ -18,6 +18,7 @@ unless given; read by :func:`climseg.data.climatenet.read_climatenet_config`): `
 network. The normalisation the reference trained with is not in its checkpoint: it comes from
 the dataset's ``stats.h5`` (``--stats``) and the reference's min-max scaling.
 """
+
 import os
 
 import torch
@@ -36,20 +37,28 @@ def import_climatenet(path, config=None):
     (``config``; default: ``config.json`` in the weights' folder)."""
     config = config or os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
     if not os.path.isfile(config):
-        raise ConfigError(f"{config}: ClimateNet config.json not found (its 'fields' block gives the channels "
-                          f"and their mean/std); name it with --climatenet-config")
+        raise ConfigError(
+            f"{config}: ClimateNet config.json not found (its 'fields' block gives the channels "
+            f"and their mean/std); name it with --climatenet-config"
+        )
     channels, mean, std, labels = read_climatenet_config(config)
     _, section = climatenet_model(path)
     if section["in_channels"] != len(channels):
-        raise CheckpointError(f"{path}: the network reads {section['in_channels']} channels but {config} lists "
-                              f"{len(channels)} fields")
+        raise CheckpointError(
+            f"{path}: the network reads {section['in_channels']} channels but {config} lists {len(channels)} fields"
+        )
     if len(labels) != section["num_classes"]:
-        raise CheckpointError(f"{path}: the network has {section['num_classes']} classes but {config} lists "
-                              f"{len(labels)} labels")
-    data = dict(channels=channels, normalization="zscore", shift=torch.from_numpy(mean),
-                scale=torch.from_numpy(1.0 / std), class_names=list(CLASS_NAMES[:len(labels)]),
-                source=dict(format="climatenet", weights=os.path.abspath(path), config=os.path.abspath(config),
-                            labels=labels))
+        raise CheckpointError(
+            f"{path}: the network has {section['num_classes']} classes but {config} lists {len(labels)} labels"
+        )
+    data = dict(
+        channels=channels,
+        normalization="zscore",
+        shift=torch.from_numpy(mean),
+        scale=torch.from_numpy(1.0 / std),
+        class_names=list(CLASS_NAMES[: len(labels)]),
+        source=dict(format="climatenet", weights=os.path.abspath(path), config=os.path.abspath(config), labels=labels),
+    )
     return dict(model=section, data=data)
 
 
@@ -63,15 +72,22 @@ def import_mlperf_deepcam(path, stats=None, normalization="minmax", channels=Non
     if len(channels) != in_channels:
         raise CheckpointError(f"{path}: the network reads {in_channels} channels, {len(channels)} were named")
     if stats is None:
-        raise CheckpointError(f"{path}: give the dataset's statistics (--stats stats.h5): the reference's "
-                              f"checkpoint does not hold its input normalisation")
+        raise CheckpointError(
+            f"{path}: give the dataset's statistics (--stats stats.h5): the reference's "
+            f"checkpoint does not hold its input normalisation"
+        )
     table = read_stats(stats)
     index = [list(CHANNELS).index(c) for c in channels]
     shift, scale = table.normalization(normalization, index)
     return dict(
         model=section,
-        data=dict(channels=channels, normalization=normalization, shift=torch.as_tensor(shift).reshape(-1),
-                  scale=torch.as_tensor(scale).reshape(-1), class_names=list(CLASS_NAMES)[:section["num_classes"]]),
+        data=dict(
+            channels=channels,
+            normalization=normalization,
+            shift=torch.as_tensor(shift).reshape(-1),
+            scale=torch.as_tensor(scale).reshape(-1),
+            class_names=list(CLASS_NAMES)[: section["num_classes"]],
+        ),
         imported=dict(format="mlperf-deepcam", source=os.path.abspath(path), **progress),
     )
 
@@ -81,11 +97,14 @@ def export_mlperf_deepcam(ckpt, path):
     ``{"step", "epoch", "model"}`` (no optimizer state: the reference's LAMB is apex's)."""
     spec = ckpt["model"]
     if spec["config"] != "deepcam" or spec.get("norm", "batch") != "batch":
-        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: holds a {spec['config']!r} network; only the "
-                              f"deepcam configuration has the MLPerf reference's layout")
+        raise CheckpointError(
+            f"{ckpt.get('path', 'checkpoint')}: holds a {spec['config']!r} network; only the "
+            f"deepcam configuration has the MLPerf reference's layout"
+        )
     progress = (ckpt.get("train") or {}).get("progress", {})
-    payload = dict(step=int(progress.get("step", 0)), epoch=int(progress.get("epoch", 0)),
-                   model=to_reference(spec["state_dict"]))
+    payload = dict(
+        step=int(progress.get("step", 0)), epoch=int(progress.get("epoch", 0)), model=to_reference(spec["state_dict"])
+    )
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
@@ -117,19 +136,26 @@ def convert_checkpoint(source, out, from_format=None, to_format=None, **options)
         if name not in allowed:
             where = [f for f, names in OPTIONS.items() if name in names]
             flag = "--" + ("climatenet-config" if name == "config" else name.replace("_", "-"))
-            raise ConfigError(f"convert: {flag} goes with --from {where[0]}" if where else
-                              f"convert: unknown option {name!r}")
+            raise ConfigError(
+                f"convert: {flag} goes with --from {where[0]}" if where else f"convert: unknown option {name!r}"
+            )
     options = {k: v for k, v in options.items() if v is not None}
     check_output_location(out, kind="file")
     if from_format is not None:
         if from_format not in IMPORTERS:
-            raise ConfigError(f"convert: unknown format {from_format!r} for --from (choose from {', '.join(IMPORTERS)})")
+            raise ConfigError(
+                f"convert: unknown format {from_format!r} for --from (choose from {', '.join(IMPORTERS)})"
+            )
         payload = IMPORTERS[from_format](source, **options)
         save_checkpoint(out, payload)
         m = payload["model"]
-        return (f"{source} ({from_format}) -> {out}: {m['config']} model, {m['in_channels']} channels "
-                f"({', '.join(payload['data']['channels'])}), {m['num_classes']} classes")
+        return (
+            f"{source} ({from_format}) -> {out}: {m['config']} model, {m['in_channels']} channels "
+            f"({', '.join(payload['data']['channels'])}), {m['num_classes']} classes"
+        )
     if to_format not in EXPORTERS:
-        raise ConfigError(f"convert: unknown format {to_format!r} for --to (choose from {', '.join(EXPORTERS) or 'none'})")
+        raise ConfigError(
+            f"convert: unknown format {to_format!r} for --to (choose from {', '.join(EXPORTERS) or 'none'})"
+        )
     EXPORTERS[to_format](load_checkpoint(source), out)
     return f"{source} -> {out} ({to_format})"

@@ -22,6 +22,7 @@ into (H, W, C) float32, rows south to north -> :class:`ClimateNetDataset` (torch
 normalises in NumPy) or :class:`~climseg.data.climatenet_loader.NetCDFLoader` (the
 :class:`~climseg.data.loader.FastLoader` interface).
 """
+
 import dataclasses
 import glob
 import json
@@ -62,10 +63,10 @@ def _netcdf_files(folder):
 @dataclasses.dataclass
 class Sample:
     path: str
-    step: int                   # index on the time axis; -1: the file has no time dimension
-    variables: tuple            # file variable names of the chosen channels, in channel order
-    labels: str                 # file variable name of the labels
-    flipped: bool               # rows stored north to south
+    step: int  # index on the time axis; -1: the file has no time dimension
+    variables: tuple  # file variable names of the chosen channels, in channel order
+    labels: str  # file variable name of the labels
+    flipped: bool  # rows stored north to south
     shape: tuple
 
     @property
@@ -120,6 +121,7 @@ def _read_step_netcdf4(sample, labels):
     import netCDF4
 
     with netCDF4.Dataset(sample.path, "r") as ds:
+
         def get(name):
             v = ds.variables[name]
             x = v[sample.step] if sample.step >= 0 else v[...]
@@ -206,8 +208,14 @@ def compute_stats(samples, channel_index, limit=STATS_SAMPLES, where=None):
     mean, sqmean = np.full(n, np.nan), np.full(n, np.nan)
     mean[channel_index] = total[channel_index] / pixels
     sqmean[channel_index] = squares[channel_index] / pixels
-    return ChannelStats(minval=lo, maxval=hi, mean=mean, sqmean=sqmean, class_frequencies=counts / counts.sum(),
-                        path=where or f"statistics of {len(picks)} training steps")
+    return ChannelStats(
+        minval=lo,
+        maxval=hi,
+        mean=mean,
+        sqmean=sqmean,
+        class_frequencies=counts / counts.sum(),
+        path=where or f"statistics of {len(picks)} training steps",
+    )
 
 
 def stats_from_fields(fields, channel_index, class_frequencies, where):
@@ -217,8 +225,14 @@ def stats_from_fields(fields, channel_index, class_frequencies, where):
     for c in channel_index:
         m, s = fields[CHANNELS[c]]
         mean[c], sqmean[c] = m, s * s + m * m
-    return ChannelStats(minval=np.full(n, np.nan), maxval=np.full(n, np.nan), mean=mean, sqmean=sqmean,
-                        class_frequencies=class_frequencies, path=where)
+    return ChannelStats(
+        minval=np.full(n, np.nan),
+        maxval=np.full(n, np.nan),
+        mean=mean,
+        sqmean=sqmean,
+        class_frequencies=class_frequencies,
+        path=where,
+    )
 
 
 def open_climatenet(root, channels=None, normalization="minmax", log=print):
@@ -234,8 +248,10 @@ def open_climatenet(root, channels=None, normalization="minmax", log=print):
     train = index_folder(train_dir, names)
     val = index_folder(val_dir, names)
     if val[0].shape != train[0].shape:
-        raise DataError(f"{val_dir}: grid is {val[0].shape[0]}x{val[0].shape[1]} but training data is "
-                        f"{train[0].shape[0]}x{train[0].shape[1]}")
+        raise DataError(
+            f"{val_dir}: grid is {val[0].shape[0]}x{val[0].shape[1]} but training data is "
+            f"{train[0].shape[0]}x{train[0].shape[1]}"
+        )
     computed = compute_stats(train, channel_index)
     if fields and all(n in fields for n in names):
         stats = stats_from_fields(fields, channel_index, computed.class_frequencies, config)

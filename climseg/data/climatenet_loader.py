@@ -13,6 +13,7 @@ layout. Otherwise (chunked, compressed, or north-to-south files) a thread pool r
 with h5py and the same C++ call converts them from memory, as FastLoader does for chunked
 DeepCAM files. :attr:`NetCDFLoader.paths_used` counts the samples each path read.
 """
+
 import concurrent.futures
 import os
 
@@ -37,9 +38,25 @@ class NetCDFLoader(FastLoader):
     order, rank shares, prefetching and bad-sample policy; steps are read with h5py by a thread pool
     and converted by ``climseg._C.load_batch`` from memory (NumPy without the extension)."""
 
-    def __init__(self, dataset, batch_size, *, dtype=torch.bfloat16, layout="nhwc", threads=None, prefetch=2,
-                 shuffle=True, seed=0, rank=0, world_size=1, drop_last=True, on_bad_sample="error", device=None,
-                 log=print, convert_on="auto"):
+    def __init__(
+        self,
+        dataset,
+        batch_size,
+        *,
+        dtype=torch.bfloat16,
+        layout="nhwc",
+        threads=None,
+        prefetch=2,
+        shuffle=True,
+        seed=0,
+        rank=0,
+        world_size=1,
+        drop_last=True,
+        on_bad_sample="error",
+        device=None,
+        log=print,
+        convert_on="auto",
+    ):
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         if dtype not in DTYPES:
@@ -67,13 +84,18 @@ class NetCDFLoader(FastLoader):
             self._read_dtype, self._read_layout = torch.float32, "nhwc"
             self._read_shift, self._read_scale = [0.0] * len(self.shift), [1.0] * len(self.scale)
         else:
-            self._read_dtype, self._read_layout, self._read_shift, self._read_scale = dtype, layout, self.shift, self.scale
+            self._read_dtype, self._read_layout, self._read_shift, self._read_scale = (
+                dtype,
+                layout,
+                self.shift,
+                self.scale,
+            )
         self.bad, self.skipped = {}, 0
         self.shape = dataset.shape
         self.epoch, self.start_batch = 0, 0
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="climseg-nc")
-        self._contiguous = {}                    # path -> layout found by _contiguous_layout (None: not contiguous)
-        self.use_offsets = _C is not None        # False: always read with h5py
+        self._contiguous = {}  # path -> layout found by _contiguous_layout (None: not contiguous)
+        self.use_offsets = _C is not None  # False: always read with h5py
         self.paths_used = {"offset": 0, "h5py": 0}
 
     def _offsets(self, sample):
@@ -130,11 +152,28 @@ class NetCDFLoader(FastLoader):
                 plane = torch.empty((len(members), H, W), dtype=self._read_dtype)
                 with_labels = k == 0
                 out = _C.load_batch(
-                    sub_paths, [layouts[j][0][k][0] for j in members],
-                    [layouts[j][1][0] if with_labels else -2 for j in members], [0] * len(members),
-                    [0] * len(members), H, W, 1, codes[k], lcode, [0], [self._read_shift[k]], [self._read_scale[k]],
-                    plane.data_ptr(), DTYPES[self._read_dtype], False, sub_labels.data_ptr() if with_labels else 0,
-                    NUM_CLASSES, min(self.threads, max(1, len(members) * H)), False, True)
+                    sub_paths,
+                    [layouts[j][0][k][0] for j in members],
+                    [layouts[j][1][0] if with_labels else -2 for j in members],
+                    [0] * len(members),
+                    [0] * len(members),
+                    H,
+                    W,
+                    1,
+                    codes[k],
+                    lcode,
+                    [0],
+                    [self._read_shift[k]],
+                    [self._read_scale[k]],
+                    plane.data_ptr(),
+                    DTYPES[self._read_dtype],
+                    False,
+                    sub_labels.data_ptr() if with_labels else 0,
+                    NUM_CLASSES,
+                    min(self.threads, max(1, len(members) * H)),
+                    False,
+                    True,
+                )
                 for m, j in enumerate(members):
                     if out[m] and errors[where[j]] is None:
                         errors[where[j]] = self._explain(out[m], self.channels[k])
@@ -157,7 +196,9 @@ class NetCDFLoader(FastLoader):
         rows = [where[j] for j in ok]
         if _C is None:
             for j, i in zip(ok, rows):
-                x = (results[j][0] - np.asarray(self._read_shift, np.float32)) * np.asarray(self._read_scale, np.float32)
+                x = (results[j][0] - np.asarray(self._read_shift, np.float32)) * np.asarray(
+                    self._read_scale, np.float32
+                )
                 x = torch.from_numpy(x).to(self._read_dtype)
                 data[i] = x.permute(2, 0, 1) if self._read_layout == "nchw" else x
                 labels[i] = torch.from_numpy(results[j][1])
@@ -167,11 +208,28 @@ class NetCDFLoader(FastLoader):
         fields = [results[j][0] for j in ok]
         labs = [results[j][1] for j in ok]
         out = _C.load_batch(
-            [keys[j] for j in ok], [-1] * len(ok), [-1] * len(ok), [a.ctypes.data for a in fields],
-            [a.ctypes.data for a in labs], H, W, K, 0, LABEL_CODES[np.dtype("int64")], list(range(K)),
-            self._read_shift, self._read_scale, sub_data.data_ptr(), DTYPES[self._read_dtype],
-            self._read_layout == "nchw", sub_labels.data_ptr(), NUM_CLASSES, min(self.threads, max(1, len(ok) * H)),
-            False, True)
+            [keys[j] for j in ok],
+            [-1] * len(ok),
+            [-1] * len(ok),
+            [a.ctypes.data for a in fields],
+            [a.ctypes.data for a in labs],
+            H,
+            W,
+            K,
+            0,
+            LABEL_CODES[np.dtype("int64")],
+            list(range(K)),
+            self._read_shift,
+            self._read_scale,
+            sub_data.data_ptr(),
+            DTYPES[self._read_dtype],
+            self._read_layout == "nchw",
+            sub_labels.data_ptr(),
+            NUM_CLASSES,
+            min(self.threads, max(1, len(ok) * H)),
+            False,
+            True,
+        )
         for m, i in enumerate(rows):
             if out[m]:
                 errors[i] = self._name_channel(out[m])
@@ -199,6 +257,7 @@ def _contiguous_layout(sample):
         return None
     try:
         with h5py.File(sample.path, "r") as f:
+
             def where(name, floating):
                 d = f[name]
                 if d.chunks is not None or d.compression is not None or d.dtype.byteorder == ">":

@@ -13,6 +13,7 @@ sample), :func:`sample_statistics` (each sample's partial sums, computed where t
 is made) and :func:`dataset_statistics` (the partial sums reduced to the ``stats.h5``
 contents): the generator and ``climseg label --dataset`` share them.
 """
+
 import glob
 import os
 
@@ -69,7 +70,7 @@ def list_samples(root):
     if not os.path.isdir(root):
         raise DataError(f"{root}: not a folder")
     try:
-        os.listdir(root)     # glob hides an unreadable folder as an empty one
+        os.listdir(root)  # glob hides an unreadable folder as an empty one
     except OSError as exc:
         raise DataError(f"{root}: cannot read this folder ({exc.strerror})") from None
     files = sorted(p for p in glob.glob(os.path.join(root, "*.h5")) if os.path.basename(p) != "stats.h5")
@@ -98,7 +99,9 @@ def read_sample(path, channels=None, labels=True, check_values=True, num_classes
             raise DataError(f"{path}: missing dataset {DATA_KEY}")
         dset = f[DATA_KEY]
         if dset.ndim != 3 or dset.shape[2] != len(CHANNELS):
-            raise DataError(f"{path}: {DATA_KEY} has shape {tuple(dset.shape)}; expected (height, width, {len(CHANNELS)})")
+            raise DataError(
+                f"{path}: {DATA_KEY} has shape {tuple(dset.shape)}; expected (height, width, {len(CHANNELS)})"
+            )
         if not np.issubdtype(dset.dtype, np.floating):
             raise DataError(f"{path}: {DATA_KEY} has dtype {dset.dtype}; expected floating point")
         try:
@@ -111,7 +114,9 @@ def read_sample(path, channels=None, labels=True, check_values=True, num_classes
                 raise DataError(f"{path}: missing dataset {LABELS_KEY}")
             ldset = f[LABELS_KEY]
             if tuple(ldset.shape) != tuple(dset.shape[:2]):
-                raise DataError(f"{path}: {LABELS_KEY} has shape {tuple(ldset.shape)}; expected {tuple(dset.shape[:2])}")
+                raise DataError(
+                    f"{path}: {LABELS_KEY} has shape {tuple(ldset.shape)}; expected {tuple(dset.shape[:2])}"
+                )
             try:
                 lab = ldset[...]
             except OSError as exc:
@@ -155,8 +160,14 @@ def sample_statistics(data, labels, num_classes=NUM_CLASSES):
     :func:`dataset_statistics`: per-channel ``min``, ``max``, ``sum``, ``sumsq`` (float64),
     the cell ``count`` and the ``classes`` histogram."""
     d64 = data.reshape(-1, data.shape[-1]).astype(np.float64)
-    return dict(min=d64.min(axis=0), max=d64.max(axis=0), sum=d64.sum(axis=0), sumsq=(d64 * d64).sum(axis=0),
-                count=d64.shape[0], classes=np.bincount(labels.reshape(-1), minlength=num_classes))
+    return dict(
+        min=d64.min(axis=0),
+        max=d64.max(axis=0),
+        sum=d64.sum(axis=0),
+        sumsq=(d64 * d64).sum(axis=0),
+        count=d64.shape[0],
+        classes=np.bincount(labels.reshape(-1), minlength=num_classes),
+    )
 
 
 def dataset_statistics(partials):
@@ -165,10 +176,13 @@ def dataset_statistics(partials):
     maximum, mean, mean of squares and class frequencies."""
     count = sum(p["count"] for p in partials)
     classes = sum(p["classes"] for p in partials).astype(np.float64)
-    return ChannelStats(minval=np.min([p["min"] for p in partials], axis=0),
-                        maxval=np.max([p["max"] for p in partials], axis=0),
-                        mean=sum(p["sum"] for p in partials) / count, sqmean=sum(p["sumsq"] for p in partials) / count,
-                        class_frequencies=classes / classes.sum())
+    return ChannelStats(
+        minval=np.min([p["min"] for p in partials], axis=0),
+        maxval=np.max([p["max"] for p in partials], axis=0),
+        mean=sum(p["sum"] for p in partials) / count,
+        sqmean=sum(p["sumsq"] for p in partials) / count,
+        class_frequencies=classes / classes.sum(),
+    )
 
 
 def check_finite(path, data, names):
@@ -226,7 +240,9 @@ class DeepCAMDataset(torch.utils.data.Dataset):
             stats = find_stats(folder)
         self.stats = stats if isinstance(stats, ChannelStats) else read_stats(os.fspath(stats))
         if len(self.stats.minval) != len(CHANNELS):
-            raise DataError(f"{self.stats.path}: holds statistics for {len(self.stats.minval)} channels; expected {len(CHANNELS)}")
+            raise DataError(
+                f"{self.stats.path}: holds statistics for {len(self.stats.minval)} channels; expected {len(CHANNELS)}"
+            )
         self.channel_index = channel_indices(channels)
         self.channels = [CHANNELS[i] for i in self.channel_index]
         self.normalization = normalization
@@ -249,7 +265,10 @@ class DeepCAMDataset(torch.utils.data.Dataset):
         path = self.files[index]
         data, lab = read_sample(path, self.channel_index, check_values=self.check_values)
         if tuple(data.shape[:2]) != self.shape:
-            raise DataError(f"{path}: {DATA_KEY} is {data.shape[0]}x{data.shape[1]} but the first sample is {self.shape[0]}x{self.shape[1]}")
+            raise DataError(
+                f"{path}: {DATA_KEY} is {data.shape[0]}x{data.shape[1]} but the first sample is "
+                f"{self.shape[0]}x{self.shape[1]}"
+            )
         return data, lab
 
     def __getitem__(self, index):

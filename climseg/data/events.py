@@ -14,6 +14,7 @@ writes and ``climseg analyze`` and :func:`climseg.analytics.scoring.score_tracki
 
 The writers take the series as :class:`climseg.data.masks.MaskSeries` describes it.
 """
+
 import csv
 import json
 import os
@@ -26,9 +27,24 @@ from climseg.output import atomic_path
 
 FORMAT = "climseg-events"
 FORMAT_VERSION = 1
-EVENT_COLUMNS = ["id", "class", "first_time", "last_time", "first_step", "last_step", "steps", "lifetime_hours",
-                 "peak_area_km2", "mean_area_km2", "distance_km", "mean_speed_m_s", "genesis_lat", "genesis_lon",
-                 "lysis_lat", "lysis_lon"]
+EVENT_COLUMNS = [
+    "id",
+    "class",
+    "first_time",
+    "last_time",
+    "first_step",
+    "last_step",
+    "steps",
+    "lifetime_hours",
+    "peak_area_km2",
+    "mean_area_km2",
+    "distance_km",
+    "mean_speed_m_s",
+    "genesis_lat",
+    "genesis_lon",
+    "lysis_lat",
+    "lysis_lon",
+]
 TRACK_COLUMNS = ["id", "class", "step", "time", "time_hours", "lat", "lon", "area_km2", "pixels", "components"]
 
 
@@ -55,7 +71,7 @@ def create_event_id_netcdf(path, series, mask_file, events):
         ds.createDimension("lon", w)
         tv = ds.createVariable("time", "f8", ("time",))
         tv.standard_name, tv.units, tv.calendar, tv.axis = "time", series.time_units, series.calendar, "T"
-        tv[:] = series.hours[mask_file.first: mask_file.first + mask_file.steps]
+        tv[:] = series.hours[mask_file.first : mask_file.first + mask_file.steps]
         la = ds.createVariable("lat", "f8", ("lat",))
         la.standard_name, la.units, la.axis = "latitude", "degrees_north", "Y"
         la[:] = series.lat
@@ -64,8 +80,9 @@ def create_event_id_netcdf(path, series, mask_file, events):
         lo[:] = series.lon % 360.0
         # uint16 while the ids fit (half the bytes to compress), else int32
         dtype = "u2" if int(events) < 65535 else "i4"
-        ev = ds.createVariable("event_id", dtype, ("time", "lat", "lon"), zlib=True, complevel=1,
-                               shuffle=False, chunksizes=(1, h, w))
+        ev = ds.createVariable(
+            "event_id", dtype, ("time", "lat", "lon"), zlib=True, complevel=1, shuffle=False, chunksizes=(1, h, w)
+        )
         ev.long_name = "id of the tracked event (events.csv) each cell belongs to; 0 outside events"
         ev.valid_min = np.int32(0)
     except BaseException:
@@ -169,8 +186,10 @@ def read_events(folder):
     except (OSError, ValueError) as exc:
         raise DataError(f"{meta_path}: unreadable ({exc})") from None
     if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
-        raise DataError(f"{meta_path}: events of format {meta.get('format')!r} version {meta.get('version')!r}; "
-                        f"this climseg reads {FORMAT!r} version {FORMAT_VERSION}")
+        raise DataError(
+            f"{meta_path}: events of format {meta.get('format')!r} version {meta.get('version')!r}; "
+            f"this climseg reads {FORMAT!r} version {FORMAT_VERSION}"
+        )
     tables = []
     for name in ("events.csv", "tracks.csv"):
         path = os.path.join(folder, name)

@@ -5,6 +5,7 @@ number of workers), writes them with :func:`climseg.data.deepcam.write_sample` i
 folder with their statistics (``stats.h5``) and a summary (``climseg-dataset.json``), and renames
 the folder into place when it is complete.
 """
+
 import concurrent.futures
 import dataclasses
 import datetime
@@ -32,8 +33,17 @@ def _make_one(job):
     return split, index, sample_statistics(data, labels), len(meta["cyclones"]), len(meta["rivers"])
 
 
-def generate_dataset(out, samples, height=768, width=1152, seed=0, validation_fraction=0.125,
-                     workers=None, progress=True, features=Features()):
+def generate_dataset(
+    out,
+    samples,
+    height=768,
+    width=1152,
+    seed=0,
+    validation_fraction=0.125,
+    workers=None,
+    progress=True,
+    features=Features(),
+):
     """Write a synthetic dataset: ``out/train/*.h5``, ``out/validation/*.h5``, ``out/stats.h5``.
 
     ``samples`` is the total; ``round(samples * validation_fraction)`` (at least
@@ -54,10 +64,18 @@ def generate_dataset(out, samples, height=768, width=1152, seed=0, validation_fr
     n_val = min(samples - 1, max(1, int(round(samples * validation_fraction))))
     n_train = samples - n_val
     workers = workers or min(8, os.cpu_count() or 1)
-    jobs_for = lambda folder: [(folder, "train", i, height, width, seed, features) for i in range(n_train)] + \
-        [(folder, "validation", i, height, width, seed, features) for i in range(n_val)]
-    with atomic_directory(out) as tmp, progress_bar(total=n_train + n_val, desc=f"generate {height}x{width}",
-                                                    unit="sample", disable=not progress) as bar:
+
+    def jobs_for(folder):
+        return [(folder, "train", i, height, width, seed, features) for i in range(n_train)] + [
+            (folder, "validation", i, height, width, seed, features) for i in range(n_val)
+        ]
+
+    with (
+        atomic_directory(out) as tmp,
+        progress_bar(
+            total=n_train + n_val, desc=f"generate {height}x{width}", unit="sample", disable=not progress
+        ) as bar,
+    ):
         os.makedirs(os.path.join(tmp, "train"))
         os.makedirs(os.path.join(tmp, "validation"))
         jobs = jobs_for(tmp)
@@ -73,12 +91,21 @@ def generate_dataset(out, samples, height=768, width=1152, seed=0, validation_fr
                 bar.update()
         stats = dataset_statistics([r[2] for r in results if r[0] == "train"])
         write_stats(os.path.join(tmp, "stats.h5"), stats)
-        summary = dict(generator="climseg.data.synthetic", version=GENERATOR_VERSION, seed=int(seed),
-                       height=height, width=width, train=n_train, validation=n_val,
-                       class_frequencies=dict(zip(("background", "tropical_cyclone", "atmospheric_river"),
-                                                  stats.class_frequencies.round(5).tolist())),
-                       cyclones=int(sum(r[3] for r in results)), rivers=int(sum(r[4] for r in results)),
-                       features=dataclasses.asdict(features))
+        summary = dict(
+            generator="climseg.data.synthetic",
+            version=GENERATOR_VERSION,
+            seed=int(seed),
+            height=height,
+            width=width,
+            train=n_train,
+            validation=n_val,
+            class_frequencies=dict(
+                zip(("background", "tropical_cyclone", "atmospheric_river"), stats.class_frequencies.round(5).tolist())
+            ),
+            cyclones=int(sum(r[3] for r in results)),
+            rivers=int(sum(r[4] for r in results)),
+            features=dataclasses.asdict(features),
+        )
         write_json(os.path.join(tmp, "climseg-dataset.json"), summary)
     return summary
 

@@ -15,6 +15,7 @@ Without the compiled extension the same work is done by a NumPy reference
 (:func:`reference_batch`), which is also the specification the tests hold
 the extension to, bit for bit.
 """
+
 import json
 import logging
 import os
@@ -41,8 +42,12 @@ MANIFEST = "climseg-manifest.json"
 logger = logging.getLogger(__name__)
 
 DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-LABEL_CODES = {np.dtype(t): i for i, t in enumerate(
-    ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"])}
+LABEL_CODES = {
+    np.dtype(t): i
+    for i, t in enumerate(
+        ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"]
+    )
+}
 POLICIES = ("error", "skip")
 
 
@@ -153,7 +158,7 @@ def reference_batch(paths, channels, shift, scale, dtype=torch.float32, layout="
     if layout == "nchw":
         batch = batch.permute(0, 3, 1, 2).contiguous()
     else:
-        batch = batch.permute(0, 3, 1, 2)   # NCHW view of NHWC memory (channels_last)
+        batch = batch.permute(0, 3, 1, 2)  # NCHW view of NHWC memory (channels_last)
     return batch, (torch.from_numpy(np.stack(labs)) if labels else None)
 
 
@@ -195,10 +200,31 @@ class FastLoader:
             ``"device"`` when ``device`` is CUDA and the CUDA kernels are there).
     """
 
-    def __init__(self, source, batch_size, *, stats=None, channels=None, normalization="minmax",
-                 dtype=torch.float32, layout="nhwc", threads=None, prefetch=2, shuffle=True, seed=0, rank=0,
-                 world_size=1, drop_last=True, on_bad_sample="error", device=None, labels=True, direct_io=False,
-                 log=None, convert_on="auto", tune_allocator=False):
+    def __init__(
+        self,
+        source,
+        batch_size,
+        *,
+        stats=None,
+        channels=None,
+        normalization="minmax",
+        dtype=torch.float32,
+        layout="nhwc",
+        threads=None,
+        prefetch=2,
+        shuffle=True,
+        seed=0,
+        rank=0,
+        world_size=1,
+        drop_last=True,
+        on_bad_sample="error",
+        device=None,
+        labels=True,
+        direct_io=False,
+        log=None,
+        convert_on="auto",
+        tune_allocator=False,
+    ):
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         if dtype not in DTYPES:
@@ -220,7 +246,7 @@ class FastLoader:
         self.log = log if log is not None else logger.warning
         self.device = torch.device(device) if device is not None else None
         if tune_allocator and (self.device is None or self.device.type == "cpu"):
-            tune_cpu_allocator()   # batches are allocated on this thread and freed on another
+            tune_cpu_allocator()  # batches are allocated on this thread and freed on another
         if stats is None:
             stats = find_stats(folder)
         self.stats = stats if isinstance(stats, ChannelStats) else read_stats(os.fspath(stats))
@@ -229,14 +255,19 @@ class FastLoader:
         shift, scale = self.stats.normalization(normalization, self.channel_index)
         self.shift, self.scale = shift.tolist(), scale.tolist()
         self.convert_on = resolve_convert_on(convert_on, self.device)
-        if self.convert_on == "device":    # the reader only selects channels; the GPU does the rest
+        if self.convert_on == "device":  # the reader only selects channels; the GPU does the rest
             self._read_dtype, self._read_layout = torch.float32, "nhwc"
             self._read_shift, self._read_scale = [0.0] * len(self.shift), [1.0] * len(self.scale)
         else:
-            self._read_dtype, self._read_layout, self._read_shift, self._read_scale = dtype, layout, self.shift, self.scale
+            self._read_dtype, self._read_layout, self._read_shift, self._read_scale = (
+                dtype,
+                layout,
+                self.shift,
+                self.scale,
+            )
         self._info = {}
-        self.bad = {}            # path -> problem, for files left out
-        self.skipped = 0         # samples skipped (counted once per file)
+        self.bad = {}  # path -> problem, for files left out
+        self.skipped = 0  # samples skipped (counted once per file)
         missing = [p for p in self.files if not os.path.isfile(p)]
         if missing:
             message = f"{len(missing)} file(s) listed but missing, e.g. {missing[0]}"
@@ -267,13 +298,17 @@ class FastLoader:
         order = epoch_order(len(self.files), self.seed, self.epoch, self.shuffle).tolist()
         if self.drop_last:
             per_rank = len(order) // self.world_size
-            mine = order[self.rank: per_rank * self.world_size: self.world_size]
+            mine = order[self.rank : per_rank * self.world_size : self.world_size]
         else:
-            mine = order[self.rank:: self.world_size]
-        return mine[self.start_batch * self.batch_size:]
+            mine = order[self.rank :: self.world_size]
+        return mine[self.start_batch * self.batch_size :]
 
     def __len__(self):
-        n = len(self.files) // self.world_size if self.drop_last else len(range(self.rank, len(self.files), self.world_size))
+        n = (
+            len(self.files) // self.world_size
+            if self.drop_last
+            else len(range(self.rank, len(self.files), self.world_size))
+        )
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     # ------------------------------------------------------------------ reading
@@ -300,17 +335,22 @@ class FastLoader:
         labels = torch.empty((B, H, W), dtype=torch.int64, pin_memory=pin) if self.labels else None
         infos = [self._file_info(p) for p in paths]
         errors = [info.error for info in infos]
-        errors = [e if e is not None or info.shape == self.shape else
-                  f"{DATA_KEY} is {info.shape[0]}x{info.shape[1]} but the first sample is {H}x{W}"
-                  for e, info in zip(errors, infos)]
+        errors = [
+            e
+            if e is not None or info.shape == self.shape
+            else f"{DATA_KEY} is {info.shape[0]}x{info.shape[1]} but the first sample is {H}x{W}"
+            for e, info in zip(errors, infos)
+        ]
         if _C is None:
             return self._read_reference(paths, errors, data, labels)
-        keep = []   # h5py-read payloads must live until the C++ call returns
+        keep = []  # h5py-read payloads must live until the C++ call returns
         data_ptrs, label_ptrs, data_offsets, label_offsets, codes = [], [], [], [], []
         for p, info, err in zip(paths, infos, errors):
             d_off, l_off, d_ptr, l_ptr = info.data_offset, info.label_offset, 0, 0
             if err is None and d_off < 0:
-                arr = np.ascontiguousarray(_h5_read(p, DATA_KEY), dtype=np.float32 if info.data_code == 0 else np.float64)
+                arr = np.ascontiguousarray(
+                    _h5_read(p, DATA_KEY), dtype=np.float32 if info.data_code == 0 else np.float64
+                )
                 keep.append(arr)
                 d_ptr = arr.ctypes.data
             if err is None and self.labels and l_off < 0:
@@ -331,14 +371,35 @@ class FastLoader:
             for i in ok:
                 groups.setdefault(codes[i], []).append(i)
             for (d_code, l_code), idx in groups.items():
-                sub_data = data if len(idx) == B else torch.empty((len(idx),) + tuple(data.shape[1:]), dtype=self._read_dtype)
-                sub_labels = labels if (labels is None or len(idx) == B) else torch.empty((len(idx), H, W), dtype=torch.int64)
+                sub_data = (
+                    data if len(idx) == B else torch.empty((len(idx),) + tuple(data.shape[1:]), dtype=self._read_dtype)
+                )
+                sub_labels = (
+                    labels if (labels is None or len(idx) == B) else torch.empty((len(idx), H, W), dtype=torch.int64)
+                )
                 result = _C.load_batch(
-                    [paths[i] for i in idx], [data_offsets[i] for i in idx], [label_offsets[i] for i in idx],
-                    [data_ptrs[i] for i in idx], [label_ptrs[i] for i in idx], H, W, len(CHANNELS), d_code, l_code,
-                    self.channel_index, self._read_shift, self._read_scale, sub_data.data_ptr(), DTYPES[self._read_dtype],
-                    self._read_layout == "nchw", sub_labels.data_ptr() if sub_labels is not None else 0, NUM_CLASSES,
-                    min(self.threads, max(1, len(idx) * H)), self.direct_io, True)
+                    [paths[i] for i in idx],
+                    [data_offsets[i] for i in idx],
+                    [label_offsets[i] for i in idx],
+                    [data_ptrs[i] for i in idx],
+                    [label_ptrs[i] for i in idx],
+                    H,
+                    W,
+                    len(CHANNELS),
+                    d_code,
+                    l_code,
+                    self.channel_index,
+                    self._read_shift,
+                    self._read_scale,
+                    sub_data.data_ptr(),
+                    DTYPES[self._read_dtype],
+                    self._read_layout == "nchw",
+                    sub_labels.data_ptr() if sub_labels is not None else 0,
+                    NUM_CLASSES,
+                    min(self.threads, max(1, len(idx) * H)),
+                    self.direct_io,
+                    True,
+                )
                 for j, i in enumerate(idx):
                     if result[j]:
                         errors[i] = _name_channel(result[j])
@@ -354,8 +415,15 @@ class FastLoader:
             if errors[i] is not None:
                 continue
             try:
-                x, y = reference_batch([p], self.channel_index, self._read_shift, self._read_scale, self._read_dtype,
-                                       self._read_layout, self.labels)
+                x, y = reference_batch(
+                    [p],
+                    self.channel_index,
+                    self._read_shift,
+                    self._read_scale,
+                    self._read_dtype,
+                    self._read_layout,
+                    self.labels,
+                )
             except DataError as exc:
                 errors[i] = str(exc).split(": ", 1)[-1]
                 continue
@@ -445,7 +513,7 @@ class FastLoader:
                 labels = labels.to(self.device, non_blocking=True) if labels is not None else None
             return normalize_input(data, self.shift, self.scale, dtype=self.dtype, layout=self.layout), labels
         if self.layout == "nhwc":
-            data = data.permute(0, 3, 1, 2)   # (B, C, H, W), channels_last memory
+            data = data.permute(0, 3, 1, 2)  # (B, C, H, W), channels_last memory
         if self.device is not None and self.device.type != "cpu":
             data = data.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True) if labels is not None else None

@@ -21,6 +21,7 @@ time found by the name tables of :mod:`climseg.data.netcdf`, so ERA5's ``valid_t
 :class:`MaskReader` then reads the series a step at a time, rows south to north, with the
 class values checked.
 """
+
 import dataclasses
 import os
 
@@ -36,6 +37,7 @@ MASK_LONG_NAME = "extreme weather class"
 
 
 # ----------------------------------------------------------------------------- writing
+
 
 def create_mask_variable(ds, dims):
     """An empty ``mask`` variable of uint8 on ``dims`` in the open netCDF4 dataset ``ds``
@@ -108,6 +110,7 @@ def create_mask_hdf5(path, shape, source):
 
 # ----------------------------------------------------------------------------- reading a series
 
+
 @dataclasses.dataclass
 class MaskFile:
     """One input: where its mask lives and which of the series' steps it holds."""
@@ -129,10 +132,10 @@ class MaskSeries:
     lat: np.ndarray
     lon: np.ndarray
     periodic: bool
-    hours: np.ndarray          # hours since ``time_units``' reference, one per step
+    hours: np.ndarray  # hours since ``time_units``' reference, one per step
     time_units: str
     calendar: str
-    times: list                # ISO-like labels, one per step
+    times: list  # ISO-like labels, one per step
 
     def locate(self, step):
         """(file, index within it) of a global step."""
@@ -173,10 +176,15 @@ def open_mask_series(paths, variable=None):
             raise DataError(f"{path}: longitudes are not monotonic")
         if lat0 is None:
             lat0, lon0 = lat_asc.copy(), lon_u
-        elif lat_asc.shape != lat0.shape or lon_u.shape != lon0.shape or not (
-                np.allclose(lat_asc, lat0, atol=1e-6) and np.allclose(lon_u, lon0, atol=1e-6)):
-            raise DataError(f"{path}: grid {lat.size} x {lon.size} differs from the grid of {files[0].path} "
-                            f"({lat0.size} x {lon0.size}); track one grid at a time")
+        elif (
+            lat_asc.shape != lat0.shape
+            or lon_u.shape != lon0.shape
+            or not (np.allclose(lat_asc, lat0, atol=1e-6) and np.allclose(lon_u, lon0, atol=1e-6))
+        ):
+            raise DataError(
+                f"{path}: grid {lat.size} x {lon.size} differs from the grid of {files[0].path} "
+                f"({lat0.size} x {lon0.size}); track one grid at a time"
+            )
         stem = os.path.splitext(os.path.basename(path))[0]
         if stem in stems:
             raise UserError(f"{path}: has the same name as {stems[stem]}; their outputs would collide")
@@ -191,8 +199,10 @@ def open_mask_series(paths, variable=None):
     if bad.size:
         i = int(bad[0]) + 1
         f = next(f for f in reversed(files) if f.first <= i)
-        raise DataError(f"{f.path}: time does not increase at {times[i]} (after {times[i - 1]}); "
-                        "give the files in time order, without repeated steps")
+        raise DataError(
+            f"{f.path}: time does not increase at {times[i]} (after {times[i - 1]}); "
+            "give the files in time order, without repeated steps"
+        )
     return MaskSeries(files, lat0, lon0, is_global(lon0), hours, units, calendar, times)
 
 
@@ -220,7 +230,7 @@ def _scan_mask_file(path, variable):
                 raise DataError(f"{path}: {name} has a first dimension {dims[0]} but no time coordinate for it")
             has_time_dim, nsteps = True, var.shape[0]
         elif len(dims) == 2 and time_name is not None and ds.variables[time_name].size == 1:
-            has_time_dim, nsteps = False, 1             # ClimateNet: LABELS(lat, lon) and one time value
+            has_time_dim, nsteps = False, 1  # ClimateNet: LABELS(lat, lon) and one time value
         elif len(dims) == 2:
             raise DataError(f"{path}: mask {name} has no time dimension (and the file no single time value)")
         else:
@@ -278,8 +288,9 @@ class MaskReader:
             if not np.all(np.isfinite(m)):
                 raise DataError(f"{f.path}: {f.variable} holds NaN or Inf at {self.series.times[step]}")
         if m.size and (m.min() < 0 or m.max() >= NUM_CLASSES):
-            raise DataError(f"{f.path}: {f.variable} holds values outside 0..{NUM_CLASSES - 1} "
-                            f"at {self.series.times[step]}")
+            raise DataError(
+                f"{f.path}: {f.variable} holds values outside 0..{NUM_CLASSES - 1} at {self.series.times[step]}"
+            )
         m = m.astype(np.uint8, copy=False)
         return m[::-1] if f.flipped else m
 

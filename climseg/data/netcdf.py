@@ -22,6 +22,7 @@ are the tables :data:`LAT_NAMES`, :data:`LON_NAMES`, :data:`TIME_NAMES` and
 Calendars are read with cftime (``standard``, ``proleptic_gregorian``, ``noleap``,
 ``360_day``...). A variable without a time axis (a fixed field) serves every step.
 """
+
 import dataclasses
 import glob
 import os
@@ -48,11 +49,11 @@ class Segment:
     path: str
     name: str
     units: str
-    ntime: int                 # 0: no time axis (a fixed field)
-    levels: dict               # hPa -> index on the level axis ({} without one)
-    level_axis: int            # position of the level axis (-1 without one)
+    ntime: int  # 0: no time axis (a fixed field)
+    levels: dict  # hPa -> index on the level axis ({} without one)
+    level_axis: int  # position of the level axis (-1 without one)
     flipped: bool
-    dates: list                # cftime dates of the steps ([] without a time axis)
+    dates: list  # cftime dates of the steps ([] without a time axis)
     step_seconds: float = None
     time_dim: str = None
     axes: tuple = ()
@@ -66,18 +67,18 @@ class NetCDFInput:
     where each channel lives."""
 
     path: str
-    lat: np.ndarray            # ascending
-    lon: np.ndarray            # as in the file, unwrapped to increase (e.g. 0..180, 180..360 for -180..180 stored from 0)
-    flipped: bool              # the (first) file stores latitudes north to south
-    periodic: bool             # the grid goes all the way round in longitude
-    times: list                # one label per time step ("" without a time dimension)
-    variables: dict            # channel name -> (first) variable name in the files
+    lat: np.ndarray  # ascending
+    lon: np.ndarray  # as in the file, unwrapped to increase (e.g. 0..180, 180..360 for -180..180 stored from 0)
+    flipped: bool  # the (first) file stores latitudes north to south
+    periodic: bool  # the grid goes all the way round in longitude
+    times: list  # one label per time step ("" without a time dimension)
+    variables: dict  # channel name -> (first) variable name in the files
     time_dim: str = None
-    paths: list = None         # every file of the input
+    paths: list = None  # every file of the input
     convention: str = "CAM5"
-    plans: dict = None         # channel -> variables.Plan
-    segments: dict = None      # variable name -> [Segment] in time order
-    dates: list = None         # cftime dates of the steps (None without a time axis)
+    plans: dict = None  # channel -> variables.Plan
+    segments: dict = None  # variable name -> [Segment] in time order
+    dates: list = None  # cftime dates of the steps (None without a time axis)
     time_units: str = None
     calendar: str = None
 
@@ -100,8 +101,11 @@ def expand_inputs(inputs):
     for item in items:
         item = os.fspath(item)
         if os.path.isdir(item):
-            found = sorted(os.path.join(item, f) for f in os.listdir(item) if f.lower().endswith(SUFFIXES)
-                           and not f.startswith("."))
+            found = sorted(
+                os.path.join(item, f)
+                for f in os.listdir(item)
+                if f.lower().endswith(SUFFIXES) and not f.startswith(".")
+            )
             if not found:
                 raise DataError(f"{item}: folder holds no netCDF files (.nc)")
             files += found
@@ -150,8 +154,10 @@ def open_netcdf(path, channels=CHANNELS, optional=(), convention="auto", variabl
         if dates is None:
             dates, ref = d, n
         elif len(d) != len(dates) or any(a != b for a, b in zip(d, dates)):
-            raise DataError(f"{where}: {n} has {len(d)} time steps ({_span(d)}) but {ref} has {len(dates)} "
-                            f"({_span(dates)}); the files must cover the same times")
+            raise DataError(
+                f"{where}: {n} has {len(d)} time steps ({_span(d)}) but {ref} has {len(dates)} "
+                f"({_span(dates)}); the files must cover the same times"
+            )
     first = next((s for n in sorted(used) for s in segments[n] if s.ntime), None)
     times = [""] if dates is None else [str(x)[:19] for x in dates]
     time_units = calendar = time_dim = None
@@ -160,17 +166,35 @@ def open_netcdf(path, channels=CHANNELS, optional=(), convention="auto", variabl
     for n in used:
         for s in segments[n]:
             s.step_seconds = _step_seconds(dates)
-    for c, plan in plans.items():             # units checked now, not at the first step read
+    for c, plan in plans.items():  # units checked now, not at the first step read
         for source, n in zip(plan.recipe.sources, plan.names):
             for s in segments[n]:
                 if source.scale is None:
-                    conventions.to_channel_units(np.zeros(1, np.float32), source.units or s.units, source.kind,
-                                                 s.step_seconds, f"{s.path}: {c}: variable {s.name} ")
+                    conventions.to_channel_units(
+                        np.zeros(1, np.float32),
+                        source.units or s.units,
+                        source.kind,
+                        s.step_seconds,
+                        f"{s.path}: {c}: variable {s.name} ",
+                    )
     lat, lon, flipped = grid["lat"], grid["lon"], grid["flipped"]
-    return NetCDFInput(path=paths[0], lat=lat, lon=lon, flipped=flipped, periodic=is_global(lon), times=times,
-                       variables={c: p.names[0] for c, p in plans.items()}, time_dim=time_dim, paths=paths,
-                       convention=name, plans=plans, segments=segments, dates=dates,
-                       time_units=time_units, calendar=calendar)
+    return NetCDFInput(
+        path=paths[0],
+        lat=lat,
+        lon=lon,
+        flipped=flipped,
+        periodic=is_global(lon),
+        times=times,
+        variables={c: p.names[0] for c, p in plans.items()},
+        time_dim=time_dim,
+        paths=paths,
+        convention=name,
+        plans=plans,
+        segments=segments,
+        dates=dates,
+        time_units=time_units,
+        calendar=calendar,
+    )
 
 
 def _span(dates):
@@ -225,8 +249,9 @@ def _scan_file(path):
                 continue
             if tuple(var.shape[-2:]) != (len(lat), len(lon)):
                 if var.ndim == 2 and lat_dim is None:
-                    raise DataError(f"{path}: variable {name} has shape {tuple(var.shape)}; the grid is "
-                                    f"{len(lat)} x {len(lon)}")
+                    raise DataError(
+                        f"{path}: variable {name} has shape {tuple(var.shape)}; the grid is {len(lat)} x {len(lon)}"
+                    )
                 continue
             seg = _segment(ds, path, name, var, flipped, times)
             if seg is not None:
@@ -244,8 +269,10 @@ def _segment(ds, path, name, var, flipped, times):
         elif level_dim is None and _is_level(ds, d):
             level_dim = d
         elif var.shape[var.dimensions.index(d)] != 1:
-            raise DataError(f"{path}: variable {name} has dimensions {var.dimensions}; expected (time, lat, lon), "
-                            f"(time, level, lat, lon) or (lat, lon)")
+            raise DataError(
+                f"{path}: variable {name} has dimensions {var.dimensions}; expected (time, lat, lon), "
+                f"(time, level, lat, lon) or (lat, lon)"
+            )
     levels = {}
     if level_dim is not None:
         levels = {float(p): i for i, p in enumerate(_levels_hpa(ds, path, level_dim))}
@@ -257,10 +284,20 @@ def _segment(ds, path, name, var, flipped, times):
         if len(dates) == 0:
             raise DataError(f"{path}: variable {name}: its time axis has length 0 (no time steps)")
     units, calendar = (times[time_dim][1], times[time_dim][2]) if time_dim else (None, None)
-    return Segment(path=path, name=name, units=getattr(var, "units", None), ntime=len(dates) if time_dim else 0,
-                   levels=levels, level_axis=var.dimensions.index(level_dim) if level_dim else -1,
-                   flipped=flipped, dates=list(dates), time_dim=time_dim, axes=var.dimensions,
-                   time_units=units, calendar=calendar)
+    return Segment(
+        path=path,
+        name=name,
+        units=getattr(var, "units", None),
+        ntime=len(dates) if time_dim else 0,
+        levels=levels,
+        level_axis=var.dimensions.index(level_dim) if level_dim else -1,
+        flipped=flipped,
+        dates=list(dates),
+        time_dim=time_dim,
+        axes=var.dimensions,
+        time_units=units,
+        calendar=calendar,
+    )
 
 
 def _is_time(ds, dim):
@@ -285,7 +322,7 @@ def _levels_hpa(ds, path, dim):
     values = np.asarray(var[:], dtype=np.float64).reshape(-1)
     units = getattr(var, "units", None)
     if units is None:
-        return values / 100.0 if values.max() > 1100.0 else values    # no units: Pa when above 1100
+        return values / 100.0 if values.max() > 1100.0 else values  # no units: Pa when above 1100
     key = conventions.canonical_units(units)
     if key not in conventions.UNIT_TABLE["pressure"]:
         raise DataError(f"{path}: pressure axis {dim} has units {units!r}; expected Pa or hPa")
@@ -309,10 +346,17 @@ def _dates(ds, path, dim):
 
 
 def _same_grid(a, b):
-    if a["lat"].shape != b["lat"].shape or a["lon"].shape != b["lon"].shape or not (
-            np.allclose(a["lat"], b["lat"], atol=1e-4) and np.allclose(a["lon"] % 360.0, b["lon"] % 360.0, atol=1e-4)):
-        raise DataError(f"{b['path']}: grid {len(b['lat'])} x {len(b['lon'])} differs from the grid of {a['path']} "
-                        f"({len(a['lat'])} x {len(a['lon'])})")
+    if (
+        a["lat"].shape != b["lat"].shape
+        or a["lon"].shape != b["lon"].shape
+        or not (
+            np.allclose(a["lat"], b["lat"], atol=1e-4) and np.allclose(a["lon"] % 360.0, b["lon"] % 360.0, atol=1e-4)
+        )
+    ):
+        raise DataError(
+            f"{b['path']}: grid {len(b['lat'])} x {len(b['lon'])} differs from the grid of {a['path']} "
+            f"({len(a['lat'])} x {len(a['lon'])})"
+        )
 
 
 def _join_in_time(segments):
@@ -373,8 +417,10 @@ def _read_source(ds, seg, local, source, channel, index):
             key.append(local)
         elif pos == seg.level_axis:
             if source.level is None:
-                raise DataError(f"{seg.path}: {channel}: variable {seg.name} has pressure levels; name one "
-                                f"(level: ... in a --variables file)")
+                raise DataError(
+                    f"{seg.path}: {channel}: variable {seg.name} has pressure levels; name one "
+                    f"(level: ... in a --variables file)"
+                )
             key.append(next(i for p, i in seg.levels.items() if abs(p - source.level) < 0.5))
         else:
             key.append(0)
@@ -389,8 +435,9 @@ def _read_source(ds, seg, local, source, channel, index):
     if source.scale is not None:
         return field * np.float32(source.scale) + np.float32(source.offset)
     units = source.units if source.units is not None else seg.units
-    return conventions.to_channel_units(field, units, source.kind, seg.step_seconds,
-                                        f"{seg.path}: {channel}: variable {seg.name} ")
+    return conventions.to_channel_units(
+        field, units, source.kind, seg.step_seconds, f"{seg.path}: {channel}: variable {seg.name} "
+    )
 
 
 def create_cam5_grid(ds, lat, lon, steps=None, times=None, unlimited=True):

@@ -1,5 +1,6 @@
 """Epoch order: a permutation drawn from ``(seed, epoch)`` alone, optionally
 sharded over ranks and started part-way (to resume mid-epoch exactly)."""
+
 import torch
 
 

@@ -36,6 +36,7 @@ paths for tests of several simulated nodes on one machine
 read. A source file that cannot be read, and a destination that cannot be
 written (full, read-only), end the staging with one line naming the file.
 """
+
 import concurrent.futures
 import glob
 import json
@@ -57,7 +58,7 @@ def _crc32(data):
     crc = 0
     view = memoryview(data)
     for start in range(0, len(view), CHUNK):
-        crc = zlib.crc32(view[start: start + CHUNK], crc)
+        crc = zlib.crc32(view[start : start + CHUNK], crc)
     return crc & 0xFFFFFFFF
 
 
@@ -158,7 +159,7 @@ def plan(entries, sizes, num_nodes, node_ranks, world, shard_by="node", replicat
             nodes = list(range(num_nodes))
         writers = {n: node_ranks[n][i % len(node_ranks[n])] for n in nodes}
         reader = i % world
-        if node_of[reader] in writers:           # read on a target node: no transfer there
+        if node_of[reader] in writers:  # read on a target node: no transfer there
             writers[node_of[reader]] = reader
         out.append((reader, writers, owner))
     return out
@@ -177,7 +178,7 @@ def _read_journal(folder):
                     if all(k in row for k in ("name", "size", "crc32", "source_size", "source_mtime_ns", "mtime_ns")):
                         done[row["name"]] = row
                 except ValueError:
-                    continue   # a line cut short by a crash: that file is staged again
+                    continue  # a line cut short by a crash: that file is staged again
     return done
 
 
@@ -195,7 +196,7 @@ class _Writer:
         self.bytes = 0
         path = os.path.join(folder, JOURNAL)
         if os.path.isfile(path) and os.path.getsize(path):
-            with open(path, "rb+") as f:      # a line cut short by a crash must not swallow the next one
+            with open(path, "rb+") as f:  # a line cut short by a crash must not swallow the next one
                 f.seek(-1, os.SEEK_END)
                 if f.read(1) != b"\n":
                     f.write(b"\n")
@@ -209,11 +210,21 @@ class _Writer:
                 f.write(payload)
             size, check = os.path.getsize(tmp), _file_crc32(tmp)
             if size != len(payload) or check != crc:
-                raise UserError(f"{path}: verification failed after writing (size {size} of {len(payload)}, "
-                                f"crc32 {check:08x} against {crc:08x}); the destination's storage is faulty")
+                raise UserError(
+                    f"{path}: verification failed after writing (size {size} of {len(payload)}, "
+                    f"crc32 {check:08x} against {crc:08x}); the destination's storage is faulty"
+                )
         mtime = os.stat(path).st_mtime_ns
-        line = json.dumps(dict(name=name, size=len(payload), crc32=crc, source_size=source[0],
-                               source_mtime_ns=source[1], mtime_ns=mtime))
+        line = json.dumps(
+            dict(
+                name=name,
+                size=len(payload),
+                crc32=crc,
+                source_size=source[0],
+                source_mtime_ns=source[1],
+                mtime_ns=mtime,
+            )
+        )
         with self.lock:
             append_line(os.path.join(self.folder, JOURNAL), line)
             self.bytes += len(payload)
@@ -289,7 +300,7 @@ def _stage_local(src, dst, shard_by, replicate, threads, progress, log, verify=F
             for future in concurrent.futures.as_completed([pool.submit(copy, item) for item in todo]):
                 future.result()
                 bar.update()
-    finally:   # on Ctrl-C or an error: finish the files being written, start no more
+    finally:  # on Ctrl-C or an error: finish the files being written, start no more
         pool.shutdown(wait=True, cancel_futures=True)
     layout = plan(entries, sizes, 1, [[0]], 1, shard_by, replicate)
     _write_manifests(dst, src, entries, layout, 0, [0], shard_by, replicate, 1, 1)
@@ -300,7 +311,7 @@ def _stage_mpi(src, dst_pattern, shard_by, replicate, progress, log, verify=Fals
     import numpy as np
     from mpi4py import MPI
 
-    from climseg.distributed.launch import node_table, detect_launcher
+    from climseg.distributed.launch import detect_launcher, node_table
     from climseg.progress import progress_bar
 
     comm = MPI.COMM_WORLD
@@ -309,7 +320,9 @@ def _stage_mpi(src, dst_pattern, shard_by, replicate, progress, log, verify=Fals
     info.rank, info.world_size = rank, world
     nodes, local_ranks = node_table(info, comm)
     num_nodes = max(nodes) + 1
-    node_ranks = [sorted((r for r in range(world) if nodes[r] == n), key=lambda r: local_ranks[r]) for n in range(num_nodes)]
+    node_ranks = [
+        sorted((r for r in range(world) if nodes[r] == n), key=lambda r: local_ranks[r]) for n in range(num_nodes)
+    ]
     node = nodes[rank]
     dst = dst_pattern.format(node=node, rank=rank)
     error = None
@@ -353,7 +366,9 @@ def _stage_mpi(src, dst_pattern, shard_by, replicate, progress, log, verify=Fals
     rounds = max(len(v) for v in reads.values())
     read_bytes = 0
     start = time.time()
-    with progress_bar(total=rounds, desc=f"stage ({world} ranks)", unit="round", disable=not (progress and rank == 0)) as bar:
+    with progress_bar(
+        total=rounds, desc=f"stage ({world} ranks)", unit="round", disable=not (progress and rank == 0)
+    ) as bar:
         for r in range(rounds):
             incoming = []
             for sender in range(world):
@@ -406,21 +421,43 @@ def _write_manifests(dst, src, entries, layout, node, ranks, shard_by, replicate
             continue
         size, crc = journal[name]["size"], journal[name]["crc32"]
         by_split.setdefault(split or "", []).append(
-            dict(name=os.path.basename(name), size=size, crc32=crc, owner=owner))
+            dict(name=os.path.basename(name), size=size, crc32=crc, owner=owner)
+        )
     for split, files in by_split.items():
         sharded = split in ("train", "")
-        write_json(os.path.join(dst, split, MANIFEST), dict(
-            format="climseg-stage-manifest", version=1, source=os.path.join(src, split), node=node,
-            ranks=ranks, world_size=world, num_nodes=num_nodes, shard=(shard_by if sharded else "all"),
-            replicate=replicate, files=files))
+        write_json(
+            os.path.join(dst, split, MANIFEST),
+            dict(
+                format="climseg-stage-manifest",
+                version=1,
+                source=os.path.join(src, split),
+                node=node,
+                ranks=ranks,
+                world_size=world,
+                num_nodes=num_nodes,
+                shard=(shard_by if sharded else "all"),
+                replicate=replicate,
+                files=files,
+            ),
+        )
 
 
 def _summary(total, staged, read_bytes, written_bytes, seconds, nodes, log):
-    s = dict(files=total, staged=staged, skipped=total - staged if staged <= total else 0, read_bytes=read_bytes,
-             written_bytes=written_bytes, seconds=seconds, read_gbs=read_bytes / max(seconds, 1e-9) / 1e9,
-             write_gbs=written_bytes / max(seconds, 1e-9) / 1e9, nodes=nodes)
+    s = dict(
+        files=total,
+        staged=staged,
+        skipped=total - staged if staged <= total else 0,
+        read_bytes=read_bytes,
+        written_bytes=written_bytes,
+        seconds=seconds,
+        read_gbs=read_bytes / max(seconds, 1e-9) / 1e9,
+        write_gbs=written_bytes / max(seconds, 1e-9) / 1e9,
+        nodes=nodes,
+    )
     if log:
-        log(f"climseg: staged {staged} of {total} files ({total - staged} already there) to {nodes} node(s): "
+        log(
+            f"climseg: staged {staged} of {total} files ({total - staged} already there) to {nodes} node(s): "
             f"{read_bytes / 1e9:.2f} GB read once from the source, {written_bytes / 1e9:.2f} GB written, "
-            f"{seconds:.1f} s, {s['read_gbs']:.2f} GB/s read, {s['write_gbs']:.2f} GB/s written")
+            f"{seconds:.1f} s, {s['read_gbs']:.2f} GB/s read, {s['write_gbs']:.2f} GB/s written"
+        )
     return s

@@ -10,6 +10,7 @@ Normalisation maps a raw field x to ``(x - shift) * scale``:
 ``"minmax"`` (MLPerf DeepCAM): shift = min, scale = 1 / (max - min);
 ``"zscore"``: shift = mean, scale = 1 / sqrt(sqmean - mean**2).
 """
+
 import dataclasses
 import os
 
@@ -63,6 +64,7 @@ def read_stats(path):
         raise DataError(f"{path}: statistics file not found")
     try:
         with h5py.File(path, "r") as f:
+
             def get(name, required):
                 key = f"climate/{name}"
                 if key not in f:

@@ -29,6 +29,7 @@ lowest-level wind reaches gale force (17.5 m/s, 34 kt); a river is the area of
 its filament where the vapour transport TMQ x |V850| reaches 250 kg m-1 s-1.
 Cyclone labels take precedence where the two meet.
 """
+
 import dataclasses
 
 import numpy as np
@@ -40,9 +41,9 @@ from climseg.data.variables import GRAVITY, R_DRY
 from climseg.errors import UserError
 from climseg.sphere import EARTH_RADIUS_M, central_angle, degrees_of_latitude, degrees_of_longitude, label_components
 
-OMEGA = 7.292e-5            # s-1
-GALE_WIND = 17.5            # m s-1, tropical-storm threshold (34 kt)
-IVT_THRESHOLD = 250.0       # kg m-1 s-1, the usual atmospheric-river threshold
+OMEGA = 7.292e-5  # s-1
+GALE_WIND = 17.5  # m s-1, tropical-storm threshold (34 kt)
+IVT_THRESHOLD = 250.0  # kg m-1 s-1, the usual atmospheric-river threshold
 ORDER = {name: i for i, name in enumerate(CHANNELS)}
 GENERATOR_VERSION = 1
 
@@ -107,7 +108,9 @@ def _geostrophic_wind(pressure, rho=1.0):
     sin = np.sin(lat)
     f = 2.0 * OMEGA * np.sign(sin + 1e-9) * np.maximum(np.abs(sin), np.sin(np.deg2rad(12.0)))
     # weak geostrophy near the equator; no jets crossing the poles
-    damp = (1.0 - np.exp(-((np.rad2deg(lat) / 10.0) ** 2))) * (1.0 - np.exp(-(((90.0 - np.abs(np.rad2deg(lat))) / 12.0) ** 2)))
+    damp = (1.0 - np.exp(-((np.rad2deg(lat) / 10.0) ** 2))) * (
+        1.0 - np.exp(-(((90.0 - np.abs(np.rad2deg(lat))) / 12.0) ** 2))
+    )
     return (-dpdy / (rho * f) * damp).astype(np.float32), (dpdx / (rho * f) * damp).astype(np.float32)
 
 
@@ -131,6 +134,7 @@ def _saturation_vapour_pressure(t):
 
 
 # ----------------------------------------------------------------------------- features
+
 
 def _local_offsets(lat, lon, lat0, lon0):
     """East and north distances (m) of every grid point from (lat0, lon0), longitude wrapped."""
@@ -156,16 +160,26 @@ def draw_cyclone(rng, others):
     else:
         return None
     while True:
-        vmax = rng.uniform(30.0, 70.0)          # max lowest-level wind, m/s
-        rmax = rng.uniform(20e3, 60e3)          # radius of maximum wind, m
-        alpha = rng.uniform(0.35, 0.7)          # outer decay exponent
+        vmax = rng.uniform(30.0, 70.0)  # max lowest-level wind, m/s
+        rmax = rng.uniform(20e3, 60e3)  # radius of maximum wind, m
+        alpha = rng.uniform(0.35, 0.7)  # outer decay exponent
         r34 = rmax * (vmax / GALE_WIND) ** (1.0 / alpha)
         if 200e3 <= r34 <= 650e3:
             break
-    deficit = 1.15 * np.e * vmax**2 / 1.5       # Holland (1980) with B = 1.5, Pa
-    return dict(lat=lat0, lon=lon0, hemisphere=hemisphere, vmax=vmax, rmax=rmax, alpha=alpha,
-                r34=r34, deficit=deficit, warm_core=2.0 + 0.1 * (vmax - GALE_WIND),
-                rain=rng.uniform(3e-6, 1.2e-5), moisture=rng.uniform(15.0, 28.0))
+    deficit = 1.15 * np.e * vmax**2 / 1.5  # Holland (1980) with B = 1.5, Pa
+    return dict(
+        lat=lat0,
+        lon=lon0,
+        hemisphere=hemisphere,
+        vmax=vmax,
+        rmax=rmax,
+        alpha=alpha,
+        r34=r34,
+        deficit=deficit,
+        warm_core=2.0 + 0.1 * (vmax - GALE_WIND),
+        rain=rng.uniform(3e-6, 1.2e-5),
+        moisture=rng.uniform(15.0, 28.0),
+    )
 
 
 def _cyclone_fields(c, lat, lon):
@@ -186,10 +200,19 @@ def _cyclone_fields(c, lat, lon):
     core = np.exp(-((r / 300e3) ** 2))
     ring = np.exp(-(((r - 1.5 * rm) / rm) ** 2))
     rain = c["rain"] * (ring + 0.25 * np.exp(-((r / 350e3) ** 2)))
-    return dict(r=r, u_bot=u_bot, v_bot=v_bot, u850=u850, v850=v850, psl=psl,
-                t500=c["warm_core"] * core, t200=1.3 * c["warm_core"] * core,
-                tmq=c["moisture"] * np.exp(-((r / 280e3) ** 2)), humid=np.exp(-((r / 400e3) ** 2)),
-                rain=rain)
+    return dict(
+        r=r,
+        u_bot=u_bot,
+        v_bot=v_bot,
+        u850=u850,
+        v850=v850,
+        psl=psl,
+        t500=c["warm_core"] * core,
+        t200=1.3 * c["warm_core"] * core,
+        tmq=c["moisture"] * np.exp(-((r / 280e3) ** 2)),
+        humid=np.exp(-((r / 400e3) ** 2)),
+        rain=rain,
+    )
 
 
 def draw_river(rng, cyclones):
@@ -203,9 +226,16 @@ def draw_river(rng, cyclones):
         heading0, heading1 = np.deg2rad(rng.uniform(35.0, 70.0)), np.deg2rad(rng.uniform(0.0, 30.0))
         lats, lons = river_axis(lat, lon, hemisphere, length, heading0, heading1)
         if all((EARTH_RADIUS_M * central_angle(lats, lons, c["lat"], c["lon"])).min() > 1.2e6 for c in cyclones):
-            return dict(lats=lats, lons=lons, length=length, hemisphere=hemisphere,
-                        sigma=rng.uniform(130e3, 300e3), vapour=rng.uniform(14.0, 30.0),
-                        jet=rng.uniform(10.0, 22.0), rain=rng.uniform(1e-7, 6e-7))
+            return dict(
+                lats=lats,
+                lons=lons,
+                length=length,
+                hemisphere=hemisphere,
+                sigma=rng.uniform(130e3, 300e3),
+                vapour=rng.uniform(14.0, 30.0),
+                jet=rng.uniform(10.0, 22.0),
+                rain=rng.uniform(1e-7, 6e-7),
+            )
     return None
 
 
@@ -228,14 +258,18 @@ def _river_fields(a, lat, lon):
     margin = 4.0 * a["sigma"]
     lat_pad = degrees_of_latitude(margin)
     rows = np.flatnonzero((lat >= a["lats"].min() - lat_pad) & (lat <= a["lats"].max() + lat_pad))
-    out = dict(tmq=np.zeros((H, W), np.float32), u=np.zeros((H, W), np.float32),
-               v=np.zeros((H, W), np.float32), rain=np.zeros((H, W), np.float32),
-               footprint=np.zeros((H, W), bool))
+    out = dict(
+        tmq=np.zeros((H, W), np.float32),
+        u=np.zeros((H, W), np.float32),
+        v=np.zeros((H, W), np.float32),
+        rain=np.zeros((H, W), np.float32),
+        footprint=np.zeros((H, W), bool),
+    )
     if rows.size == 0:
         return out
     # tangent (east, north) of the axis at each point
     dlat = np.gradient(a["lats"])
-    dlon = (np.gradient(np.unwrap(np.deg2rad(a["lons"]))) * np.cos(np.deg2rad(a["lats"])))
+    dlon = np.gradient(np.unwrap(np.deg2rad(a["lons"]))) * np.cos(np.deg2rad(a["lats"]))
     dlat = np.deg2rad(dlat)
     norm = np.hypot(dlat, dlon) + 1e-12
     te, tn = dlon / norm, dlat / norm
@@ -265,6 +299,7 @@ def _river_fields(a, lat, lon):
 
 # ----------------------------------------------------------------------------- sample
 
+
 def generate_sample(height, width, seed, split="train", index=0, features=Features()):
     """One synthetic sample: ``(data[H, W, 16] float32, labels[H, W] int32, meta)``.
 
@@ -287,9 +322,18 @@ def generate_sample(height, width, seed, split="train", index=0, features=Featur
         if r is not None:
             rivers.append(r)
     data, labels, _ = build_snapshot(base, lat, lon, weather, cyclones, rivers)
-    meta = dict(cyclones=[{k: float(v) for k, v in c.items()} for c in cyclones],
-                rivers=[dict(start=(float(r["lats"][0]), float(r["lons"][0])), end=(float(r["lats"][-1]), float(r["lons"][-1])),
-                             length_km=r["length"] / 1e3, width_km=2 * r["sigma"] / 1e3) for r in rivers])
+    meta = dict(
+        cyclones=[{k: float(v) for k, v in c.items()} for c in cyclones],
+        rivers=[
+            dict(
+                start=(float(r["lats"][0]), float(r["lons"][0])),
+                end=(float(r["lats"][-1]), float(r["lons"][-1])),
+                length_km=r["length"] / 1e3,
+                width_km=2 * r["sigma"] / 1e3,
+            )
+            for r in rivers
+        ],
+    )
     return data, labels, meta
 
 
@@ -322,15 +366,30 @@ def build_snapshot(base, lat, lon, weather, cyclones, rivers):
     ts = 242.0 + 58.0 * coslat**1.5 + 2.0 * base.resample(n_temp)
     t500 = 236.0 + 32.0 * coslat**2 + 1.8 * base.resample(0.7 * n_temp + 0.7 * n_temp2)
     t200 = 218.0 - 3.0 * coslat**4 + 2.0 * _zonal(phi, 45.0, 15.0) + 1.5 * base.resample(n_strat)
-    psl = (101200.0 + 800.0 * _zonal(phi, 32.0, 10.0) - 1300.0 * _zonal(phi, 62.0, 9.0)
-           - 300.0 * np.exp(-((phi / 8.0) ** 2)) + base.resample(p_anom))
-    u850 = (-6.0 * _zonal(phi, 13.0, 9.0) + 12.0 * _zonal(phi, 45.0, 12.0) - 3.0 * _zonal(phi, 72.0, 8.0)
-            + base.resample(ug) + 1.5 * base.resample(n_wind))
-    v850 = -2.0 * np.sign(phi) * _zonal(phi, 12.0, 8.0) + base.resample(vg) + 1.5 * base.resample(np.roll(n_wind, 90, axis=1))
+    psl = (
+        101200.0
+        + 800.0 * _zonal(phi, 32.0, 10.0)
+        - 1300.0 * _zonal(phi, 62.0, 9.0)
+        - 300.0 * np.exp(-((phi / 8.0) ** 2))
+        + base.resample(p_anom)
+    )
+    u850 = (
+        -6.0 * _zonal(phi, 13.0, 9.0)
+        + 12.0 * _zonal(phi, 45.0, 12.0)
+        - 3.0 * _zonal(phi, 72.0, 8.0)
+        + base.resample(ug)
+        + 1.5 * base.resample(n_wind)
+    )
+    v850 = (
+        -2.0 * np.sign(phi) * _zonal(phi, 12.0, 8.0)
+        + base.resample(vg)
+        + 1.5 * base.resample(np.roll(n_wind, 90, axis=1))
+    )
     rh = np.clip(0.72 + 0.08 * np.exp(-((phi / 20.0) ** 2)) + 0.07 * base.resample(n_moist), 0.3, 0.97)
     moist_anom = 0.12 * base.resample(n_moist)
-    rain = ((1.0e-7 * np.exp(-(((phi - 6.0) / 6.0) ** 2)) + 4.0e-8 * _zonal(phi, 45.0, 10.0) + 1.0e-8)
-            * np.exp(base.resample(0.9 * n_rain + 0.6 * n_moist - 0.5 * n_press) - 0.8))
+    rain = (1.0e-7 * np.exp(-(((phi - 6.0) / 6.0) ** 2)) + 4.0e-8 * _zonal(phi, 45.0, 10.0) + 1.0e-8) * np.exp(
+        base.resample(0.9 * n_rain + 0.6 * n_moist - 0.5 * n_press) - 0.8
+    )
     u850 = np.broadcast_to(u850, shape).astype(np.float32)
     v850 = np.broadcast_to(v850, shape).astype(np.float32)
     u_bot_extra = np.zeros(shape, np.float32)
@@ -383,9 +442,24 @@ def build_snapshot(base, lat, lon, weather, cyclones, rivers):
     z200 = z1000 + R_DRY / GRAVITY * t_layer * np.log(1000.0 / 200.0)
     zbot = R_DRY / GRAVITY * trefht * np.log(1.0 / 0.9925)
 
-    fields = dict(TMQ=tmq, U850=u850, V850=v850, UBOT=u_bot, VBOT=v_bot, QREFHT=qrefht, PS=ps, PSL=psl,
-                  T200=t200, T500=t500, PRECT=np.maximum(rain, 0.0), TS=ts, TREFHT=trefht,
-                  Z1000=z1000, Z200=z200, ZBOT=zbot)
+    fields = dict(
+        TMQ=tmq,
+        U850=u850,
+        V850=v850,
+        UBOT=u_bot,
+        VBOT=v_bot,
+        QREFHT=qrefht,
+        PS=ps,
+        PSL=psl,
+        T200=t200,
+        T500=t500,
+        PRECT=np.maximum(rain, 0.0),
+        TS=ts,
+        TREFHT=trefht,
+        Z1000=z1000,
+        Z200=z200,
+        ZBOT=zbot,
+    )
     data = np.empty((height, width, len(CHANNELS)), np.float32)
     for name, value in fields.items():
         data[..., ORDER[name]] = value

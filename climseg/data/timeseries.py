@@ -34,6 +34,7 @@ series whatever the number of worker processes. :func:`series_files`,
 :func:`read_true_event_ids` and :func:`read_truth` read the truth back, for
 :func:`climseg.analytics.scoring.score_tracking`.
 """
+
 import concurrent.futures
 import csv
 import dataclasses
@@ -44,8 +45,17 @@ import re
 import numpy as np
 
 from climseg.constants import ATMOSPHERIC_RIVER, CHANNEL_UNITS, CHANNELS, CLASS_NAMES, TROPICAL_CYCLONE
-from climseg.data.synthetic import (GALE_WIND, GENERATOR_VERSION, Features, NoiseGrid, build_snapshot, draw_cyclone,
-                                    draw_weather, grid, river_axis)
+from climseg.data.synthetic import (
+    GALE_WIND,
+    GENERATOR_VERSION,
+    Features,
+    NoiseGrid,
+    build_snapshot,
+    draw_cyclone,
+    draw_weather,
+    grid,
+    river_axis,
+)
 from climseg.errors import ConfigError, UserError
 from climseg.output import atomic_directory, atomic_path, write_json
 from climseg.progress import progress_bar
@@ -54,16 +64,24 @@ from climseg.sphere import EARTH_RADIUS_M, central_angle, degrees_of_latitude, d
 TIMESERIES_VERSION = 1
 SPIN_UP_HOURS = 240.0
 LONG_NAMES = {
-    "TMQ": "Total (vertically integrated) precipitable water", "U850": "Zonal wind at 850 mbar pressure surface",
-    "V850": "Meridional wind at 850 mbar pressure surface", "UBOT": "Lowest model level zonal wind",
-    "VBOT": "Lowest model level meridional wind", "QREFHT": "Reference height humidity",
-    "PS": "Surface pressure", "PSL": "Sea level pressure", "T200": "Temperature at 200 mbar pressure surface",
-    "T500": "Temperature at 500 mbar pressure surface", "PRECT": "Total (convective and large-scale) precipitation rate (liq + ice)",
-    "TS": "Surface temperature (radiative)", "TREFHT": "Reference height temperature",
-    "Z1000": "Geopotential Z at 1000 mbar pressure surface", "Z200": "Geopotential Z at 200 mbar pressure surface",
+    "TMQ": "Total (vertically integrated) precipitable water",
+    "U850": "Zonal wind at 850 mbar pressure surface",
+    "V850": "Meridional wind at 850 mbar pressure surface",
+    "UBOT": "Lowest model level zonal wind",
+    "VBOT": "Lowest model level meridional wind",
+    "QREFHT": "Reference height humidity",
+    "PS": "Surface pressure",
+    "PSL": "Sea level pressure",
+    "T200": "Temperature at 200 mbar pressure surface",
+    "T500": "Temperature at 500 mbar pressure surface",
+    "PRECT": "Total (convective and large-scale) precipitation rate (liq + ice)",
+    "TS": "Surface temperature (radiative)",
+    "TREFHT": "Reference height temperature",
+    "Z1000": "Geopotential Z at 1000 mbar pressure surface",
+    "Z200": "Geopotential Z at 200 mbar pressure surface",
     "ZBOT": "Lowest model level height",
 }
-DAYS_PER_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)   # noleap
+DAYS_PER_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # noleap
 
 
 def parse_interval(text):
@@ -91,6 +109,7 @@ def noleap_date(hours, start_year):
 
 # ----------------------------------------------------------------------------- events
 
+
 @dataclasses.dataclass
 class Event:
     """One simulated event: its class, parameters and life on the model's time axis (hours)."""
@@ -100,7 +119,7 @@ class Event:
     birth: float
     life: float
     params: dict
-    path: list = dataclasses.field(default_factory=list, repr=False)   # cyclones: hourly positions, filled on demand
+    path: list = dataclasses.field(default_factory=list, repr=False)  # cyclones: hourly positions, filled on demand
 
 
 def _envelope(age, life):
@@ -132,9 +151,19 @@ def cyclone_at(event, hours):
     lat, lon = event.path[max(steps, 0)]
     vmax = 26.0 + (p["vpeak"] - 26.0) * _envelope(hours - event.birth, event.life)
     r34 = p["rmax"] * (vmax / GALE_WIND) ** (1.0 / p["alpha"])
-    return dict(lat=lat, lon=lon, hemisphere=p["hemisphere"], vmax=vmax, rmax=p["rmax"], alpha=p["alpha"], r34=r34,
-                deficit=1.15 * np.e * vmax**2 / 1.5, warm_core=2.0 + 0.1 * (vmax - GALE_WIND),
-                rain=p["rain"], moisture=p["moisture"])
+    return dict(
+        lat=lat,
+        lon=lon,
+        hemisphere=p["hemisphere"],
+        vmax=vmax,
+        rmax=p["rmax"],
+        alpha=p["alpha"],
+        r34=r34,
+        deficit=1.15 * np.e * vmax**2 / 1.5,
+        warm_core=2.0 + 0.1 * (vmax - GALE_WIND),
+        rain=p["rain"],
+        moisture=p["moisture"],
+    )
 
 
 def river_at(event, hours):
@@ -146,8 +175,16 @@ def river_at(event, hours):
     lat, lon = _move(p["lat"], p["lon"], p["drift_east"], p["hemisphere"] * p["drift_north"], age * 3600.0)
     length = p["length"] * (0.45 + 0.55 * grow)
     lats, lons = river_axis(lat, lon, p["hemisphere"], length, p["heading0"], p["heading1"])
-    return dict(lats=lats, lons=lons, length=length, hemisphere=p["hemisphere"], sigma=p["sigma"],
-                vapour=p["vapour"] * (0.35 + 0.65 * grow), jet=p["jet"] * (0.5 + 0.5 * grow), rain=p["rain"])
+    return dict(
+        lats=lats,
+        lons=lons,
+        length=length,
+        hemisphere=p["hemisphere"],
+        sigma=p["sigma"],
+        vapour=p["vapour"] * (0.35 + 0.65 * grow),
+        jet=p["jet"] * (0.5 + 0.5 * grow),
+        rain=p["rain"],
+    )
 
 
 def simulate_events(seed, hours_total, features=Features(), spin_up=SPIN_UP_HOURS):
@@ -158,8 +195,10 @@ def simulate_events(seed, hours_total, features=Features(), spin_up=SPIN_UP_HOUR
     rng = np.random.default_rng([int(seed), 13, GENERATOR_VERSION, TIMESERIES_VERSION])
     events, check_hours = [], 6.0
     cyclone_life, river_life = (72.0, 240.0), (36.0, 96.0)
-    rates = (features.cyclones_mean / np.mean(cyclone_life) * check_hours,
-             features.rivers_mean / np.mean(river_life) * check_hours)
+    rates = (
+        features.cyclones_mean / np.mean(cyclone_life) * check_hours,
+        features.rivers_mean / np.mean(river_life) * check_hours,
+    )
     hours = -spin_up
     while hours < hours_total:
         alive = [e for e in events if e.birth <= hours < e.birth + e.life]
@@ -172,9 +211,20 @@ def simulate_events(seed, hours_total, features=Features(), spin_up=SPIN_UP_HOUR
             if c is None:
                 continue
             c["lat"] = c["hemisphere"] * rng.uniform(7.0, 20.0)
-            params = dict(lat=c["lat"], lon=c["lon"], hemisphere=c["hemisphere"], vpeak=c["vmax"], rmax=c["rmax"],
-                          alpha=c["alpha"], rain=c["rain"], moisture=c["moisture"], west=rng.uniform(4.0, 7.0),
-                          north=rng.uniform(1.0, 2.5), east=rng.uniform(5.0, 9.0), recurve=rng.uniform(22.0, 32.0))
+            params = dict(
+                lat=c["lat"],
+                lon=c["lon"],
+                hemisphere=c["hemisphere"],
+                vpeak=c["vmax"],
+                rmax=c["rmax"],
+                alpha=c["alpha"],
+                rain=c["rain"],
+                moisture=c["moisture"],
+                west=rng.uniform(4.0, 7.0),
+                north=rng.uniform(1.0, 2.5),
+                east=rng.uniform(5.0, 9.0),
+                recurve=rng.uniform(22.0, 32.0),
+            )
             e = Event(len(events) + 1, TROPICAL_CYCLONE, hours, rng.uniform(*cyclone_life), params)
             events.append(e)
             cyclones.append(cyclone_at(e, hours))
@@ -194,22 +244,39 @@ def simulate_events(seed, hours_total, features=Features(), spin_up=SPIN_UP_HOUR
 def _draw_river_params(rng, cyclones, rivers):
     for _ in range(10):
         hemisphere = 1.0 if rng.random() < 0.5 else -1.0
-        p = dict(lat=hemisphere * rng.uniform(12.0, 26.0), lon=rng.uniform(0.0, 360.0), hemisphere=hemisphere,
-                 length=rng.uniform(2.5e6, 6.0e6), heading0=np.deg2rad(rng.uniform(35.0, 70.0)),
-                 heading1=np.deg2rad(rng.uniform(0.0, 30.0)), sigma=rng.uniform(130e3, 300e3),
-                 vapour=rng.uniform(14.0, 30.0), jet=rng.uniform(10.0, 22.0), rain=rng.uniform(1e-7, 6e-7),
-                 drift_east=rng.uniform(6.0, 12.0), drift_north=rng.uniform(0.3, 1.2))
+        p = dict(
+            lat=hemisphere * rng.uniform(12.0, 26.0),
+            lon=rng.uniform(0.0, 360.0),
+            hemisphere=hemisphere,
+            length=rng.uniform(2.5e6, 6.0e6),
+            heading0=np.deg2rad(rng.uniform(35.0, 70.0)),
+            heading1=np.deg2rad(rng.uniform(0.0, 30.0)),
+            sigma=rng.uniform(130e3, 300e3),
+            vapour=rng.uniform(14.0, 30.0),
+            jet=rng.uniform(10.0, 22.0),
+            rain=rng.uniform(1e-7, 6e-7),
+            drift_east=rng.uniform(6.0, 12.0),
+            drift_north=rng.uniform(0.3, 1.2),
+        )
         lats, lons = river_axis(p["lat"], p["lon"], hemisphere, p["length"], p["heading0"], p["heading1"])
-        clear_of_cyclones = all((EARTH_RADIUS_M * central_angle(lats, lons, c["lat"], c["lon"])).min() > 1.5e6
-                                for c in cyclones)
-        clear_of_rivers = all((EARTH_RADIUS_M * central_angle(lats[::8, None], lons[::8, None], r["lats"][None, ::8],
-                                                              r["lons"][None, ::8])).min() > 2.0e6 for r in rivers)
+        clear_of_cyclones = all(
+            (EARTH_RADIUS_M * central_angle(lats, lons, c["lat"], c["lon"])).min() > 1.5e6 for c in cyclones
+        )
+        clear_of_rivers = all(
+            (
+                EARTH_RADIUS_M
+                * central_angle(lats[::8, None], lons[::8, None], r["lats"][None, ::8], r["lons"][None, ::8])
+            ).min()
+            > 2.0e6
+            for r in rivers
+        )
         if clear_of_cyclones and clear_of_rivers:
             return p
     return None
 
 
 # ----------------------------------------------------------------------------- writing
+
 
 @dataclasses.dataclass(frozen=True)
 class SeriesSpec:
@@ -230,7 +297,7 @@ def _snapshot(spec, events, hours):
     lat, lon = grid(spec.height, spec.width)
     base = NoiseGrid(lat, lon)
     weather = _weather(spec.seed, base)
-    shift = int(round(hours / 6.0))          # one degree eastward every six hours
+    shift = int(round(hours / 6.0))  # one degree eastward every six hours
     weather = {k: np.roll(v, shift, axis=1) for k, v in weather.items()}
     alive = [e for e in events if e.birth <= hours < e.birth + e.life]
     rivers = [e for e in alive if e.cls == ATMOSPHERIC_RIVER]
@@ -239,12 +306,14 @@ def _snapshot(spec, events, hours):
     rdicts = [river_at(e, hours) for e in rivers]
     data, labels, painted = build_snapshot(base, lat, lon, weather, cdicts, rdicts)
     ids = np.zeros(labels.shape, np.int32)
-    for e, (_, region) in zip(rivers + cyclones, painted):   # painted: rivers first, then cyclones
+    for e, (_, region) in zip(rivers + cyclones, painted):  # painted: rivers first, then cyclones
         ids[region] = e.id
     ids[labels == 0] = 0
     centres = [(e.id, e.cls, d["lat"], d["lon"]) for e, d in zip(cyclones, cdicts)]
-    centres += [(e.id, e.cls, float(d["lats"][len(d["lats"]) // 2]), float(d["lons"][len(d["lons"]) // 2]))
-                for e, d in zip(rivers, rdicts)]
+    centres += [
+        (e.id, e.cls, float(d["lats"][len(d["lats"]) // 2]), float(d["lons"][len(d["lons"]) // 2]))
+        for e, d in zip(rivers, rdicts)
+    ]
     return data, labels, ids, centres
 
 
@@ -301,7 +370,9 @@ def _write_day(job):
         lab.long_name = "extreme weather class"
         lab.flag_values = np.arange(len(CLASS_NAMES), dtype=np.int32)
         lab.flag_meanings = " ".join(CLASS_NAMES)
-        tid = ds.createVariable("TRUE_EVENT_ID", "i4", dims, zlib=True, complevel=1, chunksizes=(1, spec.height, spec.width))
+        tid = ds.createVariable(
+            "TRUE_EVENT_ID", "i4", dims, zlib=True, complevel=1, chunksizes=(1, spec.height, spec.width)
+        )
         tid.long_name = "id of the generated event each labelled cell belongs to (true_events.csv), 0 outside events"
         for k, (step, h) in enumerate(zip(steps, hours)):
             data, labels, ids, centres = _snapshot(spec, events, h)
@@ -315,8 +386,19 @@ def _write_day(job):
     return name, rows
 
 
-def generate_timeseries(out, timesteps, interval_hours=3.0, height=768, width=1152, seed=0, workers=None,
-                        progress=True, features=Features(), case="climseg", start_year=2106):
+def generate_timeseries(
+    out,
+    timesteps,
+    interval_hours=3.0,
+    height=768,
+    width=1152,
+    seed=0,
+    workers=None,
+    progress=True,
+    features=Features(),
+    case="climseg",
+    start_year=2106,
+):
     """Write a synthetic time series into the folder ``out`` (see the module docstring);
     returns a summary dict (also ``out/climseg-timeseries.json``)."""
     if height < 8 or width < 8:
@@ -335,8 +417,10 @@ def generate_timeseries(out, timesteps, interval_hours=3.0, height=768, width=11
     for s in range(timesteps):
         days.setdefault(int(s * interval_hours // 24), []).append(s)
     workers = max(1, min(workers or min(8, os.cpu_count() or 1), len(days)))
-    with atomic_directory(out) as tmp, progress_bar(total=len(days), desc=f"generate {timesteps} steps", unit="day",
-                                                    disable=not progress) as bar:
+    with (
+        atomic_directory(out) as tmp,
+        progress_bar(total=len(days), desc=f"generate {timesteps} steps", unit="day", disable=not progress) as bar,
+    ):
         jobs = [(tmp, spec, events, steps) for steps in days.values()]
         results = []
         if workers > 1:
@@ -350,11 +434,22 @@ def generate_timeseries(out, timesteps, interval_hours=3.0, height=768, width=11
                 bar.update()
         rows = [r for _, rs in results for r in rs]
         seen = _write_truth(tmp, events, rows, spec)
-        summary = dict(generator="climseg.data.timeseries", version=TIMESERIES_VERSION, seed=int(seed), height=height,
-                       width=width, timesteps=timesteps, interval_hours=interval_hours, calendar="noleap",
-                       start=f"{start_year:04d}-01-01 00:00:00", case=case, files=[n for n, _ in results],
-                       cyclones=sum(1 for e in seen if e[1] == TROPICAL_CYCLONE),
-                       rivers=sum(1 for e in seen if e[1] == ATMOSPHERIC_RIVER), features=dataclasses.asdict(features))
+        summary = dict(
+            generator="climseg.data.timeseries",
+            version=TIMESERIES_VERSION,
+            seed=int(seed),
+            height=height,
+            width=width,
+            timesteps=timesteps,
+            interval_hours=interval_hours,
+            calendar="noleap",
+            start=f"{start_year:04d}-01-01 00:00:00",
+            case=case,
+            files=[n for n, _ in results],
+            cyclones=sum(1 for e in seen if e[1] == TROPICAL_CYCLONE),
+            rivers=sum(1 for e in seen if e[1] == ATMOSPHERIC_RIVER),
+            features=dataclasses.asdict(features),
+        )
         write_json(os.path.join(tmp, "climseg-timeseries.json"), summary)
     return summary
 
@@ -379,11 +474,14 @@ def _write_truth(folder, events, rows, spec):
                 continue
             rs = by_event[e.id]
             seen.append((e.id, e.cls))
-            w.writerow([e.id, CLASS_NAMES[e.cls], rs[0][2], rs[-1][2], len(rs), f"{e.birth:g}", f"{e.birth + e.life:g}"])
+            w.writerow(
+                [e.id, CLASS_NAMES[e.cls], rs[0][2], rs[-1][2], len(rs), f"{e.birth:g}", f"{e.birth + e.life:g}"]
+            )
     return seen
 
 
 # ----------------------------------------------------------------------------- reading the truth
+
 
 def series_files(folder):
     """The history files of a generated series (``*.cam.h2.*.nc``), in time order."""
@@ -405,6 +503,7 @@ def read_truth(folder):
     with open(os.path.join(folder, "true_events.csv"), newline="") as f:
         events = {int(r["id"]): r for r in csv.DictReader(f)}
     with open(os.path.join(folder, "true_tracks.csv"), newline="") as f:
-        tracks = {(int(r["id"]), int(r["step"])): (float(r["centre_lat"]), float(r["centre_lon"]))
-                  for r in csv.DictReader(f)}
+        tracks = {
+            (int(r["id"]), int(r["step"])): (float(r["centre_lat"]), float(r["centre_lon"])) for r in csv.DictReader(f)
+        }
     return events, tracks

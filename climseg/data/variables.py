@@ -42,6 +42,7 @@ A mapping file (``--variables FILE``, YAML or JSON) extends or replaces a preset
     PRECT: {name: precip, units: mm day-1}      # units when the file has none (or wrong ones)
     TS: {name: sst, scale: 1.0, offset: 273.15} # raw value * scale + offset, no unit lookup
 """
+
 import dataclasses
 import json
 import os
@@ -52,10 +53,10 @@ import numpy as np
 from climseg.constants import CHANNEL_UNITS, CHANNELS
 from climseg.errors import ConfigError, DataError
 
-GRAVITY = 9.80665            # m s-2, WMO standard gravity (geopotential -> geopotential height)
-WATER_DENSITY = 1000.0       # kg m-3 (precipitation mass flux -> rate)
-R_DRY = 287.04               # J kg-1 K-1
-CAM5_LOWEST_SIGMA = 0.9925   # CAM5's lowest hybrid level (about 60 m above the surface)
+GRAVITY = 9.80665  # m s-2, WMO standard gravity (geopotential -> geopotential height)
+WATER_DENSITY = 1000.0  # kg m-3 (precipitation mass flux -> rate)
+R_DRY = 287.04  # J kg-1 K-1
+CAM5_LOWEST_SIGMA = 0.9925  # CAM5's lowest hybrid level (about 60 m above the surface)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,12 +97,27 @@ class Plan:
 
 
 # The quantity each channel is, and the units (in canonical spelling) of that quantity.
-KIND = dict(TMQ="column", U850="speed", V850="speed", UBOT="speed", VBOT="speed", QREFHT="specific",
-            PS="pressure", PSL="pressure", T200="temperature", T500="temperature", PRECT="rate",
-            TS="temperature", TREFHT="temperature", Z1000="height", Z200="height", ZBOT="height",
-            IVT="flux")
+KIND = dict(
+    TMQ="column",
+    U850="speed",
+    V850="speed",
+    UBOT="speed",
+    VBOT="speed",
+    QREFHT="specific",
+    PS="pressure",
+    PSL="pressure",
+    T200="temperature",
+    T500="temperature",
+    PRECT="rate",
+    TS="temperature",
+    TREFHT="temperature",
+    Z1000="height",
+    Z200="height",
+    ZBOT="height",
+    IVT="flux",
+)
 # Fields beyond the 16 channels that the labeller uses when a file has them.
-EXTRA_UNITS = {"IVT": "kg m-1 s-1"}   # integrated water-vapour transport (magnitude)
+EXTRA_UNITS = {"IVT": "kg m-1 s-1"}  # integrated water-vapour transport (magnitude)
 
 # Per kind: canonical units -> (scale, offset) to the CAM5 unit, value * scale + offset.
 # "accumulated" marks an amount per time step (divided by the step length in seconds).
@@ -109,21 +125,49 @@ UNIT_TABLE = {
     "column": {"kg m-2": (1.0, 0.0), "mm": (1.0, 0.0)},
     "speed": {"m s-1": (1.0, 0.0), "km h-1": (1 / 3.6, 0.0), "knot": (0.514444, 0.0), "kt": (0.514444, 0.0)},
     "specific": {"kg kg-1": (1.0, 0.0), "1": (1.0, 0.0), "g kg-1": (1e-3, 0.0)},
-    "pressure": {"pa": (1.0, 0.0), "hpa": (100.0, 0.0), "mbar": (100.0, 0.0), "mb": (100.0, 0.0),
-                 "millibar": (100.0, 0.0), "kpa": (1000.0, 0.0)},
-    "temperature": {"k": (1.0, 0.0), "degk": (1.0, 0.0), "degc": (1.0, 273.15), "c": (1.0, 273.15),
-                    "celsius": (1.0, 273.15), "deg c": (1.0, 273.15)},
-    "rate": {"m s-1": (1.0, 0.0), "kg m-2 s-1": (1.0 / WATER_DENSITY, 0.0), "mm s-1": (1e-3, 0.0),
-             "mm h-1": (1e-3 / 3600.0, 0.0), "mm day-1": (1e-3 / 86400.0, 0.0), "mm d-1": (1e-3 / 86400.0, 0.0),
-             "m": ("accumulated", 1.0), "mm": ("accumulated", 1e-3), "kg m-2": ("accumulated", 1e-3)},
-    "height": {"m": (1.0, 0.0), "gpm": (1.0, 0.0), "km": (1000.0, 0.0),
-               "m2 s-2": (1.0 / GRAVITY, 0.0)},
+    "pressure": {
+        "pa": (1.0, 0.0),
+        "hpa": (100.0, 0.0),
+        "mbar": (100.0, 0.0),
+        "mb": (100.0, 0.0),
+        "millibar": (100.0, 0.0),
+        "kpa": (1000.0, 0.0),
+    },
+    "temperature": {
+        "k": (1.0, 0.0),
+        "degk": (1.0, 0.0),
+        "degc": (1.0, 273.15),
+        "c": (1.0, 273.15),
+        "celsius": (1.0, 273.15),
+        "deg c": (1.0, 273.15),
+    },
+    "rate": {
+        "m s-1": (1.0, 0.0),
+        "kg m-2 s-1": (1.0 / WATER_DENSITY, 0.0),
+        "mm s-1": (1e-3, 0.0),
+        "mm h-1": (1e-3 / 3600.0, 0.0),
+        "mm day-1": (1e-3 / 86400.0, 0.0),
+        "mm d-1": (1e-3 / 86400.0, 0.0),
+        "m": ("accumulated", 1.0),
+        "mm": ("accumulated", 1e-3),
+        "kg m-2": ("accumulated", 1e-3),
+    },
+    "height": {"m": (1.0, 0.0), "gpm": (1.0, 0.0), "km": (1000.0, 0.0), "m2 s-2": (1.0 / GRAVITY, 0.0)},
     "flux": {"kg m-1 s-1": (1.0, 0.0)},
-    "dewpoint": None,   # same table as temperature (filled below)
+    "dewpoint": None,  # same table as temperature (filled below)
 }
 UNIT_TABLE["dewpoint"] = UNIT_TABLE["temperature"]
-CANONICAL_UNITS = dict(column="kg m-2", speed="m s-1", specific="kg kg-1", pressure="Pa", temperature="K",
-                       rate="m s-1", height="m", dewpoint="K", flux="kg m-1 s-1")
+CANONICAL_UNITS = dict(
+    column="kg m-2",
+    speed="m s-1",
+    specific="kg kg-1",
+    pressure="Pa",
+    temperature="K",
+    rate="m s-1",
+    height="m",
+    dewpoint="K",
+    flux="kg m-1 s-1",
+)
 
 
 def canonical_units(text):
@@ -143,23 +187,36 @@ def canonical_units(text):
                 power = int(m.group(2) or 1)
                 parts.append(f"{m.group(1)}{-power}")
         u = " ".join(p for p in parts if p)
-    u = re.sub(r"\b([a-z]+)1\b", r"\1", u)                      # m1 -> m
-    u = {"meters": "m", "metres": "m", "meter": "m", "metre": "m", "m of water equivalent": "m",
-         "kelvin": "k", "pascal": "pa", "pascals": "pa", "degrees_celsius": "degc", "degree_celsius": "degc",
-         "degrees c": "degc", "deg_c": "degc"}.get(u, u)
+    u = re.sub(r"\b([a-z]+)1\b", r"\1", u)  # m1 -> m
+    u = {
+        "meters": "m",
+        "metres": "m",
+        "meter": "m",
+        "metre": "m",
+        "m of water equivalent": "m",
+        "kelvin": "k",
+        "pascal": "pa",
+        "pascals": "pa",
+        "degrees_celsius": "degc",
+        "degree_celsius": "degc",
+        "degrees c": "degc",
+        "deg_c": "degc",
+    }.get(u, u)
     return u.strip()
 
 
 def to_channel_units(values, units, kind, step_seconds=None, where=""):
     """``values`` (float32 array) converted from ``units`` to the CAM5 unit of ``kind``
     (an empty or missing ``units`` means they are already in it)."""
-    if units is None or str(units).strip() == "" or kind is None:   # kind None: a field taken as it is (LABELS)
+    if units is None or str(units).strip() == "" or kind is None:  # kind None: a field taken as it is (LABELS)
         return values
     table = UNIT_TABLE[kind]
     key = canonical_units(units)
     if key not in table:
-        raise DataError(f"{where}has units {units!r}, which climseg cannot convert to "
-                        f"{CANONICAL_UNITS[kind]} (known: {', '.join(sorted(table))})")
+        raise DataError(
+            f"{where}has units {units!r}, which climseg cannot convert to "
+            f"{CANONICAL_UNITS[kind]} (known: {', '.join(sorted(table))})"
+        )
     scale, offset = table[key]
     if scale == "accumulated":
         seconds = 3600.0 if not step_seconds else step_seconds
@@ -172,6 +229,7 @@ def to_channel_units(values, units, kind, step_seconds=None, where=""):
 
 
 # ----------------------------------------------------------------------------- derived channels
+
 
 def lowest_level_height(t_near_surface):
     """ZBOT (m): height of CAM5's lowest hybrid level (sigma 0.9925) above the surface by the
@@ -207,33 +265,55 @@ def _era5():
     k = KIND
     return dict(
         TMQ=[_one("tcwv", kind=k["TMQ"])],
-        U850=[_one("u", 850, k["U850"])], V850=[_one("v", 850, k["V850"])],
-        UBOT=[_one("u10", kind="speed")], VBOT=[_one("v10", kind="speed")],
-        QREFHT=[Recipe((Source(("d2m",), kind="dewpoint"), Source(("sp",), kind="pressure")),
-                       specific_humidity_from_dewpoint, "from d2m and sp (Bolton 1980)"),
-                _one("q", 1000, "specific")],
-        PS=[_one("sp", kind="pressure")], PSL=[_one("msl", kind="pressure")],
-        T200=[_one("t", 200, "temperature")], T500=[_one("t", 500, "temperature")],
+        U850=[_one("u", 850, k["U850"])],
+        V850=[_one("v", 850, k["V850"])],
+        UBOT=[_one("u10", kind="speed")],
+        VBOT=[_one("v10", kind="speed")],
+        QREFHT=[
+            Recipe(
+                (Source(("d2m",), kind="dewpoint"), Source(("sp",), kind="pressure")),
+                specific_humidity_from_dewpoint,
+                "from d2m and sp (Bolton 1980)",
+            ),
+            _one("q", 1000, "specific"),
+        ],
+        PS=[_one("sp", kind="pressure")],
+        PSL=[_one("msl", kind="pressure")],
+        T200=[_one("t", 200, "temperature")],
+        T500=[_one("t", 500, "temperature")],
         PRECT=[_one("tp", kind="rate"), _one("mtpr", kind="rate")],
-        TS=[_one("skt", kind="temperature")], TREFHT=[_one("t2m", kind="temperature")],
-        Z1000=[_one("z", 1000, "height")], Z200=[_one("z", 200, "height")],
+        TS=[_one("skt", kind="temperature")],
+        TREFHT=[_one("t2m", kind="temperature")],
+        Z1000=[_one("z", 1000, "height")],
+        Z200=[_one("z", 200, "height")],
         ZBOT=[Recipe((Source(("t2m",), kind="temperature"),), lowest_level_height, "from t2m (hypsometric)")],
-        IVT=[Recipe((Source(("viwve", "p71.162"), kind="flux"), Source(("viwvn", "p72.162"), kind="flux")),
-                    vapour_transport, "|(viwve, viwvn)|")],
+        IVT=[
+            Recipe(
+                (Source(("viwve", "p71.162"), kind="flux"), Source(("viwvn", "p72.162"), kind="flux")),
+                vapour_transport,
+                "|(viwve, viwvn)|",
+            )
+        ],
     )
 
 
 def _cmip6():
     return dict(
         TMQ=[_one("prw", kind="column")],
-        U850=[_one("ua", 850, "speed")], V850=[_one("va", 850, "speed")],
-        UBOT=[_one("uas", kind="speed")], VBOT=[_one("vas", kind="speed")],
+        U850=[_one("ua", 850, "speed")],
+        V850=[_one("va", 850, "speed")],
+        UBOT=[_one("uas", kind="speed")],
+        VBOT=[_one("vas", kind="speed")],
         QREFHT=[_one("huss", kind="specific")],
-        PS=[_one("ps", kind="pressure")], PSL=[_one("psl", kind="pressure")],
-        T200=[_one("ta", 200, "temperature")], T500=[_one("ta", 500, "temperature")],
+        PS=[_one("ps", kind="pressure")],
+        PSL=[_one("psl", kind="pressure")],
+        T200=[_one("ta", 200, "temperature")],
+        T500=[_one("ta", 500, "temperature")],
         PRECT=[_one("pr", kind="rate")],
-        TS=[_one("ts", kind="temperature")], TREFHT=[_one("tas", kind="temperature")],
-        Z1000=[_one("zg", 1000, "height")], Z200=[_one("zg", 200, "height")],
+        TS=[_one("ts", kind="temperature")],
+        TREFHT=[_one("tas", kind="temperature")],
+        Z1000=[_one("zg", 1000, "height")],
+        Z200=[_one("zg", 200, "height")],
         ZBOT=[Recipe((Source(("tas",), kind="temperature"),), lowest_level_height, "from tas (hypsometric)")],
     )
 
@@ -291,8 +371,10 @@ def _recipe_from_spec(path, channel, spec):
         raise ConfigError(f"{path}: {channel}: level, scale and offset must be numbers") from None
     units = spec.get("units")
     if units is not None and canonical_units(units) not in UNIT_TABLE[KIND[channel]]:
-        raise ConfigError(f"{path}: {channel}: units {units!r} cannot be converted to "
-                          f"{CHANNEL_UNITS.get(channel) or EXTRA_UNITS[channel]}")
+        raise ConfigError(
+            f"{path}: {channel}: units {units!r} cannot be converted to "
+            f"{CHANNEL_UNITS.get(channel) or EXTRA_UNITS[channel]}"
+        )
     return Recipe((Source((str(spec["name"]),), level, KIND[channel], units, scale, offset),))
 
 
@@ -301,8 +383,9 @@ def conventions_for(convention="auto", variables=None):
     (``auto``) every preset."""
     if variables is not None:
         table = load_mapping(variables) if isinstance(variables, (str, os.PathLike)) else variables
-        return [(os.path.basename(os.fspath(variables)) if isinstance(variables, (str, os.PathLike)) else "mapping",
-                 table)]
+        return [
+            (os.path.basename(os.fspath(variables)) if isinstance(variables, (str, os.PathLike)) else "mapping", table)
+        ]
     name = (convention or "auto").upper()
     if name == "AUTO":
         return [(n, f()) for n, f in CONVENTIONS.items()]
@@ -350,8 +433,9 @@ def resolve(available, channels, optional=(), convention="auto", variables=None,
             parts.append(f"{c}: not in the mapping")
             continue
         parts.append(f"{c}: " + " or ".join(" + ".join(_why(s, available, lower) for s in r.sources) for r in recipes))
-    raise DataError(f"{where}missing variable(s) {', '.join(c for c, _ in missing)} "
-                    f"({name} convention; {'; '.join(parts)})")
+    raise DataError(
+        f"{where}missing variable(s) {', '.join(c for c, _ in missing)} ({name} convention; {'; '.join(parts)})"
+    )
 
 
 def _has_level(levels, level):

@@ -6,6 +6,7 @@ The algorithms (:mod:`.collectives`) take process groups and buffers; the
 hook (:mod:`.hooks`) and the optimizer wrapper (:mod:`.optimizer`) only
 schedule them; :mod:`.launch` finds ranks, nodes and devices.
 """
+
 from climseg.distributed.collectives import (
     all_reduce_tensors,
     bucket_tensors,
@@ -18,7 +19,19 @@ from climseg.distributed.launch import Topology, abort, detect_launcher, init, i
 from climseg.distributed.optimizer import DistributedOptimizer
 
 __all__ = [
-    "DistributedOptimizer", "HierarchicalHookState", "Topology", "abort", "all_reduce_tensors", "bucket_tensors",
-    "detect_launcher", "flat_all_reduce", "hierarchical_all_reduce", "hierarchical_allreduce_hook", "init",
-    "is_launched", "mpi_all_reduce", "shutdown", "topology",
+    "DistributedOptimizer",
+    "HierarchicalHookState",
+    "Topology",
+    "abort",
+    "all_reduce_tensors",
+    "bucket_tensors",
+    "detect_launcher",
+    "flat_all_reduce",
+    "hierarchical_all_reduce",
+    "hierarchical_allreduce_hook",
+    "init",
+    "is_launched",
+    "mpi_all_reduce",
+    "shutdown",
+    "topology",
 ]

@@ -33,6 +33,7 @@ they still differ), and :func:`load_running_stats` puts one rank's back (its res
 layout is :func:`flatten_running_stats`: means and variances of every tracking batch norm, in
 module order (:func:`running_stat_buffers`).
 """
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -55,12 +56,12 @@ class _GroupBatchNorm(torch.autograd.Function):
         dims = [d for d in range(x.dim()) if d != 1]
         local = torch.empty(2 * c + 1, dtype=torch.float32, device=x.device)
         local[:c] = xf.sum(dims)
-        local[c:2 * c] = (xf * xf).sum(dims)
+        local[c : 2 * c] = (xf * xf).sum(dims)
         local[2 * c] = x.numel() // c
         stats = _all_reduce_sum(local, group)
         n = stats[2 * c]
         mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min_(0)
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min_(0)
         if running_mean is not None and running_var is not None:
             with torch.no_grad():
                 unbiased = var * (n / (n - 1).clamp_min(1))
@@ -114,8 +115,18 @@ class GroupBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` whose training statistics are shared by ``process_group`` (None:
     plain batch norm). In eval mode it uses its running statistics, as BatchNorm2d does."""
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 process_group=None, group_size=1, device=None, dtype=None):
+    def __init__(
+        self,
+        num_features,
+        eps=1e-5,
+        momentum=0.1,
+        affine=True,
+        track_running_stats=True,
+        process_group=None,
+        group_size=1,
+        device=None,
+        dtype=None,
+    ):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
         self.process_group = process_group
         self.group_size = group_size
@@ -133,12 +144,19 @@ class GroupBatchNorm2d(nn.BatchNorm2d):
         momentum = self.momentum
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
-            if self.momentum is None:      # cumulative moving average, as BatchNorm2d
+            if self.momentum is None:  # cumulative moving average, as BatchNorm2d
                 momentum = 1.0 / float(self.num_batches_tracked)
         running = self.track_running_stats
-        return group_batch_norm(x, self.running_mean if running else None, self.running_var if running else None,
-                                self.weight, self.bias, momentum if momentum is not None else 0.0, self.eps,
-                                self.process_group)
+        return group_batch_norm(
+            x,
+            self.running_mean if running else None,
+            self.running_var if running else None,
+            self.weight,
+            self.bias,
+            momentum if momentum is not None else 0.0,
+            self.eps,
+            self.process_group,
+        )
 
     def extra_repr(self):
         return super().extra_repr() + f", group_size={self.group_size}"
@@ -174,8 +192,15 @@ def convert_batchnorm(model, group_size, topology=None):
 
 def _replace(module, group, group_size):
     if isinstance(module, nn.BatchNorm2d):
-        new = GroupBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
-                               module.track_running_stats, process_group=group, group_size=group_size)
+        new = GroupBatchNorm2d(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            process_group=group,
+            group_size=group_size,
+        )
         new.load_state_dict(module.state_dict())
         ref = module.weight if module.weight is not None else module.running_mean
         if ref is not None:
@@ -214,7 +239,7 @@ def load_running_stats(model, flat):
     means and variances, in place, each in its own dtype and device."""
     offset = 0
     for b in running_stat_buffers(model):
-        b.copy_(flat[offset:offset + b.numel()].view_as(b))
+        b.copy_(flat[offset : offset + b.numel()].view_as(b))
         offset += b.numel()
 
 

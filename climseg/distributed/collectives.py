@@ -29,6 +29,7 @@ These functions are the algorithms only: they take process groups (or a
 :class:`Topology`) and buffers, and are scheduled by the DDP hook and the
 DistributedOptimizer.
 """
+
 import os
 
 import torch
@@ -51,11 +52,14 @@ def _check_tensor(tensor, op, compression):
         raise ConfigError(f"allreduce: {tensor.dtype} tensors cannot be summed; convert them to a numeric type first")
     if not tensor.is_floating_point():
         if op == "avg":
-            raise ConfigError(f"allreduce: the average of a {tensor.dtype} tensor is not an integer; use op='sum' "
-                              f"or a floating-point tensor")
+            raise ConfigError(
+                f"allreduce: the average of a {tensor.dtype} tensor is not an integer; use op='sum' "
+                f"or a floating-point tensor"
+            )
         if COMPRESSIONS.get(compression) is not None:
-            raise ConfigError(f"allreduce: {tensor.dtype} tensors are summed exactly; compression {compression!r} "
-                              f"would round them")
+            raise ConfigError(
+                f"allreduce: {tensor.dtype} tensors are summed exactly; compression {compression!r} would round them"
+            )
 
 
 def _wire_dtype(tensor, compression):
@@ -234,6 +238,7 @@ def _reduce_scatter(out, inp, group):
 
 # ----------------------------------------------------------------------------- MPI transport
 
+
 def _mpi_cuda_aware():
     """``CLIMSEG_MPI_CUDA_AWARE=1|0``; unset: ask the MPI library (MPIX_Query_cuda_support)."""
     value = os.environ.get(MPI_CUDA_AWARE_ENV, "").strip()
@@ -272,7 +277,7 @@ def mpi_all_reduce(shard, comm, wire=None):
 
     def stage(i):
         buf = host[i % 2]
-        part = shard[starts[i]: starts[i] + chunk]
+        part = shard[starts[i] : starts[i] + chunk]
         with torch.cuda.stream(copy_stream):
             buf[: part.numel()].copy_(part, non_blocking=True)
             events[i % 2] = torch.cuda.Event()
@@ -283,7 +288,7 @@ def mpi_all_reduce(shard, comm, wire=None):
         if i + 1 < len(starts):
             stage(i + 1)
         events[i % 2].synchronize()
-        part = shard[start: start + chunk]
+        part = shard[start : start + chunk]
         buf = host[i % 2][: part.numel()]
         _mpi_reduce_host(buf, comm, wire, MPI)
         part.copy_(buf, non_blocking=False)
@@ -310,6 +315,7 @@ def _mpi_reduce_host(buf, comm, wire, MPI):
 
 # ----------------------------------------------------------------------------- bucketing
 
+
 def bucket_tensors(tensors, bucket_bytes):
     """Split ``tensors`` into consecutive groups of at most ``bucket_bytes`` (at least
     one tensor each), never mixing dtypes or devices."""
@@ -328,8 +334,16 @@ def bucket_tensors(tensors, bucket_bytes):
     return buckets
 
 
-def all_reduce_tensors(tensors, op="sum", compression=None, bucket_bytes=25 << 20, hierarchical=True,
-                       topology=None, transport=None, prescale=False):
+def all_reduce_tensors(
+    tensors,
+    op="sum",
+    compression=None,
+    bucket_bytes=25 << 20,
+    hierarchical=True,
+    topology=None,
+    transport=None,
+    prescale=False,
+):
     """Allreduce a list of tensors in place, fused into buckets of ``bucket_bytes``
     (tensor fusion): one flat buffer per bucket, one collective per buffer."""
     from climseg.distributed.launch import topology as current

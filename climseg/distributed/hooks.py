@@ -16,6 +16,7 @@ so it never interleaves with collectives the main thread issues on the world.
 On CUDA the collectives are queued on the device streams and the future is
 returned completed, as NCCL work is asynchronous to the host already.
 """
+
 import concurrent.futures
 import dataclasses
 import threading
@@ -29,11 +30,11 @@ from climseg.errors import ConfigError
 
 @dataclasses.dataclass
 class HierarchicalHookState:
-    topology: object = None      # None: climseg.distributed.topology()
-    compression: str = None      # None, "bf16" or "fp16"
-    transport: str = None        # "torch" or "mpi" for the cross-node step
+    topology: object = None  # None: climseg.distributed.topology()
+    compression: str = None  # None, "bf16" or "fp16"
+    transport: str = None  # "torch" or "mpi" for the cross-node step
     prescale: bool = False
-    hierarchical: bool = True    # False: a flat allreduce over the world (with the same compression)
+    hierarchical: bool = True  # False: a flat allreduce over the world (with the same compression)
 
 
 _EXECUTORS = {}
@@ -54,7 +55,8 @@ def resolve_topology(topology, who, initialise=True):
     ``torch.distributed`` already runs (e.g. under torchrun) over the ranks the launcher
     describes, ``init()`` is called now and builds its groups on that default group;
     otherwise a ``ConfigError`` — never a silent world of one. A single process gets None."""
-    from climseg.distributed.launch import detect_launcher, init, topology as current
+    from climseg.distributed.launch import detect_launcher, init
+    from climseg.distributed.launch import topology as current
 
     topo = topology or current()
     if topo is not None:
@@ -66,11 +68,14 @@ def resolve_topology(topology, who, initialise=True):
     if initialise and running > 1 and launched == running:
         return init()
     if running > 1:
-        raise ConfigError(f"{who}: torch.distributed runs {running} processes, but climseg.distributed.init() was "
-                          f"not called{'' if launched == running else ' and the launcher describes ' + str(launched)}; "
-                          f"call climseg.distributed.init() first (it uses the existing process group)")
-    raise ConfigError(f"{who}: this job has {launched} processes but no process group; call "
-                      f"climseg.distributed.init() first")
+        raise ConfigError(
+            f"{who}: torch.distributed runs {running} processes, but climseg.distributed.init() was "
+            f"not called{'' if launched == running else ' and the launcher describes ' + str(launched)}; "
+            f"call climseg.distributed.init() first (it uses the existing process group)"
+        )
+    raise ConfigError(
+        f"{who}: this job has {launched} processes but no process group; call climseg.distributed.init() first"
+    )
 
 
 def hierarchical_allreduce_hook(state, bucket):
@@ -81,8 +86,10 @@ def hierarchical_allreduce_hook(state, bucket):
         # inside backward no groups can be made (that is a collective of its own): refuse clearly
         state.topology = resolve_topology(None, "hierarchical_allreduce_hook", initialise=False)
         if state.topology is None:
-            raise ConfigError("hierarchical_allreduce_hook: no process group; call climseg.distributed.init() "
-                              "before the first step (or pass its Topology as the hook's state)")
+            raise ConfigError(
+                "hierarchical_allreduce_hook: no process group; call climseg.distributed.init() "
+                "before the first step (or pass its Topology as the hook's state)"
+            )
     topo = state.topology
     buffer = bucket.buffer()
 

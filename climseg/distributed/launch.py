@@ -24,6 +24,7 @@ ranks share a host), ``CLIMSEG_DIST_BACKEND``
 collective may wait before every rank fails, default 600),
 ``MASTER_ADDR``/``MASTER_PORT`` (rendezvous override).
 """
+
 import dataclasses
 import datetime
 import os
@@ -46,12 +47,12 @@ DEFAULT_TIMEOUT_S = 600
 class LaunchInfo:
     """What the launcher tells a process about itself."""
 
-    launcher: str          # "torchrun", "mpi", "slurm", "jsrun" or "none"
+    launcher: str  # "torchrun", "mpi", "slurm", "jsrun" or "none"
     rank: int
     world_size: int
     local_rank: int = 0
     local_size: int = 1
-    node_key: str = ""     # equal for ranks on the same node
+    node_key: str = ""  # equal for ranks on the same node
 
 
 @dataclasses.dataclass
@@ -67,17 +68,17 @@ class Topology:
     num_nodes: int
     device: torch.device
     backend: str
-    uniform: bool                   # every node has local_size ranks (cross groups exist)
-    intra_shm: bool = False         # a node's ranks share a host: CPU tensors meet in shared memory
-    world: object = None            # torch.distributed ProcessGroup (the default group)
-    intra: object = None            # this node's ranks
-    cross: object = None            # the ranks with this local rank, one per node
-    mpi_cross: object = None        # mpi4py communicator of the same ranks as `cross`, when MPI is there
-    node_ranks: list = dataclasses.field(default_factory=list)    # global ranks of this node, by local rank
-    cross_ranks: list = dataclasses.field(default_factory=list)   # global ranks of this cross group, by node
-    comm_world: object = None       # all ranks again, for flat gradient allreduces on the background thread, so
-                                    # they never interleave with the main thread's collectives on `world`
-    batchnorm_groups: dict = dataclasses.field(default_factory=dict)   # group size -> this rank's group (or None)
+    uniform: bool  # every node has local_size ranks (cross groups exist)
+    intra_shm: bool = False  # a node's ranks share a host: CPU tensors meet in shared memory
+    world: object = None  # torch.distributed ProcessGroup (the default group)
+    intra: object = None  # this node's ranks
+    cross: object = None  # the ranks with this local rank, one per node
+    mpi_cross: object = None  # mpi4py communicator of the same ranks as `cross`, when MPI is there
+    node_ranks: list = dataclasses.field(default_factory=list)  # global ranks of this node, by local rank
+    cross_ranks: list = dataclasses.field(default_factory=list)  # global ranks of this cross group, by node
+    comm_world: object = None  # all ranks again, for flat gradient allreduces on the background thread, so
+    # they never interleave with the main thread's collectives on `world`
+    batchnorm_groups: dict = dataclasses.field(default_factory=dict)  # group size -> this rank's group (or None)
 
     @property
     def hierarchical(self):
@@ -99,24 +100,50 @@ def detect_launcher():
     """The launcher's view of this process, from environment variables alone."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env and ("TORCHELASTIC_RUN_ID" in env or "LOCAL_RANK" in env):
-        return LaunchInfo("torchrun", int(env["RANK"]), int(env["WORLD_SIZE"]), _int(env, "LOCAL_RANK", default=0),
-                          _int(env, "LOCAL_WORLD_SIZE", default=1), env.get("GROUP_RANK", socket.gethostname()))
+        return LaunchInfo(
+            "torchrun",
+            int(env["RANK"]),
+            int(env["WORLD_SIZE"]),
+            _int(env, "LOCAL_RANK", default=0),
+            _int(env, "LOCAL_WORLD_SIZE", default=1),
+            env.get("GROUP_RANK", socket.gethostname()),
+        )
     if "OMPI_COMM_WORLD_RANK" in env:
-        return LaunchInfo("mpi", int(env["OMPI_COMM_WORLD_RANK"]), int(env["OMPI_COMM_WORLD_SIZE"]),
-                          _int(env, "OMPI_COMM_WORLD_LOCAL_RANK", default=0),
-                          _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE", default=1), socket.gethostname())
+        return LaunchInfo(
+            "mpi",
+            int(env["OMPI_COMM_WORLD_RANK"]),
+            int(env["OMPI_COMM_WORLD_SIZE"]),
+            _int(env, "OMPI_COMM_WORLD_LOCAL_RANK", default=0),
+            _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE", default=1),
+            socket.gethostname(),
+        )
     if "PMI_RANK" in env or "PMIX_RANK" in env:
-        return LaunchInfo("mpi", _int(env, "PMI_RANK", "PMIX_RANK"), _int(env, "PMI_SIZE", "PMIX_SIZE", default=1),
-                          _int(env, "MPI_LOCALRANKID", "PALS_LOCAL_RANKID", default=0),
-                          _int(env, "MPI_LOCALNRANKS", "PALS_LOCAL_SIZE", default=1), socket.gethostname())
+        return LaunchInfo(
+            "mpi",
+            _int(env, "PMI_RANK", "PMIX_RANK"),
+            _int(env, "PMI_SIZE", "PMIX_SIZE", default=1),
+            _int(env, "MPI_LOCALRANKID", "PALS_LOCAL_RANKID", default=0),
+            _int(env, "MPI_LOCALNRANKS", "PALS_LOCAL_SIZE", default=1),
+            socket.gethostname(),
+        )
     if "JSM_NAMESPACE_RANK" in env:
-        return LaunchInfo("jsrun", int(env["JSM_NAMESPACE_RANK"]), int(env["JSM_NAMESPACE_SIZE"]),
-                          _int(env, "JSM_NAMESPACE_LOCAL_RANK", default=0),
-                          _int(env, "JSM_NAMESPACE_LOCAL_SIZE", default=1), socket.gethostname())
+        return LaunchInfo(
+            "jsrun",
+            int(env["JSM_NAMESPACE_RANK"]),
+            int(env["JSM_NAMESPACE_SIZE"]),
+            _int(env, "JSM_NAMESPACE_LOCAL_RANK", default=0),
+            _int(env, "JSM_NAMESPACE_LOCAL_SIZE", default=1),
+            socket.gethostname(),
+        )
     if "SLURM_PROCID" in env and _int(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", default=1) > 1:
-        return LaunchInfo("slurm", int(env["SLURM_PROCID"]), _int(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"),
-                          _int(env, "SLURM_LOCALID", default=0), _slurm_local_size(),
-                          env.get("SLURM_NODEID", socket.gethostname()))
+        return LaunchInfo(
+            "slurm",
+            int(env["SLURM_PROCID"]),
+            _int(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"),
+            _int(env, "SLURM_LOCALID", default=0),
+            _slurm_local_size(),
+            env.get("SLURM_NODEID", socket.gethostname()),
+        )
     return LaunchInfo("none", 0, 1)
 
 
@@ -278,8 +305,9 @@ def init(backend=None, device=None):
         addr, port = _rendezvous(info, comm)
         os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = str(addr), str(port)
         os.environ["RANK"], os.environ["WORLD_SIZE"] = str(info.rank), str(info.world_size)
-        dist.init_process_group(backend, init_method="env://", rank=info.rank, world_size=info.world_size,
-                                timeout=_timeout())
+        dist.init_process_group(
+            backend, init_method="env://", rank=info.rank, world_size=info.world_size, timeout=_timeout()
+        )
     nodes, local_ranks = node_table(info, comm)
     node = nodes[info.rank]
     num_nodes = max(nodes) + 1
@@ -310,9 +338,25 @@ def init(backend=None, device=None):
         cross, _ = dist.new_subgroups_by_enumeration(cross_members, timeout=_timeout())
         if comm is not None:
             mpi_cross = comm.Split(color=local_rank, key=node)
-    _TOPOLOGY = Topology(info.launcher, info.rank, info.world_size, local_rank, local_size, node, num_nodes, device,
-                         backend, uniform, intra_shm, dist.group.WORLD, intra, cross, mpi_cross, members[node],
-                         cross_members[local_rank] if uniform else [])
+    _TOPOLOGY = Topology(
+        info.launcher,
+        info.rank,
+        info.world_size,
+        local_rank,
+        local_size,
+        node,
+        num_nodes,
+        device,
+        backend,
+        uniform,
+        intra_shm,
+        dist.group.WORLD,
+        intra,
+        cross,
+        mpi_cross,
+        members[node],
+        cross_members[local_rank] if uniform else [],
+    )
     _TOPOLOGY.comm_world = dist.new_group(list(range(info.world_size)), timeout=_timeout())
     import atexit
 
@@ -367,7 +411,7 @@ def shutdown():
     global _TOPOLOGY
     topo = _TOPOLOGY
     if topo is not None and topo.world_size > 1 and dist.is_initialized():
-        dist.barrier(group=topo.world)     # nobody tears down links a peer still uses
+        dist.barrier(group=topo.world)  # nobody tears down links a peer still uses
         if topo.mpi_cross is not None:
             topo.mpi_cross.Free()
         dist.destroy_process_group()

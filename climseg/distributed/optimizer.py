@@ -22,6 +22,7 @@ of step t's forward and backward pass.
   them back as pending, so a resumed run applies exactly what the
   uninterrupted run would have applied.
 """
+
 import torch
 import torch.distributed as dist
 
@@ -61,8 +62,19 @@ class DistributedOptimizer:
         broadcast: copy rank 0's parameters to every rank at construction.
     """
 
-    def __init__(self, optimizer, named_parameters, hierarchical=True, compression=None, gradient_lag=0,
-                 bucket_bytes=25 << 20, topology=None, transport=None, max_grad_norm=0.0, broadcast=True):
+    def __init__(
+        self,
+        optimizer,
+        named_parameters,
+        hierarchical=True,
+        compression=None,
+        gradient_lag=0,
+        bucket_bytes=25 << 20,
+        topology=None,
+        transport=None,
+        max_grad_norm=0.0,
+        broadcast=True,
+    ):
         if gradient_lag not in (0, 1):
             raise ConfigError(f"gradient_lag must be 0 or 1, not {gradient_lag}")
         self.optimizer = optimizer
@@ -79,7 +91,7 @@ class DistributedOptimizer:
         self._bucket_of = {id(p): b for b, bucket in enumerate(self._buckets) for p in bucket}
         self._reset_launch_state()
         self._pending = None
-        self.nonfinite = None       # after a step: did any averaged gradient hold Inf or NaN (0-d bool tensor)
+        self.nonfinite = None  # after a step: did any averaged gradient hold Inf or NaN (0-d bool tensor)
         self._handles = [p.register_post_accumulate_grad_hook(self._on_grad) for p in self._params]
         if broadcast and self.world_size > 1:
             with torch.no_grad():

@@ -21,6 +21,7 @@ One call: write own row -> barrier -> sum own shard over the L rows ->
 ``cross(shard)`` (the cross-node allreduce) -> write the shard to the output
 -> barrier -> copy the output out. Two intra-node barriers per call.
 """
+
 import os
 import tempfile
 
@@ -33,8 +34,8 @@ class NodeSharedBuffer:
 
     def __init__(self, topology):
         self.topo = topology
-        self.capacity = 0          # bytes per row (a multiple of 8)
-        self.memory = None         # uint8, viewed as each call's dtype
+        self.capacity = 0  # bytes per row (a multiple of 8)
+        self.memory = None  # uint8, viewed as each call's dtype
         self.calls = 0
 
     def _ensure(self, nbytes):
@@ -55,7 +56,7 @@ class NodeSharedBuffer:
         self.memory = torch.from_file(path[0], shared=True, size=total, dtype=torch.uint8)
         dist.barrier(group=self.topo.intra)
         if self.topo.local_rank == 0:
-            os.unlink(path[0])   # every rank has it mapped; the memory lives until the last unmaps it
+            os.unlink(path[0])  # every rank has it mapped; the memory lives until the last unmaps it
         self.capacity = capacity
 
     def all_reduce(self, flat, cross, dest):
@@ -68,19 +69,19 @@ class NodeSharedBuffer:
         padded = n + (-n) % L
         item = flat.element_size()
         self._ensure(padded * item)
-        cap = self.capacity // item          # elements of this dtype per row
+        cap = self.capacity // item  # elements of this dtype per row
         memory = self.memory.view(flat.dtype)
         rows = memory[: L * cap].view(L, cap)
-        out = memory[(L + self.calls % 2) * cap: (L + self.calls % 2) * cap + padded]
+        out = memory[(L + self.calls % 2) * cap : (L + self.calls % 2) * cap + padded]
         self.calls += 1
         rows[lr, :n].copy_(flat)
         if padded > n:
             rows[lr, n:padded].zero_()
         dist.barrier(group=self.topo.intra)
         size = padded // L
-        shard = rows[:, lr * size: (lr + 1) * size].sum(dim=0)
+        shard = rows[:, lr * size : (lr + 1) * size].sum(dim=0)
         cross(shard)
-        out[lr * size: (lr + 1) * size].copy_(shard)
+        out[lr * size : (lr + 1) * size].copy_(shard)
         dist.barrier(group=self.topo.intra)
         dest.copy_(out[:n])
         return dest

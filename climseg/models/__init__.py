@@ -1,5 +1,6 @@
 """The segmentation networks: DeepLabv3+ (configurations ``kurth2018``, ``deepcam``, ``tiny``) and
 CGNet (configuration ``cgnet``, ClimateNet's network); :func:`build_network` makes either by name."""
+
 from climseg.models.cgnet import CGNet
 from climseg.models.deeplabv3plus import CONFIGS, DeepLabV3Plus, count_parameters
 

@@ -31,6 +31,7 @@ Every convolution is a :class:`climseg.nn.AtrousConv2d` on explicitly wrapped in
 so the depthwise dilated ones run on climseg's depthwise atrous kernels on GPUs.
 :func:`climatenet_key` maps ClimateNet's ``CGNetModule`` state_dict names to these modules'.
 """
+
 import re
 
 import torch
@@ -43,7 +44,7 @@ from climseg.nn import AtrousConv2d
 
 BN_EPS = 1e-3
 POLE_PADDINGS = ("circular", "zeros")
-MIN_SIZE = 25       # ceil(25 / 8) = 4 rows and columns at stage 3: enough to wrap a dilation-4 kernel
+MIN_SIZE = 25  # ceil(25 / 8) = 4 rows and columns at stage 3: enough to wrap a dilation-4 kernel
 
 
 def wrap_pad(x, pad, pole_padding="circular"):
@@ -60,13 +61,21 @@ def wrap_pad(x, pad, pole_padding="circular"):
 class WrappedConv(nn.Module):
     """A bias-free k x k convolution (optionally depthwise and dilated) on wrapped input."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, dilation=1, depthwise=False,
-                 pole_padding="circular"):
+    def __init__(
+        self, in_channels, out_channels, kernel_size, stride=1, dilation=1, depthwise=False, pole_padding="circular"
+    ):
         super().__init__()
         self.pad = (kernel_size - 1) // 2 * dilation
         self.pole_padding = pole_padding
-        self.conv = AtrousConv2d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation,
-                                 groups=in_channels if depthwise else 1, bias=False)
+        self.conv = AtrousConv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            dilation=dilation,
+            groups=in_channels if depthwise else 1,
+            bias=False,
+        )
 
     def forward(self, x):
         return self.conv(wrap_pad(x, self.pad, self.pole_padding))
@@ -177,8 +186,16 @@ class CGNet(nn.Module):
     input_multiple = 1
     output_stride = 8
 
-    def __init__(self, in_channels=4, num_classes=NUM_CLASSES, blocks_stage2=3, blocks_stage3=21,
-                 pole_padding="circular", dropout=False, norm="batch"):
+    def __init__(
+        self,
+        in_channels=4,
+        num_classes=NUM_CLASSES,
+        blocks_stage2=3,
+        blocks_stage3=21,
+        pole_padding="circular",
+        dropout=False,
+        norm="batch",
+    ):
         super().__init__()
         if pole_padding not in POLE_PADDINGS:
             raise ConfigError(f"cgnet: pole_padding must be one of {', '.join(POLE_PADDINGS)}, not {pole_padding!r}")
@@ -191,8 +208,9 @@ class CGNet(nn.Module):
         self.pole_padding = pole_padding
         p = dict(pole_padding=pole_padding)
         c = in_channels
-        self.stem = nn.ModuleList([ConvNormPReLU(c, 32, 3, stride=2, **p), ConvNormPReLU(32, 32, 3, **p),
-                                   ConvNormPReLU(32, 32, 3, **p)])
+        self.stem = nn.ModuleList(
+            [ConvNormPReLU(c, 32, 3, stride=2, **p), ConvNormPReLU(32, 32, 3, **p), ConvNormPReLU(32, 32, 3, **p)]
+        )
         self.inject_half = InputInjection(1, **p)
         self.inject_quarter = InputInjection(2, **p)
         self.stage1_out = NormPReLU(32 + c)
@@ -213,8 +231,10 @@ class CGNet(nn.Module):
         if len(shape) != 4 or shape[1] != self.in_channels:
             raise ConfigError(f"cgnet model expects input (N, {self.in_channels}, H, W), got {tuple(shape)}")
         if min(shape[2], shape[3]) < MIN_SIZE:
-            raise ConfigError(f"cgnet model needs height and width of at least {MIN_SIZE} (its dilation-4 layers wrap "
-                              f"an H/8 x W/8 map), got {shape[2]}x{shape[3]}")
+            raise ConfigError(
+                f"cgnet model needs height and width of at least {MIN_SIZE} (its dilation-4 layers wrap "
+                f"an H/8 x W/8 map), got {shape[2]}x{shape[3]}"
+            )
 
     def init_class_prior(self, frequencies):
         """CGNet's classifier has no bias (as ClimateNet's): nothing to set; returns False."""
@@ -243,23 +263,34 @@ class CGNet(nn.Module):
 # ClimateNet CGNetModule name -> climseg CGNet name, as (pattern, replacement) pairs applied in order
 # to each key; ClimateNet's own layer names are on the left.
 _SUB_LAYERS = [
-    (r"\.conv1x1\.conv\.", ".reduce.conv.conv."), (r"\.conv1x1\.bn\.", ".reduce.norm."),
+    (r"\.conv1x1\.conv\.", ".reduce.conv.conv."),
+    (r"\.conv1x1\.bn\.", ".reduce.norm."),
     (r"\.conv1x1\.act\.", ".reduce.act."),
-    (r"\.F_loc\.conv\.", ".local.conv."), (r"\.F_sur\.conv\.", ".context.conv."),
-    (r"\.bn_prelu\.bn\.", ".joint.norm."), (r"\.bn_prelu\.act\.", ".joint.act."),
+    (r"\.F_loc\.conv\.", ".local.conv."),
+    (r"\.F_sur\.conv\.", ".context.conv."),
+    (r"\.bn_prelu\.bn\.", ".joint.norm."),
+    (r"\.bn_prelu\.act\.", ".joint.act."),
     (r"\.reduce\.conv\.weight$", ".project.conv.weight"),
-    (r"\.F_glo\.fc\.0\.", ".glob.fc1."), (r"\.F_glo\.fc\.2\.", ".glob.fc2."),
+    (r"\.F_glo\.fc\.0\.", ".glob.fc1."),
+    (r"\.F_glo\.fc\.2\.", ".glob.fc2."),
 ]
 _TOP_LAYERS = [
-    (r"^level1_(\d)\.conv\.", r"stem.\1.conv.conv."), (r"^level1_(\d)\.bn\.", r"stem.\1.norm."),
+    (r"^level1_(\d)\.conv\.", r"stem.\1.conv.conv."),
+    (r"^level1_(\d)\.bn\.", r"stem.\1.norm."),
     (r"^level1_(\d)\.act\.", r"stem.\1.act."),
-    (r"^b1\.bn\.", "stage1_out.norm."), (r"^b1\.act\.", "stage1_out.act."),
-    (r"^bn_prelu_2\.bn\.", "stage2_out.norm."), (r"^bn_prelu_2\.act\.", "stage2_out.act."),
-    (r"^bn_prelu_3\.bn\.", "stage3_out.norm."), (r"^bn_prelu_3\.act\.", "stage3_out.act."),
-    (r"^level2_0\.", "stage2_down."), (r"^level3_0\.", "stage3_down."),
-    (r"^level2\.(\d+)\.", r"stage2.\1."), (r"^level3\.(\d+)\.", r"stage3.\1."),
+    (r"^b1\.bn\.", "stage1_out.norm."),
+    (r"^b1\.act\.", "stage1_out.act."),
+    (r"^bn_prelu_2\.bn\.", "stage2_out.norm."),
+    (r"^bn_prelu_2\.act\.", "stage2_out.act."),
+    (r"^bn_prelu_3\.bn\.", "stage3_out.norm."),
+    (r"^bn_prelu_3\.act\.", "stage3_out.act."),
+    (r"^level2_0\.", "stage2_down."),
+    (r"^level3_0\.", "stage3_down."),
+    (r"^level2\.(\d+)\.", r"stage2.\1."),
+    (r"^level3\.(\d+)\.", r"stage3.\1."),
     (r"^classifier\.\d+\.conv\.weight$", "classifier.conv.weight"),
 ]
+
 
 def climatenet_key(name):
     """The climseg CGNet state_dict key of a ClimateNet ``CGNetModule`` key."""
@@ -285,5 +316,10 @@ def from_climatenet_state(state_dict):
     blocks2 = 1 + len({k.split(".")[1] for k in state if k.startswith("stage2.")})
     blocks3 = 1 + len({k.split(".")[1] for k in state if k.startswith("stage3.")})
     dropout = any(re.match(r"^classifier\.1\.conv\.weight$", k) for k in state_dict)
-    return state, dict(in_channels=int(in_channels), num_classes=int(num_classes), blocks_stage2=blocks2,
-                       blocks_stage3=blocks3, dropout=dropout)
+    return state, dict(
+        in_channels=int(in_channels),
+        num_classes=int(num_classes),
+        blocks_stage2=blocks2,
+        blocks_stage3=blocks3,
+        dropout=dropout,
+    )

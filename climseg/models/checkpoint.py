@@ -15,13 +15,14 @@ and the converters (:mod:`climseg.data.checkpoints`) read checkpoints without im
 training code. Files are written to a temporary name and renamed, so a checkpoint on disk is
 always complete.
 """
+
 import os
 
 import torch
 
 from climseg.errors import CheckpointError, first_line
-from climseg.output import atomic_path, output_error
 from climseg.models import build_network
+from climseg.output import atomic_path, output_error
 
 FORMAT = "climseg-checkpoint"
 VERSION = 1
@@ -32,7 +33,7 @@ def save_checkpoint(path, payload):
     with atomic_path(path) as tmp:
         try:
             torch.save(payload, tmp)
-        except RuntimeError as exc:   # torch's zip writer reports a full disk as RuntimeError
+        except RuntimeError as exc:  # torch's zip writer reports a full disk as RuntimeError
             raise output_error(path, exc) from None
 
 
@@ -65,8 +66,13 @@ def load_checkpoint(path):
 def build_model(ckpt, device="cpu"):
     """The network (DeepLabV3Plus or CGNet) a checkpoint describes, with its weights loaded."""
     spec = ckpt["model"]
-    model = build_network(spec["config"], in_channels=spec["in_channels"], num_classes=spec["num_classes"],
-                          norm=spec.get("norm", "batch"), **spec.get("options", {}))
+    model = build_network(
+        spec["config"],
+        in_channels=spec["in_channels"],
+        num_classes=spec["num_classes"],
+        norm=spec.get("norm", "batch"),
+        **spec.get("options", {}),
+    )
     load_model_state(model, spec["state_dict"], ckpt.get("path", "checkpoint"), spec["config"])
     return model.to(device)
 

@@ -13,6 +13,7 @@ convs (norm, ReLU) to stride 4; concatenation with the low-level features; two
 3x3 convs and a biased 1x1; a stride-2 transposed conv to stride 2 and a last
 one straight to the class logits at full resolution.
 """
+
 import torch
 import torch.nn as nn
 
@@ -25,8 +26,18 @@ def _up(in_channels, out_channels, bias):
 
 
 class Deconv1xDecoder(nn.Module):
-    def __init__(self, encoder_channels, low_level_channels, in_channels, num_classes, low_level_width=48,
-                 width=256, skip_widths=(64, 128), head_width=256, norm="batch"):
+    def __init__(
+        self,
+        encoder_channels,
+        low_level_channels,
+        in_channels,
+        num_classes,
+        low_level_width=48,
+        width=256,
+        skip_widths=(64, 128),
+        head_width=256,
+        norm="batch",
+    ):
         super().__init__()
         self.low_level = ConvNormAct(low_level_channels, low_level_width, 1, norm=norm)
         self.up1 = _up(encoder_channels, encoder_channels, bias=True)
@@ -37,12 +48,16 @@ class Deconv1xDecoder(nn.Module):
         self.up2 = _up(width, width, bias=True)
         self.up3 = _up(width, width, bias=True)
         self.skip = nn.Sequential(
-            nn.Conv2d(in_channels, skip_widths[0], 3, padding=1, bias=True), nn.ReLU(inplace=True),
-            nn.Conv2d(skip_widths[0], skip_widths[1], 3, padding=1, bias=True), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, skip_widths[0], 3, padding=1, bias=True),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(skip_widths[0], skip_widths[1], 3, padding=1, bias=True),
+            nn.ReLU(inplace=True),
         )
         self.head = nn.Sequential(
-            nn.Conv2d(width + skip_widths[1], head_width, 3, padding=1, bias=True), nn.ReLU(inplace=True),
-            nn.Conv2d(head_width, head_width, 3, padding=1, bias=True), nn.ReLU(inplace=True),
+            nn.Conv2d(width + skip_widths[1], head_width, 3, padding=1, bias=True),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(head_width, head_width, 3, padding=1, bias=True),
+            nn.ReLU(inplace=True),
         )
         self.classifier = nn.Conv2d(head_width, num_classes, 1, bias=True)
         self.relu = nn.ReLU(inplace=True)
@@ -60,8 +75,12 @@ class DeconvUpsampler(nn.Module):
         super().__init__()
         self.low_level = ConvNormAct(low_level_channels, low_level_width, 1, norm=norm)
         self.up1 = nn.Sequential(
-            _up(encoder_channels, width, bias=False), make_norm(norm, width), nn.ReLU(inplace=True),
-            _up(width, width, bias=False), make_norm(norm, width), nn.ReLU(inplace=True),
+            _up(encoder_channels, width, bias=False),
+            make_norm(norm, width),
+            nn.ReLU(inplace=True),
+            _up(width, width, bias=False),
+            make_norm(norm, width),
+            nn.ReLU(inplace=True),
         )
         self.fuse = nn.Sequential(
             ConvNormAct(width + low_level_width, width, 3, padding=1, norm=norm),

@@ -13,25 +13,30 @@ Data flow: input (N, C, H, W) -> encoder -> (features at H/os, low-level at H/4)
 Every dilated convolution is a ``climseg.nn.AtrousConv2d``, the pyramid a
 ``climseg.nn.ASPP``. Constructible on the ``meta`` device.
 """
+
 import copy
 
 import torch
 import torch.nn as nn
 
 from climseg.constants import CHANNELS, NUM_CLASSES
-
-NUM_CHANNELS = len(CHANNELS)
 from climseg.errors import ConfigError
 from climseg.models.decoders import Deconv1xDecoder, DeconvUpsampler
 from climseg.models.resnet import ResNetV2
 from climseg.models.xception import AlignedXception
 from climseg.nn import ASPP
 
+NUM_CHANNELS = len(CHANNELS)
+
 CONFIGS = {
     "kurth2018": dict(
         encoder="resnet_v2",
-        encoder_args=dict(blocks=[(3, 64, 256, 2), (4, 128, 512, 2), (6, 256, 1024, 2), (3, 512, 2048, 1)],
-                          output_stride=8, root_channels=64, root_kernel=7),
+        encoder_args=dict(
+            blocks=[(3, 64, 256, 2), (4, 128, 512, 2), (6, 256, 1024, 2), (3, 512, 2048, 1)],
+            output_stride=8,
+            root_channels=64,
+            root_kernel=7,
+        ),
         aspp=dict(out_channels=256, rates=(12, 24, 36)),
         decoder="deconv1x",
         decoder_args=dict(low_level_width=48, width=256, skip_widths=(64, 128), head_width=256),
@@ -45,8 +50,9 @@ CONFIGS = {
     ),
     "tiny": dict(
         encoder="resnet_v2",
-        encoder_args=dict(blocks=[(2, 16, 48, 2), (2, 24, 96, 2), (2, 32, 128, 1)],
-                          output_stride=8, root_channels=24, root_kernel=3),
+        encoder_args=dict(
+            blocks=[(2, 16, 48, 2), (2, 24, 96, 2), (2, 32, 128, 1)], output_stride=8, root_channels=24, root_kernel=3
+        ),
         aspp=dict(out_channels=48, rates=(2, 4, 6)),
         decoder="deconv1x",
         decoder_args=dict(low_level_width=16, width=48, skip_widths=(8, 16), head_width=16),
@@ -89,11 +95,13 @@ class DeepLabV3Plus(nn.Module):
         self.aspp = ASPP(self.encoder.out_channels, norm=norm, **spec["aspp"])
         depth = spec["aspp"]["out_channels"]
         if spec["decoder"] == "deconv1x":
-            self.decoder = Deconv1xDecoder(depth, self.encoder.low_level_channels, in_channels, num_classes,
-                                           norm=norm, **spec["decoder_args"])
+            self.decoder = Deconv1xDecoder(
+                depth, self.encoder.low_level_channels, in_channels, num_classes, norm=norm, **spec["decoder_args"]
+            )
         elif spec["decoder"] == "deconv_upsampler":
-            self.decoder = DeconvUpsampler(depth, self.encoder.low_level_channels, num_classes,
-                                           norm=norm, **spec["decoder_args"])
+            self.decoder = DeconvUpsampler(
+                depth, self.encoder.low_level_channels, num_classes, norm=norm, **spec["decoder_args"]
+            )
         else:
             raise ConfigError(f"unknown decoder {spec['decoder']!r}")
         self._init_weights()
@@ -123,11 +131,15 @@ class DeepLabV3Plus(nn.Module):
     def check_input(self, shape):
         """Raise ConfigError unless ``shape`` (N, C, H, W) fits this network."""
         if len(shape) != 4 or shape[1] != self.in_channels:
-            raise ConfigError(f"{self.config_name} model expects input (N, {self.in_channels}, H, W), got {tuple(shape)}")
+            raise ConfigError(
+                f"{self.config_name} model expects input (N, {self.in_channels}, H, W), got {tuple(shape)}"
+            )
         h, w = shape[2], shape[3]
         if h % self.input_multiple or w % self.input_multiple:
-            raise ConfigError(f"{self.config_name} model needs height and width that are multiples of "
-                              f"{self.input_multiple}, got {h}x{w}")
+            raise ConfigError(
+                f"{self.config_name} model needs height and width that are multiples of "
+                f"{self.input_multiple}, got {h}x{w}"
+            )
 
     def forward(self, x):
         self.check_input(x.shape)

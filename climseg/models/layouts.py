@@ -20,6 +20,7 @@ What comes with the weights in those projects' files (ClimateNet's ``config.json
 are read and written by :mod:`climseg.data.checkpoints`. ``train --init-weights FORMAT:PATH``
 needs the weights only: :func:`init_weights`.
 """
+
 import collections
 import os
 import re
@@ -39,12 +40,14 @@ def read_state_dict(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip, pickle and truncation errors come in many types
-        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({str(exc).splitlines()[0][:120]})") from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch weights file ({str(exc).splitlines()[0][:120]})"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"{path}: expected a state_dict (names to tensors)")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
 def climatenet_model(path):
@@ -69,8 +72,14 @@ def climatenet_model(path):
             raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, CGNet expects {tuple(mine[k].shape)}")
     model.load_state_dict(state)
     options = {k: shape[k] for k in ("blocks_stage2", "blocks_stage3", "dropout")}
-    section = dict(config="cgnet", in_channels=shape["in_channels"], num_classes=shape["num_classes"], norm="batch",
-                   options=options, state_dict=model.state_dict())
+    section = dict(
+        config="cgnet",
+        in_channels=shape["in_channels"],
+        num_classes=shape["num_classes"],
+        norm="batch",
+        options=options,
+        state_dict=model.state_dict(),
+    )
     return model, section
 
 
@@ -86,8 +95,14 @@ _MODULE_RULES = [
     (r"encoder\.block(\d)\.rep\.(\d+)\.depthwise$", r"xception_features.block\1.rep.\2.conv1"),
     (r"encoder\.block(\d)\.rep\.(\d+)\.pointwise$", r"xception_features.block\1.rep.\2.pointwise"),
     (r"encoder\.block(\d)\.rep\.(\d+)$", r"xception_features.block\1.rep.\2.bn"),
-    (r"encoder\.middle\.(\d+)\.rep\.(\d+)\.depthwise$", lambda m: f"xception_features.block{int(m[1]) + 4}.rep.{m[2]}.conv1"),
-    (r"encoder\.middle\.(\d+)\.rep\.(\d+)\.pointwise$", lambda m: f"xception_features.block{int(m[1]) + 4}.rep.{m[2]}.pointwise"),
+    (
+        r"encoder\.middle\.(\d+)\.rep\.(\d+)\.depthwise$",
+        lambda m: f"xception_features.block{int(m[1]) + 4}.rep.{m[2]}.conv1",
+    ),
+    (
+        r"encoder\.middle\.(\d+)\.rep\.(\d+)\.pointwise$",
+        lambda m: f"xception_features.block{int(m[1]) + 4}.rep.{m[2]}.pointwise",
+    ),
     (r"encoder\.middle\.(\d+)\.rep\.(\d+)$", lambda m: f"xception_features.block{int(m[1]) + 4}.rep.{m[2]}.bn"),
     (r"encoder\.exit_block\.skip$", "xception_features.block20.skip"),
     (r"encoder\.exit_block\.skip_norm$", "xception_features.block20.skipbn.bn"),
@@ -115,8 +130,8 @@ _MODULE_RULES = [
     (r"decoder\.up2\.1$", "upsample.deconv2.1.bn"),
     (r"decoder\.classifier$", "upsample.last_deconv.0"),
 ]
-_POOL_AFFINE = "aspp.pool.2"                 # climseg ChannelAffine: weight, bias of shape (C,)
-_BN_ORDER = ("weight", "bias", "num_batches_tracked", "running_mean", "running_var")   # after bnstats.py
+_POOL_AFFINE = "aspp.pool.2"  # climseg ChannelAffine: weight, bias of shape (C,)
+_BN_ORDER = ("weight", "bias", "num_batches_tracked", "running_mean", "running_var")  # after bnstats.py
 PREFIX = "module."
 
 
@@ -158,7 +173,7 @@ def from_reference(state_dict, where, in_channels, num_classes):
     from climseg.models import DeepLabV3Plus
 
     if state_dict and all(k.startswith(PREFIX) for k in state_dict):
-        state_dict = {k[len(PREFIX):]: v for k, v in state_dict.items()}
+        state_dict = {k[len(PREFIX) :]: v for k, v in state_dict.items()}
     model = DeepLabV3Plus("deepcam", in_channels=in_channels, num_classes=num_classes)
     ours = model.state_dict()
     names = {_reference_key(k): k for k in ours}
@@ -166,8 +181,9 @@ def from_reference(state_dict, where, in_channels, num_classes):
     unexpected = [k for k in state_dict if k not in names]
     if missing or unexpected:
         what = f"lacks {missing[0]}" if missing else f"has an unexpected entry {unexpected[0]}"
-        raise CheckpointError(f"{where}: not an MLPerf DeepCAM state_dict ({what}; "
-                              f"{len(missing)} missing, {len(unexpected)} unexpected)")
+        raise CheckpointError(
+            f"{where}: not an MLPerf DeepCAM state_dict ({what}; {len(missing)} missing, {len(unexpected)} unexpected)"
+        )
     out = collections.OrderedDict()
     for ref_name, key in names.items():
         value = state_dict[ref_name]
@@ -176,10 +192,12 @@ def from_reference(state_dict, where, in_channels, num_classes):
         if key.startswith(_POOL_AFFINE + "."):
             value = value.reshape(-1)
         if value.shape != ours[key].shape:
-            raise CheckpointError(f"{where}: {ref_name} has shape {tuple(value.shape)}, the deepcam network's is "
-                                  f"{tuple(ours[key].shape)}")
+            raise CheckpointError(
+                f"{where}: {ref_name} has shape {tuple(value.shape)}, the deepcam network's is {tuple(ours[key].shape)}"
+            )
         out[key] = value.to(ours[key].dtype)
     return out
+
 
 def read_checkpoint_file(path):
     """Whatever ``torch.load`` finds in ``path`` (weights only); CheckpointError names the file otherwise."""
@@ -204,11 +222,17 @@ def mlperf_deepcam_model(path):
     first = next((k for k in state if k.endswith("xception_features.conv1.weight")), None)
     last = next((k for k in state if k.endswith("upsample.last_deconv.0.weight")), None)
     if first is None or last is None:
-        raise CheckpointError(f"{path}: not an MLPerf DeepCAM state_dict (no xception_features.conv1 / "
-                              f"upsample.last_deconv.0 weights)")
+        raise CheckpointError(
+            f"{path}: not an MLPerf DeepCAM state_dict (no xception_features.conv1 / upsample.last_deconv.0 weights)"
+        )
     in_channels, num_classes = state[first].shape[1], state[last].shape[1]
-    section = dict(config="deepcam", in_channels=in_channels, num_classes=num_classes, norm="batch",
-                   state_dict=from_reference(state, path, in_channels, num_classes))
+    section = dict(
+        config="deepcam",
+        in_channels=in_channels,
+        num_classes=num_classes,
+        norm="batch",
+        state_dict=from_reference(state, path, in_channels, num_classes),
+    )
     progress = {k: raw.get(k) if isinstance(raw.get(k), int) else None for k in ("step", "epoch")}
     return section, progress
 

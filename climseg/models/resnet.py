@@ -7,6 +7,7 @@ changes, else the (subsampled) input. Strides sit in the last unit of a block.
 Once the running stride reaches ``output_stride``, further strides turn into
 dilation (atrous convolution), as in slim's ``stack_blocks_dense``.
 """
+
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -18,11 +19,20 @@ class PreActBottleneck(nn.Module):
         super().__init__()
         self.stride = stride
         self.preact = make_norm(norm, in_channels)
-        self.shortcut = (nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=True)
-                         if in_channels != out_channels else None)
+        self.shortcut = (
+            nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=True) if in_channels != out_channels else None
+        )
         self.conv1 = ConvNormAct(in_channels, mid_channels, 1, norm=norm)
-        self.conv2 = ConvNormAct(mid_channels, mid_channels, 3, stride=stride, padding=dilation,
-                                 dilation=dilation, norm=norm, conv=AtrousConv2d)
+        self.conv2 = ConvNormAct(
+            mid_channels,
+            mid_channels,
+            3,
+            stride=stride,
+            padding=dilation,
+            dilation=dilation,
+            norm=norm,
+            conv=AtrousConv2d,
+        )
         self.conv3 = nn.Conv2d(mid_channels, out_channels, 1, bias=True)
 
     def forward(self, x, taps=None):

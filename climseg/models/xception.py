@@ -6,6 +6,7 @@ channels, exit flow to 2048 channels. Every 3x3 is a depthwise-separable
 convolution (depthwise ``AtrousConv2d`` + pointwise 1x1) with padding equal
 to its dilation; max pooling is replaced by strided separable convolutions.
 """
+
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -18,8 +19,16 @@ class SeparableConv2d(nn.Module):
     def __init__(self, in_channels, out_channels, stride=1, dilation=1):
         super().__init__()
         padding = dilation if stride == 1 else 1
-        self.depthwise = AtrousConv2d(in_channels, in_channels, 3, stride=stride, padding=padding,
-                                      dilation=dilation, groups=in_channels, bias=False)
+        self.depthwise = AtrousConv2d(
+            in_channels,
+            in_channels,
+            3,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=in_channels,
+            bias=False,
+        )
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
 
     def forward(self, x):
@@ -31,8 +40,18 @@ class XceptionBlock(nn.Module):
     conv when ``stride > 1`` (or an extra one for the last block), plus a
     shortcut (1x1 projection + norm when the shape changes)."""
 
-    def __init__(self, in_channels, out_channels, reps, stride=1, dilation=1, end_with_relu=True,
-                 grow_first=True, is_last=False, norm="batch"):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        reps,
+        stride=1,
+        dilation=1,
+        end_with_relu=True,
+        grow_first=True,
+        is_last=False,
+        norm="batch",
+    ):
         super().__init__()
         self.end_with_relu = end_with_relu
         if in_channels != out_channels or stride != 1:
@@ -84,14 +103,22 @@ class AlignedXception(nn.Module):
         self.block1 = XceptionBlock(64, 128, 2, stride=2, end_with_relu=False, norm=norm)
         self.block2 = XceptionBlock(128, 256, 2, stride=2, norm=norm)
         self.block3 = XceptionBlock(256, 728, 2, stride=entry3_stride, is_last=True, norm=norm)
-        self.middle = nn.Sequential(*[XceptionBlock(728, 728, 3, dilation=middle_rate, norm=norm)
-                                      for _ in range(middle_blocks)])
-        self.exit_block = XceptionBlock(728, 1024, 2, dilation=exit_rates[0], end_with_relu=False,
-                                        grow_first=False, is_last=True, norm=norm)
+        self.middle = nn.Sequential(
+            *[XceptionBlock(728, 728, 3, dilation=middle_rate, norm=norm) for _ in range(middle_blocks)]
+        )
+        self.exit_block = XceptionBlock(
+            728, 1024, 2, dilation=exit_rates[0], end_with_relu=False, grow_first=False, is_last=True, norm=norm
+        )
         self.exit = nn.Sequential(
-            SeparableConv2d(1024, 1536, dilation=exit_rates[1]), make_norm(norm, 1536), nn.ReLU(inplace=True),
-            SeparableConv2d(1536, 1536, dilation=exit_rates[1]), make_norm(norm, 1536), nn.ReLU(inplace=True),
-            SeparableConv2d(1536, 2048, dilation=exit_rates[1]), make_norm(norm, 2048), nn.ReLU(inplace=True),
+            SeparableConv2d(1024, 1536, dilation=exit_rates[1]),
+            make_norm(norm, 1536),
+            nn.ReLU(inplace=True),
+            SeparableConv2d(1536, 1536, dilation=exit_rates[1]),
+            make_norm(norm, 1536),
+            nn.ReLU(inplace=True),
+            SeparableConv2d(1536, 2048, dilation=exit_rates[1]),
+            make_norm(norm, 2048),
+            nn.ReLU(inplace=True),
         )
         self.out_channels = 2048
         self.low_level_channels = 128

@@ -19,6 +19,7 @@ reads the spatially constant pooled branch is a per-sample, per-channel bias
 less projection work). The unfused path is the reference; ``fused=False``
 forces it.
 """
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -43,8 +44,17 @@ class ASPP(nn.Module):
             torchvision's and segmentation-models-pytorch's ASPP (0.5) have.
     """
 
-    def __init__(self, in_channels, out_channels=256, rates=(6, 12, 18), norm="batch", fused=True, backend="auto",
-                 deterministic=False, dropout=0.0):
+    def __init__(
+        self,
+        in_channels,
+        out_channels=256,
+        rates=(6, 12, 18),
+        norm="batch",
+        fused=True,
+        backend="auto",
+        deterministic=False,
+        dropout=0.0,
+    ):
         super().__init__()
         self.rates = tuple(rates)
         self.fused, self.backend, self.deterministic = fused, backend, deterministic
@@ -59,8 +69,7 @@ class ASPP(nn.Module):
             ChannelAffine(out_channels) if norm != "none" else nn.Identity(),
             nn.ReLU(inplace=True),
         )
-        self.project = ConvNormAct(out_channels * (len(self.rates) + 2), out_channels, 1, norm=norm,
-                                   conv=AtrousConv2d)
+        self.project = ConvNormAct(out_channels * (len(self.rates) + 2), out_channels, 1, norm=norm, conv=AtrousConv2d)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
 
     def branches(self):
@@ -82,11 +91,19 @@ class ASPP(nn.Module):
             return False
         for b in self.branches():
             conv = b.conv
-            if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or conv.stride != (1, 1) \
-                    or conv.padding_mode != "zeros" or conv.kernel_size[0] != conv.kernel_size[1]:
+            if (
+                not isinstance(conv, nn.Conv2d)
+                or conv.groups != 1
+                or conv.stride != (1, 1)
+                or conv.padding_mode != "zeros"
+                or conv.kernel_size[0] != conv.kernel_size[1]
+            ):
                 return False
-            if not isinstance(b.act, (nn.ReLU, nn.Identity)) or isinstance(b.act, nn.Identity) and \
-                    getattr(conv, "activation", None) != "relu":
+            if (
+                not isinstance(b.act, (nn.ReLU, nn.Identity))
+                or isinstance(b.act, nn.Identity)
+                and getattr(conv, "activation", None) != "relu"
+            ):
                 return False
             if not isinstance(b.norm, (nn.BatchNorm2d, nn.Identity)):
                 return False
@@ -118,9 +135,11 @@ class ASPP(nn.Module):
             shifts.append(shift)
         if train_norms and len(train_norms) != len(self.branches()):
             return None
-        plain = all(b.conv.bias is None and getattr(b.conv, "scale", None) is None and not isinstance(b.norm, nn.BatchNorm2d)
-                    for b in self.branches())
-        if plain or train_norms:   # nothing to apply in the launch but (maybe) a bias
+        plain = all(
+            b.conv.bias is None and getattr(b.conv, "scale", None) is None and not isinstance(b.norm, nn.BatchNorm2d)
+            for b in self.branches()
+        )
+        if plain or train_norms:  # nothing to apply in the launch but (maybe) a bias
             any_bias = any(b.conv.bias is not None for b in self.branches())
             return (torch.cat(biases) if any_bias else None), None, None, train_norms
         return torch.cat(biases), torch.cat(scales), torch.cat(shifts), train_norms
@@ -133,20 +152,37 @@ class ASPP(nn.Module):
             pooled = self.pool(x).expand(-1, -1, x.shape[2], x.shape[3])
             return self.project(torch.cat([b(x) for b in self.branches()] + [pooled], dim=1))
         bias, scale, shift, train_norms = epilogue
-        if train_norms:   # batch statistics: conv in one launch, then one batch norm over all branches
-            y = aspp_conv(x, weights, dilations, bias=bias, scale=scale, shift=shift, activation=None,
-                          deterministic=self.deterministic, backend=self.backend)
+        if train_norms:  # batch statistics: conv in one launch, then one batch norm over all branches
+            y = aspp_conv(
+                x,
+                weights,
+                dilations,
+                bias=bias,
+                scale=scale,
+                shift=shift,
+                activation=None,
+                deterministic=self.deterministic,
+                backend=self.backend,
+            )
             y = torch.relu(self._batch_norm(y, train_norms))
         else:
-            y = aspp_conv(x, weights, dilations, bias=bias, scale=scale, shift=shift, activation="relu",
-                          deterministic=self.deterministic, backend=self.backend)
-        pooled = self.pool(x).flatten(1)                              # (N, C)
+            y = aspp_conv(
+                x,
+                weights,
+                dilations,
+                bias=bias,
+                scale=scale,
+                shift=shift,
+                activation="relu",
+                deterministic=self.deterministic,
+                backend=self.backend,
+            )
+        pooled = self.pool(x).flatten(1)  # (N, C)
         conv = self.project.conv
         n_branch = y.shape[1]
-        w = conv.weight.flatten(1)                                    # (C, 5C)
-        z = atrous_conv2d(y, conv.weight[:, :n_branch], None, deterministic=self.deterministic,
-                          backend=self.backend)
-        per_sample = pooled.to(w.dtype) @ w[:, n_branch:].t()          # (N, C)
+        w = conv.weight.flatten(1)  # (C, 5C)
+        z = atrous_conv2d(y, conv.weight[:, :n_branch], None, deterministic=self.deterministic, backend=self.backend)
+        per_sample = pooled.to(w.dtype) @ w[:, n_branch:].t()  # (N, C)
         if conv.bias is not None:
             per_sample = per_sample + conv.bias
         z = z + per_sample.to(z.dtype)[:, :, None, None]
@@ -166,17 +202,25 @@ class ASPP(nn.Module):
         means = torch.cat([n.running_mean for n in norms])
         variances = torch.cat([n.running_var for n in norms])
         weight, bias = torch.cat([n.weight for n in norms]), torch.cat([n.bias for n in norms])
-        if hasattr(first, "group_normalize"):   # statistics shared by a group of ranks (GroupBatchNorm2d)
+        if hasattr(first, "group_normalize"):  # statistics shared by a group of ranks (GroupBatchNorm2d)
             out = first.group_normalize(y, means, variances, weight, bias)
         else:
-            out = F.batch_norm(y, means, variances, weight, bias, True,
-                               first.momentum if first.momentum is not None else 0.1, first.eps)
+            out = F.batch_norm(
+                y,
+                means,
+                variances,
+                weight,
+                bias,
+                True,
+                first.momentum if first.momentum is not None else 0.1,
+                first.eps,
+            )
         with torch.no_grad():
             offset = 0
             for n in norms:
                 c = n.num_features
-                n.running_mean.copy_(means[offset:offset + c])
-                n.running_var.copy_(variances[offset:offset + c])
+                n.running_mean.copy_(means[offset : offset + c])
+                n.running_var.copy_(variances[offset : offset + c])
                 n.num_batches_tracked += 1
                 offset += c
         return out

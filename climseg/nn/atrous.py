@@ -6,6 +6,7 @@ so a model can swap its convolutions without touching checkpoints. An
 ``AtrousConv2d`` may also carry a fused epilogue: per-channel ``scale`` and
 ``shift`` buffers (a batch norm folded in for inference) and a ReLU.
 """
+
 import torch
 import torch.nn as nn
 
@@ -32,9 +33,19 @@ class AtrousConv2d(nn.Conv2d):
     @classmethod
     def from_conv(cls, conv, **kwargs):
         """An ``AtrousConv2d`` sharing ``conv``'s parameters (the same tensors)."""
-        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                  dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
-                  padding_mode=conv.padding_mode, device="meta", **kwargs)
+        new = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device="meta",
+            **kwargs,
+        )
         new.weight = conv.weight
         new.bias = conv.bias
         return new
@@ -52,9 +63,20 @@ class AtrousConv2d(nn.Conv2d):
             if self.scale is not None:
                 y = y * self.scale.view(1, -1, 1, 1).to(y.dtype) + self.shift.view(1, -1, 1, 1).to(y.dtype)
             return torch.relu(y) if self.activation == "relu" else y
-        return atrous_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
-                             scale=self.scale, shift=self.shift, activation=self.activation,
-                             deterministic=self.deterministic, backend=self.backend)
+        return atrous_conv2d(
+            x,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            scale=self.scale,
+            shift=self.shift,
+            activation=self.activation,
+            deterministic=self.deterministic,
+            backend=self.backend,
+        )
 
     def extra_repr(self):
         extra = []

@@ -26,6 +26,7 @@ logger. :func:`unfold_state_dict` returns the state dict of the original layout 
 ``nn.Conv2d`` and ``BatchNorm2d`` keys, the third-party ASPP's key names) for
 ``original_model.load_state_dict``.
 """
+
 import collections
 import copy
 import dataclasses
@@ -48,14 +49,14 @@ logger = logging.getLogger(__name__)
 class ConversionReport:
     """What :func:`convert_model` did. Names are module paths in the converted model."""
 
-    convs: int = 0                                        # convolutions running on climseg.ops
-    norms: int = 0                                        # BatchNorm2d before folding
-    folded: list = dataclasses.field(default_factory=list)       # (conv, norm, relu or None)
-    not_folded: list = dataclasses.field(default_factory=list)   # (norm, reason)
-    aspp_replaced: list = dataclasses.field(default_factory=list)       # module paths
-    aspp_not_replaced: list = dataclasses.field(default_factory=list)   # (path, reason)
-    traced: list = dataclasses.field(default_factory=list)      # modules traced whole by torch.fx
-    untraced: list = dataclasses.field(default_factory=list)    # (module, why torch.fx could not)
+    convs: int = 0  # convolutions running on climseg.ops
+    norms: int = 0  # BatchNorm2d before folding
+    folded: list = dataclasses.field(default_factory=list)  # (conv, norm, relu or None)
+    not_folded: list = dataclasses.field(default_factory=list)  # (norm, reason)
+    aspp_replaced: list = dataclasses.field(default_factory=list)  # module paths
+    aspp_not_replaced: list = dataclasses.field(default_factory=list)  # (path, reason)
+    traced: list = dataclasses.field(default_factory=list)  # modules traced whole by torch.fx
+    untraced: list = dataclasses.field(default_factory=list)  # (module, why torch.fx could not)
 
     def summary(self):
         """One line: ``"18 convolutions on climseg.ops; folded 59 of 60 batch norms; ..."``."""
@@ -63,8 +64,10 @@ class ConversionReport:
         if self.folded or self.not_folded:
             parts.append(f"folded {len(self.folded)} of {self.norms} batch norms")
         if self.aspp_replaced or self.aspp_not_replaced:
-            parts.append(f"replaced {len(self.aspp_replaced)} of "
-                         f"{len(self.aspp_replaced) + len(self.aspp_not_replaced)} ASPP modules")
+            parts.append(
+                f"replaced {len(self.aspp_replaced)} of "
+                f"{len(self.aspp_replaced) + len(self.aspp_not_replaced)} ASPP modules"
+            )
         return "; ".join(parts)
 
 
@@ -88,14 +91,23 @@ def _conv_bn_relu(seq, kernel, dilation=1, pooled=False):
         if not mods or not isinstance(mods[0], nn.AdaptiveAvgPool2d) or mods[0].output_size not in (1, (1, 1)):
             return "the image-pooling branch does not start with AdaptiveAvgPool2d(1)"
         mods = mods[1:]
-    if len(mods) != 3 or type(mods[0]) not in (nn.Conv2d, AtrousConv2d) or not isinstance(mods[1], nn.BatchNorm2d) \
-            or not isinstance(mods[2], nn.ReLU):
+    if (
+        len(mods) != 3
+        or type(mods[0]) not in (nn.Conv2d, AtrousConv2d)
+        or not isinstance(mods[1], nn.BatchNorm2d)
+        or not isinstance(mods[2], nn.ReLU)
+    ):
         kinds = ", ".join(type(m).__name__ for m in mods)
         return f"a branch is [{kinds}], not Conv2d, BatchNorm2d, ReLU (separable convolutions are not fused)"
     conv = mods[0]
-    if conv.kernel_size != (kernel, kernel) or conv.stride != (1, 1) or conv.groups != 1 \
-            or conv.padding_mode != "zeros" or conv.dilation != (dilation, dilation) \
-            or conv.padding != (dilation * (kernel - 1) // 2,) * 2:
+    if (
+        conv.kernel_size != (kernel, kernel)
+        or conv.stride != (1, 1)
+        or conv.groups != 1
+        or conv.padding_mode != "zeros"
+        or conv.dilation != (dilation, dilation)
+        or conv.padding != (dilation * (kernel - 1) // 2,) * 2
+    ):
         return f"a branch convolution is {conv} (expected {kernel}x{kernel}, dilation {dilation}, same size)"
     if isinstance(conv, AtrousConv2d) and (conv.scale is not None or conv.activation is not None):
         return "a branch convolution already has a fused epilogue"
@@ -142,8 +154,9 @@ def _third_party_aspp(module):
         new = ASPP(in_channels, out_channels, rates, norm="batch", dropout=0.5 if dropout is not None else 0.0)
     if dropout is not None:
         new.dropout = dropout
-    for target, (conv, norm, relu) in zip([new.conv1x1] + list(new.atrous) + [new.project],
-                                          [first] + atrous + [proj_found]):
+    for target, (conv, norm, relu) in zip(
+        [new.conv1x1] + list(new.atrous) + [new.project], [first] + atrous + [proj_found]
+    ):
         target.conv = conv if isinstance(conv, AtrousConv2d) else AtrousConv2d.from_conv(conv)
         target.norm, target.act = norm, relu
     new.pool = nn.Sequential(list(convs[-1].children())[0], *pool)
@@ -152,11 +165,16 @@ def _third_party_aspp(module):
         return None, "a parameter was left on the meta device (unexpected structure)"
     n = len(convs)
     # climseg name -> the third-party name (for unfold_state_dict)
-    new.source_names = {"conv1x1.conv": "convs.0.0", "conv1x1.norm": "convs.0.1",
-                        **{f"atrous.{i}.conv": f"convs.{i + 1}.0" for i in range(n - 2)},
-                        **{f"atrous.{i}.norm": f"convs.{i + 1}.1" for i in range(n - 2)},
-                        "pool.1": f"convs.{n - 1}.1", "pool.2": f"convs.{n - 1}.2",
-                        "project.conv": "project.0", "project.norm": "project.1"}
+    new.source_names = {
+        "conv1x1.conv": "convs.0.0",
+        "conv1x1.norm": "convs.0.1",
+        **{f"atrous.{i}.conv": f"convs.{i + 1}.0" for i in range(n - 2)},
+        **{f"atrous.{i}.norm": f"convs.{i + 1}.1" for i in range(n - 2)},
+        "pool.1": f"convs.{n - 1}.1",
+        "pool.2": f"convs.{n - 1}.2",
+        "project.conv": "project.0",
+        "project.norm": "project.1",
+    }
     return new, None
 
 
@@ -191,7 +209,7 @@ class _Folder:
         """Fold the norm at ``norm_path`` (and the ReLU at ``act_path``) into the conv; paths are
         from the model's root."""
         conv, norm = self.model.get_submodule(conv_path), self.model.get_submodule(norm_path)
-        if type(conv) is nn.Conv2d:           # left out by dilated_only: it needs the epilogue now
+        if type(conv) is nn.Conv2d:  # left out by dilated_only: it needs the epilogue now
             conv = AtrousConv2d.from_conv(conv, backend=self.backend)
             _set(self.model, conv_path, conv)
             self.report.convs += 1
@@ -217,15 +235,16 @@ class _Folder:
 
     # -- torch.fx ------------------------------------------------------------------------------
     def traced(self, root, prefix):
-        if isinstance(root, ASPP):        # picks its path at run time; its structure is known
+        if isinstance(root, ASPP):  # picks its path at run time; its structure is known
             for sub, inner in root.named_modules():
                 self.structural(inner, _join(prefix, sub))
             return
         try:
             graph = _Tracer().trace(root)
         except Exception as exc:  # any Python the tracer cannot follow: fall back below
-            self.report.untraced.append((prefix or "(model)", f"{type(exc).__name__}: "
-                                         f"{(str(exc).splitlines() or [''])[0][:160]}"))
+            self.report.untraced.append(
+                (prefix or "(model)", f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}")
+            )
             self.structural(root, prefix)
             for name, child in root.named_children():
                 if any(True for _ in child.children()):
@@ -256,12 +275,16 @@ class _Folder:
                 continue
             users = list(node.users)
             act = None
-            if len(users) == 1 and users[0].op == "call_module" and calls[users[0].target] == 1 \
-                    and isinstance(root.get_submodule(users[0].target), nn.ReLU):
+            if (
+                len(users) == 1
+                and users[0].op == "call_module"
+                and calls[users[0].target] == 1
+                and isinstance(root.get_submodule(users[0].target), nn.ReLU)
+            ):
                 act = _join(prefix, users[0].target)
             self.fold(_join(prefix, source.target), norm_path, act)
         for name, m in root.named_modules():
-            if isinstance(m, ASPP):       # a leaf to the tracer: its own structure is known
+            if isinstance(m, ASPP):  # a leaf to the tracer: its own structure is known
                 for sub, inner in m.named_modules():
                     self.structural(inner, _join(_join(prefix, name), sub))
 
@@ -285,8 +308,11 @@ class _Folder:
                 self.reasons.setdefault(_join(prefix, norm_name), reason)
                 continue
             act = getattr(parent, act_name) if act_name is not None else None
-            self.fold(_join(prefix, conv_name), _join(prefix, norm_name),
-                      _join(prefix, act_name) if isinstance(act, nn.ReLU) else None)
+            self.fold(
+                _join(prefix, conv_name),
+                _join(prefix, norm_name),
+                _join(prefix, act_name) if isinstance(act, nn.ReLU) else None,
+            )
 
 
 def convert_model(model, *, fold_bn=False, dilated_only=False, backend="auto", inplace=False, fuse_aspp=False):
@@ -352,8 +378,11 @@ def convert_model(model, *, fold_bn=False, dilated_only=False, backend="auto", i
     if fold_bn:
         folder = _Folder(model, backend, report)
         folder.traced(model, "")
-        report.not_folded = [(name, folder.reasons.get(name, "not directly after a convolution"))
-                             for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+        report.not_folded = [
+            (name, folder.reasons.get(name, "not directly after a convolution"))
+            for name, m in model.named_modules()
+            if isinstance(m, nn.BatchNorm2d)
+        ]
     model.conversion_report = report
     logger.info("convert_model: %s", report.summary())
     for path, reason in report.aspp_not_replaced:
@@ -386,14 +415,19 @@ def unfold_state_dict(model):
         saved = dict(m.folded_norm_state)
         eps = saved.pop("eps")
         same = "weight" in saved and "running_mean" in saved
-        if same:   # do the saved statistics still give the folded scale and shift?
-            scale, shift = fold_values(saved["running_mean"], saved["running_var"], eps, saved["weight"],
-                                        saved.get("bias"))
+        if same:  # do the saved statistics still give the folded scale and shift?
+            scale, shift = fold_values(
+                saved["running_mean"], saved["running_var"], eps, saved["weight"], saved.get("bias")
+            )
             same = torch.equal(scale.to(m.scale), m.scale) and torch.equal(shift.to(m.shift), m.shift)
         if not same:
-            saved = {"weight": m.scale.clone(), "bias": m.shift.clone(), "running_mean": torch.zeros_like(m.scale),
-                     "running_var": torch.full_like(m.scale, 1.0 - eps),
-                     "num_batches_tracked": saved.get("num_batches_tracked", torch.tensor(0))}
+            saved = {
+                "weight": m.scale.clone(),
+                "bias": m.shift.clone(),
+                "running_mean": torch.zeros_like(m.scale),
+                "running_var": torch.full_like(m.scale, 1.0 - eps),
+                "num_batches_tracked": saved.get("num_batches_tracked", torch.tensor(0)),
+            }
         for leaf, value in saved.items():
             state[f"{norm_path}.{leaf}"] = value
     for name, m in modules.items():
@@ -404,10 +438,10 @@ def unfold_state_dict(model):
         renamed = {}
         for key, value in state.items():
             if key.startswith(base):
-                rest = key[len(base):]
+                rest = key[len(base) :]
                 for new, old in names.items():
                     if rest.startswith(new + "."):
-                        key = base + old + rest[len(new):]
+                        key = base + old + rest[len(new) :]
                         break
             renamed[key] = value
         state = renamed

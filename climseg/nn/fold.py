@@ -9,6 +9,7 @@ norms with it, and :func:`climseg.nn.convert_model` folds every convolution -> b
 of a traced model; :func:`climseg.nn.unfold_state_dict` uses the same formula from saved
 statistics.
 """
+
 import torch
 import torch.nn as nn
 

@@ -1,4 +1,5 @@
 """Small building blocks shared by the models: conv -> norm -> activation, norms, affine."""
+
 import torch
 import torch.nn as nn
 
@@ -31,11 +32,31 @@ class ConvNormAct(nn.Module):
     """conv -> norm -> ReLU (or no activation). The conv has no bias unless asked:
     with ``norm="none"`` the block is conv -> ReLU, as in networks trained without norms."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 norm="batch", activation=True, bias=False, conv=nn.Conv2d):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        norm="batch",
+        activation=True,
+        bias=False,
+        conv=nn.Conv2d,
+    ):
         super().__init__()
-        self.conv = conv(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                         dilation=dilation, groups=groups, bias=bias)
+        self.conv = conv(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+        )
         self.norm = make_norm(norm, out_channels)
         self.act = nn.ReLU(inplace=True) if activation else nn.Identity()
 

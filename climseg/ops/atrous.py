@@ -18,6 +18,7 @@ kernels for depthwise). The epilogue's backward (ReLU mask, scale, sums for
 bias/scale/shift/residual) is a few elementwise PyTorch ops; the input and
 weight gradients are Triton kernels.
 """
+
 import os
 import sys
 import typing
@@ -36,8 +37,20 @@ Tensor = torch.Tensor
 # ---------------------------------------------------------------------------------------------
 # reference
 # ---------------------------------------------------------------------------------------------
-def atrous_conv2d_reference(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-                            scale=None, shift=None, activation=None, residual=None):
+def atrous_conv2d_reference(
+    x,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    *,
+    scale=None,
+    shift=None,
+    activation=None,
+    residual=None,
+):
     """Plain PyTorch: ``F.conv2d`` followed by the epilogue, term by term."""
     y = _at_caller(F.conv2d, x, weight, bias, stride, padding, dilation, groups)
     if scale is not None:
@@ -54,8 +67,9 @@ def atrous_conv2d_reference(x, weight, bias=None, stride=1, padding=0, dilation=
 def aspp_conv_reference(x, weights, dilations, *, bias=None, scale=None, shift=None, activation=None, pooled=None):
     """``concat[conv_b(x) for each branch b] -> epilogue``, then the broadcast ``pooled`` (N, C)
     appended as the last channels. Branch b has padding ``dilation_b * (k_b - 1) // 2``."""
-    y = torch.cat([_at_caller(F.conv2d, x, w, None, 1, d * (w.shape[-1] - 1) // 2, d)
-                   for w, d in zip(weights, dilations)], 1)
+    y = torch.cat(
+        [_at_caller(F.conv2d, x, w, None, 1, d * (w.shape[-1] - 1) // 2, d) for w, d in zip(weights, dilations)], 1
+    )
     y = atrous_conv2d_reference_epilogue(y, bias, scale, shift, activation)
     if pooled is not None:
         y = torch.cat([y, pooled[:, :, None, None].to(y.dtype).expand(-1, -1, y.shape[2], y.shape[3])], 1)
@@ -83,9 +97,14 @@ def _at_caller(function, *args):
             frame = frame.f_back
         where = frame.f_globals if frame is not None else {}
         for w in caught:
-            warnings.warn_explicit(w.message, w.category, frame.f_code.co_filename if frame else w.filename,
-                                   frame.f_lineno if frame else w.lineno, module=where.get("__name__"),
-                                   registry=where.setdefault("__warningregistry__", {}))
+            warnings.warn_explicit(
+                w.message,
+                w.category,
+                frame.f_code.co_filename if frame else w.filename,
+                frame.f_lineno if frame else w.lineno,
+                module=where.get("__name__"),
+                registry=where.setdefault("__warningregistry__", {}),
+            )
     return out
 
 
@@ -188,8 +207,22 @@ def _deterministic(flag):
 # ---------------------------------------------------------------------------------------------
 # public functions
 # ---------------------------------------------------------------------------------------------
-def atrous_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-                  scale=None, shift=None, activation=None, residual=None, deterministic=False, backend="auto"):
+def atrous_conv2d(
+    x,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    *,
+    scale=None,
+    shift=None,
+    activation=None,
+    residual=None,
+    deterministic=False,
+    backend="auto",
+):
     """Dilated convolution with fused bias / per-channel scale and shift / residual / ReLU.
 
     Args follow ``torch.nn.functional.conv2d``; ``stride``, ``padding`` and
@@ -213,16 +246,50 @@ def atrous_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=
         return _unsupported(x, weight, groups)
 
     if _choose("atrous_conv2d", backend, x, why_not) == "torch":
-        return atrous_conv2d_reference(x, weight, bias, stride, padding, dilation, groups,
-                                       scale=scale, shift=shift, activation=activation, residual=residual)
+        return atrous_conv2d_reference(
+            x,
+            weight,
+            bias,
+            stride,
+            padding,
+            dilation,
+            groups,
+            scale=scale,
+            shift=shift,
+            activation=activation,
+            residual=residual,
+        )
     x, residual = _autocast(x, residual)
     return torch.ops.climseg.conv_branches(
-        x, [weight], stride_p, pad, dilation_p, groups, bias, scale, shift, residual, None,
-        activation == "relu", _deterministic(deterministic))
+        x,
+        [weight],
+        stride_p,
+        pad,
+        dilation_p,
+        groups,
+        bias,
+        scale,
+        shift,
+        residual,
+        None,
+        activation == "relu",
+        _deterministic(deterministic),
+    )
 
 
-def aspp_conv(x, weights, dilations, *, bias=None, scale=None, shift=None, activation=None, pooled=None,
-              deterministic=False, backend="auto"):
+def aspp_conv(
+    x,
+    weights,
+    dilations,
+    *,
+    bias=None,
+    scale=None,
+    shift=None,
+    activation=None,
+    pooled=None,
+    deterministic=False,
+    backend="auto",
+):
     """The convolution branches of ASPP in one launch: ``concat[conv_b(x)]`` with the epilogue
     over the concatenated channels, then ``pooled`` (N, C) broadcast into the last channels.
 
@@ -245,13 +312,26 @@ def aspp_conv(x, weights, dilations, *, bias=None, scale=None, shift=None, activ
         return ""
 
     if _choose("aspp_conv", backend, x, why_not) == "torch":
-        return aspp_conv_reference(x, weights, dilations, bias=bias, scale=scale, shift=shift,
-                                   activation=activation, pooled=pooled)
+        return aspp_conv_reference(
+            x, weights, dilations, bias=bias, scale=scale, shift=shift, activation=activation, pooled=pooled
+        )
     pads = [d * (w.shape[-1] - 1) // 2 for w, d in zip(weights, dilations)]
     x, _ = _autocast(x, None)
     return torch.ops.climseg.conv_branches(
-        x, weights, [1, 1], [p for p in pads for _ in range(2)], [d for d in dilations for _ in range(2)], 1,
-        bias, scale, shift, None, pooled, activation == "relu", _deterministic(deterministic))
+        x,
+        weights,
+        [1, 1],
+        [p for p in pads for _ in range(2)],
+        [d for d in dilations for _ in range(2)],
+        1,
+        bias,
+        scale,
+        shift,
+        None,
+        pooled,
+        activation == "relu",
+        _deterministic(deterministic),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,14 +340,16 @@ def aspp_conv(x, weights, dilations, *, bias=None, scale=None, shift=None, activ
 def _out_hw(x, weight, stride, pad, dil):
     H, W = x.shape[2], x.shape[3]
     KH, KW = weight.shape[2], weight.shape[3]
-    return ((H + 2 * pad[0] - dil[0] * (KH - 1) - 1) // stride[0] + 1,
-            (W + 2 * pad[1] - dil[1] * (KW - 1) - 1) // stride[1] + 1)
+    return (
+        (H + 2 * pad[0] - dil[0] * (KH - 1) - 1) // stride[0] + 1,
+        (W + 2 * pad[1] - dil[1] * (KW - 1) - 1) // stride[1] + 1,
+    )
 
 
 def _branch_params(weights, paddings, dilations):
     """Per branch (pad pair, dil pair); one shared pair is given for a single conv."""
     n = len(weights)
-    return ([paddings[2 * i:2 * i + 2] for i in range(n)], [dilations[2 * i:2 * i + 2] for i in range(n)])
+    return ([paddings[2 * i : 2 * i + 2] for i in range(n)], [dilations[2 * i : 2 * i + 2] for i in range(n)])
 
 
 def _check(x, weights, stride, paddings, dilations):
@@ -306,11 +388,21 @@ def _table(rows, device):
 
 
 @torch.library.custom_op("climseg::conv_branches", mutates_args=())
-def _conv_branches(x: Tensor, weights: typing.List[Tensor], stride: typing.List[int], paddings: typing.List[int],
-                   dilations: typing.List[int], groups: int, bias: typing.Optional[Tensor],
-                   scale: typing.Optional[Tensor], shift: typing.Optional[Tensor],
-                   residual: typing.Optional[Tensor], pooled: typing.Optional[Tensor], relu: bool,
-                   deterministic: bool) -> Tensor:
+def _conv_branches(
+    x: Tensor,
+    weights: typing.List[Tensor],
+    stride: typing.List[int],
+    paddings: typing.List[int],
+    dilations: typing.List[int],
+    groups: int,
+    bias: typing.Optional[Tensor],
+    scale: typing.Optional[Tensor],
+    shift: typing.Optional[Tensor],
+    residual: typing.Optional[Tensor],
+    pooled: typing.Optional[Tensor],
+    relu: bool,
+    deterministic: bool,
+) -> Tensor:
     K = _kernels()
     pads, dils, (OH, OW) = _check(x, weights, stride, paddings, dilations)
     xn = _nhwc(x)
@@ -319,30 +411,57 @@ def _conv_branches(x: Tensor, weights: typing.List[Tensor], stride: typing.List[
     total = branch_channels + (pooled.shape[1] if pooled is not None else 0)
     res = _nhwc(residual) if residual is not None else None
     y = _empty_nhwc((x.shape[0], total, OH, OW), x)
-    yn = y.permute(0, 2, 3, 1)     # the same storage as (N, OH, OW, C), contiguous
+    yn = y.permute(0, 2, 3, 1)  # the same storage as (N, OH, OW, C), contiguous
     if groups == 1:
         packed, rows, offset = [], [], 0
         for i, (w, p, d) in enumerate(zip(weights, pads, dils)):
             packed.append(w.detach().permute(2, 3, 1, 0).reshape(-1).to(x.dtype))
             rows += [offset, w.shape[2], w.shape[3], d[0], d[1], p[0], p[1], i * cout]
             offset += w.numel()
-        K.dense_forward(xn, torch.cat(packed).contiguous(), _table(rows, x.device), cout, total, (OH, OW), stride,
-                        bias=_epilogue_vec(bias), scale=_epilogue_vec(scale), shift=_epilogue_vec(shift),
-                        residual=res, relu=relu, deterministic=deterministic, out=yn)
+        K.dense_forward(
+            xn,
+            torch.cat(packed).contiguous(),
+            _table(rows, x.device),
+            cout,
+            total,
+            (OH, OW),
+            stride,
+            bias=_epilogue_vec(bias),
+            scale=_epilogue_vec(scale),
+            shift=_epilogue_vec(shift),
+            residual=res,
+            relu=relu,
+            deterministic=deterministic,
+            out=yn,
+        )
     else:
         w = weights[0]
-        taps = w.detach().reshape(cout, -1).t().contiguous().to(x.dtype)     # [KH*KW, C]
-        K.depthwise_forward(xn, taps, tuple(w.shape[2:]), stride, pads[0], dils[0], (OH, OW),
-                            bias=_epilogue_vec(bias), scale=_epilogue_vec(scale), shift=_epilogue_vec(shift),
-                            residual=res, relu=relu, deterministic=deterministic, out=yn)
+        taps = w.detach().reshape(cout, -1).t().contiguous().to(x.dtype)  # [KH*KW, C]
+        K.depthwise_forward(
+            xn,
+            taps,
+            tuple(w.shape[2:]),
+            stride,
+            pads[0],
+            dils[0],
+            (OH, OW),
+            bias=_epilogue_vec(bias),
+            scale=_epilogue_vec(scale),
+            shift=_epilogue_vec(shift),
+            residual=res,
+            relu=relu,
+            deterministic=deterministic,
+            out=yn,
+        )
     if pooled is not None:
         yn[..., branch_channels:] = pooled.to(y.dtype)[:, None, None, :]
     return y
 
 
 @_conv_branches.register_fake
-def _conv_branches_fake(x, weights, stride, paddings, dilations, groups, bias, scale, shift, residual, pooled, relu,
-                        deterministic):
+def _conv_branches_fake(
+    x, weights, stride, paddings, dilations, groups, bias, scale, shift, residual, pooled, relu, deterministic
+):
     pads, dils = _branch_params(weights, paddings, dilations)
     OH, OW = _out_hw(x, weights[0], stride, pads[0], dils[0])
     total = weights[0].shape[0] * len(weights) + (pooled.shape[1] if pooled is not None else 0)
@@ -350,9 +469,17 @@ def _conv_branches_fake(x, weights, stride, paddings, dilations, groups, bias, s
 
 
 @torch.library.custom_op("climseg::conv_branches_backward", mutates_args=())
-def _conv_branches_backward(grad: Tensor, x: Tensor, weights: typing.List[Tensor], stride: typing.List[int],
-                            paddings: typing.List[int], dilations: typing.List[int], groups: int, need_input: bool,
-                            deterministic: bool) -> typing.List[Tensor]:
+def _conv_branches_backward(
+    grad: Tensor,
+    x: Tensor,
+    weights: typing.List[Tensor],
+    stride: typing.List[int],
+    paddings: typing.List[int],
+    dilations: typing.List[int],
+    groups: int,
+    need_input: bool,
+    deterministic: bool,
+) -> typing.List[Tensor]:
     """``[dx] + [dw per branch]`` for the gradient ``grad`` of the branches' (pre-epilogue) output."""
     K = _kernels()
     pads, dils, _ = _check(x, weights, stride, paddings, dilations)
@@ -369,13 +496,26 @@ def _conv_branches_backward(grad: Tensor, x: Tensor, weights: typing.List[Tensor
             offset += w.numel()
         dx = _like_input(x, need_input)
         if need_input:
-            K.dense_dgrad(g, torch.cat(packed_t).contiguous(), _table(rows, x.device), xn.shape, cout, stride,
-                          deterministic, out=dx.permute(0, 2, 3, 1))
+            K.dense_dgrad(
+                g,
+                torch.cat(packed_t).contiguous(),
+                _table(rows, x.device),
+                xn.shape,
+                cout,
+                stride,
+                deterministic,
+                out=dx.permute(0, 2, 3, 1),
+            )
         flat = K.dense_wgrad(xn, g, _table(jobs, x.device), offset, cout, stride, deterministic)
         dws, offset = [], 0
-        for w in weights:      # packed [KH, KW, Cin, Cout] -> [Cout, Cin, KH, KW]
-            dws.append(flat[offset:offset + w.numel()].view(w.shape[2], w.shape[3], w.shape[1], cout)
-                       .permute(3, 2, 0, 1).contiguous().to(w.dtype))
+        for w in weights:  # packed [KH, KW, Cin, Cout] -> [Cout, Cin, KH, KW]
+            dws.append(
+                flat[offset : offset + w.numel()]
+                .view(w.shape[2], w.shape[3], w.shape[1], cout)
+                .permute(3, 2, 0, 1)
+                .contiguous()
+                .to(w.dtype)
+            )
             offset += w.numel()
         return [dx] + dws
     w = weights[0]
@@ -384,7 +524,7 @@ def _conv_branches_backward(grad: Tensor, x: Tensor, weights: typing.List[Tensor
     dx = _like_input(x, need_input)
     if need_input:
         K.depthwise_dgrad(g, taps, xn.shape, ks, stride, pads[0], dils[0], deterministic, out=dx.permute(0, 2, 3, 1))
-    dw = K.depthwise_wgrad(xn, g, ks, stride, pads[0], dils[0])       # [KH*KW, C]
+    dw = K.depthwise_wgrad(xn, g, ks, stride, pads[0], dils[0])  # [KH*KW, C]
     return [dx, dw.t().reshape(w.shape).contiguous().to(w.dtype)]
 
 
@@ -394,8 +534,9 @@ def _conv_branches_backward_fake(grad, x, weights, stride, paddings, dilations, 
 
 
 def _setup_context(ctx, inputs, output):
-    (x, weights, stride, paddings, dilations, groups, bias, scale, shift, residual, pooled, relu,
-     deterministic) = inputs
+    (x, weights, stride, paddings, dilations, groups, bias, scale, shift, residual, pooled, relu, deterministic) = (
+        inputs
+    )
     ctx.config = (list(stride), list(paddings), list(dilations), groups, relu, deterministic)
     ctx.flags = (bias is not None, scale is not None, shift is not None, residual is not None, pooled is not None)
     ctx.num_weights = len(weights)
@@ -406,7 +547,7 @@ def _backward(ctx, grad):
     stride, paddings, dilations, groups, relu, deterministic = ctx.config
     x, bias, scale, shift, output, *weights = ctx.saved_tensors
     has_bias, has_scale, has_shift, has_res, has_pool = ctx.flags
-    needs = ctx.needs_input_grad   # x, weights, stride, paddings, dilations, groups, bias, scale, shift, res, pooled
+    needs = ctx.needs_input_grad  # x, weights, stride, paddings, dilations, groups, bias, scale, shift, res, pooled
     nb = weights[0].shape[0] * len(weights)
     g = grad[:, :nb]
     d_pooled = grad[:, nb:].sum((2, 3)) if has_pool and needs[10] else None
@@ -417,16 +558,18 @@ def _backward(ctx, grad):
     d_shift = g.sum(sums, dtype=torch.float32).to(shift.dtype) if has_shift and needs[8] else None
     d_scale = None
     if has_scale and needs[7]:
-        z = torch.ops.climseg.conv_branches(x, weights, stride, paddings, dilations, groups, bias, None, None,
-                                            None, None, False, deterministic)
+        z = torch.ops.climseg.conv_branches(
+            x, weights, stride, paddings, dilations, groups, bias, None, None, None, None, False, deterministic
+        )
         d_scale = (g.float() * z.float()).sum(sums).to(scale.dtype)
     if has_scale:
         g = g * scale.view(1, -1, 1, 1).to(g.dtype)
     d_bias = g.sum(sums, dtype=torch.float32).to(bias.dtype) if has_bias and needs[6] else None
     d_x, d_w = None, None
     if needs[0] or needs[1]:
-        grads = torch.ops.climseg.conv_branches_backward(g, x, weights, stride, paddings, dilations, groups,
-                                                         needs[0], deterministic)
+        grads = torch.ops.climseg.conv_branches_backward(
+            g, x, weights, stride, paddings, dilations, groups, needs[0], deterministic
+        )
         d_x = grads[0] if needs[0] else None
         d_w = grads[1:] if needs[1] else None
     return d_x, d_w, None, None, None, None, d_bias, d_scale, d_shift, d_res, d_pooled, None, None

@@ -8,6 +8,7 @@ the CPU emulation of the CUDA kernels, both for tests). The default comes from t
 environment variable ``CLIMSEG_BACKEND`` (unset: ``"auto"``). ``climseg info``
 prints :func:`describe`.
 """
+
 import os
 
 from climseg.errors import ConfigError
@@ -46,7 +47,7 @@ def resolve(op, requested, tensor=None):
     candidates = _REGISTRY.get(op, [])
     if requested == "auto":
         if tensor is not None and tensor.device.type != "cuda":
-            return "torch"     # CPU tensors take the reference (the Triton interpreter is for tests)
+            return "torch"  # CPU tensors take the reference (the Triton interpreter is for tests)
         for name, probe in candidates:
             ok, _ = probe(tensor)
             if ok:
@@ -58,8 +59,11 @@ def resolve(op, requested, tensor=None):
             if ok:
                 return name
             raise ConfigError(f"{op}: backend {requested!r} cannot run here: {reason}")
-    raise ConfigError(f"{op}: backend {requested!r} is not available in this build of climseg (available: torch"
-                      + "".join(f", {n}" for n, _ in candidates) + ")")
+    raise ConfigError(
+        f"{op}: backend {requested!r} is not available in this build of climseg (available: torch"
+        + "".join(f", {n}" for n, _ in candidates)
+        + ")"
+    )
 
 
 _KERNEL_NAMES = {"triton": "Triton kernels", "cuda": "CUDA kernels"}
@@ -104,5 +108,13 @@ def describe(ops=None):
 
 
 # every op climseg defines, whether or not it has fast backends yet
-_REGISTRY_OPS = {"atrous_conv2d", "aspp_conv", "weighted_cross_entropy_with_counts", "larc_adam_step", "lamb_step",
-                 "flatten_gradients", "unflatten_gradients", "normalize_input"}
+_REGISTRY_OPS = {
+    "atrous_conv2d",
+    "aspp_conv",
+    "weighted_cross_entropy_with_counts",
+    "larc_adam_step",
+    "lamb_step",
+    "flatten_gradients",
+    "unflatten_gradients",
+    "normalize_input",
+}

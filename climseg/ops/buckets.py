@@ -7,6 +7,7 @@
 One pass each way over all the tensors. The scale before the sum (1 / world size) keeps
 fp16 sums finite; the flag after it is the overflow check a loss scaler needs, for free.
 """
+
 import torch
 
 from climseg.ops import backend as _backend
@@ -19,7 +20,7 @@ _backend.register("unflatten_gradients", "cuda", _cuda.probe)
 
 def flatten_gradients_reference(tensors, dtype=None, scale=1.0, out=None):
     dtype = dtype or tensors[0].dtype
-    if scale == 1.0:     # no arithmetic: the cast alone (the same rounding as through float32)
+    if scale == 1.0:  # no arithmetic: the cast alone (the same rounding as through float32)
         flat = torch.cat([t.reshape(-1) for t in tensors]).to(dtype)
     else:
         flat = torch.cat([t.reshape(-1).float() * scale for t in tensors]).to(dtype)
@@ -34,7 +35,7 @@ def unflatten_gradients_reference(bucket, tensors, scale=1.0):
     offset = 0
     for t in tensors:
         n = t.numel()
-        segment = bucket[offset:offset + n]
+        segment = bucket[offset : offset + n]
         t.copy_((segment if scale == 1.0 else (segment.float() * scale).to(t.dtype)).view_as(t))
         found |= ~torch.isfinite(t).all()
         offset += n
@@ -92,8 +93,12 @@ def flatten_gradients(tensors, dtype=None, scale=1.0, out=None, backend="auto"):
     device, table, sizes, chunks, count, total = _tables(tensors)
     bucket = out if out is not None else torch.empty(total, device=device, dtype=dtype)
     _cuda.launcher(device).launch(
-        f"bucket_flatten_{_cuda.FLOAT_NAMES[tensors[0].dtype]}_{_cuda.FLOAT_NAMES[dtype]}", (count,), _mt.BLOCK,
-        (table.data_ptr(), sizes.data_ptr(), chunks.data_ptr(), bucket.data_ptr(), float(scale)), device)
+        f"bucket_flatten_{_cuda.FLOAT_NAMES[tensors[0].dtype]}_{_cuda.FLOAT_NAMES[dtype]}",
+        (count,),
+        _mt.BLOCK,
+        (table.data_ptr(), sizes.data_ptr(), chunks.data_ptr(), bucket.data_ptr(), float(scale)),
+        device,
+    )
     return bucket
 
 
@@ -110,7 +115,10 @@ def unflatten_gradients(bucket, tensors, scale=1.0, backend="auto"):
     device, table, sizes, chunks, count, _ = _tables(tensors)
     flag = torch.zeros((), device=device, dtype=torch.int32)
     _cuda.launcher(device).launch(
-        f"bucket_unflatten_{_cuda.FLOAT_NAMES[bucket.dtype]}_{_cuda.FLOAT_NAMES[tensors[0].dtype]}", (count,),
-        _mt.BLOCK, (bucket.data_ptr(), table.data_ptr(), sizes.data_ptr(), chunks.data_ptr(), float(scale),
-                    flag.data_ptr()), device)
+        f"bucket_unflatten_{_cuda.FLOAT_NAMES[bucket.dtype]}_{_cuda.FLOAT_NAMES[tensors[0].dtype]}",
+        (count,),
+        _mt.BLOCK,
+        (bucket.data_ptr(), table.data_ptr(), sizes.data_ptr(), chunks.data_ptr(), float(scale), flag.data_ptr()),
+        device,
+    )
     return flag.bool()

@@ -3,6 +3,7 @@ loss (:func:`climseg.ops.weighted_cross_entropy_with_counts`) produces in its ow
 reference computes with :func:`prediction_counts`. :mod:`climseg.metrics` turns them into IoU
 scores.
 """
+
 import torch
 
 from climseg.constants import NUM_CLASSES
@@ -29,6 +30,6 @@ def prediction_counts(pred, target, num_classes=NUM_CLASSES, ignore_index=None):
     sample = torch.arange(n, device=p.device).view(n, 1).expand_as(t)
     size = (c + 1) * (c + 1)
     index = (sample * (c + 1) + t) * (c + 1) + p
-    matrix = torch.bincount(index[keep], minlength=n * size)[: n * size].view(n, c + 1, c + 1)   # [n, true, pred]
+    matrix = torch.bincount(index[keep], minlength=n * size)[: n * size].view(n, c + 1, c + 1)  # [n, true, pred]
     tp = matrix.diagonal(dim1=1, dim2=2)[:, :c]
     return torch.stack([tp, matrix.sum(1)[:, :c] - tp, matrix.sum(2)[:, :c] - tp], dim=-1)

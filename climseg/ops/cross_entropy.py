@@ -13,6 +13,7 @@ backward recomputes the softmax from the logits. ``return_grad=True`` writes d l
 d logits in the forward pass as well, for a caller that wants loss and gradient at once
 (``logits.backward(grad)``): one pass over the logits instead of two.
 """
+
 import math
 import typing
 
@@ -21,16 +22,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from climseg.errors import ConfigError
-from climseg.ops.counts import prediction_counts
 from climseg.ops import backend as _backend
 from climseg.ops import cuda as _cuda
+from climseg.ops.counts import prediction_counts
 from climseg.ops.multi_tensor import is_dense
 
 OP = "weighted_cross_entropy_with_counts"
 REDUCTIONS = ("mean", "sum", "none")
-MAX_CLASSES = 64          # CE_MAX_CLASSES of the kernel: its per-block counters live in shared memory
+MAX_CLASSES = 64  # CE_MAX_CLASSES of the kernel: its per-block counters live in shared memory
 BLOCK = 256
-MAX_GRID_Y = 65535        # samples beyond it: blocks take samples y, y + 65535, ...
+MAX_GRID_Y = 65535  # samples beyond it: blocks take samples y, y + 65535, ...
 
 _backend.register(OP, "cuda", _cuda.probe)
 
@@ -40,8 +41,9 @@ def counts_reference(logits, labels, ignore_index=-100):
     return prediction_counts(logits.argmax(1), labels, logits.shape[1], ignore_index)
 
 
-def weighted_cross_entropy_with_counts_reference(logits, labels, class_weights=None, reduction="mean", *,
-                                                 ignore_index=-100, per_sample=False, loss_dtype=None):
+def weighted_cross_entropy_with_counts_reference(
+    logits, labels, class_weights=None, reduction="mean", *, ignore_index=-100, per_sample=False, loss_dtype=None
+):
     """The specification: ``F.cross_entropy`` in fp32 and the counts of :func:`counts_reference`."""
     weight = None if class_weights is None else class_weights.to(device=logits.device, dtype=torch.float32)
     loss = F.cross_entropy(logits.float(), labels.long(), weight=weight, reduction=reduction, ignore_index=ignore_index)
@@ -49,9 +51,19 @@ def weighted_cross_entropy_with_counts_reference(logits, labels, class_weights=N
     return loss.to(loss_dtype or logits.dtype), counts if per_sample else counts.sum(0)
 
 
-def weighted_cross_entropy_with_counts(logits, labels, class_weights=None, reduction="mean", *, ignore_index=-100,
-                                       per_sample=False, return_grad=False, loss_dtype=None, check_labels=True,
-                                       backend="auto"):
+def weighted_cross_entropy_with_counts(
+    logits,
+    labels,
+    class_weights=None,
+    reduction="mean",
+    *,
+    ignore_index=-100,
+    per_sample=False,
+    return_grad=False,
+    loss_dtype=None,
+    check_labels=True,
+    backend="auto",
+):
     """Loss and IoU counts in one pass; ``(loss, counts)``, or ``(loss, counts, grad)`` with ``return_grad``.
 
     Args:
@@ -71,8 +83,10 @@ def weighted_cross_entropy_with_counts(logits, labels, class_weights=None, reduc
     if reduction not in REDUCTIONS:
         raise ConfigError(f"{OP}: reduction must be one of {', '.join(REDUCTIONS)}, not {reduction!r}")
     if logits.dim() < 2 or labels.shape != logits.shape[:1] + logits.shape[2:]:
-        raise ValueError(f"{OP}: logits {tuple(logits.shape)} need labels of shape (N, *spatial) = "
-                         f"{tuple(logits.shape[:1] + logits.shape[2:])}, got {tuple(labels.shape)}")
+        raise ValueError(
+            f"{OP}: logits {tuple(logits.shape)} need labels of shape (N, *spatial) = "
+            f"{tuple(logits.shape[:1] + logits.shape[2:])}, got {tuple(labels.shape)}"
+        )
     if labels.device != logits.device:
         raise ValueError(f"{OP}: logits are on {logits.device}, labels on {labels.device}")
     loss_dtype = loss_dtype or logits.dtype
@@ -81,25 +95,40 @@ def weighted_cross_entropy_with_counts(logits, labels, class_weights=None, reduc
             with torch.enable_grad():
                 leaf = logits.detach().requires_grad_(True)
                 loss, counts = weighted_cross_entropy_with_counts_reference(
-                    leaf, labels, class_weights, reduction, ignore_index=ignore_index, per_sample=per_sample,
-                    loss_dtype=loss_dtype)
+                    leaf,
+                    labels,
+                    class_weights,
+                    reduction,
+                    ignore_index=ignore_index,
+                    per_sample=per_sample,
+                    loss_dtype=loss_dtype,
+                )
                 (grad,) = torch.autograd.grad(loss, leaf, torch.ones_like(loss))
             return loss.detach(), counts, grad
-        return weighted_cross_entropy_with_counts_reference(logits, labels, class_weights, reduction,
-                                                            ignore_index=ignore_index, per_sample=per_sample,
-                                                            loss_dtype=loss_dtype)
+        return weighted_cross_entropy_with_counts_reference(
+            logits,
+            labels,
+            class_weights,
+            reduction,
+            ignore_index=ignore_index,
+            per_sample=per_sample,
+            loss_dtype=loss_dtype,
+        )
     weight = _weights(class_weights, logits)
     labels = _labels(labels)
     rows = logits.dim() == 2 and not per_sample and reduction != "none"
-    if rows:   # (N, C): one "sample" of N pixels (a transposed view, no copy), not N one-pixel samples
+    if rows:  # (N, C): one "sample" of N pixels (a transposed view, no copy), not N one-pixel samples
         logits, labels = logits.t().unsqueeze(0), labels.unsqueeze(0)
     if return_grad:
-        loss, counts, _, bad, grad = _wce_with_grad(logits.detach(), labels, weight, reduction, ignore_index, loss_dtype)
+        loss, counts, _, bad, grad = _wce_with_grad(
+            logits.detach(), labels, weight, reduction, ignore_index, loss_dtype
+        )
     else:
         loss, counts, _, bad = _wce(logits, labels, weight, reduction, ignore_index, loss_dtype)
     if check_labels and not torch.compiler.is_compiling() and int(bad) > 0:
-        raise ValueError(f"{OP}: {int(bad)} labels lie outside [0, {logits.shape[1]}) and are not ignore_index "
-                         f"({ignore_index})")
+        raise ValueError(
+            f"{OP}: {int(bad)} labels lie outside [0, {logits.shape[1]}) and are not ignore_index ({ignore_index})"
+        )
     counts = counts if per_sample else counts.sum(0)
     if return_grad and rows:
         grad = grad.squeeze(0).t()
@@ -148,8 +177,20 @@ def _layout(logits):
     return logits, (c * math.prod(logits.shape[2:]), 1, math.prod(logits.shape[2:]))
 
 
-def _run_forward(logits, labels, weight, reduction, ignore_index, loss_dtype, *, want_grad=False, gnum=None,
-                 gnum_per_pixel=False, gden=None, want_loss=True):
+def _run_forward(
+    logits,
+    labels,
+    weight,
+    reduction,
+    ignore_index,
+    loss_dtype,
+    *,
+    want_grad=False,
+    gnum=None,
+    gnum_per_pixel=False,
+    gden=None,
+    want_loss=True,
+):
     """Launch the kernels; returns (loss or None, counts (N, C, 3), weight sum, bad labels, grad or None)."""
     device = logits.device
     launch = _cuda.launcher(device).launch
@@ -168,31 +209,64 @@ def _run_forward(logits, labels, weight, reduction, ignore_index, loss_dtype, *,
     if want_grad and reduction == "mean" and gden is None:
         # the gradient is w[y] / sum(w[y]): its divisor first, from the labels alone
         gden = torch.empty(1, **f32)
-        launch(f"wce_weight_sum_{lname}", (gx, gy), BLOCK, (labels.data_ptr(), weight.data_ptr(), n, c, pixels,
-                                                             ignore_index, partials.data_ptr()), device)
+        launch(
+            f"wce_weight_sum_{lname}",
+            (gx, gy),
+            BLOCK,
+            (labels.data_ptr(), weight.data_ptr(), n, c, pixels, ignore_index, partials.data_ptr()),
+            device,
+        )
         launch("wce_finalize_f32", (1,), BLOCK, (partials.data_ptr(), gy * gx, 0, 0, gden.data_ptr()), device)
     loss_none = torch.empty((n,) + tuple(spatial), **f32) if want_loss and reduction == "none" else None
-    launch(f"wce_forward_{tname}_{lname}", (gx, gy), BLOCK,
-           (x.data_ptr(), labels.data_ptr(), weight.data_ptr(), n, c, pixels, sn, sp, sc, ignore_index,
-            partials.data_ptr() if want_loss else 0, counts.data_ptr() if want_loss else 0,
-            bad.data_ptr(), _cuda.pointer(loss_none), _cuda.pointer(grad), _cuda.pointer(gnum),
-            int(gnum_per_pixel), _cuda.pointer(gden)), device)
+    launch(
+        f"wce_forward_{tname}_{lname}",
+        (gx, gy),
+        BLOCK,
+        (
+            x.data_ptr(),
+            labels.data_ptr(),
+            weight.data_ptr(),
+            n,
+            c,
+            pixels,
+            sn,
+            sp,
+            sc,
+            ignore_index,
+            partials.data_ptr() if want_loss else 0,
+            counts.data_ptr() if want_loss else 0,
+            bad.data_ptr(),
+            _cuda.pointer(loss_none),
+            _cuda.pointer(grad),
+            _cuda.pointer(gnum),
+            int(gnum_per_pixel),
+            _cuda.pointer(gden),
+        ),
+        device,
+    )
     weight_sum = torch.zeros((), **f32)
     loss = None
     if want_loss:
         total = None
         if reduction != "none":
-            total = torch.empty((), device=device, dtype=loss_dtype if loss_dtype in _cuda.FLOAT_NAMES else torch.float32)
-        launch(f"wce_finalize_{_cuda.FLOAT_NAMES[total.dtype if total is not None else torch.float32]}", (1,), BLOCK,
-               (partials.data_ptr(), gy * gx, int(reduction == "mean"), _cuda.pointer(total), weight_sum.data_ptr()),
-               device)
+            total = torch.empty(
+                (), device=device, dtype=loss_dtype if loss_dtype in _cuda.FLOAT_NAMES else torch.float32
+            )
+        launch(
+            f"wce_finalize_{_cuda.FLOAT_NAMES[total.dtype if total is not None else torch.float32]}",
+            (1,),
+            BLOCK,
+            (partials.data_ptr(), gy * gx, int(reduction == "mean"), _cuda.pointer(total), weight_sum.data_ptr()),
+            device,
+        )
         loss = (total if total is not None else loss_none).to(loss_dtype)
     return loss, counts.view(n, c, 3), weight_sum, bad, grad
 
 
 @torch.library.custom_op("climseg::weighted_cross_entropy_with_counts", mutates_args=())
-def _wce(logits: Tensor, labels: Tensor, weight: Tensor, reduction: str, ignore_index: int,
-         loss_dtype: torch.dtype) -> typing.Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _wce(
+    logits: Tensor, labels: Tensor, weight: Tensor, reduction: str, ignore_index: int, loss_dtype: torch.dtype
+) -> typing.Tuple[Tensor, Tensor, Tensor, Tensor]:
     loss, counts, weight_sum, bad, _ = _run_forward(logits, labels, weight, reduction, ignore_index, loss_dtype)
     return loss, counts, weight_sum, bad
 
@@ -204,18 +278,39 @@ def _loss_shape(logits, reduction):
 @_wce.register_fake
 def _wce_fake(logits, labels, weight, reduction, ignore_index, loss_dtype):
     n, c = logits.shape[:2]
-    return (logits.new_empty(_loss_shape(logits, reduction), dtype=loss_dtype),
-            logits.new_empty((n, c, 3), dtype=torch.int64), logits.new_empty((), dtype=torch.float32),
-            logits.new_empty((), dtype=torch.int64))
+    return (
+        logits.new_empty(_loss_shape(logits, reduction), dtype=loss_dtype),
+        logits.new_empty((n, c, 3), dtype=torch.int64),
+        logits.new_empty((), dtype=torch.float32),
+        logits.new_empty((), dtype=torch.int64),
+    )
 
 
 @torch.library.custom_op("climseg::weighted_cross_entropy_with_counts_backward", mutates_args=())
-def _wce_backward(grad_loss: Tensor, logits: Tensor, labels: Tensor, weight: Tensor, weight_sum: Tensor,
-                  reduction: str, ignore_index: int) -> Tensor:
+def _wce_backward(
+    grad_loss: Tensor,
+    logits: Tensor,
+    labels: Tensor,
+    weight: Tensor,
+    weight_sum: Tensor,
+    reduction: str,
+    ignore_index: int,
+) -> Tensor:
     gnum = grad_loss.to(torch.float32).contiguous()
     gden = weight_sum.reshape(1) if reduction == "mean" else None
-    _, _, _, _, grad = _run_forward(logits, labels, weight, reduction, ignore_index, None, want_grad=True, gnum=gnum,
-                                    gnum_per_pixel=reduction == "none", gden=gden, want_loss=False)
+    _, _, _, _, grad = _run_forward(
+        logits,
+        labels,
+        weight,
+        reduction,
+        ignore_index,
+        None,
+        want_grad=True,
+        gnum=gnum,
+        gnum_per_pixel=reduction == "none",
+        gden=gden,
+        want_loss=False,
+    )
     return grad
 
 
@@ -243,8 +338,9 @@ _wce.register_autograd(_backward, setup_context=_setup_context)
 
 
 @torch.library.custom_op("climseg::weighted_cross_entropy_with_grad", mutates_args=())
-def _wce_with_grad(logits: Tensor, labels: Tensor, weight: Tensor, reduction: str, ignore_index: int,
-                   loss_dtype: torch.dtype) -> typing.Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _wce_with_grad(
+    logits: Tensor, labels: Tensor, weight: Tensor, reduction: str, ignore_index: int, loss_dtype: torch.dtype
+) -> typing.Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     return _run_forward(logits, labels, weight, reduction, ignore_index, loss_dtype, want_grad=True)
 
 

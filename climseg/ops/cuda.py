@@ -14,6 +14,7 @@ with the argument signature each kernel registers):
 The ops in :mod:`climseg.ops` build the argument lists (device pointers, sizes, the current
 stream); nothing here links libtorch, so a new torch build never breaks the extension.
 """
+
 import functools
 import os
 import sys
@@ -83,16 +84,23 @@ def kernel_signatures():
     table = {"mt_norms": "pplp"}
     for t in floats:
         table.update({f"wce_forward_{t}_{lab}": "ppplilllllppppppip" for lab in labels})
-        table.update({f"wce_finalize_{t}": "plipp", f"mt_sumsq_{t}": "pppp", f"larc_adam_step_{t}": "ppppffffffffffif",
-                      f"lamb_moments_{t}": "ppppffffffff", f"lamb_step_{t}": "ppppffffff",
-                      f"normalize_input_{t}": "plliipppplll"})
+        table.update(
+            {
+                f"wce_finalize_{t}": "plipp",
+                f"mt_sumsq_{t}": "pppp",
+                f"larc_adam_step_{t}": "ppppffffffffffif",
+                f"lamb_moments_{t}": "ppppffffffff",
+                f"lamb_step_{t}": "ppppffffff",
+                f"normalize_input_{t}": "plliipppplll",
+            }
+        )
         for d in floats:
             table.update({f"bucket_flatten_{t}_{d}": "ppppf", f"bucket_unflatten_{d}_{t}": "ppppfp"})
     table.update({f"wce_weight_sum_{lab}": "pplillp" for lab in labels})
     return table
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled():
     """(launcher or None, why not) for the nvcc build."""
     try:
@@ -105,7 +113,7 @@ def _compiled():
     return _Extension(_cuda, "climseg._cuda"), ""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cupy():
     try:
         import cupy
@@ -120,7 +128,7 @@ def _cupy():
         return None, f"CuPy could not compile csrc/cuda ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _emulated():
     try:
         from climseg import _cuda_emulated
@@ -201,7 +209,9 @@ def describe():
             cupy, why_cupy = _cupy()
             parts.append("CuPy (NVRTC) build of the same sources: in use" if cupy is not None else why_cupy)
     emulated, why_emulated = _emulated()
-    parts.append("CPU emulation (climseg._cuda_emulated, for tests): available" if emulated is not None else why_emulated)
+    parts.append(
+        "CPU emulation (climseg._cuda_emulated, for tests): available" if emulated is not None else why_emulated
+    )
     return "; ".join(parts)
 
 

@@ -9,12 +9,13 @@ one launch walks many tensors in chunks of CHUNK elements, as apex's multi_tenso
 Both are small host-built tensors copied to the device; recent ones are cached, since an
 optimizer or a bucket sees the same tensors step after step.
 """
+
 import collections
 
 import torch
 
-CHUNK = 32768          # CS_CHUNK in csrc/cuda/common.cuh
-BLOCK = 256            # CS_MT_BLOCK
+CHUNK = 32768  # CS_CHUNK in csrc/cuda/common.cuh
+BLOCK = 256  # CS_MT_BLOCK
 _CACHE_SIZE = 8
 _cache = collections.OrderedDict()
 
@@ -61,7 +62,7 @@ def check_devices(op, device, *groups):
     """ValueError unless every tensor of ``groups`` (lists, or single tensors; None skipped) is on
     ``device``: a kernel handed a pointer of another device would read the wrong memory."""
     for group in groups:
-        for t in ([group] if isinstance(group, torch.Tensor) else group or ()):
+        for t in [group] if isinstance(group, torch.Tensor) else group or ():
             if t is not None and t.device != device:
                 raise ValueError(f"{op}: all tensors must be on {device}, one is on {t.device}")
 

@@ -6,6 +6,7 @@ from a batch of raw (N, H, W, C_in) float32 samples, in one pass, to the network
 (N, C, H, W) in NHWC (channels_last) or NCHW memory: the formula of climseg._C's CPU
 reader, so a loader can upload raw samples and normalise on the GPU instead.
 """
+
 import warnings
 
 import torch
@@ -50,6 +51,7 @@ def normalize_input(x, shift, scale, channels=None, dtype=torch.bfloat16, layout
     scale = torch.as_tensor(scale, dtype=torch.float32).flatten()
     if shift.numel() != len(channels) or scale.numel() != len(channels):
         raise ValueError(f"normalize_input: {len(channels)} channels need as many shift and scale values")
+
     def why_not():
         if x.dtype != torch.float32 or dtype not in _cuda.FLOAT_NAMES:
             return f"it takes float32 input and writes fp32/fp16/bf16, not {x.dtype} -> {dtype}"
@@ -62,27 +64,54 @@ def normalize_input(x, shift, scale, channels=None, dtype=torch.bfloat16, layout
     device = x.device
     params = torch.cat([shift, scale]).to(device, non_blocking=True)
     index = torch.tensor(channels, dtype=torch.int32).to(device, non_blocking=True)
-    out = torch.empty((n, c, h, w), device=device, dtype=dtype,
-                      memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
+    out = torch.empty(
+        (n, c, h, w),
+        device=device,
+        dtype=dtype,
+        memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format,
+    )
     pixels, plane = n * h * w, h * w
     sn, sp, sc = (plane * c, c, 1) if layout == "nhwc" else (c * plane, 1, plane)
     grid = _cuda.grid_blocks(pixels, BLOCK, _cuda.resident_blocks(device))
     _cuda.launcher(device).launch(
-        f"normalize_input_{_cuda.FLOAT_NAMES[dtype]}", (grid,), BLOCK,
-        (x.data_ptr(), pixels, plane, cin, c, index.data_ptr(), params.data_ptr(), params[c:].data_ptr(),
-         out.data_ptr(), sn, sp, sc), device)
+        f"normalize_input_{_cuda.FLOAT_NAMES[dtype]}",
+        (grid,),
+        BLOCK,
+        (
+            x.data_ptr(),
+            pixels,
+            plane,
+            cin,
+            c,
+            index.data_ptr(),
+            params.data_ptr(),
+            params[c:].data_ptr(),
+            out.data_ptr(),
+            sn,
+            sp,
+            sc,
+        ),
+        device,
+    )
     return out
 
 
 def convert_input(*args, **kwargs):
     """The old name of :func:`normalize_input` (goes in the next release)."""
-    warnings.warn("climseg.ops.convert_input is now climseg.ops.normalize_input; the old name goes in the next "
-                  "release", DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "climseg.ops.convert_input is now climseg.ops.normalize_input; the old name goes in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return normalize_input(*args, **kwargs)
 
 
 def convert_input_reference(*args, **kwargs):
     """The old name of :func:`normalize_input_reference` (goes in the next release)."""
-    warnings.warn("climseg.ops.convert_input_reference is now climseg.ops.normalize_input_reference; the old name "
-                  "goes in the next release", DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "climseg.ops.convert_input_reference is now climseg.ops.normalize_input_reference; the old name "
+        "goes in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return normalize_input_reference(*args, **kwargs)

@@ -9,6 +9,7 @@ params are master weights and the model copy is written from them in the same pa
 kernels walk raw memory, so any dense layout (channels-last included) works as long as a
 parameter's gradient and states share its strides.
 """
+
 import math
 
 import torch
@@ -21,9 +22,22 @@ _backend.register("larc_adam_step", "cuda", _cuda.probe)
 _backend.register("lamb_step", "cuda", _cuda.probe)
 
 
-def larc_adam_step_reference(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, betas=(0.9, 0.999), eps=1e-8,
-                             weight_decay=0.0, trust_coefficient=0.002, clip=True, eps_larc=1.0 / 16000,
-                             model_params=None):
+def larc_adam_step_reference(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    *,
+    step,
+    lr,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0.0,
+    trust_coefficient=0.002,
+    clip=True,
+    eps_larc=1.0 / 16000,
+    model_params=None,
+):
     """LARC then Adam, tensor by tensor, in fp32 (the specification of the kernel)."""
     beta1, beta2 = betas
     bias_correction1, bias_correction2 = 1.0 - beta1**step, 1.0 - beta2**step
@@ -45,8 +59,20 @@ def larc_adam_step_reference(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, 
             model_params[i].copy_(p)
 
 
-def lamb_step_reference(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, betas=(0.9, 0.999), eps=1e-6,
-                        weight_decay=0.01, max_trust_ratio=10.0, model_params=None):
+def lamb_step_reference(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    *,
+    step,
+    lr,
+    betas=(0.9, 0.999),
+    eps=1e-6,
+    weight_decay=0.01,
+    max_trust_ratio=10.0,
+    model_params=None,
+):
     """LAMB tensor by tensor, in fp32 (the specification of the kernel)."""
     beta1, beta2 = betas
     bias_correction1, bias_correction2 = 1.0 - beta1**step, 1.0 - beta2**step
@@ -64,7 +90,9 @@ def lamb_step_reference(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, betas
 
 def _check(op, params, grads, exp_avgs, exp_avg_sqs, model_params):
     n = len(params)
-    if not (len(grads) == len(exp_avgs) == len(exp_avg_sqs) == n) or (model_params is not None and len(model_params) != n):
+    if not (len(grads) == len(exp_avgs) == len(exp_avg_sqs) == n) or (
+        model_params is not None and len(model_params) != n
+    ):
         raise ValueError(f"{op}: params, grads and states must be lists of one length")
     if params:
         _mt.check_devices(op, params[0].device, params, grads, exp_avgs, exp_avg_sqs, model_params)
@@ -109,53 +137,164 @@ def _norms(launch, device, kernel, table, sizes, chunks, first, count, tensors, 
     """Launch ``kernel`` (the per-chunk sums, unless ``partials`` are already there) and mt_norms."""
     if partials is None:
         partials = torch.empty(2 * count, device=device, dtype=torch.float32)
-        launch(kernel, (count,), _mt.BLOCK, (table.data_ptr(), sizes.data_ptr(), chunks.data_ptr(), partials.data_ptr()),
-               device)
+        launch(
+            kernel,
+            (count,),
+            _mt.BLOCK,
+            (table.data_ptr(), sizes.data_ptr(), chunks.data_ptr(), partials.data_ptr()),
+            device,
+        )
     norms = torch.empty(2 * tensors, device=device, dtype=torch.float32)
-    launch("mt_norms", (_cuda.grid_blocks(tensors, 128, 1 << 30),), 128,
-           (partials.data_ptr(), first.data_ptr(), tensors, norms.data_ptr()), device)
+    launch(
+        "mt_norms",
+        (_cuda.grid_blocks(tensors, 128, 1 << 30),),
+        128,
+        (partials.data_ptr(), first.data_ptr(), tensors, norms.data_ptr()),
+        device,
+    )
     return norms
 
 
-def larc_adam_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, betas=(0.9, 0.999), eps=1e-8,
-                   weight_decay=0.0, trust_coefficient=0.002, clip=True, eps_larc=1.0 / 16000, model_params=None,
-                   backend="auto"):
+def larc_adam_step(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    *,
+    step,
+    lr,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0.0,
+    trust_coefficient=0.002,
+    clip=True,
+    eps_larc=1.0 / 16000,
+    model_params=None,
+    backend="auto",
+):
     """One LARC-Adam step over lists of tensors, in place (see the module docstring)."""
     _check("larc_adam_step", params, grads, exp_avgs, exp_avg_sqs, model_params)
     if _choose("larc_adam_step", backend, params, grads, exp_avgs, exp_avg_sqs, model_params) == "torch":
-        return larc_adam_step_reference(params, grads, exp_avgs, exp_avg_sqs, step=step, lr=lr, betas=betas, eps=eps,
-                                        weight_decay=weight_decay, trust_coefficient=trust_coefficient, clip=clip,
-                                        eps_larc=eps_larc, model_params=model_params)
+        return larc_adam_step_reference(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            step=step,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            clip=clip,
+            eps_larc=eps_larc,
+            model_params=model_params,
+        )
     device, table, sizes, chunks, first, count = _tables(params, grads, exp_avgs, exp_avg_sqs, model_params)
     launch = _cuda.launcher(device).launch
     g = _cuda.FLOAT_NAMES[grads[0].dtype]
     norms = _norms(launch, device, f"mt_sumsq_{g}", table, sizes, chunks, first, count, len(params))
     beta1, beta2 = betas
     # 1 - beta, the step size and sqrt(bias correction) in double, as torch.optim.Adam
-    launch(f"larc_adam_step_{g}", (count,), _mt.BLOCK,
-           (table.data_ptr(), sizes.data_ptr(), chunks.data_ptr(), norms.data_ptr(), lr, beta1, beta2, 1.0 - beta1,
-            1.0 - beta2, eps, weight_decay, lr / (1.0 - beta1**step), math.sqrt(1.0 - beta2**step), trust_coefficient,
-            int(clip), eps_larc), device)
+    launch(
+        f"larc_adam_step_{g}",
+        (count,),
+        _mt.BLOCK,
+        (
+            table.data_ptr(),
+            sizes.data_ptr(),
+            chunks.data_ptr(),
+            norms.data_ptr(),
+            lr,
+            beta1,
+            beta2,
+            1.0 - beta1,
+            1.0 - beta2,
+            eps,
+            weight_decay,
+            lr / (1.0 - beta1**step),
+            math.sqrt(1.0 - beta2**step),
+            trust_coefficient,
+            int(clip),
+            eps_larc,
+        ),
+        device,
+    )
 
 
-def lamb_step(params, grads, exp_avgs, exp_avg_sqs, *, step, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01,
-              max_trust_ratio=10.0, model_params=None, backend="auto"):
+def lamb_step(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    *,
+    step,
+    lr,
+    betas=(0.9, 0.999),
+    eps=1e-6,
+    weight_decay=0.01,
+    max_trust_ratio=10.0,
+    model_params=None,
+    backend="auto",
+):
     """One LAMB step over lists of tensors, in place (see the module docstring)."""
     _check("lamb_step", params, grads, exp_avgs, exp_avg_sqs, model_params)
     if _choose("lamb_step", backend, params, grads, exp_avgs, exp_avg_sqs, model_params) == "torch":
-        return lamb_step_reference(params, grads, exp_avgs, exp_avg_sqs, step=step, lr=lr, betas=betas, eps=eps,
-                                   weight_decay=weight_decay, max_trust_ratio=max_trust_ratio,
-                                   model_params=model_params)
+        return lamb_step_reference(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            step=step,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            max_trust_ratio=max_trust_ratio,
+            model_params=model_params,
+        )
     device, table, sizes, chunks, first, count = _tables(params, grads, exp_avgs, exp_avg_sqs, model_params)
     launch = _cuda.launcher(device).launch
     g = _cuda.FLOAT_NAMES[grads[0].dtype]
     beta1, beta2 = betas
     bias_correction1, bias_correction2 = 1.0 - beta1**step, 1.0 - beta2**step
     partials = torch.empty(2 * count, device=device, dtype=torch.float32)
-    launch(f"lamb_moments_{g}", (count,), _mt.BLOCK,
-           (table.data_ptr(), sizes.data_ptr(), chunks.data_ptr(), partials.data_ptr(), beta1, beta2, 1.0 - beta1,
-            1.0 - beta2, eps, weight_decay, bias_correction1, bias_correction2), device)
+    launch(
+        f"lamb_moments_{g}",
+        (count,),
+        _mt.BLOCK,
+        (
+            table.data_ptr(),
+            sizes.data_ptr(),
+            chunks.data_ptr(),
+            partials.data_ptr(),
+            beta1,
+            beta2,
+            1.0 - beta1,
+            1.0 - beta2,
+            eps,
+            weight_decay,
+            bias_correction1,
+            bias_correction2,
+        ),
+        device,
+    )
     norms = _norms(launch, device, None, table, sizes, chunks, first, count, len(params), partials)
-    launch(f"lamb_step_{g}", (count,), _mt.BLOCK,
-           (table.data_ptr(), sizes.data_ptr(), chunks.data_ptr(), norms.data_ptr(), lr, eps, weight_decay,
-            bias_correction1, bias_correction2, max_trust_ratio), device)
+    launch(
+        f"lamb_step_{g}",
+        (count,),
+        _mt.BLOCK,
+        (
+            table.data_ptr(),
+            sizes.data_ptr(),
+            chunks.data_ptr(),
+            norms.data_ptr(),
+            lr,
+            eps,
+            weight_decay,
+            bias_correction1,
+            bias_correction2,
+            max_trust_ratio,
+        ),
+        device,
+    )

@@ -1,4 +1,5 @@
 """The one piece of bookkeeping every optimizer's ``step(closure)`` shares."""
+
 import torch
 
 

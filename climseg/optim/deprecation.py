@@ -5,6 +5,7 @@ LARC's epsilon (the term in the denominator of the local learning rate) is ``tru
 and LAMB's denominator epsilon everywhere. Before 0.2, LARC called it ``eps`` and
 FusedLARCAdam ``eps_larc``.
 """
+
 import warnings
 
 #: The default of a renamed argument: tells "not given" apart from every value a caller may pass.
@@ -17,6 +18,9 @@ def renamed(owner, old, new, old_value, new_value, default):
         return new_value
     if new_value is not UNSET and new_value != default:
         raise TypeError(f"{owner}: give {new!r} only (the old name {old!r} was given too)")
-    warnings.warn(f"{owner}: the argument {old!r} is now called {new!r}; the old name goes in the next release",
-                  DeprecationWarning, stacklevel=3)
+    warnings.warn(
+        f"{owner}: the argument {old!r} is now called {new!r}; the old name goes in the next release",
+        DeprecationWarning,
+        stacklevel=3,
+    )
     return old_value

@@ -8,6 +8,7 @@ Parameters in fp16/bf16 get an fp32 master copy in the optimizer state; the kern
 it and write the 16-bit model weight in the same pass. State keys (``step``, ``exp_avg``,
 ``exp_avg_sq``) are torch.optim.Adam's, so checkpoints move between the two.
 """
+
 import collections
 
 import torch
@@ -36,7 +37,7 @@ class _FusedAdamFamily(torch.optim.Optimizer):
                     state["master"] = p.detach().float()
             state["step"] = int(state["step"]) + 1
             half = p.dtype != torch.float32
-            grad = in_layout_of(p.grad, p)    # the kernels pair elements by memory position
+            grad = in_layout_of(p.grad, p)  # the kernels pair elements by memory position
             target = lists[(state["step"], grad.dtype, half)]
             target[0].append(state["master"] if half else p)
             target[1].append(grad)
@@ -49,9 +50,11 @@ class _FusedAdamFamily(torch.optim.Optimizer):
     def step(self, closure=None):
         loss = closure_loss(closure)
         for group in self.param_groups:
-            for key, value in self.defaults.items():   # groups loaded from a torch.optim.Adam checkpoint
+            for key, value in self.defaults.items():  # groups loaded from a torch.optim.Adam checkpoint
                 group.setdefault(key, value)
-            for (step, _, half), (params, grads, exp_avgs, exp_avg_sqs, models) in self._groups_of_tensors(group).items():
+            for (step, _, half), (params, grads, exp_avgs, exp_avg_sqs, models) in self._groups_of_tensors(
+                group
+            ).items():
                 self._fused_step(group, step, params, grads, exp_avgs, exp_avg_sqs, models if half else None)
         return loss
 
@@ -70,24 +73,55 @@ class FusedLARCAdam(_FusedAdamFamily):
         backend: ``"auto" | "cuda" | "torch"`` for the step (see climseg.ops.backend).
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, trust_coefficient=0.002,
-                 clip=True, trust_eps=1.0 / 16000, backend="auto", *, eps_larc=UNSET):
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        trust_coefficient=0.002,
+        clip=True,
+        trust_eps=1.0 / 16000,
+        backend="auto",
+        *,
+        eps_larc=UNSET,
+    ):
         trust_eps = renamed("FusedLARCAdam", "eps_larc", "trust_eps", eps_larc, trust_eps, 1.0 / 16000)
         if lr <= 0.0:
             raise ValueError(f"learning rate must be positive, got {lr}")
         if trust_coefficient <= 0:
             raise ValueError(f"trust coefficient must be positive, got {trust_coefficient}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        trust_coefficient=trust_coefficient, clip=clip, trust_eps=trust_eps)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            clip=clip,
+            trust_eps=trust_eps,
+        )
         super().__init__(params, defaults)
         self.backend = backend
         self.register_load_state_dict_pre_hook(_rename_eps_larc)
 
     def _fused_step(self, group, step, params, grads, exp_avgs, exp_avg_sqs, models):
-        larc_adam_step(params, grads, exp_avgs, exp_avg_sqs, step=step, lr=group["lr"], betas=group["betas"],
-                       eps=group["eps"], weight_decay=group["weight_decay"],
-                       trust_coefficient=group["trust_coefficient"], clip=group["clip"], eps_larc=group["trust_eps"],
-                       model_params=models, backend=self.backend)
+        larc_adam_step(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            step=step,
+            lr=group["lr"],
+            betas=group["betas"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            trust_coefficient=group["trust_coefficient"],
+            clip=group["clip"],
+            eps_larc=group["trust_eps"],
+            model_params=models,
+            backend=self.backend,
+        )
 
 
 def _rename_eps_larc(optimizer, state_dict):
@@ -106,8 +140,9 @@ class FusedLAMB(_FusedAdamFamily):
     weight_decay 0.01, max_trust_ratio 10), and ``backend``.
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, max_trust_ratio=10.0,
-                 backend="auto"):
+    def __init__(
+        self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, max_trust_ratio=10.0, backend="auto"
+    ):
         if lr <= 0.0:
             raise ValueError(f"learning rate must be positive, got {lr}")
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
@@ -117,6 +152,17 @@ class FusedLAMB(_FusedAdamFamily):
         self.backend = backend
 
     def _fused_step(self, group, step, params, grads, exp_avgs, exp_avg_sqs, models):
-        lamb_step(params, grads, exp_avgs, exp_avg_sqs, step=step, lr=group["lr"], betas=group["betas"],
-                  eps=group["eps"], weight_decay=group["weight_decay"], max_trust_ratio=group["max_trust_ratio"],
-                  model_params=models, backend=self.backend)
+        lamb_step(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            step=step,
+            lr=group["lr"],
+            betas=group["betas"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            max_trust_ratio=group["max_trust_ratio"],
+            model_params=models,
+            backend=self.backend,
+        )

@@ -8,6 +8,7 @@ For each parameter tensor w with gradient g, at step t:
     r = ||w|| / ||u||   (1 where either norm is 0; clamped to max_trust_ratio)
     w = w - lr * r * u
 """
+
 import torch
 
 from climseg.optim.closure import closure_loss

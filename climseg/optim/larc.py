@@ -12,6 +12,7 @@ then the wrapped optimizer steps with its own weight decay set to 0 (the
 decay is already in g) and restored afterwards — the semantics of NVIDIA
 apex's ``LARC``.
 """
+
 import torch
 
 from climseg.optim.closure import closure_loss
@@ -40,12 +41,14 @@ class LARC(torch.optim.Optimizer):
         self.optimizer = optimizer
         self.trust_coefficient, self.clip, self.trust_eps = trust_coefficient, clip, trust_eps
         super().__init__(optimizer.param_groups, optimizer.defaults)
-        self.param_groups = optimizer.param_groups   # the same dicts: lr changes reach both
+        self.param_groups = optimizer.param_groups  # the same dicts: lr changes reach both
         self.state = optimizer.state
 
     def __repr__(self):
-        return (f"LARC(trust_coefficient={self.trust_coefficient}, clip={self.clip}, trust_eps={self.trust_eps}, "
-                f"{self.optimizer!r})")
+        return (
+            f"LARC(trust_coefficient={self.trust_coefficient}, clip={self.clip}, trust_eps={self.trust_eps}, "
+            f"{self.optimizer!r})"
+        )
 
     @property
     def eps(self):

@@ -1,5 +1,6 @@
 """Learning-rate schedules by optimizer step: linear warmup, then constant,
 multistep decay or cosine decay to ``min_factor`` of the base rate."""
+
 import math
 
 import torch
@@ -24,8 +25,9 @@ def lr_factor(step, total_steps, schedule="cosine", warmup_steps=0, milestones=(
     raise ConfigError(f"unknown learning-rate schedule {schedule!r} (choose from {', '.join(SCHEDULES)})")
 
 
-def build_scheduler(optimizer, total_steps, schedule="cosine", warmup_steps=0, milestones=(), decay=0.1,
-                    min_factor=0.0, last_step=0):
+def build_scheduler(
+    optimizer, total_steps, schedule="cosine", warmup_steps=0, milestones=(), decay=0.1, min_factor=0.0, last_step=0
+):
     """A ``LambdaLR`` stepping once per optimizer step with :func:`lr_factor`,
     positioned at ``last_step`` steps done (to resume a run)."""
     if schedule not in SCHEDULES:

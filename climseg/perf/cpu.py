@@ -10,6 +10,7 @@ the main thread frees in the same retained heap (with per-thread arenas the
 loader faulted in every batch anew: 78 against 190 samples/s at 768 x 1152).
 Set ``CLIMSEG_MALLOC_TUNING=0`` to leave the allocator alone.
 """
+
 import ctypes
 import os
 import sys
@@ -25,7 +26,10 @@ def tune_cpu_allocator():
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return (libc.mallopt(M_ARENA_MAX, 1) == 1 and libc.mallopt(M_MMAP_MAX, 0) == 1
-                and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1)
+        return (
+            libc.mallopt(M_ARENA_MAX, 1) == 1
+            and libc.mallopt(M_MMAP_MAX, 0) == 1
+            and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
+        )
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
         return False

@@ -15,6 +15,7 @@ as the forward product (the convention of the SC18 paper and of MFU).
 The count runs the model on the ``meta`` device, so it needs no memory and
 works for full-size inputs of the largest configurations.
 """
+
 import copy
 
 import torch
@@ -41,8 +42,11 @@ def count_flops(model, input_shape, backward=True):
             total[0] += 2 * (x.numel() // x.shape[-1]) * module.in_features * module.out_features
 
     meta_model = _on_meta(model)
-    handles = [m.register_forward_hook(conv_hook) for m in meta_model.modules()
-               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+    handles = [
+        m.register_forward_hook(conv_hook)
+        for m in meta_model.modules()
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
+    ]
     try:
         with torch.no_grad():
             meta_model(torch.empty(tuple(input_shape), device="meta"))

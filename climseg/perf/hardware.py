@@ -5,6 +5,7 @@ device)`` is bf16 on CUDA (fp16 before Ampere), and on CPUs bf16 only where the 
 it natively (AVX512-BF16 or AMX, read from /proc/cpuinfo), else fp32. The trainer, ``predict``,
 the benchmarks and the MFU peaks (:mod:`climseg.perf.peaks`) all ask here.
 """
+
 import torch
 
 from climseg.errors import ConfigError

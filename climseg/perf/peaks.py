@@ -6,6 +6,7 @@ accumulation, from the vendors' datasheets, looked up by device name; for any
 other device (a CPU, an unknown GPU) :func:`measured_peak` times large matmuls
 in the training dtype and uses the best rate seen as the ceiling.
 """
+
 import time
 
 import torch
@@ -15,12 +16,18 @@ from climseg.perf.hardware import cpu_has_native_bf16
 # device-name fragment -> dense bf16/fp16 tensor TFLOP/s (fp32 accumulate), datasheet figures
 GPU_PEAKS_TFLOPS = [
     ("H200", 989.0),
-    ("H100 SXM", 989.0), ("H100 80GB HBM3", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 756.0),
+    ("H100 SXM", 989.0),
+    ("H100 80GB HBM3", 989.0),
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 756.0),
     ("GH200", 989.0),
     ("B200", 2250.0),
     ("A100", 312.0),
     ("A30", 165.0),
-    ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0),
+    ("L40S", 362.0),
+    ("L40", 181.0),
+    ("L4", 121.0),
     ("A10", 125.0),
     ("V100", 125.0),
     ("T4", 65.0),
@@ -48,7 +55,7 @@ def measured_peak(device, dtype=torch.float32, size=None, repeats=3):
         t = time.perf_counter()
         (a @ b).sum().item()
         best = min(best, time.perf_counter() - t)
-    return 2 * size ** 3 / best / 1e12
+    return 2 * size**3 / best / 1e12
 
 
 def device_peak(device, dtype=torch.bfloat16):

@@ -37,6 +37,7 @@ Step time ``t = t_c (1 + cv sqrt(2 ln P)) + exposed communication``;
 weak-scaling efficiency ``E = t_c / t``; sustained rate ``P * batch *
 flops_per_sample / t``.
 """
+
 import dataclasses
 import math
 
@@ -45,23 +46,23 @@ import math
 class System:
     name: str
     gpus_per_node: int
-    intra_bandwidth: float      # bytes/s per direction, per GPU, on the slowest intra-node link of a ring
-    intra_latency: float        # s per message step inside a node
-    net_bandwidth: float        # bytes/s per direction, node injection
-    net_latency: float          # s per message step across nodes
+    intra_bandwidth: float  # bytes/s per direction, per GPU, on the slowest intra-node link of a ring
+    intra_latency: float  # s per message step inside a node
+    net_bandwidth: float  # bytes/s per direction, node injection
+    net_latency: float  # s per message step across nodes
     sources: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
 class Workload:
     name: str
-    flops_per_sample: float     # FLOP, forward + backward
+    flops_per_sample: float  # FLOP, forward + backward
     batch_per_gpu: int
     gradient_bytes: float
-    rate_per_gpu: float         # FLOP/s of one GPU on this workload (measured or given)
-    bucket_bytes: float = 64 * 2 ** 20
+    rate_per_gpu: float  # FLOP/s of one GPU on this workload (measured or given)
+    bucket_bytes: float = 64 * 2**20
     gradient_lag: int = 0
-    jitter_cv: float = 0.0      # coefficient of variation of one GPU's step time
+    jitter_cv: float = 0.0  # coefficient of variation of one GPU's step time
     sources: dict = dataclasses.field(default_factory=dict)
 
 
@@ -74,9 +75,12 @@ def ring_allreduce_time(nbytes, ranks, bandwidth, latency):
 def allreduce_time(nbytes, nodes, system, algorithm):
     G = system.gpus_per_node
     if algorithm == "flat":
-        return ring_allreduce_time(nbytes, nodes * G, min(system.net_bandwidth, system.intra_bandwidth)
-                                   if nodes > 1 else system.intra_bandwidth,
-                                   system.net_latency if nodes > 1 else system.intra_latency)
+        return ring_allreduce_time(
+            nbytes,
+            nodes * G,
+            min(system.net_bandwidth, system.intra_bandwidth) if nodes > 1 else system.intra_bandwidth,
+            system.net_latency if nodes > 1 else system.intra_latency,
+        )
     if algorithm != "hierarchical":
         raise ValueError(f"algorithm must be flat or hierarchical, not {algorithm!r}")
     intra = 0.0
@@ -100,38 +104,57 @@ def step(workload, system, nodes, algorithm="hierarchical"):
         exposed = max(last, t_comm - (1 - 1 / buckets) * (2 / 3) * t_c) if P > 1 else 0.0
     wait = t_c * workload.jitter_cv * math.sqrt(2 * math.log(P)) if P > 1 else 0.0
     t = t_c + wait + exposed
-    return dict(nodes=nodes, gpus=P, algorithm=algorithm, compute_s=t_c, allreduce_s=t_comm, exposed_s=exposed,
-                jitter_s=wait, step_s=t, efficiency=t_c / t,
-                sustained_flops=P * workload.batch_per_gpu * workload.flops_per_sample / t)
+    return dict(
+        nodes=nodes,
+        gpus=P,
+        algorithm=algorithm,
+        compute_s=t_c,
+        allreduce_s=t_comm,
+        exposed_s=exposed,
+        jitter_s=wait,
+        step_s=t,
+        efficiency=t_c / t,
+        sustained_flops=P * workload.batch_per_gpu * workload.flops_per_sample / t,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # presets: published hardware figures and the SC18 network
 # ---------------------------------------------------------------------------------------------
-KURTH2018_PARAMETERS = 43_669_251     # the SC18 paper's count (our kurth2018 with norm="none")
-KURTH2018_FLOPS = 14.41e12            # forward + backward per 768 x 1152 sample, as the SC18 code logged
+KURTH2018_PARAMETERS = 43_669_251  # the SC18 paper's count (our kurth2018 with norm="none")
+KURTH2018_FLOPS = 14.41e12  # forward + backward per 768 x 1152 sample, as the SC18 code logged
 
 SUMMIT = System(
-    "Summit (IBM AC922: 2 POWER9 + 6 V100 per node)", gpus_per_node=6,
-    intra_bandwidth=32e9, intra_latency=2e-6, net_bandwidth=23e9, net_latency=1e-6,
+    "Summit (IBM AC922: 2 POWER9 + 6 V100 per node)",
+    gpus_per_node=6,
+    intra_bandwidth=32e9,
+    intra_latency=2e-6,
+    net_bandwidth=23e9,
+    net_latency=1e-6,
     sources=dict(
         gpus_per_node="OLCF Summit User Guide: 'two IBM POWER9 processors and six NVIDIA Volta V100 accelerators'",
         intra_bandwidth="NVLink 2.0 50 GB/s per direction between GPUs of a socket (OLCF guide); a ring over all 6 "
-                        "crosses the X-Bus between sockets, 64 GB/s bidirectional = 32 GB/s per direction (WikiChip): "
-                        "the slower, 32 GB/s, bounds the intra-node ring",
+        "crosses the X-Bus between sockets, 64 GB/s bidirectional = 32 GB/s per direction (WikiChip): "
+        "the slower, 32 GB/s, bounds the intra-node ring",
         net_bandwidth="OLCF guide: dual-rail EDR InfiniBand, 'node injection bandwidth of 23 GB/s'",
         net_latency="EDR InfiniBand MPI point-to-point latency, order 1 microsecond (ConnectX-5 class); not "
-                    "measured here — it changes the predictions below by well under 1%",
-        intra_latency="NVLink/NCCL step latency, order microseconds (assumed; negligible at these sizes)"),
+        "measured here — it changes the predictions below by well under 1%",
+        intra_latency="NVLink/NCCL step latency, order microseconds (assumed; negligible at these sizes)",
+    ),
 )
 
 H100_NODE = System(
-    "DGX H100-class node (8 H100 SXM, NVLink 4 / NVSwitch, 8 x 400 Gb/s NDR)", gpus_per_node=8,
-    intra_bandwidth=450e9, intra_latency=2e-6, net_bandwidth=400e9, net_latency=1e-6,
+    "DGX H100-class node (8 H100 SXM, NVLink 4 / NVSwitch, 8 x 400 Gb/s NDR)",
+    gpus_per_node=8,
+    intra_bandwidth=450e9,
+    intra_latency=2e-6,
+    net_bandwidth=400e9,
+    net_latency=1e-6,
     sources=dict(
         intra_bandwidth="NVLink 4: 900 GB/s bidirectional per GPU = 450 GB/s per direction",
         net_bandwidth="DGX H100: eight single-port ConnectX-7, up to 400 Gb/s each = 400 GB/s per node per direction",
-        net_latency="NDR InfiniBand point-to-point latency, order 1 microsecond (assumed)"),
+        net_latency="NDR InfiniBand point-to-point latency, order 1 microsecond (assumed)",
+    ),
 )
 
 
@@ -148,11 +171,21 @@ def summit_kurth2018(precision="fp32", jitter_cv=0.0, gradient_lag=0):
         why = "1.13 EF/s peak / 27,360 GPUs (the paper's fastest step)"
     else:
         raise ValueError("precision must be fp32 or fp16")
-    return Workload(f"kurth2018 {precision}", KURTH2018_FLOPS, 2, grad_bytes, rate, jitter_cv=jitter_cv,
-                    gradient_lag=gradient_lag,
-                    sources=dict(rate_per_gpu=why, flops_per_sample="14.41 TFLOP/sample logged by the SC18 code",
-                                 gradient_bytes=f"{KURTH2018_PARAMETERS:,} parameters (SC18 paper)",
-                                 batch_per_gpu="2 per GPU (assumed; the paper's local batch was not found)"))
+    return Workload(
+        f"kurth2018 {precision}",
+        KURTH2018_FLOPS,
+        2,
+        grad_bytes,
+        rate,
+        jitter_cv=jitter_cv,
+        gradient_lag=gradient_lag,
+        sources=dict(
+            rate_per_gpu=why,
+            flops_per_sample="14.41 TFLOP/sample logged by the SC18 code",
+            gradient_bytes=f"{KURTH2018_PARAMETERS:,} parameters (SC18 paper)",
+            batch_per_gpu="2 per GPU (assumed; the paper's local batch was not found)",
+        ),
+    )
 
 
 PRESETS = {
@@ -165,6 +198,13 @@ PAPER = dict(gpus=27360, efficiency_fp32=0.907, sustained_fp32=325.8e15, sustain
 
 def h100_kurth2018(rate_per_gpu, precision="bf16", jitter_cv=0.0, gradient_lag=0):
     """kurth2018 at 768 x 1152 on H100s: ``rate_per_gpu`` measured (``climseg bench step``) or given."""
-    return Workload(f"kurth2018 {precision}", KURTH2018_FLOPS, 2, 2 * KURTH2018_PARAMETERS, rate_per_gpu,
-                    jitter_cv=jitter_cv, gradient_lag=gradient_lag,
-                    sources=dict(rate_per_gpu="given (see the command line)"))
+    return Workload(
+        f"kurth2018 {precision}",
+        KURTH2018_FLOPS,
+        2,
+        2 * KURTH2018_PARAMETERS,
+        rate_per_gpu,
+        jitter_cv=jitter_cv,
+        gradient_lag=gradient_lag,
+        sources=dict(rate_per_gpu="given (see the command line)"),
+    )

@@ -1,6 +1,7 @@
 """Training: options (:mod:`.config`), the set-up (:mod:`.builder`), the loop (:mod:`.trainer`) and
 its events (:mod:`.events`: the run folder's record, :mod:`.record`; the MLPerf log,
 :mod:`.mlperf_log`), checkpoints and resuming (:mod:`.checkpoint`)."""
+
 from climseg.train.builder import build_trainer
 from climseg.train.checkpoint import build_model, load_checkpoint, save_checkpoint
 from climseg.train.config import TrainConfig, merge, read_config_file
@@ -28,5 +29,17 @@ def train(options=None, config_file=None, log=print):
     return prepare(options, config_file, log).fit()
 
 
-__all__ = ["TrainConfig", "Trainer", "TrainingListener", "TrainingStopped", "build_model", "build_trainer",
-           "load_checkpoint", "merge", "prepare", "read_config_file", "save_checkpoint", "train"]
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "TrainingListener",
+    "TrainingStopped",
+    "build_model",
+    "build_trainer",
+    "load_checkpoint",
+    "merge",
+    "prepare",
+    "read_config_file",
+    "save_checkpoint",
+    "train",
+]

@@ -20,6 +20,7 @@ so a seed gives the same run):
 
 A refused or failed set-up releases the run folder, leaving it as it was.
 """
+
 import datetime
 import os
 import random
@@ -63,7 +64,7 @@ def build_trainer(cfg, checkpoint=None, log=print):
     try:
         return _build(cfg, checkpoint, log, topo, events, out, run_lock)
     except BaseException:
-        run_lock.release()     # a refused or failed set-up leaves the folder as it was
+        run_lock.release()  # a refused or failed set-up leaves the folder as it was
         raise
 
 
@@ -79,13 +80,15 @@ def _build(cfg, checkpoint, log, topo, events, out, run_lock):
 
     events.data_start(cfg, device)
     root = cfg.data or _default_dataset(topo, ranks, show_progress, log)
-    if "{" in root and topo is not None:   # node-local staged copies: --data /local/{node}
+    if "{" in root and topo is not None:  # node-local staged copies: --data /local/{node}
         root = root.format(node=topo.node, rank=ranks.rank)
     data = open_training_data(cfg, root, ranks, AUTOCAST_DTYPES.get(precision, torch.float32), device, log)
-    steps_per_epoch = data.steps_per_epoch // cfg.accumulate * cfg.accumulate   # batches, whole steps
+    steps_per_epoch = data.steps_per_epoch // cfg.accumulate * cfg.accumulate  # batches, whole steps
     if steps_per_epoch == 0:
-        raise ConfigError(f"option accumulate: {cfg.accumulate} batches per step but this rank has only "
-                          f"{data.steps_per_epoch} batches per epoch")
+        raise ConfigError(
+            f"option accumulate: {cfg.accumulate} batches per step but this rank has only "
+            f"{data.steps_per_epoch} batches per epoch"
+        )
     events.data_stop()
 
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -95,25 +98,64 @@ def _build(cfg, checkpoint, log, topo, events, out, run_lock):
     input_shape = (len(data.train_set.channels),) + data.train_set.shape
     flops_per_sample = count_flops(net, (1,) + input_shape)
     peak_tflops, peak_source = device_peak(device, AUTOCAST_DTYPES.get(precision, torch.float32))
-    trainer = Trainer(cfg=cfg, ranks=ranks, device=device, precision=precision, memory_format=memory_format, data=data,
-                      net=net, model=model, loss_fn=loss_fn, optimizer=optimizer, dopt=dopt, scheduler=None,
-                      scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
-                      steps_per_epoch=steps_per_epoch, total_steps=cfg.epochs * steps_per_epoch // cfg.accumulate,
-                      flops_per_sample=flops_per_sample, peak_tflops=peak_tflops, out=out, run_lock=run_lock,
-                      events=events, log=log, show_progress=show_progress)
+    trainer = Trainer(
+        cfg=cfg,
+        ranks=ranks,
+        device=device,
+        precision=precision,
+        memory_format=memory_format,
+        data=data,
+        net=net,
+        model=model,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        dopt=dopt,
+        scheduler=None,
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+        steps_per_epoch=steps_per_epoch,
+        total_steps=cfg.epochs * steps_per_epoch // cfg.accumulate,
+        flops_per_sample=flops_per_sample,
+        peak_tflops=peak_tflops,
+        out=out,
+        run_lock=run_lock,
+        events=events,
+        log=log,
+        show_progress=show_progress,
+    )
     if ranks.is_main:
-        events.add(RunRecord(out, dict(
-            options=cfg.to_dict(), data_root=os.path.abspath(root), device=str(device), precision=precision,
-            torch=torch.__version__, parameters=count_parameters(net), flops_per_sample=flops_per_sample,
-            peak_tflops=peak_tflops, peak_source=peak_source, input_shape=list(input_shape),
-            channels=list(data.train_set.channels), steps_per_epoch=steps_per_epoch)))
+        events.add(
+            RunRecord(
+                out,
+                dict(
+                    options=cfg.to_dict(),
+                    data_root=os.path.abspath(root),
+                    device=str(device),
+                    precision=precision,
+                    torch=torch.__version__,
+                    parameters=count_parameters(net),
+                    flops_per_sample=flops_per_sample,
+                    peak_tflops=peak_tflops,
+                    peak_source=peak_source,
+                    input_shape=list(input_shape),
+                    channels=list(data.train_set.channels),
+                    steps_per_epoch=steps_per_epoch,
+                ),
+            )
+        )
         events.add(ConsoleReport(log))
     events.setup_stop(trainer)
     if checkpoint is not None:
         resume(trainer, checkpoint)
     # the schedule is a function of the step (and of --epochs, which a resumed run may change)
-    trainer.scheduler = build_scheduler(optimizer, trainer.total_steps, cfg.lr_schedule, cfg.warmup_steps,
-                                        cfg.milestones, cfg.lr_decay, last_step=trainer.step)
+    trainer.scheduler = build_scheduler(
+        optimizer,
+        trainer.total_steps,
+        cfg.lr_schedule,
+        cfg.warmup_steps,
+        cfg.milestones,
+        cfg.lr_decay,
+        last_step=trainer.step,
+    )
     return trainer
 
 
@@ -122,8 +164,10 @@ def _claim_output(out, run_lock, resuming):
     check_output_location(out)
     run_lock.acquire()
     if not resuming and os.path.exists(os.path.join(out, "last.pt")):
-        raise ConfigError(f"{out}: already holds a training run (last.pt); continue it with "
-                          f"--resume {os.path.join(out, 'last.pt')} or choose another --out")
+        raise ConfigError(
+            f"{out}: already holds a training run (last.pt); continue it with "
+            f"--resume {os.path.join(out, 'last.pt')} or choose another --out"
+        )
 
 
 def _choose_device(name, topo):
@@ -172,7 +216,7 @@ def _build_network(cfg, data, device, memory_format, topo, log, resuming):
     except ConfigError as exc:
         raise DataError(f"{data.train_dir}: {exc}") from None
     net.to(device, memory_format=memory_format)
-    if cfg.batchnorm_group_size > 1:      # batch statistics shared by groups of ranks
+    if cfg.batchnorm_group_size > 1:  # batch statistics shared by groups of ranks
         convert_batchnorm(net, cfg.batchnorm_group_size, topo)
     frequencies = _class_frequencies(cfg.class_frequencies, data.stats, log)
     loss_fn = build_loss(cfg.loss, cfg.loss_weights, frequencies).to(device)
@@ -205,7 +249,7 @@ def build_optimizer(cfg, params):
         return torch.optim.Adam(params, **common)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, **common)
-    if cfg.optimizer == "larc-adam":    # SC18: LARC on Adam, as one fused multi-tensor step
+    if cfg.optimizer == "larc-adam":  # SC18: LARC on Adam, as one fused multi-tensor step
         return FusedLARCAdam(params, **common)
     return FusedLAMB(params, **common)
 

@@ -23,6 +23,7 @@ batch-norm statistics, optimizer and loss-scale states, the position, the partia
 keeps the sum), the random-number states, and drops ``metrics.jsonl`` lines written after the
 checkpoint.
 """
+
 import math
 import os
 import random
@@ -36,12 +37,24 @@ from climseg.errors import CheckpointError, ConfigError, first_line
 from climseg.models.checkpoint import FORMAT, VERSION, build_model, load_checkpoint, load_model_state, save_checkpoint
 from climseg.train.record import truncate_metrics
 
-__all__ = ["FORMAT", "VERSION", "build_model", "load_checkpoint", "load_model_state", "save_checkpoint",
-           "rng_state", "set_rng_state", "save_training_checkpoint", "training_checkpoint", "rank_running_stats",
-           "resume"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "build_model",
+    "load_checkpoint",
+    "load_model_state",
+    "save_checkpoint",
+    "rng_state",
+    "set_rng_state",
+    "save_training_checkpoint",
+    "training_checkpoint",
+    "rank_running_stats",
+    "resume",
+]
 
 
 # ----------------------------------------------------------------------------- the schema
+
 
 def save_training_checkpoint(trainer, path, scores=None):
     """Write ``trainer``'s state to ``path`` from rank 0 and return ``path``. Every rank calls this
@@ -60,17 +73,38 @@ def training_checkpoint(trainer, optimizer_state, partial, rank_bn_stats):
     """The sections of a training checkpoint (see the module docstring) for ``trainer`` as it is now."""
     cfg, dataset = trainer.cfg, trainer.train_set
     return dict(
-        model=dict(config=cfg.network, in_channels=len(dataset.channels), num_classes=NUM_CLASSES,
-                   norm=cfg.norm, state_dict=trainer.net.state_dict()),
-        data=dict(channels=list(dataset.channels), normalization=dataset.normalization,
-                  shift=torch.from_numpy(dataset.shift.reshape(-1).copy()),
-                  scale=torch.from_numpy(dataset.scale.reshape(-1).copy()),
-                  height=dataset.shape[0], width=dataset.shape[1], class_names=list(CLASS_NAMES)),
-        train=dict(options=cfg.to_dict(), optimizer=optimizer_state,
-                   scheduler=trainer.scheduler.state_dict(), scaler=trainer.scaler.state_dict(), rng=rng_state(),
-                   progress=dict(epoch=trainer.epoch, batch_in_epoch=trainer.batch_in_epoch, step=trainer.step,
-                                 best_mean_iou=trainer.best_mean_iou),
-                   partial=partial, world_size=trainer.ranks.world, rank_bn_stats=rank_bn_stats),
+        model=dict(
+            config=cfg.network,
+            in_channels=len(dataset.channels),
+            num_classes=NUM_CLASSES,
+            norm=cfg.norm,
+            state_dict=trainer.net.state_dict(),
+        ),
+        data=dict(
+            channels=list(dataset.channels),
+            normalization=dataset.normalization,
+            shift=torch.from_numpy(dataset.shift.reshape(-1).copy()),
+            scale=torch.from_numpy(dataset.scale.reshape(-1).copy()),
+            height=dataset.shape[0],
+            width=dataset.shape[1],
+            class_names=list(CLASS_NAMES),
+        ),
+        train=dict(
+            options=cfg.to_dict(),
+            optimizer=optimizer_state,
+            scheduler=trainer.scheduler.state_dict(),
+            scaler=trainer.scaler.state_dict(),
+            rng=rng_state(),
+            progress=dict(
+                epoch=trainer.epoch,
+                batch_in_epoch=trainer.batch_in_epoch,
+                step=trainer.step,
+                best_mean_iou=trainer.best_mean_iou,
+            ),
+            partial=partial,
+            world_size=trainer.ranks.world,
+            rank_bn_stats=rank_bn_stats,
+        ),
     )
 
 
@@ -114,6 +148,7 @@ def _numpy_state():
 
 # ----------------------------------------------------------------------------- the resume rules
 
+
 def resume(trainer, ckpt):
     """Continue ``trainer`` (built for the resumed run's options) from the training checkpoint
     ``ckpt`` (from :func:`load_checkpoint`): checks, then restores (see the module docstring). A
@@ -131,7 +166,7 @@ def resume(trainer, ckpt):
     if not train:
         raise CheckpointError(f"{where}: holds weights only (no optimizer state) and cannot be resumed")
     stats = train.get("rank_bn_stats")
-    if stats and len(stats) == trainer.ranks.world:    # this rank's own, from a mid-epoch checkpoint of as many
+    if stats and len(stats) == trainer.ranks.world:  # this rank's own, from a mid-epoch checkpoint of as many
         load_running_stats(trainer.net, stats[trainer.ranks.rank])
     _load_optimizer_state(trainer, train, where)
     progress = train["progress"]
@@ -139,19 +174,20 @@ def resume(trainer, ckpt):
     trainer.epoch, trainer.batch_in_epoch = progress["epoch"], progress["batch_in_epoch"]
     trainer.step = progress["step"]
     trainer.best_mean_iou = progress.get("best_mean_iou", -math.inf)
-    trainer.partial = train.get("partial") if trainer.ranks.is_main else None   # the sum over ranks, kept by rank 0
+    trainer.partial = train.get("partial") if trainer.ranks.is_main else None  # the sum over ranks, kept by rank 0
     set_rng_state(train["rng"])
     if trainer.ranks.is_main:
         truncate_metrics(os.path.join(trainer.out, "metrics.jsonl"), trainer.step)
-    trainer.log(f"climseg: resuming {where} at epoch {trainer.epoch + 1}, batch {trainer.batch_in_epoch}, "
-                f"step {trainer.step}")
+    trainer.log(
+        f"climseg: resuming {where} at epoch {trainer.epoch + 1}, batch {trainer.batch_in_epoch}, step {trainer.step}"
+    )
 
 
 def _load_optimizer_state(trainer, train, where):
     """The optimizer's (or DistributedOptimizer's) and the loss scaler's states."""
     try:
         saved = train["optimizer"]
-        if "pending" in saved:                    # written with gradient lag
+        if "pending" in saved:  # written with gradient lag
             if trainer.dopt is not None:
                 trainer.dopt.load_state_dict(saved)
             else:
@@ -170,12 +206,17 @@ def _check_position(progress, saved_options, cfg, where):
     a run needs epochs left to train."""
     saved_batch = saved_options.get("batch_size", cfg.batch_size)
     if progress["batch_in_epoch"] and saved_batch != cfg.batch_size:
-        raise CheckpointError(f"{where}: was written mid-epoch with batch size {saved_batch}; resume it with "
-                              f"--batch-size {saved_batch}")
+        raise CheckpointError(
+            f"{where}: was written mid-epoch with batch size {saved_batch}; resume it with --batch-size {saved_batch}"
+        )
     saved_accumulate = saved_options.get("accumulate", 1)
     if progress["batch_in_epoch"] % cfg.accumulate:
-        raise CheckpointError(f"{where}: was written mid-epoch with --accumulate {saved_accumulate}; resume it "
-                              f"with --accumulate {saved_accumulate}")
+        raise CheckpointError(
+            f"{where}: was written mid-epoch with --accumulate {saved_accumulate}; resume it "
+            f"with --accumulate {saved_accumulate}"
+        )
     if progress["epoch"] >= cfg.epochs:
-        raise ConfigError(f"{where}: has already trained {progress['epoch']} epochs; pass --epochs above "
-                          f"{progress['epoch']} to train further")
+        raise ConfigError(
+            f"{where}: has already trained {progress['epoch']} epochs; pass --epochs above "
+            f"{progress['epoch']} to train further"
+        )

@@ -12,6 +12,7 @@ Renamed options (:data:`RENAMED`) are still read under their old names: from a c
 file with a ``FutureWarning`` (:func:`read_config_file`), and silently by :func:`merge` (the saved
 options of a checkpoint written before the rename, which ``--resume`` reads).
 """
+
 import dataclasses
 import json
 import os
@@ -25,12 +26,13 @@ from climseg.train.recipes import RECIPES
 RENAMED = {"config": "network"}
 
 #: What ``--precision auto`` means: the rule of :func:`climseg.perf.hardware.resolve_precision`.
-PRECISION_RULE = ("auto: bf16 on CUDA (fp16 on GPUs before Ampere); on a CPU bf16 where the cores compute it "
-                  "natively (AVX512-BF16 or AMX), else fp32")
+PRECISION_RULE = (
+    "auto: bf16 on CUDA (fp16 on GPUs before Ampere); on a CPU bf16 where the cores compute it "
+    "natively (AVX512-BF16 or AMX), else fp32"
+)
 
 
-def option(default=None, help="", *, choices=None, metavar=None, default_text=None, section=None,
-           default_factory=None):
+def option(default=None, help="", *, choices=None, metavar=None, default_text=None, section=None, default_factory=None):
     """A :class:`TrainConfig` field and its command-line option, written once.
 
     ``help``: what the option means (the default is added from the field itself); ``choices``:
@@ -46,89 +48,160 @@ def option(default=None, help="", *, choices=None, metavar=None, default_text=No
 @dataclasses.dataclass
 class TrainConfig:
     data: typing.Optional[str] = option(
-        None, "dataset folder with train/, validation/ and stats.h5 (DeepCAM layout), or train/ and validation/ "
-        "or test/ of netCDF files with LABELS (ClimateNet layout, optional config.json)", metavar="DIR",
-        default_text="a small synthetic dataset, generated once into the cache", section="data")
-    channels: typing.Optional[typing.List[str]] = option(
-        None, "comma-separated channel names", metavar="NAMES", default_text="all 16")
+        None,
+        "dataset folder with train/, validation/ and stats.h5 (DeepCAM layout), or train/ and validation/ "
+        "or test/ of netCDF files with LABELS (ClimateNet layout, optional config.json)",
+        metavar="DIR",
+        default_text="a small synthetic dataset, generated once into the cache",
+        section="data",
+    )
+    channels: typing.Optional[list[str]] = option(
+        None, "comma-separated channel names", metavar="NAMES", default_text="all 16"
+    )
     normalization: str = option("minmax", "input normalisation from the statistics", choices=("minmax", "zscore"))
-    loader: str = option("fast", "fast: FastLoader (C++ reader threads); torch: a DataLoader over DeepCAMDataset",
-                         choices=("fast", "torch"))
+    loader: str = option(
+        "fast",
+        "fast: FastLoader (C++ reader threads); torch: a DataLoader over DeepCAMDataset",
+        choices=("fast", "torch"),
+    )
     workers: typing.Optional[int] = option(
-        None, "reader threads of the fast loader, or DataLoader processes of the torch loader", metavar="N",
-        default_text="the cores (fast); 0 on CPU, up to 8 on CUDA (torch)")
-    on_bad_sample: str = option("error", "error: stop, naming the file; skip: leave the sample out, log it, count it",
-                                choices=("error", "skip"))
+        None,
+        "reader threads of the fast loader, or DataLoader processes of the torch loader",
+        metavar="N",
+        default_text="the cores (fast); 0 on CPU, up to 8 on CUDA (torch)",
+    )
+    on_bad_sample: str = option(
+        "error", "error: stop, naming the file; skip: leave the sample out, log it, count it", choices=("error", "skip")
+    )
     network: str = option(
-        "tiny", "the network: the DeepLabv3+ of Kurth et al. 2018, of MLPerf DeepCAM, a tiny one, or ClimateNet's "
-        "CGNet", choices=("kurth2018", "deepcam", "tiny", "cgnet"), section="model")
+        "tiny",
+        "the network: the DeepLabv3+ of Kurth et al. 2018, of MLPerf DeepCAM, a tiny one, or ClimateNet's CGNet",
+        choices=("kurth2018", "deepcam", "tiny", "cgnet"),
+        section="model",
+    )
     norm: str = option("batch", "the network's normalisation layers", choices=("batch", "none"))
     epochs: int = option(6, "number of epochs", metavar="N", section="optimisation")
     batch_size: int = option(8, "samples per optimizer step", metavar="N")
-    optimizer: str = option("adamw", "larc-adam: LARC around Adam, as SC18",
-                            choices=("adam", "adamw", "lamb", "larc-adam"))
+    optimizer: str = option(
+        "adamw", "larc-adam: LARC around Adam, as SC18", choices=("adam", "adamw", "lamb", "larc-adam")
+    )
     lr: float = option(2e-3, "peak learning rate", metavar="RATE")
     weight_decay: float = option(1e-4, "weight decay", metavar="DECAY")
-    lr_schedule: str = option("cosine", "learning-rate schedule after the warmup",
-                              choices=("cosine", "multistep", "constant"))
+    lr_schedule: str = option(
+        "cosine", "learning-rate schedule after the warmup", choices=("cosine", "multistep", "constant")
+    )
     warmup_steps: int = option(30, "linear warmup steps", metavar="N")
-    milestones: typing.List[int] = option(
-        help="multistep: comma-separated steps where the rate is multiplied by --lr-decay", metavar="STEPS",
-        default_factory=list)
+    milestones: list[int] = option(
+        help="multistep: comma-separated steps where the rate is multiplied by --lr-decay",
+        metavar="STEPS",
+        default_factory=list,
+    )
     lr_decay: float = option(0.1, "multistep decay factor", metavar="FACTOR")
     clip_grad_norm: float = option(0.0, "clip the gradient norm to this value; 0: off", metavar="NORM")
     adam_eps: typing.Optional[float] = option(
-        None, "epsilon of Adam, AdamW, LAMB and LARC-Adam", metavar="EPS",
-        default_text="the optimizer's own, 1e-8 (LAMB 1e-6)")
+        None,
+        "epsilon of Adam, AdamW, LAMB and LARC-Adam",
+        metavar="EPS",
+        default_text="the optimizer's own, 1e-8 (LAMB 1e-6)",
+    )
     accumulate: int = option(1, "micro-batches of --batch-size whose gradients make one optimizer step", metavar="N")
     recipe: typing.Optional[str] = option(
-        None, "a published hyperparameter set beneath the other options (docs/mlperf.md)", choices=tuple(RECIPES),
-        default_text="none")
-    target_iou: float = option(0.0, "stop when the validation DeepCAM IoU reaches this; time to target in "
-                               "metrics.jsonl and the MLPerf log; 0: train all epochs", metavar="IOU")
-    loss_weights: str = option("deepcam", "class weights from the class frequencies f: f^-1/2 (kurth2018), f^-1/8 "
-                               "(deepcam) or 1 (uniform)", choices=("kurth2018", "deepcam", "uniform"))
-    class_frequencies: str = option("dataset", "the class frequencies of the loss weights: the dataset's stats.h5 "
-                                    "(dataset) or the CAM5 figures (deepcam)", choices=("dataset", "deepcam"))
-    loss: str = option("ce", "ce: weighted cross-entropy; jaccard: ClimateNet's soft IoU loss; ce+jaccard: their sum",
-                       choices=("ce", "jaccard", "ce+jaccard"))
+        None,
+        "a published hyperparameter set beneath the other options (docs/mlperf.md)",
+        choices=tuple(RECIPES),
+        default_text="none",
+    )
+    target_iou: float = option(
+        0.0,
+        "stop when the validation DeepCAM IoU reaches this; time to target in "
+        "metrics.jsonl and the MLPerf log; 0: train all epochs",
+        metavar="IOU",
+    )
+    loss_weights: str = option(
+        "deepcam",
+        "class weights from the class frequencies f: f^-1/2 (kurth2018), f^-1/8 (deepcam) or 1 (uniform)",
+        choices=("kurth2018", "deepcam", "uniform"),
+    )
+    class_frequencies: str = option(
+        "dataset",
+        "the class frequencies of the loss weights: the dataset's stats.h5 (dataset) or the CAM5 figures (deepcam)",
+        choices=("dataset", "deepcam"),
+    )
+    loss: str = option(
+        "ce",
+        "ce: weighted cross-entropy; jaccard: ClimateNet's soft IoU loss; ce+jaccard: their sum",
+        choices=("ce", "jaccard", "ce+jaccard"),
+    )
     init_weights: typing.Optional[str] = option(
-        None, "starting weights, e.g. climatenet:weights.pth (with --network cgnet)", metavar="FORMAT:PATH",
-        default_text="random")
+        None,
+        "starting weights, e.g. climatenet:weights.pth (with --network cgnet)",
+        metavar="FORMAT:PATH",
+        default_text="random",
+    )
     gradient_lag: int = option(
-        0, "1: apply each step's averaged gradient one step later, overlapping its allreduce with the next step",
-        metavar="{0,1}", section="data parallelism (under mpirun, srun, jsrun or torchrun)")
-    allreduce: str = option("auto", "gradient allreduce across processes; auto: hierarchical on several nodes",
-                            choices=("auto", "hierarchical", "flat"))
-    compression: str = option("none", "gradients on the wire in this precision, summed in fp32",
-                              choices=("none", "bf16", "fp16"))
+        0,
+        "1: apply each step's averaged gradient one step later, overlapping its allreduce with the next step",
+        metavar="{0,1}",
+        section="data parallelism (under mpirun, srun, jsrun or torchrun)",
+    )
+    allreduce: str = option(
+        "auto",
+        "gradient allreduce across processes; auto: hierarchical on several nodes",
+        choices=("auto", "hierarchical", "flat"),
+    )
+    compression: str = option(
+        "none", "gradients on the wire in this precision, summed in fp32", choices=("none", "bf16", "fp16")
+    )
     bucket_mb: float = option(25.0, "gradient bucket size in MiB", metavar="MIB")
     batchnorm_group_size: int = option(
-        1, "ranks sharing batch-norm statistics, in groups of G consecutive ranks (1: each rank its own; the ranks "
-        "per node: within nodes; the world size: all)", metavar="G")
-    bn_stats_sync: str = option("epoch", "epoch: average the running statistics over ranks at each epoch's end, "
-                                "before validation and checkpoints; none: rank 0's", choices=("epoch", "none"))
+        1,
+        "ranks sharing batch-norm statistics, in groups of G consecutive ranks (1: each rank its own; the ranks "
+        "per node: within nodes; the world size: all)",
+        metavar="G",
+    )
+    bn_stats_sync: str = option(
+        "epoch",
+        "epoch: average the running statistics over ranks at each epoch's end, "
+        "before validation and checkpoints; none: rank 0's",
+        choices=("epoch", "none"),
+    )
     precision: str = option("auto", PRECISION_RULE, choices=("auto", "fp32", "bf16", "fp16"), section="execution")
     device: str = option("auto", "auto: the first GPU, else the CPU", metavar="{auto,cpu,cuda,cuda:N}")
     channels_last: bool = option(True, "keep tensors in NCHW instead of channels-last")
     seed: int = option(0, "random seed for weights and data order", metavar="N")
     deterministic: bool = option(False, "use deterministic algorithms only")
-    out: typing.Optional[str] = option(None, "run folder for checkpoints and metrics.jsonl", metavar="DIR",
-                                       default_text="runs/NETWORK-DATE-TIME", section="output")
-    resume: typing.Optional[str] = option(None, "checkpoint (or run folder) to continue exactly where it stopped",
-                                          metavar="CHECKPOINT", default_text="a new run")
+    out: typing.Optional[str] = option(
+        None,
+        "run folder for checkpoints and metrics.jsonl",
+        metavar="DIR",
+        default_text="runs/NETWORK-DATE-TIME",
+        section="output",
+    )
+    resume: typing.Optional[str] = option(
+        None,
+        "checkpoint (or run folder) to continue exactly where it stopped",
+        metavar="CHECKPOINT",
+        default_text="a new run",
+    )
     checkpoint_every: int = option(0, "also write last.pt every N steps; 0: at each epoch's end only", metavar="N")
     max_steps: int = option(0, "stop with a checkpoint at this global step; 0: no limit", metavar="N")
     validate_every: int = option(1, "epochs between validations (the last epoch always validates)", metavar="N")
     progress: bool = option(True, "no progress bars (bars appear on terminals only)")
-    mlperf_log: typing.Optional[str] = option(None, "write an MLPerf HPC :::MLLOG log to this file (rank 0)",
-                                              metavar="FILE", default_text="none", section="MLPerf HPC logging")
+    mlperf_log: typing.Optional[str] = option(
+        None,
+        "write an MLPerf HPC :::MLLOG log to this file (rank 0)",
+        metavar="FILE",
+        default_text="none",
+        section="MLPerf HPC logging",
+    )
     mlperf_org: str = option("climseg", "MLPerf submission_org", metavar="NAME")
-    mlperf_platform: typing.Optional[str] = option(None, "MLPerf submission_platform", metavar="NAME",
-                                                   default_text="the device's name")
+    mlperf_platform: typing.Optional[str] = option(
+        None, "MLPerf submission_platform", metavar="NAME", default_text="the device's name"
+    )
     mlperf_division: str = option("open", "MLPerf submission_division", choices=("open", "closed"))
-    mlperf_status: str = option("research", "MLPerf submission_status",
-                                choices=("cloud", "onprem", "preview", "research"))
+    mlperf_status: str = option(
+        "research", "MLPerf submission_status", choices=("cloud", "onprem", "preview", "research")
+    )
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -162,8 +235,11 @@ def read_config_file(path):
         if name in options:
             raise ConfigError(f"{path}: option {name.replace('_', '-')!r} is given twice (once under its old name)")
         if str(key).replace("-", "_") in RENAMED:
-            warnings.warn(f"{path}: option {key!r} is now {name.replace('_', '-')!r}; the old name goes in a later "
-                          "release", FutureWarning, stacklevel=2)
+            warnings.warn(
+                f"{path}: option {key!r} is now {name.replace('_', '-')!r}; the old name goes in a later release",
+                FutureWarning,
+                stacklevel=2,
+            )
         options[name] = value
     return options
 
@@ -235,14 +311,24 @@ def _coerce(name, value):
             raise ValueError(value)
         return str(value)
     except (TypeError, ValueError, OverflowError):
-        kind = _KIND.get(name) or ("a whole number" if isinstance(default, int) and not isinstance(default, bool)
-                                   else "true or false" if isinstance(default, bool)
-                                   else "a number" if isinstance(default, float) else "a string")
+        kind = _KIND.get(name) or (
+            "a whole number"
+            if isinstance(default, int) and not isinstance(default, bool)
+            else "true or false"
+            if isinstance(default, bool)
+            else "a number"
+            if isinstance(default, float)
+            else "a string"
+        )
         raise ConfigError(f"option {name.replace('_', '-')}: invalid value {value!r} (expected {kind})") from None
 
 
-_KIND = {"workers": "a whole number", "channels": "channel names", "milestones": "whole numbers",
-         "adam_eps": "a number"}
+_KIND = {
+    "workers": "a whole number",
+    "channels": "channel names",
+    "milestones": "whole numbers",
+    "adam_eps": "a number",
+}
 
 
 def _whole(value):

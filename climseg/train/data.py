@@ -10,6 +10,7 @@ and ClimateNet (``train/`` and ``validation/`` or ``test/`` of netCDF files with
 per epoch: the smallest share. With ``--loader torch`` the loop draws its batches through
 :func:`torch_loader` (a ``DataLoader`` over the dataset, in the order of a sampler).
 """
+
 import dataclasses
 import os
 
@@ -27,7 +28,7 @@ class TrainingData:
     stats: object
     train_set: DeepCAMDataset
     val_set: DeepCAMDataset
-    train_loader: FastLoader = None     # None with --loader torch
+    train_loader: FastLoader = None  # None with --loader torch
     val_loader: FastLoader = None
     steps_per_epoch: int = 0
 
@@ -45,34 +46,61 @@ def open_training_data(cfg, root, ranks, input_dtype, device, log):
         raise DataError(f"{root}: is a file; --data names a dataset folder holding train/ and validation/")
     for d in (train_dir, val_dir):
         if not os.path.isdir(d):
-            raise DataError(f"{root}: expected sub-folders train/ and validation/ (DeepCAM layout); "
-                            f"{os.path.basename(d)}/ is missing")
+            raise DataError(
+                f"{root}: expected sub-folders train/ and validation/ (DeepCAM layout); "
+                f"{os.path.basename(d)}/ is missing"
+            )
     stats = read_stats(find_stats(train_dir))
     train_set = DeepCAMDataset(train_dir, stats, cfg.channels, cfg.normalization)
     val_set = DeepCAMDataset(val_dir, stats, cfg.channels, cfg.normalization)
-    if val_set.shape != train_set.shape:   # name both files: either may be the odd one
-        raise DataError(f"{train_set.files[0]}: is {train_set.shape[0]}x{train_set.shape[1]} but "
-                        f"{val_set.files[0]} is {val_set.shape[0]}x{val_set.shape[1]}; every sample must have "
-                        f"the same grid")
+    if val_set.shape != train_set.shape:  # name both files: either may be the odd one
+        raise DataError(
+            f"{train_set.files[0]}: is {train_set.shape[0]}x{train_set.shape[1]} but "
+            f"{val_set.files[0]} is {val_set.shape[0]}x{val_set.shape[1]}; every sample must have "
+            f"the same grid"
+        )
     data = TrainingData(root, train_dir, stats, train_set, val_set)
-    return _with_loaders(data, cfg, ranks, FastLoader, train_dir, val_dir, input_dtype, device, log,
-                         stats=stats, channels=cfg.channels, normalization=cfg.normalization)
+    return _with_loaders(
+        data,
+        cfg,
+        ranks,
+        FastLoader,
+        train_dir,
+        val_dir,
+        input_dtype,
+        device,
+        log,
+        stats=stats,
+        channels=cfg.channels,
+        normalization=cfg.normalization,
+    )
 
 
 def _with_loaders(data, cfg, ranks, loader, train_source, val_source, input_dtype, device, log, **options):
     """``data`` with a loader per split (``--loader fast``) and this rank's steps per epoch, checked."""
     if cfg.loader == "fast":
-        common = dict(dtype=input_dtype, layout="nhwc" if cfg.channels_last else "nchw", threads=cfg.workers,
-                      seed=cfg.seed, rank=ranks.rank, world_size=ranks.world, on_bad_sample=cfg.on_bad_sample,
-                      device=device if device.type == "cuda" else None, log=log, **options)
+        common = dict(
+            dtype=input_dtype,
+            layout="nhwc" if cfg.channels_last else "nchw",
+            threads=cfg.workers,
+            seed=cfg.seed,
+            rank=ranks.rank,
+            world_size=ranks.world,
+            on_bad_sample=cfg.on_bad_sample,
+            device=device if device.type == "cuda" else None,
+            log=log,
+            **options,
+        )
         data.train_loader = loader(train_source, cfg.batch_size, shuffle=True, drop_last=True, **common)
         data.val_loader = loader(val_source, cfg.batch_size, shuffle=False, drop_last=False, **common)
         data.steps_per_epoch = ranks.min(len(data.train_loader))
     else:
         data.steps_per_epoch = len(data.train_set) // ranks.world // cfg.batch_size
     if data.steps_per_epoch == 0:
-        raise ConfigError(f"option batch-size: {cfg.batch_size} per process x {ranks.world} processes is larger than "
-                          f"the {len(data.train_set)} training samples")
+        raise ConfigError(
+            f"option batch-size: {cfg.batch_size} per process x {ranks.world} processes is larger than "
+            f"the {len(data.train_set)} training samples"
+        )
     return data
 
 
@@ -94,5 +122,12 @@ def torch_loader(dataset, sampler, batch_size, drop_last, workers, device):
     indices); ``workers`` None: none on CPU, else up to 8 processes; memory pinned for CUDA."""
     if workers is None:
         workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
-                      pin_memory=device.type == "cuda", persistent_workers=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=drop_last,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )

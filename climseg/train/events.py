@@ -14,6 +14,7 @@ Every method of :class:`TrainingListener` does nothing; a listener overrides the
 :class:`~climseg.train.record.RunRecord` (``run.json``, ``metrics.jsonl``) and :class:`ConsoleReport`
 (the lines printed while training). A library user adds one with ``trainer.events.add(listener)``.
 """
+
 import math
 
 from climseg.models import count_parameters
@@ -135,7 +136,7 @@ class ConsoleReport(TrainingListener):
         self.train_row = None
 
     def epoch_stop(self, epoch, step):
-        if self.train_row is not None:      # an epoch without validation
+        if self.train_row is not None:  # an epoch without validation
             self.log(epoch_line(self.train_row, None))
             self.train_row = None
 
@@ -143,24 +144,35 @@ class ConsoleReport(TrainingListener):
 def start_line(trainer):
     """What trains, on which processes and devices, on how much data, into which folder."""
     cfg, ranks, train_set = trainer.cfg, trainer.ranks, trainer.train_set
-    where = f"{trainer.device}" if ranks.world == 1 else (
-        f"{ranks.world} processes ({ranks.topo.num_nodes} node(s) x {ranks.topo.local_size}, "
-        f"{'hierarchical' if uses_hierarchical(cfg.allreduce, ranks.topo) else 'flat'} allreduce"
-        f"{', gradient lag 1' if cfg.gradient_lag else ''}) on {trainer.device.type}")
-    return (f"climseg: training {cfg.network} ({count_parameters(trainer.net):,} parameters) on {where} in "
-            f"{trainer.precision}, {len(train_set)} training / {len(trainer.val_set)} validation samples of "
-            f"{train_set.shape[0]}x{train_set.shape[1]}, batch {cfg.batch_size}"
-            f"{' per process' if ranks.world > 1 else ''}, {cfg.epochs} epochs -> {trainer.out}")
+    where = (
+        f"{trainer.device}"
+        if ranks.world == 1
+        else (
+            f"{ranks.world} processes ({ranks.topo.num_nodes} node(s) x {ranks.topo.local_size}, "
+            f"{'hierarchical' if uses_hierarchical(cfg.allreduce, ranks.topo) else 'flat'} allreduce"
+            f"{', gradient lag 1' if cfg.gradient_lag else ''}) on {trainer.device.type}"
+        )
+    )
+    return (
+        f"climseg: training {cfg.network} ({count_parameters(trainer.net):,} parameters) on {where} in "
+        f"{trainer.precision}, {len(train_set)} training / {len(trainer.val_set)} validation samples of "
+        f"{train_set.shape[0]}x{train_set.shape[1]}, batch {cfg.batch_size}"
+        f"{' per process' if ranks.world > 1 else ''}, {cfg.epochs} epochs -> {trainer.out}"
+    )
 
 
 def epoch_line(train, val):
     """One epoch's line: its training ``train`` row, and the validation row ``val`` (or None)."""
-    line = (f"epoch {train['epoch']:3d}  step {train['step']:6d}  loss {train['loss']:.4f}  "
-            f"{train['samples_per_s']:.1f} samples/s  {train['tflops_per_s']:.2f} TFLOP/s "
-            f"({100 * train['mfu']:.0f}% MFU)")
+    line = (
+        f"epoch {train['epoch']:3d}  step {train['step']:6d}  loss {train['loss']:.4f}  "
+        f"{train['samples_per_s']:.1f} samples/s  {train['tflops_per_s']:.2f} TFLOP/s "
+        f"({100 * train['mfu']:.0f}% MFU)"
+    )
     if val is not None:
-        line += (f"  | validation loss {val['loss']:.4f}  IoU tc {_score(val['iou_tc'])}  ar {_score(val['iou_ar'])}  "
-                 f"mean {_score(val['mean_iou'])}  deepcam {_score(val['deepcam_iou'])}")
+        line += (
+            f"  | validation loss {val['loss']:.4f}  IoU tc {_score(val['iou_tc'])}  ar {_score(val['iou_ar'])}  "
+            f"mean {_score(val['mean_iou'])}  deepcam {_score(val['deepcam_iou'])}"
+        )
     return line
 
 

@@ -18,6 +18,7 @@ them into the keys, in the order, the hpc 3.0.0 DeepCAM rules expect:
 Only rank 0 writes; on other ranks (and without ``--mlperf-log``) every hook does nothing.
 The file is appended line by line as the run goes (a log, like metrics.jsonl), each line flushed.
 """
+
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ import os
 from climseg.errors import ConfigError
 from climseg.train.events import TrainingListener
 
-RULES_TARGET_IOU = 0.82     # hpc 3.0.0 closed_deepcam.yaml / open_deepcam.yaml: eval_accuracy >= 0.82
+RULES_TARGET_IOU = 0.82  # hpc 3.0.0 closed_deepcam.yaml / open_deepcam.yaml: eval_accuracy >= 0.82
 OPTIMIZER_NAMES = {"adam": "Adam", "adamw": "AdamW", "lamb": "LAMB", "larc-adam": "LARC-Adam"}
 SCHEDULER_NAMES = {"multistep": "multistep", "cosine": "cosine_annealing", "constant": "constant"}
 
@@ -39,14 +40,15 @@ class MLPerfLog(TrainingListener):
         self.mllogger = None
         self._handler = None
         self.target_iou = RULES_TARGET_IOU
-        self.accuracy = None       # the last validation's DeepCAM IoU (finite, else None)
+        self.accuracy = None  # the last validation's DeepCAM IoU (finite, else None)
         if self.path is None:
             return
         try:
             from mlperf_logging.mllog import mllog as mllog_module
         except ImportError:
-            raise ConfigError("option mlperf-log: needs the mlperf-logging package "
-                              "(pip install 'climseg[mlperf]')") from None
+            raise ConfigError(
+                "option mlperf-log: needs the mlperf-logging package (pip install 'climseg[mlperf]')"
+            ) from None
 
         folder = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(folder):
@@ -54,7 +56,7 @@ class MLPerfLog(TrainingListener):
         logger = logging.getLogger(f"climseg.mllog.{os.path.abspath(self.path)}")
         logger.propagate = False
         logger.setLevel(logging.INFO)
-        for h in list(logger.handlers):     # a second run in this process writing the same file
+        for h in list(logger.handlers):  # a second run in this process writing the same file
             logger.removeHandler(h)
             h.close()
         try:
@@ -97,7 +99,7 @@ class MLPerfLog(TrainingListener):
     def data_start(self, cfg, device):
         self.target_iou = cfg.target_iou or RULES_TARGET_IOU
         self.submission(cfg, platform_name(device))
-        self.event("cache_clear", True)   # nothing cached from a previous run: this process opens all afresh
+        self.event("cache_clear", True)  # nothing cached from a previous run: this process opens all afresh
         self.start("staging_start")
 
     def data_stop(self):
@@ -105,8 +107,14 @@ class MLPerfLog(TrainingListener):
 
     def setup_stop(self, trainer):
         topo = trainer.ranks.topo
-        self.hyperparameters(trainer.cfg, trainer.optimizer, trainer.ranks.world, topo.num_nodes if topo else 1,
-                             topo.local_size if topo else 1, trainer.total_steps)
+        self.hyperparameters(
+            trainer.cfg,
+            trainer.optimizer,
+            trainer.ranks.world,
+            topo.num_nodes if topo else 1,
+            topo.local_size if topo else 1,
+            trainer.total_steps,
+        )
         self.event("train_samples", len(trainer.train_set))
         self.event("eval_samples", len(trainer.val_set))
 
@@ -122,8 +130,9 @@ class MLPerfLog(TrainingListener):
 
     def eval_stop(self, row):
         self.accuracy = _finite(row["deepcam_iou"])
-        self.event("eval_accuracy", 0.0 if self.accuracy is None else self.accuracy,
-                   metadata=dict(epoch_num=row["epoch"]))
+        self.event(
+            "eval_accuracy", 0.0 if self.accuracy is None else self.accuracy, metadata=dict(epoch_num=row["epoch"])
+        )
         self.end("eval_stop", metadata=dict(epoch_num=row["epoch"]))
 
     def epoch_stop(self, epoch, step):
@@ -160,7 +169,7 @@ class MLPerfLog(TrainingListener):
         self.event("opt_betas", [float(b) for b in group.get("betas", (0.9, 0.999))])
         self.event("opt_eps", float(group.get("eps", cfg.adam_eps)))
         self.event("opt_weight_decay", cfg.weight_decay)
-        if cfg.optimizer == "lamb":      # climseg's LAMB: bias-corrected moments, (1 - beta1) averaging
+        if cfg.optimizer == "lamb":  # climseg's LAMB: bias-corrected moments, (1 - beta1) averaging
             self.event("opt_bias_correction", True)
             self.event("opt_grad_averaging", True)
             self.event("opt_max_grad_norm", cfg.clip_grad_norm)
@@ -170,7 +179,7 @@ class MLPerfLog(TrainingListener):
         kind = SCHEDULER_NAMES[cfg.lr_schedule]
         self.event("scheduler_type", kind)
         self.event("scheduler_lr_warmup_steps", cfg.warmup_steps)
-        self.event("scheduler_lr_warmup_factor", 1.0)     # linear warm-up to the base rate
+        self.event("scheduler_lr_warmup_factor", 1.0)  # linear warm-up to the base rate
         if kind == "multistep":
             # counted after the warm-up, as the reference's MultiStepLRWarmup counts them
             self.event("scheduler_milestones", [max(0, int(m) - cfg.warmup_steps) for m in cfg.milestones])

@@ -7,6 +7,7 @@ model to call and the optimizer wrapper: DDP with climseg's hierarchical allredu
 Horovod-style :class:`~climseg.distributed.optimizer.DistributedOptimizer` when gradients lag a
 step. With one process everything here is the identity.
 """
+
 import torch
 
 from climseg.distributed.hooks import HierarchicalHookState, hierarchical_allreduce_hook
@@ -84,9 +85,16 @@ def parallelize(net, optimizer, cfg, ranks):
     compression = None if cfg.compression == "none" else cfg.compression
     hierarchical = uses_hierarchical(cfg.allreduce, ranks.topo)
     if cfg.gradient_lag:
-        dopt = DistributedOptimizer(optimizer, net.named_parameters(), hierarchical=hierarchical,
-                                    compression=compression, gradient_lag=1, bucket_bytes=int(cfg.bucket_mb * 2**20),
-                                    topology=ranks.topo, max_grad_norm=cfg.clip_grad_norm)
+        dopt = DistributedOptimizer(
+            optimizer,
+            net.named_parameters(),
+            hierarchical=hierarchical,
+            compression=compression,
+            gradient_lag=1,
+            bucket_bytes=int(cfg.bucket_mb * 2**20),
+            topology=ranks.topo,
+            max_grad_norm=cfg.clip_grad_norm,
+        )
         return net, dopt
     if ranks.world == 1:
         return net, None
@@ -95,9 +103,13 @@ def parallelize(net, optimizer, cfg, ranks):
     device = ranks.device
     # --bn-stats-sync epoch: each rank keeps its own running statistics through the epoch (averaged at
     # its end, as the MLPerf reference); none: DDP gives every rank rank 0's at each forward
-    ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
-                                  bucket_cap_mb=cfg.bucket_mb, process_group=ranks.topo.world,
-                                  broadcast_buffers=cfg.bn_stats_sync == "none")
+    ddp = DistributedDataParallel(
+        net,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        bucket_cap_mb=cfg.bucket_mb,
+        process_group=ranks.topo.world,
+        broadcast_buffers=cfg.bn_stats_sync == "none",
+    )
     if hierarchical or compression:
         state = HierarchicalHookState(topology=ranks.topo, compression=compression, hierarchical=hierarchical)
         ddp.register_comm_hook(state, hierarchical_allreduce_hook)

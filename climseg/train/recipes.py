@@ -18,17 +18,34 @@ Each entry says where its values come from; docs/mlperf.md gives the file and li
   (fp16 loss scaling with a lagged gradient is refused), so this recipe leaves the precision to
   ``--precision``.
 """
+
 from climseg.errors import ConfigError
 
 RECIPES = {
     "mlperf-deepcam": dict(
-        network="deepcam", optimizer="lamb", lr=0.0055, adam_eps=1e-6, weight_decay=1e-2,
-        lr_schedule="multistep", warmup_steps=400, milestones=[1200], lr_decay=0.1, batch_size=2,
-        batchnorm_group_size=1, epochs=200, target_iou=0.82, loss_weights="deepcam", class_frequencies="deepcam",
-        clip_grad_norm=1.0, bn_stats_sync="epoch",
+        network="deepcam",
+        optimizer="lamb",
+        lr=0.0055,
+        adam_eps=1e-6,
+        weight_decay=1e-2,
+        lr_schedule="multistep",
+        warmup_steps=400,
+        milestones=[1200],
+        lr_decay=0.1,
+        batch_size=2,
+        batchnorm_group_size=1,
+        epochs=200,
+        target_iou=0.82,
+        loss_weights="deepcam",
+        class_frequencies="deepcam",
+        clip_grad_norm=1.0,
+        bn_stats_sync="epoch",
     ),
     "sc18-kurth2018": dict(
-        network="kurth2018", optimizer="larc-adam", gradient_lag=1, loss_weights="kurth2018",
+        network="kurth2018",
+        optimizer="larc-adam",
+        gradient_lag=1,
+        loss_weights="kurth2018",
     ),
 }
 

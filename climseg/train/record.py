@@ -7,6 +7,7 @@ each epoch's training row and each validation row to ``metrics.jsonl`` as the lo
 (non-finite numbers written as ``null``). A resumed run first drops the lines written after its
 checkpoint (:func:`truncate_metrics`), so the file always matches the weights.
 """
+
 import datetime
 import json
 import math
@@ -26,8 +27,10 @@ class RunRecord(TrainingListener):
         self.metrics_path = os.path.join(out, "metrics.jsonl")
 
     def run_start(self, trainer):
-        write_json(os.path.join(self.out, "run.json"),
-                   dict(self.info, started=datetime.datetime.now().isoformat(timespec="seconds")))
+        write_json(
+            os.path.join(self.out, "run.json"),
+            dict(self.info, started=datetime.datetime.now().isoformat(timespec="seconds")),
+        )
 
     def train_stop(self, row):
         append_metrics(self.metrics_path, row)

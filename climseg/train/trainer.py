@@ -19,6 +19,7 @@ The loop reports what happens as events (:mod:`climseg.train.events`) to its lis
 (:func:`climseg.train.builder.build_trainer`); what a checkpoint holds and how a run resumes is
 :mod:`climseg.train.checkpoint`.
 """
+
 import contextlib
 import dataclasses
 import math
@@ -58,33 +59,33 @@ class Trainer:
     resumes a checkpoint into it. :meth:`fit` trains; :meth:`request_stop` asks it to stop."""
 
     cfg: TrainConfig
-    ranks: Ranks                        # this run's processes and their collective decisions
+    ranks: Ranks  # this run's processes and their collective decisions
     device: torch.device
-    precision: str                      # fp32 | bf16 | fp16 (the autocast dtype; fp16 with a loss scale)
+    precision: str  # fp32 | bf16 | fp16 (the autocast dtype; fp16 with a loss scale)
     memory_format: torch.memory_format  # of the network's inputs (channels_last by default)
-    data: TrainingData                  # the two splits and their loaders
-    net: torch.nn.Module                # the network: weights, batch norms, checkpoints
-    model: torch.nn.Module              # what the loop calls: the network, or its DDP wrapper
-    loss_fn: torch.nn.Module            # returns (loss, prediction counts)
+    data: TrainingData  # the two splits and their loaders
+    net: torch.nn.Module  # the network: weights, batch norms, checkpoints
+    model: torch.nn.Module  # what the loop calls: the network, or its DDP wrapper
+    loss_fn: torch.nn.Module  # returns (loss, prediction counts)
     optimizer: torch.optim.Optimizer
-    dopt: typing.Any                    # the DistributedOptimizer with --gradient-lag, else None
-    scheduler: typing.Any               # learning rate per optimizer step
-    scaler: torch.amp.GradScaler        # fp16 loss scale (disabled otherwise)
-    steps_per_epoch: int                # batches per epoch on every rank, whole accumulation steps
-    total_steps: int                    # optimizer steps of the whole run
-    flops_per_sample: float             # forward + backward, for TFLOP/s and MFU
-    peak_tflops: float                  # the device's peak, for MFU
-    out: str                            # the run folder
-    run_lock: RunLock                   # held from set-up to the end of fit (rank 0)
+    dopt: typing.Any  # the DistributedOptimizer with --gradient-lag, else None
+    scheduler: typing.Any  # learning rate per optimizer step
+    scaler: torch.amp.GradScaler  # fp16 loss scale (disabled otherwise)
+    steps_per_epoch: int  # batches per epoch on every rank, whole accumulation steps
+    total_steps: int  # optimizer steps of the whole run
+    flops_per_sample: float  # forward + backward, for TFLOP/s and MFU
+    peak_tflops: float  # the device's peak, for MFU
+    out: str  # the run folder
+    run_lock: RunLock  # held from set-up to the end of fit (rank 0)
     events: Listeners = dataclasses.field(default_factory=Listeners)
-    log: typing.Callable = print        # one-line messages (a no-op on ranks other than 0)
+    log: typing.Callable = print  # one-line messages (a no-op on ranks other than 0)
     show_progress: bool = False
     # where the run stands (restored on resume)
-    epoch: int = 0                      # epochs done
-    batch_in_epoch: int = 0             # batches done in the current epoch
-    step: int = 0                       # optimizer steps done
+    epoch: int = 0  # epochs done
+    batch_in_epoch: int = 0  # batches done in the current epoch
+    step: int = 0  # optimizer steps done
     best_mean_iou: float = -math.inf
-    partial: typing.Optional[dict] = None   # the running scores of an unfinished epoch (rank 0)
+    partial: typing.Optional[dict] = None  # the running scores of an unfinished epoch (rank 0)
     stop_requested: bool = False
 
     @property
@@ -112,7 +113,7 @@ class Trainer:
     def _fit(self):
         cfg = self.cfg
         if self.ranks.is_main:
-            self.run_lock.acquire()        # held since set-up; again when fit() is called a second time
+            self.run_lock.acquire()  # held since set-up; again when fit() is called a second time
         self.events.run_start(self)
         started = time.time()
         last_val, reached = None, False
@@ -129,7 +130,7 @@ class Trainer:
             self.events.train_stop(train_row)
             finished = self.epoch + 1
             if finished == cfg.epochs and self.dopt is not None:
-                self.dopt.flush()   # the last step's lagged gradient: N steps make N updates
+                self.dopt.flush()  # the last step's lagged gradient: N steps make N updates
             if self.ranks.world > 1 and cfg.bn_stats_sync == "epoch":
                 average_running_stats(self.net, self.ranks.group, self.ranks.world)
             if finished % cfg.validate_every == 0 or finished == cfg.epochs:
@@ -137,11 +138,17 @@ class Trainer:
             self.events.epoch_stop(finished, self.step)
             self._end_epoch(finished, last_val)
             if reached:
-                self.log(f"climseg: reached the target DeepCAM IoU {cfg.target_iou} at epoch {finished} after "
-                         f"{last_val['time_to_target_s']:.1f} s")
+                self.log(
+                    f"climseg: reached the target DeepCAM IoU {cfg.target_iou} at epoch {finished} after "
+                    f"{last_val['time_to_target_s']:.1f} s"
+                )
                 break
-        summary = dict(validation=last_val, seconds=time.time() - started, out=self.out,
-                       checkpoint=os.path.join(self.out, "last.pt"))
+        summary = dict(
+            validation=last_val,
+            seconds=time.time() - started,
+            out=self.out,
+            checkpoint=os.path.join(self.out, "last.pt"),
+        )
         self.events.run_stop("completed", self.epoch)
         if reached:
             summary.update(target_iou=cfg.target_iou, time_to_target_s=last_val["time_to_target_s"])
@@ -150,8 +157,11 @@ class Trainer:
     def _end_epoch(self, finished, last_val):
         """Epoch ``finished`` done: ``last.pt``, and ``best.pt`` when its validation improved the mean IoU."""
         self.epoch, self.batch_in_epoch, self.partial = finished, 0, None
-        improved = last_val is not None and last_val.get("epoch") == finished and \
-            _finite(last_val["mean_iou"], -math.inf) > self.best_mean_iou
+        improved = (
+            last_val is not None
+            and last_val.get("epoch") == finished
+            and _finite(last_val["mean_iou"], -math.inf) > self.best_mean_iou
+        )
         if improved:
             self.best_mean_iou = last_val["mean_iou"]
         self._save("last.pt")
@@ -179,18 +189,24 @@ class Trainer:
         scores = RunningScores(self.device, self.partial)
         loader = self.data.train_loader
         skipped_before = loader.skipped if loader is not None else 0
-        with progress_bar(total=self.steps_per_epoch, initial=self.batch_in_epoch, disable=not self.show_progress,
-                          desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="batch", leave=False) as bar:
+        with progress_bar(
+            total=self.steps_per_epoch,
+            initial=self.batch_in_epoch,
+            disable=not self.show_progress,
+            desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            leave=False,
+        ) as bar:
             tick = time.time()
             while self.batch_in_epoch < self.steps_per_epoch:
                 batch = next(batches, None)
                 ended, stop = self.ranks.any(batch is None, self.stop_requested)
-                at_step = self.batch_in_epoch % cfg.accumulate == 0   # not inside an accumulation
+                at_step = self.batch_in_epoch % cfg.accumulate == 0  # not inside an accumulation
                 self.stop_requested = stop
                 if stop and at_step:
                     raise TrainingStopped(self._save("last.pt", scores))
-                if ended:   # some rank ran out (files skipped): all end the epoch together
-                    if not at_step:          # drop the unfinished accumulation
+                if ended:  # some rank ran out (files skipped): all end the epoch together
+                    if not at_step:  # drop the unfinished accumulation
                         self.optimizer.zero_grad(set_to_none=True)
                         self.batch_in_epoch += cfg.accumulate - self.batch_in_epoch % cfg.accumulate
                     break
@@ -198,23 +214,31 @@ class Trainer:
                 scores.seconds += time.time() - tick
                 tick = time.time()
                 bar.update()
-                if not stepped:              # inside an accumulation: no step yet
+                if not stepped:  # inside an accumulation: no step yet
                     continue
-                bar.set_postfix(loss=f"{scores.loss_sum / max(scores.samples, 1):.4f}",
-                                samples_per_s=f"{scores.samples / max(scores.seconds, 1e-9):.1f}")
+                bar.set_postfix(
+                    loss=f"{scores.loss_sum / max(scores.samples, 1):.4f}",
+                    samples_per_s=f"{scores.samples / max(scores.seconds, 1e-9):.1f}",
+                )
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self._save("last.pt", scores)
                 if cfg.max_steps and self.step >= cfg.max_steps:
                     self._save("last.pt", scores)
-                    self.log(f"climseg: reached max-steps {cfg.max_steps}; checkpoint written to "
-                             f"{os.path.join(self.out, 'last.pt')}")
+                    self.log(
+                        f"climseg: reached max-steps {cfg.max_steps}; checkpoint written to "
+                        f"{os.path.join(self.out, 'last.pt')}"
+                    )
                     return None
         if loader is not None:
             scores.skipped_samples += loader.skipped - skipped_before
         row = scores.row("train", self.ranks.group)
-        row.update(epoch=self.epoch + 1, step=self.step, lr=self.optimizer.param_groups[0]["lr"],
-                   tflops_per_s=row["samples_per_s"] * self.flops_per_sample / 1e12)
-        row["mfu"] = row["tflops_per_s"] / (self.ranks.world * self.peak_tflops)   # per device, against its peak
+        row.update(
+            epoch=self.epoch + 1,
+            step=self.step,
+            lr=self.optimizer.param_groups[0]["lr"],
+            tflops_per_s=row["samples_per_s"] * self.flops_per_sample / 1e12,
+        )
+        row["mfu"] = row["tflops_per_s"] / (self.ranks.world * self.peak_tflops)  # per device, against its peak
         return row
 
     def train_batches(self):
@@ -223,9 +247,15 @@ class Trainer:
         if self.data.train_loader is not None:
             self.data.train_loader.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
             return iter(self.data.train_loader)
-        sampler = EpochSampler(len(self.train_set), cfg.seed, self.epoch, shuffle=True,
-                               start=self.batch_in_epoch * cfg.batch_size, rank=self.ranks.rank,
-                               world_size=self.ranks.world)
+        sampler = EpochSampler(
+            len(self.train_set),
+            cfg.seed,
+            self.epoch,
+            shuffle=True,
+            start=self.batch_in_epoch * cfg.batch_size,
+            rank=self.ranks.rank,
+            world_size=self.ranks.world,
+        )
         return iter(torch_loader(self.train_set, sampler, cfg.batch_size, True, cfg.workers, self.device))
 
     def train_step(self, data, labels, scores):
@@ -241,20 +271,21 @@ class Trainer:
         if micro == 0:
             self.optimizer.zero_grad(set_to_none=True)
         no_sync = self.model.no_sync() if not last and hasattr(self.model, "no_sync") else contextlib.nullcontext()
-        with no_sync:     # DDP averages the gradients once, at the last batch of the step
+        with no_sync:  # DDP averages the gradients once, at the last batch of the step
             with self._autocast():
                 logits = self.model(data)
             loss, counts = self.loss_fn(logits, labels, return_counts=True)
             if not torch.isfinite(loss) and self.precision != "fp16":
-                raise TrainingError(f"loss became {loss.item()} at step {self.step + 1}; lower --lr or use "
-                                    f"--clip-grad-norm")
+                raise TrainingError(
+                    f"loss became {loss.item()} at step {self.step + 1}; lower --lr or use --clip-grad-norm"
+                )
             if not last:
                 self.scaler.scale(loss / n).backward()
                 self.batch_in_epoch += 1
                 scores.add(counts, loss.detach(), False)
                 return False
         skipped = False
-        if self.dopt is not None:          # averages (of this or the previous step) applied inside, clipped there
+        if self.dopt is not None:  # averages (of this or the previous step) applied inside, clipped there
             loss.backward()
             self.dopt.step()
         else:
@@ -266,7 +297,7 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             skipped = scale is not None and self.scaler.get_scale() < scale
-        with warnings.catch_warnings():    # a lagged first step has no update, by design
+        with warnings.catch_warnings():  # a lagged first step has no update, by design
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
             self.scheduler.step()
         self.step += 1
@@ -284,7 +315,7 @@ class Trainer:
         self.model.eval()
         if dataset is None and self.data.val_loader is not None:
             self.data.val_loader.set_epoch(0)
-            loader = self.data.val_loader     # every sample exactly once over the ranks
+            loader = self.data.val_loader  # every sample exactly once over the ranks
         else:
             dataset = dataset or self.val_set
             shard = list(range(self.ranks.rank, len(dataset), self.ranks.world))

@@ -18,8 +18,10 @@ def _changed(what, exc=None):
     import triton
 
     reason = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
-    return RuntimeError(f"Triton {triton.__version__}: its private JIT binder changed or refused the launch: "
-                        f"{what}{reason}; climseg.verify.binder.specialize knows the binder of Triton {SUPPORTED}")
+    return RuntimeError(
+        f"Triton {triton.__version__}: its private JIT binder changed or refused the launch: "
+        f"{what}{reason}; climseg.verify.binder.specialize knows the binder of Triton {SUPPORTED}"
+    )
 
 
 def specialize(fn, arch, args, kwargs, config):
@@ -47,16 +49,24 @@ def specialize(fn, arch, args, kwargs, config):
         binder = create_function_from_signature(fn.signature, fn.params, backend)
         bound, specialization, options = binder(*args, **kw)
     except (AttributeError, TypeError, ValueError) as exc:
-        raise _changed("create_function_from_signature(signature, params, backend)(*args, **kwargs) no longer "
-                       "gives (bound arguments, specialization, options)", exc) from exc
+        raise _changed(
+            "create_function_from_signature(signature, params, backend)(*args, **kwargs) no longer "
+            "gives (bound arguments, specialization, options)",
+            exc,
+        ) from exc
     try:
         options, signature, constexprs, attrs = fn._pack_args(backend, kw, bound, specialization, options)
     except (AttributeError, TypeError, ValueError) as exc:
-        raise _changed("JITFunction._pack_args(backend, kwargs, bound, specialization, options) no longer gives "
-                       "(options, signature, constexprs, attrs)", exc) from exc
+        raise _changed(
+            "JITFunction._pack_args(backend, kwargs, bound, specialization, options) no longer gives "
+            "(options, signature, constexprs, attrs)",
+            exc,
+        ) from exc
     if not (isinstance(signature, dict) and isinstance(constexprs, dict) and isinstance(attrs, dict)):
-        raise _changed(f"_pack_args gave {type(signature).__name__}, {type(constexprs).__name__}, "
-                       f"{type(attrs).__name__} where dicts were expected")
+        raise _changed(
+            f"_pack_args gave {type(signature).__name__}, {type(constexprs).__name__}, "
+            f"{type(attrs).__name__} where dicts were expected"
+        )
     if list(signature) != list(fn.arg_names):
         raise _changed("the signature no longer names every parameter in order")
     return signature, constexprs, attrs, options

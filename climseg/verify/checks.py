@@ -4,9 +4,10 @@ their resources: rows of numbers in (from :mod:`climseg.verify.triton_kernels` a
 
 The GPU limits are the one table of :data:`climseg.kernels.runtime.ARCHITECTURES`.
 """
+
 from climseg.kernels.runtime import ARCHITECTURES
 
-DENSE = ("dense_fwd", "dense_dgrad", "dense_wgrad")   # the kernels that must use tensor cores
+DENSE = ("dense_fwd", "dense_dgrad", "dense_wgrad")  # the kernels that must use tensor cores
 
 
 def occupancy(arch, registers, shared_bytes, warps):
@@ -28,16 +29,19 @@ def occupancy(arch, registers, shared_bytes, warps):
 def triton_violations(row):
     """What fails in one Triton row: it does not compile or does not fit; it spills; a dense
     kernel in bf16/fp16 without tensor-core instructions or asynchronous copies."""
-    what = (f"{row['kernel']} {row['arch']} {row['dtype']} {row['block']} w{row['num_warps']} s{row['num_stages']}"
-            f"{' atomic' if row.get('atomic') else ''} [{', '.join(row['layers'][:2])}]")
+    what = (
+        f"{row['kernel']} {row['arch']} {row['dtype']} {row['block']} w{row['num_warps']} s{row['num_stages']}"
+        f"{' atomic' if row.get('atomic') else ''} [{', '.join(row['layers'][:2])}]"
+    )
     if not row["compiled"]:
         return [f"{what}: does not compile ({row.get('error', '')})"]
     bad = []
     if not row["fits"]:
         bad.append(f"{what}: does not fit ({row['registers']} registers, {row['shared_bytes']} B shared memory)")
     if row["spill_loads"] or row["spill_stores"] or row["local_bytes"]:
-        bad.append(f"{what}: spills ({row['spill_stores']} STL, {row['spill_loads']} LDL, "
-                   f"{row['local_bytes']} B local)")
+        bad.append(
+            f"{what}: spills ({row['spill_stores']} STL, {row['spill_loads']} LDL, {row['local_bytes']} B local)"
+        )
     if row["kernel"] in DENSE and row["dtype"] in ("bf16", "fp16"):
         if not row["hgmma"] + row["hmma"]:
             bad.append(f"{what}: no tensor-core instructions (HMMA/HGMMA)")

@@ -10,6 +10,7 @@ kernels (:mod:`climseg.verify.cuda_kernels`), lists the violations
 the exit status: 1 when a check fails, else 0. ``climseg.bench.static.main`` runs it with the
 command line and the results folder of ``climseg bench``.
 """
+
 import argparse
 import time
 
@@ -36,8 +37,12 @@ def _parser():
     parser.add_argument("--arch", default="80,90", help="architectures, comma-separated (80, 90)")
     parser.add_argument("--dtype", default="bf16,fp16,fp32", help="dtypes of the Triton kernels (fp32 runs as TF32)")
     parser.add_argument("--kernels", default="triton,cuda", help="which kernels: triton, cuda or both")
-    parser.add_argument("--layer", action="append", default=None,
-                        help="a layer name:N,Cin,Cout,H,W,k,dilation,groups instead of the built-in list (repeatable)")
+    parser.add_argument(
+        "--layer",
+        action="append",
+        default=None,
+        help="a layer name:N,Cin,Cout,H,W,k,dilation,groups instead of the built-in list (repeatable)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="compiling processes")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--json", default=None, help="output file (default benchmarks/results/static-<date>.json)")
@@ -48,8 +53,10 @@ def _require_triton():
     try:
         import triton  # noqa: F401
     except ImportError:
-        raise ConfigError("climseg bench static: Triton is not installed (pip install 'climseg[triton]'), "
-                          "or check only the CUDA kernels with --kernels cuda") from None
+        raise ConfigError(
+            "climseg bench static: Triton is not installed (pip install 'climseg[triton]'), "
+            "or check only the CUDA kernels with --kernels cuda"
+        ) from None
 
 
 def run(argv, command, results_path):
@@ -68,14 +75,20 @@ def run(argv, command, results_path):
     triton = triton_rows(archs, dtypes, cases, args.workers, not args.no_progress) if "triton" in which else []
     cuda = cuda_rows(archs, args.workers) if "cuda" in which else []
     meta = environment(command, archs)
-    meta.update(seconds=round(time.perf_counter() - start, 1), triton_rows=len(triton), cuda_rows=len(cuda),
-                violations=violations(triton, cuda))
+    meta.update(
+        seconds=round(time.perf_counter() - start, 1),
+        triton_rows=len(triton),
+        cuda_rows=len(cuda),
+        violations=violations(triton, cuda),
+    )
     if "cuda" in which and not cuda:
         meta["cuda_note"] = "no nvcc: the CUDA kernels were not checked"
     path = results_path(f"static-{meta['date']}.json", args.json)
     write(triton, cuda, meta, path)
-    print(f"{len(triton)} Triton and {len(cuda)} CUDA kernel builds in {meta['seconds']:.0f} s; "
-          f"{len(meta['violations'])} violations")
+    print(
+        f"{len(triton)} Triton and {len(cuda)} CUDA kernel builds in {meta['seconds']:.0f} s; "
+        f"{len(meta['violations'])} violations"
+    )
     for v in meta["violations"]:
         print(f"  {v}")
     print(f"wrote {path}")

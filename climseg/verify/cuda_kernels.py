@@ -7,6 +7,7 @@ and spill bytes that ptxas prints, and the global loads of each kernel's SASS. T
 memory-bound (streaming) kernels must load 128 bits per thread (``LDG.E.128``) on aligned
 inputs. Without nvcc there are no rows.
 """
+
 import concurrent.futures
 import glob
 import os
@@ -37,21 +38,49 @@ def compile_source(nvcc, source, arch):
     per kernel: registers, stack and spill bytes, and the load widths from the SASS."""
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "m.cubin")
-        command = [nvcc, "-O3", "-std=c++17", f"-I{os.path.dirname(source)}", "-cubin", f"-arch=sm_{arch}",
-                   "-Xptxas", "-v", source, "-o", cubin]
+        command = [
+            nvcc,
+            "-O3",
+            "-std=c++17",
+            f"-I{os.path.dirname(source)}",
+            "-cubin",
+            f"-arch=sm_{arch}",
+            "-Xptxas",
+            "-v",
+            source,
+            "-o",
+            cubin,
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
-            return [dict(kernel=os.path.basename(source), arch=f"sm_{arch}", compiled=False,
-                         error=(done.stderr or done.stdout)[-500:])]
+            return [
+                dict(
+                    kernel=os.path.basename(source),
+                    arch=f"sm_{arch}",
+                    compiled=False,
+                    error=(done.stderr or done.stdout)[-500:],
+                )
+            ]
         sass = sass_of(cubin)
     info = ptxas_usage(done.stderr)
     rows = []
     for fname, body in functions(sass).items():
         counts = instruction_counts(body)
-        rows.append(dict(kernel=fname, source=os.path.basename(source), arch=f"sm_{arch}", compiled=True,
-                         memory_bound=bool(MEMORY_BOUND.match(fname)), **info.get(fname, {}),
-                         ldg=counts["ldg"], ldg128=counts["ldg128"], spill_loads=counts["spill_loads"],
-                         spill_stores=counts["spill_stores"], atomics=counts["atomics"]))
+        rows.append(
+            dict(
+                kernel=fname,
+                source=os.path.basename(source),
+                arch=f"sm_{arch}",
+                compiled=True,
+                memory_bound=bool(MEMORY_BOUND.match(fname)),
+                **info.get(fname, {}),
+                ldg=counts["ldg"],
+                ldg128=counts["ldg128"],
+                spill_loads=counts["spill_loads"],
+                spill_stores=counts["spill_stores"],
+                atomics=counts["atomics"],
+            )
+        )
     return rows
 
 

@@ -5,6 +5,7 @@ batch 2, the fused ASPP blocks, or layers given on the command line.
 A case is ``(name, N, Cin, Cout, H, W, kernel sizes, dilations, groups)``, one kernel size and
 dilation per branch of a fused launch.
 """
+
 from climseg.errors import ConfigError
 
 
@@ -24,8 +25,9 @@ def atrous_layers():
 def layer_cases():
     """The cases of :func:`atrous_layers` (one conv each) and the fused ASPP blocks (a 1x1 and
     three dilated 3x3 branches in one launch), all at a 768 x 1152 input, batch 2."""
-    cases = [(name, n, cin, cout, h, w, (k,), (d,), groups)
-             for name, n, cin, cout, h, w, k, d, groups in atrous_layers()]
+    cases = [
+        (name, n, cin, cout, h, w, (k,), (d,), groups) for name, n, cin, cout, h, w, k, d, groups in atrous_layers()
+    ]
     cases.append(("kurth2018 ASPP block (fused)", 2, 2048, 256, 96, 144, (1, 3, 3, 3), (1, 12, 24, 36), 1))
     cases.append(("deepcam ASPP block (fused)", 2, 2048, 256, 48, 72, (1, 3, 3, 3), (1, 6, 12, 18), 1))
     return cases

@@ -2,6 +2,7 @@
 violations written as JSON (``meta`` + ``rows``) and as markdown tables beside it, through
 :mod:`climseg.output` (atomic writes).
 """
+
 import datetime
 import os
 import platform
@@ -15,13 +16,21 @@ def environment(command, archs):
 
     try:
         import triton
+
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
     nvcc = nvcc_path()
-    return dict(triton=triton_version, torch=torch.__version__, nvcc=nvcc_version(nvcc) if nvcc else None,
-                archs=[f"sm_{a}" for a in archs], machine=f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU needed",
-                python=platform.python_version(), date=datetime.date.today().isoformat(), command=command)
+    return dict(
+        triton=triton_version,
+        torch=torch.__version__,
+        nvcc=nvcc_version(nvcc) if nvcc else None,
+        archs=[f"sm_{a}" for a in archs],
+        machine=f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU needed",
+        python=platform.python_version(),
+        date=datetime.date.today().isoformat(),
+        command=command,
+    )
 
 
 def _block(r):
@@ -31,24 +40,33 @@ def _block(r):
 
 
 def _triton_table(triton):
-    lines = ["", "## Triton kernels", "",
-             "One row per kernel, architecture, dtype, candidate and specialization (`/16`: the JIT's "
-             "divisibility-by-16 attribute); MMA: HMMA (sm_80) or HGMMA (sm_90) instructions; async: LDGSTS "
-             "(cp.async) + UTMALDG (TMA) instructions; warps/SM: resident warps per SM (limit).", "",
-             "| kernel | arch | dtype | block w stages | layers | regs | spills (STL/LDL) | smem KiB | MMA |"
-             " async | LDG.128 / LDG | atomics | warps/SM |",
-             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "",
+        "## Triton kernels",
+        "",
+        "One row per kernel, architecture, dtype, candidate and specialization (`/16`: the JIT's "
+        "divisibility-by-16 attribute); MMA: HMMA (sm_80) or HGMMA (sm_90) instructions; async: LDGSTS "
+        "(cp.async) + UTMALDG (TMA) instructions; warps/SM: resident warps per SM (limit).",
+        "",
+        "| kernel | arch | dtype | block w stages | layers | regs | spills (STL/LDL) | smem KiB | MMA |"
+        " async | LDG.128 / LDG | atomics | warps/SM |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in triton:
         name = r["kernel"] + (" (atomic)" if r.get("atomic") else "")
         name += " (det.)" if r.get("deterministic_only") else ""
         if not r["compiled"]:
-            lines.append(f"| {name} | {r['arch']} | {r['dtype']} | {_block(r)} | {len(r['layers'])} | "
-                         f"does not compile: {r['error'][:80]} ||||||||")
+            lines.append(
+                f"| {name} | {r['arch']} | {r['dtype']} | {_block(r)} | {len(r['layers'])} | "
+                f"does not compile: {r['error'][:80]} ||||||||"
+            )
             continue
-        lines.append(f"| {name} | {r['arch']} | {r['dtype']} | {_block(r)} | {len(r['layers'])} | {r['registers']} | "
-                     f"{r['spill_stores']}/{r['spill_loads']} | {r['shared_bytes'] / 1024:.0f} | "
-                     f"{r['hmma'] + r['hgmma']} | {r['ldgsts'] + r['utmaldg']} | {r['ldg128']}/{r['ldg']} | "
-                     f"{r['atomics']} | {r['warps_per_sm']} ({r['occupancy_limit']}) |")
+        lines.append(
+            f"| {name} | {r['arch']} | {r['dtype']} | {_block(r)} | {len(r['layers'])} | {r['registers']} | "
+            f"{r['spill_stores']}/{r['spill_loads']} | {r['shared_bytes'] / 1024:.0f} | "
+            f"{r['hmma'] + r['hgmma']} | {r['ldgsts'] + r['utmaldg']} | {r['ldg128']}/{r['ldg']} | "
+            f"{r['atomics']} | {r['warps_per_sm']} ({r['occupancy_limit']}) |"
+        )
     specs = sorted({(r["kernel"], r["specialization"], tuple(r["layers"])) for r in triton})
     lines += ["", "Specializations (the JIT's, per kernel) and the layers they serve:", ""]
     lines += [f"- {k}: `{s}` ({'; '.join(layers)})" for k, s, layers in specs]
@@ -56,26 +74,39 @@ def _triton_table(triton):
 
 
 def _cuda_table(cuda):
-    lines = ["", "## CUDA kernels (csrc/cuda, nvcc -O3)", "",
-             "| kernel | arch | regs | stack B | spill stores/loads B | LDG.128 / LDG | memory-bound |",
-             "|---|---|---:|---:|---:|---:|---|"]
+    lines = [
+        "",
+        "## CUDA kernels (csrc/cuda, nvcc -O3)",
+        "",
+        "| kernel | arch | regs | stack B | spill stores/loads B | LDG.128 / LDG | memory-bound |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
     for r in cuda:
         if not r["compiled"]:
             lines.append(f"| {r['kernel']} | {r['arch']} | does not compile ||||||")
             continue
-        lines.append(f"| {r['kernel']} | {r['arch']} | {r.get('registers', '?')} | {r.get('stack_bytes', 0)} | "
-                     f"{r.get('spill_store_bytes', 0)}/{r.get('spill_load_bytes', 0)} | {r['ldg128']}/{r['ldg']} | "
-                     f"{'yes' if r['memory_bound'] else ''} |")
+        lines.append(
+            f"| {r['kernel']} | {r['arch']} | {r.get('registers', '?')} | {r.get('stack_bytes', 0)} | "
+            f"{r.get('spill_store_bytes', 0)}/{r.get('spill_load_bytes', 0)} | {r['ldg128']}/{r['ldg']} | "
+            f"{'yes' if r['memory_bound'] else ''} |"
+        )
     return lines
 
 
 def markdown(triton, cuda, meta):
     """The report as markdown: environment, violations, the Triton and the CUDA table."""
-    lines = [f"# Static check of the GPU kernels ({meta['date']})", "",
-             f"Triton {meta['triton']}, nvcc {meta['nvcc']}, torch {meta['torch']}; {', '.join(meta['archs'])}; "
-             f"compiled on {meta['machine']} in {meta['seconds']:.0f} s (kernels already in Triton's cache are "
-             "not compiled again)", "", f"Command: `{meta['command']}`", "",
-             f"Checks: {'all pass' if not meta['violations'] else str(len(meta['violations'])) + ' violations'}", ""]
+    lines = [
+        f"# Static check of the GPU kernels ({meta['date']})",
+        "",
+        f"Triton {meta['triton']}, nvcc {meta['nvcc']}, torch {meta['torch']}; {', '.join(meta['archs'])}; "
+        f"compiled on {meta['machine']} in {meta['seconds']:.0f} s (kernels already in Triton's cache are "
+        "not compiled again)",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Checks: {'all pass' if not meta['violations'] else str(len(meta['violations'])) + ' violations'}",
+        "",
+    ]
     lines += [f"- {v}" for v in meta["violations"]]
     if triton:
         lines += _triton_table(triton)

@@ -11,6 +11,7 @@ numbers out (no files, no processes; :mod:`climseg.verify.tools` runs the tools)
 * :func:`ptxas_usage`: what ``ptxas -v`` (``nvcc -Xptxas -v``) prints -> registers, stack
   frame and spill bytes per kernel.
 """
+
 import re
 
 # one instruction of a listing: "/*0120*/  [@P0 | @!P0 | @UP0 ...]  OPCODE.MODIFIERS operands ;"
@@ -59,9 +60,15 @@ def resource_usage(text):
     """``{kernel name: usage}`` of ``cuobjdump -res-usage`` output, where usage holds
     ``registers``, ``stack_bytes``, ``static_shared`` (bytes of static shared memory) and
     ``local_bytes`` (local memory: spills and local arrays). Empty when no line matches."""
-    return {m.group(1): dict(registers=int(m.group(2)), stack_bytes=int(m.group(3)),
-                             static_shared=int(m.group(4)), local_bytes=int(m.group(5)))
-            for m in _RESOURCES.finditer(text)}
+    return {
+        m.group(1): dict(
+            registers=int(m.group(2)),
+            stack_bytes=int(m.group(3)),
+            static_shared=int(m.group(4)),
+            local_bytes=int(m.group(5)),
+        )
+        for m in _RESOURCES.finditer(text)
+    }
 
 
 def ptxas_usage(text):
@@ -76,8 +83,9 @@ def ptxas_usage(text):
             info.setdefault(current, {})
         m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
         if m and current:
-            info[current].update(stack_bytes=int(m.group(1)), spill_store_bytes=int(m.group(2)),
-                                 spill_load_bytes=int(m.group(3)))
+            info[current].update(
+                stack_bytes=int(m.group(1)), spill_store_bytes=int(m.group(2)), spill_load_bytes=int(m.group(3))
+            )
         m = re.search(r"Used (\d+) registers", line)
         if m and current:
             info[current]["registers"] = int(m.group(1))

@@ -2,6 +2,7 @@
 shipped in Triton's wheel, else a CUDA toolkit's on ``PATH``) and ``nvcc`` (``CUDA_HOME``,
 ``CUDA_PATH`` or ``PATH``). What they print is read by :mod:`climseg.verify.sass`.
 """
+
 import os
 import re
 import shutil
@@ -36,8 +37,9 @@ def nvcc_path():
 
 def nvcc_version(nvcc):
     """``13.0.88`` from ``nvcc --version`` (``unknown`` when it says no version)."""
-    m = re.search(r"release ([\d.]+), V([\d.]+)", subprocess.run([nvcc, "--version"], capture_output=True,
-                                                               text=True).stdout)
+    m = re.search(
+        r"release ([\d.]+), V([\d.]+)", subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    )
     return m.group(2) if m else "unknown"
 
 

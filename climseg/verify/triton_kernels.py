@@ -17,6 +17,7 @@ TF32) x architecture, at the layer shapes of :mod:`climseg.verify.layers`. Data 
 Each result is a row (a dict): kernel, arch, dtype, candidate, specialization, the layers it
 serves, compiled or not, registers, spills, shared memory, instruction counts, occupancy.
 """
+
 import concurrent.futures
 import multiprocessing
 import os
@@ -28,7 +29,7 @@ from climseg.verify.layers import layer_cases
 from climseg.verify.sass import instruction_counts, resource_usage
 from climseg.verify.tools import disassemble
 
-ARCHS = tuple(ARCHITECTURES)       # the architectures checked (compute capability: 80, 90)
+ARCHS = tuple(ARCHITECTURES)  # the architectures checked (compute capability: 80, 90)
 DTYPES = ("bf16", "fp16", "fp32")
 ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -47,7 +48,7 @@ def record_launches(case, dtype_name, arch):
     x = torch.empty((n, h, w, cin), device=meta, dtype=dtype)
     g_channels = cout * len(ks)
     g = torch.empty((n, h, w, g_channels), device=meta, dtype=dtype)
-    torch.backends.cudnn.allow_tf32 = True         # fp32 as TF32, as the launchers do by default
+    torch.backends.cudnn.allow_tf32 = True  # fp32 as TF32, as the launchers do by default
     with recording(ARCHITECTURES[arch]["sm_count"]) as launches:
         if groups == 1:
             rows, jobs, offset = [], [], 0
@@ -99,14 +100,15 @@ def spec_text(signature, attrs):
 # ---------------------------------------------------------------------------------------------
 def _worker_init():
     os.environ["TRITON_INTERPRET"] = "0"
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")   # Triton 3.9's default, stated (silences a warning)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, stated (silences a warning)
 
 
 def compile_pool(workers):
     """A pool of ``workers`` fresh processes that compile (``TRITON_INTERPRET=0`` there, whatever
     this process runs)."""
-    return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=_worker_init)
+    return concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+    )
 
 
 def plan_job(case, dtype_name, arch):
@@ -119,12 +121,11 @@ def plan_job(case, dtype_name, arch):
     for index, (name, fn, args, kwargs, fixed) in enumerate(record_launches(case, dtype_name, arch)):
         configs = candidates(name, arch, ITEMSIZE[dtype_name])
         if fixed:
-            configs = configs[:1]       # deterministic mode runs the first candidate only
+            configs = configs[:1]  # deterministic mode runs the first candidate only
         for ci, config in enumerate(configs):
             signature, constexprs, attrs, options = specialize(fn, arch, args, kwargs, config)
             key = (name, arch, freeze(signature), freeze(constexprs), freeze(attrs), freeze(options.__dict__))
-            out.append((name, index, ci, key, spec_text(signature, attrs), bool(kwargs.get("ATOMIC", False)),
-                        fixed))
+            out.append((name, index, ci, key, spec_text(signature, attrs), bool(kwargs.get("ATOMIC", False)), fixed))
     return out
 
 
@@ -136,8 +137,13 @@ def read_cubin(cubin, arch):
     if not found:
         raise RuntimeError(f"cuobjdump -res-usage gave no resource line for sm_{arch}: {usage[:300]}")
     res = next(iter(found.values()))
-    return dict(registers=res["registers"], stack_bytes=res["stack_bytes"], local_bytes=res["local_bytes"],
-                static_shared=res["static_shared"], **instruction_counts(sass))
+    return dict(
+        registers=res["registers"],
+        stack_bytes=res["stack_bytes"],
+        local_bytes=res["local_bytes"],
+        static_shared=res["static_shared"],
+        **instruction_counts(sass),
+    )
 
 
 def compile_job(case, dtype_name, arch, index, ci, block=None):
@@ -159,12 +165,16 @@ def compile_job(case, dtype_name, arch, index, ci, block=None):
     row = dict(block=config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
     start = time.perf_counter()
     try:
-        kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", arch, 32),
-                                options=options.__dict__)
-    except Exception as exc:    # a candidate that does not compile is a finding, not a crash of the report
+        kernel = triton.compile(
+            ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", arch, 32), options=options.__dict__
+        )
+    except Exception as exc:  # a candidate that does not compile is a finding, not a crash of the report
         message = str(exc).strip()
-        row.update(compiled=False, error=f"{type(exc).__name__}: {message.splitlines()[-1][:300] if message else ''}",
-                   compile_s=round(time.perf_counter() - start, 2))
+        row.update(
+            compiled=False,
+            error=f"{type(exc).__name__}: {message.splitlines()[-1][:300] if message else ''}",
+            compile_s=round(time.perf_counter() - start, 2),
+        )
         return row
     row["compile_s"] = round(time.perf_counter() - start, 2)
     row.update(compiled=True, **read_cubin(kernel.asm["cubin"], arch))
@@ -188,9 +198,19 @@ def triton_rows(archs=ARCHS, dtypes=DTYPES, cases=None, workers=2, progress=True
     with compile_pool(workers) as pool:
         for (case, dt, arch), entries in zip(plans, pool.map(plan_job, *zip(*plans))):
             for name, index, ci, key, spec, atomic, fixed in entries:
-                entry = unique.setdefault(key + (dt, ci), dict(kernel=name, arch=f"sm_{arch}", dtype=dt,
-                                                               candidate=ci, atomic=atomic, specialization=spec,
-                                                               layers=[], job=(case, dt, arch, index, ci)))
+                entry = unique.setdefault(
+                    key + (dt, ci),
+                    dict(
+                        kernel=name,
+                        arch=f"sm_{arch}",
+                        dtype=dt,
+                        candidate=ci,
+                        atomic=atomic,
+                        specialization=spec,
+                        layers=[],
+                        job=(case, dt, arch, index, ci),
+                    ),
+                )
                 entry["deterministic_only"] = entry.get("deterministic_only", True) and fixed
                 if case[0] not in entry["layers"]:
                     entry["layers"].append(case[0])
