@@ -16,7 +16,8 @@ import pytest
 
 from climseg import sphere
 from climseg.analytics.scoring import score_tracking
-from climseg.analytics.track import CLIMATENET, TrackOptions, parse_size, track, track_arrays
+from climseg.analytics.track import track, track_arrays
+from climseg.analytics.track_options import CLIMATENET, TrackOptions, parse_size
 from climseg.cli import main
 from climseg.constants import CLASS_NAMES
 from climseg.data.synthetic import Features, grid

@@ -466,7 +466,8 @@ def test_resume_from_a_checkpoint_saved_before_the_rename(workspace, tmp_path):
 def test_argument_checks_live_in_the_library(workspace, tmp_path):
     """The Python API refuses what the command line refuses, with the same one-line messages."""
     from climseg.analytics.label import LabelOptions, label
-    from climseg.analytics.track import TrackOptions, parse_size, track
+    from climseg.analytics.track import track
+    from climseg.analytics.track_options import TrackOptions, parse_size
     from climseg.data.generate import generate_dataset
     from climseg.data.staging import stage
     from climseg.data.synthetic import Features

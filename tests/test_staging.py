@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from climseg.data import generate_dataset, list_samples
-from climseg.data.staging import JOURNAL, MANIFEST, stage
+from climseg.data.manifest import MANIFEST
+from climseg.data.staging import JOURNAL, stage
 
 MPIEXEC = shutil.which("mpiexec")
 needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (pip install mpich mpi4py)")

@@ -14,7 +14,7 @@ import numpy as np
 
 from climseg.constants import CLASS_NAMES
 from climseg.data.events import read_event_ids, read_events
-from climseg.data.timeseries import read_true_event_ids, read_truth, series_files
+from climseg.data.truth import read_true_event_ids, read_truth, series_files
 from climseg.sphere import haversine_km
 
 

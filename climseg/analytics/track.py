@@ -40,7 +40,6 @@ lifetime), genesis and lysis positions (first and last centroids).
 import concurrent.futures
 import dataclasses
 import os
-import re
 import shutil
 import tempfile
 
@@ -49,6 +48,7 @@ from scipy import sparse
 from scipy.sparse import csgraph
 
 from climseg import sphere
+from climseg.analytics.track_options import TrackOptions, size_thresholds
 from climseg.constants import CLASS_NAMES, NUM_CLASSES
 from climseg.data.events import (
     EVENT_COLUMNS,
@@ -66,48 +66,9 @@ from climseg.output import atomic_path, write_json
 from climseg.progress import progress_bar
 
 CHUNK_STEPS = 64
-CLIMATENET = dict(min_steps=5, look_ahead=1, min_size={1: (250.0, "px"), 2: (250.0, "px")})
-
-
-@dataclasses.dataclass
-class TrackOptions:
-    """Tracking parameters: minimum size per class (``(value, "px" | "km2")``), steps
-    ahead an overlap may link (``look_ahead``), fewest steps an event must be seen on."""
-
-    min_size: dict = dataclasses.field(default_factory=lambda: {1: (5000.0, "km2"), 2: (50000.0, "km2")})
-    look_ahead: int = 1
-    min_steps: int = 2
-
-    def check(self):
-        if self.look_ahead < 1:
-            raise ConfigError(f"--look-ahead {self.look_ahead}: must be at least 1")
-        if self.min_steps < 1:
-            raise ConfigError(f"--min-steps {self.min_steps}: must be at least 1")
-        for c, (value, unit) in self.min_size.items():
-            if value < 0 or unit not in ("px", "km2"):
-                raise ConfigError(f"minimum size of {CLASS_NAMES[c]}: {value} {unit} is not a size")
-        return self
-
-
-def parse_size(text, option="--min-size"):
-    """``250px``, ``250`` (pixels) or ``5e4km2`` -> ``(value, unit)``."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(px|pixels?|km2|km\^2)?\s*", str(text))
-    if not m:
-        raise ConfigError(f"{option} {text}: expected a size such as 250px or 50000km2")
-    unit = "km2" if (m.group(2) or "px").startswith("km") else "px"
-    return float(m.group(1)), unit
 
 
 # ----------------------------------------------------------------------------- scan
-
-
-def _thresholds(options):
-    """Per-class (minimum pixels, minimum km^2)."""
-    out = {}
-    for c in range(1, NUM_CLASSES):
-        value, unit = options.min_size.get(c, (0.0, "px"))
-        out[c] = (value, 0.0) if unit == "px" else (0.0, value)
-    return out
 
 
 def components(mask, periodic, weights, limits):
@@ -185,7 +146,7 @@ def _scan_chunk(job):
     components go to ``scratch`` for the writer."""
     series, options, start, stop, scratch = job
     weights = sphere.grid_weights(series.lat, series.lon)
-    limits = _thresholds(options)
+    limits = size_thresholds(options)
     with MaskReader(series) as reader:
         nodes, edges, cells, labels = _scan_steps(
             reader.read, start, stop, options.look_ahead, series.periodic, weights, limits
@@ -222,7 +183,7 @@ def track_arrays(masks, lat, lon, hours, options=None, times=None):
         list(times) if times is not None else [f"{h:g}" for h in hours],
     )
     weights = sphere.grid_weights(lat, lon)
-    limits = _thresholds(options)
+    limits = size_thresholds(options)
     nodes, edges, cells, labels = _scan_steps(
         lambda t: masks[t], 0, hours.size, options.look_ahead, series.periodic, weights, limits
     )

@@ -236,7 +236,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from climseg.analytics.analyze import land_mask
-    from climseg.analytics.track import CLIMATENET, TrackOptions
+    from climseg.analytics.track_options import CLIMATENET, TrackOptions
     from climseg.data.cache import cache_dir
 
     folder = args.masks or os.path.join(cache_dir(), f"bench-track-{args.steps}x{args.height}x{args.width}-{args.seed}")

@@ -57,7 +57,8 @@ def add_parser(subparsers):
 
 
 def run(args):
-    from climseg.analytics.track import CLIMATENET, TrackOptions, parse_size, track
+    from climseg.analytics.track import track
+    from climseg.analytics.track_options import CLIMATENET, TrackOptions, parse_size
 
     options = TrackOptions()
     if args.like == "climatenet":

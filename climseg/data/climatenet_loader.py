@@ -23,7 +23,8 @@ import torch
 
 from climseg.constants import NUM_CLASSES
 from climseg.data.climatenet import LABELS_VAR, read_step
-from climseg.data.loader import DTYPES, LABEL_CODES, FastLoader, resolve_convert_on
+from climseg.data.loader import DTYPES, FastLoader, resolve_convert_on
+from climseg.data.payload import LABEL_CODES
 from climseg.errors import ConfigError, DataError
 from climseg.perf.cpu import tune_cpu_allocator
 

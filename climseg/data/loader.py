@@ -16,7 +16,6 @@ Without the compiled extension the same work is done by a NumPy reference
 the extension to, bit for bit.
 """
 
-import json
 import logging
 import os
 import queue
@@ -27,7 +26,9 @@ import numpy as np
 import torch
 
 from climseg.constants import CHANNELS, NUM_CLASSES
-from climseg.data.deepcam import DATA_KEY, LABELS_KEY, channel_indices, list_samples, read_sample
+from climseg.data.deepcam import DATA_KEY, LABELS_KEY, channel_indices, read_sample
+from climseg.data.manifest import resolve_source
+from climseg.data.payload import LABEL_CODES, PayloadLayout
 from climseg.data.sampling import epoch_order
 from climseg.data.stats import ChannelStats, find_stats, read_stats
 from climseg.errors import ConfigError, DataError
@@ -38,111 +39,15 @@ try:
 except ImportError:  # a source tree without the extension built: the NumPy path does the work
     _C = None
 
-MANIFEST = "climseg-manifest.json"
 logger = logging.getLogger(__name__)
 
 DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-LABEL_CODES = {
-    np.dtype(t): i
-    for i, t in enumerate(
-        ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"]
-    )
-}
 POLICIES = ("error", "skip")
 
 
 def extension_available():
     """True when the compiled ``climseg._C`` reader is importable."""
     return _C is not None
-
-
-class _FileInfo:
-    """Where a sample's payloads live, found once per file with h5py."""
-
-    __slots__ = ("data_offset", "label_offset", "data_code", "label_code", "shape", "error")
-
-    def __init__(self, path, want_labels):
-        self.error = None
-        self.data_offset = self.label_offset = -1
-        self.data_code, self.label_code, self.shape = 0, 0, None
-        try:
-            f = h5py.File(path, "r")
-        except OSError as exc:
-            self.error = f"not a readable HDF5 file ({str(exc).splitlines()[0]})"
-            return
-        with f:
-            if DATA_KEY not in f:
-                self.error = f"missing dataset {DATA_KEY}"
-                return
-            d = f[DATA_KEY]
-            if d.ndim != 3 or d.shape[2] != len(CHANNELS):
-                self.error = f"{DATA_KEY} has shape {tuple(d.shape)}; expected (height, width, {len(CHANNELS)})"
-                return
-            if d.dtype not in (np.dtype("<f4"), np.dtype("<f8"), np.dtype(">f4"), np.dtype(">f8")):
-                self.error = f"{DATA_KEY} has dtype {d.dtype}; expected floating point"
-                return
-            self.shape = tuple(d.shape[:2])
-            self.data_code = 1 if d.dtype.itemsize == 8 else 0
-            if d.dtype.byteorder in ("<", "=", "|") and d.chunks is None and d.compression is None:
-                offset = d.id.get_offset()
-                self.data_offset = -1 if offset is None else int(offset)
-            if want_labels:
-                if LABELS_KEY not in f:
-                    self.error = f"missing dataset {LABELS_KEY}"
-                    return
-                lab = f[LABELS_KEY]
-                if tuple(lab.shape) != self.shape:
-                    self.error = f"{LABELS_KEY} has shape {tuple(lab.shape)}; expected {self.shape}"
-                    return
-                native = lab.dtype.newbyteorder("=")
-                if native not in LABEL_CODES:
-                    self.error = f"{LABELS_KEY} has dtype {lab.dtype}; expected integers"
-                    return
-                self.label_code = LABEL_CODES[native]
-                if lab.dtype.byteorder in ("<", "=", "|") and lab.chunks is None and lab.compression is None:
-                    offset = lab.id.get_offset()
-                    self.label_offset = -1 if offset is None else int(offset)
-
-
-def read_manifest(path):
-    """A staging manifest (written by ``climseg stage``): dict with ``files`` and ``folder``."""
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable manifest ({exc})") from None
-    if not isinstance(manifest, dict) or "files" not in manifest:
-        raise DataError(f"{path}: not a climseg staging manifest")
-    manifest["folder"] = os.path.dirname(os.path.abspath(path))
-    return manifest
-
-
-def resolve_source(source, rank=0, world_size=1):
-    """``(files, folder, rank, world_size)`` for a folder (its manifest if staged), a manifest
-    file or a list of files. A manifest may shard already: files owned by ranks
-    (``--shard-by rank``: this rank reads its own), or a node's share to split among
-    the node's ranks (``--shard-by node``)."""
-    if isinstance(source, (list, tuple)):
-        files = [os.fspath(p) for p in source]
-        if not files:
-            raise DataError("empty list of sample files")
-        return files, os.path.dirname(os.path.abspath(files[0])), rank, world_size
-    source = os.fspath(source)
-    if os.path.isdir(source) and os.path.isfile(os.path.join(source, MANIFEST)):
-        source = os.path.join(source, MANIFEST)
-    if os.path.isfile(source) and source.endswith(".json"):
-        manifest = read_manifest(source)
-        folder, entries = manifest["folder"], manifest["files"]
-        shard = manifest.get("shard", "all")
-        if shard == "rank" and world_size == manifest.get("world_size", world_size):
-            mine = [os.path.join(folder, e["name"]) for e in entries if e.get("owner") == rank]
-            return mine, folder, 0, 1
-        files = [os.path.join(folder, e["name"]) for e in entries]
-        ranks = manifest.get("ranks") or []
-        if shard == "node" and rank in ranks and world_size == manifest.get("world_size", world_size):
-            return files, folder, ranks.index(rank), len(ranks)
-        return files, folder, rank, world_size
-    return list_samples(source), source, rank, world_size
 
 
 def reference_batch(paths, channels, shift, scale, dtype=torch.float32, layout="nhwc", labels=True):
@@ -315,7 +220,7 @@ class FastLoader:
     def _file_info(self, path):
         info = self._info.get(path)
         if info is None:
-            info = self._info[path] = _FileInfo(path, self.labels)
+            info = self._info[path] = PayloadLayout(path, self.labels)
         return info
 
     def _mark_bad(self, path, problem):

@@ -45,11 +45,11 @@ import threading
 import time
 import zlib
 
+from climseg.data.manifest import write_manifest
 from climseg.errors import DataError, UserError
-from climseg.output import append_line, atomic_path, check_output_location, makedirs, write_json
+from climseg.output import append_line, atomic_path, check_output_location, makedirs
 
 JOURNAL = ".climseg-stage-journal"
-MANIFEST = "climseg-manifest.json"
 EXTRAS = ("stats.h5", "climseg-dataset.json")
 CHUNK = 64 << 20
 
@@ -425,20 +425,16 @@ def _write_manifests(dst, src, entries, layout, node, ranks, shard_by, replicate
         )
     for split, files in by_split.items():
         sharded = split in ("train", "")
-        write_json(
-            os.path.join(dst, split, MANIFEST),
-            dict(
-                format="climseg-stage-manifest",
-                version=1,
-                source=os.path.join(src, split),
-                node=node,
-                ranks=ranks,
-                world_size=world,
-                num_nodes=num_nodes,
-                shard=(shard_by if sharded else "all"),
-                replicate=replicate,
-                files=files,
-            ),
+        write_manifest(
+            os.path.join(dst, split),
+            os.path.join(src, split),
+            node,
+            ranks,
+            world,
+            num_nodes,
+            shard_by if sharded else "all",
+            replicate,
+            files,
         )
 
 

@@ -36,9 +36,7 @@ series whatever the number of worker processes. :func:`series_files`,
 """
 
 import concurrent.futures
-import csv
 import dataclasses
-import glob
 import os
 import re
 
@@ -56,6 +54,7 @@ from climseg.data.synthetic import (
     grid,
     river_axis,
 )
+from climseg.data.truth import write_truth
 from climseg.errors import ConfigError, UserError
 from climseg.output import atomic_directory, atomic_path, write_json
 from climseg.progress import progress_bar
@@ -433,7 +432,7 @@ def generate_timeseries(
                 results.append(_write_day(job))
                 bar.update()
         rows = [r for _, rs in results for r in rs]
-        seen = _write_truth(tmp, events, rows, spec)
+        seen = write_truth(tmp, events, rows)
         summary = dict(
             generator="climseg.data.timeseries",
             version=TIMESERIES_VERSION,
@@ -452,58 +451,3 @@ def generate_timeseries(
         )
         write_json(os.path.join(tmp, "climseg-timeseries.json"), summary)
     return summary
-
-
-def _write_truth(folder, events, rows, spec):
-    """true_tracks.csv (every event and step with labelled pixels) and true_events.csv."""
-    rows = sorted((r for r in rows if r[6] > 0), key=lambda r: (r[0], r[2]))
-    with atomic_path(os.path.join(folder, "true_tracks.csv")) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "class", "step", "time_hours", "centre_lat", "centre_lon", "pixels"])
-        for i, cls, step, h, la, lo, px in rows:
-            w.writerow([i, CLASS_NAMES[cls], step, f"{h:g}", f"{la:.4f}", f"{lo:.4f}", px])
-    by_event = {}
-    for r in rows:
-        by_event.setdefault(r[0], []).append(r)
-    seen = []
-    with atomic_path(os.path.join(folder, "true_events.csv")) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "class", "first_step", "last_step", "steps", "birth_hours", "death_hours"])
-        for e in events:
-            if e.id not in by_event:
-                continue
-            rs = by_event[e.id]
-            seen.append((e.id, e.cls))
-            w.writerow(
-                [e.id, CLASS_NAMES[e.cls], rs[0][2], rs[-1][2], len(rs), f"{e.birth:g}", f"{e.birth + e.life:g}"]
-            )
-    return seen
-
-
-# ----------------------------------------------------------------------------- reading the truth
-
-
-def series_files(folder):
-    """The history files of a generated series (``*.cam.h2.*.nc``), in time order."""
-    return sorted(glob.glob(os.path.join(folder, "*.cam.h2.*.nc")))
-
-
-def read_true_event_ids(path):
-    """``TRUE_EVENT_ID`` of one history file of a generated series: int64 (time, lat, lon)."""
-    import netCDF4
-
-    with netCDF4.Dataset(path) as ds:
-        ds.set_auto_mask(False)
-        return np.asarray(ds.variables["TRUE_EVENT_ID"][:], np.int64)
-
-
-def read_truth(folder):
-    """``(events, tracks)`` of a generated series: ``true_events.csv`` as ``{id: row}`` and
-    ``true_tracks.csv`` as ``{(id, step): (centre_lat, centre_lon)}``."""
-    with open(os.path.join(folder, "true_events.csv"), newline="") as f:
-        events = {int(r["id"]): r for r in csv.DictReader(f)}
-    with open(os.path.join(folder, "true_tracks.csv"), newline="") as f:
-        tracks = {
-            (int(r["id"]), int(r["step"])): (float(r["centre_lat"]), float(r["centre_lon"])) for r in csv.DictReader(f)
-        }
-    return events, tracks
