@@ -225,8 +225,10 @@ setup(
     extras_require={
         # Triton: from 3.6 (what PyTorch 2.11's CUDA wheels pin) to 3.9, both ends tested in CI (.ci/run);
         # the kernels' tests run in Triton's CPU interpreter, `climseg bench static` compiles them for sm_80/sm_90;
-        # the MLPerf log is checked by mlperf-logging's compliance checker
-        "test": ["pytest>=7", "triton>=3.6,<3.10", "mlperf-logging>=4.1"],
+        # the MLPerf log is checked by mlperf-logging's compliance checker; the layers by import-linter
+        "test": ["pytest>=7", "triton>=3.6,<3.10", "mlperf-logging>=4.1", "import-linter>=2.1"],
+        # `ruff check`, `ruff format --check` (pinned: formatting must not change under the code) and `lint-imports`
+        "lint": ["ruff==0.17.6", "import-linter>=2.1"],
         "mlperf": ["mlperf-logging>=4.1"],  # --mlperf-log (MLPerf HPC :::MLLOG logs)
         "triton": ["triton>=3.6,<3.10"],
         "mpi": ["mpi4py>=3.1"],  # plus an MPI: the system's, or `pip install mpich`
