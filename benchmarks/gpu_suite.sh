@@ -83,7 +83,7 @@ $py -m climseg info >> "$log" 2>&1
 
 if [ "$gpu" != "1" ]; then
     say "no CUDA device: dry run of the suite's own steps (no GPU numbers)"
-    step dry-imports 120 $py -c "import climseg.bench.atrous, climseg.bench.step, climseg.bench.scaling, climseg.kernels.atrous, climseg.bench.cuda_kernels"
+    step dry-imports 120 $py -c "import climseg.bench.atrous, climseg.bench.step, climseg.bench.scaling, climseg.kernels.atrous_dense, climseg.kernels.atrous_depthwise, climseg.bench.cuda_kernels"
     step dry-atrous 60 $py -m climseg.bench.atrous --quick --json "$out/atrous.json"
     # without CUDA the CUDA-kernel benchmark must refuse in one line with status 2 ...
     say "dry-cuda-kernels: $py -m climseg bench cuda-kernels --quick (expects exit 2 and one error line)"

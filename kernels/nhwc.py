@@ -7,10 +7,18 @@ offset ``p * C``. A convolution tap (kh, kw) links output pixel (oh, ow) to inpu
 :func:`tap_source` follows it forward (where an output pixel reads), :func:`tap_destination`
 backward (which output pixel reads an input pixel, if any). :func:`epilogue_store` finishes a
 forward accumulator: ``relu((acc + bias) * scale + shift + residual)``, each term optional.
+:data:`SPATIAL_ARGS` names the kernels' image-size arguments, which they do not specialize on.
 """
 
 import triton
 import triton.language as tl
+
+#: Arguments the JIT must not specialize on (divisibility by 16, equality to 1): the image sizes
+#: change from layer to layer but only enter index arithmetic, so one compiled kernel serves them
+#: all (fewer compilations and autotuning runs per model). The channel counts and pointers stay
+#: specialized: their divisibility makes the channel loads 128-bit and asynchronous; so do the
+#: strides (stride 1 folds away). Each kernel adds its own window geometry and split counts.
+SPATIAL_ARGS = ["NB", "H", "W", "OH", "OW"]
 
 
 # ---------------------------------------------------------------------------------------------

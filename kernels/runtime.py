@@ -2,14 +2,16 @@
 interpreter, launch recording for the static check, and the autotuner with its candidate
 block shapes.
 
-Data flow: a launcher of :mod:`climseg.kernels.atrous` asks :func:`tuned` for a kernel wrapped
-in an autotuner for its device (:func:`architecture`) and operand size, then calls it with the
-grid and the arguments. The autotuner (keyed on the problem shape) times the candidates of
-:func:`candidates` once per key and launches the fastest; in deterministic mode it launches
-the first. Inside :func:`recording` nothing is launched: every launch is appended to a list
-instead (``climseg.verify`` compiles those launches for sm_80 and sm_90 without a GPU). In the
-interpreter (``TRITON_INTERPRET=1``, tests on CPU) one small block shape stands in for the
-candidates.
+Data flow: a launcher (:mod:`climseg.kernels.atrous_dense`, :mod:`climseg.kernels.atrous_depthwise`)
+asks :func:`tuned` for a kernel wrapped in an autotuner for its device (:func:`architecture`)
+and operand size, then calls it with the grid and the arguments. The autotuner (keyed on the
+problem shape) times the candidates of :func:`candidates` once per key and launches the
+fastest; in deterministic mode it launches the first. Inside :func:`recording` nothing is
+launched: every launch is appended to a list instead (``climseg.verify`` compiles those
+launches for sm_80 and sm_90 without a GPU). In the interpreter (``TRITON_INTERPRET=1``, tests
+on CPU) one small block shape stands in for the candidates. The arithmetic every launcher does
+alike (grid sizes, the autotuning key's pixel bucket, the dot's precision, buffers, the split of
+a reduction over pixels) is here too, at the end.
 
 :data:`ARCHITECTURES` is the one table of GPU limits, keyed by compute capability as an integer
 (80: A100, 90: H100); the candidates, the recorded SM count and the static check's occupancy
@@ -336,3 +338,42 @@ class _KeyedKernel:
         if best is None:
             raise RuntimeError("no kernel configuration could run on this device")
         return best
+
+
+# ---------------------------------------------------------------------------------------------
+# what every launcher computes alike
+# ---------------------------------------------------------------------------------------------
+def empty(shape, device, dtype):
+    """Every buffer the launchers allocate (tests replace this to poison them with NaN)."""
+    return torch.empty(shape, device=device, dtype=dtype)
+
+
+def cdiv(a, b):
+    """``ceil(a / b)`` for positive integers: grid sizes and block counts."""
+    return (a + b - 1) // b
+
+
+def pixel_key(m):
+    """Pixel counts bucketed to powers of two for the autotuning cache (a launch's ``M_KEY``)."""
+    return 1 << max(0, int(m) - 1).bit_length()
+
+
+def dot_precision(dtype):
+    """``tl.dot``'s ``input_precision`` for operands of ``dtype``: "tf32" for fp32 when
+    ``torch.backends.cudnn.allow_tf32`` is set (as ``F.conv2d`` follows it) and a GPU runs, else "ieee"."""
+    tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not interpreting()
+    return "tf32" if tf32 else "ieee"
+
+
+def upcast_operands(dtype):
+    """True where the dot's operands go to fp32 first: bf16 in the interpreter, whose dot is wrong for bf16."""
+    return dtype == torch.bfloat16 and interpreting()
+
+
+def reduction_splits(tiles, pixels, device, block):
+    """How many parts a weight gradient's reduction over ``pixels`` is cut into: enough programs
+    (``tiles`` per part) to fill the GPU (about four waves), each part at least four blocks of
+    ``block`` pixels long."""
+    sms = sm_count(device)
+    target = 4 * sms if sms else 64  # the interpreter: split too, so that tests see the split paths
+    return max(1, min(cdiv(target, max(1, tiles)), cdiv(pixels, 4 * block)))

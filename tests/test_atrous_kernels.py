@@ -15,12 +15,14 @@ import torch.nn as nn
 from conftest import DEVICE
 
 import climseg.ops.atrous as ops_atrous
+import climseg.ops.conv_branches as conv_branches
 from climseg.errors import ConfigError
+from climseg.kernels import runtime
 from climseg.nn import ASPP, AtrousConv2d, convert_model
 from climseg.ops import aspp_conv, aspp_conv_reference, atrous_conv2d, atrous_conv2d_reference
 
 pytest.importorskip("triton")
-K = pytest.importorskip("climseg.kernels.atrous")
+dense = pytest.importorskip("climseg.kernels.atrous_dense")
 
 FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
@@ -28,9 +30,11 @@ FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 @pytest.fixture(autouse=True)
 def poison(monkeypatch):
     """Every buffer the op or the launchers allocate starts as NaN."""
-    real_nhwc, real_empty = ops_atrous._empty_nhwc, K._empty
-    monkeypatch.setattr(ops_atrous, "_empty_nhwc", lambda shape, like: real_nhwc(shape, like).fill_(float("nan")))
-    monkeypatch.setattr(K, "_empty", lambda shape, device, dtype: real_empty(shape, device, dtype).fill_(float("nan")))
+    real_nhwc, real_empty = conv_branches._empty_nhwc, runtime.empty
+    monkeypatch.setattr(conv_branches, "_empty_nhwc", lambda shape, like: real_nhwc(shape, like).fill_(float("nan")))
+    monkeypatch.setattr(
+        runtime, "empty", lambda shape, device, dtype: real_empty(shape, device, dtype).fill_(float("nan"))
+    )
 
 
 def _check(ours, theirs, exact, dtype, what):
@@ -113,14 +117,14 @@ def test_aspp_conv_one_launch_with_pooled_slice():
     pooled = torch.randn(2, 6, device=DEVICE, requires_grad=True)
     scale, shift = torch.rand(24, device=DEVICE) + 0.5, torch.randn(24, device=DEVICE)
     launches = []
-    real = K.dense_forward
-    K.dense_forward = lambda *a, **k: launches.append(1) or real(*a, **k)
+    real = dense.dense_forward
+    dense.dense_forward = lambda *a, **k: launches.append(1) or real(*a, **k)
     try:
         ours = aspp_conv(
             x, weights, [1, 2, 4, 6], scale=scale, shift=shift, activation="relu", pooled=pooled, backend="triton"
         )
     finally:
-        K.dense_forward = real
+        dense.dense_forward = real
     assert launches == [1], "the four branches must be one launch"
     exact = aspp_conv_reference(
         x.double(),
@@ -189,8 +193,8 @@ def test_deterministic_bitwise_and_without_atomics(monkeypatch):
     x = torch.randn(2, 9, 12, 10, device=DEVICE)
     w = torch.randn(11, 9, 3, 3, device=DEVICE, requires_grad=True)
     seen = []
-    real = K.dense_wgrad
-    monkeypatch.setattr(K, "dense_wgrad", lambda *a: seen.append(a[-1]) or real(*a))
+    real = dense.dense_wgrad
+    monkeypatch.setattr(dense, "dense_wgrad", lambda *a: seen.append(a[-1]) or real(*a))
 
     def run(**kw):
         y = atrous_conv2d(x, w, padding=3, dilation=3, backend="triton", **kw)
@@ -297,8 +301,6 @@ def test_interpreter_compatibility_is_in_place():
     runtime patches the interpreter's private _patch_lang_tensor there (the one Triton-private
     name of climseg.kernels). Where that hook is gone, this Triton must not need it."""
     import triton
-
-    from climseg.kernels import runtime
 
     version = tuple(int(part) for part in triton.__version__.split(".")[:2])
     installed = runtime.install_interpreter_compatibility()

@@ -6,7 +6,9 @@ markdown table: ``step`` (training step, ours against the plain-PyTorch model),
 (the CUDA kernels of csrc/cuda against copy bandwidth and unfused PyTorch; GPU), ``allreduce``
 (flat against hierarchical), ``io`` (FastLoader against an MLPerf-reference-style
 reader and dd), ``scaling`` (the weak-scaling model of :mod:`climseg.perf.scaling`).
-Medians over repeats after warm-up; CUDA events on GPUs.
+Medians over repeats after warm-up; CUDA events on GPUs. Beside them, parts they share or
+split off: ``timing``, and the rows of ``cuda_kernels`` by kernel family (``cuda_loss_rows``,
+``cuda_parameter_rows``) with their common format (``cuda_rows``).
 """
 
 import os

@@ -56,6 +56,10 @@ step where the GPU runs behind Python; ``host_ms`` shows what it was. The kernel
 ``climseg._cuda`` or else CuPy; ``meta.kernels`` says which. JSON and a markdown table go to
 ``benchmarks/results/`` (GPU, driver, CUDA, torch, CuPy versions, date, command).
 
+This module holds the copy and ``normalize_input`` rows, the run (``main``) and the report; the
+rows of the loss are :mod:`climseg.bench.cuda_loss_rows`, those of the optimizers and gradient
+buckets :mod:`climseg.bench.cuda_parameter_rows`, the row format :mod:`climseg.bench.cuda_rows`.
+
     python benchmarks/bench_cuda_kernels.py            # on a CUDA machine
     python benchmarks/bench_cuda_kernels.py --quick    # B = 4 only, fewer repeats
     python benchmarks/bench_cuda_kernels.py --cpu-smoke   # this script's code paths on CPU,
@@ -64,74 +68,21 @@ step where the GPU runs behind Python; ``host_ms`` shows what it was. The kernel
 
 import argparse
 import datetime
-import functools
-import math
 import os
 import platform
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from climseg.bench import command_line, gpu_environment, result_path
+from climseg.bench.cuda_loss_rows import loss_rows
+from climseg.bench.cuda_parameter_rows import bucket_rows, optimizer_rows
+from climseg.bench.cuda_rows import make_row, say, size_name
 from climseg.bench.timing import FLUSH_BYTES, Timer
 
 PROG = "bench cuda-kernels"
-CLASSES = 3
 HEIGHT, WIDTH, IN_CHANNELS = 768, 1152, 16
 COPY_BYTES = 1 << 30
-LR, WEIGHT_DECAY, LAMB_WEIGHT_DECAY, STEP = 1e-3, 1e-4, 0.01, 10
-BUCKET_SCALE = 1.0 / 8
-
-
-def make_row(kernel, case, mode, ours, nbytes, formula, copy_gbps, torch_times=None, reference=None):
-    gbps = nbytes / (ours[0] * 1e-3) / 1e9
-    row = dict(
-        kernel=kernel,
-        case=case,
-        mode=mode,
-        ms=ours[0],
-        ms_p20=ours[1],
-        ms_p80=ours[2],
-        host_ms=ours[3],
-        bytes=int(nbytes),
-        bytes_formula=formula,
-        gbps=gbps,
-        copy_fraction=gbps / copy_gbps if copy_gbps else float("nan"),
-    )
-    if torch_times is not None:
-        row.update(
-            torch_ms=torch_times[0],
-            torch_ms_p20=torch_times[1],
-            torch_ms_p80=torch_times[2],
-            torch_host_ms=torch_times[3],
-            vs_torch=torch_times[0] / ours[0],
-            torch_reference=reference,
-        )
-    return row
-
-
-def say(row):
-    vs = f"{row['vs_torch']:6.2f}x torch" if "vs_torch" in row else ""
-    print(
-        f"{row['kernel']:20s} {row['case']:34s} {row['mode']:17s} {row['ms']:9.3f} ms "
-        f"[{row['ms_p20']:.3f}, {row['ms_p80']:.3f}] host {row['host_ms']:7.3f} ms {row['gbps']:8.1f} GB/s "
-        f"{100 * row['copy_fraction']:5.1f}% copy "
-        f"{vs}",
-        flush=True,
-    )
-
-
-def nbytes(t):
-    return t.numel() * t.element_size()
-
-
-def dtype_name(dtype):
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(dtype, str(dtype))
-
-
-def size_name(size):
-    return f"{size / 2**30:g} GiB" if size >= 2**30 else f"{size / 2**20:g} MiB"
 
 
 # ------------------------------------------------------------------------------------ copy
@@ -142,253 +93,6 @@ def copy_row(timer, device, size):
     row = make_row("copy", f"{size_name(size)} uint8", "dst.copy_(src)", t, 2 * size, "read S + write S", 0.0)
     row["copy_fraction"] = 1.0
     return row
-
-
-# ------------------------------------------------------------------------ loss and counts
-def loss_inputs(batch, dtype, layout, height, width, device, seed=0):
-    """Labels with the DeepCAM class frequencies; logits favouring the true class (mostly right)."""
-    from climseg.losses import DEEPCAM_FREQUENCIES
-
-    generator = torch.Generator(device=device).manual_seed(seed)
-    edges = torch.tensor(DEEPCAM_FREQUENCIES, dtype=torch.float64).cumsum(0)[:-1].to(device=device, dtype=torch.float32)
-    labels = torch.bucketize(torch.rand(batch, height, width, device=device, generator=generator), edges)
-    logits = torch.randn(batch, CLASSES, height, width, device=device, generator=generator)
-    logits.scatter_add_(1, labels.unsqueeze(1), torch.full_like(labels.unsqueeze(1), 2.5, dtype=logits.dtype))
-    logits = logits.to(dtype)
-    if layout == "NHWC":
-        logits = logits.contiguous(memory_format=torch.channels_last)
-    return logits, labels.long()
-
-
-def loss_rows(timer, device, batches, dtypes, layouts, height, width, copy_gbps):
-    from climseg.losses import class_weights
-
-    weight = class_weights("deepcam").to(device)
-    rows = []
-    for batch in batches:
-        for dtype in dtypes:
-            for layout in layouts:
-                rows += loss_case(timer, device, batch, dtype, layout, height, width, weight, copy_gbps)
-    return rows
-
-
-def loss_case(timer, device, batch, dtype, layout, height, width, weight, copy_gbps):
-    from climseg.ops import weighted_cross_entropy_with_counts as wce
-
-    logits, labels = loss_inputs(batch, dtype, layout, height, width, device)
-    leaf = logits.detach().requires_grad_(True)
-    case = f"B={batch} {dtype_name(dtype)} {layout} {height}x{width}"
-
-    def ours_forward():
-        return wce(logits, labels, weight, check_labels=False, loss_dtype=torch.float32, backend="cuda")
-
-    def ours_forward_backward():
-        loss, _ = wce(leaf, labels, weight, check_labels=False, loss_dtype=torch.float32, backend="cuda")
-        return torch.autograd.grad(loss, leaf)
-
-    def ours_fused():
-        return wce(
-            logits, labels, weight, return_grad=True, check_labels=False, loss_dtype=torch.float32, backend="cuda"
-        )
-
-    def torch_forward(x=logits):
-        loss = F.cross_entropy(x.float(), labels, weight=weight)
-        pred = x.argmax(1)
-        counts = torch.bincount((labels * CLASSES + pred).flatten(), minlength=CLASSES * CLASSES)
-        return loss, counts
-
-    def torch_forward_backward():
-        loss, _ = torch_forward(leaf)
-        return torch.autograd.grad(loss, leaf)
-
-    with torch.no_grad():  # the two sides compute the same thing: same loss, same counts
-        loss, counts = ours_forward()
-        ref_loss, matrix = torch_forward()
-        matrix = matrix.view(CLASSES, CLASSES)  # [true, predicted]
-        tp = matrix.diagonal()
-        ref_counts = torch.stack([tp, matrix.sum(0) - tp, matrix.sum(1) - tp], dim=-1)
-        counts_agree = bool(torch.equal(counts.cpu(), ref_counts.cpu()))
-        loss_rel_diff = abs(float(loss) - float(ref_loss)) / max(abs(float(ref_loss)), 1e-30)
-    if not counts_agree or loss_rel_diff > 1e-3:
-        print(
-            f"WARNING: {case}: the kernel and PyTorch disagree (counts equal: {counts_agree}, loss relative "
-            f"difference {loss_rel_diff:.2e})",
-            flush=True,
-        )
-    logit_bytes, label_bytes = nbytes(logits), nbytes(labels)
-    small = 4 + CLASSES * 3 * 8  # the fp32 loss and the int64 (C, 3) counts
-    with torch.no_grad():
-        t_forward = timer(torch_forward)
-        t_ours_forward = timer(ours_forward)
-        t_ours_fused = timer(ours_fused)
-    t_forward_backward = timer(torch_forward_backward)
-    t_ours_forward_backward = timer(ours_forward_backward)
-    reference = "F.cross_entropy(logits.float(), labels, weight=w) + argmax(1) + bincount"
-    rows = [
-        make_row(
-            "loss+counts",
-            case,
-            "forward",
-            t_ours_forward,
-            logit_bytes + label_bytes + small,
-            "logits + labels (+ loss, counts)",
-            copy_gbps,
-            t_forward,
-            reference,
-        ),
-        make_row(
-            "loss+counts",
-            case,
-            "forward+backward",
-            t_ours_forward_backward,
-            3 * logit_bytes + 2 * label_bytes + small,
-            "2 (logits + labels) + gradient (+ loss, counts)",
-            copy_gbps,
-            t_forward_backward,
-            reference + ", then autograd backward",
-        ),
-        make_row(
-            "loss+counts",
-            case,
-            "fused grad",
-            t_ours_fused,
-            2 * logit_bytes + label_bytes + small,
-            "logits + labels + gradient (+ loss, counts)",
-            copy_gbps,
-            t_forward_backward,
-            reference + ", then autograd backward",
-        ),
-    ]
-    rows[2]["vs_ours_forward_backward"] = t_ours_forward_backward[0] / t_ours_fused[0]
-    for row in rows:
-        row.update(counts_agree=counts_agree, loss_rel_diff=loss_rel_diff)
-    for row in rows:
-        say(row)
-    return rows
-
-
-# ------------------------------------------------------------------- optimizers, buckets
-@functools.cache
-def parameter_shapes(config, max_tensors=None):
-    """Shapes of every trainable parameter of ``DeepLabV3Plus(config)``, built on the meta device
-    (the first ``max_tensors`` of them when given: the smoke check)."""
-    from climseg.models import DeepLabV3Plus
-
-    with torch.device("meta"):
-        model = DeepLabV3Plus(config)
-    return [tuple(p.shape) for p in model.parameters() if p.requires_grad][:max_tensors]
-
-
-def tensors(shapes, device, std, generator):
-    return [torch.randn(s, device=device, generator=generator) * std for s in shapes]
-
-
-def optimizer_rows(timer, device, config, copy_gbps, max_tensors=None):
-    shapes = parameter_shapes(config, max_tensors)
-    rows = [
-        optimizer_case(timer, device, kernel, shapes, config, copy_gbps) for kernel in ("larc_adam_step", "lamb_step")
-    ]
-    for row in rows:
-        say(row)
-    return rows
-
-
-def optimizer_case(timer, device, kernel, shapes, config, copy_gbps):
-    from climseg.ops import lamb_step, larc_adam_step
-    from climseg.optim import LAMB, LARC
-
-    n = sum(math.prod(s) for s in shapes)
-    case = f"{config}: {len(shapes)} tensors, {n / 1e6:.1f}M fp32"
-    generator = torch.Generator(device=device).manual_seed(1)
-    params, grads = tensors(shapes, device, 0.05, generator), tensors(shapes, device, 1e-3, generator)
-    exp_avgs = [torch.zeros_like(p) for p in params]
-    exp_avg_sqs = [torch.zeros_like(p) for p in params]
-    reference_params = [p.clone().requires_grad_(True) for p in params]
-    for p, g in zip(reference_params, grads):
-        p.grad = g.clone()
-    if kernel == "larc_adam_step":
-
-        def ours():
-            larc_adam_step(
-                params, grads, exp_avgs, exp_avg_sqs, step=STEP, lr=LR, weight_decay=WEIGHT_DECAY, backend="cuda"
-            )
-
-        reference = LARC(torch.optim.Adam(reference_params, lr=LR, weight_decay=WEIGHT_DECAY, foreach=True))
-        label = "climseg.optim.LARC(torch.optim.Adam(params, foreach=True)).step()"
-        count, formula = n * (8 + 28), "n (read p, g for the norms; read p, g, m, v; write p, m, v): 36 B/param"
-    else:
-
-        def ours():
-            lamb_step(
-                params, grads, exp_avgs, exp_avg_sqs, step=STEP, lr=LR, weight_decay=LAMB_WEIGHT_DECAY, backend="cuda"
-            )
-
-        reference = LAMB(reference_params, lr=LR, weight_decay=LAMB_WEIGHT_DECAY)
-        label = "climseg.optim.LAMB(params).step()"
-        count, formula = n * (24 + 16), "n (read p, g, m, v, write m, v; read p, m, v, write p): 40 B/param"
-    t_ours = timer(ours)
-    t_reference = timer(reference.step)
-    row = make_row(kernel, case, "step", t_ours, count, formula, copy_gbps, t_reference, label)
-    if kernel == "larc_adam_step" and device.type == "cuda":
-        plain = torch.optim.Adam(reference_params, lr=LR, weight_decay=WEIGHT_DECAY, fused=True)
-        t_plain = timer(plain.step)
-        row.update(torch_fused_adam_ms=t_plain[0], vs_torch_fused_adam=t_plain[0] / t_ours[0])
-    return row
-
-
-def bucket_rows(timer, device, config, copy_gbps, max_tensors=None):
-    from climseg.ops import flatten_gradients, unflatten_gradients
-
-    shapes = parameter_shapes(config, max_tensors)
-    n = sum(math.prod(s) for s in shapes)
-    case = f"{config}: {len(shapes)} tensors, {n / 1e6:.1f}M fp32 <-> bf16"
-    generator = torch.Generator(device=device).manual_seed(2)
-    grads = tensors(shapes, device, 1e-3, generator)
-    sizes = [g.numel() for g in grads]
-
-    def ours_flatten():
-        return flatten_gradients(grads, torch.bfloat16, BUCKET_SCALE, backend="cuda")
-
-    def torch_flatten():
-        return torch.cat([g.flatten() for g in grads]).mul_(BUCKET_SCALE).to(torch.bfloat16)
-
-    bucket = ours_flatten()
-
-    def ours_unflatten():
-        return unflatten_gradients(bucket, grads, backend="cuda")
-
-    def torch_unflatten():
-        for g, segment in zip(grads, torch.split(bucket, sizes)):
-            g.copy_(segment.view_as(g))
-        return ~torch.isfinite(bucket).all()
-
-    rows = [
-        make_row(
-            "flatten_gradients",
-            case,
-            f"scale 1/{round(1 / BUCKET_SCALE)}",
-            timer(ours_flatten),
-            n * (4 + 2),
-            "n (read fp32 + write bf16)",
-            copy_gbps,
-            timer(torch_flatten),
-            "torch.cat([g.flatten() for g in grads]).mul_(scale).to(bf16)",
-        ),
-        make_row(
-            "unflatten_gradients",
-            case,
-            "+ Inf/NaN flag",
-            timer(ours_unflatten),
-            n * (2 + 4),
-            "n (read bf16 + write fp32)",
-            copy_gbps,
-            timer(torch_unflatten),
-            "torch.split(bucket) + g.copy_(segment) + ~torch.isfinite(bucket).all()",
-        ),
-    ]
-    for row in rows:
-        say(row)
-    return rows
 
 
 # -------------------------------------------------------------------------------- convert

@@ -9,19 +9,18 @@ cuDNN. ``aspp_conv`` computes several convolutions of one input (the 1x1 and
 dilated 3x3 branches of ASPP) into the channel slices of one output, in one
 kernel launch, with the same epilogue over the concatenated channels.
 
-Data flow: public function -> backend choice (:mod:`climseg.ops.backend`) ->
-either the PyTorch reference below (the specification, and the CPU path) or
-the custom op ``climseg::conv_branches`` (registered with ``torch.library``:
-fake implementation for ``torch.compile``, autograd) -> launchers in
-``climseg.kernels.atrous`` (NHWC implicit-GEMM kernels for groups = 1, direct
-kernels for depthwise). The epilogue's backward (ReLU mask, scale, sums for
-bias/scale/shift/residual) is a few elementwise PyTorch ops; the input and
-weight gradients are Triton kernels.
+Data flow: public function -> argument checks and backend choice
+(:mod:`climseg.ops.backend`) -> either the PyTorch reference below (the specification, and
+the CPU path) or the custom op ``climseg::conv_branches`` of :mod:`climseg.ops.conv_branches`
+(registered with ``torch.library``: fake implementation for ``torch.compile``, autograd;
+weight packing; the launchers of ``climseg.kernels.atrous_dense``, NHWC implicit-GEMM kernels
+for groups = 1, and ``climseg.kernels.atrous_depthwise``, direct kernels for depthwise). The
+epilogue's backward (ReLU mask, scale, sums for bias/scale/shift/residual) is a few
+elementwise PyTorch ops; the input and weight gradients are Triton kernels.
 """
 
 import os
 import sys
-import typing
 import warnings
 
 import torch
@@ -29,9 +28,9 @@ import torch.nn.functional as F
 
 from climseg.errors import ConfigError
 from climseg.ops import backend as _backend
+from climseg.ops import conv_branches  # noqa: F401  registers torch.ops.climseg.conv_branches, called below
 
 ACTIVATIONS = (None, "relu")
-Tensor = torch.Tensor
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,12 +147,6 @@ def _padding(padding, weight, dilation, stride):
 
 def _interpreting():
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _kernels():
-    from climseg.kernels import atrous
-
-    return atrous
 
 
 def _triton_probe(tensor):
@@ -332,247 +325,3 @@ def aspp_conv(
         activation == "relu",
         _deterministic(deterministic),
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# the custom op (Triton path)
-# ---------------------------------------------------------------------------------------------
-def _out_hw(x, weight, stride, pad, dil):
-    H, W = x.shape[2], x.shape[3]
-    KH, KW = weight.shape[2], weight.shape[3]
-    return (
-        (H + 2 * pad[0] - dil[0] * (KH - 1) - 1) // stride[0] + 1,
-        (W + 2 * pad[1] - dil[1] * (KW - 1) - 1) // stride[1] + 1,
-    )
-
-
-def _branch_params(weights, paddings, dilations):
-    """Per branch (pad pair, dil pair); one shared pair is given for a single conv."""
-    n = len(weights)
-    return ([paddings[2 * i : 2 * i + 2] for i in range(n)], [dilations[2 * i : 2 * i + 2] for i in range(n)])
-
-
-def _check(x, weights, stride, paddings, dilations):
-    pads, dils = _branch_params(weights, paddings, dilations)
-    shapes = {_out_hw(x, w, stride, p, d) for w, p, d in zip(weights, pads, dils)}
-    if len(shapes) != 1:
-        raise ConfigError(f"conv branches give different output sizes {sorted(shapes)}")
-    oh, ow = shapes.pop()
-    if oh <= 0 or ow <= 0:
-        raise ConfigError(f"convolution output would be empty ({oh}x{ow}) for input {tuple(x.shape)}")
-    return pads, dils, (oh, ow)
-
-
-def _nhwc(t):
-    """The NHWC (channels-last) storage of an NCHW tensor, as a contiguous (N, H, W, C) tensor."""
-    return t.permute(0, 2, 3, 1).contiguous()
-
-
-def _empty_nhwc(shape, like):
-    """An uninitialised channels_last (N, C, H, W) tensor: every output of the Triton path
-    (tests replace this to poison outputs with NaN)."""
-    return torch.empty(shape, device=like.device, dtype=like.dtype, memory_format=torch.channels_last)
-
-
-def _like_input(x, needed):
-    """An empty channels_last tensor shaped like ``x``, or a 0-element tensor when it is not needed."""
-    return _empty_nhwc(x.shape, x) if needed else x.new_empty(0)
-
-
-def _epilogue_vec(t):
-    return None if t is None else t.detach().reshape(-1).to(torch.float32).contiguous()
-
-
-def _table(rows, device):
-    return torch.tensor(rows, dtype=torch.int32, device=device).reshape(-1, 8)
-
-
-@torch.library.custom_op("climseg::conv_branches", mutates_args=())
-def _conv_branches(
-    x: Tensor,
-    weights: typing.List[Tensor],
-    stride: typing.List[int],
-    paddings: typing.List[int],
-    dilations: typing.List[int],
-    groups: int,
-    bias: typing.Optional[Tensor],
-    scale: typing.Optional[Tensor],
-    shift: typing.Optional[Tensor],
-    residual: typing.Optional[Tensor],
-    pooled: typing.Optional[Tensor],
-    relu: bool,
-    deterministic: bool,
-) -> Tensor:
-    K = _kernels()
-    pads, dils, (OH, OW) = _check(x, weights, stride, paddings, dilations)
-    xn = _nhwc(x)
-    cout = weights[0].shape[0]
-    branch_channels = cout * len(weights)
-    total = branch_channels + (pooled.shape[1] if pooled is not None else 0)
-    res = _nhwc(residual) if residual is not None else None
-    y = _empty_nhwc((x.shape[0], total, OH, OW), x)
-    yn = y.permute(0, 2, 3, 1)  # the same storage as (N, OH, OW, C), contiguous
-    if groups == 1:
-        packed, rows, offset = [], [], 0
-        for i, (w, p, d) in enumerate(zip(weights, pads, dils)):
-            packed.append(w.detach().permute(2, 3, 1, 0).reshape(-1).to(x.dtype))
-            rows += [offset, w.shape[2], w.shape[3], d[0], d[1], p[0], p[1], i * cout]
-            offset += w.numel()
-        K.dense_forward(
-            xn,
-            torch.cat(packed).contiguous(),
-            _table(rows, x.device),
-            cout,
-            total,
-            (OH, OW),
-            stride,
-            bias=_epilogue_vec(bias),
-            scale=_epilogue_vec(scale),
-            shift=_epilogue_vec(shift),
-            residual=res,
-            relu=relu,
-            deterministic=deterministic,
-            out=yn,
-        )
-    else:
-        w = weights[0]
-        taps = w.detach().reshape(cout, -1).t().contiguous().to(x.dtype)  # [KH*KW, C]
-        K.depthwise_forward(
-            xn,
-            taps,
-            tuple(w.shape[2:]),
-            stride,
-            pads[0],
-            dils[0],
-            (OH, OW),
-            bias=_epilogue_vec(bias),
-            scale=_epilogue_vec(scale),
-            shift=_epilogue_vec(shift),
-            residual=res,
-            relu=relu,
-            deterministic=deterministic,
-            out=yn,
-        )
-    if pooled is not None:
-        yn[..., branch_channels:] = pooled.to(y.dtype)[:, None, None, :]
-    return y
-
-
-@_conv_branches.register_fake
-def _conv_branches_fake(
-    x, weights, stride, paddings, dilations, groups, bias, scale, shift, residual, pooled, relu, deterministic
-):
-    pads, dils = _branch_params(weights, paddings, dilations)
-    OH, OW = _out_hw(x, weights[0], stride, pads[0], dils[0])
-    total = weights[0].shape[0] * len(weights) + (pooled.shape[1] if pooled is not None else 0)
-    return torch.empty((x.shape[0], total, OH, OW), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
-
-
-@torch.library.custom_op("climseg::conv_branches_backward", mutates_args=())
-def _conv_branches_backward(
-    grad: Tensor,
-    x: Tensor,
-    weights: typing.List[Tensor],
-    stride: typing.List[int],
-    paddings: typing.List[int],
-    dilations: typing.List[int],
-    groups: int,
-    need_input: bool,
-    deterministic: bool,
-) -> typing.List[Tensor]:
-    """``[dx] + [dw per branch]`` for the gradient ``grad`` of the branches' (pre-epilogue) output."""
-    K = _kernels()
-    pads, dils, _ = _check(x, weights, stride, paddings, dilations)
-    xn, g = _nhwc(x), _nhwc(grad.to(x.dtype))
-    cout = weights[0].shape[0]
-    if groups == 1:
-        packed_t, rows, jobs, offset = [], [], [], 0
-        for i, (w, p, d) in enumerate(zip(weights, pads, dils)):
-            KH, KW = w.shape[2], w.shape[3]
-            packed_t.append(w.detach().permute(2, 3, 0, 1).reshape(-1).to(x.dtype))
-            rows += [offset, KH, KW, d[0], d[1], p[0], p[1], i * cout]
-            for t in range(KH * KW):
-                jobs += [offset + t * x.shape[1] * cout, t // KW, t % KW, d[0], d[1], p[0], p[1], i * cout]
-            offset += w.numel()
-        dx = _like_input(x, need_input)
-        if need_input:
-            K.dense_dgrad(
-                g,
-                torch.cat(packed_t).contiguous(),
-                _table(rows, x.device),
-                xn.shape,
-                cout,
-                stride,
-                deterministic,
-                out=dx.permute(0, 2, 3, 1),
-            )
-        flat = K.dense_wgrad(xn, g, _table(jobs, x.device), offset, cout, stride, deterministic)
-        dws, offset = [], 0
-        for w in weights:  # packed [KH, KW, Cin, Cout] -> [Cout, Cin, KH, KW]
-            dws.append(
-                flat[offset : offset + w.numel()]
-                .view(w.shape[2], w.shape[3], w.shape[1], cout)
-                .permute(3, 2, 0, 1)
-                .contiguous()
-                .to(w.dtype)
-            )
-            offset += w.numel()
-        return [dx] + dws
-    w = weights[0]
-    ks = tuple(w.shape[2:])
-    taps = w.detach().reshape(cout, -1).t().contiguous().to(x.dtype)
-    dx = _like_input(x, need_input)
-    if need_input:
-        K.depthwise_dgrad(g, taps, xn.shape, ks, stride, pads[0], dils[0], deterministic, out=dx.permute(0, 2, 3, 1))
-    dw = K.depthwise_wgrad(xn, g, ks, stride, pads[0], dils[0])  # [KH*KW, C]
-    return [dx, dw.t().reshape(w.shape).contiguous().to(w.dtype)]
-
-
-@_conv_branches_backward.register_fake
-def _conv_branches_backward_fake(grad, x, weights, stride, paddings, dilations, groups, need_input, deterministic):
-    return [_like_input(x, need_input)] + [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
-
-
-def _setup_context(ctx, inputs, output):
-    (x, weights, stride, paddings, dilations, groups, bias, scale, shift, residual, pooled, relu, deterministic) = (
-        inputs
-    )
-    ctx.config = (list(stride), list(paddings), list(dilations), groups, relu, deterministic)
-    ctx.flags = (bias is not None, scale is not None, shift is not None, residual is not None, pooled is not None)
-    ctx.num_weights = len(weights)
-    ctx.save_for_backward(x, bias, scale, shift, output if relu else None, *weights)
-
-
-def _backward(ctx, grad):
-    stride, paddings, dilations, groups, relu, deterministic = ctx.config
-    x, bias, scale, shift, output, *weights = ctx.saved_tensors
-    has_bias, has_scale, has_shift, has_res, has_pool = ctx.flags
-    needs = ctx.needs_input_grad  # x, weights, stride, paddings, dilations, groups, bias, scale, shift, res, pooled
-    nb = weights[0].shape[0] * len(weights)
-    g = grad[:, :nb]
-    d_pooled = grad[:, nb:].sum((2, 3)) if has_pool and needs[10] else None
-    if relu:
-        g = g.masked_fill(output[:, :nb] <= 0, 0)
-    sums = (0, 2, 3)
-    d_res = g if has_res and needs[9] else None
-    d_shift = g.sum(sums, dtype=torch.float32).to(shift.dtype) if has_shift and needs[8] else None
-    d_scale = None
-    if has_scale and needs[7]:
-        z = torch.ops.climseg.conv_branches(
-            x, weights, stride, paddings, dilations, groups, bias, None, None, None, None, False, deterministic
-        )
-        d_scale = (g.float() * z.float()).sum(sums).to(scale.dtype)
-    if has_scale:
-        g = g * scale.view(1, -1, 1, 1).to(g.dtype)
-    d_bias = g.sum(sums, dtype=torch.float32).to(bias.dtype) if has_bias and needs[6] else None
-    d_x, d_w = None, None
-    if needs[0] or needs[1]:
-        grads = torch.ops.climseg.conv_branches_backward(
-            g, x, weights, stride, paddings, dilations, groups, needs[0], deterministic
-        )
-        d_x = grads[0] if needs[0] else None
-        d_w = grads[1:] if needs[1] else None
-    return d_x, d_w, None, None, None, None, d_bias, d_scale, d_shift, d_res, d_pooled, None, None
-
-
-_conv_branches.register_autograd(_backward, setup_context=_setup_context)

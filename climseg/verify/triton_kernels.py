@@ -1,7 +1,8 @@
 """Compiling the Triton kernels for GPUs that are not there, and reading what came out.
 
-Every kernel of :mod:`climseg.kernels.atrous` x every autotuning candidate x dtype (fp32 as
-TF32) x architecture, at the layer shapes of :mod:`climseg.verify.layers`. Data flow:
+Every kernel of :mod:`climseg.kernels.atrous_dense` and :mod:`climseg.kernels.atrous_depthwise`
+x every autotuning candidate x dtype (fp32 as TF32) x architecture, at the layer shapes of
+:mod:`climseg.verify.layers`. Data flow:
 
 1. the real launchers run on ``torch.device("meta")`` tensors inside
    :func:`climseg.kernels.runtime.recording`, which records each launch's arguments instead of
@@ -36,10 +37,11 @@ ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 def record_launches(case, dtype_name, arch):
     """The kernel launches (name, jit function, args, kwargs, fixed) of one layer's forward and
-    backward, as the launchers of climseg.kernels.atrous compute them for a GPU of ``arch``."""
+    backward, as the launchers of climseg.kernels.atrous_dense and atrous_depthwise compute them
+    for a GPU of ``arch``."""
     import torch
 
-    from climseg.kernels import atrous as K
+    from climseg.kernels import atrous_dense, atrous_depthwise
     from climseg.kernels.runtime import recording
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
@@ -61,17 +63,17 @@ def record_launches(case, dtype_name, arch):
             table = torch.empty((len(rows), 8), device=meta, dtype=torch.int32)
             job_table = torch.empty((len(jobs), 8), device=meta, dtype=torch.int32)
             packed = torch.empty(offset, device=meta, dtype=dtype)
-            K.dense_forward(x, packed, table, cout, g_channels, (h, w), (1, 1))
-            K.dense_dgrad(g, packed, table, x.shape, cout, (1, 1))
-            K.dense_wgrad(x, g, job_table, offset, cout, (1, 1), deterministic=False)
-            K.dense_wgrad(x, g, job_table, offset, cout, (1, 1), deterministic=True)
+            atrous_dense.dense_forward(x, packed, table, cout, g_channels, (h, w), (1, 1))
+            atrous_dense.dense_dgrad(g, packed, table, x.shape, cout, (1, 1))
+            atrous_dense.dense_wgrad(x, g, job_table, offset, cout, (1, 1), deterministic=False)
+            atrous_dense.dense_wgrad(x, g, job_table, offset, cout, (1, 1), deterministic=True)
         else:
             k, d = ks[0], ds[0]
             pad = d * (k - 1) // 2
             taps = torch.empty((k * k, cin), device=meta, dtype=dtype)
-            K.depthwise_forward(x, taps, (k, k), (1, 1), (pad, pad), (d, d), (h, w))
-            K.depthwise_dgrad(g, taps, x.shape, (k, k), (1, 1), (pad, pad), (d, d))
-            K.depthwise_wgrad(x, g, (k, k), (1, 1), (pad, pad), (d, d))
+            atrous_depthwise.depthwise_forward(x, taps, (k, k), (1, 1), (pad, pad), (d, d), (h, w))
+            atrous_depthwise.depthwise_dgrad(g, taps, x.shape, (k, k), (1, 1), (pad, pad), (d, d))
+            atrous_depthwise.depthwise_wgrad(x, g, (k, k), (1, 1), (pad, pad), (d, d))
     return launches
 
 

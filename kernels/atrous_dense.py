@@ -1,9 +1,8 @@
-"""Triton kernels of the atrous (dilated) convolution: forward, input gradient,
-weight gradient, for dense (groups = 1) and depthwise (groups = channels) convs.
+"""Triton kernels of the dense (groups = 1) atrous (dilated) convolution: forward, input
+gradient, weight gradient, as implicit GEMMs, and their launchers.
 
-Layout: activations NHWC (``torch.channels_last``), one row of C channels per pixel.
-
-Dense convs are implicit GEMMs, computed tap by tap (no im2col buffer):
+Layout: activations NHWC (``torch.channels_last``), one row of C channels per pixel. The
+convolution is computed tap by tap (no im2col buffer):
 
 * forward   y[p, o]   = sum_{t, i} x[src(p, t), i] * w[t, i, o]     M = pixels out, N = Cout, K = taps x Cin
 * dgrad     dx[q, i]  = sum_{t, o} g[dst(q, t), o] * w[t, o, i]     M = pixels in,  N = Cin,  K = taps x Cout
@@ -11,8 +10,8 @@ Dense convs are implicit GEMMs, computed tap by tap (no im2col buffer):
 
 with the epilogue of the forward fused: ``relu((acc + bias) * scale + shift + residual)``.
 Several convolutions that read the same input and write channel slices of one
-output (the branches of ASPP) run in ONE launch: a small int32 table gives each
-branch its weight offset, kernel size, dilation, padding and output-channel
+output (the branches of ASPP) run in ONE launch: a small int32 table (:data:`TABLE_COLS`
+columns) gives each branch its weight offset, kernel size, dilation, padding and output-channel
 offset, and the grid's third axis picks the branch (forward, wgrad) or the
 kernel loops over the branches (dgrad, whose output they share).
 
@@ -20,17 +19,18 @@ The weight gradient reduces over pixels in ``splits`` parts. Non-deterministic
 mode adds the parts with atomics; deterministic mode writes each part to its
 own slice of a workspace and sums the slices in a fixed order (no atomics), so
 the same inputs give bitwise identical results. Forward and dgrad never use
-atomics. Depthwise kernels are direct (no tensor cores: one multiply-add per
-tap and channel) and always deterministic.
+atomics.
 
 Accumulation is float32. fp16/bf16 operands go to the tensor cores as they are;
 fp32 operands use TF32 when ``allow_tf32`` is passed (the launcher follows
 ``torch.backends.cudnn.allow_tf32``, as ``F.conv2d`` does), else full fp32.
 
-This module holds the kernels and their launchers only. Each launcher computes the grid and
-the arguments and hands them to the autotuner of :mod:`climseg.kernels.runtime`, which also
-holds the candidate block shapes, the interpreter's compatibility and the launch recording;
-the index arithmetic and the fused epilogue are in :mod:`climseg.kernels.nhwc`.
+Data flow: :mod:`climseg.ops.conv_branches` packs the weights and the table and calls a
+launcher here; the launcher computes the grid and the arguments and hands them to the
+autotuner of :mod:`climseg.kernels.runtime` (which also holds the candidate block shapes, the
+interpreter's compatibility, the launch recording and the launch arithmetic the launchers
+share); the index arithmetic and the fused epilogue are in :mod:`climseg.kernels.nhwc`. The
+depthwise convolutions are :mod:`climseg.kernels.atrous_depthwise`.
 
 Every kernel and autotuning candidate is compiled for sm_80 and sm_90 and its SASS checked
 (spills, tensor cores, asynchronous copies) by ``climseg bench static`` (:mod:`climseg.verify`),
@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 from climseg.kernels import runtime
-from climseg.kernels.nhwc import epilogue_store, split_pixel, tap_destination, tap_source
+from climseg.kernels.nhwc import SPATIAL_ARGS, epilogue_store, split_pixel, tap_destination, tap_source
 
 TABLE_COLS = 8  # w_offset, KH, KW, dil_h, dil_w, pad_h, pad_w, out_channel_offset
 
@@ -51,19 +51,10 @@ if runtime.interpreting():  # before any of these kernels runs in Triton's inter
     runtime.install_interpreter_compatibility()
 
 
-# Arguments the JIT must not specialize on (divisibility by 16, equality to 1): image sizes,
-# window geometry and split counts change from layer to layer but only enter index arithmetic,
-# so one compiled kernel serves them all (fewer compilations and autotuning runs per model).
-# The channel counts and pointers stay specialized: their divisibility makes the channel loads
-# 128-bit and asynchronous; so do the strides (stride 1 folds away).
-_SPATIAL = ["NB", "H", "W", "OH", "OW"]
-_WINDOW = ["KH", "KW", "dil_h", "dil_w", "pad_h", "pad_w"]
-
-
 # ---------------------------------------------------------------------------------------------
 # dense: forward
 # ---------------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=_SPATIAL)
+@triton.jit(do_not_specialize=SPATIAL_ARGS)
 def _dense_fwd_kernel(
     x_ptr,
     w_ptr,
@@ -157,7 +148,7 @@ def _dense_fwd_kernel(
 # ---------------------------------------------------------------------------------------------
 # dense: input gradient
 # ---------------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=_SPATIAL + ["NUM_BRANCHES"])
+@triton.jit(do_not_specialize=SPATIAL_ARGS + ["NUM_BRANCHES"])
 def _dense_dgrad_kernel(
     g_ptr,
     w_ptr,
@@ -237,7 +228,7 @@ def _dense_dgrad_kernel(
 # ---------------------------------------------------------------------------------------------
 # dense: weight gradient
 # ---------------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=_SPATIAL + ["SPLITS", "P_PER_SPLIT"])
+@triton.jit(do_not_specialize=SPATIAL_ARGS + ["SPLITS", "P_PER_SPLIT"])
 def _dense_wgrad_kernel(
     x_ptr,
     g_ptr,
@@ -318,212 +309,12 @@ def _dense_wgrad_kernel(
         tl.store(dw_ptr + split.to(tl.int64) * WS_STRIDE + out, acc, mask=mask)
 
 
-# ---------------------------------------------------------------------------------------------
-# depthwise (groups = channels): direct
-# ---------------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=_SPATIAL + _WINDOW)
-def _dw_fwd_kernel(
-    x_ptr,
-    w_ptr,
-    bias_ptr,
-    scale_ptr,
-    shift_ptr,
-    res_ptr,
-    y_ptr,
-    NB,
-    H,
-    W,
-    C,
-    OH,
-    OW,
-    KH,
-    KW,
-    stride_h,
-    stride_w,
-    dil_h,
-    dil_w,
-    pad_h,
-    pad_w,
-    HAS_BIAS: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
-    HAS_SHIFT: tl.constexpr,
-    HAS_RES: tl.constexpr,
-    RELU: tl.constexpr,
-    C_DIV: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    """y[p, c] = relu((sum_t x[src(p, t), c] w[t, c] + bias) * scale + shift + res)."""
-    C = (C // C_DIV) * C_DIV  # C is a multiple of C_DIV: see _channel_divisor
-    offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    p_mask = offs_p < NB * OH * OW
-    c_mask = offs_c < C
-    n_img, oh, ow = split_pixel(offs_p, OH, OW)
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for tap in range(0, KH * KW):
-        valid, base = tap_source(
-            n_img, oh, ow, tap // KW, tap % KW, p_mask, H, W, C, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w
-        )
-        xv = tl.load(x_ptr + base[:, None] + offs_c[None, :], mask=valid[:, None] & c_mask[None, :], other=0.0)
-        wv = tl.load(w_ptr + tap * C + offs_c, mask=c_mask, other=0.0)
-        acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
-    epilogue_store(
-        acc,
-        y_ptr,
-        offs_p.to(tl.int64)[:, None] * C + offs_c[None, :],
-        p_mask[:, None] & c_mask[None, :],
-        offs_c,
-        c_mask,
-        bias_ptr,
-        scale_ptr,
-        shift_ptr,
-        res_ptr,
-        HAS_BIAS,
-        HAS_SCALE,
-        HAS_SHIFT,
-        HAS_RES,
-        RELU,
-    )
-
-
-@triton.jit(do_not_specialize=_SPATIAL + _WINDOW)
-def _dw_dgrad_kernel(
-    g_ptr,
-    w_ptr,
-    dx_ptr,
-    NB,
-    H,
-    W,
-    C,
-    OH,
-    OW,
-    KH,
-    KW,
-    stride_h,
-    stride_w,
-    dil_h,
-    dil_w,
-    pad_h,
-    pad_w,
-    C_DIV: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    """dx[q, c] = sum_t g[dst(q, t), c] w[t, c]."""
-    C = (C // C_DIV) * C_DIV  # C is a multiple of C_DIV: see _channel_divisor
-    offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    p_mask = offs_p < NB * H * W
-    c_mask = offs_c < C
-    n_img, ih, iw = split_pixel(offs_p, H, W)
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for tap in range(0, KH * KW):
-        valid, base = tap_destination(
-            n_img, ih, iw, tap // KW, tap % KW, p_mask, OH, OW, C, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w
-        )
-        gv = tl.load(g_ptr + base[:, None] + offs_c[None, :], mask=valid[:, None] & c_mask[None, :], other=0.0)
-        wv = tl.load(w_ptr + tap * C + offs_c, mask=c_mask, other=0.0)
-        acc += gv.to(tl.float32) * wv.to(tl.float32)[None, :]
-    out = offs_p.to(tl.int64)[:, None] * C + offs_c[None, :]
-    tl.store(dx_ptr + out, acc.to(dx_ptr.dtype.element_ty), mask=p_mask[:, None] & c_mask[None, :])
-
-
-@triton.jit(do_not_specialize=_SPATIAL + _WINDOW[1:] + ["TAPS", "P_PER_SPLIT"])
-def _dw_wgrad_kernel(
-    x_ptr,
-    g_ptr,
-    ws_ptr,
-    NB,
-    H,
-    W,
-    C,
-    OH,
-    OW,
-    KW,
-    stride_h,
-    stride_w,
-    dil_h,
-    dil_w,
-    pad_h,
-    pad_w,
-    TAPS,
-    P_PER_SPLIT,
-    C_DIV: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    """ws[split, t, c] = sum over this split's pixels p of x[src(p, t), c] g[p, c]."""
-    C = (C // C_DIV) * C_DIV  # C is a multiple of C_DIV: see _channel_divisor
-    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    tap = tl.program_id(1)
-    split = tl.program_id(2)
-    kh = tap // KW
-    kw = tap % KW
-    c_mask = offs_c < C
-    P = NB * OH * OW
-    p_start = split * P_PER_SPLIT
-    p_end = tl.minimum(P, p_start + P_PER_SPLIT)
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for p0 in range(p_start, p_end, BLOCK_P):
-        p = p0 + tl.arange(0, BLOCK_P)
-        p_mask = p < p_end
-        n_img, oh, ow = split_pixel(p, OH, OW)
-        valid, base = tap_source(n_img, oh, ow, kh, kw, p_mask, H, W, C, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
-        xv = tl.load(x_ptr + base[:, None] + offs_c[None, :], mask=valid[:, None] & c_mask[None, :], other=0.0)
-        gv = tl.load(
-            g_ptr + p.to(tl.int64)[:, None] * C + offs_c[None, :], mask=p_mask[:, None] & c_mask[None, :], other=0.0
-        )
-        acc += xv.to(tl.float32) * gv.to(tl.float32)
-    total = tl.sum(acc, axis=0)
-    tl.store(ws_ptr + (split.to(tl.int64) * TAPS + tap) * C + offs_c, total, mask=c_mask)
-
-
-# ---------------------------------------------------------------------------------------------
-# launch helpers (block shapes, autotuning and recording: climseg.kernels.runtime)
-# ---------------------------------------------------------------------------------------------
-_JIT = {
-    "dense_fwd": _dense_fwd_kernel,
-    "dense_dgrad": _dense_dgrad_kernel,
-    "dense_wgrad": _dense_wgrad_kernel,
-    "dw_fwd": _dw_fwd_kernel,
-    "dw_dgrad": _dw_dgrad_kernel,
-}
+_JIT = {"dense_fwd": _dense_fwd_kernel, "dense_dgrad": _dense_dgrad_kernel, "dense_wgrad": _dense_wgrad_kernel}
 
 
 def _tuned(name, device, itemsize):
     """Kernel ``name`` wrapped in the autotuner for ``device`` and operands of ``itemsize`` bytes."""
     return runtime.tuned(name, _JIT[name], runtime.architecture(device), itemsize)
-
-
-def _mkey(m):
-    """Pixel counts bucketed to powers of two for the autotuning cache."""
-    return 1 << max(0, int(m) - 1).bit_length()
-
-
-def _precision(dtype):
-    tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not runtime.interpreting()
-    return "tf32" if tf32 else "ieee"
-
-
-def _empty(shape, device, dtype):
-    """Every buffer the launchers allocate (tests replace this to poison them with NaN)."""
-    return torch.empty(shape, device=device, dtype=dtype)
-
-
-def _upcast(dtype):
-    return dtype == torch.bfloat16 and runtime.interpreting()
-
-
-def _channel_divisor(c):
-    """The largest power of two (at most 16) that divides the channel count ``c``. The JIT marks
-    only multiples of 16; depthwise layers have e.g. 728 = 8 x 91 channels, and telling the
-    kernel so makes its channel loads 8 wide (16 bytes in 16-bit types) instead of one by one."""
-    return min(16, c & -c)
-
-
-def _cdiv(a, b):
-    return (a + b - 1) // b
 
 
 # ---------------------------------------------------------------------------------------------
@@ -555,13 +346,13 @@ def dense_forward(
     NB, H, W, Cin = x.shape
     OH, OW = out_hw
     if out is None:
-        out = _empty((NB, OH, OW, total_channels), x.device, x.dtype)
+        out = runtime.empty((NB, OH, OW, total_channels), x.device, x.dtype)
     M = NB * OH * OW
     branches = table.shape[0]
     dummy = out
     taps = int(w_packed.numel() // (Cin * out_channels))
     _tuned("dense_fwd", x.device, x.element_size())(
-        lambda meta: (_cdiv(M, meta["BLOCK_M"]), _cdiv(out_channels, meta["BLOCK_N"]), branches),
+        lambda meta: (runtime.cdiv(M, meta["BLOCK_M"]), runtime.cdiv(out_channels, meta["BLOCK_N"]), branches),
         x,
         w_packed,
         table,
@@ -585,9 +376,9 @@ def dense_forward(
         HAS_SHIFT=shift is not None,
         HAS_RES=residual is not None,
         RELU=relu,
-        PRECISION=_precision(x.dtype),
-        UPCAST=_upcast(x.dtype),
-        M_KEY=_mkey(M),
+        PRECISION=runtime.dot_precision(x.dtype),
+        UPCAST=runtime.upcast_operands(x.dtype),
+        M_KEY=runtime.pixel_key(M),
         TAPS_KEY=taps,
         FIXED=deterministic,
     )
@@ -599,11 +390,11 @@ def dense_dgrad(g, w_packed_t, table, in_shape, out_channels, stride, determinis
     weight as [KH, KW, Cout, Cin]; ``g`` is the NHWC gradient of the whole output."""
     NB, H, W, Cin = in_shape
     _, OH, OW, Ctot = g.shape
-    dx = _empty((NB, H, W, Cin), g.device, g.dtype) if out is None else out
+    dx = runtime.empty((NB, H, W, Cin), g.device, g.dtype) if out is None else out
     M = NB * H * W
     taps = int(w_packed_t.numel() // (Cin * out_channels))
     _tuned("dense_dgrad", g.device, g.element_size())(
-        lambda meta: (_cdiv(M, meta["BLOCK_M"]), _cdiv(Cin, meta["BLOCK_N"])),
+        lambda meta: (runtime.cdiv(M, meta["BLOCK_M"]), runtime.cdiv(Cin, meta["BLOCK_N"])),
         g,
         w_packed_t,
         table,
@@ -619,21 +410,13 @@ def dense_dgrad(g, w_packed_t, table, in_shape, out_channels, stride, determinis
         stride[0],
         stride[1],
         table.shape[0],
-        PRECISION=_precision(g.dtype),
-        UPCAST=_upcast(g.dtype),
-        M_KEY=_mkey(M),
+        PRECISION=runtime.dot_precision(g.dtype),
+        UPCAST=runtime.upcast_operands(g.dtype),
+        M_KEY=runtime.pixel_key(M),
         TAPS_KEY=taps,
         FIXED=deterministic,
     )
     return dx
-
-
-def _splits(tiles, pixels, device, block):
-    """How many parts the pixel reduction of the weight gradient is cut into: enough
-    programs to fill the GPU (about four waves), each part at least a few blocks long."""
-    sms = runtime.sm_count(device)
-    target = 4 * sms if sms else 64  # the interpreter: split too, so that tests see the split paths
-    return max(1, min(_cdiv(target, max(1, tiles)), _cdiv(pixels, 4 * block)))
 
 
 def dense_wgrad(x, g, jobs, weight_numel, out_channels, stride, deterministic):
@@ -644,17 +427,21 @@ def dense_wgrad(x, g, jobs, weight_numel, out_channels, stride, deterministic):
     P = NB * OH * OW
     kernel = _tuned("dense_wgrad", x.device, x.element_size())
     block = 64 if not runtime.interpreting() else 32
-    tiles = _cdiv(Cin, 64) * _cdiv(out_channels, 64) * jobs.shape[0]
-    splits = _splits(tiles, P, x.device, block)
-    per = _cdiv(_cdiv(P, splits), block) * block  # whole blocks per part
-    splits = _cdiv(P, per)
+    tiles = runtime.cdiv(Cin, 64) * runtime.cdiv(out_channels, 64) * jobs.shape[0]
+    splits = runtime.reduction_splits(tiles, P, x.device, block)
+    per = runtime.cdiv(runtime.cdiv(P, splits), block) * block  # whole blocks per part
+    splits = runtime.cdiv(P, per)
     atomic = not deterministic and splits > 1
     if atomic or splits == 1:
         dw = torch.zeros(weight_numel, device=x.device, dtype=torch.float32)
     else:
-        dw = _empty((splits, weight_numel), x.device, torch.float32)
+        dw = runtime.empty((splits, weight_numel), x.device, torch.float32)
     kernel(
-        lambda meta: (_cdiv(Cin, meta["BLOCK_M"]), _cdiv(out_channels, meta["BLOCK_N"]), jobs.shape[0] * splits),
+        lambda meta: (
+            runtime.cdiv(Cin, meta["BLOCK_M"]),
+            runtime.cdiv(out_channels, meta["BLOCK_N"]),
+            jobs.shape[0] * splits,
+        ),
         x,
         g,
         jobs,
@@ -673,146 +460,12 @@ def dense_wgrad(x, g, jobs, weight_numel, out_channels, stride, deterministic):
         per,
         weight_numel,
         ATOMIC=atomic,
-        PRECISION=_precision(x.dtype),
-        UPCAST=_upcast(x.dtype),
-        M_KEY=_mkey(P),
+        PRECISION=runtime.dot_precision(x.dtype),
+        UPCAST=runtime.upcast_operands(x.dtype),
+        M_KEY=runtime.pixel_key(P),
         TAPS_KEY=jobs.shape[0],
         FIXED=deterministic,
     )
     if dw.dim() == 2:
         dw = dw.sum(0)  # a fixed-order reduction: deterministic
     return dw
-
-
-def depthwise_forward(
-    x,
-    w_taps,
-    kernel_size,
-    stride,
-    padding,
-    dilation,
-    out_hw,
-    *,
-    bias=None,
-    scale=None,
-    shift=None,
-    residual=None,
-    relu=False,
-    deterministic=False,
-    out=None,
-):
-    """Depthwise conv of NHWC ``x``; ``w_taps`` is the weight as [KH*KW, C]."""
-    NB, H, W, C = x.shape
-    OH, OW = out_hw
-    if out is None:
-        out = _empty((NB, OH, OW, C), x.device, x.dtype)
-    M = NB * OH * OW
-    KH, KW = kernel_size
-    _tuned("dw_fwd", x.device, x.element_size())(
-        lambda meta: (_cdiv(M, meta["BLOCK_P"]), _cdiv(C, meta["BLOCK_C"])),
-        x,
-        w_taps,
-        bias if bias is not None else out,
-        scale if scale is not None else out,
-        shift if shift is not None else out,
-        residual if residual is not None else out,
-        out,
-        NB,
-        H,
-        W,
-        C,
-        OH,
-        OW,
-        KH,
-        KW,
-        stride[0],
-        stride[1],
-        dilation[0],
-        dilation[1],
-        padding[0],
-        padding[1],
-        HAS_BIAS=bias is not None,
-        HAS_SCALE=scale is not None,
-        HAS_SHIFT=shift is not None,
-        HAS_RES=residual is not None,
-        RELU=relu,
-        C_DIV=_channel_divisor(C),
-        M_KEY=_mkey(M),
-        TAPS_KEY=KH * KW,
-        FIXED=deterministic,
-    )
-    return out
-
-
-def depthwise_dgrad(g, w_taps, in_shape, kernel_size, stride, padding, dilation, deterministic=False, out=None):
-    """Input gradient (NHWC, shape ``in_shape``) of a depthwise conv from the NHWC output gradient ``g``."""
-    NB, H, W, C = in_shape
-    _, OH, OW, _ = g.shape
-    dx = _empty((NB, H, W, C), g.device, g.dtype) if out is None else out
-    M = NB * H * W
-    KH, KW = kernel_size
-    _tuned("dw_dgrad", g.device, g.element_size())(
-        lambda meta: (_cdiv(M, meta["BLOCK_P"]), _cdiv(C, meta["BLOCK_C"])),
-        g,
-        w_taps,
-        dx,
-        NB,
-        H,
-        W,
-        C,
-        OH,
-        OW,
-        KH,
-        KW,
-        stride[0],
-        stride[1],
-        dilation[0],
-        dilation[1],
-        padding[0],
-        padding[1],
-        C_DIV=_channel_divisor(C),
-        M_KEY=_mkey(M),
-        TAPS_KEY=KH * KW,
-        FIXED=deterministic,
-    )
-    return dx
-
-
-def depthwise_wgrad(x, g, kernel_size, stride, padding, dilation):
-    """Weight gradient of a depthwise conv as float32 [KH*KW, C]: per-part sums in a
-    workspace, then a fixed-order sum (deterministic in every mode)."""
-    NB, H, W, C = x.shape
-    _, OH, OW, _ = g.shape
-    KH, KW = kernel_size
-    P = NB * OH * OW
-    config = runtime.launch_configs("dw_wgrad", runtime.architecture(x.device), x.element_size())[0]
-    block_p, block_c = config.kwargs["BLOCK_P"], config.kwargs["BLOCK_C"]
-    c_tiles = _cdiv(C, block_c)
-    splits = _splits(c_tiles * KH * KW, P, x.device, block_p)
-    per = _cdiv(_cdiv(P, splits), block_p) * block_p
-    splits = _cdiv(P, per)
-    ws = _empty((splits, KH * KW, C), x.device, torch.float32)
-    args = (
-        x,
-        g,
-        ws,
-        NB,
-        H,
-        W,
-        C,
-        OH,
-        OW,
-        KW,
-        stride[0],
-        stride[1],
-        dilation[0],
-        dilation[1],
-        padding[0],
-        padding[1],
-        KH * KW,
-        per,
-    )
-    kwargs = dict(C_DIV=_channel_divisor(C))
-    if not runtime.record("dw_wgrad", _dw_wgrad_kernel, args, kwargs, True):
-        _dw_wgrad_kernel[(c_tiles, KH * KW, splits)](*args, **kwargs, **config.kwargs, num_warps=config.num_warps)
-    return ws.sum(0)
