@@ -1,8 +1,10 @@
 """climseg: DeepLabv3+ segmentation of extreme weather in climate simulation data.
 
-Data flows one way: ``cli -> train -> models -> nn -> ops -> (kernels | _cuda | reference)``;
-``climseg.data`` feeds ``climseg.train``; ``distributed`` and ``optim`` wrap the
-optimizer step. Classes: 0 background, 1 tropical cyclone (TC), 2 atmospheric river (AR).
+Imports point down the layers of docs/architecture.md (checked by import-linter): ``cli`` >
+``bench``, ``info`` > ``verify`` > ``train``, ``predict``, ``analytics`` > ``losses`` > ``data`` >
+``models``, ``distributed``, ``optim`` > ``nn``, ``metrics`` > ``ops`` > ``kernels`` > the base
+(``perf``, ``plotting``, ``sphere``, ``progress``, ``output``, ``constants``, ``errors``). Classes: 0
+background, 1 tropical cyclone (TC), 2 atmospheric river (AR).
 
 Importing ``climseg`` is light (the constants only). The public subpackages load on first
 use (PEP 562): ``import climseg`` then ``climseg.nn.convert_model(model)`` works, and so
