@@ -176,7 +176,8 @@ def batchnorm_groups(group_size, topology=None):
     (None when the group is this rank alone). Collective: every rank must call it."""
     from climseg.distributed import launch
 
-    topo = topology or launch.topology() or launch.init()
+    # init() returns the current topology, or adopts the running group when that one is stale
+    topo = launch.check_world(topology, "batch-norm groups") if topology is not None else launch.init()
     return launch.batchnorm_group(topo, group_size)
 
 
