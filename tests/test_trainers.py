@@ -76,30 +76,35 @@ def test_plain_ddp_under_torchrun(small_dataset, tmp_path):
 def test_lightning_ddp_ends_identical_and_resumes(small_dataset, tmp_path):
     pytest.importorskip("pytorch_lightning")
 
-    def count_hook_calls(source):  # is it climseg's hook that averaged (DDP's own would too)?
+    def instrument(source):  # is it climseg's hook that averaged (DDP's own would too)? which epochs were set?
         counting = (
             "import climseg.distributed.lightning as wiring\n"
-            "calls = []\n"
+            "calls, epochs_set = [], []\n"
             "original = wiring.hierarchical_allreduce_hook\n"
             "wiring.hierarchical_allreduce_hook = lambda state, bucket: calls.append(1) or original(state, bucket)\n"
+            "set_epoch = FastLoader.set_epoch\n"
+            "FastLoader.set_epoch = lambda self, e, start=0: epochs_set.append(e) or set_epoch(self, e, start)\n"
             "\n\nif __name__ == "
         )
         source = source.replace("\n\nif __name__ == ", "\n\n" + counting, 1)
-        return source + '\n    print(f"rank {trainer.global_rank}: {len(calls)} calls of the hook")\n'
+        report = 'print(f"rank {trainer.global_rank}: {len(calls)} hook calls, epochs set {sorted({*epochs_set})}")'
+        return source + "\n    " + report + "\n"
 
-    script = write_script(tmp_path, "lightning_ddp.py", count_hook_calls)
     out = tmp_path / "run"
+    script = write_script(tmp_path, "lightning_ddp.py")  # as the page has it
     code, log = run([sys.executable, script, small_dataset, str(out), "1"], tmp_path)
     assert_identical(code, log, 1)
-    for rank in (0, 1):
-        calls = re.search(f"rank {rank}: (\\d+) calls of the hook", log)
-        assert calls and int(calls.group(1)) >= 2, log[-4000:]  # 2 steps, one bucket each at least
-    script = write_script(tmp_path, "lightning_ddp.py")
     first = torch.load(out / "last.ckpt", weights_only=False)
     assert first["epoch"] == 0
+    script = write_script(tmp_path, "lightning_ddp.py", instrument)  # resumed for a second epoch
     code, log = run([sys.executable, script, small_dataset, str(out), "2"], tmp_path)
     assert_identical(code, log, 2)
     assert "Restoring states from the checkpoint" in log or "Restored all states" in log, log[-4000:]
+    for rank in (0, 1):
+        seen = re.search(f"rank {rank}: (\\d+) hook calls, epochs set \\[([\\d, ]*)\\]", log)
+        assert seen and int(seen.group(1)) >= 2, log[-4000:]  # 2 steps, one bucket each at least
+        # Lightning set the resumed epoch through loader.sampler (FastLoader's own starts at 0)
+        assert "1" in seen.group(2).split(", "), log[-4000:]
     second = torch.load(out / "last.ckpt", weights_only=False)
     assert second["epoch"] == 1 and second["global_step"] == 2 * first["global_step"]
 
