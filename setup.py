@@ -235,6 +235,7 @@ setup(
         "cuda": ["cupy-cuda12x>=13"],
         "docs": ["mkdocs>=1.5", "mkdocs-material>=9", "mkdocstrings[python]>=0.24"],  # mkdocs build --strict
         "parquet": ["pyarrow>=12"],  # climseg track also writes its tables as Parquet
+        "trainers": ["pytorch-lightning>=2.4", "accelerate>=1.0"],  # tests/test_trainers.py, docs/trainers.md
     },
     entry_points={"console_scripts": ["climseg=climseg.cli:main"]},
     classifiers=[

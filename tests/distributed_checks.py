@@ -338,7 +338,184 @@ CHECKS = {
     "bn_stats": check_bn_stats,
 }
 
+
+# ----------------------------------------------------------------------------- adopting a trainer's group
+# Started by tests/test_distributed.py as separate processes, the way PyTorch Lightning's launcher
+# starts them (LOCAL_RANK, NODE_RANK, WORLD_SIZE, MASTER_ADDR/PORT, no RANK: style "lightning") or
+# with no launcher variables at all (the rank in CHECK_RANK: style "bare"); each process starts
+# torch.distributed itself, as a trainer does, before or after climseg.distributed.init().
+
+
+def _expect_config_error(fn, *needles):
+    from climseg.errors import ConfigError
+
+    try:
+        fn()
+    except ConfigError as exc:
+        message = str(exc)
+        assert all(n in message for n in needles), message
+        assert "\n" not in message, message
+        return message
+    raise AssertionError(f"no ConfigError (expected one saying {needles})")
+
+
+def _ddp_steps(model, topo, steps=3, lr=0.1, state=None):
+    """A few DDP steps with the hierarchical hook, each rank on its own part of the batch; returns
+    the largest difference between this rank's final weights and rank 0's."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    r, n = dist.get_rank(), dist.get_world_size()
+    ddp = DistributedDataParallel(model)
+    ddp.register_comm_hook(state if state is not None else topo, cd.hierarchical_allreduce_hook)
+    opt = torch.optim.SGD(ddp.parameters(), lr=lr)
+    for step in range(steps):
+        x, y = _batch(step, n * 2)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(ddp(x[r * 2 : (r + 1) * 2]), y[r * 2 : (r + 1) * 2]).backward()
+        opt.step()
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    first = flat.clone()
+    dist.broadcast(first, 0)
+    return (flat - first).abs().max().item()
+
+
+def check_adopt():
+    """init() after a trainer started torch.distributed without RANK (issue 28, item 1): the
+    topology is the running job's, nodes from LOCAL_RANK/NODE_RANK or host names, and the
+    hook averages (weights equal on every rank, equal to one process on the whole batch)."""
+    style = os.environ["CHECK_STYLE"]
+    rank = int(os.environ["LOCAL_RANK"] if style == "lightning" else os.environ["CHECK_RANK"])
+    world = int(os.environ["WORLD_SIZE"] if style == "lightning" else os.environ["CHECK_WORLD"])
+    assert "RANK" not in os.environ
+    early = None
+    if style == "bare":  # init() at the top of a script, before the trainer starts its group
+        early = cd.init()
+        assert early.world_size == 1
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    if early is not None:
+        x = torch.ones(3)
+        _expect_config_error(
+            lambda: cd.hierarchical_all_reduce(x, "sum"), "has 1 rank(s) but torch.distributed runs 2", "Lightning"
+        )
+        _expect_config_error(
+            lambda: cd.DistributedOptimizer(
+                torch.optim.SGD(_tiny_model().parameters(), lr=0.1), _tiny_model().named_parameters(), topology=early
+            ),
+            "DistributedOptimizer",
+            "has 1 rank(s)",
+        )
+        try:  # the hook with state None refuses the world of one in the first backward
+            _ddp_steps(_tiny_model(), None, steps=1, state=cd.HierarchicalHookState())
+        except Exception as exc:
+            assert "not adopted its process group" in str(exc) and "Accelerate" in str(exc), str(exc)
+        else:
+            raise AssertionError("the hook averaged over a world of one")
+        dist.barrier()
+    topo = cd.init()  # adopts (and replaces the world of one made before)
+    assert topo is not early and topo.world_size == world and topo.rank == rank
+    assert topo.launcher == "torch.distributed" and topo.num_nodes == 1 and topo.local_size == world, topo
+    assert topo.local_rank == rank and topo.world is dist.group.WORLD and topo.adopted
+    assert cd.init() is topo
+    for dtype in (torch.float32, torch.bfloat16, torch.int16):  # int16: gloo sums none, climseg widens it
+        x = (torch.arange(1001) % 7 + rank).to(dtype)
+        cd.hierarchical_all_reduce(x, "sum")
+        assert x.dtype == dtype and torch.equal(x.double(), 2 * (torch.arange(1001) % 7).double() + 1), dtype
+    spread = _ddp_steps(_tiny_model(), topo)
+    assert spread == 0.0, f"ranks drifted apart by {spread}"
+    check_ddp(topo)
+    check_sync_batchnorm_stats()
+    model = _tiny_model()
+    assert cd.check_replicas(model) == 0.0
+    if rank == 1:
+        with torch.no_grad():
+            model[2].bias.add_(0.25)
+    message = None
+    try:
+        cd.check_replicas(model)
+    except Exception as exc:  # TrainingError
+        message = str(exc)
+    assert message and "differ from rank 0's by up to 0.25" in message, message
+    assert rank == 0 or "2.bias" in message, message
+    cd.shutdown()  # forgets the adopted topology, leaves the trainer's group alone
+    assert dist.is_initialized()
+    dist.barrier()
+    dist.destroy_process_group()
+    return f"{world} ranks, style {style}"
+
+
+def check_sync_batchnorm_stats():
+    """sync_batchnorm_stats after DDP training: the running statistics differed (each rank's last
+    forward moves them by its own batch) and are the mean over ranks afterwards, the same everywhere."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from climseg.distributed import sync_batchnorm_stats
+    from climseg.distributed.batchnorm import flatten_running_stats
+
+    r, n = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 2, 1))
+    ddp = DistributedDataParallel(model)  # broadcast_buffers: rank 0's statistics before each forward
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    for step in range(3):
+        x, y = _batch(step, n * 2)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(ddp(x[r * 2 : (r + 1) * 2] * (r + 1)), y[r * 2 : (r + 1) * 2]).backward()
+        opt.step()
+    before = flatten_running_stats(model)
+    gathered = [torch.empty_like(before) for _ in range(n)]
+    dist.all_gather(gathered, before)
+    mean = sum(gathered) / n
+    expected_spread = max((g - mean).abs().max().item() for g in gathered)
+    assert expected_spread > 1e-4, expected_spread  # they did differ
+    spread = sync_batchnorm_stats(ddp)
+    assert abs(spread - expected_spread) <= 1e-6 * max(1.0, expected_spread), (spread, expected_spread)
+    after = flatten_running_stats(model)
+    torch.testing.assert_close(after, mean, rtol=0, atol=1e-6)
+    dist.all_gather(gathered, after)
+    assert all(torch.equal(g, gathered[0]) for g in gathered)
+    assert sync_batchnorm_stats(model) <= 1e-6
+
+
+def check_fastloader_ranks():
+    """FastLoader inside a job: sharded from torch.distributed by default, a sampler whose
+    set_epoch trainers find, the same permutation on every rank, len() per rank right (item 3)."""
+    from climseg.data import FastLoader
+
+    dist.init_process_group("gloo", rank=int(os.environ["CHECK_RANK"]), world_size=int(os.environ["CHECK_WORLD"]))
+    r, n = dist.get_rank(), dist.get_world_size()
+    source = os.path.join(sys.argv[2], "train")
+    for drop_last in (True, False):
+        loader = FastLoader(source, 2, threads=1, drop_last=drop_last, shuffle=True, seed=3)
+        assert (loader.rank, loader.world_size) == (r, n)
+        epochs = []
+        for epoch in range(2):
+            loader.sampler.set_epoch(epoch)  # what Lightning does at each epoch's start
+            names = [loader.files[i] for i in loader.sampler]
+            batches = list(loader)
+            assert len(batches) == len(loader), (len(batches), len(loader), drop_last)
+            assert sum(b[0].shape[0] for b in batches) == (len(names) if not drop_last else len(loader) * 2)
+            assert batches[0][0].shape[1] == 16 and batches[0][0].is_contiguous(memory_format=torch.channels_last)
+            every = [None] * n
+            dist.all_gather_object(every, names)
+            seen = [p for names_r in every for p in names_r]
+            assert len(seen) == len(set(seen)), "two ranks read the same sample"
+            if not drop_last:
+                assert sorted(seen) == sorted(loader.files), "a sample was left out"
+            epochs.append(every)
+        assert epochs[0] != epochs[1], "the epoch did not change the order"
+        explicit = FastLoader(source, 2, threads=1, rank=0, world_size=1, drop_last=drop_last)
+        assert explicit.world_size == 1 and len(explicit.epoch_indices()) == len(explicit.files)  # given values win
+    dist.destroy_process_group()
+    return f"{n} ranks"
+
+
+ADOPT_CHECKS = {"adopt": check_adopt, "fastloader-ranks": check_fastloader_ranks}
+
 if __name__ == "__main__":
+    if sys.argv[1] in ADOPT_CHECKS:
+        what = ADOPT_CHECKS[sys.argv[1]]()
+        print(f"{sys.argv[1]} ok: {what}", flush=True)
+        sys.exit(0)
     if sys.argv[1] in NO_INIT_CHECKS:
         what = NO_INIT_CHECKS[sys.argv[1]]()
         if int(os.environ.get("RANK", "0")) == 0:

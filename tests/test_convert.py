@@ -527,3 +527,101 @@ def test_converted_model_compiles_without_graph_break(seed):
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), converted(x))
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints: a converted model's state dict in the original layout, both ways (issue 28, item 5)
+# ---------------------------------------------------------------------------------------------
+def _climseg_state(model):
+    """The converted model's own tensors (climseg's keys), for exact comparisons."""
+    previous = model.state_dict_layout
+    model.state_dict_layout = "climseg"
+    try:
+        return {k: v.clone() for k, v in model.state_dict().items()}
+    finally:
+        model.state_dict_layout = previous
+
+
+def _assert_same_tensors(a, b):
+    assert list(a) == list(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+
+
+def test_converted_model_saves_the_original_layout_and_the_plain_model_loads_it(seed):
+    """Before: plain.load_state_dict(converted.state_dict()) failed (Error(s) in loading state_dict)."""
+    model = _randomise(tv_deeplabv3(), seed)
+    converted = convert_model(model, fold_bn=True, fuse_aspp=True)
+    assert converted.conversion_report.folded and converted.conversion_report.aspp_replaced
+    state = converted.state_dict()
+    _assert_same_tensors(state, model.state_dict())  # same keys, same order, same values
+    plain = _randomise(tv_deeplabv3(), seed + 1)
+    plain.load_state_dict(state)  # strict
+    x = torch.randn(1, 16, 31, 29)
+    with torch.no_grad():
+        torch.testing.assert_close(_out(plain(x)), _out(converted(x)), rtol=1e-4, atol=1e-4)
+    explicit = unfold_state_dict(converted)
+    _assert_same_tensors(explicit, state)
+    assert converted.state_dict_layout == "original"
+
+
+def test_plain_checkpoint_loads_into_a_converted_model_exactly(seed):
+    source = _randomise(tv_deeplabv3(), seed)
+    target = convert_model(_randomise(tv_deeplabv3(), seed + 1), fold_bn=True, fuse_aspp=True)
+    result = target.load_state_dict(source.state_dict())  # strict: nothing missing, nothing unexpected
+    assert not result.missing_keys and not result.unexpected_keys
+    expected = convert_model(source, fold_bn=True, fuse_aspp=True)
+    _assert_same_tensors(_climseg_state(target), _climseg_state(expected))  # the same folded scale and shift
+    _assert_same_tensors(target.state_dict(), source.state_dict())  # and back, unchanged
+    x = torch.randn(1, 16, 23, 27)
+    with torch.no_grad():
+        torch.testing.assert_close(_out(target(x)), _out(source(x)), rtol=1e-4, atol=1e-4)
+
+
+def test_changed_epilogue_goes_through_the_original_layout_bit_for_bit(seed):
+    """A folded scale and shift that no saved norm gives (fine-tuned after folding): the original
+    layout carries them as a unit-variance norm, and loading that back restores them exactly."""
+    converted = convert_model(_randomise(tv_deeplabv3(), seed), fold_bn=True, fuse_aspp=True)
+    for conv in (converted.backbone.layer2[1].conv2, converted.classifier[0].atrous[1].conv):
+        conv.scale.mul_(torch.rand_like(conv.scale) + 0.5)
+        conv.shift.add_(torch.randn_like(conv.shift) * 0.1)
+    state = converted.state_dict()
+    assert torch.equal(state["classifier.0.convs.2.1.running_mean"], torch.zeros(8))
+    other = convert_model(_randomise(tv_deeplabv3(), seed + 2), fold_bn=True, fuse_aspp=True)
+    other.load_state_dict(state)
+    _assert_same_tensors(_climseg_state(other), _climseg_state(converted))
+    plain = _randomise(tv_deeplabv3(), seed + 3)
+    plain.load_state_dict(state)
+    x = torch.randn(1, 16, 19, 21)
+    with torch.no_grad():
+        torch.testing.assert_close(_out(plain(x)), _out(converted(x)), rtol=1e-4, atol=1e-4)
+
+
+def test_climseg_layout_on_request_and_both_layouts_load(seed):
+    model = _randomise(tv_deeplabv3(), seed)
+    ours = convert_model(model, fold_bn=True, fuse_aspp=True, state_dict_layout="climseg")
+    own = ours.state_dict()
+    assert "classifier.0.atrous.0.conv.scale" in own and "classifier.0.convs.1.1.weight" not in own
+    with pytest.raises(RuntimeError, match="Error\\(s\\) in loading state_dict"):
+        _randomise(tv_deeplabv3(), seed + 1).load_state_dict(own)  # climseg's keys: the plain model refuses them
+    default = convert_model(_randomise(tv_deeplabv3(), seed + 1), fold_bn=True, fuse_aspp=True)
+    default.load_state_dict(own)  # an old (climseg-layout) checkpoint still loads
+    _assert_same_tensors(_climseg_state(default), own)
+    with pytest.raises(ValueError, match="state_dict_layout"):
+        convert_model(model, state_dict_layout="torchvision")
+
+
+def test_wrapped_converted_model_keeps_the_original_layout_under_its_prefix(seed):
+    """Inside a wrapper (as in a LightningModule, DDP or torch.compile) only the converted
+    model's keys, under its prefix, change."""
+    theirs = _randomise(TVASPP(6, [2, 3], cout=4), seed).train()
+    wrapper = nn.ModuleDict({"head": nn.Conv2d(3, 6, 1), "net": convert_model(theirs, fuse_aspp=True)})
+    plain = nn.ModuleDict({"head": nn.Conv2d(3, 6, 1), "net": _randomise(TVASPP(6, [2, 3], cout=4), seed + 1)})
+    state = wrapper.state_dict()
+    assert list(state) == list(plain.state_dict())
+    plain.load_state_dict(state)
+    back = nn.ModuleDict({"head": nn.Conv2d(3, 6, 1), "net": convert_model(plain["net"], fuse_aspp=True)})
+    back.load_state_dict(plain.state_dict())
+    _assert_same_tensors(back.state_dict(), state)
+    compiled = torch.compile(wrapper["net"], backend="eager")
+    assert all(k.startswith("_orig_mod.convs.") or k.startswith("_orig_mod.project.") for k in compiled.state_dict())

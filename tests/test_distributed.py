@@ -194,6 +194,76 @@ def test_data_parallel_resume_is_exact(small_dataset, tmp_path, lag):
     assert [r["loss"] for r in ra] == pytest.approx([r["loss"] for r in rb], rel=1e-9)
 
 
+def spawn(n, check, style, *args, timeout=300):
+    """``n`` processes of ``distributed_checks.py CHECK`` started the way a trainer starts them:
+    style "lightning" (Lightning's launcher: LOCAL_RANK, NODE_RANK, WORLD_SIZE, no RANK) or "bare"
+    (no launcher variables; the rank in CHECK_RANK); nodes from the host names (no CLIMSEG_LOCAL_SIZE)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for r in range(n):
+        env = job_env(1)
+        env.pop("CLIMSEG_LOCAL_SIZE")
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), CHECK_STYLE=style)
+        if style == "lightning":
+            env.update(LOCAL_RANK=str(r), NODE_RANK="0", WORLD_SIZE=str(n))
+        else:
+            env.update(CHECK_RANK=str(r), CHECK_WORLD=str(n))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, CHECKS, check, *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outs = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        outs.append((p.returncode, out, err))
+    return outs
+
+
+@pytest.mark.parametrize("style", ["lightning", "bare"])
+def test_init_adopts_a_trainers_process_group(style):
+    """Issue 28, item 1: Lightning's launcher sets no RANK; init() after the trainer's
+    init_process_group adopts it (before: a one-rank topology and silently diverging ranks).
+    With init() called before the group exists, every climseg collective, the hook and the
+    optimizer wrapper refuse the world of one with one clear error, and init() replaces it."""
+    for code, out, err in spawn(2, "adopt", style):
+        assert code == 0, out + err
+        assert f"adopt ok: 2 ranks, style {style}" in out
+
+
+def test_fastloader_shards_and_follows_the_trainers_epochs(small_dataset):
+    for code, out, err in spawn(2, "fastloader-ranks", "bare", small_dataset):
+        assert code == 0, out + err
+        assert "fastloader-ranks ok: 2 ranks" in out
+
+
+def test_init_refuses_a_process_that_is_one_of_several_without_a_rank(monkeypatch):
+    from climseg.errors import ConfigError
+
+    for k in list(os.environ):
+        if k.startswith(("RANK", "LOCAL_", "OMPI_", "PMI", "MPI_", "JSM_", "SLURM_", "TORCHELASTIC")):
+            monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # Lightning's second process, before trainer.fit starts the group
+    with pytest.raises(ConfigError, match="WORLD_SIZE=2 says this process is one of 2") as info:
+        launch.init()
+    assert "LightningModule.setup()" in str(info.value) and "Accelerator()" in str(info.value)
+    assert launch.topology() is None
+
+
 # ----------------------------------------------------------------------------- single-process parts
 
 

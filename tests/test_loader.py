@@ -252,3 +252,48 @@ def test_extension_was_built():
     from climseg.data.loader import extension_available
 
     assert extension_available(), "climseg._C is missing although CLIMSEG_FORCE_CPP_BUILD=1"
+
+
+def test_trainers_find_set_epoch_on_the_sampler(odd_dataset):
+    """Issue 28, item 3: trainers (PyTorch Lightning's _set_sampler_epoch) call set_epoch on
+    ``loader.sampler`` or ``loader.batch_sampler.sampler``; before, FastLoader had neither, so
+    every epoch came in the same order."""
+    train = os.path.join(odd_dataset, "train")
+    fl = FastLoader(train, 2, threads=1, seed=5)
+
+    def trainer_sets_epoch(loader, epoch):  # what Lightning 2.x does, without importing it
+        for obj in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+            if callable(getattr(obj, "set_epoch", None)):
+                obj.set_epoch(epoch)
+
+    orders = []
+    for epoch in range(3):
+        trainer_sets_epoch(fl, epoch)
+        orders.append([fl.files[i] for i in fl.sampler])
+        assert len(fl.sampler) == len(orders[-1]) == len(fl.files)
+        assert sum(d.shape[0] for d, _ in fl) == len(fl) * 2 == 8  # drop_last: whole batches of 2
+    assert orders[0] != orders[1] != orders[2]
+    fl.set_epoch(1, start_batch=2)  # resuming mid-epoch; the sampler's set_epoch starts the epoch over
+    assert [fl.files[i] for i in fl.epoch_indices()] == orders[1][4:]
+    fl.sampler.set_epoch(1)
+    assert fl.start_batch == 0
+
+
+def test_ranks_default_to_one_process_and_must_come_in_pairs(odd_dataset):
+    from climseg.data.sampling import resolve_ranks
+    from climseg.errors import ConfigError
+
+    train = os.path.join(odd_dataset, "train")
+    fl = FastLoader(train, 1, threads=1)
+    assert (fl.rank, fl.world_size) == (0, 1)  # no torch.distributed running: every file
+    assert len(fl) == len(fl.files)
+    assert resolve_ranks(None, 1) == (0, 1) and resolve_ranks(2, 3) == (2, 3)
+    with pytest.raises(ConfigError, match="without world_size"):
+        resolve_ranks(1, None)
+    with pytest.raises(ConfigError, match="without rank"):
+        FastLoader(train, 1, world_size=2)
+    with pytest.raises(ConfigError, match="outside"):
+        FastLoader(train, 1, rank=2, world_size=2)
+    data, labels = next(iter(fl))
+    assert data.shape == (1, 16, 48, 80) and data.is_contiguous(memory_format=torch.channels_last)
+    assert labels.shape == (1, 48, 80) and labels.dtype == torch.int64

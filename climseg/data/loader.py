@@ -29,7 +29,7 @@ from climseg.constants import CHANNELS, NUM_CLASSES
 from climseg.data.deepcam import DATA_KEY, LABELS_KEY, channel_indices, read_sample
 from climseg.data.manifest import resolve_source
 from climseg.data.payload import LABEL_CODES, PayloadLayout
-from climseg.data.sampling import epoch_order
+from climseg.data.sampling import EpochControl, epoch_order, resolve_ranks
 from climseg.data.stats import ChannelStats, find_stats, read_stats
 from climseg.errors import ConfigError, DataError
 from climseg.perf.cpu import tune_cpu_allocator
@@ -81,9 +81,12 @@ class FastLoader:
         threads: reader threads (default: the CPU cores).
         prefetch: batches prepared ahead (default 2).
         shuffle, seed: a permutation of the files drawn from ``(seed, epoch)``; without
-            shuffling, sorted file order.
+            shuffling, sorted file order. The same seed on every rank gives every rank the same
+            permutation, so the shares never overlap.
         rank, world_size: this rank reads every ``world_size``-th file of the epoch's
-            order (equal shares with ``drop_last``; every file exactly once without).
+            order (equal shares with ``drop_last``; every file exactly once without). Default
+            (None): ``torch.distributed``'s rank and world size when it runs (a trainer's process
+            group: torchrun, Lightning, Accelerate), else 0 and 1. Given values win; give both.
         drop_last: drop a last, smaller batch.
         on_bad_sample: ``"error"`` (raise DataError naming the file and the problem) or
             ``"skip"`` (leave the file out from then on, log it once, count it in :attr:`skipped`).
@@ -103,7 +106,13 @@ class FastLoader:
             CUDA kernel, climseg.ops.normalize_input, converts after the upload: less CPU
             work, twice the upload bytes for 16-bit output) or ``"auto"`` (default:
             ``"device"`` when ``device`` is CUDA and the CUDA kernels are there).
+
+    In a trainer: ``len(loader)`` is this rank's batches per epoch; :attr:`sampler` is where
+    trainers that call ``loader.sampler.set_epoch(epoch)`` (PyTorch Lightning) set the epoch;
+    elsewhere call :meth:`set_epoch` at each epoch's start (the order is the same otherwise).
     """
+
+    batch_sampler = None  # as a DataLoader without one: trainers that look for it find the sampler instead
 
     def __init__(
         self,
@@ -119,8 +128,8 @@ class FastLoader:
         prefetch=2,
         shuffle=True,
         seed=0,
-        rank=0,
-        world_size=1,
+        rank=None,
+        world_size=None,
         drop_last=True,
         on_bad_sample="error",
         device=None,
@@ -138,8 +147,7 @@ class FastLoader:
             raise ConfigError(f"layout must be 'nhwc' or 'nchw', not {layout!r}")
         if on_bad_sample not in POLICIES:
             raise ConfigError(f"on_bad_sample must be 'error' or 'skip', not {on_bad_sample!r}")
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"rank {rank} is outside 0..{world_size - 1}")
+        rank, world_size = resolve_ranks(rank, world_size)
         self.files, folder, self.rank, self.world_size = resolve_source(source, rank, world_size)
         if not self.files:
             raise DataError(f"{folder}: no sample files for rank {rank}")
@@ -199,6 +207,18 @@ class FastLoader:
         """Use epoch ``epoch``'s order from batch ``start_batch`` on (to resume mid-epoch)."""
         self.epoch, self.start_batch = int(epoch), int(start_batch)
 
+    def epoch_indices(self):
+        """This rank's sample indices (into :attr:`files`) of the current epoch, from the resume
+        position on."""
+        return self._my_indices()
+
+    @property
+    def sampler(self):
+        """Where trainers look for ``set_epoch`` (PyTorch Lightning and others call
+        ``loader.sampler.set_epoch(epoch)`` at each epoch's start): an :class:`EpochControl` that
+        sets this loader's epoch, so that every epoch reshuffles, identically on all ranks."""
+        return EpochControl(self)
+
     def _my_indices(self):
         order = epoch_order(len(self.files), self.seed, self.epoch, self.shuffle).tolist()
         if self.drop_last:
@@ -209,6 +229,7 @@ class FastLoader:
         return mine[self.start_batch * self.batch_size :]
 
     def __len__(self):
+        """This rank's batches in an epoch (the same on every rank with ``drop_last``)."""
         n = (
             len(self.files) // self.world_size
             if self.drop_last

@@ -1,7 +1,11 @@
 """Epoch order: a permutation drawn from ``(seed, epoch)`` alone, optionally
-sharded over ranks and started part-way (to resume mid-epoch exactly)."""
+sharded over ranks and started part-way (to resume mid-epoch exactly); a loader's
+ranks (given, or ``torch.distributed``'s) and the ``sampler`` through which trainers
+set its epoch."""
 
 import torch
+
+from climseg.errors import ConfigError
 
 
 def epoch_order(num_samples, seed, epoch, shuffle=True):
@@ -35,3 +39,46 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __len__(self):
         return max(0, self.num_samples // self.world_size - self.start)
+
+
+class EpochControl:
+    """A loader's :attr:`FastLoader.sampler`: ``set_epoch(epoch)`` starts epoch ``epoch`` from its
+    first batch; iterating yields this rank's sample indices of the current epoch (into
+    ``loader.files``), ``len()`` counts them."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def set_epoch(self, epoch):
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        return iter(self.loader.epoch_indices())
+
+    def __len__(self):
+        return len(self.loader.epoch_indices())
+
+
+def resolve_ranks(rank=None, world_size=None):
+    """``(rank, world_size)`` of a loader: the given values; where both are None,
+    ``torch.distributed``'s when it runs, else ``(0, 1)``; where one is given, the other from
+    ``torch.distributed`` when it runs that many processes (else a ``ConfigError``: give both)."""
+    dist = torch.distributed
+    running = dist.is_available() and dist.is_initialized()
+    if rank is None and world_size is None:
+        return (dist.get_rank(), dist.get_world_size()) if running else (0, 1)
+    if rank is None:
+        if running and world_size == dist.get_world_size():
+            rank = dist.get_rank()
+        elif world_size == 1:
+            rank = 0
+        else:
+            raise ConfigError(f"world_size={world_size} was given without rank: give both")
+    if world_size is None:
+        if running:
+            world_size = dist.get_world_size()
+        else:
+            raise ConfigError(f"rank={rank} was given without world_size: give both")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is outside 0..{world_size - 1}")
+    return int(rank), int(world_size)

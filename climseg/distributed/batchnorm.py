@@ -31,7 +31,9 @@ by their own batches): :func:`average_running_stats` makes them the mean over a 
 collects every rank's as one flat float32 tensor per rank (what a mid-epoch checkpoint keeps, when
 they still differ), and :func:`load_running_stats` puts one rank's back (its resume). The flat
 layout is :func:`flatten_running_stats`: means and variances of every tracking batch norm, in
-module order (:func:`running_stat_buffers`).
+module order (:func:`running_stat_buffers`). For other trainers, :func:`sync_batchnorm_stats`
+does the same average over ``torch.distributed``'s world (or a group) and says how far apart
+the ranks were; :class:`climseg.distributed.lightning.SyncBatchNormStats` calls it for Lightning.
 """
 
 import torch
@@ -174,7 +176,8 @@ def batchnorm_groups(group_size, topology=None):
     (None when the group is this rank alone). Collective: every rank must call it."""
     from climseg.distributed import launch
 
-    topo = topology or launch.topology() or launch.init()
+    # init() returns the current topology, or adopts the running group when that one is stale
+    topo = launch.check_world(topology, "batch-norm groups") if topology is not None else launch.init()
     return launch.batchnorm_group(topo, group_size)
 
 
@@ -270,3 +273,28 @@ def average_running_stats(model, group, world_size):
     _all_reduce_sum(flat, group)
     flat /= world_size
     load_running_stats(model, flat)
+
+
+@torch.no_grad()
+def sync_batchnorm_stats(model, group=None):
+    """Make the running means and variances of ``model``'s batch norms (any module: a plain
+    network, a DDP wrapper, a LightningModule) the mean over the ranks of ``group`` (default: the
+    world of ``torch.distributed``), in place, as ``climseg train --bn-stats-sync epoch`` does at
+    every epoch's end. Call it on every rank before validating, checkpointing or exporting: DDP
+    copies rank 0's buffers at each forward, but every rank's last forward moves them by its own
+    batch, so without it the ranks end with different statistics.
+
+    Returns the largest difference, over ranks and statistics, between a rank's value and the
+    mean before the sync (0.0 on one process, or for a model without running statistics).
+    Collective: two all-reduces (one flat float32 sum, one scalar maximum)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0.0
+    world_size = dist.get_world_size(group)
+    flat = flatten_running_stats(model)
+    if world_size == 1 or flat is None:
+        return 0.0
+    mean = _all_reduce_sum(flat.clone(), group) / world_size
+    spread = (flat - mean).abs().max().reshape(1)
+    dist.all_reduce(spread, op=dist.ReduceOp.MAX, group=group)
+    load_running_stats(model, mean)
+    return float(spread)

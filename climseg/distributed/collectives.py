@@ -97,6 +97,11 @@ def flat_all_reduce(tensor, op="sum", compression=None, group=None, prescale=Fal
     if op not in ("sum", "avg"):
         raise ConfigError(f"op must be 'sum' or 'avg', not {op!r}")
     _check_tensor(tensor, op, compression)
+    if not tensor.is_floating_point() and tensor.element_size() < 4:
+        # gloo sums no 8- or 16-bit integers: sum in int64; the cast back wraps as a sum in the type would
+        wide = tensor.to(torch.int64)
+        flat_all_reduce(wide, op, None, group, prescale)
+        return tensor.copy_(wide)
     n = _group_size(group)
     wire = _wire_dtype(tensor, compression)
     scale = 1.0 / n if op == "avg" else 1.0
@@ -142,13 +147,15 @@ def hierarchical_all_reduce(tensor, op="sum", compression=None, topology=None, t
         prescale: divide by the world size before sending instead of after.
 
     Falls back to :func:`flat_all_reduce` when the job is one node, one rank
-    per node, or nodes of unequal size.
+    per node, or nodes of unequal size. A topology whose size differs from the running
+    job's (``torch.distributed``) is refused with a ``ConfigError`` naming both.
     """
+    from climseg.distributed.launch import HOW_TO_INIT, check_world
     from climseg.distributed.launch import topology as current
 
-    topo = topology or current()
+    topo = check_world(topology or current(), "hierarchical_all_reduce")
     if topo is None:
-        raise ConfigError("hierarchical_all_reduce: call climseg.distributed.init() first")
+        raise ConfigError(f"hierarchical_all_reduce: no climseg topology; {HOW_TO_INIT}")
     if op not in ("sum", "avg"):
         raise ConfigError(f"op must be 'sum' or 'avg', not {op!r}")
     _check_tensor(tensor, op, compression)
@@ -346,9 +353,10 @@ def all_reduce_tensors(
 ):
     """Allreduce a list of tensors in place, fused into buckets of ``bucket_bytes``
     (tensor fusion): one flat buffer per bucket, one collective per buffer."""
+    from climseg.distributed.launch import check_world
     from climseg.distributed.launch import topology as current
 
-    topo = topology or current()
+    topo = check_world(topology or current(), "all_reduce_tensors")
     for bucket in bucket_tensors(list(tensors), bucket_bytes):
         flat = flatten_gradients(bucket)
         if hierarchical:

@@ -5,9 +5,12 @@ has the standard signature: pass it to ``DistributedDataParallel.register_comm_h
 It averages the bucket over all ranks, like DDP's default hook. ``state`` is
 ``None`` (the topology made by ``climseg.distributed.init()``), a
 :class:`Topology`, or a :class:`HierarchicalHookState` with compression and
-transport settings. Without any topology (``init()`` not called) the hook
-raises a ``ConfigError`` saying so at once, on the calling thread, in the
-first ``backward()``: never a message mangled by DDP's future.
+transport settings. Without any topology (``init()`` not called, or called before
+a trainer started its process group), or with one whose size differs from the
+running job's, the hook raises a ``ConfigError`` saying so and what to call under
+torchrun, PyTorch Lightning and Accelerate, at once, on the calling thread, in the
+first ``backward()``: never a message mangled by DDP's future, never a silent
+average over fewer ranks.
 
 On CPU (gloo) the reduction runs on a background thread, so it overlaps the
 rest of the backward pass; the returned future completes when it is done. The
@@ -22,7 +25,6 @@ import dataclasses
 import threading
 
 import torch
-import torch.distributed as dist
 
 from climseg.distributed.collectives import flat_all_reduce, hierarchical_all_reduce
 from climseg.errors import ConfigError
@@ -50,31 +52,33 @@ def comm_executor(key="default"):
 
 
 def resolve_topology(topology, who, initialise=True):
-    """The :class:`Topology` to reduce over: ``topology``, else the one ``init()`` made.
-    Without either, in a job of several processes: with ``initialise``, when
-    ``torch.distributed`` already runs (e.g. under torchrun) over the ranks the launcher
-    describes, ``init()`` is called now and builds its groups on that default group;
-    otherwise a ``ConfigError`` — never a silent world of one. A single process gets None."""
-    from climseg.distributed.launch import detect_launcher, init
+    """The :class:`Topology` to reduce over: ``topology``, else the one ``init()`` made, checked
+    against the running job (:func:`~climseg.distributed.launch.check_world`: a topology whose size
+    differs from ``torch.distributed``'s is refused). Without either: with ``initialise``, when
+    ``torch.distributed`` already runs several processes (torchrun, a trainer's process group),
+    ``init()`` is called now and adopts that default group; when the launcher describes several
+    processes but none is running, or ``initialise`` is False, a ``ConfigError`` -- never a silent
+    world of one. A single process gets None."""
+    from climseg.distributed.launch import HOW_TO_INIT, check_world, detect_launcher, init, running_world_size
     from climseg.distributed.launch import topology as current
 
     topo = topology or current()
-    if topo is not None:
-        return topo
+    running = running_world_size()
+    if topo is not None and (topology is not None or topo.world_size == running):
+        return check_world(topo, who)
     launched = detect_launcher().world_size
-    running = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if launched <= 1 and running <= 1:
-        return None
-    if initialise and running > 1 and launched == running:
+        return check_world(topo, who)
+    if running > 1 and initialise:
         return init()
     if running > 1:
+        made = "" if topo is None else f" (its topology of {topo.world_size} rank(s) was made before)"
         raise ConfigError(
-            f"{who}: torch.distributed runs {running} processes, but climseg.distributed.init() was "
-            f"not called{'' if launched == running else ' and the launcher describes ' + str(launched)}; "
-            f"call climseg.distributed.init() first (it uses the existing process group)"
+            f"{who}: torch.distributed runs {running} processes but climseg.distributed.init() has not "
+            f"adopted its process group{made}; {HOW_TO_INIT}"
         )
     raise ConfigError(
-        f"{who}: this job has {launched} processes but no process group; call climseg.distributed.init() first"
+        f"{who}: this job has {launched} processes but torch.distributed is not initialised; {HOW_TO_INIT}"
     )
 
 
@@ -86,10 +90,13 @@ def hierarchical_allreduce_hook(state, bucket):
         # inside backward no groups can be made (that is a collective of its own): refuse clearly
         state.topology = resolve_topology(None, "hierarchical_allreduce_hook", initialise=False)
         if state.topology is None:
-            raise ConfigError(
-                "hierarchical_allreduce_hook: no process group; call climseg.distributed.init() "
-                "before the first step (or pass its Topology as the hook's state)"
-            )
+            from climseg.distributed.launch import HOW_TO_INIT
+
+            raise ConfigError(f"hierarchical_allreduce_hook: no process group; {HOW_TO_INIT}")
+    else:
+        from climseg.distributed.launch import check_world
+
+        check_world(state.topology, "hierarchical_allreduce_hook")
     topo = state.topology
     buffer = bucket.buffer()
 

@@ -1,20 +1,20 @@
-"""Launcher environments and process groups.
+"""Process groups: the world, the nodes, the ranks across nodes.
 
 ``init()`` works under ``mpirun``/``mpiexec`` (Open MPI, MPICH), ``srun``
 (Slurm), ``jsrun`` (LSF) and ``torchrun``. It reads the launcher's rank and
-size, finds which ranks share a node, picks the device, starts
+size (:mod:`.environment`), finds which ranks share a node, picks the device, starts
 ``torch.distributed`` (NCCL on GPUs, gloo on CPUs) and creates three kinds of
 groups: the world, one intra-node group per node, and one cross-node group per
-local rank (the ranks with the same local rank on every node).
+local rank (the ranks with the same local rank on every node). Where a trainer
+(PyTorch Lightning, Accelerate, your own ``init_process_group``) has started
+``torch.distributed`` already, ``init()`` adopts its default group instead: rank and
+size from ``torch.distributed``, nodes from the launcher's variables or the host names.
+:func:`check_world` is what every collective, hook and optimizer wrapper asks before
+it uses a topology: it refuses one whose size differs from the running job.
 
 Node membership: ``CLIMSEG_LOCAL_SIZE=k`` makes each run of k consecutive
 ranks one node (to test multi-node topologies on one machine); otherwise MPI's
 shared-memory split, else the launcher's local rank and host name.
-
-Rendezvous: ``MASTER_ADDR``/``MASTER_PORT`` when set (torchrun sets them);
-under MPI rank 0's address and a free port travel over MPI, so nothing needs
-setting; under Slurm without MPI, the first host of the step's node list and a
-port derived from the job id.
 
 Environment variables (documented in the README):
 ``CLIMSEG_LOCAL_SIZE`` (ranks per simulated node), ``CLIMSEG_INTRA_TRANSPORT``
@@ -28,31 +28,47 @@ collective may wait before every rank fails, default 600),
 import dataclasses
 import datetime
 import os
-import re
 import socket
 
 import torch
 import torch.distributed as dist
 
+from climseg.distributed.environment import (
+    LaunchInfo,
+    detect_launcher,
+    env_int,
+    expand_counts,
+    expand_hostlist,
+    is_launched,
+    mpi_world,
+    rendezvous,
+)
 from climseg.errors import ConfigError
+
+__all__ = [
+    "HOW_TO_INIT",
+    "LaunchInfo",
+    "Topology",
+    "abort",
+    "batchnorm_group",
+    "batchnorm_group_members",
+    "check_world",
+    "detect_launcher",
+    "expand_counts",
+    "expand_hostlist",
+    "init",
+    "is_launched",
+    "node_table",
+    "running_world_size",
+    "shutdown",
+    "topology",
+]
 
 LOCAL_SIZE_ENV = "CLIMSEG_LOCAL_SIZE"
 BACKEND_ENV = "CLIMSEG_DIST_BACKEND"
 TIMEOUT_ENV = "CLIMSEG_DIST_TIMEOUT"
 INTRA_ENV = "CLIMSEG_INTRA_TRANSPORT"
 DEFAULT_TIMEOUT_S = 600
-
-
-@dataclasses.dataclass
-class LaunchInfo:
-    """What the launcher tells a process about itself."""
-
-    launcher: str  # "torchrun", "mpi", "slurm", "jsrun" or "none"
-    rank: int
-    world_size: int
-    local_rank: int = 0
-    local_size: int = 1
-    node_key: str = ""  # equal for ranks on the same node
 
 
 @dataclasses.dataclass
@@ -79,6 +95,7 @@ class Topology:
     comm_world: object = None  # all ranks again, for flat gradient allreduces on the background thread, so
     # they never interleave with the main thread's collectives on `world`
     batchnorm_groups: dict = dataclasses.field(default_factory=dict)  # group size -> this rank's group (or None)
+    adopted: bool = False  # the default process group was started by someone else (a trainer): never destroyed here
 
     @property
     def hierarchical(self):
@@ -87,164 +104,6 @@ class Topology:
 
 
 _TOPOLOGY = None
-
-
-def _int(env, *names, default=None):
-    for n in names:
-        if os.environ.get(n, "").strip():
-            return int(os.environ[n])
-    return default
-
-
-def detect_launcher():
-    """The launcher's view of this process, from environment variables alone."""
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env and ("TORCHELASTIC_RUN_ID" in env or "LOCAL_RANK" in env):
-        return LaunchInfo(
-            "torchrun",
-            int(env["RANK"]),
-            int(env["WORLD_SIZE"]),
-            _int(env, "LOCAL_RANK", default=0),
-            _int(env, "LOCAL_WORLD_SIZE", default=1),
-            env.get("GROUP_RANK", socket.gethostname()),
-        )
-    if "OMPI_COMM_WORLD_RANK" in env:
-        return LaunchInfo(
-            "mpi",
-            int(env["OMPI_COMM_WORLD_RANK"]),
-            int(env["OMPI_COMM_WORLD_SIZE"]),
-            _int(env, "OMPI_COMM_WORLD_LOCAL_RANK", default=0),
-            _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE", default=1),
-            socket.gethostname(),
-        )
-    if "PMI_RANK" in env or "PMIX_RANK" in env:
-        return LaunchInfo(
-            "mpi",
-            _int(env, "PMI_RANK", "PMIX_RANK"),
-            _int(env, "PMI_SIZE", "PMIX_SIZE", default=1),
-            _int(env, "MPI_LOCALRANKID", "PALS_LOCAL_RANKID", default=0),
-            _int(env, "MPI_LOCALNRANKS", "PALS_LOCAL_SIZE", default=1),
-            socket.gethostname(),
-        )
-    if "JSM_NAMESPACE_RANK" in env:
-        return LaunchInfo(
-            "jsrun",
-            int(env["JSM_NAMESPACE_RANK"]),
-            int(env["JSM_NAMESPACE_SIZE"]),
-            _int(env, "JSM_NAMESPACE_LOCAL_RANK", default=0),
-            _int(env, "JSM_NAMESPACE_LOCAL_SIZE", default=1),
-            socket.gethostname(),
-        )
-    if "SLURM_PROCID" in env and _int(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", default=1) > 1:
-        return LaunchInfo(
-            "slurm",
-            int(env["SLURM_PROCID"]),
-            _int(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"),
-            _int(env, "SLURM_LOCALID", default=0),
-            _slurm_local_size(),
-            env.get("SLURM_NODEID", socket.gethostname()),
-        )
-    return LaunchInfo("none", 0, 1)
-
-
-def is_launched():
-    """True when a launcher started more than one process."""
-    return detect_launcher().world_size > 1
-
-
-def _slurm_local_size():
-    counts = os.environ.get("SLURM_STEP_TASKS_PER_NODE") or os.environ.get("SLURM_TASKS_PER_NODE") or "1"
-    node = _int(os.environ, "SLURM_NODEID", default=0)
-    per_node = expand_counts(counts)
-    return per_node[node] if node < len(per_node) else per_node[0]
-
-
-def expand_counts(text):
-    """Slurm task counts: ``"4(x2),3"`` -> ``[4, 4, 3]``."""
-    out = []
-    for part in text.split(","):
-        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
-        if m:
-            out += [int(m.group(1))] * int(m.group(2) or 1)
-    return out or [1]
-
-
-def expand_hostlist(text):
-    """Slurm host lists: ``"nid[001-003,007],login1"`` -> ``["nid001", "nid002", "nid003", "nid007", "login1"]``."""
-    hosts, depth, token = [], 0, ""
-    for ch in text + ",":
-        if ch == "," and depth == 0:
-            if token:
-                hosts += _expand_one(token)
-            token = ""
-            continue
-        depth += ch == "["
-        depth -= ch == "]"
-        token += ch
-    return hosts
-
-
-def _expand_one(token):
-    m = re.fullmatch(r"([^\[]*)\[([^\]]+)\](.*)", token)
-    if not m:
-        return [token]
-    prefix, ranges, rest = m.groups()
-    out = []
-    for r in ranges.split(","):
-        lo, _, hi = r.partition("-")
-        hi = hi or lo
-        for i in range(int(lo), int(hi) + 1):
-            for tail in _expand_one(rest) if "[" in rest else [rest]:
-                out.append(f"{prefix}{str(i).zfill(len(lo))}{tail}")
-    return out
-
-
-def _mpi_world():
-    """mpi4py's COMM_WORLD when running under an MPI launcher and mpi4py is installed."""
-    try:
-        from mpi4py import MPI
-    except ImportError:
-        return None
-    return MPI.COMM_WORLD
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
-def routable_address():
-    """This host's address as other hosts can reach it (not 127.x when avoidable)."""
-    try:
-        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
-        for info in infos:
-            if not info[4][0].startswith("127."):
-                return info[4][0]
-    except OSError:
-        pass
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("10.255.255.255", 1))  # no packet is sent; picks the outgoing interface
-            return s.getsockname()[0]
-    except OSError:
-        return "127.0.0.1"
-
-
-def _rendezvous(info, comm):
-    """MASTER_ADDR and MASTER_PORT for torch.distributed's env:// rendezvous."""
-    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
-    if addr and port:
-        return addr, int(port)
-    if comm is not None:
-        multi_host = len(set(comm.allgather(socket.gethostname()))) > 1
-        mine = (addr or (routable_address() if multi_host else "127.0.0.1"), int(port) if port else _free_port())
-        return comm.bcast(mine if comm.Get_rank() == 0 else None, root=0)
-    if info.launcher == "slurm":
-        nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST", "")
-        first = expand_hostlist(nodes)[0] if nodes else "127.0.0.1"
-        return addr or first, int(port or 20000 + _int(os.environ, "SLURM_JOB_ID", default=0) % 20000)
-    raise ConfigError(f"{info.launcher}: set MASTER_ADDR and MASTER_PORT, or install mpi4py, for the rendezvous")
 
 
 def _timeout():
@@ -280,17 +139,64 @@ def node_table(info, comm):
     return [first_seen[key] for key, _ in keys], [lr for _, lr in keys]
 
 
-def init(backend=None, device=None):
-    """Start ``torch.distributed`` for this process and make the world, intra-node
-    and cross-node groups. Idempotent; returns the :class:`Topology`.
+def running_world_size():
+    """How many processes ``torch.distributed``'s default group holds (1 when none is initialised)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
-    A single process without a launcher gets a one-rank topology (no process group).
+
+HOW_TO_INIT = (
+    "call climseg.distributed.init() once torch.distributed runs, on every rank (torchrun, mpirun, srun: "
+    "anywhere; PyTorch Lightning: in LightningModule.setup(), or add the callback "
+    "climseg.distributed.lightning.HierarchicalAllreduce(); Hugging Face Accelerate: after Accelerator()), "
+    "and pass its Topology or None as the hook's state"
+)
+
+
+def check_world(topo, who):
+    """Refuse ``topo`` when ``torch.distributed`` runs a different number of processes (a topology
+    made before the trainer started its process group, or for another job): a ``ConfigError``
+    naming both sizes. Returns ``topo``."""
+    running = running_world_size()
+    if topo is not None and topo.world_size != running:
+        raise ConfigError(
+            f"{who}: its climseg topology has {topo.world_size} rank(s) but torch.distributed runs "
+            f"{running} process(es); {HOW_TO_INIT}"
+        )
+    return topo
+
+
+def _stale(topo):
+    """True when ``topo`` no longer describes the running job: made as a world of one before a
+    trainer started its process group, or on a default group that has since been destroyed or
+    replaced."""
+    current = dist.group.WORLD if dist.is_available() and dist.is_initialized() else None
+    return topo.world is not current or topo.world_size != running_world_size()
+
+
+def init(backend=None, device=None):
+    """Start ``torch.distributed`` for this process, or adopt the default process group a trainer
+    already started, and make the world, intra-node and cross-node groups. Idempotent; returns
+    the :class:`Topology`.
+
+    Adopting (``torch.distributed`` already initialised: PyTorch Lightning, Accelerate, your own
+    ``init_process_group``): rank and world size come from ``torch.distributed``; local ranks and
+    nodes from the launcher's variables (``LOCAL_RANK``, ``NODE_RANK``/``GROUP_RANK``, MPI's split)
+    or, where they are absent, from an exchange of host names; ``backend`` and the device are the
+    trainer's. The trainer's process group is never destroyed by :func:`shutdown`.
+
+    A single process without a launcher gets a one-rank topology (no process group); a topology
+    made so before a trainer started its process group is replaced by the adopted one at the next
+    call. A process whose environment says it is one of several (``WORLD_SIZE`` > 1) but which
+    has neither a rank nor a process group is refused (``ConfigError``), never run as a world of one.
     """
     global _TOPOLOGY
-    if _TOPOLOGY is not None:
+    if _TOPOLOGY is not None and not _stale(_TOPOLOGY):
         return _TOPOLOGY
+    _TOPOLOGY = None
     info = detect_launcher()
-    comm = _mpi_world() if info.launcher in ("mpi", "jsrun") else None
+    if dist.is_available() and dist.is_initialized():
+        return _adopt(info, device)
+    comm = mpi_world() if info.launcher in ("mpi", "jsrun") else None
     if comm is not None:
         info.rank, info.world_size = comm.Get_rank(), comm.Get_size()
     cuda = torch.cuda.is_available()
@@ -298,16 +204,75 @@ def init(backend=None, device=None):
     if backend not in ("nccl", "gloo"):
         raise ConfigError(f"{BACKEND_ENV}={backend!r}: choose nccl or gloo")
     if info.world_size == 1:
+        claimed = env_int("WORLD_SIZE", default=1)
+        if claimed > 1:
+            raise ConfigError(
+                f"climseg.distributed.init(): WORLD_SIZE={claimed} says this process is one of {claimed}, "
+                f"but it has no RANK and torch.distributed is not initialised yet (PyTorch Lightning's "
+                f"launcher sets only LOCAL_RANK and WORLD_SIZE); {HOW_TO_INIT}"
+            )
         dev = torch.device(device) if device else torch.device("cuda" if cuda else "cpu")
-        _TOPOLOGY = Topology("none", 0, 1, 0, 1, 0, 1, dev, backend, True, False, node_ranks=[0], cross_ranks=[0])
+        _TOPOLOGY = _one_rank("none", dev, backend)
         return _TOPOLOGY
-    if not dist.is_initialized():
-        addr, port = _rendezvous(info, comm)
-        os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = str(addr), str(port)
-        os.environ["RANK"], os.environ["WORLD_SIZE"] = str(info.rank), str(info.world_size)
-        dist.init_process_group(
-            backend, init_method="env://", rank=info.rank, world_size=info.world_size, timeout=_timeout()
-        )
+    addr, port = rendezvous(info, comm)
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = str(addr), str(port)
+    os.environ["RANK"], os.environ["WORLD_SIZE"] = str(info.rank), str(info.world_size)
+    dist.init_process_group(
+        backend, init_method="env://", rank=info.rank, world_size=info.world_size, timeout=_timeout()
+    )
+    _TOPOLOGY = _build(info, comm, backend, device, adopted=False)
+    import atexit
+
+    atexit.register(shutdown)
+    return _TOPOLOGY
+
+
+def _one_rank(launcher, device, backend, world=None, adopted=False):
+    return Topology(
+        launcher,
+        0,
+        1,
+        0,
+        1,
+        0,
+        1,
+        device,
+        backend,
+        True,
+        False,
+        world,
+        adopted=adopted,
+        node_ranks=[0],
+        cross_ranks=[0],
+    )
+
+
+def _adopt(info, device):
+    """The topology over the default process group someone else started (see :func:`init`)."""
+    global _TOPOLOGY
+    rank, world = dist.get_rank(), dist.get_world_size()
+    comm = None
+    if info.launcher in ("mpi", "jsrun"):
+        comm = mpi_world()
+        if comm is not None and (comm.Get_rank(), comm.Get_size()) != (rank, world):
+            comm = None  # MPI numbers the ranks otherwise: no MPI transport, nodes from host names
+    if (info.rank, info.world_size) != (rank, world):
+        env = os.environ
+        node_key = env.get("NODE_RANK") or env.get("GROUP_RANK") or ""
+        info = LaunchInfo("torch.distributed", rank, world, env_int("LOCAL_RANK", default=-1), 1, node_key)
+    backend = str(dist.get_backend()).lower()
+    if device is None:
+        nccl = "nccl" in backend and torch.cuda.is_available()
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    if world == 1:
+        _TOPOLOGY = _one_rank(info.launcher, torch.device(device), backend, dist.group.WORLD, adopted=True)
+        return _TOPOLOGY
+    _TOPOLOGY = _build(info, comm, backend, device, adopted=True)
+    return _TOPOLOGY
+
+
+def _build(info, comm, backend, device, adopted):
+    """Nodes, local ranks, the device and the groups of a job whose default process group runs."""
     nodes, local_ranks = node_table(info, comm)
     node = nodes[info.rank]
     num_nodes = max(nodes) + 1
@@ -317,10 +282,11 @@ def init(backend=None, device=None):
     uniform = len(sizes) == 1
     local_size = len(members[node])
     local_rank = members[node].index(info.rank)
+    cuda = torch.cuda.is_available()
     if device is None:
         device = torch.device(f"cuda:{local_rank % torch.cuda.device_count()}") if cuda else torch.device("cpu")
     device = torch.device(device)
-    if device.type == "cuda":
+    if device.type == "cuda" and not adopted:
         torch.cuda.set_device(device)
     intra, _ = dist.new_subgroups_by_enumeration(members, timeout=_timeout())
     hosts = [None] * local_size
@@ -338,7 +304,7 @@ def init(backend=None, device=None):
         cross, _ = dist.new_subgroups_by_enumeration(cross_members, timeout=_timeout())
         if comm is not None:
             mpi_cross = comm.Split(color=local_rank, key=node)
-    _TOPOLOGY = Topology(
+    topo = Topology(
         info.launcher,
         info.rank,
         info.world_size,
@@ -356,12 +322,10 @@ def init(backend=None, device=None):
         mpi_cross,
         members[node],
         cross_members[local_rank] if uniform else [],
+        adopted=adopted,
     )
-    _TOPOLOGY.comm_world = dist.new_group(list(range(info.world_size)), timeout=_timeout())
-    import atexit
-
-    atexit.register(shutdown)
-    return _TOPOLOGY
+    topo.comm_world = dist.new_group(list(range(info.world_size)), timeout=_timeout())
+    return topo
 
 
 def batchnorm_group_members(world_size, group_size):
@@ -407,10 +371,11 @@ def topology():
 
 
 def shutdown():
-    """Destroy the process groups made by :func:`init`."""
+    """Destroy the process groups made by :func:`init`. An adopted topology (a trainer's process
+    group) is only forgotten: the trainer destroys its group, and every group made on it, itself."""
     global _TOPOLOGY
     topo = _TOPOLOGY
-    if topo is not None and topo.world_size > 1 and dist.is_initialized():
+    if topo is not None and topo.world_size > 1 and not topo.adopted and dist.is_initialized():
         dist.barrier(group=topo.world)  # nobody tears down links a peer still uses
         if topo.mpi_cross is not None:
             topo.mpi_cross.Free()
@@ -428,7 +393,7 @@ def abort(code=1):
     sys.stderr.flush()
     info = detect_launcher()
     if info.launcher in ("mpi", "jsrun"):
-        comm = _mpi_world()
+        comm = mpi_world()
         if comm is not None:
             comm.Abort(code)
     os._exit(code)

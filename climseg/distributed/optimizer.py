@@ -54,9 +54,11 @@ class DistributedOptimizer:
         gradient_lag: 0, or 1 to apply each step's averaged gradient one step later.
         bucket_bytes: size of the fused buffers (default 25 MiB).
         topology: from ``climseg.distributed.init()`` (default: the current one; when
-            ``init()`` was not called but ``torch.distributed`` already runs over the
-            launcher's ranks, ``init()`` is called here on that group; a job of several
-            processes without any process group is refused; a lone process is a world of one).
+            ``init()`` was not called, or made a world of one before a trainer started its
+            process group, but ``torch.distributed`` runs several processes, ``init()`` is called
+            here and adopts that group; a topology whose size differs from the running job's,
+            or a job of several processes without any process group, is refused with a
+            ``ConfigError``; a lone process is a world of one).
         transport: cross-node step over ``"torch"`` or ``"mpi"``.
         max_grad_norm: clip the averaged gradient's total norm before the step (0: off).
         broadcast: copy rank 0's parameters to every rank at construction.

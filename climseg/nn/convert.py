@@ -22,9 +22,11 @@ What ``convert_model`` does, in order:
 
 The result carries ``conversion_report`` (a :class:`ConversionReport`: what was folded,
 what was not and why, which ASPPs were replaced), also logged on the ``climseg.nn.convert``
-logger. :func:`unfold_state_dict` returns the state dict of the original layout (plain
-``nn.Conv2d`` and ``BatchNorm2d`` keys, the third-party ASPP's key names) for
-``original_model.load_state_dict``.
+logger. Its state dict keeps the original model's key layout by default (plain ``nn.Conv2d``
+and ``BatchNorm2d`` keys, the third-party ASPP's key names: state-dict hooks of
+:mod:`climseg.nn.state_layout`), and it loads state dicts of either layout, so checkpoints move
+freely between the converted and the plain model; ``state_dict_layout="climseg"`` keeps
+climseg's keys. :func:`unfold_state_dict` returns the original layout explicitly.
 """
 
 import collections
@@ -39,8 +41,11 @@ import torch.nn as nn
 from climseg.errors import ConfigError
 from climseg.nn.aspp import ASPP
 from climseg.nn.atrous import AtrousConv2d
-from climseg.nn.fold import fold_batchnorm, fold_values, is_foldable_batchnorm
+from climseg.nn.fold import fold_batchnorm, is_foldable_batchnorm
 from climseg.nn.layers import ConvNormAct
+from climseg.nn.state_layout import unfold_state_dict, use_layout
+
+__all__ = ["ConversionReport", "convert_model", "unfold_state_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -315,7 +320,16 @@ class _Folder:
             )
 
 
-def convert_model(model, *, fold_bn=False, dilated_only=False, backend="auto", inplace=False, fuse_aspp=False):
+def convert_model(
+    model,
+    *,
+    fold_bn=False,
+    dilated_only=False,
+    backend="auto",
+    inplace=False,
+    fuse_aspp=False,
+    state_dict_layout="original",
+):
     """The model with climseg's fused modules in it (see the module documentation).
 
     Args:
@@ -330,6 +344,11 @@ def convert_model(model, *, fold_bn=False, dilated_only=False, backend="auto", i
         inplace: convert ``model`` itself instead of a deep copy.
         fuse_aspp: replace torchvision's / segmentation-models-pytorch's ASPP with
             :class:`climseg.nn.ASPP` (same weights, same outputs).
+        state_dict_layout: ``"original"`` (default): ``state_dict()`` gives the original model's
+            keys (folded norms unfolded, third-party ASPP names), so checkpoints move freely
+            between the converted and the plain model; ``"climseg"``: climseg's own keys.
+            ``load_state_dict`` takes both layouts either way (:mod:`climseg.nn.state_layout`);
+            ``model.state_dict_layout`` may be changed later.
 
     Returns:
         The converted model, with ``conversion_report`` (a :class:`ConversionReport`) set.
@@ -384,65 +403,10 @@ def convert_model(model, *, fold_bn=False, dilated_only=False, backend="auto", i
             if isinstance(m, nn.BatchNorm2d)
         ]
     model.conversion_report = report
+    use_layout(model, state_dict_layout)
     logger.info("convert_model: %s", report.summary())
     for path, reason in report.aspp_not_replaced:
         logger.warning("convert_model: ASPP-like module %s kept: %s", path, reason)
     for name, reason in report.not_folded:
         logger.info("convert_model: batch norm %s not folded: %s", name, reason)
     return model
-
-
-def unfold_state_dict(model):
-    """The state dict of a :func:`convert_model` result in the original layout: folded batch
-    norms back as ``BatchNorm2d`` entries (their saved values while the folded scale and shift
-    still equal them, else a norm with weight = scale, bias = shift, mean 0 and variance
-    1 - eps), no ``scale``/``shift`` buffers, and a replaced ASPP's keys under the
-    third-party names. ``original_model.load_state_dict(unfold_state_dict(converted))``
-    then gives the original model the converted one's weights."""
-    state = {}
-    modules = dict(model.named_modules())
-    for key, value in model.state_dict().items():
-        owner, _, leaf = key.rpartition(".")
-        if isinstance(modules.get(owner), AtrousConv2d) and leaf in ("scale", "shift"):
-            continue
-        state[key] = value
-    for name, m in modules.items():
-        if not isinstance(m, AtrousConv2d) or m.scale is None:
-            continue
-        norm_path = getattr(m, "folded_norm", None)
-        if norm_path is None:
-            raise ConfigError(f"{name}: its scale and shift do not come from a folded batch norm")
-        saved = dict(m.folded_norm_state)
-        eps = saved.pop("eps")
-        same = "weight" in saved and "running_mean" in saved
-        if same:  # do the saved statistics still give the folded scale and shift?
-            scale, shift = fold_values(
-                saved["running_mean"], saved["running_var"], eps, saved["weight"], saved.get("bias")
-            )
-            same = torch.equal(scale.to(m.scale), m.scale) and torch.equal(shift.to(m.shift), m.shift)
-        if not same:
-            saved = {
-                "weight": m.scale.clone(),
-                "bias": m.shift.clone(),
-                "running_mean": torch.zeros_like(m.scale),
-                "running_var": torch.full_like(m.scale, 1.0 - eps),
-                "num_batches_tracked": saved.get("num_batches_tracked", torch.tensor(0)),
-            }
-        for leaf, value in saved.items():
-            state[f"{norm_path}.{leaf}"] = value
-    for name, m in modules.items():
-        names = getattr(m, "source_names", None)
-        if not isinstance(m, ASPP) or not names:
-            continue
-        base = f"{name}." if name else ""
-        renamed = {}
-        for key, value in state.items():
-            if key.startswith(base):
-                rest = key[len(base) :]
-                for new, old in names.items():
-                    if rest.startswith(new + "."):
-                        key = base + old + rest[len(new) :]
-                        break
-            renamed[key] = value
-        state = renamed
-    return state
