@@ -15,6 +15,7 @@
 #include "registry.h"
 
 #if defined(CLIMSEG_EMULATE)
+#include <algorithm>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -90,6 +91,7 @@ struct Barrier {
   }
 };
 Barrier* active_barrier = nullptr;
+std::vector<Barrier>* active_warp_barriers = nullptr;  // one per warp of the block (__syncwarp)
 std::mutex launch_mutex;
 
 void launch_kernel(const Kernel& kernel, unsigned gx, unsigned gy, unsigned block, void** argv) {
@@ -97,6 +99,9 @@ void launch_kernel(const Kernel& kernel, unsigned gx, unsigned gy, unsigned bloc
   Barrier barrier;
   barrier.count = block;
   active_barrier = &barrier;
+  std::vector<Barrier> warps((block + 31) / 32);
+  for (unsigned w = 0; w < warps.size(); ++w) warps[w].count = std::min(32u, block - 32 * w);
+  active_warp_barriers = &warps;
   gridDim = climseg_dim3{gx, gy, 1};
   blockDim = climseg_dim3{block, 1, 1};
   std::vector<std::thread> threads;
@@ -113,6 +118,7 @@ void launch_kernel(const Kernel& kernel, unsigned gx, unsigned gy, unsigned bloc
   }
   for (auto& th : threads) th.join();
   active_barrier = nullptr;
+  active_warp_barriers = nullptr;
 }
 
 #else
@@ -144,6 +150,7 @@ std::string device_problem(int* count) {
 thread_local climseg_dim3 threadIdx, blockIdx;
 climseg_dim3 blockDim, gridDim;
 void climseg_emulated_barrier() { active_barrier->wait(); }
+void climseg_emulated_warp_barrier() { (*active_warp_barriers)[threadIdx.x / 32].wait(); }
 #endif
 
 climseg_kernel_registrar::climseg_kernel_registrar(const char* name, const char* signature, const void* entry,
