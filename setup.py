@@ -201,7 +201,7 @@ setup(
                 cxx_std=17,
                 extra_compile_args=flags,
                 extra_link_args=["-pthread"],
-                depends=sorted(glob.glob("csrc/cuda/*.cu*") + glob.glob("csrc/cuda/*.h")),
+                depends=sorted(glob.glob("csrc/cuda/*.cu*") + glob.glob("csrc/cuda/*.h") + glob.glob("csrc/cuda/module.cpp")),
             )
             for name, (sources, flags) in EXTENSIONS.items()
         ]

@@ -1,9 +1,10 @@
 // CPU emulation of the few CUDA features the kernels of csrc/cuda use, so that g++ can
 // compile the very same sources into climseg._cuda_emulated and CI can run them on CPU
-// tensors (the role TRITON_INTERPRET=1 plays for the Triton kernels). One OS thread per
-// CUDA thread of a block; the blocks of a grid run one after another; __syncthreads is a
-// barrier of the block's threads; `__shared__` variables are statics, which is right
-// because only one block runs at a time. Slow and for testing only.
+// tensors (the role TRITON_INTERPRET=1 plays for the Triton kernels). One fiber per CUDA
+// thread of a block, run in turn on one OS thread (module.cpp); the blocks of a grid run one
+// after another; __syncthreads is a barrier of the block's threads, __syncwarp of the warp's;
+// `__shared__` variables are statics, which is right because only one block runs at a time;
+// the warp-level MMAs are emulated cooperatively (below). Slow and for testing only.
 #pragma once
 #include <cmath>
 #include <cstring>
@@ -77,7 +78,7 @@ void climseg_emulated_call(void (*kernel)(A...), void** args) {
 // of the next instruction, which every lane reaches after its reads of that set.
 struct climseg_mma_slot { float a[8], b[4]; };
 inline climseg_mma_slot climseg_mma_slots[32][2][32];  // [warp][set][lane]
-inline thread_local unsigned climseg_mma_turn = 0;
+inline unsigned climseg_mma_turns[1024];                // per thread of the block (reset per launch)
 
 inline float climseg_emulated_bits_to_float(unsigned bits, bool bf16) {
   return bf16 ? __uint_as_float(bits << 16) : climseg_emulated_half_to_float((unsigned short)bits);
@@ -89,7 +90,7 @@ inline void climseg_emulated_unpack(const unsigned* regs, int n, float* out, boo
   }
 }
 inline climseg_mma_slot* climseg_emulated_mma_exchange(const unsigned* a, int na, const unsigned* b, int nb, bool bf16) {
-  const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5, set = climseg_mma_turn++ & 1;
+  const unsigned lane = threadIdx.x & 31, warp = threadIdx.x >> 5, set = climseg_mma_turns[threadIdx.x]++ & 1;
   climseg_mma_slot* slots = climseg_mma_slots[warp][set];
   climseg_emulated_unpack(a, na, slots[lane].a, bf16);
   climseg_emulated_unpack(b, nb, slots[lane].b, bf16);
