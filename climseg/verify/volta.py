@@ -63,10 +63,10 @@ def toolkit_include():
         return None
     folder = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "include")
     if not os.path.isfile(os.path.join(folder, "cuda_runtime.h")):  # a wrapper script: ask nvcc where its toolkit is
-        done = subprocess.run([nvcc, "--dryrun", "--version"], capture_output=True, text=True)
+        done = subprocess.run([nvcc, "--dryrun", "-E", "-x", "cu", os.devnull], capture_output=True, text=True)
         for line in (done.stderr + done.stdout).splitlines():
             if "TOP=" in line:
-                folder = os.path.join(line.split("TOP=", 1)[1].strip(), "include")
+                folder = os.path.normpath(os.path.join(line.split("TOP=", 1)[1].strip(), "include"))
     return folder if os.path.isfile(os.path.join(folder, "cuda_runtime.h")) else None
 
 
