@@ -53,6 +53,11 @@ def _cdiv(a, b):
     return (a + b - 1) // b
 
 
+def empty(shape, device, dtype):
+    """Every buffer the launchers allocate (tests replace this to poison them with NaN)."""
+    return torch.empty(shape, device=device, dtype=dtype)
+
+
 def _launch(name, grid, args, device):
     cuda.launcher(device).launch(name, grid, THREADS, args, device)
 
@@ -80,7 +85,7 @@ def dense_forward(
     NB, H, W, Cin = x.shape
     OH, OW = out_hw
     if out is None:
-        out = torch.empty((NB, OH, OW, total_channels), device=x.device, dtype=x.dtype)
+        out = empty((NB, OH, OW, total_channels), x.device, x.dtype)
     M = NB * OH * OW
     n_blocks = _cdiv(out_channels, BLOCK_N)
     vec = _vectorized((Cin, out_channels, total_channels), (x, w_packed, residual, out))
@@ -100,7 +105,7 @@ def dense_dgrad(g, w_packed_t, table, in_shape, out_channels, stride, determinis
     the NHWC gradient of the whole output. No atomics."""
     NB, H, W, Cin = in_shape
     _, OH, OW, Ctot = g.shape
-    dx = torch.empty((NB, H, W, Cin), device=g.device, dtype=g.dtype) if out is None else out
+    dx = empty((NB, H, W, Cin), g.device, g.dtype) if out is None else out
     vec = _vectorized((Cin, out_channels, Ctot), (g, w_packed_t, dx))
     p = cuda.pointer
     _launch(
@@ -139,7 +144,7 @@ def dense_wgrad(x, g, jobs, weight_numel, out_channels, stride, deterministic):
     if atomic or splits == 1:
         dw = torch.zeros(weight_numel, device=x.device, dtype=torch.float32)
     else:
-        dw = torch.empty((splits, weight_numel), device=x.device, dtype=torch.float32)
+        dw = empty((splits, weight_numel), x.device, torch.float32)
     vec = _vectorized((Cin, out_channels, Ctot), (x, g))
     p = cuda.pointer
     _launch(
