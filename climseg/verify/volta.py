@@ -21,7 +21,7 @@ import os
 import subprocess
 import tempfile
 
-from climseg.verify.sass import ptx_entries, ptxas_usage
+from climseg.verify.sass import ptx_counts, ptx_entries, ptxas_usage
 from climseg.verify.tools import nvcc_path
 
 WHEELS = "pip install nvidia-cuda-nvrtc-cu12 nvidia-cuda-nvcc-cu12 (or climseg[volta])"
@@ -84,9 +84,7 @@ def nvrtc_ptx(source, arch, library=None):
     with open(source, "rb") as f:
         text = f.read()
     program = ctypes.c_void_p()
-    status = lib.nvrtcCreateProgram(
-        ctypes.byref(program), text, os.path.basename(source).encode(), 0, None, None
-    )
+    status = lib.nvrtcCreateProgram(ctypes.byref(program), text, os.path.basename(source).encode(), 0, None, None)
     if status != 0:
         return None, f"nvrtcCreateProgram failed ({status})"
     options = [f"--gpu-architecture=compute_{arch}", "-std=c++17", f"-I{os.path.dirname(source)}"]
@@ -134,3 +132,40 @@ def compile_source(source, arch=70):
         rows.append(dict(kernel=kernel, source=name, arch=f"sm_{arch}", compiled=True, read_from="ptx", **counts))
         rows[-1].update(usage.get(kernel, {}))
     return rows
+
+
+def ptx_row(ptx, arch=70):
+    """What the static check reads of one compiled kernel, from its PTX and ``ptxas -v`` (CUDA 12's
+    ptxas) where no disassembler can read the cubin: registers, spill bytes (as ``spill_*``), local
+    bytes, static shared memory, and the instruction counts in the SASS rows' names (``hmma``: any
+    ``mma.sync``/``wmma.mma``; ``ldgsts``: ``cp.async``; ``ldg``/``ldg128``: global loads)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        done = subprocess.run(
+            [ptxas12(), "-v", f"-arch=sm_{arch}", path, "-o", os.path.join(tmp, "k.cubin")],
+            capture_output=True,
+            text=True,
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"ptxas 12 for sm_{arch}: {done.stderr[-300:]}")
+    usage = next(iter(ptxas_usage(done.stderr + done.stdout).values()), {})
+    counts = ptx_counts(ptx)
+    return dict(
+        registers=usage.get("registers", 0),
+        stack_bytes=usage.get("stack_bytes", 0),
+        local_bytes=usage.get("stack_bytes", 0),
+        static_shared=usage.get("shared_bytes", 0),
+        spill_stores=usage.get("spill_store_bytes", 0),
+        spill_loads=usage.get("spill_load_bytes", 0),
+        instructions=0,
+        hmma=counts["mma884"] + counts["mma16816"] + counts["wmma"],
+        hgmma=0,
+        ldgsts=counts["cp_async"],
+        utmaldg=0,
+        atomics=counts["atomics"],
+        ldg=counts["ld_global"],
+        ldg128=counts["ld_global128"],
+        read_from="ptx",
+    )
