@@ -14,6 +14,8 @@ TF32, fp16's range) with fp32 accumulation. The CPU emulation runs ``sm80`` unle
 the other (``EMULATED_FAMILY``).
 """
 
+import contextlib
+
 import torch
 
 from climseg.ops import cuda
@@ -21,11 +23,28 @@ from climseg.ops import cuda
 BLOCK_M, BLOCK_N, BLOCK_K, THREADS = 128, 64, 32, 128  # csrc/cuda/atrous.cu: AT_BM, AT_BN, AT_BK, AT_THREADS
 FAMILIES = ("sm70", "sm80")
 EMULATED_FAMILY = {"family": "sm80"}  # which family the CPU emulation runs (tests set "sm70" too)
+_RECORDING = None  # inside recording(): {"launches": [...], "family": ..., "sm_count": ...}
+
+
+@contextlib.contextmanager
+def recording(family, sm_count):
+    """Within this block the launchers compute every argument as for a real launch on a GPU of the
+    tensor-core ``family`` with ``sm_count`` SMs (``torch.device("meta")`` tensors stand in for the
+    data) and append ``(kernel name, grid, args)`` to the yielded list instead of launching: what
+    :mod:`climseg.verify.cuda_kernels` checks the real layers with."""
+    global _RECORDING
+    _RECORDING = dict(launches=[], family=family, sm_count=sm_count)
+    try:
+        yield _RECORDING["launches"]
+    finally:
+        _RECORDING = None
 
 
 def mma_family(device):
     """``"sm70"`` (m8n8k4) below compute capability 8.0, else ``"sm80"`` (m16n8k16); the emulation's
     choice for CPU tensors."""
+    if _RECORDING is not None:
+        return _RECORDING["family"]
     if device.type != "cuda":
         return EMULATED_FAMILY["family"]
     return "sm70" if torch.cuda.get_device_capability(device) < (8, 0) else "sm80"
@@ -59,6 +78,9 @@ def empty(shape, device, dtype):
 
 
 def _launch(name, grid, args, device):
+    if _RECORDING is not None:
+        _RECORDING["launches"].append((name, tuple(grid), list(args)))
+        return
     cuda.launcher(device).launch(name, grid, THREADS, args, device)
 
 
@@ -121,7 +143,9 @@ def dense_dgrad(g, w_packed_t, table, in_shape, out_channels, stride, determinis
 def reduction_splits(tiles, pixels, device):
     """Parts of the weight gradient's reduction over ``pixels``: about four waves of blocks on the
     GPU (two parts on CPU, so that the tests see the split paths), each part at least four K steps."""
-    if device.type == "cuda":
+    if _RECORDING is not None:
+        target = 4 * _RECORDING["sm_count"]
+    elif device.type == "cuda":
         target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
     else:
         target = 2 * max(1, tiles)

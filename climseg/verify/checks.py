@@ -62,6 +62,8 @@ def cuda_violations(row):
     bad = []
     if row.get("spill_store_bytes") or row.get("spill_load_bytes") or row["spill_loads"] or row["spill_stores"]:
         bad.append(f"{what}: spills ({row.get('spill_store_bytes')} B stores, {row.get('spill_load_bytes')} B loads)")
+    if row.get("read_from") == "ptx" and row.get("stack_bytes"):
+        bad.append(f"{what}: local memory ({row['stack_bytes']} B stack frame)")
     if row["memory_bound"] and not row["ldg128"]:
         bad.append(f"{what}: memory-bound but no 128-bit loads ({row['ldg']} narrower ones)")
     if row.get("serves"):

@@ -17,8 +17,8 @@ import time
 from climseg.errors import ConfigError
 from climseg.verify.checks import violations
 from climseg.verify.cuda_kernels import ARCHS as CUDA_ARCHS
-from climseg.verify.cuda_kernels import cuda_rows
-from climseg.verify.layers import parse_layer
+from climseg.verify.cuda_kernels import cuda_rows, layer_rows, layer_violations
+from climseg.verify.layers import layer_cases, parse_layer
 from climseg.verify.report import environment, write
 from climseg.verify.triton_kernels import ALL_ARCHS as TRITON_ARCHS
 from climseg.verify.triton_kernels import DTYPES, triton_rows
@@ -88,11 +88,13 @@ def run(argv, command, results_path):
     )
     cuda, notes = cuda_rows(cuda_archs, args.workers) if "cuda" in which and cuda_archs else ([], [])
     meta = environment(command, archs)
+    layers = layer_rows(cases or layer_cases(), cuda) if cuda else []
     meta.update(
         seconds=round(time.perf_counter() - start, 1),
         triton_rows=len(triton),
         cuda_rows=len(cuda),
-        violations=violations(triton, cuda),
+        violations=violations(triton, cuda) + layer_violations(layers),
+        cuda_layers=layers,
     )
     if "cuda" in which and notes:
         meta["cuda_note"] = "; ".join(notes)

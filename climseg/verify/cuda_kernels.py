@@ -105,8 +105,8 @@ def _ptx_row(row, arch):
         memory_bound=bool(MEMORY_BOUND.match(row["kernel"])),
         ldg=row["ld_global"],
         ldg128=row["ld_global128"],
-        spill_loads=row["local"],
-        spill_stores=row["local"],
+        spill_loads=0,  # ptxas -v's spill bytes and stack frame say it (PTX local arrays may vanish in ptxas)
+        spill_stores=0,
         tensor_core=row["mma884"] + row["mma16816"] + row["wmma"],
         async_copies=row["cp_async"],
         wide_loads=row["ld_global128"],
@@ -147,3 +147,78 @@ def cuda_rows(archs, workers=2):
         results = list(pool.map(lambda job: job(), jobs))
     rows = sorted((r for rs in results for r in rs), key=lambda r: (r["kernel"], r["arch"]))
     return rows, notes
+
+
+def _record(case, arch, dtype_name):
+    """The launches of one layer's forward and backward on the CUDA kernels for ``arch``: what the
+    launchers of :mod:`climseg.ops.atrous_cuda` compute (meta tensors, nothing runs)."""
+    import torch
+
+    from climseg.kernels.runtime import ARCHITECTURES
+    from climseg.ops import atrous_cuda
+
+    dtype = {"f16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
+    _, n, cin, cout, h, w, ks, ds, _ = case
+    meta = torch.device("meta")
+    x = torch.empty((n, h, w, cin), device=meta, dtype=dtype)
+    g = torch.empty((n, h, w, cout * len(ks)), device=meta, dtype=dtype)
+    rows, jobs, offset = [], [], 0
+    for i, (k, d) in enumerate(zip(ks, ds)):
+        pad = d * (k - 1) // 2
+        rows.append([offset, k, k, d, d, pad, pad, i * cout])
+        jobs += [[offset + t * cin * cout, t // k, t % k, d, d, pad, pad, i * cout] for t in range(k * k)]
+        offset += k * k * cin * cout
+    table = torch.empty((len(rows), 8), device=meta, dtype=torch.int32)
+    job_table = torch.empty((len(jobs), 8), device=meta, dtype=torch.int32)
+    packed = torch.empty(offset, device=meta, dtype=dtype)
+    family = "sm70" if arch < 80 else "sm80"
+    with atrous_cuda.recording(family, ARCHITECTURES[arch]["sm_count"]) as launches:
+        atrous_cuda.dense_forward(x, packed, table, cout, cout * len(ks), (h, w), (1, 1))
+        atrous_cuda.dense_dgrad(g, packed, table, x.shape, cout, (1, 1))
+        atrous_cuda.dense_wgrad(x, g, job_table, offset, cout, (1, 1), deterministic=False)
+    return launches
+
+
+VEC_ARG = {"fwd": 19, "dgrad": 15, "wgrad": 18}  # where each kernel takes `vec` (16-byte loads)
+
+
+def layer_rows(cases, kernel_rows):
+    """The CUDA atrous kernels at the real layer shapes (the dense layers of both anchor networks and
+    their fused ASPP blocks): per layer, architecture and kernel the grid the launcher computes,
+    whether it takes the 16-byte path, and the resident blocks per SM from the compiled kernel's
+    registers and shared memory. The kernels take every size at run time (no specialization), so
+    one build per architecture serves every layer."""
+    from climseg.verify.checks import occupancy
+
+    compiled = {(r["kernel"], r["arch"]): r for r in kernel_rows if r.get("compiled") and r.get("serves")}
+    out = []
+    for arch in sorted({int(a[3:]) for _, a in compiled}):
+        for case in cases:
+            if case[-1] != 1:
+                continue  # depthwise: Triton only
+            for dtype_name in ("f16", "bf16") if arch >= 80 else ("f16",):
+                for name, grid, args in _record(case, arch, dtype_name):
+                    kernel = compiled.get((name, f"sm_{arch}"))
+                    row = dict(layer=case[0], arch=f"sm_{arch}", kernel=name, grid=list(grid))
+                    row.update(blocks=grid[0] * grid[1], vec=bool(args[VEC_ARG[name.split("_")[1]]]))
+                    if kernel is None:
+                        row.update(compiled=False)
+                    else:
+                        fit = occupancy(arch, kernel["registers"], kernel.get("shared_bytes", 0), 4)
+                        row.update(compiled=True, blocks_per_sm=fit["blocks_per_sm"], fits=fit["fits"])
+                    out.append(row)
+    return out
+
+
+def layer_violations(rows):
+    """A real layer that does not take the 16-byte path, whose kernel is missing, or does not fit."""
+    bad = []
+    for r in rows:
+        what = f"{r['kernel']} {r['arch']} [{r['layer']}]"
+        if not r["compiled"]:
+            bad.append(f"{what}: no compiled kernel serves it")
+        elif not r["fits"] or not r["blocks_per_sm"]:
+            bad.append(f"{what}: one block does not fit an SM")
+        if not r["vec"]:
+            bad.append(f"{what}: element-wise loads (channels not multiples of 8)")
+    return bad

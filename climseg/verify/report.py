@@ -106,6 +106,26 @@ def _cuda_table(cuda):
     return lines
 
 
+def _layer_table(layers):
+    lines = [
+        "",
+        "## CUDA atrous kernels at the real layers",
+        "",
+        "The launch each layer gets (batch 2 at a 768 x 1152 input; `climseg.ops.atrous_cuda` run on meta "
+        "tensors): grid (blocks), 16-byte loads, resident blocks per SM from the kernel's registers and shared "
+        "memory (128 threads each).",
+        "",
+        "| layer | arch | kernel | grid | blocks | 16-byte loads | blocks/SM |",
+        "|---|---|---|---|---:|---|---:|",
+    ]
+    for r in layers:
+        lines.append(
+            f"| {r['layer']} | {r['arch']} | {r['kernel']} | {' x '.join(map(str, r['grid']))} | {r['blocks']} | "
+            f"{'yes' if r['vec'] else 'no'} | {r.get('blocks_per_sm', '-')} |"
+        )
+    return lines
+
+
 def markdown(triton, cuda, meta):
     """The report as markdown: environment, violations, the Triton and the CUDA table."""
     lines = [
@@ -128,6 +148,8 @@ def markdown(triton, cuda, meta):
         lines += _triton_table(triton)
     if cuda:
         lines += _cuda_table(cuda)
+    if meta.get("cuda_layers"):
+        lines += _layer_table(meta["cuda_layers"])
     return "\n".join(lines) + "\n"
 
 
