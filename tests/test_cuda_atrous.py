@@ -224,3 +224,36 @@ def test_cuda_preference_follows_the_device(monkeypatch):
     monkeypatch.setattr(ops_atrous, "_triton_probe", lambda t: (False, "Triton is not installed"))
     assert "Triton is not installed" in ops_atrous._cuda_preferred(fake)
     assert ops_atrous._cuda_preferred(torch.empty(0)) == ""
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_on_the_gpu(dtype):
+    """The kernels of the device's own family (sm70 below compute capability 8.0) on CUDA tensors:
+    the anchors' dilations with the epilogue and every gradient, and the fused ASPP."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    device = torch.device("cuda")
+    if atrous_cuda.unsupported(dtype, device):
+        pytest.skip(atrous_cuda.unsupported(dtype, device))
+    for cin, cout, d, stride, n, h, w in ((64, 96, 6, 1, 2, 37, 29), (40, 24, 18, 2, 1, 41, 45)):
+        x = torch.randn(n, cin, h, w, device=device)
+        wt = torch.randn(cout, cin, 3, 3, device=device) / (9 * cin) ** 0.5
+        b = torch.randn(cout, device=device)
+        exact_in = _leaves([x, wt, b], torch.float64)
+        same_in = _leaves([x, wt, b], _same_precision(dtype))
+        ours_in = _leaves([x.contiguous(memory_format=torch.channels_last), wt, b], dtype)
+        kw = dict(stride=stride, padding=d, dilation=d)
+        exact = atrous_conv2d_reference(*exact_in, **kw)
+        theirs = atrous_conv2d_reference(*same_in, **kw)
+        ours = atrous_conv2d(*ours_in, **kw, backend="cuda")
+        _check(ours, theirs.detach(), exact.detach(), dtype, "output")
+        grad = torch.randn(exact.shape, dtype=torch.float64, device=device)
+        for i, (a, t, e) in enumerate(
+            zip(
+                torch.autograd.grad(ours, ours_in, grad.to(dtype)),
+                torch.autograd.grad(theirs, same_in, grad.to(same_in[0].dtype)),
+                torch.autograd.grad(exact, exact_in, grad),
+            )
+        ):
+            _check(a, t, e, dtype, f"grad {i}")
