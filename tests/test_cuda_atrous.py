@@ -211,6 +211,12 @@ def test_auto_prefers_a_backend_that_says_why(monkeypatch):
     assert op_backend.resolve("demo", "auto", None) == "triton"
 
 
+def test_info_says_the_policy_of_the_convolutions():
+    rows = {op: why for op, _, _, why in op_backend.describe(["atrous_conv2d", "aspp_conv"])}
+    for op in ("atrous_conv2d", "aspp_conv"):
+        assert "CUDA kernels first below sm_80" in rows[op] or torch.cuda.is_available()
+
+
 def test_cuda_preference_follows_the_device(monkeypatch):
     class OnTheGPU:
         device = torch.device("cuda", 0)

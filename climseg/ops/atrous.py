@@ -190,6 +190,8 @@ def _cuda_preferred(tensor):
     return "" if _triton_probe(tensor)[0] else "Triton is not installed"
 
 
+_cuda_preferred.policy = "CUDA kernels first below sm_80 (no tensor cores in Triton there) or without Triton"
+
 _backend.register("atrous_conv2d", "triton", _triton_probe)
 _backend.register("aspp_conv", "triton", _triton_probe)
 _backend.register("atrous_conv2d", "cuda", _cuda_probe, prefer=_cuda_preferred)

@@ -127,6 +127,8 @@ def describe(ops=None):
             reasons.append(f"{name}: {reason}")
         if not candidates:
             reasons.append("PyTorch reference only")
+        policies = [getattr(_PREFER.get((op, n)), "policy", "") for n, _ in candidates]
+        reasons += [f"auto: {p}" for p in policies if p and not cuda_ok]
         rows.append((op, cuda_choice if cuda_ok else "-", "torch", "; ".join(reasons) or "fast path available"))
     return rows
 
