@@ -396,6 +396,13 @@ CS_DEV Branch read_branch(const int* __restrict__ table, int b) {
 
 CS_DEV int cdiv(int a, int b) { return (a + b - 1) / b; }
 
+// Pipeline stages in shared memory: the cp.async ring's 3 where 16-bit operands are copied
+// asynchronously (sm80 family), else the register double buffer's 2 (29,696 bytes instead of 44,544:
+// two blocks per SM on a T4's 64 KiB).
+template <typename T, int F> struct AtStages {
+  static constexpr int value = F == 80 && is_16bit<T>::value ? AT_STAGES : 2;
+};
+
 // forward: A[m, (t, c)] = x[src(m, t), c], B[(t, c), n] = w[t, c, n]
 struct ForwardLoader {
   Branch br;
@@ -497,7 +504,7 @@ CS_DEV void atrous_fwd_body(const T* __restrict__ x, const T* __restrict__ w, co
                             const float* __restrict__ shift, const T* __restrict__ res, T* __restrict__ y, int NB,
                             int H, int W, int Cin, int OH, int OW, int Cout, int Ctot, int stride_h, int stride_w,
                             int relu, int vec, int n_blocks) {
-  __shared__ __align__(16) u16 smem[AT_STAGES * AT_STAGE];
+  __shared__ __align__(16) u16 smem[AtStages<T, F>::value * AT_STAGE];
   const int M = NB * OH * OW, m0 = blockIdx.x * AT_BM;
   const int branch = blockIdx.y / n_blocks, n0 = (blockIdx.y - branch * n_blocks) * AT_BN;
   ForwardLoader ld;
@@ -536,7 +543,7 @@ template <typename T, typename CT, int F>
 CS_DEV void atrous_dgrad_body(const T* __restrict__ g, const T* __restrict__ wt, const int* __restrict__ table,
                               T* __restrict__ dx, int NB, int H, int W, int Cin, int OH, int OW, int Cout, int Ctot,
                               int stride_h, int stride_w, int branches, int vec) {
-  __shared__ __align__(16) u16 smem[AT_STAGES * AT_STAGE];
+  __shared__ __align__(16) u16 smem[AtStages<T, F>::value * AT_STAGE];
   const int M = NB * H * W, m0 = blockIdx.x * AT_BM, n0 = blockIdx.y * AT_BN;
   DgradLoader ld;
   ld.table = table;
@@ -568,7 +575,7 @@ CS_DEV void atrous_wgrad_body(const T* __restrict__ x, const T* __restrict__ g, 
                               float* __restrict__ dw, int NB, int H, int W, int Cin, int OH, int OW, int Cout,
                               int Ctot, int stride_h, int stride_w, int splits, int p_per_split, i64 ws_stride,
                               int atomic, int vec, int n_blocks) {
-  __shared__ __align__(16) u16 smem[AT_STAGES * AT_STAGE];
+  __shared__ __align__(16) u16 smem[AtStages<T, F>::value * AT_STAGE];
   const int P = NB * OH * OW;
   const int nb = blockIdx.y % n_blocks, rest = blockIdx.y / n_blocks;
   const int job = rest / splits, split = rest - job * splits;
