@@ -202,7 +202,7 @@ setup(
                 cxx_std=17,
                 extra_compile_args=flags,
                 extra_link_args=["-pthread"],
-                depends=sorted(glob.glob("csrc/cuda/*.cu*") + glob.glob("csrc/cuda/*.h") + glob.glob("csrc/cuda/module.cpp")),
+                depends=sorted(glob.glob("csrc/cuda/*.cu*") + glob.glob("csrc/cuda/*.h") + ["csrc/cuda/module.cpp"]),
             )
             for name, (sources, flags) in EXTENSIONS.items()
         ]
