@@ -263,3 +263,37 @@ def test_on_the_gpu(dtype):
             )
         ):
             _check(a, t, e, dtype, f"grad {i}")
+
+
+def _cuda_build_plan():
+    """setup.py's cuda_build_plan, taken from the file (importing setup.py would run setup())."""
+    import ast
+    import os
+    import re
+    import shutil
+    import subprocess
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    (node,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "cuda_build_plan"]
+    scope = dict(os=os, re=re, shutil=shutil, subprocess=subprocess)
+    exec(compile(ast.Module([node], []), path, "exec"), scope)
+    return scope["cuda_build_plan"]
+
+
+@pytest.mark.parametrize("release, built", [("12.9", True), ("13.0", False)])
+def test_volta_builds_with_cuda_12_and_cuda_13_says_why_not(release, built, tmp_path, monkeypatch):
+    nvcc = tmp_path / "bin" / "nvcc"
+    nvcc.parent.mkdir()
+    nvcc.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.1'\n")
+    nvcc.chmod(0o755)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    monkeypatch.setenv("CLIMSEG_CUDA_ARCHS", "70;80;90")
+    monkeypatch.delenv("CLIMSEG_SKIP_CUDA_BUILD", raising=False)
+    found, archs, why = _cuda_build_plan()()
+    if built:
+        assert found == str(nvcc) and archs == ["70", "80", "90"] and "sm_70" in why
+    else:
+        assert found is None and archs == [] and "\n" not in why
+        assert "CUDA 13 cannot compile for 70;80;90" in why and "CUDA 12" in why
