@@ -49,7 +49,8 @@ def _triton_table(triton):
         "",
         "One row per kernel, architecture, dtype, candidate and specialization (`/16`: the JIT's "
         "divisibility-by-16 attribute); MMA: HMMA (sm_80) or HGMMA (sm_90) instructions; async: LDGSTS "
-        "(cp.async) + UTMALDG (TMA) instructions; warps/SM: resident warps per SM (limit).",
+        "(cp.async) + UTMALDG (TMA) instructions; warps/SM: resident warps per SM (limit). On sm_70 (read from the "
+        "PTX: no disassembler) the spills are ptxas's bytes (`B`), not instructions.",
         "",
         "| kernel | arch | dtype | block w stages | layers | regs | spills (STL/LDL) | smem KiB | MMA |"
         " async | LDG.128 / LDG | atomics | warps/SM |",
@@ -66,7 +67,8 @@ def _triton_table(triton):
             continue
         lines.append(
             f"| {name} | {r['arch']} | {r['dtype']} | {_block(r)} | {len(r['layers'])} | {r['registers']} | "
-            f"{r['spill_stores']}/{r['spill_loads']} | {r['shared_bytes'] / 1024:.0f} | "
+            f"{r['spill_stores']}/{r['spill_loads']}{' B' if r.get('read_from') == 'ptx' else ''} | "
+            f"{r['shared_bytes'] / 1024:.0f} | "
             f"{r['hmma'] + r['hgmma']} | {r['ldgsts'] + r['utmaldg']} | {r['ldg128']}/{r['ldg']} | "
             f"{r['atomics']} | {r['warps_per_sm']} ({r['occupancy_limit']}) |"
         )
