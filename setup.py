@@ -9,7 +9,8 @@ Environment variables (all optional):
 
     CLIMSEG_SKIP_CUDA_BUILD=1   do not build climseg._cuda even if nvcc is there
     CLIMSEG_FORCE_CUDA_BUILD=1  a failed (or impossible) climseg._cuda build is an error
-    CLIMSEG_CUDA_ARCHS="80;90"  GPU architectures (default: the visible GPUs', else 80;90)
+    CLIMSEG_CUDA_ARCHS="80;90"  GPU architectures (default: the visible GPUs', else 80;90); "70;80;90"
+                                needs a CUDA 12 toolkit (CUDA 13 starts at sm_75)
     CLIMSEG_FORCE_CPP_BUILD=1   a failed C++ build (any extension) is an error
     CUDA_HOME                   the toolkit to use (default: nvcc on PATH)
 
@@ -201,7 +202,7 @@ setup(
                 cxx_std=17,
                 extra_compile_args=flags,
                 extra_link_args=["-pthread"],
-                depends=sorted(glob.glob("csrc/cuda/*.cu*") + glob.glob("csrc/cuda/*.h")),
+                depends=sorted(glob.glob("csrc/cuda/*.cu*") + glob.glob("csrc/cuda/*.h") + ["csrc/cuda/module.cpp"]),
             )
             for name, (sources, flags) in EXTENSIONS.items()
         ]
@@ -226,13 +227,23 @@ setup(
         # Triton: from 3.6 (what PyTorch 2.11's CUDA wheels pin) to 3.9, both ends tested in CI (.ci/run);
         # the kernels' tests run in Triton's CPU interpreter, `climseg bench static` compiles them for sm_80/sm_90;
         # the MLPerf log is checked by mlperf-logging's compliance checker; the layers by import-linter
-        "test": ["pytest>=7", "triton>=3.6,<3.10", "mlperf-logging>=4.1", "import-linter>=2.1"],
+        # CUDA 12's NVRTC and ptxas (volta, below) let the tests compile the CUDA kernels for sm_70 too
+        "test": [
+            "pytest>=7",
+            "triton>=3.6,<3.10",
+            "mlperf-logging>=4.1",
+            "import-linter>=2.1",
+            "nvidia-cuda-nvrtc-cu12>=12.4,<13",
+            "nvidia-cuda-nvcc-cu12>=12.4,<13",
+        ],
         # `ruff check`, `ruff format --check` (pinned: formatting must not change under the code) and `lint-imports`
         "lint": ["ruff==0.17.6", "import-linter>=2.1"],
         "mlperf": ["mlperf-logging>=4.1"],  # --mlperf-log (MLPerf HPC :::MLLOG logs)
         "triton": ["triton>=3.6,<3.10"],
         "mpi": ["mpi4py>=3.1"],  # plus an MPI: the system's, or `pip install mpich`
         "cuda": ["cupy-cuda12x>=13"],
+        # `climseg bench static --arch 70`: Volta through CUDA 12's NVRTC and ptxas (CUDA 13 starts at sm_75)
+        "volta": ["nvidia-cuda-nvrtc-cu12>=12.4,<13", "nvidia-cuda-nvcc-cu12>=12.4,<13"],
         "docs": ["mkdocs>=1.5", "mkdocs-material>=9", "mkdocstrings[python]>=0.24"],  # mkdocs build --strict
         "parquet": ["pyarrow>=12"],  # climseg track also writes its tables as Parquet
         "trainers": ["pytorch-lightning>=2.4", "accelerate>=1.0"],  # tests/test_trainers.py, docs/trainers.md

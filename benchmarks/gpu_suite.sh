@@ -9,7 +9,10 @@
 #      climseg._cuda build shows as a failed step (then it installs without climseg._cuda and
 #      the CUDA kernels come from CuPy, NVRTC, if installed); without nvcc: CuPy only,
 #   2. runs the `gpu`-marked tests,
-#   3. the atrous/ASPP kernel benchmark (bf16, forward+backward, against cuDNN),
+#   3. the atrous/ASPP kernel benchmark (forward+backward, against cuDNN): Triton and the CUDA
+#      kernels of csrc/cuda side by side, bf16 and fp16 (channels_last); on Volta/Turing (compute
+#      capability < 8.0) the Volta section instead: fp16 only, the CUDA kernels (climseg's tensor-core
+#      path there) against cuDNN and against Triton (which has no tensor cores below sm_80),
 #   4. the CUDA-kernel benchmark (--quick: loss + IoU counts, LARC-Adam/LAMB steps, gradient
 #      buckets, input conversion against the PyTorch sequences they replace, and the copy
 #      bandwidth), a failed step if neither climseg._cuda nor CuPy provides the kernels,
@@ -84,7 +87,7 @@ $py -m climseg info >> "$log" 2>&1
 if [ "$gpu" != "1" ]; then
     say "no CUDA device: dry run of the suite's own steps (no GPU numbers)"
     step dry-imports 120 $py -c "import climseg.bench.atrous, climseg.bench.step, climseg.bench.scaling, climseg.kernels.atrous_dense, climseg.kernels.atrous_depthwise, climseg.bench.cuda_kernels"
-    step dry-atrous 60 $py -m climseg.bench.atrous --quick --json "$out/atrous.json"
+    step dry-atrous 60 $py -m climseg.bench.atrous --quick --backend triton,cuda --dtype fp16 --json "$out/atrous.json"
     # without CUDA the CUDA-kernel benchmark must refuse in one line with status 2 ...
     say "dry-cuda-kernels: $py -m climseg bench cuda-kernels --quick (expects exit 2 and one error line)"
     msg=$($py -m climseg bench cuda-kernels --quick --json "$out/cuda-kernels.json" 2>&1)
@@ -113,8 +116,19 @@ fi
 
 # 2. gpu-marked tests
 step gpu-tests 150 $py -m pytest -q -m gpu tests -p no:cacheprovider
-# 3. atrous / ASPP kernels against cuDNN
-step atrous 200 $py -m climseg.bench.atrous --quick --json "$out/atrous.json"
+# 3. atrous / ASPP kernels against cuDNN: Triton and the CUDA kernels (csrc/cuda/atrous.cu)
+cap=$($py -c "import torch; print('%d%d' % torch.cuda.get_device_capability())" 2>/dev/null || echo 0)
+if [ "$cap" -lt 80 ]; then
+    # Volta section (V100, sm_70; also Turing): Triton emits no tensor-core instructions here, so the
+    # CUDA kernels are climseg's tensor-core path; targets: every dilated layer >= 1.0x cuDNN fp16
+    # channels_last, the fused ASPP >= 1.3x the unfused one
+    say "Volta section: sm_$cap, fp16, CUDA kernels against cuDNN and Triton"
+    step atrous-volta-tests 120 $py -m pytest -q -m gpu tests/test_cuda_atrous.py -p no:cacheprovider
+    step atrous 300 $py -m climseg.bench.atrous --quick --backend cuda,triton --dtype fp16 --json "$out/atrous.json"
+else
+    step atrous 300 $py -m climseg.bench.atrous --quick --backend triton,cuda --dtype bf16,fp16 \
+        --json "$out/atrous.json"
+fi
 # 4. CUDA kernels of csrc/cuda against the PyTorch sequences they replace (climseg._cuda, else CuPy)
 why=$($py -c "import sys, torch; from climseg.ops import cuda
 ok, why = cuda.probe(torch.empty(0, device='cuda'))
@@ -146,11 +160,12 @@ if os.path.exists(path):
 path = os.path.join(out, "atrous.json")
 if os.path.exists(path):
     d = json.load(open(path))
-    print("atrous kernels (bf16, forward+backward):")
+    print("atrous kernels (forward+backward):")
     for r in d["rows"]:
         ratio = f"{r['vs_cudnn']:.2f}x cuDNN" if "vs_cudnn" in r else f"{r.get('vs_unfused', float('nan')):.2f}x unfused"
         det = f" det. {r['vs_torch_deterministic']:.1f}x torch det." if "vs_torch_deterministic" in r else ""
-        print(f"  {r['layer']:42s} {r['ms']:8.3f} ms  {ratio}{det}")
+        tri = f" {r['vs_triton']:.2f}x Triton" if "vs_triton" in r else ""
+        print(f"  {r['layer']:42s} {r.get('backend', 'triton'):6s} {r['dtype']:8s} {r['ms']:8.3f} ms  {ratio}{det}{tri}")
 path = os.path.join(out, "cuda-kernels.json")
 if os.path.exists(path):
     d = json.load(open(path))

@@ -29,10 +29,26 @@ import torch
 # ---------------------------------------------------------------------------------------------
 # the GPU architectures
 # ---------------------------------------------------------------------------------------------
-#: Per compute capability (80: A100 SXM, 90: H100 SXM): SMs (the weight gradient's split follows
+#: Per compute capability (70: V100 SXM2, 75: T4, 80: A100 SXM, 90: H100 SXM): SMs (the weight gradient's split follows
 #: them), shared memory per SM and the most one block may take (bytes; each resident block also
 #: takes 1 KiB the driver reserves), registers per SM, resident warps and blocks per SM.
 ARCHITECTURES = {
+    70: dict(  # V100 SXM2 (Volta): Triton has no tensor cores here; climseg's CUDA kernels do
+        sm_count=80,
+        shared_per_sm=96 * 1024,
+        shared_per_block=96 * 1024,
+        registers_per_sm=65536,
+        max_warps_per_sm=64,
+        max_blocks_per_sm=32,
+    ),
+    75: dict(  # T4 (Turing): the same
+        sm_count=40,
+        shared_per_sm=64 * 1024,
+        shared_per_block=64 * 1024,
+        registers_per_sm=65536,
+        max_warps_per_sm=32,
+        max_blocks_per_sm=16,
+    ),
     80: dict(
         sm_count=108,
         shared_per_sm=164 * 1024,

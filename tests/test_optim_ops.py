@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from climseg.errors import ConfigError
 from climseg.ops import atrous_conv2d, atrous_conv2d_reference
 from climseg.ops import backend as backend_mod
+from climseg.ops import cuda as cuda_ops
 from climseg.optim import LAMB, build_scheduler, lr_factor
 
 
@@ -96,8 +97,13 @@ def test_backend_switch(monkeypatch):
     with pytest.raises(ConfigError, match="activation must be None or 'relu'"):
         atrous_conv2d(x, w, activation="gelu")
     monkeypatch.setenv("CLIMSEG_BACKEND", "cuda")
-    with pytest.raises(ConfigError, match="backend 'cuda' is not available"):
-        atrous_conv2d(x, w)
+    if cuda_ops.probe(x)[0]:  # CPU tensors reach the CUDA kernels through their emulation (climseg._cuda_emulated)
+        assert torch.allclose(atrous_conv2d(x, w), atrous_conv2d_reference(x, w), rtol=1e-2, atol=1e-2)
+        with pytest.raises(ConfigError, match="the CUDA kernels cannot compute this: dtype torch.float64"):
+            atrous_conv2d(x.double(), w.double())
+    else:
+        with pytest.raises(ConfigError, match="backend 'cuda' is not available"):
+            atrous_conv2d(x, w)
     monkeypatch.setenv("CLIMSEG_BACKEND", "nonsense")
     with pytest.raises(ConfigError, match="CLIMSEG_BACKEND='nonsense'"):
         atrous_conv2d(x, w)

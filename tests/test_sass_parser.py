@@ -10,7 +10,7 @@ import os
 import pytest
 
 from climseg.verify import checks
-from climseg.verify.sass import functions, instruction_counts, opcodes, ptxas_usage, resource_usage
+from climseg.verify.sass import functions, instruction_counts, opcodes, ptx_entries, ptxas_usage, resource_usage
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "static")
 COUNTED = (
@@ -24,6 +24,7 @@ COUNTED = (
     "spill_stores",
     "ldg",
     "ldg128",
+    "ldgsts128",
 )
 
 
@@ -40,9 +41,9 @@ def _counts(**nonzero):
     "name, expected",
     [
         # MOV S2R LDGSTS LDGSTS LDGDEPBAR BAR LDSM @!P0 BRA HMMA HMMA @!PT LDS MEMBAR ATOMG NOP
-        ("mma_sm80.sass", _counts(instructions=14, hmma=2, ldgsts=2, atomics=1)),
+        ("mma_sm80.sass", _counts(instructions=14, hmma=2, ldgsts=2, ldgsts128=2, atomics=1)),
         # LDGSTS x2, WARPGROUP.ARRIVE, HGMMA x3, WARPGROUP.DEPBAR, ATOMG (F32x4)
-        ("mma_sm90.sass", _counts(instructions=8, hgmma=3, ldgsts=2, atomics=1)),
+        ("mma_sm90.sass", _counts(instructions=8, hgmma=3, ldgsts=2, ldgsts128=2, atomics=1)),
         # UTMACCTL UTMACMDFLUSH @UP1 UTMALDG @UP1 UTMASTG UTMACMDFLUSH: one TMA load, the store is no load
         ("tma_sm90.sass", _counts(instructions=5, utmaldg=1)),
         # STL STL STL.64 LDL.LU LDL.LU.64 HMMA
@@ -146,3 +147,56 @@ def test_the_cuda_checks_on_parsed_code():
         "_Z5heavyPKfPfi sm_80: spills (1452 B stores, 2948 B loads)",
         "_Z5heavyPKfPfi sm_80: memory-bound but no 128-bit loads (1 narrower ones)",
     ]
+
+
+def test_ptx_of_sm70_and_ptxas_12():
+    """sm_70 has no disassembler on PyPI: the PTX (NVRTC 12) and ptxas 12 -v are what is read."""
+    entries = ptx_entries(_read("volta_two_kernels_sm70.ptx"))
+    assert list(entries) == ["mma884", "scattered"]
+    assert entries["mma884"] == dict(
+        mma884=1, mma16816=0, wmma=0, cp_async=0, ld_global=1, ld_global128=1, local=0, atomics=8
+    )
+    scattered = entries["scattered"]
+    assert scattered["mma884"] == 0 and scattered["ld_global128"] == 0 and scattered["local"] > 0
+    assert ptxas_usage(_read("volta_two_kernels_sm70.ptxas")) == {
+        "scattered": dict(registers=30, stack_bytes=0, spill_store_bytes=0, spill_load_bytes=0),
+        "mma884": dict(registers=22, stack_bytes=0, spill_store_bytes=0, spill_load_bytes=0),
+    }
+
+
+def _atrous_row(**extra):
+    row = dict(
+        kernel="atrous_fwd_f16_sm80",
+        arch="sm_80",
+        compiled=True,
+        memory_bound=False,
+        ldg=4,
+        ldg128=0,
+        spill_loads=0,
+        spill_stores=0,
+        family="sm80",
+        serves=True,
+        dtype="f16",
+        tensor_core=32,
+        async_copies=12,
+        wide_loads=12,
+    )
+    row.update(extra)
+    return row
+
+
+def test_the_cuda_atrous_checks():
+    """Where its family serves, an atrous kernel needs tensor cores, 128-bit loads and (16 bits, sm_80+)
+    cp.async; where it does not (its body traps there), nothing is asked of it."""
+    assert checks.violations(cuda=[_atrous_row()]) == []
+    found = checks.violations(cuda=[_atrous_row(tensor_core=0, async_copies=0, wide_loads=0)])
+    assert [v.split(": ", 1)[1] for v in found] == [
+        "no tensor-core instructions (HMMA/HGMMA, mma.sync)",
+        "no 128-bit loads",
+        "no asynchronous copies (cp.async / LDGSTS)",
+    ]
+    fp32 = _atrous_row(kernel="atrous_fwd_f32_sm80", dtype="f32", async_copies=0)
+    volta = _atrous_row(kernel="atrous_fwd_f16_sm70", arch="sm_70", family="sm70", async_copies=0, read_from="ptx")
+    trap = _atrous_row(serves=False, tensor_core=0, async_copies=0, wide_loads=0)
+    assert checks.violations(cuda=[fp32, volta, trap]) == []
+    assert "local memory" in checks.violations(cuda=[_atrous_row(read_from="ptx", stack_bytes=256)])[0]

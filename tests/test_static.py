@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from climseg.verify import checks, tools
+from climseg.verify import checks, tools, volta
 from climseg.verify import triton_kernels as T
 from climseg.verify.layers import layer_cases
 from climseg.verify.sass import instruction_counts
@@ -151,12 +151,51 @@ def test_cuda_kernels_compile_clean_with_128_bit_loads(tmp_path):
     assert {r["arch"] for r in rows} == {"sm_80", "sm_90"}
     assert all(r["compiled"] and not r.get("spill_store_bytes") for r in rows)
     assert "| larc_adam_step_bf16 | sm_90 |" in (tmp_path / "static.md").read_text()
+    # the atrous kernels: tensor cores, 128-bit loads, cp.async in 16 bits, at every real dense layer
+    atrous = [r for r in rows if r["kernel"].startswith("atrous_") and r["serves"]]
+    assert {(r["kernel"], r["arch"]) for r in atrous} == {
+        (f"atrous_{op}_{t}_sm80", f"sm_{a}")
+        for op in ("fwd", "dgrad", "wgrad")
+        for t in ("f16", "bf16", "f32")
+        for a in (80, 90)
+    }
+    assert all(r["tensor_core"] > 0 and r["wide_loads"] > 0 for r in atrous)
+    assert all(r["async_copies"] > 0 for r in atrous if r["dtype"] != "f32")
+    layers = report["meta"]["cuda_layers"]
+    assert len({r["layer"] for r in layers}) == 9 and all(r["vec"] and r["blocks_per_sm"] >= 1 for r in layers)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(volta.problem() != "", reason="needs CUDA 12's NVRTC and ptxas (pip install climseg[volta])")
+def test_cuda_kernels_for_volta_through_nvrtc_12(tmp_path):
+    """sm_70: every CUDA kernel through NVRTC 12 and ptxas 12 -v, read from the PTX (no sm_70
+    disassembler exists on PyPI): the atrous kernels of the sm70 family use mma.sync.m8n8k4, load 128
+    bits, and neither spill nor use local memory; registers and shared memory are reported."""
+    from climseg.cli import main
+
+    out = tmp_path / "static.json"
+    assert (
+        main(["bench", "static", "--json", str(out), "--", "--kernels", "cuda", "--arch", "70", "--no-progress"]) == 0
+    )
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert {r["arch"] for r in rows} == {"sm_70"} and all(r["read_from"] == "ptx" for r in rows)
+    volta_rows = [r for r in rows if r["kernel"].startswith("atrous_") and r["serves"]]
+    assert {r["kernel"] for r in volta_rows} == {
+        f"atrous_{op}_{t}_sm70" for op in ("fwd", "dgrad", "wgrad") for t in ("f16", "f32")
+    }
+    for r in volta_rows:
+        assert r["mma884"] > 0 and r["ld_global128"] > 0 and r["registers"] > 0 and r["shared_bytes"] > 0
+        assert r["spill_store_bytes"] == r["spill_load_bytes"] == r["stack_bytes"] == 0
+    assert report["meta"]["nvrtc_sm70"].startswith("12.")
+    assert all(r["arch"] == "sm_70" and r["vec"] for r in report["meta"]["cuda_layers"])
 
 
 def test_user_errors_are_one_line(capsys):
     from climseg.cli import main
 
-    assert main(["bench", "static", "--", "--arch", "70"]) == 2
+    assert main(["bench", "static", "--", "--arch", "60"]) == 2
+    assert main(["bench", "static", "--", "--kernels", "triton", "--arch", "72"]) == 2
     assert main(["bench", "static", "--", "--layer", "x:1,2,3"]) == 2
     err = capsys.readouterr().err
     assert "--arch" in err and "--layer" in err and "Traceback" not in err

@@ -1,7 +1,9 @@
-"""Atrous-convolution benchmark (GPU): climseg's Triton kernels against cuDNN.
+"""Atrous-convolution benchmark (GPU): climseg's Triton and CUDA kernels against cuDNN.
 
 Rows: the real dilated layers of both configurations at a 768 x 1152 input,
-batch 2, in bf16 and fp16, forward / backward / forward+backward:
+batch 2, in bf16 and fp16, forward / backward / forward+backward, per backend
+(``--backend triton``, ``cuda`` or both: the implicit-GEMM kernels of csrc/cuda/atrous.cu,
+the only tensor-core path climseg has below sm_80; the depthwise layers are Triton's only):
 
 * kurth2018 ASPP 3x3 2048->256 at 96x144 (output stride 8), dilations 12, 24, 36
 * deepcam ASPP 3x3 2048->256 at 48x72 (output stride 16), dilations 6, 12, 18
@@ -16,10 +18,12 @@ channels_last tensors with ``torch.backends.cudnn.benchmark = True`` (what a use
 would otherwise run), and, for the deterministic rows, to PyTorch's deterministic
 mode (``torch.use_deterministic_algorithms(True)``) and to our own
 non-deterministic speed. JSON and a markdown table go to ``benchmarks/results/``
-(GPU, driver, torch and triton versions, date, command).
+(GPU, driver, torch and triton versions, date, command). With both backends the CUDA rows
+also carry ``vs_triton`` (Triton's time over the CUDA kernels').
 
     python benchmarks/bench_atrous.py                 # on a CUDA machine
     python benchmarks/bench_atrous.py --quick         # fewer repeats, bf16 only
+    climseg bench atrous -- --backend triton,cuda --dtype fp16    # both backends, fp16 (Volta: cuda only)
 """
 
 import argparse
@@ -57,7 +61,7 @@ def timeit(fn, repeats, warmup=3):
     return q(0.5), q(0.2), q(0.8)
 
 
-def conv_case(name, n, cin, cout, h, w, k, d, groups, dtype, mode, repeats, deterministic=False):
+def conv_case(name, n, cin, cout, h, w, k, d, groups, dtype, mode, repeats, deterministic=False, backend="triton"):
     from climseg.ops import atrous_conv2d
 
     x = torch.randn(n, cin, h, w, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -75,13 +79,14 @@ def conv_case(name, n, cin, cout, h, w, k, d, groups, dtype, mode, repeats, dete
             return lambda: torch.autograd.grad(y, [x, wt], grad, retain_graph=True)
         return lambda: torch.autograd.grad(fn(), [x, wt], grad)
 
-    ours = make(lambda: atrous_conv2d(x, wt, None, 1, pad, d, groups, deterministic=deterministic, backend="triton"))
+    ours = make(lambda: atrous_conv2d(x, wt, None, 1, pad, d, groups, deterministic=deterministic, backend=backend))
     cudnn = make(lambda: F.conv2d(x, wt, None, 1, pad, d, groups))
     f = flops(n, cin, cout, h, w, k, groups) * (1 if mode == "forward" else 2 if mode == "backward" else 3)
     t_ours = timeit(ours, repeats)
     t_ref = timeit(cudnn, repeats)
     row = dict(
         layer=name,
+        backend=backend,
         dtype=str(dtype).replace("torch.", ""),
         mode=mode,
         deterministic=deterministic,
@@ -102,11 +107,11 @@ def conv_case(name, n, cin, cout, h, w, k, d, groups, dtype, mode, repeats, dete
     return row
 
 
-def aspp_case(config, dtype, mode, repeats):
+def aspp_case(config, dtype, mode, repeats, backend="triton"):
     from climseg.nn import ASPP
 
     cin, h, w, rates = (2048, 96, 144, (12, 24, 36)) if config == "kurth2018" else (2048, 48, 72, (6, 12, 18))
-    fused = ASPP(cin, 256, rates).cuda().to(memory_format=torch.channels_last)
+    fused = ASPP(cin, 256, rates, backend=backend).cuda().to(memory_format=torch.channels_last)
     unfused = ASPP(cin, 256, rates, fused=False).cuda().to(memory_format=torch.channels_last)
     unfused.load_state_dict(fused.state_dict())
     for b in unfused.branches():
@@ -126,6 +131,7 @@ def aspp_case(config, dtype, mode, repeats):
         times[label] = timeit(step, repeats)
     return dict(
         layer=f"{config} ASPP block",
+        backend=backend,
         dtype=str(dtype).replace("torch.", ""),
         mode=mode,
         deterministic=False,
@@ -138,13 +144,17 @@ def aspp_case(config, dtype, mode, repeats):
 
 
 def environment(argv=None):
-    import triton
+    try:
+        import triton
 
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
     return dict(
         gpu_environment(0),
         cuda=torch.version.cuda,
         torch=torch.__version__,
-        triton=triton.__version__,
+        triton=triton_version,
         python=platform.python_version(),
         date=datetime.date.today().isoformat(),
         command=command_line(argv),
@@ -162,70 +172,91 @@ def write(rows, env, path):
             f"Command: `{env['command']}`\n\n"
         )
         f.write(
-            "| layer | dtype | mode | det. | ms (p20-p80) | TFLOP/s | vs cuDNN | vs torch det. | det. vs ours |"
-            " vs unfused |\n|---|---|---|---|---:|---:|---:|---:|---:|---:|\n"
+            "| layer | backend | dtype | mode | det. | ms (p20-p80) | TFLOP/s | vs cuDNN | vs torch det. |"
+            " det. vs ours | vs unfused | vs Triton |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n"
         )
         for r in rows:
             f.write(
-                f"| {r['layer']} | {r['dtype']} | {r['mode']} | {'yes' if r['deterministic'] else ''} | "
+                f"| {r['layer']} | {r['backend']} | {r['dtype']} | {r['mode']} | "
+                f"{'yes' if r['deterministic'] else ''} | "
                 f"{r['ms']:.3f} ({r['ms_p20']:.3f}-{r['ms_p80']:.3f}) | {r.get('tflops', float('nan')):.1f} | "
                 f"{r.get('vs_cudnn', float('nan')):.2f} | {r.get('vs_torch_deterministic', float('nan')):.2f} | "
-                f"{r.get('vs_ours_nondeterministic', float('nan')):.2f} | {r.get('vs_unfused', float('nan')):.2f} |\n"
+                f"{r.get('vs_ours_nondeterministic', float('nan')):.2f} | {r.get('vs_unfused', float('nan')):.2f} | "
+                f"{r.get('vs_triton', float('nan')):.2f} |\n"
             )
 
 
+def _say(r):
+    ratio = f"{r['vs_cudnn']:5.2f}x cuDNN" if "vs_cudnn" in r else f"{r['vs_unfused']:5.2f}x unfused"
+    extra = f" {r['vs_triton']:5.2f}x Triton" if "vs_triton" in r else ""
+    det = f" {r['vs_torch_deterministic']:6.1f}x torch det." if "vs_torch_deterministic" in r else ""
+    print(f"{r['layer']:42s} {r['backend']:6s} {r['dtype']:8s} {r['mode']:17s} {r['ms']:8.3f} ms {ratio}{det}{extra}")
+
+
+def _runs(backend, dtype):
+    """Whether ``backend`` runs ``dtype`` on this GPU (the CUDA kernels: no bf16 below sm_80)."""
+    return not (backend == "cuda" and dtype == torch.bfloat16 and torch.cuda.get_device_capability() < (8, 0))
+
+
 def main(argv=None):
+    from climseg.errors import ConfigError
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="bf16 only, forward+backward only, fewer repeats")
+    parser.add_argument("--quick", action="store_true", help="forward+backward only, fewer repeats (bf16 by default)")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--backend", default="triton", help="triton, cuda or both (comma-separated)")
+    parser.add_argument("--dtype", default=None, help="bf16, fp16 or both (default both; --quick: bf16)")
     parser.add_argument(
         "--json", default=None, help="output file (default benchmarks/results/atrous-<gpu>-<date>.json)"
     )
     args = parser.parse_args(argv)
+    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
+    names = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    dtype_names = [d.strip() for d in (args.dtype or ("bf16" if args.quick else "bf16,fp16")).split(",") if d.strip()]
+    if not backends or any(b not in ("triton", "cuda") for b in backends):
+        raise ConfigError(f"--backend {args.backend!r}: give triton, cuda or both, comma-separated")
+    if not dtype_names or any(d not in names for d in dtype_names):
+        raise ConfigError(f"--dtype {args.dtype!r}: give bf16, fp16 or both, comma-separated")
     if not torch.cuda.is_available():
         print("bench_atrous: no CUDA device here; this benchmark measures GPU kernels only (nothing run)")
         return 0
     torch.backends.cudnn.benchmark = True
     env = environment(argv)
-    dtypes = [torch.bfloat16] if args.quick else [torch.bfloat16, torch.float16]
     modes = ["forward+backward"] if args.quick else ["forward", "backward", "forward+backward"]
     repeats = max(3, args.repeats // (4 if args.quick else 1))
     rows = []
-    for dtype in dtypes:
-        for spec in atrous_layers():
-            for mode in modes:
-                rows.append(conv_case(*spec, dtype, mode, repeats))
+    for dtype in [names[d] for d in dtype_names]:
+        for backend in backends:
+            if not _runs(backend, dtype):
+                print(f"bench_atrous: {backend} kernels have no {dtype} on this GPU: skipped")
+                continue
+            for spec in atrous_layers():
+                if backend == "cuda" and spec[-1] != 1:
+                    continue  # depthwise: Triton only
+                for mode in modes:
+                    rows.append(conv_case(*spec, dtype, mode, repeats, backend=backend))
+                    _say(rows[-1])
+            dense = atrous_layers()[:1] + ([] if backend == "cuda" else atrous_layers()[6:7])
+            for spec in dense:  # deterministic: one dense layer (and one depthwise on Triton)
+                rows.append(conv_case(*spec, dtype, "forward+backward", repeats, deterministic=True, backend=backend))
                 r = rows[-1]
-                print(
-                    f"{r['layer']:42s} {r['dtype']:8s} {mode:17s} {r['ms']:8.3f} ms {r['tflops']:6.1f} TFLOP/s "
-                    f"{r['vs_cudnn']:5.2f}x cuDNN",
-                    flush=True,
-                )
-        for spec in atrous_layers()[:1] + atrous_layers()[6:7]:  # deterministic: one dense, one depthwise layer
-            rows.append(conv_case(*spec, dtype, "forward+backward", repeats, deterministic=True))
-            r = rows[-1]
-            base = [
-                b
-                for b in rows
-                if b["layer"] == r["layer"]
-                and b["dtype"] == r["dtype"]
-                and b["mode"] == "forward+backward"
-                and not b["deterministic"]
-            ]
-            if base:
-                r["vs_ours_nondeterministic"] = base[0]["ms"] / r["ms"]
-            print(
-                f"{r['layer']:42s} {r['dtype']:8s} deterministic     {r['ms']:8.3f} ms "
-                f"{r['vs_torch_deterministic']:6.1f}x torch deterministic",
-                flush=True,
-            )
-        for config in ("kurth2018", "deepcam"):
-            rows.append(aspp_case(config, dtype, "forward+backward", repeats))
-            r = rows[-1]
-            print(
-                f"{r['layer']:42s} {r['dtype']:8s} forward+backward  {r['ms']:8.3f} ms {r['vs_unfused']:5.2f}x unfused",
-                flush=True,
-            )
+                base = [
+                    b
+                    for b in rows
+                    if (b["layer"], b["dtype"], b["backend"], b["mode"]) == (r["layer"], r["dtype"], backend, r["mode"])
+                    and not b["deterministic"]
+                ]
+                if base:
+                    r["vs_ours_nondeterministic"] = base[0]["ms"] / r["ms"]
+                _say(r)
+            for config in ("kurth2018", "deepcam"):
+                rows.append(aspp_case(config, dtype, "forward+backward", repeats, backend=backend))
+                _say(rows[-1])
+    by_key = {(r["layer"], r["dtype"], r["mode"], r["deterministic"]): r for r in rows if r["backend"] == "triton"}
+    for r in rows:
+        other = by_key.get((r["layer"], r["dtype"], r["mode"], r["deterministic"]))
+        if r["backend"] == "cuda" and other is not None:
+            r["vs_triton"] = other["ms"] / r["ms"]
     path = result_path(f"atrous-{env['gpu'].replace(' ', '_')}-{env['date']}.json", args.json)
     write(rows, env, path)
     print(f"wrote {path}")

@@ -16,11 +16,11 @@ def add_parser(subparsers):
         "bench",
         help="benchmarks with one output format (JSON + markdown)",
         description="Run a benchmark: step (training step; on CUDA ours against the same "
-        "model on plain PyTorch), atrous (Triton convolutions against cuDNN; GPU), "
+        "model on plain PyTorch), atrous (Triton and CUDA convolutions against cuDNN; GPU), "
         "cuda-kernels (the CUDA kernels against copy bandwidth and unfused PyTorch; GPU), "
         "allreduce (flat against hierarchical), io (FastLoader against a reference-style "
         "reader), scaling (the weak-scaling model; model output), static (every GPU kernel "
-        "compiled for sm_80/sm_90 and its machine code checked; no GPU needed), track "
+        "compiled for sm_80/sm_90, also sm_70/sm_75, and its machine code checked; no GPU needed), track "
         "(event tracking and analysis of a year of masks), label (the heuristic "
         "labeller scored against a generated series' truth, and its speed), or all. "
         "Options after the name that are not listed here go to the benchmark itself (see "

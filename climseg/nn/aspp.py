@@ -85,7 +85,7 @@ class ASPP(nn.Module):
     # -- fused path ----------------------------------------------------------------------------
     def _fusable(self, x):
         try:
-            if _backend.resolve("aspp_conv", self.backend, x) != "triton":
+            if _backend.resolve("aspp_conv", self.backend, x) == "torch":
                 return False
         except Exception:
             return False

@@ -13,10 +13,17 @@ Data flow: public function -> argument checks and backend choice
 (:mod:`climseg.ops.backend`) -> either the PyTorch reference below (the specification, and
 the CPU path) or the custom op ``climseg::conv_branches`` of :mod:`climseg.ops.conv_branches`
 (registered with ``torch.library``: fake implementation for ``torch.compile``, autograd;
-weight packing; the launchers of ``climseg.kernels.atrous_dense``, NHWC implicit-GEMM kernels
-for groups = 1, and ``climseg.kernels.atrous_depthwise``, direct kernels for depthwise). The
-epilogue's backward (ReLU mask, scale, sums for bias/scale/shift/residual) is a few
-elementwise PyTorch ops; the input and weight gradients are Triton kernels.
+weight packing) with the kernels of the chosen backend: ``"triton"``, the launchers of
+``climseg.kernels.atrous_dense`` (NHWC implicit-GEMM kernels for groups = 1) and
+``climseg.kernels.atrous_depthwise`` (direct kernels for depthwise); ``"cuda"``, the
+implicit-GEMM kernels of ``csrc/cuda/atrous.cu`` (:mod:`climseg.ops.atrous_cuda`; groups = 1,
+tensor cores from Volta on). The epilogue's backward (ReLU mask, scale, sums for
+bias/scale/shift/residual) is a few elementwise PyTorch ops; the input and weight gradients
+are kernels of the same backend.
+
+``backend="auto"`` takes the CUDA kernels first on GPUs of compute capability below 8.0
+(Triton emits no tensor-core instructions there since its 3.x releases dropped MMAv1) and
+where Triton is not installed, else the Triton kernels.
 """
 
 import os
@@ -161,8 +168,34 @@ def _triton_probe(tensor):
     return True, ""
 
 
+def _cuda_probe(tensor):
+    from climseg.ops import cuda
+
+    ok, why = cuda.probe(tensor)
+    if not ok:
+        return ok, why
+    device = tensor.device if tensor is not None else torch.device("cuda")
+    if not cuda.launcher(device).has("atrous_fwd_f16_sm80"):
+        return False, "this build of the CUDA kernels has no atrous kernels (reinstall climseg)"
+    return True, ""
+
+
+def _cuda_preferred(tensor):
+    """Why auto takes the CUDA kernels before Triton for ``tensor`` ('' when it does not)."""
+    if tensor is None or tensor.device.type != "cuda":
+        return ""
+    major, minor = torch.cuda.get_device_capability(tensor.device)
+    if major < 8:
+        return f"sm_{major}{minor}: Triton has no tensor cores below sm_80, these kernels do"
+    return "" if _triton_probe(tensor)[0] else "Triton is not installed"
+
+
+_cuda_preferred.policy = "CUDA kernels first below sm_80 (no tensor cores in Triton there) or without Triton"
+
 _backend.register("atrous_conv2d", "triton", _triton_probe)
 _backend.register("aspp_conv", "triton", _triton_probe)
+_backend.register("atrous_conv2d", "cuda", _cuda_probe, prefer=_cuda_preferred)
+_backend.register("aspp_conv", "cuda", _cuda_probe, prefer=_cuda_preferred)
 
 
 def _unsupported(x, weight, groups):
@@ -179,9 +212,22 @@ def _unsupported(x, weight, groups):
     return f"groups={groups} (only 1 and depthwise, groups = in = out channels)"
 
 
+def _cuda_unsupported(x, groups):
+    """Why the CUDA kernels cannot take this convolution (beyond :func:`_unsupported`), or ''."""
+    from climseg.ops import atrous_cuda
+
+    if groups != 1:
+        return f"groups={groups} (the CUDA kernels are dense, groups = 1)"
+    if x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
+        return "fp32 with torch.backends.cudnn.allow_tf32 off (the CUDA kernels multiply fp32 as fp16 operands)"
+    return atrous_cuda.unsupported(x.dtype, x.device)
+
+
 def _choose(op, backend, x, why_not):
-    """'triton' or 'torch'; an explicit 'triton' that cannot run is an error."""
-    return _backend.choose(op, backend, x, why_not)
+    """'triton', 'cuda' or 'torch'; an explicit fast backend that cannot run is an error.
+    ``why_not(chosen)`` says why the chosen kernels cannot compute this input ('' when they can)."""
+    chosen = _backend.resolve(op, backend, x)
+    return _backend.choose(op, backend, x, lambda: why_not(chosen))
 
 
 def _autocast(x, residual):
@@ -222,23 +268,27 @@ def atrous_conv2d(
     ``dilation`` take an int or a pair (``padding`` also ``"same"``/``"valid"``).
     ``deterministic=True`` (or ``torch.use_deterministic_algorithms(True)``): no atomics,
     bitwise repeatable outputs and gradients. ``backend``: ``"auto"`` (default, or
-    ``CLIMSEG_BACKEND``) takes the Triton kernels for CUDA tensors when Triton is
-    importable and the PyTorch reference otherwise; ``"triton"`` (also on CPU tensors
-    under ``TRITON_INTERPRET=1``), ``"torch"``.
+    ``CLIMSEG_BACKEND``) takes, for CUDA tensors, the CUDA kernels of ``csrc/cuda`` on GPUs
+    below compute capability 8.0 or without Triton, the Triton kernels otherwise, and the
+    PyTorch reference where neither can; ``"triton"`` (also on CPU tensors under
+    ``TRITON_INTERPRET=1``), ``"cuda"`` (groups = 1; fp32 is multiplied as fp16 operands, and
+    only while ``torch.backends.cudnn.allow_tf32`` allows reduced-precision products; on CPU
+    tensors the kernels' emulation, for tests), ``"torch"``.
     """
     if activation not in ACTIVATIONS:
         raise ConfigError(f"atrous_conv2d: activation must be None or 'relu', not {activation!r}")
     stride_p, dilation_p = _pair(stride, "stride"), _pair(dilation, "dilation")
     pad = _padding(padding, weight, dilation_p, stride_p) if torch.is_tensor(weight) else None
 
-    def why_not():
+    def why_not(chosen):
         if pad is None:
             return "uneven 'same' padding (even kernel size)"
         if isinstance(padding, str) and padding == "same" and stride_p != [1, 1]:
             return "padding='same' with stride > 1"
-        return _unsupported(x, weight, groups)
+        return _unsupported(x, weight, groups) or (_cuda_unsupported(x, groups) if chosen == "cuda" else "")
 
-    if _choose("atrous_conv2d", backend, x, why_not) == "torch":
+    choice = _choose("atrous_conv2d", backend, x, why_not)
+    if choice == "torch":
         return atrous_conv2d_reference(
             x,
             weight,
@@ -267,6 +317,7 @@ def atrous_conv2d(
         None,
         activation == "relu",
         _deterministic(deterministic),
+        choice,
     )
 
 
@@ -295,16 +346,17 @@ def aspp_conv(
     if len(weights) != len(dilations) or not weights:
         raise ConfigError("aspp_conv: give one dilation per weight")
 
-    def why_not():
+    def why_not(chosen):
         for w in weights:
             reason = _unsupported(x, w, 1)
             if reason:
                 return reason
             if w.shape[-1] % 2 == 0 or w.shape[-1] != w.shape[-2] or w.shape[0] != weights[0].shape[0]:
                 return "branches need square odd kernels and the same number of output channels"
-        return ""
+        return _cuda_unsupported(x, 1) if chosen == "cuda" else ""
 
-    if _choose("aspp_conv", backend, x, why_not) == "torch":
+    choice = _choose("aspp_conv", backend, x, why_not)
+    if choice == "torch":
         return aspp_conv_reference(
             x, weights, dilations, bias=bias, scale=scale, shift=shift, activation=activation, pooled=pooled
         )
@@ -324,4 +376,5 @@ def aspp_conv(
         pooled,
         activation == "relu",
         _deterministic(deterministic),
+        choice,
     )

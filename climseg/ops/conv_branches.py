@@ -1,4 +1,4 @@
-"""The custom ops behind ``atrous_conv2d`` and ``aspp_conv`` on the Triton path:
+"""The custom ops behind ``atrous_conv2d`` and ``aspp_conv`` on the Triton and CUDA paths:
 ``climseg::conv_branches`` (one input, one or more convolution branches into the channel
 slices of one output, with the fused epilogue and an optional broadcast ``pooled`` slice) and
 ``climseg::conv_branches_backward`` (the input and weight gradients of the branches), each
@@ -11,9 +11,11 @@ Data flow: :mod:`climseg.ops.atrous` (argument checks, backend choice) calls
 another, with an int32 table of each branch's offset, kernel size, dilation, padding and
 output-channel offset; [KH*KW, C] for depthwise) -> the launchers of
 :mod:`climseg.kernels.atrous_dense` (groups = 1) or :mod:`climseg.kernels.atrous_depthwise`
-write into a channels_last output. Backward: the epilogue's part (ReLU mask, scale, sums for
+write into a channels_last output; with ``backend="cuda"`` the launchers of
+:mod:`climseg.ops.atrous_cuda` (the kernels of ``csrc/cuda/atrous.cu``, same arguments) take the
+place of the dense ones. Backward: the epilogue's part (ReLU mask, scale, sums for
 bias/scale/shift/residual/pooled) is a few elementwise PyTorch ops; the input and weight
-gradients are ``climseg::conv_branches_backward``, Triton kernels again.
+gradients are ``climseg::conv_branches_backward``, kernels of the same backend again.
 """
 
 import typing
@@ -25,8 +27,13 @@ from climseg.errors import ConfigError
 Tensor = torch.Tensor
 
 
-def _kernels():
-    """The launcher modules (imported on first use: they need Triton)."""
+def _kernels(backend):
+    """The dense and depthwise launcher modules of ``backend`` (imported on first use: Triton's
+    need Triton; the CUDA kernels have no depthwise launcher)."""
+    if backend == "cuda":
+        from climseg.ops import atrous_cuda
+
+        return atrous_cuda, None
     from climseg.kernels import atrous_dense, atrous_depthwise
 
     return atrous_dense, atrous_depthwise
@@ -97,8 +104,9 @@ def _conv_branches(
     pooled: typing.Optional[Tensor],
     relu: bool,
     deterministic: bool,
+    backend: str,
 ) -> Tensor:
-    dense, depthwise = _kernels()
+    dense, depthwise = _kernels(backend)
     pads, dils, (OH, OW) = _check(x, weights, stride, paddings, dilations)
     xn = _nhwc(x)
     cout = weights[0].shape[0]
@@ -155,7 +163,7 @@ def _conv_branches(
 
 @_conv_branches.register_fake
 def _conv_branches_fake(
-    x, weights, stride, paddings, dilations, groups, bias, scale, shift, residual, pooled, relu, deterministic
+    x, weights, stride, paddings, dilations, groups, bias, scale, shift, residual, pooled, relu, deterministic, backend
 ):
     pads, dils = _branch_params(weights, paddings, dilations)
     OH, OW = _out_hw(x, weights[0], stride, pads[0], dils[0])
@@ -174,9 +182,10 @@ def _conv_branches_backward(
     groups: int,
     need_input: bool,
     deterministic: bool,
+    backend: str,
 ) -> typing.List[Tensor]:
     """``[dx] + [dw per branch]`` for the gradient ``grad`` of the branches' (pre-epilogue) output."""
-    dense, depthwise = _kernels()
+    dense, depthwise = _kernels(backend)
     pads, dils, _ = _check(x, weights, stride, paddings, dilations)
     xn, g = _nhwc(x), _nhwc(grad.to(x.dtype))
     cout = weights[0].shape[0]
@@ -226,22 +235,37 @@ def _conv_branches_backward(
 
 
 @_conv_branches_backward.register_fake
-def _conv_branches_backward_fake(grad, x, weights, stride, paddings, dilations, groups, need_input, deterministic):
+def _conv_branches_backward_fake(
+    grad, x, weights, stride, paddings, dilations, groups, need_input, deterministic, backend
+):
     return [_like_input(x, need_input)] + [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
 
 
 def _setup_context(ctx, inputs, output):
-    (x, weights, stride, paddings, dilations, groups, bias, scale, shift, residual, pooled, relu, deterministic) = (
-        inputs
-    )
-    ctx.config = (list(stride), list(paddings), list(dilations), groups, relu, deterministic)
+    (
+        x,
+        weights,
+        stride,
+        paddings,
+        dilations,
+        groups,
+        bias,
+        scale,
+        shift,
+        residual,
+        pooled,
+        relu,
+        deterministic,
+        backend,
+    ) = inputs
+    ctx.config = (list(stride), list(paddings), list(dilations), groups, relu, deterministic, backend)
     ctx.flags = (bias is not None, scale is not None, shift is not None, residual is not None, pooled is not None)
     ctx.num_weights = len(weights)
     ctx.save_for_backward(x, bias, scale, shift, output if relu else None, *weights)
 
 
 def _backward(ctx, grad):
-    stride, paddings, dilations, groups, relu, deterministic = ctx.config
+    stride, paddings, dilations, groups, relu, deterministic, backend = ctx.config
     x, bias, scale, shift, output, *weights = ctx.saved_tensors
     has_bias, has_scale, has_shift, has_res, has_pool = ctx.flags
     needs = ctx.needs_input_grad  # x, weights, stride, paddings, dilations, groups, bias, scale, shift, res, pooled
@@ -256,7 +280,7 @@ def _backward(ctx, grad):
     d_scale = None
     if has_scale and needs[7]:
         z = torch.ops.climseg.conv_branches(
-            x, weights, stride, paddings, dilations, groups, bias, None, None, None, None, False, deterministic
+            x, weights, stride, paddings, dilations, groups, bias, None, None, None, None, False, deterministic, backend
         )
         d_scale = (g.float() * z.float()).sum(sums).to(scale.dtype)
     if has_scale:
@@ -265,11 +289,11 @@ def _backward(ctx, grad):
     d_x, d_w = None, None
     if needs[0] or needs[1]:
         grads = torch.ops.climseg.conv_branches_backward(
-            g, x, weights, stride, paddings, dilations, groups, needs[0], deterministic
+            g, x, weights, stride, paddings, dilations, groups, needs[0], deterministic, backend
         )
         d_x = grads[0] if needs[0] else None
         d_w = grads[1:] if needs[1] else None
-    return d_x, d_w, None, None, None, None, d_bias, d_scale, d_shift, d_res, d_pooled, None, None
+    return d_x, d_w, None, None, None, None, d_bias, d_scale, d_shift, d_res, d_pooled, None, None, None
 
 
 _conv_branches.register_autograd(_backward, setup_context=_setup_context)

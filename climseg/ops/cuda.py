@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-SOURCES = ("cross_entropy.cu", "optimizers.cu", "buckets.cu", "normalize.cu")
+SOURCES = ("cross_entropy.cu", "optimizers.cu", "buckets.cu", "normalize.cu", "atrous.cu")
 FLOAT_NAMES = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 LABEL_NAMES = {torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8"}
 
@@ -40,6 +40,10 @@ class _Extension:
 
     def __init__(self, module, name):
         self.module, self.name = module, name
+
+    def has(self, kernel):
+        """Whether this build holds ``kernel`` (an older climseg._cuda may lack newer kernels)."""
+        return kernel in self.module.kernels()
 
     def launch(self, kernel, grid, block, args, device=None):
         if device is None or device.type == "cpu":
@@ -62,6 +66,9 @@ class _CuPy:
         self._converters = {"p": np.uint64, "l": np.int64, "i": np.int32, "f": np.float32}
         self.signatures = kernel_signatures()
         self._functions = {}
+
+    def has(self, kernel):
+        return kernel in self.signatures
 
     def launch(self, kernel, grid, block, args, device=None):
         function = self._functions.get(kernel)
@@ -97,6 +104,11 @@ def kernel_signatures():
         for d in floats:
             table.update({f"bucket_flatten_{t}_{d}": "ppppf", f"bucket_unflatten_{d}_{t}": "ppppfp"})
     table.update({f"wce_weight_sum_{lab}": "pplillp" for lab in labels})
+    for family, dtypes in (("sm70", ("f16", "f32")), ("sm80", ("f16", "bf16", "f32"))):  # csrc/cuda/atrous.cu
+        for t in dtypes:
+            table[f"atrous_fwd_{t}_{family}"] = "p" * 8 + "i" * 13
+            table[f"atrous_dgrad_{t}_{family}"] = "p" * 4 + "i" * 12
+            table[f"atrous_wgrad_{t}_{family}"] = "p" * 4 + "i" * 12 + "l" + "i" * 3
     return table
 
 

@@ -28,7 +28,8 @@ def occupancy(arch, registers, shared_bytes, warps):
 
 def triton_violations(row):
     """What fails in one Triton row: it does not compile or does not fit; it spills; a dense
-    kernel in bf16/fp16 without tensor-core instructions or asynchronous copies."""
+    kernel in bf16/fp16 without tensor-core instructions or asynchronous copies on sm_80 and newer
+    (below, Triton has none: those rows report what it does there)."""
     what = (
         f"{row['kernel']} {row['arch']} {row['dtype']} {row['block']} w{row['num_warps']} s{row['num_stages']}"
         f"{' atomic' if row.get('atomic') else ''} [{', '.join(row['layers'][:2])}]"
@@ -39,10 +40,13 @@ def triton_violations(row):
     if not row["fits"]:
         bad.append(f"{what}: does not fit ({row['registers']} registers, {row['shared_bytes']} B shared memory)")
     if row["spill_loads"] or row["spill_stores"] or row["local_bytes"]:
-        bad.append(
-            f"{what}: spills ({row['spill_stores']} STL, {row['spill_loads']} LDL, {row['local_bytes']} B local)"
-        )
-    if row["kernel"] in DENSE and row["dtype"] in ("bf16", "fp16"):
+        if row.get("read_from") == "ptx":  # sm_70: ptxas's bytes, no instructions to count
+            bad.append(f"{what}: spills ({row['spill_stores']} B stores, {row['spill_loads']} B loads)")
+        else:
+            bad.append(
+                f"{what}: spills ({row['spill_stores']} STL, {row['spill_loads']} LDL, {row['local_bytes']} B local)"
+            )
+    if row["kernel"] in DENSE and row["dtype"] in ("bf16", "fp16") and int(row["arch"][3:]) >= 80:
         if not row["hgmma"] + row["hmma"]:
             bad.append(f"{what}: no tensor-core instructions (HMMA/HGMMA)")
         if not (row["ldgsts"] or row["utmaldg"]):
@@ -51,16 +55,27 @@ def triton_violations(row):
 
 
 def cuda_violations(row):
-    """What fails in one CUDA row: it does not compile; it spills; a memory-bound kernel without
-    128-bit loads."""
+    """What fails in one CUDA row: it does not compile; it spills (or uses local memory); a
+    memory-bound kernel without 128-bit loads; an atrous convolution kernel, on an architecture its
+    tensor-core family serves, without tensor-core instructions, without 128-bit loads, or (16-bit
+    operands on sm_80 and newer) without asynchronous copies."""
     what = f"{row['kernel']} {row['arch']}"
     if not row["compiled"]:
         return [f"{what}: does not compile ({row.get('error', '')[-200:]})"]
     bad = []
     if row.get("spill_store_bytes") or row.get("spill_load_bytes") or row["spill_loads"] or row["spill_stores"]:
         bad.append(f"{what}: spills ({row.get('spill_store_bytes')} B stores, {row.get('spill_load_bytes')} B loads)")
+    if row.get("read_from") == "ptx" and row.get("stack_bytes"):
+        bad.append(f"{what}: local memory ({row['stack_bytes']} B stack frame)")
     if row["memory_bound"] and not row["ldg128"]:
         bad.append(f"{what}: memory-bound but no 128-bit loads ({row['ldg']} narrower ones)")
+    if row.get("serves"):
+        if not row["tensor_core"]:
+            bad.append(f"{what}: no tensor-core instructions (HMMA/HGMMA, mma.sync)")
+        if not row["wide_loads"]:
+            bad.append(f"{what}: no 128-bit loads")
+        if row["family"] == "sm80" and row["dtype"] != "f32" and not row["async_copies"]:
+            bad.append(f"{what}: no asynchronous copies (cp.async / LDGSTS)")
     return bad
 
 

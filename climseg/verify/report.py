@@ -20,11 +20,14 @@ def environment(command, archs):
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
+    from climseg.verify import volta
+
     nvcc = nvcc_path()
     return dict(
         triton=triton_version,
         torch=torch.__version__,
         nvcc=nvcc_version(nvcc) if nvcc else None,
+        nvrtc_sm70=None if volta.problem() else volta.nvrtc_version(),
         archs=[f"sm_{a}" for a in archs],
         machine=f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU needed",
         python=platform.python_version(),
@@ -46,7 +49,8 @@ def _triton_table(triton):
         "",
         "One row per kernel, architecture, dtype, candidate and specialization (`/16`: the JIT's "
         "divisibility-by-16 attribute); MMA: HMMA (sm_80) or HGMMA (sm_90) instructions; async: LDGSTS "
-        "(cp.async) + UTMALDG (TMA) instructions; warps/SM: resident warps per SM (limit).",
+        "(cp.async) + UTMALDG (TMA) instructions; warps/SM: resident warps per SM (limit). On sm_70 (read from the "
+        "PTX: no disassembler) the spills are ptxas's bytes (`B`), not instructions.",
         "",
         "| kernel | arch | dtype | block w stages | layers | regs | spills (STL/LDL) | smem KiB | MMA |"
         " async | LDG.128 / LDG | atomics | warps/SM |",
@@ -63,7 +67,8 @@ def _triton_table(triton):
             continue
         lines.append(
             f"| {name} | {r['arch']} | {r['dtype']} | {_block(r)} | {len(r['layers'])} | {r['registers']} | "
-            f"{r['spill_stores']}/{r['spill_loads']} | {r['shared_bytes'] / 1024:.0f} | "
+            f"{r['spill_stores']}/{r['spill_loads']}{' B' if r.get('read_from') == 'ptx' else ''} | "
+            f"{r['shared_bytes'] / 1024:.0f} | "
             f"{r['hmma'] + r['hgmma']} | {r['ldgsts'] + r['utmaldg']} | {r['ldg128']}/{r['ldg']} | "
             f"{r['atomics']} | {r['warps_per_sm']} ({r['occupancy_limit']}) |"
         )
@@ -76,19 +81,49 @@ def _triton_table(triton):
 def _cuda_table(cuda):
     lines = [
         "",
-        "## CUDA kernels (csrc/cuda, nvcc -O3)",
+        "## CUDA kernels (csrc/cuda; nvcc -O3, sm_70: NVRTC 12 + ptxas 12)",
         "",
-        "| kernel | arch | regs | stack B | spill stores/loads B | LDG.128 / LDG | memory-bound |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "Read from the SASS, or on sm_70 from the PTX (`ptx`: no disassembler for sm_70 exists on PyPI): "
+        "MMA: HMMA/HGMMA instructions, or `mma.sync` in the PTX; async: LDGSTS, or `cp.async`; 128-bit: "
+        "LDG.E.128 + LDGSTS.128, or `ld.global.v4`. Atrous kernels of a tensor-core family that does not "
+        "serve the architecture are a trap there (`—`).",
+        "",
+        "| kernel | arch | regs | stack B | spill stores/loads B | smem B | LDG.128 / LDG | MMA | async | 128-bit |"
+        " memory-bound | read from |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in cuda:
         if not r["compiled"]:
-            lines.append(f"| {r['kernel']} | {r['arch']} | does not compile ||||||")
+            lines.append(f"| {r['kernel']} | {r['arch']} | does not compile ||||||||||")
             continue
+        gated = "family" in r and not r["serves"]
+        mma = "—" if gated else r.get("tensor_core", 0)
         lines.append(
             f"| {r['kernel']} | {r['arch']} | {r.get('registers', '?')} | {r.get('stack_bytes', 0)} | "
-            f"{r.get('spill_store_bytes', 0)}/{r.get('spill_load_bytes', 0)} | {r['ldg128']}/{r['ldg']} | "
-            f"{'yes' if r['memory_bound'] else ''} |"
+            f"{r.get('spill_store_bytes', 0)}/{r.get('spill_load_bytes', 0)} | {r.get('shared_bytes', '')} | "
+            f"{r['ldg128']}/{r['ldg']} | {mma} | {'—' if gated else r.get('async_copies', 0)} | "
+            f"{'—' if gated else r.get('wide_loads', 0)} | {'yes' if r['memory_bound'] else ''} | "
+            f"{r.get('read_from', 'sass')} |"
+        )
+    return lines
+
+
+def _layer_table(layers):
+    lines = [
+        "",
+        "## CUDA atrous kernels at the real layers",
+        "",
+        "The launch each layer gets (batch 2 at a 768 x 1152 input; `climseg.ops.atrous_cuda` run on meta "
+        "tensors): grid (blocks), 16-byte loads, resident blocks per SM from the kernel's registers and shared "
+        "memory (128 threads each).",
+        "",
+        "| layer | arch | kernel | grid | blocks | 16-byte loads | blocks/SM |",
+        "|---|---|---|---|---:|---|---:|",
+    ]
+    for r in layers:
+        lines.append(
+            f"| {r['layer']} | {r['arch']} | {r['kernel']} | {' x '.join(map(str, r['grid']))} | {r['blocks']} | "
+            f"{'yes' if r['vec'] else 'no'} | {r.get('blocks_per_sm', '-')} |"
         )
     return lines
 
@@ -98,7 +133,8 @@ def markdown(triton, cuda, meta):
     lines = [
         f"# Static check of the GPU kernels ({meta['date']})",
         "",
-        f"Triton {meta['triton']}, nvcc {meta['nvcc']}, torch {meta['torch']}; {', '.join(meta['archs'])}; "
+        f"Triton {meta['triton']}, nvcc {meta['nvcc']}, NVRTC/ptxas {meta.get('nvrtc_sm70')} (sm_70), "
+        f"torch {meta['torch']}; {', '.join(meta['archs'])}; "
         f"compiled on {meta['machine']} in {meta['seconds']:.0f} s (kernels already in Triton's cache are "
         "not compiled again)",
         "",
@@ -108,10 +144,14 @@ def markdown(triton, cuda, meta):
         "",
     ]
     lines += [f"- {v}" for v in meta["violations"]]
+    if meta.get("cuda_note"):
+        lines += ["", f"Not checked: {meta['cuda_note']}"]
     if triton:
         lines += _triton_table(triton)
     if cuda:
         lines += _cuda_table(cuda)
+    if meta.get("cuda_layers"):
+        lines += _layer_table(meta["cuda_layers"])
     return "\n".join(lines) + "\n"
 
 

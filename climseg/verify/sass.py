@@ -9,7 +9,10 @@ numbers out (no files, no processes; :mod:`climseg.verify.tools` runs the tools)
 * :func:`resource_usage`: ``cuobjdump -res-usage`` -> registers, stack, static shared memory
   and local (spill) bytes per kernel.
 * :func:`ptxas_usage`: what ``ptxas -v`` (``nvcc -Xptxas -v``) prints -> registers, stack
-  frame and spill bytes per kernel.
+  frame, spill bytes and shared memory per kernel.
+* :func:`ptx_entries`: a PTX module -> per kernel the counts that stand in for SASS where no
+  disassembler exists (sm_70: :mod:`climseg.verify.volta`): warp-level MMAs (``mma.sync`` by shape,
+  ``wmma.mma.sync``), ``cp.async``, global loads and those 128 bits wide, local memory, atomics.
 """
 
 import re
@@ -29,7 +32,8 @@ def instruction_counts(sass):
     """Instruction counts of a SASS listing (one function): ``instructions`` in all, ``hmma``,
     ``hgmma`` (tensor cores), ``ldgsts``, ``utmaldg`` (asynchronous copies), ``atomics`` (RED,
     ATOM and their global and TMA forms), ``spill_loads`` (LDL), ``spill_stores`` (STL), ``ldg``
-    (global loads; not LDGSTS or LDGDEPBAR) and ``ldg128`` (those 128 or 256 bits wide)."""
+    (global loads; not LDGSTS or LDGDEPBAR), ``ldg128`` (those 128 or 256 bits wide) and
+    ``ldgsts128`` (asynchronous copies of 128 bits)."""
     ops = opcodes(sass)
 
     def count(pred):
@@ -47,6 +51,7 @@ def instruction_counts(sass):
         spill_stores=count(lambda op: op.startswith("STL")),
         ldg=len(loads),
         ldg128=sum(1 for op in loads if re.search(r"\.(128|256)\b", op)),
+        ldgsts128=count(lambda op: op.startswith("LDGSTS") and op.endswith(".128")),
     )
 
 
@@ -89,4 +94,40 @@ def ptxas_usage(text):
         m = re.search(r"Used (\d+) registers", line)
         if m and current:
             info[current]["registers"] = int(m.group(1))
+        m = re.search(r"(\d+) bytes smem", line)
+        if m and current:
+            info[current]["shared_bytes"] = int(m.group(1))
     return info
+
+
+_PTX_ENTRY = re.compile(r"\.entry\s+(\w+)\s*\(")
+
+
+def ptx_counts(ptx):
+    """Instruction counts of one PTX function: ``mma884`` (``mma.sync.aligned.m8n8k4``: Volta's
+    tensor cores), ``mma16816`` (``mma.sync.aligned.m16n8k16``), ``wmma`` (``wmma.mma.sync``),
+    ``cp_async`` (``cp.async`` copies), ``ld_global`` and ``ld_global128`` (``.v4`` of 32-bit words
+    or ``.v2`` of 64-bit ones), ``local`` (``ld.local``/``st.local``) and ``atomics``
+    (``atom``/``red`` on global memory)."""
+    lines = [line.strip() for line in ptx.splitlines()]
+    ops = [line.split()[0] for line in lines if line and not line.startswith(("//", ".", "{", "}", "$"))]
+    ops = [op for op in ops if not op.startswith("@")] + [
+        line.split()[1] for line in lines if line.startswith("@") and len(line.split()) > 1
+    ]
+    loads = [op for op in ops if op.startswith("ld.global")]
+    return dict(
+        mma884=sum(op.startswith("mma.sync.aligned.m8n8k4") for op in ops),
+        mma16816=sum(op.startswith("mma.sync.aligned.m16n8k16") for op in ops),
+        wmma=sum(op.startswith("wmma.mma.sync") for op in ops),
+        cp_async=sum(op.startswith("cp.async.c") for op in ops),
+        ld_global=len(loads),
+        ld_global128=sum(bool(re.search(r"\.v4\.(u|b|s|f)32$|\.v2\.(u|b|s|f)64$", op)) for op in loads),
+        local=sum(op.startswith(("ld.local", "st.local")) for op in ops),
+        atomics=sum(op.startswith(("atom.global", "red.global", "atom.add", "red.add")) for op in ops),
+    )
+
+
+def ptx_entries(ptx):
+    """``{kernel name: ptx_counts(its body)}`` of a PTX module, in the module's order."""
+    parts = _PTX_ENTRY.split(ptx)
+    return {name: ptx_counts(body) for name, body in zip(parts[1::2], parts[2::2])}

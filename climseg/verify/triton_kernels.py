@@ -1,5 +1,9 @@
 """Compiling the Triton kernels for GPUs that are not there, and reading what came out.
 
+(sm_80 and sm_90 by default; ``--arch 75`` and ``--arch 70`` compile them for Turing and Volta too,
+where Triton emits no tensor-core instructions: those rows report, they are not checked for MMA.
+sm_70 takes CUDA 12's ptxas, and its rows are read from the PTX, see :mod:`climseg.verify.volta`.)
+
 Every kernel of :mod:`climseg.kernels.atrous_dense` and :mod:`climseg.kernels.atrous_depthwise`
 x every autotuning candidate x dtype (fp32 as TF32) x architecture, at the layer shapes of
 :mod:`climseg.verify.layers`. Data flow:
@@ -30,7 +34,10 @@ from climseg.verify.layers import layer_cases
 from climseg.verify.sass import instruction_counts, resource_usage
 from climseg.verify.tools import disassemble
 
-ARCHS = tuple(ARCHITECTURES)  # the architectures checked (compute capability: 80, 90)
+ARCHS = (80, 90)  # the architectures checked by default (compute capability)
+#: every architecture --arch takes for the Triton kernels: below 80 the rows only report (Triton emits
+#: no tensor-core instructions there since it dropped MMAv1); sm_70 needs CUDA 12's ptxas (climseg[volta])
+ALL_ARCHS = tuple(ARCHITECTURES)
 DTYPES = ("bf16", "fp16", "fp32")
 ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -158,6 +165,10 @@ def compile_job(case, dtype_name, arch, index, ci, block=None):
     from climseg.kernels.runtime import candidates
     from climseg.verify.binder import specialize
 
+    if arch == 70:  # CUDA 13's ptxas (Triton's) no longer assembles sm_70: CUDA 12's from PyPI
+        from climseg.verify.volta import ptxas12
+
+        os.environ["TRITON_PTXAS_PATH"] = ptxas12() or ""
     name, fn, args, kwargs, _ = record_launches(case, dtype_name, arch)[index]
     if block is None:
         config = candidates(name, arch, ITEMSIZE[dtype_name])[ci]
@@ -179,7 +190,12 @@ def compile_job(case, dtype_name, arch, index, ci, block=None):
         )
         return row
     row["compile_s"] = round(time.perf_counter() - start, 2)
-    row.update(compiled=True, **read_cubin(kernel.asm["cubin"], arch))
+    if arch == 70:  # no disassembler reads sm_70: the PTX, and CUDA 12's ptxas -v
+        from climseg.verify.volta import ptx_row
+
+        row.update(compiled=True, **ptx_row(kernel.asm["ptx"], arch))
+    else:
+        row.update(compiled=True, **read_cubin(kernel.asm["cubin"], arch))
     row["shared_bytes"] = max(row.pop("static_shared"), int(kernel.metadata.shared))
     row.update(occupancy(arch, row["registers"], row["shared_bytes"], config.num_warps))
     return row

@@ -5,4 +5,5 @@
 #include "optimizers.cu"
 #include "buckets.cu"
 #include "normalize.cu"
+#include "atrous.cu"
 #include "module.cpp"

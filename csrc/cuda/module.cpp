@@ -15,9 +15,11 @@
 #include "registry.h"
 
 #if defined(CLIMSEG_EMULATE)
-#include <condition_variable>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <memory>
 #include <mutex>
-#include <thread>
 #include "emulate.h"
 #define CLIMSEG_MODULE_NAME _cuda_emulated
 #else
@@ -73,46 +75,160 @@ std::vector<uint64_t> pack_arguments(const std::string& name, const std::string&
 
 #if defined(CLIMSEG_EMULATE)
 
+// The threads of a block are fibers (ucontext) run in turn on the launching OS thread: a thread runs
+// until it waits at a barrier or ends, then the next one runs. A barrier (the block's __syncthreads,
+// a warp's __syncwarp) lets its waiters go on once all of its threads have arrived. No two threads
+// ever run at once, so a barrier costs two context switches per thread, not a wake-up of OS threads.
 struct Barrier {
-  std::mutex mutex;
-  std::condition_variable cv;
-  unsigned count = 0, waiting = 0, generation = 0;
-  void wait() {
-    std::unique_lock<std::mutex> lock(mutex);
-    const unsigned gen = generation;
-    if (++waiting == count) {
-      waiting = 0;
-      ++generation;
-      cv.notify_all();
-    } else {
-      cv.wait(lock, [&] { return gen != generation; });
-    }
-  }
+  unsigned count = 0, arrived = 0, generation = 0;
 };
-Barrier* active_barrier = nullptr;
+
+// Switching fibers: on x86-64 a few instructions (the callee-saved registers and the stack
+// pointer; swapcontext would also make a system call for the signal mask, every switch), else
+// ucontext.
+#if defined(__x86_64__)
+extern "C" void climseg_fiber_switch(void** save_sp, void* load_sp);
+asm(R"(
+.text
+.globl climseg_fiber_switch
+.type climseg_fiber_switch,@function
+climseg_fiber_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+.size climseg_fiber_switch, .-climseg_fiber_switch
+)");
+struct Context {
+  void* sp = nullptr;
+};
+void fiber_main();
+[[noreturn]] void fiber_entry();
+void start_context(Context& c, char* stack, size_t size, Context*) {
+  // the stack as climseg_fiber_switch leaves it: six registers, then the address `ret` jumps to
+  uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + size) & ~uintptr_t(15);
+  void** sp = reinterpret_cast<void**>(top);
+  *--sp = nullptr;                                      // fiber_entry's (never used) return address
+  *--sp = reinterpret_cast<void*>(&fiber_entry);        // where the first switch returns to
+  for (int i = 0; i < 6; ++i) *--sp = nullptr;          // rbp rbx r12 r13 r14 r15
+  c.sp = sp;
+}
+void switch_context(Context& from, Context& to) { climseg_fiber_switch(&from.sp, to.sp); }
+#else
+struct Context {
+  ucontext_t uc;
+};
+void fiber_main();
+void start_context(Context& c, char* stack, size_t size, Context* link) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = size;
+  c.uc.uc_link = &link->uc;
+  makecontext(&c.uc, fiber_main, 0);
+}
+void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
+struct Fiber {
+  Context context;
+  std::unique_ptr<char[]> stack;
+  const Barrier* waiting = nullptr;  // the barrier it waits at, and that barrier's generation then
+  unsigned generation = 0;
+  bool done = false;
+};
+constexpr size_t kFiberStack = 512 * 1024;
+
+struct Block {
+  const Kernel* kernel = nullptr;
+  void** argv = nullptr;
+  Barrier block_barrier;
+  std::vector<Barrier> warp_barriers;
+  std::vector<Fiber> fibers;
+  Context scheduler;
+  unsigned current = 0;
+};
+Block* active_block = nullptr;
 std::mutex launch_mutex;
+
+void fiber_main() {
+  Block& b = *active_block;
+  b.kernel->emulated(b.argv);
+  b.fibers[b.current].done = true;  // ucontext returns to the scheduler (uc_link)
+}
+#if defined(__x86_64__)
+[[noreturn]] void fiber_entry() {
+  fiber_main();
+  Block& b = *active_block;
+  switch_context(b.fibers[b.current].context, b.scheduler);  // never resumed
+  __builtin_unreachable();
+}
+#endif
+
+void wait_at(Barrier& barrier) {
+  Block& b = *active_block;
+  Fiber& me = b.fibers[b.current];
+  if (++barrier.arrived == barrier.count) {  // the last one: everybody goes on
+    barrier.arrived = 0;
+    ++barrier.generation;
+    return;
+  }
+  me.waiting = &barrier;
+  me.generation = barrier.generation;
+  switch_context(me.context, b.scheduler);
+}
 
 void launch_kernel(const Kernel& kernel, unsigned gx, unsigned gy, unsigned block, void** argv) {
   std::lock_guard<std::mutex> one_launch_at_a_time(launch_mutex);
-  Barrier barrier;
-  barrier.count = block;
-  active_barrier = &barrier;
+  Block b;
+  b.kernel = &kernel;
+  b.argv = argv;
+  b.block_barrier.count = block;
+  b.warp_barriers = std::vector<Barrier>((block + 31) / 32);
+  for (unsigned w = 0; w < b.warp_barriers.size(); ++w) b.warp_barriers[w].count = std::min(32u, block - 32 * w);
+  b.fibers = std::vector<Fiber>(block);
+  for (auto& f : b.fibers) f.stack.reset(new char[kFiberStack]);
+  std::memset(climseg_mma_turns, 0, sizeof(climseg_mma_turns));
+  active_block = &b;
   gridDim = climseg_dim3{gx, gy, 1};
   blockDim = climseg_dim3{block, 1, 1};
-  std::vector<std::thread> threads;
-  for (unsigned t = 0; t < block; ++t) {
-    threads.emplace_back([&, t] {
-      threadIdx = climseg_dim3{t, 0, 0};
-      for (unsigned y = 0; y < gy; ++y)
-        for (unsigned x = 0; x < gx; ++x) {
-          blockIdx = climseg_dim3{x, y, 0};
-          kernel.emulated(argv);
-          barrier.wait();  // the next block reuses the `__shared__` statics
+  for (unsigned y = 0; y < gy; ++y)
+    for (unsigned x = 0; x < gx; ++x) {
+      blockIdx = climseg_dim3{x, y, 0};
+      for (auto& f : b.fibers) {
+        start_context(f.context, f.stack.get(), kFiberStack, &b.scheduler);
+        f.done = false;
+        f.waiting = nullptr;
+      }
+      for (unsigned left = block; left > 0;) {
+        bool progressed = false;
+        for (unsigned t = 0; t < block; ++t) {
+          Fiber& f = b.fibers[t];
+          if (f.done || (f.waiting != nullptr && f.waiting->generation == f.generation)) continue;
+          f.waiting = nullptr;
+          b.current = t;
+          threadIdx = climseg_dim3{t, 0, 0};
+          switch_context(b.scheduler, f.context);
+          progressed = true;
+          if (f.done) --left;
         }
-    });
-  }
-  for (auto& th : threads) th.join();
-  active_barrier = nullptr;
+        if (!progressed) {
+          active_block = nullptr;
+          throw std::runtime_error("climseg._cuda_emulated: the threads of a block wait at different barriers");
+        }
+      }
+    }
+  active_block = nullptr;
 }
 
 #else
@@ -143,7 +259,8 @@ std::string device_problem(int* count) {
 #if defined(CLIMSEG_EMULATE)
 thread_local climseg_dim3 threadIdx, blockIdx;
 climseg_dim3 blockDim, gridDim;
-void climseg_emulated_barrier() { active_barrier->wait(); }
+void climseg_emulated_barrier() { wait_at(active_block->block_barrier); }
+void climseg_emulated_warp_barrier() { wait_at(active_block->warp_barriers[threadIdx.x / 32]); }
 #endif
 
 climseg_kernel_registrar::climseg_kernel_registrar(const char* name, const char* signature, const void* entry,
