@@ -5,9 +5,9 @@ Data flow: :func:`open_input_series` expands the inputs (paths, glob patterns, f
 :func:`climseg.data.netcdf_file.expand_inputs`), scans each file once
 (:func:`~climseg.data.netcdf_file.scan_file`), groups the files into series and merges each
 group (:func:`climseg.data.netcdf.merge_scanned`: one grid, every variable's pieces in time
-order, every channel on the same steps). A file joins the first series on its grid that does
-not already hold any of its variables at any of its times; a file that repeats variables and
-times of an earlier one starts another series. So a CMIP set (``psl_...``, ``uas_...``,
+order, every channel on the same steps). A file joins the first series on its grid that holds
+none of its variables within its time span (the pieces of a variable must follow each other, as
+they are joined); a file that repeats variables and times of an earlier one starts another series. So a CMIP set (``psl_...``, ``uas_...``,
 ``tas_..._185001-189912.nc`` and ``tas_..._190001-194912.nc``), ERA5's pressure-level and
 single-level files, and a run's daily history files each become one series, while two
 ensemble members or two experiments on the same times stay two.
@@ -61,6 +61,19 @@ def series_outputs(info):
     return outputs
 
 
+def _overlaps(spans, seg):
+    """True when ``seg``'s steps reach into one of ``spans`` ([(first, last)] of the pieces a series
+    holds of its variable): the pieces of one variable must follow each other, as
+    :func:`climseg.data.netcdf.merge_scanned` joins them."""
+    for first, last in spans:
+        try:
+            if not (seg.dates[-1] < first or last < seg.dates[0]):
+                return True
+        except TypeError:  # another calendar: never the same series
+            return True
+    return False
+
+
 def _fits(group, grid, segments):
     """True when a file (its grid and segments) can join ``group``: the same grid, and none of its
     variables with a time axis already there at any of its times. A fixed field (no time axis)
@@ -73,10 +86,10 @@ def _fits(group, grid, segments):
         return False
     snapshot = not any(seg.ntime for seg in segments)
     for seg in segments:
-        held = group["times"].get(seg.name)
-        if held is None:
+        spans = group["spans"].get(seg.name)
+        if spans is None:
             continue
-        if seg.ntime and (None in held or held & {str(d) for d in seg.dates}):
+        if seg.ntime and (None in spans or _overlaps(spans, seg)):
             return False
         if not seg.ntime and snapshot:
             return False
@@ -90,12 +103,11 @@ def group_files(scanned):
     for grid, segments in scanned:
         group = next((g for g in groups if _fits(g, grid, segments)), None)
         if group is None:
-            group = dict(grid=grid, times={}, members=[])
+            group = dict(grid=grid, spans={}, members=[])
             groups.append(group)
         group["members"].append((grid, segments))
         for seg in segments:
-            held = group["times"].setdefault(seg.name, set())
-            held.update({str(d) for d in seg.dates} if seg.ntime else {None})
+            group["spans"].setdefault(seg.name, []).append((seg.dates[0], seg.dates[-1]) if seg.ntime else None)
     return [g["members"] for g in groups]
 
 
