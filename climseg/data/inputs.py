@@ -76,7 +76,7 @@ def _overlaps(spans, seg):
 
 def _fits(group, grid, segments):
     """True when a file (its grid and segments) can join ``group``: the same grid, and none of its
-    variables with a time axis already there at any of its times. A fixed field (no time axis)
+    variables with a time axis already there within its time span. A fixed field (no time axis)
     that the group holds already is the same field again (a run's orography in every history
     file), unless the file holds nothing else: a snapshot repeating a snapshot's variables is
     another series."""
