@@ -7,10 +7,11 @@ Data flow: :func:`open_input_series` expands the inputs (paths, glob patterns, f
 group (:func:`climseg.data.netcdf.merge_scanned`: one grid, every variable's pieces in time
 order, every channel on the same steps). A file joins the first series on its grid that holds
 none of its variables within its time span (the pieces of a variable must follow each other, as
-they are joined); a file that repeats variables and times of an earlier one starts another series. So a CMIP set (``psl_...``, ``uas_...``,
-``tas_..._185001-189912.nc`` and ``tas_..._190001-194912.nc``), ERA5's pressure-level and
-single-level files, and a run's daily history files each become one series, while two
-ensemble members or two experiments on the same times stay two.
+they are joined); a file that repeats variables and times of an earlier one starts another
+series. So a CMIP set (``psl_...``, ``uas_...``, ``tas_..._185001-189912.nc`` and
+``tas_..._190001-194912.nc``), ERA5's pressure-level and single-level files, and a run's daily
+history files each become one series, while two ensemble members or two experiments on the same
+times stay two.
 
 Each series is written as the files of its time axis (:func:`series_outputs`): one output per
 file of the first channel's variable, named after it (``NAME`` of ``NAME_mask.nc``), copying
