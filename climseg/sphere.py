@@ -92,7 +92,7 @@ def wrap_longitudes(values, lon):
 
 def coordinate_problem(lat, lon):
     """Why ``lat``/``lon`` (degrees, 1-D) are not the coordinates of a latitude-longitude grid, or
-    None: values must be finite, latitudes within [-90, 90] and monotonic, longitudes monotonic
+    None: values must be finite, latitudes within [-90, 90] and monotonic, longitudes increasing
     (after unwrapping, :func:`monotonic_longitudes`) and spanning at most 360 degrees."""
     lat = np.asarray(lat, dtype=np.float64).reshape(-1)
     lon = np.asarray(lon, dtype=np.float64).reshape(-1)
@@ -105,6 +105,8 @@ def coordinate_problem(lat, lon):
     if lat.size > 1 and not (np.all(np.diff(lat) > 0) or np.all(np.diff(lat) < 0)):
         return "latitudes are not monotonic"
     unwrapped = monotonic_longitudes(lon)
+    if lon.size > 1 and np.all(np.diff(unwrapped) < 0):
+        return f"longitudes decrease (from {lon[0]:g} to {lon[-1]:g}); they must increase from west to east"
     if lon.size > 1 and not np.all(np.diff(unwrapped) > 0):
         return "longitudes are not monotonic"
     span = float(unwrapped[-1] - unwrapped[0])

@@ -484,7 +484,8 @@ def test_times_strictly_increase_for_every_command(network, tmp_path, capsys):
         (np.linspace(0, 200, 9), np.arange(12) * 30.0, "latitudes run from 0 to 200"),
         (np.linspace(-60, 60, 9), np.arange(12) * 64.7, "longitudes span 711.7 degrees"),
         (np.linspace(-60, 60, 9)[[0, 2, 1, 3, 4, 5, 6, 7, 8]], np.arange(12) * 30.0, "latitudes are not monotonic"),
-        (np.linspace(-60, 60, 9), np.arange(12)[::-1] * 30.0, "longitudes are not monotonic"),
+        (np.linspace(-60, 60, 9), np.arange(12)[::-1] * 30.0, "longitudes decrease (from 330 to 0)"),
+        (np.linspace(-60, 60, 9), np.arange(12)[[0, 2, 1, 3, 4, 5, 6, 7, 8, 9, 10, 11]] * 30.0, "not monotonic"),
     ],
 )
 def test_coordinates_in_range(network, tmp_path, capsys, lat, lon, message):

@@ -138,8 +138,6 @@ def _map(path, lat, lon, field, title, label, cmap="viridis", note=None):
     _draw_coastlines(ax, (lon_b[0], lon_b[-1]))
     ax.set_xlim(lon_b[0], lon_b[-1])
     ax.set_ylim(max(-90.0, lat_b[0]), min(90.0, lat_b[-1]))
-    ax.set_xlabel("longitude (degrees east)")
-    ax.set_ylabel("latitude (degrees north)")
     finish_map(fig, ax, (lon_b[0], lon_b[-1], lat_b[0], lat_b[-1]), title, note, path)
 
 

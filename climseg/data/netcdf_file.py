@@ -6,7 +6,7 @@ Data flow: :func:`expand_inputs` turns paths, glob patterns and folders into fil
 :func:`scan_file` opens one (:func:`open_dataset`), finds its coordinates by the name tables
 (:data:`LAT_NAMES`, :data:`LON_NAMES`, :data:`TIME_NAMES`, :data:`LEVEL_NAMES`, matched in any
 case by :func:`find_name`), checks them (:func:`check_grid`: finite, latitudes within [-90, 90]
-and monotonic, longitudes monotonic after unwrapping and spanning at most 360 degrees), refuses
+and monotonic, longitudes increasing after unwrapping and spanning at most 360 degrees), refuses
 a header that declares far more data than the file holds (:func:`check_declared_size`), reads
 each time axis (:func:`read_time_axis`: CF units and calendar through cftime, strictly
 increasing) and describes every field variable on the grid as a :class:`Segment`.
