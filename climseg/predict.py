@@ -1,8 +1,11 @@
 """Inference: climate files in, class masks, maps and a summary out.
 
-Inputs are DeepCAM HDF5 samples (``climate/data``, H x W x 16) or CAM5-style
-netCDF files (see :mod:`climseg.data.netcdf`), any number of time steps. For
-each input ``NAME`` the output folder receives
+Inputs are DeepCAM HDF5 samples (``climate/data``, H x W x 16) or netCDF files in any
+variable-name convention (see :mod:`climseg.data.netcdf`), any number of time steps, given
+as files, glob patterns or folders. The netCDF files are merged into series on time and grid
+as ``climseg label`` merges them (:func:`open_sources`, :mod:`climseg.data.inputs`: a CMIP
+set of one-variable files, ERA5's pressure-level and single-level files), and every file of
+a series' time axis is one source ``NAME``. For each source ``NAME`` the output folder receives
 
 * ``NAME_mask.h5`` (from HDF5: dataset ``mask``, uint8 H x W, class names in
   its attributes) or ``NAME_mask.nc`` (from netCDF: ``mask(time, lat, lon)``
@@ -42,8 +45,10 @@ import torch.nn.functional as F
 from climseg.constants import CHANNEL_UNITS, CHANNELS, CLASS_NAMES, NUM_CLASSES
 from climseg.data.checkpoints import load_any_checkpoint
 from climseg.data.deepcam import LABELS_KEY, check_labels, check_sample_file, grid, read_sample
+from climseg.data.inputs import open_input_series
 from climseg.data.masks import create_mask_hdf5, create_mask_netcdf
-from climseg.data.netcdf import is_netcdf, open_netcdf, read_netcdf_step
+from climseg.data.netcdf import read_netcdf_step
+from climseg.data.netcdf_file import SUFFIXES, expand_inputs, is_netcdf
 from climseg.errors import DataError, UserError
 from climseg.metrics import ConfusionMatrix, count_objects
 from climseg.models.checkpoint import build_model
@@ -52,12 +57,17 @@ from climseg.perf.hardware import resolve_device
 from climseg.plotting import plot_map
 from climseg.progress import progress_bar
 
+HDF5_SUFFIXES = (".h5", ".hdf5")  # the DeepCAM samples a folder of inputs may hold
+
 
 class InputFile:
-    """One input of ``climseg predict``, checked when made: its kind (``netcdf`` or ``hdf5``),
-    grid, time steps, and :meth:`read` of each step. ``channels`` are the ones the network
-    reads; TMQ is read too, for the map, when there. A DeepCAM sample's grid is assumed
-    (global, regular, rows south to north)."""
+    """One source of ``climseg predict``'s masks, checked when made: its kind (``netcdf`` or
+    ``hdf5``), grid, time steps, and :meth:`read` of each step. A netCDF source is one output of a
+    merged series (:func:`climseg.data.inputs.open_input_series`: the steps of one file of its time
+    axis, whose name, grid, latitude order and time axis the mask copies); ``InputFile(path, ...)``
+    of a netCDF path is that file alone. ``channels`` are the ones the network reads; TMQ is read
+    too, for the map, when there. A DeepCAM sample's grid is assumed (global, regular, rows south
+    to north)."""
 
     def __init__(self, path, channels, convention="auto", variables=None):
         self.path, self.channels = path, list(channels)
@@ -67,19 +77,8 @@ class InputFile:
         if not os.path.isfile(path):
             raise DataError(f"{path}: no such file")
         if is_netcdf(path):
-            self.kind = "netcdf"
-            wanted = self.channels + ([] if "TMQ" in self.channels else ["TMQ"])
-            self.info = open_netcdf(
-                path,
-                wanted,
-                optional=() if "TMQ" in self.channels else ("TMQ",),
-                convention=convention,
-                variables=variables,
-            )
-            self.lat, self.lon, self.assumed_grid = self.info.lat, self.info.lon, False
-            self.periodic = self.info.periodic
-            self.times = self.info.times
-            self.shape = (len(self.lat), len(self.lon))
+            series = open_input_series([path], *_wanted(self.channels), convention, variables)[0]
+            self._netcdf(series.info, series.outputs[0])
         else:
             self.kind = "hdf5"
             self.shape, self.has_labels = check_sample_file(path)
@@ -92,12 +91,28 @@ class InputFile:
         if min(self.shape) < 1:
             raise DataError(f"{path}: empty grid {self.shape[0]}x{self.shape[1]}")
 
+    @classmethod
+    def series_output(cls, series, output, channels):
+        """The source of one output (:class:`~climseg.data.inputs.SeriesOutput`) of a merged
+        :class:`~climseg.data.inputs.InputSeries`."""
+        self = cls.__new__(cls)
+        self.path, self.channels, self.stem = output.source, list(channels), output.stem
+        self._netcdf(series.info, output)
+        return self
+
+    def _netcdf(self, info, output):
+        self.kind, self.info, self.output = "netcdf", info, output
+        self.lat, self.lon, self.assumed_grid = info.lat, info.lon, False
+        self.periodic = info.periodic
+        self.times = [info.times[t] for t in output.steps]
+        self.shape = (len(self.lat), len(self.lon))
+
     def read(self, index):
         """``(fields[H, W, C] float32 of the network's channels, map background[H, W]
         and its name, labels or None)`` of time step ``index``."""
         if self.kind == "netcdf":
             names = list(self.info.variables)
-            data = read_netcdf_step(self.info, index, names)
+            data = read_netcdf_step(self.info, self.output.steps[index], names)
             fields = data[..., [names.index(c) for c in self.channels]]
             back = "TMQ" if "TMQ" in names else self.channels[0]
             return fields, data[..., names.index(back)], back, None
@@ -110,6 +125,35 @@ class InputFile:
             if raw.shape == self.shape:
                 labels = check_labels(self.path, raw, NUM_CLASSES)
         return fields, data[..., CHANNELS.index("TMQ")], "TMQ", labels
+
+
+def _wanted(channels):
+    """``(channels, optional)`` read from netCDF: the network's, and TMQ for the map when there."""
+    return channels + ([] if "TMQ" in channels else ["TMQ"]), (() if "TMQ" in channels else ("TMQ",))
+
+
+def open_sources(inputs, channels, convention="auto", variables=None):
+    """Every input of ``climseg predict`` checked, as the sources of its masks (:class:`InputFile`),
+    in the order of the inputs: each DeepCAM sample alone, and the netCDF files (paths, glob
+    patterns, folders) merged into series on time and grid (:func:`climseg.data.inputs.open_input_series`),
+    one source per file of each series' time axis. A UserError when two sources share a name."""
+    paths = expand_inputs(inputs, SUFFIXES + HDF5_SUFFIXES)
+    position = {os.path.abspath(p): k for k, p in enumerate(paths)}
+    sources = [InputFile(p, channels, convention, variables) for p in paths if not is_netcdf(p)]
+    netcdf = [p for p in paths if is_netcdf(p)]
+    if netcdf:
+        for series in open_input_series(netcdf, *_wanted(list(channels)), convention, variables):
+            sources += [InputFile.series_output(series, out, channels) for out in series.outputs]
+    sources.sort(key=lambda s: position[os.path.abspath(s.path)])
+    for s in sources:
+        if not s.times:
+            raise DataError(f"{s.path}: its time axis has length 0 (no time steps to segment)")
+    stems = {}
+    for s in sources:
+        if s.stem in stems:
+            raise UserError(f"{s.path}: has the same name as {stems[s.stem]}; their outputs would collide")
+        stems[s.stem] = s.path
+    return sources
 
 
 def _pad(x, multiple, periodic=True):
@@ -171,15 +215,9 @@ def predict(
     shift = torch.as_tensor(data_spec["shift"], dtype=torch.float32).view(1, -1, 1, 1).to(dev)
     scale = torch.as_tensor(data_spec["scale"], dtype=torch.float32).view(1, -1, 1, 1).to(dev)
 
-    stems = {}
-    for p in map(os.fspath, inputs):
-        stem = os.path.splitext(os.path.basename(p))[0]
-        if stem in stems:
-            raise UserError(f"{p}: has the same name as {stems[stem]}; their outputs would collide")
-        stems[stem] = p
-    mine = list(range(rank, len(inputs), world))  # this rank's share, round robin
-    # every input of this rank checked before anything is written
-    sources = [InputFile(os.fspath(inputs[i]), channels, convention, variables) for i in mine]
+    every = open_sources(inputs, channels, convention, variables)  # every input checked before anything is written
+    mine = list(range(rank, len(every), world))  # this rank's share of the sources, round robin
+    sources = [every[i] for i in mine]
 
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     total = sum(len(s.times) for s in sources)
@@ -274,8 +312,8 @@ class _MaskWriter:
         return self
 
     def _open_netcdf(self, tmp):
-        info = self.source.info
-        return create_mask_netcdf(tmp, info.path, info.time_dim, f"climseg predict on {os.path.basename(info.path)}")
+        out = self.source.output
+        return create_mask_netcdf(tmp, out.source, out.time_dim, f"climseg predict on {os.path.basename(out.source)}")
 
     def _open_hdf5(self, tmp):
         return create_mask_hdf5(tmp, self.source.shape, self.source.path)
@@ -283,8 +321,8 @@ class _MaskWriter:
     def write(self, t, pred):
         """Append time step ``t``'s (H, W) uint8 mask (rows south to north)."""
         if self.source.kind == "netcdf":
-            data = pred[::-1] if self.source.info.flipped else pred
-            if self.source.info.time_dim:
+            data = pred[::-1] if self.source.output.flipped else pred
+            if self.source.output.time_dim:
                 self._mask[t] = data
             else:
                 self._mask[:] = data

@@ -17,6 +17,12 @@ prediction, labelling, tracking and analysis share.
   (longitudes going all the way round) components touching the first and last
   columns are joined across the date line, including diagonally, with one sparse
   graph of the seam pairs. Rows are never joined across the poles.
+* Longitudes are kept in the convention the input gives them: a grid from -180 stays
+  -180..180, one from 0 stays 0..360 (:func:`monotonic_longitudes` only unwraps a grid
+  stored with a jump of a turn); positions on a grid are given in its range
+  (:func:`longitude_range`, :func:`wrap_longitudes`), so outputs are monotonic CF coordinates.
+  :func:`coordinate_problem` says why values are not a grid's coordinates (out of range,
+  not monotonic, more than 360 degrees of longitude).
 
 Arrays are (H, W) with rows in the order of ``lat`` (ascending in climseg) and
 columns in the order of ``lon``.
@@ -57,6 +63,56 @@ def is_global(lon):
         return False
     step = (lon[-1] - lon[0]) / (lon.size - 1)
     return bool(abs(lon[-1] - lon[0] + step - 360.0) < 0.5 * abs(step))
+
+
+def monotonic_longitudes(lon):
+    """Longitudes (degrees) as one increasing coordinate: unwrapped where they jump by a turn
+    (``0..175, -180..-5`` becomes ``0..355``), then shifted by whole turns only when they leave
+    [-180, 360] (``180..535`` becomes ``-180..175``). Longitudes that already increase within
+    [-180, 360] come back as they are: a grid from -180 keeps -180..180, one from 0 keeps 0..360."""
+    lon = np.rad2deg(np.unwrap(np.deg2rad(np.asarray(lon, dtype=np.float64).reshape(-1))))
+    if lon.size and (lon.min() < -180.0 or lon.max() > 360.0):
+        lon = lon - 360.0 * np.floor((lon[0] + 180.0) / 360.0)
+    return lon
+
+
+def longitude_range(lon):
+    """``(west, east)`` of the 360 degrees that positions on the grid ``lon`` are given in:
+    (-180, 180) when the grid has negative longitudes, else (0, 360)."""
+    west = -180.0 if np.size(lon) and float(np.min(lon)) < 0.0 else 0.0
+    return west, west + 360.0
+
+
+def wrap_longitudes(values, lon):
+    """``values`` (degrees) folded into :func:`longitude_range` of the grid ``lon``, so that event
+    positions are given in the same convention as the grid they were found on."""
+    west, _ = longitude_range(lon)
+    return (np.asarray(values, dtype=np.float64) - west) % 360.0 + west
+
+
+def coordinate_problem(lat, lon):
+    """Why ``lat``/``lon`` (degrees, 1-D) are not the coordinates of a latitude-longitude grid, or
+    None: values must be finite, latitudes within [-90, 90] and monotonic, longitudes increasing
+    (after unwrapping, :func:`monotonic_longitudes`) and spanning at most 360 degrees."""
+    lat = np.asarray(lat, dtype=np.float64).reshape(-1)
+    lon = np.asarray(lon, dtype=np.float64).reshape(-1)
+    if lat.size == 0 or lon.size == 0:
+        return f"empty grid ({lat.size} latitudes, {lon.size} longitudes)"
+    if not (np.all(np.isfinite(lat)) and np.all(np.isfinite(lon))):
+        return "latitudes or longitudes hold NaN or Inf"
+    if lat.min() < -90.0 - 1e-6 or lat.max() > 90.0 + 1e-6:
+        return f"latitudes run from {lat.min():g} to {lat.max():g}; they must lie within [-90, 90]"
+    if lat.size > 1 and not (np.all(np.diff(lat) > 0) or np.all(np.diff(lat) < 0)):
+        return "latitudes are not monotonic"
+    unwrapped = monotonic_longitudes(lon)
+    if lon.size > 1 and np.all(np.diff(unwrapped) < 0):
+        return f"longitudes decrease (from {lon[0]:g} to {lon[-1]:g}); they must increase from west to east"
+    if lon.size > 1 and not np.all(np.diff(unwrapped) > 0):
+        return "longitudes are not monotonic"
+    span = float(unwrapped[-1] - unwrapped[0])
+    if span > 360.0 + 1e-6:
+        return f"longitudes span {span:g} degrees (from {lon[0]:g} to {lon[-1]:g}); at most 360 go round the sphere"
+    return None
 
 
 def _bands(lat):

@@ -402,9 +402,11 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     assert "no time dimension" in _error(capsys, ["track", str(tmp_path / "notime.nc"), "--out", str(tmp_path / "o")])
     _write_masks(tmp_path / "a.nc", m, lat, lon, [0.0, 3.0])
     _write_masks(tmp_path / "b.nc", m, lat, lon, [6.0, 9.0])
-    assert "does not increase" in _error(
-        capsys, ["track", str(tmp_path / "b.nc"), str(tmp_path / "a.nc"), "--out", str(tmp_path / "o")]
-    )
+    _write_masks(tmp_path / "repeat.nc", m, lat, lon, [3.0, 6.0])  # its first step repeats a.nc's last
+    files = [str(tmp_path / "b.nc"), str(tmp_path / "a.nc"), str(tmp_path / "repeat.nc")]  # any order: sorted by time
+    assert "repeat time steps" in _error(capsys, ["track", *files, "--out", str(tmp_path / "o")])
+    _write_masks(tmp_path / "back.nc", m, lat, lon, [3.0, 0.0])
+    assert "does not increase" in _error(capsys, ["track", str(tmp_path / "back.nc"), "--out", str(tmp_path / "o")])
     lat2, lon2 = grid(16, 24)
     _write_masks(tmp_path / "c.nc", np.zeros((2, 16, 24), np.uint8), lat2, lon2, [6.0, 9.0])
     assert "differs from the grid" in _error(

@@ -382,7 +382,10 @@ def test_predict_leaves_an_earlier_run_alone(tmp_path, checkpoint, samples, caps
     code = main(["predict", checkpoint, samples[0], str(empty_nc), "--out", str(out), "--no-progress"])
     check_one_line_error(capsys, code, "s1.nc", "time axis has length 0")
     assert snapshot(out) == before
-    check_one_line_error(capsys, main(["predict", checkpoint, str(tmp_path), "--out", str(out)]), "is a folder")
+    (tmp_path / "nothing").mkdir()  # a folder of inputs is read (its .nc and .h5 files), an empty one refused
+    check_one_line_error(
+        capsys, main(["predict", checkpoint, str(tmp_path / "nothing"), "--out", str(out)]), "is a folder"
+    )
     # a failure while writing the second input's outputs: nothing of the new run lands
     import climseg.plotting
 

@@ -16,7 +16,9 @@ steps each cell spent inside an event of each class. From these, per class (trop
 Written: ``climatology.nc`` (CF netCDF: ``frequency(class, lat, lon)``,
 ``genesis_density(class, glat, glon)``), ``frequency_tc.png``, ``frequency_ar.png``,
 ``genesis_tc.png``, ``genesis_ar.png`` (maps with coastlines), ``histograms.png``,
-``events_per_month.png`` and ``summary.json``.
+``events_per_month.png`` and ``summary.json``. Longitudes stay in the convention of the masks
+they came from: a grid from -180 gives maps, ``climatology.nc`` and genesis cells from -180 to
+180, a grid from 0 from 0 to 360 (monotonic CF coordinates either way).
 
 Coastlines come from the land mask that the ``global-land-mask`` package ships (GLOBE
 1-km data, no download), reduced once to a 0.5-degree grid and kept in the climseg
@@ -136,8 +138,6 @@ def _map(path, lat, lon, field, title, label, cmap="viridis", note=None):
     _draw_coastlines(ax, (lon_b[0], lon_b[-1]))
     ax.set_xlim(lon_b[0], lon_b[-1])
     ax.set_ylim(max(-90.0, lat_b[0]), min(90.0, lat_b[-1]))
-    ax.set_xlabel("longitude (degrees east)")
-    ax.set_ylabel("latitude (degrees north)")
     finish_map(fig, ax, (lon_b[0], lon_b[-1], lat_b[0], lat_b[-1]), title, note, path)
 
 
@@ -226,14 +226,15 @@ def analyze(events_folder, out, maps=True, log=print):
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"{out}: exists and is not a folder")
     os.makedirs(out, exist_ok=True)
-    lon = np.rad2deg(np.unwrap(np.deg2rad(lon)))
+    lon = sphere.monotonic_longitudes(lon)  # as the masks had them: from -180 or from 0
     classes = [c for c in CLASS_NAMES[1:]]
     frequency = occupancy / max(total, 1)
     interval = meta.get("interval_hours") or 0.0
     years = total * interval / (365.0 * 24.0) if interval else 0.0
 
     glat_b = np.arange(-90.0, 90.0 + 1e-9, GENESIS_BIN_DEG)
-    glon_b = np.arange(0.0, 360.0 + 1e-9, GENESIS_BIN_DEG)
+    west, east = sphere.longitude_range(lon)  # genesis cells in the grid's convention too
+    glon_b = np.arange(west, east + 1e-9, GENESIS_BIN_DEG)
     glat, glon = 0.5 * (glat_b[1:] + glat_b[:-1]), 0.5 * (glon_b[1:] + glon_b[:-1])
     bin_area = sphere.cell_areas(glat, glon) / 1e6  # 10^6 km^2
     genesis = np.zeros((len(CLASS_NAMES), glat.size, glon.size))
@@ -242,7 +243,7 @@ def analyze(events_folder, out, maps=True, log=print):
             continue
         sel = [e for e in events if e["class"] == c]
         la = np.array([_float(e["genesis_lat"]) for e in sel])
-        lo = np.array([_float(e["genesis_lon"]) % 360.0 for e in sel])
+        lo = sphere.wrap_longitudes(np.array([_float(e["genesis_lon"]) for e in sel]), lon)
         counts, _, _ = np.histogram2d(la, lo, bins=[glat_b, glon_b])
         genesis[k] = counts / bin_area / (years if years > 0 else 1.0)
     density_units = "events per year per 10^6 km2" if years > 0 else "events per 10^6 km2"
@@ -337,7 +338,7 @@ def _write_climatology(path, lat, lon, frequency, glat, glon, genesis, density_u
         ds.createDimension("class", len(CLASS_NAMES))
         for dim, values, std, units in (
             ("lat", lat, "latitude", "degrees_north"),
-            ("lon", lon % 360.0, "longitude", "degrees_east"),
+            ("lon", lon, "longitude", "degrees_east"),
             ("glat", glat, "latitude", "degrees_north"),
             ("glon", glon, "longitude", "degrees_east"),
         ):

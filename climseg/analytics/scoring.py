@@ -1,5 +1,7 @@
 """Tracking scored against the truth of a generated series: ``climseg track`` on the
-``LABELS`` of ``climseg generate --timesteps`` should find the generator's own events.
+``LABELS`` of ``climseg generate --timesteps`` should find the generator's own events, and
+``climseg track`` on a network's masks of the series (``climseg predict``'s ``NAME_mask.nc``,
+tracked into ``NAME_mask_event_id.nc``) is scored the same way.
 
 Data flow: :func:`score_tracking` reads the tracked events and their event-id files
 (:mod:`climseg.data.events`) and the series' true event ids and tables
@@ -15,14 +17,32 @@ import numpy as np
 from climseg.constants import CLASS_NAMES
 from climseg.data.events import read_event_ids, read_events
 from climseg.data.truth import read_true_event_ids, read_truth, series_files
+from climseg.errors import DataError
 from climseg.sphere import haversine_km
 
 
-def _overlaps(series_folder, track_folder):
-    """``(true ids, tracked ids, shared cells)`` of every pair of events that share cells."""
-    keys, counts = [], []
+def _event_stems(series_folder, track_folder, meta):
+    """For each history file of the series, the stem of the masks tracked for it: ``NAME`` when
+    its own ``LABELS`` were tracked, ``NAME_mask`` when ``climseg predict`` or ``climseg label``
+    made the masks. DataError naming the track folder when a history file was not tracked."""
+    tracked = {os.path.splitext(os.path.basename(p))[0] for p in meta.get("inputs", [])}
+    stems = []
     for path in series_files(series_folder):
         stem = os.path.splitext(os.path.basename(path))[0]
+        found = next((s for s in (stem, f"{stem}_mask") if s in tracked), None)
+        if found is None:
+            raise DataError(
+                f"{track_folder}: no event ids of {os.path.basename(path)} (tracked: "
+                f"{', '.join(sorted(tracked)) or 'nothing'}); track the series' own files or its NAME_mask.nc masks"
+            )
+        stems.append((path, found))
+    return stems
+
+
+def _overlaps(series_folder, track_folder, meta):
+    """``(true ids, tracked ids, shared cells)`` of every pair of events that share cells."""
+    keys, counts = [], []
+    for path, stem in _event_stems(series_folder, track_folder, meta):
         true_ids = read_true_event_ids(path).reshape(-1)
         ids = read_event_ids(track_folder, stem).reshape(-1)
         both = (true_ids > 0) & (ids > 0)
@@ -57,8 +77,8 @@ def score_tracking(series_folder, track_folder, min_steps=1):
     ``lifetime_error_steps`` (mean absolute difference of steps seen, matched events) and
     ``centre_error_km`` (mean great-circle distance between the tracked centroid and the
     generator's centre over the matched events' common steps; cyclones only)."""
-    _, events, tracks = read_events(track_folder)
-    best_for_true, best_for_tracked = _best_matches(*_overlaps(series_folder, track_folder))
+    meta, events, tracks = read_events(track_folder)
+    best_for_true, best_for_tracked = _best_matches(*_overlaps(series_folder, track_folder, meta))
     true_events, true_tracks = read_truth(series_folder)
     tracked_steps = {(int(r["id"]), int(r["step"])): (float(r["lat"]), float(r["lon"])) for r in tracks}
     tracked = {int(e["id"]): e for e in events}

@@ -290,6 +290,7 @@ def _describe_events(series, node_event, node_step, cls, pixels, area, vectors, 
     r_parts = np.bincount(inverse, minlength=rows.size)
     r_vec = np.stack([np.bincount(inverse, weights=vectors[sel, k], minlength=rows.size) for k in range(3)], -1)
     r_lat, r_lon = sphere.from_unit_vectors(r_vec[:, 0], r_vec[:, 1], r_vec[:, 2])
+    r_lon = sphere.wrap_longitudes(r_lon, series.lon)  # positions in the grid's convention (from -180 or 0)
     r_hours = series.hours[r_step]
     same = r_event[1:] == r_event[:-1]
     hop = np.where(same, sphere.haversine_km(r_lat[:-1], r_lon[:-1], r_lat[1:], r_lon[1:]), 0.0)

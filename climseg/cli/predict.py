@@ -18,7 +18,13 @@ def add_parser(subparsers):
         help="checkpoint file (or run folder holding last.pt), "
         "or climatenet:WEIGHTS.pth (ClimateNet weights with config.json beside them)",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="DeepCAM HDF5 samples or CAM5-style netCDF files")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="DeepCAM HDF5 samples or netCDF files in any convention: files, glob patterns or folders, "
+        "merged into series on time and grid as climseg label merges them (one mask per file of a series' time axis)",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument(
         "--device",

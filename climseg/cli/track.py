@@ -18,7 +18,7 @@ def add_parser(subparsers):
         "masks",
         nargs="+",
         metavar="MASK",
-        help="netCDF class masks with a time axis, in time order: "
+        help="netCDF class masks with a time axis (files, glob patterns or folders; put in time order): "
         "climseg predict's NAME_mask.nc, data files with LABELS, or any CF class mask (--variable)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")

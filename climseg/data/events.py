@@ -3,7 +3,8 @@ writes and ``climseg analyze`` and :func:`climseg.analytics.scoring.score_tracki
 
 * ``NAME_event_id.nc`` per mask file ``NAME`` (:func:`event_id_name`,
   :func:`create_event_id_netcdf`): CF netCDF, ``event_id(time, lat, lon)``, 0 outside events;
-  uint16 while the ids fit, else int32; latitudes ascending, longitudes in [0, 360);
+  uint16 while the ids fit, else int32; latitudes ascending, longitudes increasing as in the
+  masks (from -180 or from 0: CF coordinates, never wrapped);
 * ``events.csv`` (one row per event, :data:`EVENT_COLUMNS`) and ``tracks.csv`` (one row per
   event and step, :data:`TRACK_COLUMNS`), the same as Parquet when pyarrow is installed
   (:func:`write_table`);
@@ -77,7 +78,7 @@ def create_event_id_netcdf(path, series, mask_file, events):
         la[:] = series.lat
         lo = ds.createVariable("lon", "f8", ("lon",))
         lo.standard_name, lo.units, lo.axis = "longitude", "degrees_east", "X"
-        lo[:] = series.lon % 360.0
+        lo[:] = series.lon  # increasing, from -180 or from 0 as in the masks
         # uint16 while the ids fit (half the bytes to compress), else int32
         dtype = "u2" if int(events) < 65535 else "i4"
         ev = ds.createVariable(
@@ -117,7 +118,7 @@ def write_occupancy(path, series, occupancy):
         la[:] = series.lat
         lo = ds.createVariable("lon", "f8", ("lon",))
         lo.standard_name, lo.units = "longitude", "degrees_east"
-        lo[:] = series.lon % 360.0
+        lo[:] = series.lon  # increasing, from -180 or from 0 as in the masks
         v = ds.createVariable("steps_in_event", "i4", ("class", "lat", "lon"), zlib=True)
         v.long_name = "number of time steps the cell lies inside a tracked event of the class"
         v.flag_meanings = " ".join(CLASS_NAMES)

@@ -13,13 +13,15 @@ Writing (0 background, 1 tropical cyclone, 2 atmospheric river; CF ``flag_values
 The writers return the open file and the empty mask; the caller fills it in the file's own
 row order (flipped back when the input stores latitudes north to south) and closes the file.
 
-Reading: :func:`open_mask_series` checks mask files given in time order (a mask variable
-named as in :data:`MASK_VARIABLES`, e.g. ``mask`` or ClimateNet's ``LABELS``; coordinates and
-time found by the name tables of :mod:`climseg.data.netcdf`, so ERA5's ``valid_time`` and
-``latitude`` are read like CAM5's ``time`` and ``lat``) and describes them as one series,
-:class:`MaskSeries`: one grid (latitudes ascending), one time axis in hours, the files.
-:class:`MaskReader` then reads the series a step at a time, rows south to north, with the
-class values checked.
+Reading: :func:`open_mask_series` checks mask files (paths, glob patterns or folders; a mask
+variable named as in :data:`MASK_VARIABLES`, e.g. ``mask`` or ClimateNet's ``LABELS``;
+coordinates and time found by the name tables of :mod:`climseg.data.netcdf_file`, so ERA5's
+``valid_time`` and ``latitude`` are read like CAM5's ``time`` and ``lat``, with the same grid
+checks and the same refusal of a header that declares far more than the file holds), puts them
+in time order and describes them as one series, :class:`MaskSeries`: one grid (latitudes
+ascending, longitudes increasing as in the files: from -180 or from 0), one strictly increasing
+time axis in hours, the files. :class:`MaskReader` then reads the series a step at a time, rows
+south to north, with the class values checked (whole numbers 0..2; 1.5 is refused, not rounded).
 """
 
 import dataclasses
@@ -28,7 +30,17 @@ import os
 import numpy as np
 
 from climseg.constants import CLASS_NAMES, NUM_CLASSES
-from climseg.data.netcdf import LAT_NAMES, LON_NAMES, TIME_NAMES, find_name, open_dataset
+from climseg.data.netcdf_file import (
+    LAT_NAMES,
+    LON_NAMES,
+    TIME_NAMES,
+    check_declared_size,
+    check_grid,
+    expand_inputs,
+    find_name,
+    open_dataset,
+    read_time_axis,
+)
 from climseg.errors import DataError, UserError
 from climseg.sphere import is_global
 
@@ -149,37 +161,35 @@ class MaskSeries:
 
 
 def open_mask_series(paths, variable=None):
-    """Check the mask files ``paths`` (in time order) and describe them as one
-    :class:`MaskSeries`; ``variable`` names the mask (default: the first of
-    :data:`MASK_VARIABLES` present). DataError naming the file on any problem."""
+    """Check the mask files ``paths`` (files, glob patterns or folders: the netCDF files in them)
+    and describe them as one :class:`MaskSeries`, the files in time order (by their first step, as
+    the pieces of a netCDF input are joined); ``variable`` names the mask (default: the first of
+    :data:`MASK_VARIABLES` present). DataError naming the file on any problem: no mask, a grid out
+    of range or unlike the first file's, a header declaring far more than the file holds, times
+    that do not strictly increase within a file or across the files (a repeated step)."""
     if not paths:
         raise UserError("no mask files given")
+    scanned = [_scan_mask_file(os.fspath(p), variable) for p in expand_inputs(paths)]
+    units, calendar = _hours_units(scanned[0]["units"]), scanned[0]["calendar"]
+    for scan in scanned:
+        if _calendar_kind(scan["calendar"]) != _calendar_kind(calendar):
+            raise DataError(
+                f"{scan['path']}: calendar {scan['calendar']} differs from {calendar} of {scanned[0]['path']}"
+            )
+        scan["hours"] = _hours(scan["dates"], units, calendar)
+    scanned.sort(key=lambda scan: float(scan["hours"][0]))  # stable: equal starts stay in the order given
     files, lat0, lon0, hours, times = [], None, None, [], []
-    units = calendar = None
     stems = {}
-    for path in paths:
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise DataError(f"{path}: no such file")
-        name, lat, lon, has_time_dim, nsteps, dates, file_units, cal = _scan_mask_file(path, variable)
-        if units is None:
-            units, calendar = _hours_units(file_units), cal
-        elif _calendar_kind(cal) != _calendar_kind(calendar):
-            raise DataError(f"{path}: calendar {cal} differs from {calendar} of the first file")
-        h = _hours(dates, units, calendar)
-        flipped = lat.size > 1 and lat[0] > lat[-1]
-        lat_asc = lat[::-1] if flipped else lat
-        if lat.size > 1 and not np.all(np.diff(lat_asc) > 0):
-            raise DataError(f"{path}: latitudes are not monotonic")
-        lon_u = np.rad2deg(np.unwrap(np.deg2rad(lon)))
-        if lon.size > 1 and not np.all(np.diff(lon_u) > 0):
-            raise DataError(f"{path}: longitudes are not monotonic")
+    for scan in scanned:
+        path, lat, lon, h, dates, nsteps = (scan[k] for k in ("path", "lat", "lon", "hours", "dates", "steps"))
+        if h.size != nsteps:
+            raise DataError(f"{path}: {h.size} time values for {nsteps} mask steps")
         if lat0 is None:
-            lat0, lon0 = lat_asc.copy(), lon_u
+            lat0, lon0 = lat, lon
         elif (
-            lat_asc.shape != lat0.shape
-            or lon_u.shape != lon0.shape
-            or not (np.allclose(lat_asc, lat0, atol=1e-6) and np.allclose(lon_u, lon0, atol=1e-6))
+            lat.shape != lat0.shape
+            or lon.shape != lon0.shape
+            or not (np.allclose(lat, lat0, atol=1e-6) and np.allclose(lon % 360.0, lon0 % 360.0, atol=1e-6))
         ):
             raise DataError(
                 f"{path}: grid {lat.size} x {lon.size} differs from the grid of {files[0].path} "
@@ -189,28 +199,22 @@ def open_mask_series(paths, variable=None):
         if stem in stems:
             raise UserError(f"{path}: has the same name as {stems[stem]}; their outputs would collide")
         stems[stem] = path
-        files.append(MaskFile(path, name, bool(flipped), has_time_dim, len(hours), int(nsteps), stem))
+        if hours and h[0] <= hours[-1]:
+            raise DataError(
+                f"{path}: starts at {str(dates[0])[:19]}, not after the end of {files[-1].path} ({times[-1]}); "
+                "the files repeat time steps"
+            )
+        files.append(MaskFile(path, scan["name"], scan["flipped"], scan["has_time_dim"], len(hours), int(nsteps), stem))
         hours.extend(h.tolist())
         times.extend(str(d)[:19] for d in np.atleast_1d(dates))
-        if h.size != nsteps:
-            raise DataError(f"{path}: {h.size} time values for {nsteps} mask steps")
     hours = np.asarray(hours)
-    bad = np.flatnonzero(np.diff(hours) <= 0)
-    if bad.size:
-        i = int(bad[0]) + 1
-        f = next(f for f in reversed(files) if f.first <= i)
-        raise DataError(
-            f"{f.path}: time does not increase at {times[i]} (after {times[i - 1]}); "
-            "give the files in time order, without repeated steps"
-        )
     return MaskSeries(files, lat0, lon0, is_global(lon0), hours, units, calendar, times)
 
 
 def _scan_mask_file(path, variable):
-    """``(mask name, lat, lon, has_time_dim, steps, dates, time units, calendar)`` of one mask
-    file, as stored (latitudes in the file's order)."""
-    import cftime
-
+    """One mask file's ``path``, mask ``name``, ``lat`` (ascending), ``lon`` (increasing), ``flipped``,
+    ``has_time_dim``, ``steps``, ``dates``, time ``units`` and ``calendar``, as a dict; DataError
+    naming the file on any problem."""
     with open_dataset(path) as ds:
         names = list(ds.variables)
         name = find_name(names, [variable]) if variable else find_name(names, MASK_VARIABLES)
@@ -221,8 +225,7 @@ def _scan_mask_file(path, variable):
         lat_name, lon_name = find_name(names, LAT_NAMES), find_name(names, LON_NAMES)
         if lat_name is None or lon_name is None:
             raise DataError(f"{path}: no latitude/longitude coordinate variables (lat, lon)")
-        lat = np.asarray(ds.variables[lat_name][:], np.float64).reshape(-1)
-        lon = np.asarray(ds.variables[lon_name][:], np.float64).reshape(-1)
+        lat, lon, flipped = check_grid(path, ds.variables[lat_name][:], ds.variables[lon_name][:])
         dims = var.dimensions
         time_name = find_name(names, TIME_NAMES)
         if len(dims) == 3:
@@ -237,15 +240,24 @@ def _scan_mask_file(path, variable):
             raise DataError(f"{path}: {name} has dimensions {dims}; expected (time, lat, lon)")
         if tuple(var.shape[-2:]) != (lat.size, lon.size):
             raise DataError(f"{path}: {name} has shape {tuple(var.shape)}; the grid is {lat.size} x {lon.size}")
-        tvar = ds.variables[time_name]
-        if not hasattr(tvar, "units"):
+        check_declared_size(path, ds, [name], (lat.size, lon.size))
+        if not hasattr(ds.variables[time_name], "units"):
             raise DataError(f"{path}: time variable {time_name} has no units")
-        cal = getattr(tvar, "calendar", "standard")
-        try:
-            dates = cftime.num2date(np.asarray(tvar[:], np.float64).reshape(-1), tvar.units, cal)
-        except Exception as exc:  # noqa: BLE001 - any failure is an unreadable time axis
-            raise DataError(f"{path}: time units {tvar.units!r} ({cal}) unreadable: {exc}") from None
-        return name, lat, lon, has_time_dim, nsteps, dates, tvar.units, cal
+        dates, units, cal = read_time_axis(ds, path, time_name)
+        if len(dates) == 0:
+            raise DataError(f"{path}: {name}: its time axis has length 0 (no time steps)")
+    return dict(
+        path=path,
+        name=name,
+        lat=lat,
+        lon=lon,
+        flipped=flipped,
+        has_time_dim=has_time_dim,
+        steps=nsteps,
+        dates=dates,
+        units=units,
+        calendar=cal,
+    )
 
 
 def _hours(dates, units, calendar):
@@ -287,6 +299,14 @@ class MaskReader:
         if m.dtype.kind == "f":
             if not np.all(np.isfinite(m)):
                 raise DataError(f"{f.path}: {f.variable} holds NaN or Inf at {self.series.times[step]}")
+            fraction = m != np.round(m)
+            if fraction.any():
+                raise DataError(
+                    f"{f.path}: {f.variable} holds values that are not whole classes (e.g. {m[fraction][0]:g}) "
+                    f"at {self.series.times[step]}; a class mask holds the integers 0..{NUM_CLASSES - 1}"
+                )
+        elif m.dtype.kind not in "iub":
+            raise DataError(f"{f.path}: {f.variable} is of type {m.dtype}, not a class mask of integers")
         if m.size and (m.min() < 0 or m.max() >= NUM_CLASSES):
             raise DataError(
                 f"{f.path}: {f.variable} holds values outside 0..{NUM_CLASSES - 1} at {self.series.times[step]}"

@@ -2,63 +2,74 @@
 on a latitude-longitude grid, from one file or a set of files merged on time and grid.
 
 Data flow: :func:`open_netcdf` expands the inputs (paths, glob patterns, folders) into
-files, lists every field variable of every file (its time axis, its pressure levels),
-matches the channels asked for against a convention (:mod:`climseg.data.variables`:
-CAM5, ERA5, CMIP6, auto-detected, or a ``--variables`` mapping), joins each variable's
-files in time order (CMIP-style ``tas_Amon_MODEL_..._185001-189912.nc`` pieces) and
-checks that every channel sees the same grid and the same time steps. It returns a
-:class:`NetCDFInput`; :func:`read_netcdf_step` then reads one time step at a time
+files and scans each (:func:`climseg.data.netcdf_file.scan_file`: the grid and its checks,
+every field variable with its time axis and pressure levels); :func:`merge_scanned` matches the
+channels asked for against a convention (:mod:`climseg.data.variables`: CAM5, ERA5, CMIP6,
+auto-detected, or a ``--variables`` mapping), joins each variable's files in time order
+(CMIP-style ``tas_Amon_MODEL_..._185001-189912.nc`` pieces, ERA5's pressure-level and
+single-level files) and checks that every channel sees the same grid and the same time steps.
+It returns a :class:`NetCDFInput`; :func:`read_netcdf_step` then reads one time step at a time
 (bounded memory), selects the pressure level, converts units and derives channels.
+:mod:`climseg.data.inputs` groups many files into several such series (``climseg predict``).
 
 Fields are ``(time, lat, lon)``, ``(lat, lon)``, or with a pressure axis
 ``(time, level, lat, lon)`` / ``(level, lat, lon)``; the pressure coordinate (``plev``,
-``level``, ``pressure_level``, ``lev``, ``isobaricInhPa``...) is read in Pa or hPa from its
-``units``. Coordinates ``lat``/``latitude`` and ``lon``/``longitude`` give the grid (any
-monotonic latitudes, e.g. Gaussian; any size). The coordinate names known, here and to every
-other reader of netCDF in climseg (:mod:`climseg.data.masks`, :mod:`climseg.data.climatenet`),
-are the tables :data:`LAT_NAMES`, :data:`LON_NAMES`, :data:`TIME_NAMES` and
-:data:`LEVEL_NAMES`, looked up by :func:`find_name`. Fields are returned south to north
-(flipped if a file's latitudes descend), the orientation the networks are trained in.
-Calendars are read with cftime (``standard``, ``proleptic_gregorian``, ``noleap``,
-``360_day``...). A variable without a time axis (a fixed field) serves every step.
+``level``, ``pressure_level``, ``lev``, ``isobaricInhPa``...) is read in any pressure unit (Pa,
+hPa, ``millibars``...) from its ``units``. Coordinates ``lat``/``latitude`` and
+``lon``/``longitude`` give the grid (any monotonic latitudes within [-90, 90], e.g. Gaussian;
+longitudes from -180 or from 0, spanning at most 360 degrees; any size). The coordinate names
+known, here and to every other reader of netCDF in climseg (:mod:`climseg.data.masks`,
+:mod:`climseg.data.climatenet`), are the tables :data:`LAT_NAMES`, :data:`LON_NAMES`,
+:data:`TIME_NAMES` (``time``, ``t``, ERA5's ``valid_time``) and :data:`LEVEL_NAMES` of
+:mod:`climseg.data.netcdf_file`, looked up by :func:`find_name`. Fields are returned south to
+north (flipped if a file's latitudes descend), the orientation the networks are trained in;
+packed int16 fields (``scale_factor``/``add_offset``) come back unpacked, netCDF-3 files read like
+netCDF-4 ones. Calendars are read with cftime (``standard``, ``proleptic_gregorian``, ``noleap``,
+``360_day``...); the steps of every file, and of the files joined, must strictly increase. A
+variable without a time axis (a fixed field) serves every step.
 """
 
 import dataclasses
-import glob
-import os
 
 import numpy as np
 
 from climseg.constants import CHANNELS
 from climseg.data import variables as conventions
-from climseg.errors import DataError, first_line
+from climseg.data.netcdf_file import (
+    LAT_NAMES,
+    LEVEL_NAMES,
+    LON_NAMES,
+    SUFFIXES,
+    TIME_NAMES,
+    Segment,
+    expand_inputs,
+    find_name,
+    is_netcdf,
+    open_dataset,
+    scan_file,
+)
+from climseg.errors import DataError
 from climseg.sphere import is_global
 
-# the coordinate names every netCDF reader of climseg knows (find_name matches them in any case)
-LAT_NAMES = ("lat", "latitude", "nav_lat")
-LON_NAMES = ("lon", "longitude", "nav_lon")
-TIME_NAMES = ("time", "t", "valid_time")
-LEVEL_NAMES = ("plev", "level", "pressure_level", "lev", "isobaricinhpa", "pressure", "pres", "p")
-SUFFIXES = (".nc", ".nc4", ".netcdf", ".cdf")
-
-
-@dataclasses.dataclass
-class Segment:
-    """One variable in one file: where its time steps and pressure levels are."""
-
-    path: str
-    name: str
-    units: str
-    ntime: int  # 0: no time axis (a fixed field)
-    levels: dict  # hPa -> index on the level axis ({} without one)
-    level_axis: int  # position of the level axis (-1 without one)
-    flipped: bool
-    dates: list  # cftime dates of the steps ([] without a time axis)
-    step_seconds: float = None
-    time_dim: str = None
-    axes: tuple = ()
-    time_units: str = None
-    calendar: str = None
+# the names of the file layer that the readers of netCDF input have always imported from here
+__all__ = [
+    "LAT_NAMES",
+    "LEVEL_NAMES",
+    "LON_NAMES",
+    "SUFFIXES",
+    "TIME_NAMES",
+    "NetCDFInput",
+    "Segment",
+    "create_cam5_grid",
+    "expand_inputs",
+    "find_name",
+    "is_netcdf",
+    "merge_scanned",
+    "open_dataset",
+    "open_netcdf",
+    "read_netcdf_step",
+    "write_cam5_netcdf",
+]
 
 
 @dataclasses.dataclass
@@ -68,7 +79,7 @@ class NetCDFInput:
 
     path: str
     lat: np.ndarray  # ascending
-    lon: np.ndarray  # as in the file, unwrapped to increase (e.g. 0..180, 180..360 for -180..180 stored from 0)
+    lon: np.ndarray  # increasing: as in the file, unwrapped where it jumps a turn (sphere.monotonic_longitudes)
     flipped: bool  # the (first) file stores latitudes north to south
     periodic: bool  # the grid goes all the way round in longitude
     times: list  # one label per time step ("" without a time dimension)
@@ -83,63 +94,27 @@ class NetCDFInput:
     calendar: str = None
 
 
-def find_name(names, candidates):
-    """The first of ``candidates`` (e.g. :data:`LAT_NAMES`) among ``names`` (a file's variable
-    names), matched without regard to case, as the file spells it; None when none is there."""
-    lower = {n.lower(): n for n in names}
-    for c in candidates:
-        if c.lower() in lower:
-            return lower[c.lower()]
-    return None
-
-
-def expand_inputs(inputs):
-    """Files named by ``inputs`` (a path, a glob pattern or a folder, or a list of them),
-    in the order given (a folder's and a pattern's netCDF files sorted by name)."""
-    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    files = []
-    for item in items:
-        item = os.fspath(item)
-        if os.path.isdir(item):
-            found = sorted(
-                os.path.join(item, f)
-                for f in os.listdir(item)
-                if f.lower().endswith(SUFFIXES) and not f.startswith(".")
-            )
-            if not found:
-                raise DataError(f"{item}: folder holds no netCDF files (.nc)")
-            files += found
-        elif any(ch in item for ch in "*?[") and not os.path.exists(item):
-            found = sorted(glob.glob(item))
-            if not found:
-                raise DataError(f"{item}: no files match")
-            files += found
-        elif not os.path.isfile(item):
-            raise DataError(f"{item}: no such file")
-        else:
-            files.append(item)
-    seen, unique = set(), []
-    for f in files:
-        if os.path.abspath(f) not in seen:
-            seen.add(os.path.abspath(f))
-            unique.append(f)
-    return unique
-
-
 def open_netcdf(path, channels=CHANNELS, optional=(), convention="auto", variables=None):
     """Check a netCDF input (a file, or a set of files: paths, glob patterns, folders)
-    and describe it; DataError naming the file on any problem. ``channels`` must be
+    and describe it as one series; DataError naming the file on any problem. ``channels`` must be
     present; those also in ``optional`` are used when present. ``convention``: auto,
     CAM5, ERA5 or CMIP6; ``variables``: a mapping file (or a loaded table) instead."""
-    paths = expand_inputs(path)
+    return merge_scanned([scan_file(p) for p in expand_inputs(path)], channels, optional, convention, variables)
+
+
+def merge_scanned(scanned, channels=CHANNELS, optional=(), convention="auto", variables=None):
+    """One :class:`NetCDFInput` from files already scanned (``[(grid, [Segment])]`` of
+    :func:`climseg.data.netcdf_file.scan_file`, in the order given): one grid, every variable's
+    pieces joined in time order, every channel found by the convention, every channel on the same
+    time steps, every unit convertible; DataError naming the file otherwise."""
+    paths = [grid["path"] for grid, _ in scanned]
     where = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} files)"
     grid, found = None, {}
-    for p in paths:
-        g, segs = _scan_file(p)
+    for g, segs in scanned:
         if grid is None:
             grid = g
         else:
-            _same_grid(grid, g)
+            same_grid(grid, g)
         for seg in segs:
             found.setdefault(seg.name, []).append(seg)
     available = {name: set().union(*(s.levels for s in segs)) for name, segs in found.items()}
@@ -210,142 +185,10 @@ def _step_seconds(dates):
         return None
 
 
-def open_dataset(path):
-    """``netCDF4.Dataset(path)`` for reading, or a one-line DataError naming the file."""
-    import netCDF4
-
-    try:
-        return netCDF4.Dataset(path, "r")
-    except OSError as exc:
-        raise DataError(f"{path}: not a readable netCDF file ({first_line(exc)})") from None
-
-
-def _scan_file(path):
-    """``(grid, [Segment])`` of one file: its ascending latitudes, unwrapped longitudes,
-    and every variable on that grid."""
-    with open_dataset(path) as ds:
-        names = list(ds.variables)
-        lat_name, lon_name = find_name(names, LAT_NAMES), find_name(names, LON_NAMES)
-        if lat_name is None or lon_name is None:
-            raise DataError(f"{path}: no latitude/longitude coordinate variables (lat, lon)")
-        lat_var, lon_var = ds.variables[lat_name], ds.variables[lon_name]
-        lat = np.asarray(lat_var[:], dtype=np.float64).reshape(-1)
-        lon = np.asarray(lon_var[:], dtype=np.float64).reshape(-1)
-        lat_dim = lat_var.dimensions[0] if lat_var.ndim == 1 else None
-        lon_dim = lon_var.dimensions[0] if lon_var.ndim == 1 else None
-        flipped = len(lat) > 1 and lat[0] > lat[-1]
-        if len(lat) > 1 and not np.all(np.diff(lat[::-1] if flipped else lat) > 0):
-            raise DataError(f"{path}: latitudes are not monotonic")
-        lon = np.rad2deg(np.unwrap(np.deg2rad(lon)))
-        if len(lon) > 1 and not np.all(np.diff(lon) > 0):
-            raise DataError(f"{path}: longitudes are not monotonic")
-        coords = {lat_name, lon_name}
-        segments, times = [], {}
-        for name, var in ds.variables.items():
-            dims = var.dimensions
-            if name in coords or name in ds.dimensions or var.ndim < 2:
-                continue
-            if lat_dim is not None and dims[-2:] != (lat_dim, lon_dim):
-                continue
-            if tuple(var.shape[-2:]) != (len(lat), len(lon)):
-                if var.ndim == 2 and lat_dim is None:
-                    raise DataError(
-                        f"{path}: variable {name} has shape {tuple(var.shape)}; the grid is {len(lat)} x {len(lon)}"
-                    )
-                continue
-            seg = _segment(ds, path, name, var, flipped, times)
-            if seg is not None:
-                segments.append(seg)
-    return dict(lat=lat[::-1].copy() if flipped else lat, lon=lon, flipped=flipped, path=path), segments
-
-
-def _segment(ds, path, name, var, flipped, times):
-    """The Segment of one field variable, or None when its leading axes are not time/level."""
-    lead = var.dimensions[:-2]
-    time_dim = level_dim = None
-    for d in lead:
-        if _is_time(ds, d):
-            time_dim = d
-        elif level_dim is None and _is_level(ds, d):
-            level_dim = d
-        elif var.shape[var.dimensions.index(d)] != 1:
-            raise DataError(
-                f"{path}: variable {name} has dimensions {var.dimensions}; expected (time, lat, lon), "
-                f"(time, level, lat, lon) or (lat, lon)"
-            )
-    levels = {}
-    if level_dim is not None:
-        levels = {float(p): i for i, p in enumerate(_levels_hpa(ds, path, level_dim))}
-    dates = []
-    if time_dim is not None:
-        if time_dim not in times:
-            times[time_dim] = _dates(ds, path, time_dim)
-        dates = times[time_dim][0]
-        if len(dates) == 0:
-            raise DataError(f"{path}: variable {name}: its time axis has length 0 (no time steps)")
-    units, calendar = (times[time_dim][1], times[time_dim][2]) if time_dim else (None, None)
-    return Segment(
-        path=path,
-        name=name,
-        units=getattr(var, "units", None),
-        ntime=len(dates) if time_dim else 0,
-        levels=levels,
-        level_axis=var.dimensions.index(level_dim) if level_dim else -1,
-        flipped=flipped,
-        dates=list(dates),
-        time_dim=time_dim,
-        axes=var.dimensions,
-        time_units=units,
-        calendar=calendar,
-    )
-
-
-def _is_time(ds, dim):
-    if dim.lower() in TIME_NAMES:
-        return True
-    var = ds.variables.get(dim)
-    return var is not None and "since" in str(getattr(var, "units", ""))
-
-
-def _is_level(ds, dim):
-    var = ds.variables.get(dim)
-    if dim.lower() in LEVEL_NAMES:
-        return True
-    units = str(getattr(var, "units", "")).strip().lower() if var is not None else ""
-    return units in ("pa", "hpa", "mbar", "millibar", "mb")
-
-
-def _levels_hpa(ds, path, dim):
-    var = ds.variables.get(dim)
-    if var is None:
-        raise DataError(f"{path}: pressure axis {dim} has no coordinate variable")
-    values = np.asarray(var[:], dtype=np.float64).reshape(-1)
-    units = getattr(var, "units", None)
-    if units is None:
-        return values / 100.0 if values.max() > 1100.0 else values  # no units: Pa when above 1100
-    key = conventions.canonical_units(units)
-    if key not in conventions.UNIT_TABLE["pressure"]:
-        raise DataError(f"{path}: pressure axis {dim} has units {units!r}; expected Pa or hPa")
-    return values * conventions.UNIT_TABLE["pressure"][key][0] / 100.0
-
-
-def _dates(ds, path, dim):
-    """``(dates, units, calendar)`` of a time axis (cftime objects)."""
-    import cftime
-
-    var = ds.variables.get(dim)
-    n = len(ds.dimensions[dim])
-    if var is None or not hasattr(var, "units"):
-        return [float(i) for i in range(n)], None, None
-    calendar = getattr(var, "calendar", "standard")
-    try:
-        dates = cftime.num2date(np.asarray(var[:], np.float64).reshape(-1), var.units, calendar)
-    except Exception as exc:  # noqa: BLE001 - any failure is an unreadable time axis
-        raise DataError(f"{path}: time units {var.units!r} ({calendar}) unreadable: {exc}") from None
-    return list(np.atleast_1d(dates)), var.units, calendar
-
-
-def _same_grid(a, b):
+def same_grid(a, b):
+    """DataError naming ``b``'s file unless the grids ``a`` and ``b`` (of
+    :func:`~climseg.data.netcdf_file.scan_file`) are the same: latitudes within 1e-4 degrees,
+    longitudes the same modulo 360."""
     if (
         a["lat"].shape != b["lat"].shape
         or a["lon"].shape != b["lon"].shape
@@ -422,9 +265,13 @@ def _read_source(ds, seg, local, source, channel, index):
                     f"(level: ... in a --variables file)"
                 )
             key.append(next(i for p, i in seg.levels.items() if abs(p - source.level) < 0.5))
+        elif pos == seg.expver_axis:
+            key.append(slice(None))
         else:
             key.append(0)
     field = var[tuple(key)] if key else var[...]
+    if seg.expver_axis >= 0:
+        field = _combine_members(field)
     if np.ma.is_masked(field):
         raise DataError(f"{seg.path}: variable {seg.name} holds missing values (time step {index})")
     field = np.asarray(field, dtype=np.float32)
@@ -438,6 +285,19 @@ def _read_source(ds, seg, local, source, channel, index):
     return conventions.to_channel_units(
         field, units, source.kind, seg.step_seconds, f"{seg.path}: {channel}: variable {seg.name} "
     )
+
+
+def _combine_members(members):
+    """One field from ERA5's ``expver`` members (E, H, W): each cell from the first member that
+    holds it (ERA5 where it exists, else ERA5T); still masked where none does."""
+    members = np.ma.asarray(members)
+    field = members[0].copy()
+    for member in members[1:]:
+        missing = np.ma.getmaskarray(field)
+        if not missing.any():
+            break
+        field[missing] = member[missing]
+    return field
 
 
 def create_cam5_grid(ds, lat, lon, steps=None, times=None, unlimited=True):
@@ -477,8 +337,3 @@ def write_cam5_netcdf(path, fields, lat, lon, times=None, channels=CHANNELS):
             v = ds.createVariable(c, "f4", dims)
             v.units = CHANNEL_UNITS.get(c, "")
             v[:] = fields[..., k]
-
-
-def is_netcdf(path):
-    """True for the usual netCDF file suffixes (.nc, .nc4, .netcdf, .cdf)."""
-    return os.path.splitext(path)[1].lower() in (".nc", ".nc4", ".netcdf", ".cdf")

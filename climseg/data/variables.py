@@ -27,7 +27,7 @@ ERA5 or CMIP6 output; it is derived from the near-surface temperature by the hyp
 equation, ``Z = R_d T / g ln(1 / 0.9925)``, as the synthetic data do.
 
 Unit conversions (by the variable's ``units`` attribute; a missing attribute means the
-channel's own CAM5 units): pressure Pa, hPa, mbar; temperature K, degC; geopotential
+channel's own CAM5 units): pressure Pa, hPa, mbar, mb, millibars; temperature K, degC; geopotential
 ``m2 s-2`` to height (divided by g = 9.80665 m s-2); precipitation ``kg m-2 s-1`` (divided
 by 1000 kg m-3), ``mm s-1``, ``mm day-1``, and ERA5's accumulated ``m`` (``tp``: metres of
 water accumulated over the interval between steps, divided by that interval in seconds,
@@ -131,6 +131,10 @@ UNIT_TABLE = {
         "mbar": (100.0, 0.0),
         "mb": (100.0, 0.0),
         "millibar": (100.0, 0.0),
+        "millibars": (100.0, 0.0),  # the classic CDS's ERA5 pressure levels
+        "mbars": (100.0, 0.0),
+        "hectopascal": (100.0, 0.0),
+        "hectopascals": (100.0, 0.0),
         "kpa": (1000.0, 0.0),
     },
     "temperature": {
