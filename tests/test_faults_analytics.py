@@ -687,6 +687,11 @@ def test_kill_while_out_holds_an_earlier_run(command, point, sig, inputs, tmp_pa
         if command == "track":  # the reader of a track folder refuses it, with one line
             code = main(quiet(["analyze", str(out), "--out", str(tmp_path / "a")]))
             check_one_line_error(capsys, code, "killed while it renamed", "rerun climseg track")
+        if command == "label":  # and the reader of a masks folder
+            masks = sorted(str(p) for p in out.glob("*_mask.nc"))
+            code = main(quiet(["track", *masks, "--out", str(tmp_path / "t")]))
+            check_one_line_error(capsys, code, "killed while it renamed", "rerun climseg label")
+            assert not (tmp_path / "t").exists()
     # the next run into the folder finishes or removes what the killed one left, then replaces it
     assert main(quiet(earlier + ["--out", str(out)])) == 0
     assert state(out) == old

@@ -63,7 +63,15 @@ from climseg.data.events import (
 )
 from climseg.data.masks import MaskReader, MaskSeries, open_mask_series
 from climseg.errors import ConfigError, DataError
-from climseg.output import OutputBatch, RunLock, check_output_location, check_workers, worker_pool, write_json
+from climseg.output import (
+    OutputBatch,
+    RunLock,
+    check_complete,
+    check_output_location,
+    check_workers,
+    worker_pool,
+    write_json,
+)
 from climseg.progress import progress_bar
 
 CHUNK_STEPS = 64
@@ -382,13 +390,15 @@ def track(inputs, out, options=None, variable=None, workers=1, log=print, progre
     module docstring). Every option and the output location are checked before the masks are
     read; the files are written as one batch that replaces an earlier ``track`` run in ``out`` as
     a whole (:class:`~climseg.output.OutputBatch`), and the masks' folders are held against
-    writers (a shared :class:`~climseg.output.RunLock`) while they are read."""
+    writers (a shared :class:`~climseg.output.RunLock`) while they are read and refused while a
+    killed label run's renames are unfinished (:func:`~climseg.output.check_complete`)."""
     options = (options if options is not None else TrackOptions()).check()
     check_workers(workers)
     check_output_location(out, "folder")
     with contextlib.ExitStack() as stack:
         for folder in sorted({os.path.dirname(os.path.abspath(os.fspath(p))) for p in inputs} - {os.path.abspath(out)}):
             stack.enter_context(RunLock(folder, shared=True))
+            check_complete(folder, "masks folder")
         series = open_mask_series(inputs, variable)
         for f in series.files:
             if f.steps == 0:
