@@ -705,17 +705,18 @@ def test_kill_while_out_holds_an_earlier_run(command, point, sig, inputs, tmp_pa
 # ----------------------------------------------------------------------------- worker processes
 
 SLOW_WORKER = textwrap.dedent("""
-    import os, sys, time
-    import climseg.analytics.label as label
-    parent, real = os.getpid(), label.label_step
-    def slow(*args, **kwargs):        # the workers stop in their first step, the parent never does
+    import importlib, os, sys, time
+    module, name = sys.argv[1].split(":")     # the function the workers run, e.g. label's label_step
+    module = importlib.import_module(module)
+    parent, real = os.getpid(), getattr(module, name)
+    def slow(*args, **kwargs):        # the workers stop in their first call, the parent never does
         if os.getpid() != parent:
             os.write(1, f"WORKER {os.getpid()}\\n".encode())  # one write: two workers' lines never mix
-            time.sleep(float(sys.argv[1]))
+            time.sleep(float(sys.argv[2]))
         return real(*args, **kwargs)
-    label.label_step = slow
+    setattr(module, name, slow)
     from climseg.cli import main
-    sys.exit(main(sys.argv[2:]))
+    sys.exit(main(sys.argv[3:]))
 """)
 
 
@@ -736,14 +737,18 @@ def _gone(pid, timeout=10.0):
     return False
 
 
+WORKER_FUNCTION = {"label": "climseg.analytics.label:label_step", "track": "climseg.analytics.track:_scan_chunk"}
+
+
 @pytest.mark.parametrize("how", ["TERM", "INT-to-group", "KILL", "worker-killed"])
-def test_workers_stop_with_the_command(how, inputs, tmp_path):
+@pytest.mark.parametrize("command", ["label", "track"])
+def test_workers_stop_with_the_command(command, how, inputs, tmp_path):
+    argv = [command, *(inputs["files"] if command == "label" else inputs["masks"]), "--out", str(tmp_path / "out")]
     out = tmp_path / "out"
-    assert main(quiet(["label", *inputs["files"], "--out", str(out)])) == 0
+    assert main(quiet(argv)) == 0
     before = visible(out)
     proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_WORKER, "60", "label", *inputs["files"], "--out", str(out), "--workers", "2"]
-        + QUIET,
+        [sys.executable, "-c", SLOW_WORKER, WORKER_FUNCTION[command], "60", *argv, "--workers", "2"] + QUIET,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -772,7 +777,7 @@ def test_workers_stop_with_the_command(how, inputs, tmp_path):
     assert visible(out) == before
     if how != "KILL":
         no_temporaries(out)
-    assert main(quiet(["label", *inputs["files"], "--out", str(out)])) == 0  # and a rerun cleans up
+    assert main(quiet(argv)) == 0  # and a rerun cleans up
     no_temporaries(out)
 
 
