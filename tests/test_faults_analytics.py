@@ -325,6 +325,14 @@ HOSTILE = [
     ("analyze-no-folder", lambda t, i: (["analyze", str(t / "nope"), "--out", "OUT"], ["no track.json"])),
     # convert
     ("convert-0-byte", weights_case(b"", "is empty")),
+    (
+        "convert-no-source",
+        lambda t, i: (["convert", "--from", "climatenet", str(t / "no.pth"), "OUT"], ["no.pth: no such file"]),
+    ),
+    (
+        "convert-folder-source",
+        lambda t, i: (["convert", "--to", "mlperf-deepcam", str(t), "OUT"], ["is a folder, not a weights file"]),
+    ),
     ("convert-text", weights_case(b"hello", "not a readable PyTorch weights file")),
     ("convert-list", weights_case([1, 2], "expected a state_dict")),
     ("convert-int-keys", weights_case({1: torch.zeros(1)}, "expected a state_dict")),

@@ -26,7 +26,7 @@ import torch
 from climseg.constants import CHANNELS, CLASS_NAMES
 from climseg.data.climatenet import read_climatenet_config
 from climseg.data.stats import read_stats
-from climseg.errors import CheckpointError, ConfigError
+from climseg.errors import CheckpointError, ConfigError, MissingFileError
 from climseg.models.checkpoint import load_checkpoint, save_checkpoint
 from climseg.models.layouts import climatenet_model, mlperf_deepcam_model, to_reference
 from climseg.output import RunLock, atomic_path, check_output_location
@@ -185,6 +185,10 @@ def convert_checkpoint(source, out, from_format=None, to_format=None, **options)
     for path in reads:
         if os.path.realpath(path) == os.path.realpath(out):
             raise ConfigError(f"{out}: is also a file this conversion reads ({path}); choose another output file")
+    if not os.path.exists(source):
+        raise MissingFileError(f"{source}: no such file")
+    if os.path.isdir(source):
+        raise CheckpointError(f"{source}: is a folder, not a weights file")
     if os.path.isfile(source) and os.path.getsize(source) == 0:
         raise CheckpointError(f"{source}: is empty (0 bytes; a copy cut short, e.g. on a full disk?)")
     folder, name = os.path.split(os.path.abspath(out))
