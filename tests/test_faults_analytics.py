@@ -646,6 +646,23 @@ def test_concurrent_runs_into_one_out(command, inputs, tmp_path, capsys):
     capsys.readouterr()
 
 
+@pytest.fixture(scope="module")
+def runs(inputs, tmp_path_factory):
+    """``runs(command)``: a folder holding the earlier run of ``command`` (made once, copied by each
+    test); ``runs(command, later=True)``: the state of the later run, made once into its own folder."""
+    made = {}
+
+    def run(command, later=False):
+        if (command, later) not in made:
+            folder = tmp_path_factory.mktemp(f"{command}-{'later' if later else 'earlier'}")
+            shutil.rmtree(folder)
+            assert main(quiet(_runs(inputs)[command][int(later)] + ["--out", str(folder)])) == 0
+            made[command, later] = state(folder) if later else folder
+        return made[command, later]
+
+    return run
+
+
 KILL_POINTS = {
     # the point: (the rename to pause at, seconds, what SIGKILL there leaves: the earlier run whole,
     # the two runs mixed, or the later run's files before its manifest); a SIGTERM during the
@@ -661,12 +678,11 @@ FIRST = {"label": None, "track": "events.csv", "analyze": "climatology.nc"}
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 @pytest.mark.parametrize("command", ["label", "track", "analyze"])
-def test_kill_while_out_holds_an_earlier_run(command, point, sig, inputs, tmp_path, capsys):
+def test_kill_while_out_holds_an_earlier_run(command, point, sig, inputs, runs, tmp_path, capsys):
     earlier, later = _runs(inputs)[command]
     out = tmp_path / "out"
-    assert main(quiet(earlier + ["--out", str(out)])) == 0
-    assert main(quiet(later + ["--out", str(tmp_path / "ref")])) == 0
-    old, new = state(out), state(tmp_path / "ref")
+    shutil.copytree(runs(command), out)  # the earlier run's folder, lock file and manifest included
+    old, new = state(out), runs(command, later=True)
     assert old != new
     first = FIRST[command] or sorted(n for n in new if n.endswith("_mask.nc"))[0]
     marker, pause, holds = KILL_POINTS[point]
