@@ -60,10 +60,13 @@ class OutputError(UserError, OSError):
 
 
 def first_line(exc, limit=200):
-    """The first non-empty line of an exception's message (its type name when it has
-    none), cut at a word boundary to about ``limit`` characters: for ``(reason)`` parts."""
+    """The first non-empty line of an exception's message (its type name when it has none, and
+    before a message without words, e.g. ``KeyError: 101``), cut at a word boundary to about
+    ``limit`` characters: for ``(reason)`` parts."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else type(exc).__name__
+    if not any(c.isalpha() for c in text):  # e.g. a KeyError of a number: the number alone says nothing
+        text = f"{type(exc).__name__}: {text}"
     if len(text) <= limit:
         return text
     cut = text[:limit].rsplit(" ", 1)[0].rstrip(",;:")

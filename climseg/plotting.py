@@ -20,16 +20,17 @@ def plot_map(path, background, mask, lat, lon, title, background_label="TMQ (kg 
     from matplotlib.lines import Line2D
 
     h, w = mask.shape
-    dlon = (lon[-1] - lon[0]) / max(w - 1, 1)
-    dlat = (lat[-1] - lat[0]) / max(h - 1, 1)
+    dlon = (lon[-1] - lon[0]) / (w - 1) if w > 1 else 0.0
+    dlat = (lat[-1] - lat[0]) / (h - 1) if h > 1 else 0.0
+    dlon, dlat = dlon or dlat or 1.0, dlat or dlon or 1.0  # one column or row: a square cell
     extent = [lon[0] - dlon / 2, lon[-1] + dlon / 2, lat[0] - dlat / 2, lat[-1] + dlat / 2]
     width_in = 11.0
     aspect = (extent[3] - extent[2]) / max(extent[1] - extent[0], 1e-9)
-    fig, ax = plt.subplots(figsize=(width_in, max(3.0, width_in * aspect * 0.9 + 1.2)))
+    fig, ax = plt.subplots(figsize=(width_in, min(16.0, max(3.0, width_in * aspect * 0.9 + 1.2))))
     im = ax.imshow(background, origin="lower", extent=extent, cmap="YlGnBu", aspect="auto", interpolation="nearest")
     fig.colorbar(im, ax=ax, label=background_label, fraction=0.035, pad=0.02)
     for value, color in ((1, TC_COLOR), (2, AR_COLOR)):
-        if np.any(mask == value):
+        if np.any(mask == value) and min(h, w) > 1:  # a contour needs two rows and two columns
             ax.contour(lon, lat, (mask == value).astype(np.float32), levels=[0.5], colors=[color], linewidths=1.3)
     handles = [
         Line2D([], [], color=TC_COLOR, lw=2, label="tropical cyclone"),

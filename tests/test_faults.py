@@ -298,10 +298,9 @@ def test_full_tmpfs(full_fs, tmp_path, checkpoint, samples, capsys):
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EDQUOT])
 def test_patched_writer_failures_are_one_line(tmp_path, monkeypatch, code):
     """Where no tmpfs can be mounted: the same path through a writer that fails."""
-    import climseg.output
 
     (tmp_path / "old.json").write_text("{}")
-    monkeypatch.setattr(climseg.output.os, "replace", failing(code))
+    monkeypatch.setattr(os, "replace", failing(code))
     with pytest.raises(OutputError) as info:
         write_json(str(tmp_path / "old.json"), {"a": 1})
     assert str(info.value).startswith(f"{tmp_path / 'old.json'}: cannot write (")
@@ -311,9 +310,8 @@ def test_patched_writer_failures_are_one_line(tmp_path, monkeypatch, code):
 
 
 def test_patched_disk_full_in_generate(tmp_path, monkeypatch, capsys):
-    import climseg.output
 
-    monkeypatch.setattr(climseg.output.os, "replace", failing(errno.ENOSPC, after=1))
+    monkeypatch.setattr(os, "replace", failing(errno.ENOSPC, after=1))
     code = main(
         [
             "generate",
@@ -527,11 +525,12 @@ KILLED_WRITER = textwrap.dedent("""
     marker = sys.argv[1]
     def slow_replace(src, dst):       # every file complete under its temporary name, not yet renamed
         name = os.path.basename(dst)
-        if name == marker[1:] if marker.startswith("=") else marker in name:
+        # "DIR/NAME": the rename onto that path; "=NAME": onto that name; else a part of the name
+        if dst.endswith(marker) if "/" in marker else name == marker[1:] if marker.startswith("=") else marker in name:
             print("WRITING", flush=True)
             time.sleep(float(sys.argv[2]))
         return real(src, dst)
-    climseg.output.os.replace = slow_replace
+    os.replace = slow_replace
     from climseg.cli import main
     sys.exit(main(sys.argv[3:]))
 """)
@@ -632,13 +631,13 @@ def test_kills_while_writing_predictions_and_checkpoints(tmp_path, checkpoint, s
     assert main(["predict", checkpoint, samples[0], "--out", str(out), "--no-progress"]) == 0
     before = snapshot(out)
     # SIGTERM while writing the second map: the folder as it was, no temporaries
-    proc = _writer(tmp_path, ".s1.png.", 30, "predict", checkpoint, *samples, "--out", str(out), "--no-progress")
+    proc = _writer(tmp_path, "=s1.png", 30, "predict", checkpoint, *samples, "--out", str(out), "--no-progress")
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     after = snapshot(out)
     assert proc.returncode == 143 and after == before, sorted(after)
     # SIGTERM while the finished outputs are renamed into place: all of them land, then it stops
-    proc = _writer(tmp_path, "=s0.png", 3, "predict", checkpoint, *samples, "--out", str(out), "--no-progress")
+    proc = _writer(tmp_path, "out/s0.png", 3, "predict", checkpoint, *samples, "--out", str(out), "--no-progress")
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     after = snapshot(out)
@@ -654,7 +653,7 @@ def test_kills_while_writing_predictions_and_checkpoints(tmp_path, checkpoint, s
         real = os.replace
         def slow(src, dst):
             print("WRITING", flush=True); time.sleep(30); real(src, dst)
-        climseg.output.os.replace = slow
+        os.replace = slow
         save_checkpoint({str(tmp_path / "last.pt")!r}, dict(model=dict(), data=dict(step=2)))
     """)
     from climseg.train.checkpoint import load_checkpoint, save_checkpoint

@@ -25,6 +25,7 @@ Coastlines come from the land mask that the ``global-land-mask`` package ships (
 cache folder.
 """
 
+import contextlib
 import json
 import os
 
@@ -33,8 +34,7 @@ import numpy as np
 from climseg import sphere
 from climseg.constants import CLASS_NAMES
 from climseg.data.events import read_events, read_occupancy
-from climseg.errors import UserError
-from climseg.output import atomic_path, write_json
+from climseg.output import OutputBatch, RunLock, atomic_path, check_complete, check_output_location, write_json
 from climseg.plotting import finish_map
 
 SHORT = {"tropical_cyclone": "tc", "atmospheric_river": "ar"}
@@ -219,13 +219,54 @@ def _stats(values):
 
 
 def analyze(events_folder, out, maps=True, log=print):
-    """Statistics and maps of a ``climseg track`` output folder; returns the summary dict."""
-    meta, events, _ = read_events(events_folder)
+    """Statistics and maps of a ``climseg track`` output folder; returns the summary dict. The
+    output location is checked first; the events folder is read whole and checked
+    (:func:`~climseg.data.events.read_events`) while no writer may change it, and the files are
+    written as one batch that replaces an earlier ``analyze`` run in ``out`` as a whole."""
+    check_output_location(out, "folder")
+    events_folder = os.fspath(events_folder)
     folder = events_folder if os.path.isdir(events_folder) else os.path.dirname(os.path.abspath(events_folder))
-    lat, lon, occupancy, total = read_occupancy(folder)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"{out}: exists and is not a folder")
-    os.makedirs(out, exist_ok=True)
+    inputs = [os.path.join(folder, n) for n in ("track.json", "events.csv", "tracks.csv", "occupancy.nc")]
+    batch = OutputBatch(out, command="analyze", inputs=inputs, earlier=_earlier_run)
+    with contextlib.ExitStack() as stack:
+        if os.path.abspath(folder) != batch.folder:  # in the output folder itself, the batch's lock holds it
+            stack.enter_context(RunLock(folder, shared=True))
+        stack.enter_context(batch)
+        check_complete(folder, "events folder")
+        meta, events, _ = read_events(folder)
+        lat, lon, occupancy, total = read_occupancy(folder, meta)
+        batch.check(["climatology.nc", "summary.json"] + (list(MAP_FILES) if maps else []))
+        summary = _analyze(meta, events, lat, lon, occupancy, total, folder, batch, maps)
+    tc, ar = summary["classes"]["tropical_cyclone"], summary["classes"]["atmospheric_river"]
+    what = "maps, histograms, climatology.nc and summary.json" if maps else "climatology.nc and summary.json"
+    log(
+        f"climseg: {tc['events']} tropical cyclones, {ar['events']} atmospheric rivers over {total} steps; "
+        f"{what} written to {out}"
+    )
+    return summary
+
+
+MAP_FILES = (
+    "frequency_tc.png",
+    "genesis_tc.png",
+    "frequency_ar.png",
+    "genesis_ar.png",
+    "histograms.png",
+    "events_per_month.png",
+)
+
+
+def _earlier_run(folder):
+    """The files of an ``analyze`` run written into ``folder`` before runs kept a manifest (its summary.json)."""
+    with open(os.path.join(folder, "summary.json")) as f:
+        summary = json.load(f)
+    if "events_folder" not in summary:
+        return []  # another command's summary
+    return [n for n in summary.get("files", []) if isinstance(n, str)]
+
+
+def _analyze(meta, events, lat, lon, occupancy, total, folder, batch, maps):
+    """The statistics and maps of a checked events folder, written into ``batch``; the summary dict."""
     lon = sphere.monotonic_longitudes(lon)  # as the masks had them: from -180 or from 0
     classes = [c for c in CLASS_NAMES[1:]]
     frequency = occupancy / max(total, 1)
@@ -248,9 +289,7 @@ def analyze(events_folder, out, maps=True, log=print):
         genesis[k] = counts / bin_area / (years if years > 0 else 1.0)
     density_units = "events per year per 10^6 km2" if years > 0 else "events per 10^6 km2"
 
-    _write_climatology(
-        os.path.join(out, "climatology.nc"), lat, lon, frequency, glat, glon, genesis, density_units, meta
-    )
+    _write_climatology(batch.path("climatology.nc"), lat, lon, frequency, glat, glon, genesis, density_units, meta)
     months = _months(meta["first_time"], meta["last_time"])
     per_month = {c: {m: 0 for m in months} for c in classes}
     for e in events:
@@ -269,7 +308,7 @@ def analyze(events_folder, out, maps=True, log=print):
                 continue
             name = f"frequency_{SHORT[c]}.png"
             _map(
-                os.path.join(out, name),
+                batch.path(name),
                 lat,
                 lon,
                 frequency[k],
@@ -280,7 +319,7 @@ def analyze(events_folder, out, maps=True, log=print):
             files.append(name)
             name = f"genesis_{SHORT[c]}.png"
             _map(
-                os.path.join(out, name),
+                batch.path(name),
                 glat,
                 glon,
                 genesis[k],
@@ -290,8 +329,8 @@ def analyze(events_folder, out, maps=True, log=print):
                 note=f"{GENESIS_BIN_DEG:g}-degree bins",
             )
             files.append(name)
-        _histograms(os.path.join(out, "histograms.png"), events, classes)
-        _per_month_plot(os.path.join(out, "events_per_month.png"), months, per_month, classes)
+        _histograms(batch.path("histograms.png"), events, classes)
+        _per_month_plot(batch.path("events_per_month.png"), months, per_month, classes)
         files += ["histograms.png", "events_per_month.png"]
     summary = dict(
         events_folder=os.path.abspath(folder),
@@ -319,13 +358,7 @@ def analyze(events_folder, out, maps=True, log=print):
             per_month=per_month[c],
             per_year=per_year[c],
         )
-    write_json(os.path.join(out, "summary.json"), summary)
-    tc, ar = summary["classes"]["tropical_cyclone"], summary["classes"]["atmospheric_river"]
-    what = "maps, histograms, climatology.nc and summary.json" if maps else "climatology.nc and summary.json"
-    log(
-        f"climseg: {tc['events']} tropical cyclones, {ar['events']} atmospheric rivers over {total} steps; "
-        f"{what} written to {out}"
-    )
+    write_json(batch.path("summary.json"), summary)
     return summary
 
 

@@ -24,8 +24,9 @@ the steps and labels as a DeepCAM training set for ``climseg train``
 precedence where the two meet.
 """
 
-import concurrent.futures
+import contextlib
 import dataclasses
+import json
 import os
 import time
 
@@ -38,8 +39,8 @@ from climseg.analytics.rivers import detect_rivers, poleward_transport, river_fi
 from climseg.constants import ATMOSPHERIC_RIVER, CHANNELS, CLASS_NAMES, NUM_CLASSES, TROPICAL_CYCLONE
 from climseg.data.deepcam import check_sample_file
 from climseg.data.masks import create_mask_hdf5, create_mask_netcdf
-from climseg.errors import ConfigError, DataError, UserError
-from climseg.output import atomic_path, write_json
+from climseg.errors import DataError, UserError
+from climseg.output import OutputBatch, check_output_location, check_workers, worker_pool, write_json
 from climseg.progress import progress_bar
 
 
@@ -146,51 +147,52 @@ def _jobs(info):
 
 
 def _scan_job(args):
-    """Worker: detect rivers and storms in every step of one job; rivers go to a temporary
-    .npy file in the output folder (bounded memory), storms come back."""
-    info, job, options, threshold, out = args
+    """Worker: detect rivers and storms in every step of one job; the rivers (bit-packed, bounded
+    memory) go to a work file in the run's staging folder, the storms come back. The work file is
+    written, not memory-mapped: a full disk is an error to report, not a SIGBUS."""
+    info, job, options, threshold, staging = args
     from climseg.data.netcdf import read_netcdf_step
 
     names = list(info.variables)
     weights = sphere.cell_areas(info.lat, info.lon).reshape(-1)
     h, w = len(info.lat), len(info.lon)
-    tmp = os.path.join(out, f".{job.name}.rivers.npy")
-    rivers = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.bool_, shape=(len(job.steps), h, w))
+    packed = np.zeros((len(job.steps), -(-h * w // 8)), np.uint8)
     storms, objects = [], []
     for k, t in enumerate(job.steps):
         data = read_netcdf_step(info, t, names)
         fields = {c: data[..., i] for i, c in enumerate(names)}
         if options.method != "ar" and not ("T200" in fields or "T500" in fields):
             raise DataError(f"{info.path}: the warm-core test needs T200 or T500")
-        rivers[k], s, o = label_step(fields, info.lat, info.lon, info.periodic, options, threshold, weights)
+        rivers, s, o = label_step(fields, info.lat, info.lon, info.periodic, options, threshold, weights)
+        packed[k] = np.packbits(rivers.reshape(-1))
         storms.append(s)
         objects.append(o)
-    rivers.flush()
-    del rivers
+    tmp = os.path.join(staging, f".{job.name}.rivers.npy")
+    with open(tmp, "wb") as f:
+        np.save(f, packed)
     return tmp, storms, objects
 
 
 def _write_job(args):
-    """Worker: paint the kept storms over the rivers and write the mask file."""
-    info, job, tmp, storms, keep, out, dataset = args
-    rivers = np.load(tmp, mmap_mode="r")
-    h, w = rivers.shape[1:]
-    masks = np.zeros(rivers.shape, np.uint8)
+    """Worker: paint the kept storms over the rivers and write the mask file into the staging folder."""
+    info, job, tmp, storms, keep, staging, dataset = args
+    h, w = len(info.lat), len(info.lon)
+    packed = np.load(tmp)
+    masks = np.zeros((len(job.steps), h, w), np.uint8)
     for k in range(len(job.steps)):
-        masks[k][rivers[k]] = ATMOSPHERIC_RIVER
+        masks[k][np.unpackbits(packed[k], count=h * w).reshape(h, w).astype(bool)] = ATMOSPHERIC_RIVER
         flat = masks[k].reshape(-1)
         for s, kept in zip(storms[k], keep[k]):
             if kept:
                 flat[s["index"]] = TROPICAL_CYCLONE
-    del rivers
-    with atomic_path(os.path.join(out, job.name)) as path:
-        dst, mask = create_mask_netcdf(
-            path, job.source, job.time_var, f"climseg label on {os.path.basename(job.source)}"
-        )
-        with dst:
-            data = masks[:, ::-1] if job.flipped else masks
-            mask[:] = data if job.time_var else data[0]
+    del packed
     os.unlink(tmp)
+    dst, mask = create_mask_netcdf(
+        os.path.join(staging, job.name), job.source, job.time_var, f"climseg label on {os.path.basename(job.source)}"
+    )
+    with dst:
+        data = masks[:, ::-1] if job.flipped else masks
+        mask[:] = data if job.time_var else data[0]
     counts = [np.bincount(m.reshape(-1), minlength=NUM_CLASSES) for m in masks]
     partials = _write_samples(dataset, job, masks) if dataset is not None else []
     return job.name, counts, partials
@@ -241,84 +243,82 @@ def label(
 ):
     """Label ``inputs`` (netCDF files in any convention, merged into one series, and/or
     DeepCAM HDF5 samples): write ``NAME_mask.nc`` / ``NAME_mask.h5`` and ``summary.json``
-    into ``out``. With ``dataset`` (a folder), the netCDF steps and their labels also become
-    a DeepCAM training set there (``train/``, ``validation/``: the last
-    ``validation_fraction`` of the steps, ``stats.h5``) for ``climseg train --data``; the
-    input must then hold all 16 channels. Returns the summary dict."""
+    into ``out``, all of them as one batch that replaces an earlier ``label`` run there as a
+    whole (:class:`~climseg.output.OutputBatch`). With ``dataset`` (a folder), the netCDF steps
+    and their labels also become a DeepCAM training set there (``train/``, ``validation/``: the
+    last ``validation_fraction`` of the steps, ``stats.h5``) for ``climseg train --data``; the
+    input must then hold all 16 channels. Every option and the output location are checked
+    before any input is read. Returns the summary dict."""
     from climseg.data.netcdf import is_netcdf, open_netcdf
+    from climseg.data.variables import conventions_for
 
     options = (options or LabelOptions()).check()
     if not inputs:
         raise UserError("no input files given")
-    if workers < 1:
-        raise ConfigError("--workers must be at least 1")
-    from climseg.data.variables import conventions_for
-
+    check_workers(workers)
     conventions_for(convention, variables)  # a bad --convention or --variables file is refused before any work
+    check_output_location(out, "folder")
+    if dataset is not None:
+        if not 0.0 < validation_fraction < 1.0:
+            raise UserError(f"--validation-fraction {validation_fraction}: must lie between 0 and 1")
+        check_output_location(dataset, "folder", must_be_new=True)
     inputs = [os.fspath(p) for p in inputs]
     hdf5 = [p for p in inputs if os.path.isfile(p) and not is_netcdf(p) and not os.path.isdir(p)]
     netcdf = [p for p in inputs if p not in hdf5]
     required, optional = _channels_for(options)
     info = open_netcdf(netcdf, required + optional, optional, convention, variables) if netcdf else None
     if info is not None:
-        if options.method != "ar" and not ("T200" in info.variables or "T500" in info.variables):
-            raise DataError(f"{info.path}: the warm-core test needs T200 or T500 (neither found)")
-        if (
-            options.method != "tc"
-            and options.ar_field == "auto"
-            and not ("IVT" in info.variables or "TMQ" in info.variables)
-        ):
-            raise DataError(f"{info.path}: atmospheric rivers need IVT or TMQ (neither found)")
+        _check_series(info, options)
     for p in hdf5:
         check_sample_file(p)
     data_info = None
     if dataset is not None:
         if info is None:
             raise UserError("--dataset needs netCDF input (a series of the 16 channels)")
-        if os.path.exists(dataset) and (not os.path.isdir(dataset) or os.listdir(dataset)):
-            raise UserError(f"{dataset}: already exists and is not an empty folder")
-        if not 0.0 < validation_fraction < 1.0 or len(info.times) < 2:
-            raise UserError(
-                f"--validation-fraction {validation_fraction} must lie between 0 and 1, and the "
-                f"series needs at least 2 steps (it has {len(info.times)})"
-            )
+        if len(info.times) < 2:
+            raise UserError(f"--dataset: the series needs at least 2 steps (it has {len(info.times)})")
         if _mpi_comm() is not None:
             raise UserError("--dataset is written by one process: run it without mpirun (--workers for processes)")
         data_info = open_netcdf(netcdf, CHANNELS, (), convention, variables)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"{out}: exists and is not a folder")
-    os.makedirs(out, exist_ok=True)
-    started = time.perf_counter()
-    summary = dict(options=dataclasses.asdict(options), inputs=[], steps=0)
-    if info is not None and data_info is not None:
-        from climseg.output import atomic_directory
-
-        with atomic_directory(dataset) as folder:
-            os.makedirs(os.path.join(folder, "train"))
-            os.makedirs(os.path.join(folder, "validation"))
-            n = len(info.times)
-            first_validation = n - min(n - 1, max(1, int(round(n * validation_fraction))))
-            target = dict(info=data_info, folder=folder, first_validation=first_validation)
-            entries, partials = _label_series(info, out, options, workers, progress, target)
-            _write_dataset_stats(folder, partials)
-        summary["inputs"] += entries
-        summary["dataset"] = dict(folder=dataset, train=first_validation, validation=n - first_validation)
-    elif info is not None:
-        summary["inputs"] += _label_series(info, out, options, workers, progress)[0]
-        summary["convention"] = info.convention
-        summary["variables"] = {c: " + ".join(p.names) for c, p in info.plans.items()}
+    jobs = _jobs(info) if info is not None else []
+    names = _output_names(jobs, hdf5)
     comm = _mpi_comm()
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
-    samples = {i: _label_hdf5(p, out, options) for i, p in enumerate(hdf5) if i % size == rank}
-    if comm is not None:
-        for part in comm.allgather(samples):
-            samples.update(part)
-    summary["inputs"] += [samples[i] for i in range(len(hdf5))]
-    summary["steps"] = sum(len(i["time_steps"]) for i in summary["inputs"])
-    summary["seconds"] = time.perf_counter() - started
-    if rank != 0:
-        return summary  # rank 0 writes the summary and reports
-    write_json(os.path.join(out, "summary.json"), summary)
+    sources = hdf5 + ([s.path for segs in info.segments.values() for s in segs] if info is not None else [])
+    batch = OutputBatch(out, command="label", inputs=sources, earlier=_earlier_run) if rank == 0 else None
+    started = time.perf_counter()
+    summary = dict(options=dataclasses.asdict(options), inputs=[], steps=0)
+    with batch if batch is not None else contextlib.nullcontext():
+        if batch is not None:
+            batch.check(names)
+        staging = comm.bcast(batch.staging if batch else None) if comm is not None else batch.staging
+        if info is not None and data_info is not None:
+            from climseg.output import atomic_directory
+
+            with atomic_directory(dataset) as folder:
+                os.makedirs(os.path.join(folder, "train"))
+                os.makedirs(os.path.join(folder, "validation"))
+                n = len(info.times)
+                first_validation = n - min(n - 1, max(1, int(round(n * validation_fraction))))
+                target = dict(info=data_info, folder=folder, first_validation=first_validation)
+                entries, partials = _label_series(info, jobs, staging, options, workers, progress, target)
+                _write_dataset_stats(folder, partials)
+            summary["inputs"] += entries
+            summary["dataset"] = dict(folder=dataset, train=first_validation, validation=n - first_validation)
+        elif info is not None:
+            summary["inputs"] += _label_series(info, jobs, staging, options, workers, progress)[0]
+            summary["convention"] = info.convention
+            summary["variables"] = {c: " + ".join(p.names) for c, p in info.plans.items()}
+        samples = {i: _label_hdf5(p, staging, options) for i, p in enumerate(hdf5) if i % size == rank}
+        if comm is not None:  # also the barrier: every rank's files are in the staging folder
+            for part in comm.allgather(samples):
+                samples.update(part)
+        summary["inputs"] += [samples[i] for i in range(len(hdf5))]
+        summary["steps"] = sum(len(i["time_steps"]) for i in summary["inputs"])
+        summary["seconds"] = time.perf_counter() - started
+        if rank != 0:
+            return summary  # rank 0 writes the summary, renames every rank's files into place and reports
+        write_json(batch.path("summary.json"), summary)
     storms = sum(e["cyclones"] for i in summary["inputs"] for e in i["time_steps"])
     rivers = sum(e["rivers"] for i in summary["inputs"] for e in i["time_steps"])
     log(
@@ -328,6 +328,45 @@ def label(
     return summary
 
 
+def _check_series(info, options):
+    """What the labeller needs of a series beyond its variables: a grid of at least 2 x 2 cells and
+    the fields each method reads."""
+    if len(info.lat) < 2 or len(info.lon) < 2:
+        raise DataError(
+            f"{info.path}: a grid of {len(info.lat)} x {len(info.lon)} cells; labelling needs at least 2 x 2"
+        )
+    if options.method != "ar" and not ("T200" in info.variables or "T500" in info.variables):
+        raise DataError(f"{info.path}: the warm-core test needs T200 or T500 (neither found)")
+    if (
+        options.method != "tc"
+        and options.ar_field == "auto"
+        and not ("IVT" in info.variables or "TMQ" in info.variables)
+    ):
+        raise DataError(f"{info.path}: atmospheric rivers need IVT or TMQ (neither found)")
+
+
+def _output_names(jobs, hdf5):
+    """The files a run writes, checked for collisions before any work."""
+    names = {}
+    for job in jobs:
+        names[job.name] = job.source
+    for p in hdf5:
+        name = f"{os.path.splitext(os.path.basename(p))[0]}_mask.h5"
+        if name in names:
+            raise UserError(f"{p}: has the same name as {names[name]}; their outputs would collide")
+        names[name] = p
+    return list(names) + ["summary.json"]
+
+
+def _earlier_run(folder):
+    """The files of a ``label`` run written into ``folder`` before runs kept a manifest (its summary.json)."""
+    with open(os.path.join(folder, "summary.json")) as f:
+        summary = json.load(f)
+    if "method" not in summary.get("options", {}):
+        return []  # another command's summary
+    return [i["mask"] for i in summary["inputs"]] + ["summary.json"]
+
+
 def _write_dataset_stats(folder, partials):
     from climseg.data.deepcam import dataset_statistics
     from climseg.data.stats import write_stats
@@ -335,7 +374,7 @@ def _write_dataset_stats(folder, partials):
     write_stats(os.path.join(folder, "stats.h5"), dataset_statistics(partials))
 
 
-def _label_series(info, out, options, workers, progress, dataset=None):
+def _label_series(info, jobs, staging, options, workers, progress, dataset=None):
     threshold = options.ar_threshold
     if options.method != "tc":
         fields = {c: np.zeros(1, np.float32) for c in info.variables}
@@ -343,16 +382,14 @@ def _label_series(info, out, options, workers, progress, dataset=None):
         threshold = DEFAULT_THRESHOLDS[name] if threshold is None else threshold
         if options.ar_percentile is not None and options.ar_climatology == "series":
             threshold = np.maximum(river_climatology(info, options, progress), np.float32(threshold))
-    jobs = _jobs(info)
     comm = _mpi_comm()
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
     mine = list(range(rank, len(jobs), size))  # under MPI: every size-th file from the rank's own
-    pool = concurrent.futures.ProcessPoolExecutor(workers) if workers > 1 and len(mine) > 1 else None
-    mapper = pool.map if pool else map
-    try:
+    # the pool ends its workers before the batch removes the staging folder, whatever stops the run
+    with worker_pool(workers, len(mine)) as mapper:
         scanned = {}
         with progress_bar(total=len(info.times), desc="label", unit="step", disable=not progress or rank) as bar:
-            for i, result in zip(mine, mapper(_scan_job, [(info, jobs[i], options, threshold, out) for i in mine])):
+            for i, result in zip(mine, mapper(_scan_job, [(info, jobs[i], options, threshold, staging) for i in mine])):
                 scanned[i] = result
                 bar.update(len(result[1]) * size)
         if comm is not None:  # every rank links every storm (a small table)
@@ -363,25 +400,17 @@ def _label_series(info, out, options, workers, progress, dataset=None):
         keep, tracks = link_cyclones(
             [[(s["lat"], s["lon"]) for s in step] for step in all_storms], _hours(info), options
         )
-        entries, offset, args = [], 0, []
+        offset, args = 0, []
         for i, (job, (tmp, storms, _)) in enumerate(zip(jobs, scanned)):
             if i in mine:
-                args.append((info, job, tmp, storms, keep[offset : offset + len(storms)], out, dataset))
+                args.append((info, job, tmp, storms, keep[offset : offset + len(storms)], staging, dataset))
             offset += len(storms)
         written = dict(zip(mine, mapper(_write_job, args)))
-        if comm is not None:
-            for part in comm.allgather(written):
-                written.update(part)
-        written = [written[i] for i in range(len(jobs))]
-    except BaseException:
-        for i in mine:
-            tmp = os.path.join(out, f".{jobs[i].name}.rivers.npy")
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        raise
-    finally:
-        if pool:
-            pool.shutdown()
+    if comm is not None:
+        for part in comm.allgather(written):
+            written.update(part)
+    written = [written[i] for i in range(len(jobs))]
+    entries = []
     offset = 0
     partials = [p for _, _, part in written for p in part]
     for job, (_, storms, objects), (name, counts, _) in zip(jobs, scanned, written):
@@ -427,7 +456,7 @@ def _mpi_comm():
     return MPI.COMM_WORLD
 
 
-def _label_hdf5(path, out, options):
+def _label_hdf5(path, staging, options):
     """A DeepCAM sample (global, regular grid assumed, rows south to north): NAME_mask.h5."""
     from climseg.data.deepcam import grid, read_sample
 
@@ -442,10 +471,9 @@ def _label_hdf5(path, out, options):
     for s in storms:
         mask.reshape(-1)[s["index"]] = TROPICAL_CYCLONE
     name = f"{os.path.splitext(os.path.basename(path))[0]}_mask.h5"
-    with atomic_path(os.path.join(out, name)) as tmp:
-        f, dataset = create_mask_hdf5(tmp, mask.shape, path)
-        with f:
-            dataset[...] = mask
+    f, dataset = create_mask_hdf5(os.path.join(staging, name), mask.shape, path)
+    with f:
+        dataset[...] = mask
     frac = np.bincount(mask.reshape(-1), minlength=NUM_CLASSES) / mask.size
     return dict(
         file=path,

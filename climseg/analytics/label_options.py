@@ -5,6 +5,7 @@ their sources are tabled in docs/labelling.md.
 """
 
 import dataclasses
+import math
 
 from climseg.errors import ConfigError
 
@@ -48,19 +49,76 @@ class LabelOptions:
     ar_climatology_steps: int = 240  # steps sampled for the series climatology
 
     def check(self):
-        """The options themselves (for chaining), or ConfigError naming the option that is out of range."""
+        """The options themselves (for chaining), or ConfigError naming the option that is out of range:
+        every number finite and in its range (:data:`RANGES`), the choices among their values."""
         if self.method not in ("tc+ar", "tc", "ar"):
             raise ConfigError(f"--method {self.method}: expected tc+ar, tc or ar")
         if self.ar_field not in ("auto", "ivt", "proxy", "tmq"):
             raise ConfigError(f"--ar-field {self.ar_field}: expected auto, ivt, proxy or tmq")
         if self.ar_climatology not in ("series", "zonal"):
             raise ConfigError(f"--ar-climatology {self.ar_climatology}: expected series or zonal")
-        if self.ar_percentile is not None and not 0.0 < self.ar_percentile < 100.0:
-            raise ConfigError(f"--ar-percentile {self.ar_percentile}: expected a value between 0 and 100")
-        for name in ("tc_vorticity", "tc_wind", "tc_mask_km", "tc_max_speed", "ar_min_length_km", "ar_min_aspect"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+        for name, (low, high, open_ends) in RANGES.items():
+            value = getattr(self, name)
+            if value is None and name in ("ar_threshold", "ar_percentile"):
+                continue
+            _check_number(name, value, low, high, open_ends)
+        if isinstance(self.ar_climatology_steps, bool) or not isinstance(self.ar_climatology_steps, int):
+            raise ConfigError(f"ar_climatology_steps {self.ar_climatology_steps!r}: expected a whole number")
+        levels = self.ar_levels if isinstance(self.ar_levels, (tuple, list)) else None
+        if not levels:
+            raise ConfigError(f"ar_levels {self.ar_levels!r}: expected threshold multiples such as (1.0, 1.5, 2.0)")
+        for level in levels:
+            _check_number("ar_levels", level, 0.0, 100.0, "(")
         return self
+
+
+def _check_number(name, value, low, high, open_ends):
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{flag} {value!r}: expected a number")
+    if not math.isfinite(value):
+        raise ConfigError(f"{flag} {value}: expected a finite number")
+    if value < low or ("(" in open_ends and value == low):
+        raise ConfigError(f"{flag} {value:g}: must be {'above' if '(' in open_ends else 'at least'} {low:g}")
+    if value > high or (")" in open_ends and value == high):
+        raise ConfigError(
+            f"{flag} {value:g}: must be {'below' if ')' in open_ends else 'at most'} {high:g}{UNITS.get(name, '')}"
+        )
+
+
+#: The largest radius the cyclone criteria accept, km: more than any storm (Typhoon Tip's gale-force
+#: winds reached about 1100 km from its centre), and the bound on the filter boxes' size and time.
+MAX_STORM_RADIUS_KM = 5000.0
+#: Half the Earth's circumference, km: no two cells are farther apart.
+HALF_CIRCUMFERENCE_KM = 20015.0
+#: (lowest, highest, which ends are excluded: "(" the lowest, ")" the highest) of every number of
+#: :class:`LabelOptions`; ``ar_threshold`` and ``ar_percentile`` may also be None ("not set").
+RANGES = {
+    "tc_max_lat": (0.0, 90.0, ""),
+    "tc_candidate_km": (0.0, MAX_STORM_RADIUS_KM, "("),
+    "tc_vorticity": (0.0, 1e-2, ""),
+    "tc_core_km": (0.0, MAX_STORM_RADIUS_KM, "("),
+    "tc_warm_core": (0.0, 100.0, ""),
+    "tc_environment_km": (0.0, MAX_STORM_RADIUS_KM, "("),
+    "tc_pressure_rise": (0.0, 1e5, ""),
+    "tc_wind": (0.0, 200.0, ""),
+    "tc_wind_km": (0.0, MAX_STORM_RADIUS_KM, "("),
+    "tc_mask_km": (0.0, MAX_STORM_RADIUS_KM, "("),
+    "tc_mask_deficit": (0.0, 1.0, ""),
+    "tc_max_speed": (0.0, 340.0, "("),
+    "tc_min_hours": (0.0, 1e6, ""),
+    "ar_threshold": (0.0, 1e6, ""),
+    "ar_percentile": (0.0, 100.0, "()"),
+    "ar_min_length_km": (0.0, 2 * HALF_CIRCUMFERENCE_KM, ""),
+    "ar_min_aspect": (0.0, 1e6, ""),
+    "ar_max_width_km": (0.0, HALF_CIRCUMFERENCE_KM, "("),
+    "ar_min_poleward": (0.0, 1e6, ""),
+    "ar_min_lat": (0.0, 90.0, ""),
+    "ar_origin_lat": (0.0, 90.0, ""),
+    "ar_reach_lat": (0.0, 90.0, ""),
+    "ar_climatology_steps": (1, 1_000_000, ""),
+}
+UNITS = {name: " km" for name in RANGES if name.endswith("_km")}
 
 
 # the absolute river threshold of each river field when ar_threshold is not given

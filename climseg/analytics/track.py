@@ -18,7 +18,9 @@ Data flow (``climseg track MASKS... --out DIR``):
    Events seen on fewer than ``min_steps`` steps are dropped; the rest are numbered 1..E
    by their first step (then first component). The result does not depend on the
    number of chunks or workers.
-4. **Write** (parallel over input files; the format is :mod:`climseg.data.events`'s): each
+4. **Write** (parallel over input files; the format is :mod:`climseg.data.events`'s; every file
+   goes first to the run's staging folder, and all are renamed into ``DIR`` together at the end,
+   replacing an earlier run there as a whole: :class:`climseg.output.OutputBatch`): each
    input ``NAME`` gets ``NAME_event_id.nc``
    (CF netCDF, ``event_id(time, lat, lon)``, 0 outside events; uint16 while the
    ids fit, else int32); the folder gets
@@ -37,11 +39,10 @@ vectors, so right across the date line) and area, peak and mean area, travel dis
 lifetime), genesis and lysis positions (first and last centroids).
 """
 
-import concurrent.futures
+import contextlib
 import dataclasses
+import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 from scipy import sparse
@@ -53,16 +54,24 @@ from climseg.constants import CLASS_NAMES, NUM_CLASSES
 from climseg.data.events import (
     EVENT_COLUMNS,
     FORMAT,
-    FORMAT_VERSION,
     TRACK_COLUMNS,
     create_event_id_netcdf,
     event_id_name,
+    track_summary,
     write_occupancy,
     write_table,
 )
 from climseg.data.masks import MaskReader, MaskSeries, open_mask_series
-from climseg.errors import ConfigError, DataError, UserError
-from climseg.output import atomic_path, write_json
+from climseg.errors import ConfigError, DataError
+from climseg.output import (
+    OutputBatch,
+    RunLock,
+    check_complete,
+    check_output_location,
+    check_workers,
+    worker_pool,
+    write_json,
+)
 from climseg.progress import progress_bar
 
 CHUNK_STEPS = 64
@@ -358,47 +367,88 @@ def _write_event_files(job):
 
 
 def _write_event_file(series, f, lookups, out_dir, reader, occupancy, series_events):
-    """Write one input file's ``event_id`` netCDF; add its steps to ``occupancy``."""
+    """Write one input file's ``event_id`` netCDF into ``out_dir`` (the run's staging folder: renamed
+    into place with the run's other files at the end); add its steps to ``occupancy``."""
     h, w = series.lat.size, series.lon.size
-    with atomic_path(os.path.join(out_dir, event_id_name(f.stem))) as tmp:
-        ds, ev = create_event_id_netcdf(tmp, series, f, series_events)
-        with ds:
-            ids = np.zeros(h * w, ev.dtype)
-            for k in range(f.steps):
-                index, comp = reader.read(f.first + k)
-                event, event_class = lookups[k]
-                ids[index] = event[comp]
-                ev[k] = ids.reshape(h, w)
-                labelled = ids[index] > 0
-                cell_class = event_class[comp[labelled]]
-                for c in range(1, NUM_CLASSES):
-                    occupancy[c, index[labelled][cell_class == c]] += 1
-                ids[index] = 0
+    ds, ev = create_event_id_netcdf(os.path.join(out_dir, event_id_name(f.stem)), series, f, series_events)
+    with ds:
+        ids = np.zeros(h * w, ev.dtype)
+        for k in range(f.steps):
+            index, comp = reader.read(f.first + k)
+            event, event_class = lookups[k]
+            ids[index] = event[comp]
+            ev[k] = ids.reshape(h, w)
+            labelled = ids[index] > 0
+            cell_class = event_class[comp[labelled]]
+            for c in range(1, NUM_CLASSES):
+                occupancy[c, index[labelled][cell_class == c]] += 1
+            ids[index] = 0
 
 
 def track(inputs, out, options=None, variable=None, workers=1, log=print, progress=True):
     """Track events through the class masks ``inputs`` into the folder ``out`` with ``options`` (a
     :class:`TrackOptions`; default its defaults); returns the ``track.json`` summary dict (see the
-    module docstring)."""
-    options = options if options is not None else TrackOptions()
-    options.check()
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}: must be at least 1")
-    series = open_mask_series(inputs, variable)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"{out}: exists and is not a folder")
-    os.makedirs(out, exist_ok=True)
+    module docstring). Every option and the output location are checked before the masks are
+    read; the files are written as one batch that replaces an earlier ``track`` run in ``out`` as
+    a whole (:class:`~climseg.output.OutputBatch`), and the masks' folders are held against
+    writers (a shared :class:`~climseg.output.RunLock`) while they are read and refused while a
+    killed label run's renames are unfinished (:func:`~climseg.output.check_complete`)."""
+    options = (options if options is not None else TrackOptions()).check()
+    check_workers(workers)
+    check_output_location(out, "folder")
+    with contextlib.ExitStack() as stack:
+        for folder in sorted({os.path.dirname(os.path.abspath(os.fspath(p))) for p in inputs} - {os.path.abspath(out)}):
+            stack.enter_context(RunLock(folder, shared=True))
+            check_complete(folder, "masks folder")
+        series = open_mask_series(inputs, variable)
+        for f in series.files:
+            if f.steps == 0:
+                raise DataError(f"{f.path}: the time axis has length 0 (no steps to track)")
+        nsteps = series.hours.size
+        if options.look_ahead > max(1, nsteps - 1):
+            raise ConfigError(f"--look-ahead {options.look_ahead}: more than the series' {nsteps} steps allow")
+        batch = stack.enter_context(
+            OutputBatch(out, command="track", inputs=[f.path for f in series.files], earlier=_earlier_run)
+        )
+        batch.check([event_id_name(f.stem) for f in series.files] + list(TRACK_FILES))
+        result, occupancy = _track_series(series, options, workers, batch, progress)
+        write_occupancy(batch.path("occupancy.nc"), series, occupancy)
+        write_table(os.path.join(batch.staging, "events"), result.events, EVENT_COLUMNS)
+        write_table(os.path.join(batch.staging, "tracks"), result.tracks, TRACK_COLUMNS)
+        summary = track_summary(series, result.events, options, int(result.node_event.size))
+        write_json(batch.path("track.json"), summary)
+    counts = summary["events"]
+    log(
+        f"climseg: {counts['tropical_cyclone']} tropical cyclones and {counts['atmospheric_river']} atmospheric rivers "
+        f"tracked through {nsteps} steps; events.csv, tracks.csv and event ids written to {out}"
+    )
+    return summary
+
+
+#: the files of a track folder besides the event ids (Parquet ones only with pyarrow)
+TRACK_FILES = ("events.csv", "events.parquet", "tracks.csv", "tracks.parquet", "occupancy.nc", "track.json")
+
+
+def _earlier_run(folder):
+    """The files of a ``track`` run written into ``folder`` before runs kept a manifest (its track.json)."""
+    with open(os.path.join(folder, "track.json")) as f:
+        meta = json.load(f)
+    if meta.get("format") != FORMAT:
+        return []
+    return [n for n in meta.get("event_files", []) if isinstance(n, str)] + list(TRACK_FILES)
+
+
+def _track_series(series, options, workers, batch, progress):
+    """Scan, stitch and write the event ids into the batch's staging folder: ``(Tracking, occupancy)``.
+    The pool ends its workers before the batch removes the staging folder, whatever stops the run."""
     nsteps = series.hours.size
     # chunks of at most CHUNK_STEPS steps (bounded memory), at least 4 per worker (balance)
     chunks = _chunks(nsteps, min(nsteps, max(workers * 4 if workers > 1 else 1, -(-nsteps // CHUNK_STEPS))))
     scanned = []
-    pool = concurrent.futures.ProcessPoolExecutor(workers) if workers > 1 else None
-    scratch = tempfile.mkdtemp(prefix=".climseg-track-", dir=out)
-    try:
+    scratch = batch.scratch
+    with worker_pool(workers, len(chunks)) as mapper:
         with progress_bar(total=nsteps, desc="track", unit="step", disable=not progress) as bar:
-            jobs = [(series, options, a, b, scratch) for a, b in chunks]
-            results = pool.map(_scan_chunk, jobs) if pool else map(_scan_chunk, jobs)
-            for (a, b), res in zip(chunks, results):
+            for (a, b), res in zip(chunks, mapper(_scan_chunk, [(series, options, a, b, scratch) for a, b in chunks])):
                 scanned.append(res)
                 bar.update(b - a)
         result = stitch(series, scanned, options)
@@ -411,53 +461,10 @@ def track(inputs, out, options=None, variable=None, workers=1, log=print, progre
                 event = np.concatenate([[0], result.node_event[lo:hi]]).astype(np.int32)
                 lookups.append((event, event_class[event]))
             groups[i * len(groups) // len(series.files)].append((f, lookups))
-        jobs = [(series, g, out, scratch, chunks, len(result.events)) for g in groups]
+        jobs = [(series, g, batch.staging, scratch, chunks, len(result.events)) for g in groups]
         occupancy = None
         with progress_bar(total=len(jobs), desc="write event ids", unit="part", disable=not progress) as bar:
-            for occ in pool.map(_write_event_files, jobs) if pool else map(_write_event_files, jobs):
+            for occ in mapper(_write_event_files, jobs):
                 occupancy = occ if occupancy is None else occupancy + occ
                 bar.update()
-    finally:
-        if pool:
-            pool.shutdown()
-        shutil.rmtree(scratch, ignore_errors=True)
-    write_occupancy(os.path.join(out, "occupancy.nc"), series, occupancy)
-    write_table(os.path.join(out, "events"), result.events, EVENT_COLUMNS)
-    write_table(os.path.join(out, "tracks"), result.tracks, TRACK_COLUMNS)
-    counts = {
-        CLASS_NAMES[c]: sum(1 for e in result.events if e["class"] == CLASS_NAMES[c]) for c in range(1, NUM_CLASSES)
-    }
-    summary = dict(
-        format=FORMAT,
-        version=FORMAT_VERSION,
-        inputs=[f.path for f in series.files],
-        event_files=[event_id_name(f.stem) for f in series.files],
-        steps=int(nsteps),
-        first_time=series.times[0],
-        last_time=series.times[-1],
-        time_units=series.time_units,
-        calendar=series.calendar,
-        interval_hours=float(np.median(np.diff(series.hours))) if nsteps > 1 else None,
-        grid=dict(
-            height=int(series.lat.size),
-            width=int(series.lon.size),
-            periodic=series.periodic,
-            lat_first=float(series.lat[0]),
-            lat_last=float(series.lat[-1]),
-            lon_first=float(series.lon[0]),
-            lon_last=float(series.lon[-1]),
-        ),
-        options=dict(
-            min_size={CLASS_NAMES[c]: f"{v:g}{u}" for c, (v, u) in options.min_size.items()},
-            look_ahead=options.look_ahead,
-            min_steps=options.min_steps,
-        ),
-        events=counts,
-        components=int(result.node_event.size),
-    )
-    write_json(os.path.join(out, "track.json"), summary)
-    log(
-        f"climseg: {counts['tropical_cyclone']} tropical cyclones and {counts['atmospheric_river']} atmospheric rivers "
-        f"tracked through {nsteps} steps; events.csv, tracks.csv and event ids written to {out}"
-    )
-    return summary
+    return result, occupancy

@@ -28,7 +28,7 @@ class TrackOptions:
         if self.min_steps < 1:
             raise ConfigError(f"--min-steps {self.min_steps}: must be at least 1")
         for c, (value, unit) in self.min_size.items():
-            if value < 0 or unit not in ("px", "km2"):
+            if not 0 <= value < float("inf") or unit not in ("px", "km2"):  # NaN fails too
                 raise ConfigError(f"minimum size of {CLASS_NAMES[c]}: {value} {unit} is not a size")
         return self
 

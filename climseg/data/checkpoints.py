@@ -26,10 +26,10 @@ import torch
 from climseg.constants import CHANNELS, CLASS_NAMES
 from climseg.data.climatenet import read_climatenet_config
 from climseg.data.stats import read_stats
-from climseg.errors import CheckpointError, ConfigError
+from climseg.errors import CheckpointError, ConfigError, MissingFileError
 from climseg.models.checkpoint import load_checkpoint, save_checkpoint
 from climseg.models.layouts import climatenet_model, mlperf_deepcam_model, to_reference
-from climseg.output import atomic_path, check_output_location
+from climseg.output import RunLock, atomic_path, check_output_location
 
 
 def import_climatenet(path, config=None):
@@ -94,20 +94,49 @@ def import_mlperf_deepcam(path, stats=None, normalization="minmax", channels=Non
 
 def export_mlperf_deepcam(ckpt, path):
     """Write a climseg ``deepcam`` checkpoint as the reference writes its own:
-    ``{"step", "epoch", "model"}`` (no optimizer state: the reference's LAMB is apex's)."""
+    ``{"step", "epoch", "model"}`` (no optimizer state: the reference's LAMB is apex's). Every
+    entry of the deepcam network must be there, in its shape: a checkpoint missing one is refused,
+    not written short."""
+    from climseg.models import DeepLabV3Plus
+
+    where = ckpt.get("path", "checkpoint")
     spec = ckpt["model"]
-    if spec["config"] != "deepcam" or spec.get("norm", "batch") != "batch":
+    if not isinstance(spec, dict) or not isinstance(spec.get("state_dict"), dict):
+        raise CheckpointError(f"{where}: its model section holds no state_dict")
+    if spec.get("config") != "deepcam" or spec.get("norm", "batch") != "batch":
         raise CheckpointError(
-            f"{ckpt.get('path', 'checkpoint')}: holds a {spec['config']!r} network; only the "
+            f"{where}: holds a {spec.get('config')!r} network; only the "
             f"deepcam configuration has the MLPerf reference's layout"
         )
+    try:
+        expected = DeepLabV3Plus(
+            "deepcam", in_channels=int(spec["in_channels"]), num_classes=int(spec["num_classes"])
+        ).state_dict()
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{where}: its model section does not describe a deepcam network ({exc})") from None
+    state = spec["state_dict"]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        what = f"lacks {missing[0]}" if missing else f"has an unexpected entry {unexpected[0]}"
+        raise CheckpointError(f"{where}: {what} ({len(missing)} missing, {len(unexpected)} unexpected); not exported")
+    for k, v in expected.items():
+        if not torch.is_tensor(state[k]) or tuple(state[k].shape) != tuple(v.shape):
+            shape = tuple(state[k].shape) if torch.is_tensor(state[k]) else type(state[k]).__name__
+            raise CheckpointError(f"{where}: {k} is {shape}; the deepcam network's is {tuple(v.shape)}")
+    check_finite(state, where)
     progress = (ckpt.get("train") or {}).get("progress", {})
-    payload = dict(
-        step=int(progress.get("step", 0)), epoch=int(progress.get("epoch", 0)), model=to_reference(spec["state_dict"])
-    )
+    payload = dict(step=int(progress.get("step", 0)), epoch=int(progress.get("epoch", 0)), model=to_reference(state))
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
+
+
+def check_finite(state, where):
+    """CheckpointError naming the first floating-point entry of ``state`` that holds NaN or Inf."""
+    for k, v in state.items():
+        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{where}: {k} holds NaN or Inf")
 
 
 IMPORTERS = {"climatenet": import_climatenet, "mlperf-deepcam": import_mlperf_deepcam}
@@ -127,7 +156,9 @@ def load_any_checkpoint(spec):
 
 def convert_checkpoint(source, out, from_format=None, to_format=None, **options):
     """Convert ``source`` to ``out``: ``from_format`` imports another project's weights into a climseg
-    checkpoint; ``to_format`` exports a climseg checkpoint. Returns a one-line description."""
+    checkpoint; ``to_format`` exports a climseg checkpoint. The output is checked before the work
+    (a writable place, none of the files read), locked against a second ``convert`` into it, and
+    written whole or not at all. Returns a one-line description."""
     if (from_format is None) == (to_format is None):
         raise ConfigError("convert: give exactly one of --from FORMAT or --to FORMAT")
     given = sorted(k for k, v in options.items() if v is not None)
@@ -140,22 +171,36 @@ def convert_checkpoint(source, out, from_format=None, to_format=None, **options)
                 f"convert: {flag} goes with --from {where[0]}" if where else f"convert: unknown option {name!r}"
             )
     options = {k: v for k, v in options.items() if v is not None}
-    check_output_location(out, kind="file")
-    if from_format is not None:
-        if from_format not in IMPORTERS:
-            raise ConfigError(
-                f"convert: unknown format {from_format!r} for --from (choose from {', '.join(IMPORTERS)})"
-            )
-        payload = IMPORTERS[from_format](source, **options)
-        save_checkpoint(out, payload)
-        m = payload["model"]
-        return (
-            f"{source} ({from_format}) -> {out}: {m['config']} model, {m['in_channels']} channels "
-            f"({', '.join(payload['data']['channels'])}), {m['num_classes']} classes"
-        )
-    if to_format not in EXPORTERS:
+    if from_format is not None and from_format not in IMPORTERS:
+        raise ConfigError(f"convert: unknown format {from_format!r} for --from (choose from {', '.join(IMPORTERS)})")
+    if to_format is not None and to_format not in EXPORTERS:
         raise ConfigError(
             f"convert: unknown format {to_format!r} for --to (choose from {', '.join(EXPORTERS) or 'none'})"
         )
-    EXPORTERS[to_format](load_checkpoint(source), out)
+    source, out = os.fspath(source), os.fspath(out)
+    check_output_location(out, kind="file")
+    reads = [source] + [os.fspath(options[k]) for k in ("config", "stats") if k in options]
+    if from_format == "climatenet" and "config" not in options:
+        reads.append(os.path.join(os.path.dirname(os.path.abspath(source)), "config.json"))
+    for path in reads:
+        if os.path.realpath(path) == os.path.realpath(out):
+            raise ConfigError(f"{out}: is also a file this conversion reads ({path}); choose another output file")
+    if not os.path.exists(source):
+        raise MissingFileError(f"{source}: no such file")
+    if os.path.isdir(source):
+        raise CheckpointError(f"{source}: is a folder, not a weights file")
+    if os.path.isfile(source) and os.path.getsize(source) == 0:
+        raise CheckpointError(f"{source}: is empty (0 bytes; a copy cut short, e.g. on a full disk?)")
+    folder, name = os.path.split(os.path.abspath(out))
+    with RunLock(folder, name=f".{name}.climseg-lock"):
+        if from_format is not None:
+            payload = IMPORTERS[from_format](source, **options)
+            check_finite(payload["model"]["state_dict"], source)
+            save_checkpoint(out, payload)
+            m = payload["model"]
+            return (
+                f"{source} ({from_format}) -> {out}: {m['config']} model, {m['in_channels']} channels "
+                f"({', '.join(payload['data']['channels'])}), {m['num_classes']} classes"
+            )
+        EXPORTERS[to_format](load_checkpoint(source), out)
     return f"{source} -> {out} ({to_format})"

@@ -166,6 +166,8 @@ def read_climatenet_config(path):
         if name not in CHANNELS:
             raise ConfigError(f"{path}: field {name!r} is not one of climseg's channels ({', '.join(CHANNELS)})")
         try:
+            if any(isinstance(stats[k], bool) for k in ("mean", "std")):
+                raise TypeError("a truth value is not a number")
             m, s = float(stats["mean"]), float(stats["std"])
         except (TypeError, KeyError, ValueError):
             raise ConfigError(f"{path}: field {name!r} needs numeric 'mean' and 'std'") from None
@@ -175,6 +177,8 @@ def read_climatenet_config(path):
         mean.append(m)
         std.append(s)
     labels = raw.get("labels", list(CLASS_NAMES))
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ConfigError(f"{path}: 'labels' is {labels!r}; expected a list of class names")
     return channels, np.array(mean, np.float32), np.array(std, np.float32), list(labels)
 
 

@@ -43,6 +43,7 @@ import re
 import numpy as np
 
 from climseg.constants import ATMOSPHERIC_RIVER, CHANNEL_UNITS, CHANNELS, CLASS_NAMES, TROPICAL_CYCLONE
+from climseg.data.generate import check_generator_options
 from climseg.data.synthetic import (
     GALE_WIND,
     GENERATOR_VERSION,
@@ -385,6 +386,11 @@ def _write_day(job):
     return name, rows
 
 
+#: The longest series the generator writes: its events are simulated over the whole span first
+#: (about half a minute per model year on a 2-core machine, 2026-12-03).
+MAX_SPAN_YEARS = 100
+
+
 def generate_timeseries(
     out,
     timesteps,
@@ -404,8 +410,14 @@ def generate_timeseries(
         raise UserError(f"height {height} and width {width} must be at least 8")
     if timesteps < 1:
         raise UserError(f"--timesteps {timesteps}: need at least 1")
-    if workers is not None and workers < 1:
-        raise UserError("--workers must be at least 1")
+    if not (np.isfinite(interval_hours) and interval_hours > 0):
+        raise UserError(f"--interval {interval_hours} hours: must be a positive number of hours")
+    if timesteps * interval_hours > MAX_SPAN_YEARS * 8760.0:  # the events are simulated over the whole span
+        raise UserError(
+            f"--timesteps {timesteps} every {interval_hours:g} h span {timesteps * interval_hours / 8760.0:.3g} years; "
+            f"at most {MAX_SPAN_YEARS} years"
+        )
+    check_generator_options(height, width, seed, workers, features)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", case):
         raise UserError(f"case name {case!r}: use letters, digits, '_', '-' and '.' only")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):

@@ -27,7 +27,7 @@ import re
 
 import torch
 
-from climseg.errors import CheckpointError, ConfigError
+from climseg.errors import CheckpointError, ConfigError, first_line
 
 WEIGHT_FORMATS = ("climatenet", "mlperf-deepcam")
 
@@ -40,12 +40,10 @@ def read_state_dict(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip, pickle and truncation errors come in many types
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch weights file ({str(exc).splitlines()[0][:120]})"
-        ) from None
+        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({first_line(exc, 120)})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
         raise CheckpointError(f"{path}: expected a state_dict (names to tensors)")
     return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
 
@@ -206,7 +204,7 @@ def read_checkpoint_file(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # many exception types from a corrupt or foreign file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:120]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line(exc, 120)})") from None
 
 
 def mlperf_deepcam_model(path):

@@ -1,20 +1,22 @@
-"""Safe output: every file climseg writes, and the checks made before writing.
+"""Single files written safely, and the checks made before writing.
 
 * :func:`atomic_path` / :func:`atomic_directory`: everything goes to a
   temporary name in the destination folder and is renamed into place only once
   it is complete, so an interrupted or failed run never leaves a half-written
   file behind and never damages what was already there. Files and folders get
   the modes a plain ``open()``/``mkdir`` would give under the user's umask (a
-  file that is replaced keeps its mode).
+  file that is replaced keeps its mode). Temporary names are
+  ``.NAME.PID-XXXXXXXX.tmp`` (:func:`temporary_prefix`): hidden, and naming the
+  process that writes them, so that a later run can tell a killed writer's
+  leftovers from a live one's (:func:`climseg.output.batch.remove_stale_scratch`).
 * :func:`check_output_location`: called by every command before its expensive
   work; a path that is a file, lies under a file, or in a folder that cannot be
   written is refused with one line.
 * :func:`output_error`: the one place that turns an ``OSError`` of writing
   (disk full, read-only, permission, quota) into an :class:`OutputError`
   naming the path and the problem; the atomic helpers raise it.
-* :class:`RunLock`: a run folder is written by one process at a time
-  (``fcntl.flock`` on ``FOLDER/.climseg-lock``; the kernel drops the lock when
-  the holder dies, so a killed run never leaves it stuck).
+* :func:`deferred_signals`: SIGINT and SIGTERM held while a few renames that
+  belong together are made.
 """
 
 import contextlib
@@ -28,7 +30,6 @@ import threading
 
 from climseg.errors import OutputError, UserError
 
-LOCK_NAME = ".climseg-lock"
 _UMASK_LOCK = threading.Lock()
 
 
@@ -50,7 +51,7 @@ def current_umask():
     return mask
 
 
-def _file_mode(path):
+def file_mode(path):
     """The mode ``open(path, "w")`` would leave: an existing file's own, else 0666 less the umask."""
     try:
         return stat.S_IMODE(os.stat(path).st_mode)
@@ -86,12 +87,13 @@ def output_error(path, exc):
     else:
         text = str(exc).strip().splitlines()
         reason = text[0] if text else type(exc).__name__
-        if _disk_full(os.path.dirname(os.path.abspath(path))):  # h5py, torch.save: no errno, but the disk is full
+        if disk_full(os.path.dirname(os.path.abspath(path))):  # h5py, torch.save: no errno, but the disk is full
             reason = f"no space left on device ({reason})"
     return OutputError(f"{path}: cannot write ({reason})")
 
 
-def _disk_full(folder):
+def disk_full(folder):
+    """Less than 64 KiB left for the user on the file system of ``folder`` (or of the nearest folder above)."""
     while folder and not os.path.isdir(folder):
         folder = os.path.dirname(folder.rstrip(os.sep)) if folder != os.sep else ""
     try:
@@ -143,11 +145,17 @@ def _probe(path, folder):
         os.unlink(probe)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write into {folder} ({_REASONS.get(exc.errno, exc.strerror)})") from None
-    if _disk_full(folder):
+    if disk_full(folder):
         raise OutputError(f"{path}: cannot write into {folder} (no space left on device)")
 
 
 # ----------------------------------------------------------------------------- atomic writes
+
+
+def temporary_prefix(name):
+    """``.NAME.PID-``: the start of every temporary name climseg makes for ``NAME`` (``tempfile``
+    adds eight random characters and the caller ``.tmp``), so that the writing process can be told."""
+    return f".{name}.{os.getpid()}-"
 
 
 def makedirs(folder):
@@ -173,9 +181,9 @@ def atomic_path(path):
     makedirs(folder)
     base = os.path.basename(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(base), suffix=".tmp", dir=folder)
         os.close(fd)
-        os.chmod(tmp, _file_mode(path))
+        os.chmod(tmp, file_mode(path))
     except OSError as exc:
         raise output_error(path, exc) from None
     try:
@@ -184,16 +192,16 @@ def atomic_path(path):
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if _is_write_failure(exc, folder):
+        if is_write_failure(exc, folder):
             raise output_error(path, exc) from None
         raise
 
 
-def _is_write_failure(exc, folder):
+def is_write_failure(exc, folder):
     """An OSError, or a library's own error (h5py, netCDF4, torch.save, matplotlib) on a full disk."""
     if isinstance(exc, UserError) or not isinstance(exc, Exception):
         return False
-    return isinstance(exc, OSError) or _disk_full(folder)
+    return isinstance(exc, OSError) or disk_full(folder)
 
 
 @contextlib.contextmanager
@@ -206,7 +214,9 @@ def atomic_directory(path):
     parent = os.path.dirname(os.path.abspath(path)) or "."
     makedirs(parent)
     try:
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(path))}.", suffix=".tmp", dir=parent)
+        tmp = tempfile.mkdtemp(
+            prefix=temporary_prefix(os.path.basename(os.path.abspath(path))), suffix=".tmp", dir=parent
+        )
         os.chmod(tmp, 0o777 & ~current_umask())
     except OSError as exc:
         raise output_error(path, exc) from None
@@ -217,7 +227,7 @@ def atomic_directory(path):
         os.replace(tmp, path)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if _is_write_failure(exc, parent):
+        if is_write_failure(exc, parent):
             raise output_error(path, exc) from None
         raise
 
@@ -246,63 +256,6 @@ def deferred_signals(signals=(2, 15)):
             signal.raise_signal(sig)
 
 
-class OutputBatch:
-    """Several files of one folder written under temporary names and renamed into
-    place together at the end, so a failure part-way leaves the folder as it was
-    (``predict``: masks, maps and the summary always belong to one run).
-
-    ``with OutputBatch(folder) as batch: write(batch.path("a.h5"))``; the files
-    are renamed when the block ends without an error, removed otherwise.
-    """
-
-    def __init__(self, folder):
-        self.folder = os.path.abspath(os.fspath(folder))
-        self.files = {}  # final path -> temporary path
-
-    def _discard(self):
-        for tmp in self.files.values():
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        self.files = {}
-
-    def path(self, name):
-        """A temporary file (mode as ``open()`` would give) that becomes ``folder/name`` at the end."""
-        final = os.path.join(self.folder, name)
-        if final in self.files:
-            return self.files[final]
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder)
-            os.close(fd)
-            os.chmod(tmp, _file_mode(final))
-        except OSError as exc:
-            raise output_error(final, exc) from None
-        self.files[final] = tmp
-        return tmp
-
-    def __enter__(self):
-        makedirs(self.folder)
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if exc is None:
-            try:
-                with deferred_signals():  # a signal now would leave half of the files renamed
-                    for final in sorted(self.files, key=lambda p: p.endswith(".json")):  # summaries last
-                        os.replace(self.files.pop(final), final)
-                return False
-            except BaseException as err:
-                exc = err
-                if not isinstance(err, OSError):
-                    self._discard()
-                    raise
-        final_of = {tmp: final for final, tmp in self.files.items()}
-        self._discard()
-        if _is_write_failure(exc, self.folder):
-            name = getattr(exc, "filename", None)
-            raise output_error(final_of.get(name, name) or self.folder, exc) from None
-        return False
-
-
 def write_json(path, obj):
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:
@@ -327,79 +280,3 @@ def _json_default(obj):
     if hasattr(obj, "tolist"):
         return obj.tolist()
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-# ----------------------------------------------------------------------------- the run lock
-
-
-class RunLock:
-    """Exclusive use of a run folder by one process, for the life of a run.
-
-    ``RunLock(folder).acquire()`` creates the folder if needed and takes an
-    ``fcntl.flock`` on ``folder/.climseg-lock``; a second writer gets an
-    :class:`OutputError` at once. The kernel releases the lock when the process
-    ends, however it ends. ``release()`` (or leaving a ``with`` block) drops it
-    and removes the folder again if acquiring created it and nothing else was
-    written there.
-    """
-
-    def __init__(self, folder):
-        self.folder = os.path.abspath(os.fspath(folder))
-        self.fd = None
-        self.created = False
-
-    @property
-    def held(self):
-        return self.fd is not None
-
-    def acquire(self):
-        import fcntl
-
-        if self.fd is not None:
-            return self
-        self.created = not os.path.isdir(self.folder)
-        makedirs(self.folder)
-        path = os.path.join(self.folder, LOCK_NAME)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise output_error(path, exc) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise OutputError(
-                    f"{self.folder}: another climseg run is writing into this folder"
-                    f"{f' (process {holder})' if holder else ''}; wait for it or choose another "
-                    f"output folder"
-                ) from None
-            raise output_error(path, exc) from None
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-        return self
-
-    def release(self):
-        if self.fd is None:
-            return
-        fd, self.fd = self.fd, None
-        if self.created:
-            with contextlib.suppress(OSError):
-                if os.listdir(self.folder) == [LOCK_NAME]:
-                    os.unlink(os.path.join(self.folder, LOCK_NAME))
-                    os.rmdir(self.folder)
-        os.close(fd)  # closing drops the flock
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
-
-    def __del__(self):
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
