@@ -326,6 +326,7 @@ def test_climatenet_preset_and_size_thresholds(tmp_path):
         min_size={"tropical_cyclone": "250px", "atmospheric_river": "250px"},
         look_ahead=CLIMATENET["look_ahead"],
         min_steps=CLIMATENET["min_steps"],
+        rules="climatenet",
     )
     assert meta["events"] == {"tropical_cyclone": 0, "atmospheric_river": 1}
     assert (
