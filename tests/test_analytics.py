@@ -203,20 +203,27 @@ def _read_ids(folder):
 
 @pytest.fixture(scope="module")
 def series(tmp_path_factory):
-    """A generated series: 24 steps every 3 h on 96 x 144, more cyclones than the default."""
+    """A generated series: 24 steps every 3 h on 192 x 288 (cells of about 100 x 140 km, on which a
+    cyclone's gale-force area does not come and go as on coarser grids), twice the default's
+    cyclones: about 7 cyclones and 12 rivers seen on at least 3 steps. Its seed is in its
+    climseg-timeseries.json (:func:`_seed`)."""
     out = tmp_path_factory.mktemp("series") / "series"
     generate_timeseries(
         str(out),
         24,
         3.0,
-        96,
-        144,
+        192,
+        288,
         seed=int(RNG.integers(1 << 30)),
         workers=2,
         progress=False,
-        features=Features(cyclones_mean=4.0, rivers_mean=4.0),
+        features=Features(cyclones_mean=6.0, cyclones_max=10, rivers_mean=4.0),
     )
     return str(out)
+
+
+def _seed(series):
+    return json.loads(open(os.path.join(series, "climseg-timeseries.json")).read())["seed"]
 
 
 def _inputs(folder):
@@ -227,6 +234,13 @@ def _inputs(folder):
 
 
 def test_tracking_recovers_the_generated_events(series, tmp_path):
+    # The lifetime error is a mean over the matched events, any of which may be cut in two where its
+    # gale-force area vanishes for more than the look-ahead or touches another storm's. On 96 x 144 with
+    # about 4 cyclones the mean of a few events went over 3 steps now and then (seen: 3.2 with 6 true
+    # cyclones); per event 1.09 steps on average (85 events, 20 seeds, 2026-11-30). On 192 x 288 with
+    # about 7: per event 0.45 (142 events, 20 seeds; standard deviation 1.2), the worst series 2.0; from
+    # that distribution a mean over 3 steps is expected about once in 1000 series. Seeds in the messages.
+    seed = _seed(series)
     options = TrackOptions(min_size={1: (1, "px"), 2: (1, "px")}, look_ahead=2, min_steps=3)
     summary = track(_inputs(series), str(tmp_path / "events"), options, progress=False, log=lambda *_: None)
     scores = score_tracking(series, str(tmp_path / "events"), min_steps=3)
@@ -234,11 +248,12 @@ def test_tracking_recovers_the_generated_events(series, tmp_path):
         s = scores[cls]
         if s["true"] == 0:
             continue
-        assert s["recall"] >= 0.75, (cls, s)
-        assert s["tracked"] <= 2 * s["true"] + 2, (cls, s)
-        assert s["lifetime_error_steps"] <= 3.0, (cls, s)
+        assert s["recall"] >= 0.75, (seed, cls, s)
+        assert s["tracked"] <= 2 * s["true"] + 2, (seed, cls, s)
+        assert s["lifetime_error_steps"] <= 3.0, (seed, cls, s)
     if scores["tropical_cyclone"]["centre_error_km"] is not None:
-        assert scores["tropical_cyclone"]["centre_error_km"] < 300.0  # grid cells are ~200 x 280 km here
+        # grid cells are ~100 x 140 km here
+        assert scores["tropical_cyclone"]["centre_error_km"] < 300.0, (seed, scores["tropical_cyclone"])
     # every labelled cell of a kept event carries its id; LABELS and event ids agree on class
     ids = _read_ids(str(tmp_path / "events"))
     with open(tmp_path / "events" / "events.csv") as f:
