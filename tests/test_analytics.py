@@ -13,6 +13,8 @@ import os
 import netCDF4
 import numpy as np
 import pytest
+import scipy.sparse
+import scipy.sparse.csgraph
 
 from climseg import sphere
 from climseg.analytics.scoring import score_tracking
@@ -203,20 +205,27 @@ def _read_ids(folder):
 
 @pytest.fixture(scope="module")
 def series(tmp_path_factory):
-    """A generated series: 24 steps every 3 h on 96 x 144, more cyclones than the default."""
+    """A generated series: 24 steps every 3 h on 192 x 288 (cells of about 100 x 140 km, on which a
+    cyclone's gale-force area does not come and go as on coarser grids), twice the default's
+    cyclones: about 7 cyclones and 12 rivers seen on at least 3 steps. Its seed is in its
+    climseg-timeseries.json (:func:`_seed`)."""
     out = tmp_path_factory.mktemp("series") / "series"
     generate_timeseries(
         str(out),
         24,
         3.0,
-        96,
-        144,
+        192,
+        288,
         seed=int(RNG.integers(1 << 30)),
         workers=2,
         progress=False,
-        features=Features(cyclones_mean=4.0, rivers_mean=4.0),
+        features=Features(cyclones_mean=6.0, cyclones_max=10, rivers_mean=4.0),
     )
     return str(out)
+
+
+def _seed(series):
+    return json.loads(open(os.path.join(series, "climseg-timeseries.json")).read())["seed"]
 
 
 def _inputs(folder):
@@ -226,19 +235,57 @@ def _inputs(folder):
 # ----------------------------------------------------------------------------- tracking
 
 
+def _forced_lifetime_loss(series, look_ahead, min_steps):
+    """Per class, the steps that the tracking rules alone must cut from the true events seen on at
+    least ``min_steps`` steps: each true event's steps (its cells in ``TRUE_EVENT_ID``) linked as
+    ``climseg track`` links objects (cells shared within ``look_ahead`` steps), less its largest
+    linked group. A weak storm whose gale-force area vanishes for longer than the look-ahead, or is
+    a cell or two that moves farther than its size in a step, is tracked in pieces whatever the
+    tracker does; summed over the class."""
+    ids = np.concatenate([np.asarray(netCDF4.Dataset(p).variables["TRUE_EVENT_ID"][:]) for p in _inputs(series)])
+    with open(os.path.join(series, "true_events.csv")) as f:
+        truth = [r for r in csv.DictReader(f) if int(r["steps"]) >= min_steps]
+    loss = dict.fromkeys(CLASS_NAMES[1:], 0)
+    for r in truth:
+        cells = [set(np.flatnonzero(step == int(r["id"])).tolist()) for step in ids]
+        seen = [t for t, c in enumerate(cells) if c]
+        links = [
+            (i, j)
+            for i, t in enumerate(seen)
+            for j, u in enumerate(seen)
+            if 0 < u - t <= look_ahead and cells[t] & cells[u]
+        ]
+        graph = scipy.sparse.coo_matrix(
+            (np.ones(len(links)), ([i for i, _ in links], [j for _, j in links])), shape=(len(seen),) * 2
+        )
+        sizes = np.bincount(scipy.sparse.csgraph.connected_components(graph, directed=False)[1])
+        loss[r["class"]] += len(seen) - int(sizes.max())
+    return loss
+
+
 def test_tracking_recovers_the_generated_events(series, tmp_path):
+    # The lifetime error is a mean over the matched events, any of which the truth itself may cut in
+    # pieces: a weak storm whose gale-force area vanishes for longer than the look-ahead, or is a cell or
+    # two that moves farther than its size in a step, has steps no overlap links (seen: one such
+    # cyclone, 18 steps seen, matched to a 3-step piece, gave a mean of 3.0 over 5 cyclones). The bound
+    # is 3 steps on average plus those forced cuts spread over the matched events
+    # (:func:`_forced_lifetime_loss`). Seeds in the messages.
+    seed = _seed(series)
     options = TrackOptions(min_size={1: (1, "px"), 2: (1, "px")}, look_ahead=2, min_steps=3)
     summary = track(_inputs(series), str(tmp_path / "events"), options, progress=False, log=lambda *_: None)
     scores = score_tracking(series, str(tmp_path / "events"), min_steps=3)
+    forced = _forced_lifetime_loss(series, options.look_ahead, 3)
     for cls in CLASS_NAMES[1:]:
         s = scores[cls]
         if s["true"] == 0:
             continue
-        assert s["recall"] >= 0.75, (cls, s)
-        assert s["tracked"] <= 2 * s["true"] + 2, (cls, s)
-        assert s["lifetime_error_steps"] <= 3.0, (cls, s)
+        assert s["recall"] >= 0.75, (seed, cls, s)
+        assert s["tracked"] <= 2 * s["true"] + 2, (seed, cls, s)
+        bound = 3.0 + forced[cls] / max(s["matched"], 1)
+        assert s["lifetime_error_steps"] <= bound, (seed, cls, s, bound)
     if scores["tropical_cyclone"]["centre_error_km"] is not None:
-        assert scores["tropical_cyclone"]["centre_error_km"] < 300.0  # grid cells are ~200 x 280 km here
+        # grid cells are ~100 x 140 km here
+        assert scores["tropical_cyclone"]["centre_error_km"] < 300.0, (seed, scores["tropical_cyclone"])
     # every labelled cell of a kept event carries its id; LABELS and event ids agree on class
     ids = _read_ids(str(tmp_path / "events"))
     with open(tmp_path / "events" / "events.csv") as f:
@@ -326,6 +373,7 @@ def test_climatenet_preset_and_size_thresholds(tmp_path):
         min_size={"tropical_cyclone": "250px", "atmospheric_river": "250px"},
         look_ahead=CLIMATENET["look_ahead"],
         min_steps=CLIMATENET["min_steps"],
+        rules="climatenet",
     )
     assert meta["events"] == {"tropical_cyclone": 0, "atmospheric_river": 1}
     assert (

@@ -5,12 +5,15 @@ import os
 import h5py
 import numpy as np
 import pytest
+import torch
 
+from climseg import sphere
 from climseg.constants import CHANNELS
-from climseg.data import DeepCAMDataset, generate_dataset, generate_sample, read_stats
+from climseg.data import DeepCAMDataset, generate_dataset, generate_sample, planet, read_stats
+from climseg.data.planet import NoiseGrid
 from climseg.data.synthetic import grid
 from climseg.errors import UserError
-from climseg.sphere import EARTH_RADIUS_M
+from climseg.sphere import EARTH_RADIUS_M, haversine_km
 
 C = {name: i for i, name in enumerate(CHANNELS)}
 
@@ -90,7 +93,7 @@ def test_cyclones_are_warm_core_vortices_turning_with_the_hemisphere(samples):
     seen = {1.0: 0, -1.0: 0}
     for data, labels, meta in samples:
         for c in meta["cyclones"]:
-            assert 8 <= abs(c["lat"]) <= 30
+            assert 8 <= abs(c["lat"]) <= 30 and not planet.is_land(c["lat"], c["lon"])
             i, j = _centre_index(c, lat, lon)
             k = 4  # ~400 km box
             dx = EARTH_RADIUS_M * np.cos(np.deg2rad(lat[i])) * np.deg2rad(lon[1] - lon[0])
@@ -101,7 +104,11 @@ def test_cyclones_are_warm_core_vortices_turning_with_the_hemisphere(samples):
             assert np.sign(circulation) == c["hemisphere"], f"cyclone at {c['lat']:.1f} turns the wrong way"
             seen[c["hemisphere"]] += 1
             psl = data[np.ix_(rows, cols, [C["PSL"]])][..., 0]
-            assert psl[k, k] < psl.mean() - 0.2 * c["deficit"] and psl.min() < 101000 - 0.5 * c["deficit"] + 1500
+            # Holland's deficit at the grid point nearest the centre (the core is smaller than a cell)
+            r = max(haversine_km(lat[i], lon[j], c["lat"], c["lon"]) * 1e3, 1.0)
+            depth = c["deficit"] * (1.0 - np.exp(-((c["rmax"] / r) ** 1.5)))
+            corners = np.mean([psl[0, 0], psl[0, -1], psl[-1, 0], psl[-1, -1]])
+            assert psl[k, k] < psl.mean() - 0.2 * depth and psl[k, k] < corners - 0.8 * depth
             ring = data[np.ix_(np.arange(i - 8, i + 9), np.arange(j - 8, j + 9) % len(lon), [C["T500"]])][..., 0]
             assert data[i, j, C["T500"]] > np.median(ring) + 1.0, "no warm core"
             tmq = data[np.ix_(np.arange(i - 8, i + 9), np.arange(j - 8, j + 9) % len(lon), [C["TMQ"]])][..., 0]
@@ -122,6 +129,28 @@ def test_rivers_are_labelled_filaments_in_midlatitudes(samples):
         ivt = data[..., C["TMQ"]] * np.hypot(data[..., C["U850"]], data[..., C["V850"]])
         assert np.all(ivt[ar] >= 250.0)
         assert data[..., C["TMQ"]][ar].mean() > data[..., C["TMQ"]][~ar & (np.abs(lat)[:, None] > 30)].mean() + 10
+
+
+def test_the_earths_land_and_sea(samples):
+    lat, lon = grid(192, 288)
+    land = NoiseGrid(lat, lon).resample(planet.land_fraction())
+    coast_lat, coast_lon = planet.west_coasts()
+    ends, rivers, ar_cells, ar_on_land = 0, 0, 0, 0
+    for data, labels, meta in samples:
+        # no orography at sea: surface and sea-level pressure agree; mountains on land
+        assert np.array_equal(data[..., C["PS"]][land == 0], data[..., C["PSL"]][land == 0])
+        assert (data[..., C["PSL"]] - data[..., C["PS"]])[land > 0.9].max() > 30000  # above 3 km somewhere
+        # warm tropical sea (26.5 C and more where cyclones form), cold high latitudes
+        sea = (land == 0) & (np.abs(lat)[:, None] < 15)
+        assert np.median(data[..., C["TS"]][sea]) > 299.65
+        for r in meta["rivers"]:
+            rivers += 1
+            ends += sphere.haversine_km(*r["end"], coast_lat, coast_lon).min() < 1600.0
+        ar_cells += (labels == 2).sum()
+        ar_on_land += ((labels == 2) & (land > 0.5)).sum()
+    # three in four rivers are aimed at a west coast, ending 1500 km before it to 500 km past it; they rain
+    # out over land: few of their cells lie inland
+    assert ends >= 0.5 * rivers and ar_on_land < 0.25 * ar_cells
 
 
 def test_class_frequencies_like_real_data():
@@ -155,6 +184,29 @@ def test_generate_dataset_layout_and_determinism(tmp_path):
     np.testing.assert_allclose(stats.maxval, raw.max(0), rtol=1e-6)
     np.testing.assert_allclose(stats.mean, raw.astype(np.float64).mean(0), rtol=1e-5)
     assert abs(stats.class_frequencies.sum() - 1) < 1e-5
+
+
+def test_compressed_dataset_reads_the_same(tmp_path):
+    from climseg.data import FastLoader
+
+    a, c = tmp_path / "a", tmp_path / "c"
+    generate_dataset(str(a), samples=4, height=32, width=48, seed=2, validation_fraction=0.25, progress=False)
+    s = generate_dataset(
+        str(c), samples=4, height=32, width=48, seed=2, validation_fraction=0.25, progress=False, compress=True
+    )
+    assert s["compression"] == "gzip-1+shuffle"
+    for name in sorted(os.listdir(a / "train")):
+        with h5py.File(a / "train" / name) as fa, h5py.File(c / "train" / name) as fc:
+            for key in ("climate/data", "climate/labels_0"):
+                assert fc[key].compression == "gzip" and fc[key].shuffle and fc[key].chunks == fc[key].shape
+                np.testing.assert_array_equal(fa[key][...], fc[key][...])
+        assert os.path.getsize(c / "train" / name) < os.path.getsize(a / "train" / name)
+    # FastLoader reads them through h5py instead of by offset: the same batches
+    plain = list(FastLoader(str(a / "train"), 2, shuffle=False, drop_last=False))
+    packed = list(FastLoader(str(c / "train"), 2, shuffle=False, drop_last=False))
+    assert len(plain) == len(packed) == 2
+    for (x, y), (u, v) in zip(plain, packed):
+        assert torch.equal(x, u) and torch.equal(y, v)
 
 
 def test_generate_refuses_bad_requests(tmp_path):

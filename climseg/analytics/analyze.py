@@ -22,7 +22,7 @@ they came from: a grid from -180 gives maps, ``climatology.nc`` and genesis cell
 
 Coastlines come from the land mask that the ``global-land-mask`` package ships (GLOBE
 1-km data, no download), reduced once to a 0.5-degree grid and kept in the climseg
-cache folder.
+cache folder (:mod:`climseg.data.land`).
 """
 
 import contextlib
@@ -34,6 +34,7 @@ import numpy as np
 from climseg import sphere
 from climseg.constants import CLASS_NAMES
 from climseg.data.events import read_events, read_occupancy
+from climseg.data.land import land_mask
 from climseg.output import OutputBatch, RunLock, atomic_path, check_complete, check_output_location, write_json
 from climseg.plotting import finish_map
 
@@ -41,7 +42,6 @@ SHORT = {"tropical_cyclone": "tc", "atmospheric_river": "ar"}
 TITLE = {"tropical_cyclone": "tropical cyclones", "atmospheric_river": "atmospheric rivers"}
 COLOR = {"tropical_cyclone": "#d62728", "atmospheric_river": "#9467bd"}
 GENESIS_BIN_DEG = 5.0
-COAST_STEP_DEG = 0.5
 
 
 def _float(x):
@@ -49,34 +49,6 @@ def _float(x):
         return float(x)
     except (TypeError, ValueError):
         return float("nan")
-
-
-def land_mask():
-    """(lat, lon, land bool) on a 0.5-degree global grid, lon from -180; from the
-    ``global-land-mask`` package's data, cached in the climseg cache folder."""
-    from climseg.data.cache import cache_dir
-
-    path = os.path.join(cache_dir(), f"land-mask-{COAST_STEP_DEG:g}deg.npz")
-    lat = np.arange(-90 + COAST_STEP_DEG / 2, 90, COAST_STEP_DEG)
-    lon = np.arange(-180 + COAST_STEP_DEG / 2, 180, COAST_STEP_DEG)
-    if os.path.isfile(path):
-        try:
-            with np.load(path) as f:
-                land = f["land"]
-            if land.shape == (lat.size, lon.size):
-                return lat, lon, land
-        except (OSError, ValueError, KeyError):
-            pass
-    from global_land_mask import globe
-
-    la, lo = np.meshgrid(lat, lon, indexing="ij")
-    land = np.asarray(globe.is_land(la, lo), bool)
-    try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, land=land)
-    except OSError:
-        pass  # a read-only cache only costs the next run the same time
-    return lat, lon, land
 
 
 _COAST = {}

@@ -13,8 +13,11 @@ Data flow (``climseg track MASKS... --out DIR``):
    components of the previous ``look_ahead`` steps of the same class are counted on the
    labelled cells only (no per-pixel Python). A chunk relabels the ``look_ahead`` steps
    before it, so the overlaps across chunk boundaries are the ones a serial run finds.
-3. **Stitch**: the components of all steps are the nodes, the overlaps the edges of one
-   sparse graph; its connected components (``scipy.sparse.csgraph``) are the events.
+3. **Stitch** (:mod:`climseg.analytics.stitch`): the components of all steps are the nodes, the
+   overlaps the edges of one sparse graph; its connected components (``scipy.sparse.csgraph``) are
+   the events. Under
+   ClimateNet's rules (``--like climatenet``, :mod:`climseg.analytics.track_climatenet`) the grid
+   wraps in both directions and each component keeps one of its overlaps, ClimateNet's choice.
    Events seen on fewer than ``min_steps`` steps are dropped; the rest are numbered 1..E
    by their first step (then first component). The result does not depend on the
    number of chunks or workers.
@@ -40,15 +43,14 @@ lifetime), genesis and lysis positions (first and last centroids).
 """
 
 import contextlib
-import dataclasses
 import json
 import os
 
 import numpy as np
-from scipy import sparse
-from scipy.sparse import csgraph
 
 from climseg import sphere
+from climseg.analytics import track_climatenet
+from climseg.analytics.stitch import stitch
 from climseg.analytics.track_options import TrackOptions, size_thresholds
 from climseg.constants import CLASS_NAMES, NUM_CLASSES
 from climseg.data.events import (
@@ -80,13 +82,21 @@ CHUNK_STEPS = 64
 # ----------------------------------------------------------------------------- scan
 
 
-def components(mask, periodic, weights, limits):
-    """Components of one step kept by the size limits: ``(index, component, class,
-    pixels, area, vectors)``, components numbered 1..n in the order found."""
-    index, comp, owner = sphere.label_classes_sparse(mask, NUM_CLASSES, periodic)
+def components(mask, periodic, weights, limits, rules="climseg", flipped=False):
+    """Components of one step kept by the size limits: ``(index, component, class, pixels, area,
+    vectors, rank)``, components numbered 1..n in the order found. Under the ClimateNet rules
+    (:mod:`climseg.analytics.track_climatenet`) the grid wraps in both directions, the components are
+    numbered by their first cell in the file's row-major order (``flipped``: rows stored north to
+    south) and ``rank`` is each kept one's number among all of the step's components; else None."""
+    if rules == "climatenet":
+        index, comp, owner = track_climatenet.label_torus(mask, flipped)
+        rank = np.arange(1, owner.size, dtype=np.int64)
+    else:
+        index, comp, owner = sphere.label_classes_sparse(mask, NUM_CLASSES, periodic)
+        rank = None
     n = owner.size - 1
     if n == 0:
-        return index, comp, owner[1:], np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 3))
+        return index, comp, owner[1:], np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 3)), rank
     size = n + 1
     pixels = np.bincount(comp, minlength=size)[1:]
     sums = [np.bincount(comp, weights=v, minlength=size)[1:] for v in sphere.cell_weights(weights, index)]
@@ -101,52 +111,65 @@ def components(mask, periodic, weights, limits):
         sel = keep[comp - 1]
         index, comp = index[sel], renumber[comp[sel]]
         cls, pixels, area, vectors = cls[keep], pixels[keep], area[keep], vectors[keep]
-    return index, comp, cls, pixels, area, vectors
+        rank = rank[keep] if rank is not None else None
+    return index, comp, cls, pixels, area, vectors, rank
 
 
-def _overlaps(index_a, comp_a, index_b, comp_b, dense, cls_a, cls_b):
-    """Pairs (component at a, component at b) of the same class that share cells.
+def _overlaps(index_a, comp_a, index_b, comp_b, dense, cls_a, cls_b, keys_b=None):
+    """Pairs (component at a, component at b) of the same class that share cells, and with ``keys_b``
+    (the row-major positions of the cells ``index_b``) the first shared cell of each pair, else None.
     ``dense`` is a zeroed scratch array of the grid's size; it is zero again on return."""
     if index_a.size == 0 or index_b.size == 0:
-        return np.zeros((0, 2), np.int64)
+        return np.zeros((0, 2), np.int64), None if keys_b is None else np.zeros(0, np.int64)
     dense[index_a] = comp_a
     prev = dense[index_b]
     dense[index_a] = 0
     hit = prev > 0
     if not hit.any():
-        return np.zeros((0, 2), np.int64)
-    a, b = prev[hit].astype(np.int64), comp_b[hit].astype(np.int64)
-    pairs = np.unique(a * (int(comp_b.max()) + 1) + b)
-    a, b = pairs // (int(comp_b.max()) + 1), pairs % (int(comp_b.max()) + 1)
+        return np.zeros((0, 2), np.int64), None if keys_b is None else np.zeros(0, np.int64)
+    span = int(comp_b.max()) + 1
+    codes = prev[hit].astype(np.int64) * span + comp_b[hit].astype(np.int64)
+    if keys_b is None:
+        pairs, first = np.unique(codes), None
+    else:
+        pairs, first = track_climatenet.first_overlap_keys(codes, keys_b[hit])
+    a, b = pairs // span, pairs % span
     same = cls_a[a - 1] == cls_b[b - 1]
-    return np.stack([a[same], b[same]], axis=-1)
+    return np.stack([a[same], b[same]], axis=-1), None if first is None else first[same]
 
 
-def _scan_steps(read, start, stop, look_ahead, periodic, weights, limits):
+def _scan_steps(read, start, stop, options, periodic, weights, limits, flipped=lambda t: False):
     """Components and overlaps of steps [start, stop) of ``read(t) -> mask``, relabelling
-    the ``look_ahead`` steps before ``start``: ``(nodes, edges, cells, labels)``."""
+    the ``look_ahead`` steps before ``start``: ``(nodes, edges, cells, labels)``. Under the
+    ClimateNet rules each edge also carries the first shared cell of its pair in the earlier step's
+    row-major order (``flipped(t)``: step t's file stores its rows north to south)."""
     dense = None
     recent = {}
+    look_ahead, climatenet = options.look_ahead, options.rules == "climatenet"
     nodes, edges, cells, labels = [], [], [], []
     for t in range(max(0, start - look_ahead), stop):
         mask = read(t)
         if dense is None:
             dense = np.zeros(mask.size, np.int32)
-        comp = components(mask, periodic, weights, limits)
+        try:
+            comp = components(mask, periodic, weights, limits, options.rules, flipped(t))
+        except DataError as exc:
+            raise DataError(f"step {t}: {exc}") from None
         recent[t] = comp
         recent.pop(t - look_ahead - 1, None)
         if t < start:
             continue
-        index, label, cls, pixels, area, vectors = comp
-        nodes.append((t, cls, pixels, area, vectors))
+        index, label, cls, pixels, area, vectors, rank = comp
+        nodes.append((t, cls, pixels, area, vectors, rank))
         cells.append(index.astype(np.int64))
         labels.append(label.astype(np.int32))
         for d in range(1, look_ahead + 1):
             if t - d in recent:
-                p = recent[t - d]
-                pairs = _overlaps(p[0], p[1], index, label, dense, p[2], cls)
+                p = recent[t - d]  # ClimateNet walks the cells of step t - d in its file's row-major order
+                keys = track_climatenet.row_major_keys(index, mask.shape, flipped(t - d)) if climatenet else None
+                pairs, first = _overlaps(p[0], p[1], index, label, dense, p[2], cls, keys)
                 if pairs.size:
-                    edges.append((t - d, pairs[:, 0], t, pairs[:, 1]))
+                    edges.append((t - d, pairs[:, 0], t, pairs[:, 1], first))
     return nodes, edges, cells, labels
 
 
@@ -158,7 +181,7 @@ def _scan_chunk(job):
     limits = size_thresholds(options)
     with MaskReader(series) as reader:
         nodes, edges, cells, labels = _scan_steps(
-            reader.read, start, stop, options.look_ahead, series.periodic, weights, limits
+            reader.read, start, stop, options, series.periodic, weights, limits, lambda t: series.locate(t)[0].flipped
         )
     counts = np.array([c.size for c in cells], np.int64)
     with open(_scratch_file(scratch, start), "wb") as f:
@@ -170,15 +193,19 @@ def _scan_chunk(job):
 
 def track_arrays(masks, lat, lon, hours, options=None, times=None):
     """Track events in memory, in one process: ``masks`` (T, H, W) class indices on the grid
-    ``lat`` (ascending) x ``lon``, ``hours`` (T,) increasing. Returns ``(event_id (T, H, W)
-    int32, events, tracks)`` with the rows of ``events.csv`` and ``tracks.csv`` as dicts;
-    the same events as :func:`track` on the same masks."""
+    ``lat`` (ascending or descending, the rows of ``masks``) x ``lon``, ``hours`` (T,) increasing.
+    Returns ``(event_id (T, H, W) int32, events, tracks)`` with the rows of ``events.csv`` and
+    ``tracks.csv`` as dicts; the same events as :func:`track` on the same masks (the ClimateNet
+    rules' row-major order is that of ``masks`` as given)."""
     options = (options or TrackOptions()).check()
     masks = np.asarray(masks)
     lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
     hours = np.asarray(hours, np.float64)
     if masks.ndim != 3 or masks.shape[1:] != (lat.size, lon.size) or hours.shape != (masks.shape[0],):
         raise DataError(f"masks of shape {masks.shape} do not fit {hours.size} times on a {lat.size} x {lon.size} grid")
+    flipped = bool(lat.size > 1 and lat[0] > lat[-1])
+    if flipped:
+        masks, lat = masks[:, ::-1], lat[::-1]
     if hours.size > 1 and not np.all(np.diff(hours) > 0):
         raise DataError("times do not increase")
     series = MaskSeries(
@@ -194,7 +221,7 @@ def track_arrays(masks, lat, lon, hours, options=None, times=None):
     weights = sphere.grid_weights(lat, lon)
     limits = size_thresholds(options)
     nodes, edges, cells, labels = _scan_steps(
-        lambda t: masks[t], 0, hours.size, options.look_ahead, series.periodic, weights, limits
+        lambda t: masks[t], 0, hours.size, options, series.periodic, weights, limits, lambda t: flipped
     )
     result = stitch(series, [(nodes, edges)], options)
     ids = np.zeros(masks.shape, np.int32)
@@ -203,7 +230,7 @@ def track_arrays(masks, lat, lon, hours, options=None, times=None):
         lo, hi = result.offsets[t], result.offsets[t + 1]
         event = np.concatenate([[0], result.node_event[lo:hi]]).astype(np.int32)
         flat[t, cells[t]] = event[labels[t]]
-    return ids, result.events, result.tracks
+    return (ids[:, ::-1] if flipped else ids), result.events, result.tracks
 
 
 def _scratch_file(scratch, start):
@@ -231,124 +258,6 @@ class _ScratchReader:
 def _chunks(steps, parts):
     bounds = np.linspace(0, steps, parts + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-
-
-# ----------------------------------------------------------------------------- stitch
-
-
-@dataclasses.dataclass
-class Tracking:
-    """Result of :func:`stitch`: node tables, each node's event (0: dropped), per-event tables."""
-
-    node_step: np.ndarray
-    node_local: np.ndarray  # component number within its step (1..n)
-    node_event: np.ndarray
-    offsets: np.ndarray  # first node of each step (steps + 1,)
-    events: list  # dict per event
-    tracks: list  # dict per event and step
-
-
-def stitch(series, scanned, options):
-    """Join the scanned components of all steps into events (see the module docstring)."""
-    nsteps = series.hours.size
-    counts = np.zeros(nsteps, np.int64)
-    parts = {}
-    for nodes, _ in scanned:
-        for t, cls, pixels, area, vectors in nodes:
-            counts[t] = cls.size
-            parts[t] = (cls, pixels, area, vectors)
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    total = int(offsets[-1])
-    node_step = np.repeat(np.arange(nsteps), counts)
-    node_local = (np.arange(total) - offsets[node_step] + 1).astype(np.int64)
-    cls = np.concatenate([parts[t][0] for t in range(nsteps)]) if total else np.zeros(0, np.int64)
-    pixels = np.concatenate([parts[t][1] for t in range(nsteps)]) if total else np.zeros(0, np.int64)
-    area = np.concatenate([parts[t][2] for t in range(nsteps)]) if total else np.zeros(0)
-    vectors = np.concatenate([parts[t][3] for t in range(nsteps)]) if total else np.zeros((0, 3))
-    a = [offsets[t1] + l1 - 1 for _, edges in scanned for t1, l1, _, _ in edges]
-    b = [offsets[t2] + l2 - 1 for _, edges in scanned for _, _, t2, l2 in edges]
-    a = np.concatenate(a) if a else np.zeros(0, np.int64)
-    b = np.concatenate(b) if b else np.zeros(0, np.int64)
-    graph = sparse.coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(total, total))
-    _, group = csgraph.connected_components(graph, directed=False) if total else (0, np.zeros(0, np.int64))
-    ngroups = int(group.max()) + 1 if total else 0
-    first_node = np.full(ngroups, total, np.int64)
-    np.minimum.at(first_node, group, np.arange(total))
-    # steps seen per group: distinct (group, step) pairs
-    gs = np.unique(group.astype(np.int64) * nsteps + node_step)
-    steps_seen = np.bincount(gs // nsteps, minlength=ngroups)
-    kept = np.flatnonzero(steps_seen >= options.min_steps)
-    kept = kept[np.argsort(first_node[kept], kind="stable")]
-    event_of_group = np.zeros(ngroups, np.int64)
-    event_of_group[kept] = np.arange(1, kept.size + 1)
-    node_event = event_of_group[group] if total else np.zeros(0, np.int64)
-    events, tracks = _describe_events(series, node_event, node_step, cls, pixels, area, vectors, kept.size)
-    return Tracking(node_step, node_local, node_event, offsets, events, tracks)
-
-
-def _describe_events(series, node_event, node_step, cls, pixels, area, vectors, nevents):
-    nsteps = series.hours.size
-    sel = np.flatnonzero(node_event > 0)
-    if nevents == 0:
-        return [], []
-    key = node_event[sel] * nsteps + node_step[sel]
-    rows, inverse = np.unique(key, return_inverse=True)
-    r_event, r_step = rows // nsteps, rows % nsteps
-    r_area = np.bincount(inverse, weights=area[sel], minlength=rows.size)
-    r_pixels = np.bincount(inverse, weights=pixels[sel], minlength=rows.size).astype(np.int64)
-    r_parts = np.bincount(inverse, minlength=rows.size)
-    r_vec = np.stack([np.bincount(inverse, weights=vectors[sel, k], minlength=rows.size) for k in range(3)], -1)
-    r_lat, r_lon = sphere.from_unit_vectors(r_vec[:, 0], r_vec[:, 1], r_vec[:, 2])
-    r_lon = sphere.wrap_longitudes(r_lon, series.lon)  # positions in the grid's convention (from -180 or 0)
-    r_hours = series.hours[r_step]
-    same = r_event[1:] == r_event[:-1]
-    hop = np.where(same, sphere.haversine_km(r_lat[:-1], r_lon[:-1], r_lat[1:], r_lon[1:]), 0.0)
-    distance = np.bincount(r_event[1:], weights=hop, minlength=nevents + 1)
-    event_class = np.zeros(nevents + 1, np.int64)
-    event_class[node_event[sel]] = cls[sel]
-    start = np.searchsorted(r_event, np.arange(1, nevents + 1))
-    stop = np.searchsorted(r_event, np.arange(1, nevents + 1), side="right")
-    events, tracks = [], []
-    for e in range(1, nevents + 1):
-        i, j = start[e - 1], stop[e - 1] - 1
-        lifetime = float(r_hours[j] - r_hours[i])
-        dist = float(distance[e])
-        events.append(
-            dict(
-                id=e,
-                **{"class": CLASS_NAMES[event_class[e]]},
-                first_time=series.times[r_step[i]],
-                last_time=series.times[r_step[j]],
-                first_step=int(r_step[i]),
-                last_step=int(r_step[j]),
-                steps=int(j - i + 1),
-                lifetime_hours=lifetime,
-                peak_area_km2=float(r_area[i : j + 1].max()),
-                mean_area_km2=float(r_area[i : j + 1].mean()),
-                distance_km=dist,
-                mean_speed_m_s=(dist * 1000.0 / (lifetime * 3600.0)) if lifetime > 0 else float("nan"),
-                genesis_lat=float(r_lat[i]),
-                genesis_lon=float(r_lon[i]),
-                lysis_lat=float(r_lat[j]),
-                lysis_lon=float(r_lon[j]),
-            )
-        )
-    for k in range(rows.size):
-        tracks.append(
-            dict(
-                id=int(r_event[k]),
-                **{"class": CLASS_NAMES[event_class[r_event[k]]]},
-                step=int(r_step[k]),
-                time=series.times[r_step[k]],
-                time_hours=float(r_hours[k]),
-                lat=float(r_lat[k]),
-                lon=float(r_lon[k]),
-                area_km2=float(r_area[k]),
-                pixels=int(r_pixels[k]),
-                components=int(r_parts[k]),
-            )
-        )
-    return events, tracks
 
 
 # ----------------------------------------------------------------------------- write

@@ -10,7 +10,7 @@ folder. The objects have their full-grid sizes (hundreds to tens of thousands of
 pixels); their outlines are blockier than a network's.
 
 Timed in one process after the imports (process start-up apart): ``track`` with
-``--workers`` processes and ``analyze`` (maps included), with ClimateNet's parameter
+``--workers`` processes and ``analyze`` (maps included), with ClimateNet's rules and parameter
 values (``--like climatenet``: 250-pixel thresholds, look-ahead 1, at least 5 steps).
 The per-step time is the total over the number of steps; the year is 2,920 steps.
 
@@ -236,7 +236,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from climseg.analytics.analyze import land_mask
-    from climseg.analytics.track_options import CLIMATENET, TrackOptions
+    from climseg.analytics.track_options import climatenet_options
     from climseg.data.cache import cache_dir
 
     folder = args.masks or os.path.join(cache_dir(), f"bench-track-{args.steps}x{args.height}x{args.width}-{args.seed}")
@@ -245,11 +245,7 @@ def main(argv=None):
     )
 
     def options():
-        return TrackOptions(
-            min_size=dict(CLIMATENET["min_size"]),
-            look_ahead=CLIMATENET["look_ahead"],
-            min_steps=CLIMATENET["min_steps"],
-        )
+        return climatenet_options()
 
     land_mask()  # the coastline cache, made once per machine
     rows = []

@@ -70,6 +70,11 @@ def add_parser(subparsers):
     parser.add_argument(
         "--case", default="climseg", metavar="NAME", help="time series: case name in the file names (default: climseg)"
     )
+    parser.add_argument(
+        "--compress",
+        action="store_true",
+        help="write the fields gzip-compressed: about a third smaller, slower to read (default: off)",
+    )
     add_progress_option(parser)
     parser.set_defaults(run=run)
     return parser
@@ -90,6 +95,7 @@ def run(args):
         workers=args.workers,
         progress=not args.no_progress,
         features=_features(args),
+        compress=args.compress,
     )
     f = s["class_frequencies"]
     print(
@@ -129,6 +135,7 @@ def _timeseries(args):
         progress=not args.no_progress,
         features=_features(args),
         case=args.case,
+        compress=args.compress,
     )
     print(
         f"climseg: wrote {s['timesteps']} steps every {s['interval_hours']:g} h of {s['height']}x{s['width']} in "

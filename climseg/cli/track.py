@@ -28,7 +28,16 @@ def add_parser(subparsers):
         default=None,
         choices=("climatenet",),
         help="preset: climatenet = ClimateNet's "
-        "track_events values, 250-pixel thresholds, look-ahead 1, at least 5 steps (default: none)",
+        "track_events, its linking rules and values: 250-pixel thresholds, look-ahead 1, at least 5 steps "
+        "(default: none)",
+    )
+    parser.add_argument(
+        "--rules",
+        default=None,
+        choices=("climseg", "climatenet"),
+        help="linking rules: climseg (every overlap links; joined across the date line only) or climatenet "
+        "(ClimateNet's: the first overlap in row-major order links; the grid wraps both ways) "
+        "(default: climseg, climatenet with --like climatenet)",
     )
     parser.add_argument(
         "--tc-min-size",
@@ -58,15 +67,11 @@ def add_parser(subparsers):
 
 def run(args):
     from climseg.analytics.track import track
-    from climseg.analytics.track_options import CLIMATENET, TrackOptions, parse_size
+    from climseg.analytics.track_options import TrackOptions, climatenet_options, parse_size
 
-    options = TrackOptions()
-    if args.like == "climatenet":
-        options = TrackOptions(
-            min_size=dict(CLIMATENET["min_size"]),
-            look_ahead=CLIMATENET["look_ahead"],
-            min_steps=CLIMATENET["min_steps"],
-        )
+    options = climatenet_options() if args.like == "climatenet" else TrackOptions()
+    if args.rules is not None:
+        options.rules = args.rules
     if args.tc_min_size is not None:
         options.min_size[1] = parse_size(args.tc_min_size, "--tc-min-size")
     if args.ar_min_size is not None:

@@ -128,6 +128,7 @@ def track_summary(series, events, options, components):
             min_size={CLASS_NAMES[c]: f"{v:g}{u}" for c, (v, u) in options.min_size.items()},
             look_ahead=options.look_ahead,
             min_steps=options.min_steps,
+            rules=options.rules,
         ),
         events=counts,
         components=int(components),

@@ -30,9 +30,9 @@ def _sample_name(split, index):
 
 
 def _make_one(job):
-    folder, split, index, height, width, seed, features = job
+    folder, split, index, height, width, seed, features, compress = job
     data, labels, meta = generate_sample(height, width, seed, split, index, features)
-    write_sample(os.path.join(folder, split, _sample_name(split, index)), data, labels)
+    write_sample(os.path.join(folder, split, _sample_name(split, index)), data, labels, compress)
     return split, index, sample_statistics(data, labels), len(meta["cyclones"]), len(meta["rivers"])
 
 
@@ -76,6 +76,7 @@ def generate_dataset(
     workers=None,
     progress=True,
     features=Features(),
+    compress=False,
 ):
     """Write a synthetic dataset: ``out/train/*.h5``, ``out/validation/*.h5``, ``out/stats.h5``.
 
@@ -83,6 +84,8 @@ def generate_dataset(
     one) go to validation. Statistics cover the training split. Deterministic
     by ``seed`` whatever ``workers`` is. The dataset is built in a temporary
     folder and renamed to ``out`` when complete; ``out`` must not exist or be empty.
+    ``compress``: the samples' datasets compressed
+    (:data:`climseg.data.deepcam.COMPRESSION`; a third smaller, slower to read).
     Returns a summary dict (also written to ``out/climseg-dataset.json``).
     """
     if height % 16 or width % 16 or height < 16 or width < 16:
@@ -98,8 +101,8 @@ def generate_dataset(
     workers = workers or min(8, os.cpu_count() or 1)
 
     def jobs_for(folder):
-        return [(folder, "train", i, height, width, seed, features) for i in range(n_train)] + [
-            (folder, "validation", i, height, width, seed, features) for i in range(n_val)
+        return [(folder, "train", i, height, width, seed, features, compress) for i in range(n_train)] + [
+            (folder, "validation", i, height, width, seed, features, compress) for i in range(n_val)
         ]
 
     with (
@@ -137,6 +140,7 @@ def generate_dataset(
             cyclones=int(sum(r[3] for r in results)),
             rivers=int(sum(r[4] for r in results)),
             features=dataclasses.asdict(features),
+            compression="gzip-1+shuffle" if compress else None,
         )
         write_json(os.path.join(tmp, "climseg-dataset.json"), summary)
     return summary

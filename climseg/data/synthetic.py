@@ -4,20 +4,22 @@ Each sample is a global latitude-longitude snapshot (row 0 is the southernmost
 latitude, longitudes start at 0 E) of the 16 DeepCAM variables in CAM5 units,
 built in three layers:
 
-1. A zonal-mean climate (trade winds and westerly jets, subtropical highs and
-   subpolar lows, temperature falling poleward, an ITCZ rain band), plus smooth
-   random "weather": pressure anomalies with the winds in geostrophic balance
-   with them, temperature and moisture anomalies. The random fields are drawn
-   on a fixed 1-degree grid and interpolated, so one seed gives the same
-   planet at any output resolution. A fixed orography (the same for every
-   sample) separates surface from sea-level pressure.
-2. Tropical cyclones at 8-30 degrees latitude: Holland pressure profile,
+1. A zonal-mean climate on the Earth's land and sea (:mod:`climseg.data.planet`: trade winds
+   and westerly jets, subtropical highs and subpolar lows, land and sea surface temperatures
+   falling poleward with warm tropical water and cooler water off the subtropical west coasts,
+   an ITCZ rain band), plus smooth random "weather": pressure anomalies with the winds in
+   geostrophic balance with them, temperature and moisture anomalies. The random fields are
+   drawn on a fixed 1-degree grid and interpolated, so one seed gives the same planet at any
+   output resolution. Orography over land (the same for every sample) separates surface from
+   sea-level pressure.
+2. Tropical cyclones over the sea 8-30 degrees from the equator: Holland pressure profile,
    modified-Rankine winds turning counter-clockwise in the northern and
    clockwise in the southern hemisphere (with frictional inflow at the
    surface), a warm core aloft, saturated air, an eyewall rain ring.
 3. Atmospheric rivers: curved filaments of water vapour 300-1000 km wide and
    2500-6000 km long, from the subtropics poleward and eastward, carrying a
-   jet along their axis and rain at their poleward end.
+   jet along their axis and rain at their poleward end; three in four head for a west coast of
+   a mid-latitude continent, and over land their vapour and jet rain out within some 600 km.
 
 Moisture, heights and near-surface fields are then derived from the primary
 fields with the usual thermodynamics (Clausius-Clapeyron, hypsometric
@@ -33,10 +35,11 @@ Cyclone labels take precedence where the two meet.
 import dataclasses
 
 import numpy as np
-from scipy import ndimage
 
 from climseg.constants import ATMOSPHERIC_RIVER, BACKGROUND, CHANNELS, TROPICAL_CYCLONE
+from climseg.data import planet
 from climseg.data.deepcam import grid
+from climseg.data.planet import NoiseGrid
 from climseg.data.variables import GRAVITY, R_DRY
 from climseg.errors import UserError
 from climseg.sphere import EARTH_RADIUS_M, central_angle, degrees_of_latitude, degrees_of_longitude, label_components
@@ -45,7 +48,9 @@ OMEGA = 7.292e-5  # s-1
 GALE_WIND = 17.5  # m s-1, tropical-storm threshold (34 kt)
 IVT_THRESHOLD = 250.0  # kg m-1 s-1, the usual atmospheric-river threshold
 ORDER = {name: i for i, name in enumerate(CHANNELS)}
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: cyclones over warm sea, rivers onto west coasts, the Earth's land
+LANDFALL_FRACTION = 0.75  # rivers aimed at a west coast
+INLAND_FADE_M = 600e3  # a river's vapour and jet fall by e over this much land along its axis
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,37 +72,6 @@ def _zonal(lat, centre, width):
     return np.exp(-(((np.abs(lat) - centre) / width) ** 2))
 
 
-class NoiseGrid:
-    """The fixed 1-degree grid (180 x 360) on which the random fields of every sample are
-    drawn (:meth:`noise`), and their bilinear interpolation to one output grid (:meth:`resample`),
-    so that one seed gives the same planet at any output resolution."""
-
-    lat = np.arange(-89.5, 90.0, 1.0)
-    lon = np.arange(0.5, 360.0, 1.0)
-
-    def __init__(self, out_lat, out_lon):
-        fi = np.clip(out_lat + 89.5, 0.0, 179.0)
-        self.i0 = np.minimum(np.floor(fi).astype(int), 178)
-        self.wi = (fi - self.i0).astype(np.float32)[:, None]
-        fj = (out_lon - 0.5) % 360.0
-        self.j0 = np.floor(fj).astype(int) % 360
-        self.j1 = (self.j0 + 1) % 360
-        self.wj = (fj - np.floor(fj)).astype(np.float32)[None, :]
-
-    def noise(self, rng, sigma_deg):
-        """Unit-variance Gaussian random field with correlation length ``sigma_deg``."""
-        white = rng.standard_normal((180, 360)).astype(np.float32)
-        field = ndimage.gaussian_filter(white, sigma=sigma_deg, mode=("reflect", "wrap"))
-        field -= field.mean()
-        field /= field.std() + 1e-12
-        return field
-
-    def resample(self, field):
-        """``field`` (180, 360) interpolated bilinearly to the output grid (H, W)."""
-        rows = field[self.i0] * (1.0 - self.wi) + field[self.i0 + 1] * self.wi
-        return rows[:, self.j0] * (1.0 - self.wj) + rows[:, self.j1] * self.wj
-
-
 def _geostrophic_wind(pressure, rho=1.0):
     """Geostrophic (u, v) of a pressure field on the base grid, f floored at 12 degrees."""
     lat = np.deg2rad(NoiseGrid.lat)[:, None]
@@ -112,20 +86,6 @@ def _geostrophic_wind(pressure, rho=1.0):
         1.0 - np.exp(-(((90.0 - np.abs(np.rad2deg(lat))) / 12.0) ** 2))
     )
     return (-dpdy / (rho * f) * damp).astype(np.float32), (dpdx / (rho * f) * damp).astype(np.float32)
-
-
-_OROGRAPHY = {}
-
-
-def _orography(base):
-    """A fixed planet's surface height (m): the same for every sample and seed."""
-    if "z" not in _OROGRAPHY:
-        rng = np.random.default_rng(20180611)
-        hills = base.noise(rng, 6.0)
-        ranges = base.noise(rng, 2.0)
-        z = np.maximum(0.0, hills - 0.55) * 1100.0 + np.maximum(0.0, hills - 0.9) * np.maximum(0.0, ranges) * 900.0
-        _OROGRAPHY["z"] = np.minimum(z, 4500.0).astype(np.float32)
-    return _OROGRAPHY["z"]
 
 
 def _saturation_vapour_pressure(t):
@@ -145,17 +105,20 @@ def _local_offsets(lat, lon, lat0, lon0):
     return dx.astype(np.float32), dy.astype(np.float32)
 
 
-def draw_cyclone(rng, others):
-    """A tropical cyclone drawn from ``rng`` at 8-30 degrees latitude, more than 2500 km from the
-    centres (``lat``, ``lon``) of ``others``, or None after 50 tries: a dict of its centre,
-    ``hemisphere``, maximum wind ``vmax`` (m/s), radius of maximum wind ``rmax`` and of gale
+def draw_cyclone(rng, others, genesis=False):
+    """A tropical cyclone drawn from ``rng``, over the sea and more than 2500 km from the centres
+    (``lat``, ``lon``) of ``others``, or None after 100 tries: at its genesis (``genesis``: 5-20
+    degrees from the equator over water of at least 26.5 C, :func:`climseg.data.planet.cyclone_genesis_ok`)
+    or at any point of its life (8-30 degrees). Six in ten in the northern hemisphere. A dict of its
+    centre, ``hemisphere``, maximum wind ``vmax`` (m/s), radius of maximum wind ``rmax`` and of gale
     force ``r34`` (m), outer decay ``alpha``, Holland pressure ``deficit`` (Pa), ``warm_core`` (K),
     ``rain`` and ``moisture``."""
-    for _ in range(50):
+    for _ in range(100):
         hemisphere = 1.0 if rng.random() < 0.6 else -1.0
-        lat0 = hemisphere * rng.uniform(8.0, 30.0)
+        lat0 = hemisphere * (rng.uniform(*planet.GENESIS_LAT) if genesis else rng.uniform(8.0, 30.0))
         lon0 = rng.uniform(0.0, 360.0)
-        if all(EARTH_RADIUS_M * central_angle(lat0, lon0, o["lat"], o["lon"]) > 2.5e6 for o in others):
+        where = planet.cyclone_genesis_ok(lat0, lon0) if genesis else not planet.is_land(lat0, lon0)
+        if where and all(EARTH_RADIUS_M * central_angle(lat0, lon0, o["lat"], o["lon"]) > 2.5e6 for o in others):
             break
     else:
         return None
@@ -215,22 +178,49 @@ def _cyclone_fields(c, lat, lon):
     )
 
 
-def draw_river(rng, cyclones):
-    """An atmospheric river drawn from ``rng``, its axis (:func:`river_axis`) more than 1200 km from
-    the ``cyclones``, or None after 30 tries: a dict of the axis points ``lats``, ``lons`` (every
-    25 km), ``length`` and width ``sigma`` (m), ``hemisphere``, ``vapour``, ``jet`` and ``rain``."""
-    for _ in range(30):
-        hemisphere = 1.0 if rng.random() < 0.5 else -1.0
-        lat, lon = hemisphere * rng.uniform(12.0, 26.0), rng.uniform(0.0, 360.0)
+def aim_river(rng, along=(0.0, 0.0)):
+    """Where an atmospheric river lies, drawn from ``rng``: ``(lat, lon, hemisphere, length,
+    heading0, heading1)`` for :func:`river_axis`. Three in four end on a west coast of a mid-latitude
+    continent (:func:`climseg.data.planet.west_coasts`), their axis ending ``along`` (a range, m)
+    east of the coast (negative: still at sea); the others start 12-26 degrees from the equator
+    anywhere. The axis starts 5-42 degrees from the equator (None after 20 tries)."""
+    for _ in range(20):
         length = rng.uniform(2.5e6, 6.0e6)
         heading0, heading1 = np.deg2rad(rng.uniform(35.0, 70.0)), np.deg2rad(rng.uniform(0.0, 30.0))
-        lats, lons = river_axis(lat, lon, hemisphere, length, heading0, heading1)
+        if rng.random() >= LANDFALL_FRACTION:
+            hemisphere = 1.0 if rng.random() < 0.5 else -1.0
+            return hemisphere * rng.uniform(12.0, 26.0), rng.uniform(0.0, 360.0), hemisphere, length, heading0, heading1
+        coasts = planet.west_coasts()
+        k = int(rng.integers(coasts[0].size))
+        end_lat, end_lon = coasts[0][k] + rng.uniform(-0.5, 0.5), coasts[1][k] + rng.uniform(-0.5, 0.5)
+        end_lon += degrees_of_longitude(rng.uniform(*along), end_lat)
+        hemisphere = float(np.sign(end_lat))
+        lat = end_lat - hemisphere * 20.0
+        for _ in range(4):  # the start latitude whose axis ends at end_lat
+            lats, lons = river_axis(lat, 0.0, hemisphere, length, heading0, heading1)
+            lat += end_lat - lats[-1]
+        if 5.0 <= abs(lat) <= 42.0:
+            east = np.rad2deg(np.unwrap(np.deg2rad(river_axis(lat, 0.0, hemisphere, length, heading0, heading1)[1])))
+            return lat, (end_lon - east[-1]) % 360.0, hemisphere, length, heading0, heading1
+    return None
+
+
+def draw_river(rng, cyclones):
+    """An atmospheric river drawn from ``rng`` (:func:`aim_river`; a landfalling one ends up to 1500 km
+    before or 500 km past its coast), its axis (:func:`river_axis`) more than 1200 km from the
+    ``cyclones``, or None after 30 tries: a dict of the axis points ``lats``, ``lons`` (every 25 km),
+    ``length`` and width ``sigma`` (m), ``hemisphere``, ``vapour``, ``jet`` and ``rain``."""
+    for _ in range(30):
+        aim = aim_river(rng, along=(-1.5e6, 0.5e6))
+        if aim is None:
+            continue
+        lats, lons = river_axis(*aim)
         if all((EARTH_RADIUS_M * central_angle(lats, lons, c["lat"], c["lon"])).min() > 1.2e6 for c in cyclones):
             return dict(
                 lats=lats,
                 lons=lons,
-                length=length,
-                hemisphere=hemisphere,
+                length=aim[3],
+                hemisphere=aim[2],
                 sigma=rng.uniform(130e3, 300e3),
                 vapour=rng.uniform(14.0, 30.0),
                 jet=rng.uniform(10.0, 22.0),
@@ -243,13 +233,12 @@ def river_axis(lat, lon, hemisphere, length, heading0, heading1, step=25e3):
     """Points (lats, lons) every ``step`` m along an AR axis of ``length`` m from (lat, lon),
     poleward and eastward, its heading (radians from east) turning from ``heading0`` to ``heading1``."""
     n = int(length / step) + 1
-    lats, lons = np.empty(n), np.empty(n)
-    for k in range(n):
-        lats[k], lons[k] = lat, lon % 360.0
-        h = heading0 + (heading1 - heading0) * k / (n - 1)
-        lat = float(np.clip(lat + hemisphere * degrees_of_latitude(step * np.sin(h)), -72.0, 72.0))
-        lon = lon + degrees_of_longitude(step * np.cos(h), lat)
-    return lats, lons
+    h = heading0 + (heading1 - heading0) * np.arange(n - 1) / max(n - 1, 1)
+    # always poleward (0 <= heading <= 90 degrees): the latitudes are a clipped cumulative sum
+    north = np.cumsum(hemisphere * degrees_of_latitude(step * np.sin(h)))
+    lats = np.clip(lat + np.concatenate([[0.0], north]), -72.0, 72.0)
+    east = np.cumsum(degrees_of_longitude(step * np.cos(h), lats[1:]))
+    return lats, (lon + np.concatenate([[0.0], east])) % 360.0
 
 
 def _river_fields(a, lat, lon):
@@ -286,6 +275,8 @@ def _river_fields(a, lat, lon):
     d = np.sqrt(best)
     frac = s[best_k] / a["length"]
     envelope = (1.0 - np.exp(-((frac / 0.15) ** 2))) * (1.0 - np.exp(-(((1.0 - frac) / 0.15) ** 2)))
+    inland = np.cumsum(planet.is_land(a["lats"], a["lons"])) * (a["length"] / max(len(a["lats"]) - 1, 1))
+    envelope = envelope * np.exp(-inland / INLAND_FADE_M)[best_k]  # rained out over land
     sigma = a["sigma"]
     shape = np.exp(-0.5 * (d / sigma) ** 2) * envelope
     jet = a["jet"] * np.exp(-0.5 * (d / (1.5 * sigma)) ** 2) * envelope
@@ -362,8 +353,8 @@ def build_snapshot(base, lat, lon, weather, cyclones, rivers):
     p_amp = (250.0 + 800.0 * np.sin(np.deg2rad(NoiseGrid.lat)) ** 2)[:, None].astype(np.float32)
     p_anom = p_amp * n_press
     ug, vg = _geostrophic_wind(p_anom)
-    z_surface = base.resample(_orography(base))
-    ts = 242.0 + 58.0 * coslat**1.5 + 2.0 * base.resample(n_temp)
+    z_surface = base.resample(planet.orography())
+    ts = planet.surface_temperature(base, lat) + 2.0 * base.resample(n_temp)
     t500 = 236.0 + 32.0 * coslat**2 + 1.8 * base.resample(0.7 * n_temp + 0.7 * n_temp2)
     t200 = 218.0 - 3.0 * coslat**4 + 2.0 * _zonal(phi, 45.0, 15.0) + 1.5 * base.resample(n_strat)
     psl = (

@@ -1,8 +1,8 @@
 """Synthetic CAM5-like time series: history files in which cyclones and rivers live,
 move and die, with their true event ids kept so that tracking can be scored.
 
-Data flow: :func:`simulate_events` draws every event's life from the seed (genesis
-time and place, motion, intensity) on the model's time axis; :func:`generate_timeseries`
+Data flow: :func:`climseg.data.storms.simulate_events` draws every event's life from the seed
+(genesis time and place, motion, intensity) on the model's time axis; :func:`generate_timeseries`
 then builds each time step's fields with the per-snapshot physics of
 :mod:`climseg.data.synthetic` (:func:`~climseg.data.synthetic.build_snapshot`) and writes
 one netCDF file per model day, ``<case>.cam.h2.YYYY-MM-DD-00000.nc``, as CAM5 names its
@@ -10,13 +10,18 @@ history files.
 
 Events:
 
-* **Tropical cyclones** form at 7-20 degrees latitude, drift westward (4-7 m/s) and
-  poleward (1-2.5 m/s) in the trade winds, recurve eastward and speed up poleward of
-  their recurvature latitude (22-32 degrees), and live 3-10 days; their maximum wind
-  grows from 26 m/s to a peak of 30-70 m/s and decays again (a sine over the life).
-* **Atmospheric rivers** form in the subtropics (12-26 degrees), drift eastward
-  (6-12 m/s) and slightly poleward, grow to their full length and vapour content and
-  fade again over 1.5-4 days.
+* **Tropical cyclones** form over the sea 5-20 degrees from the equator where the water is at
+  least 26.5 C (:mod:`climseg.data.planet`: the Earth's land, warm tropical water, cooler water
+  off the subtropical west coasts), drift westward (4-7 m/s) and poleward (1-2.5 m/s) in the
+  trade winds, recurve eastward and speed up poleward of their recurvature latitude (22-32
+  degrees), and live up to 3-10 days; over the sea their maximum wind grows from 26 m/s to a peak
+  of 30-70 m/s and decays again (a sine over the planned life), over land it decays as Kaplan
+  and DeMaria (1995) measured (:func:`climseg.data.storms.cyclone_path`), and a storm whose wind falls below gale
+  force ends there (about 18 hours after landfall).
+* **Atmospheric rivers** start 5-42 degrees from the equator, drift eastward (6-12 m/s) and
+  slightly poleward, grow to their full length and vapour content and fade again over 1.5-4
+  days; three in four reach a west coast of a mid-latitude continent at the middle of their
+  life, and their vapour and jet rain out over some 600 km of land.
 * The background weather is one smooth random field per run, carried eastward by one
   degree of longitude every six hours.
 
@@ -44,25 +49,14 @@ import numpy as np
 
 from climseg.constants import ATMOSPHERIC_RIVER, CHANNEL_UNITS, CHANNELS, CLASS_NAMES, TROPICAL_CYCLONE
 from climseg.data.generate import check_generator_options
-from climseg.data.synthetic import (
-    GALE_WIND,
-    GENERATOR_VERSION,
-    Features,
-    NoiseGrid,
-    build_snapshot,
-    draw_cyclone,
-    draw_weather,
-    grid,
-    river_axis,
-)
+from climseg.data.planet import NoiseGrid
+from climseg.data.storms import TIMESERIES_VERSION, cyclone_at, river_at, simulate_events
+from climseg.data.synthetic import GENERATOR_VERSION, Features, build_snapshot, draw_weather, grid
 from climseg.data.truth import write_truth
 from climseg.errors import ConfigError, UserError
 from climseg.output import atomic_directory, atomic_path, write_json
 from climseg.progress import progress_bar
-from climseg.sphere import EARTH_RADIUS_M, central_angle, degrees_of_latitude, degrees_of_longitude
 
-TIMESERIES_VERSION = 1
-SPIN_UP_HOURS = 240.0
 LONG_NAMES = {
     "TMQ": "Total (vertically integrated) precipitable water",
     "U850": "Zonal wind at 850 mbar pressure surface",
@@ -107,174 +101,6 @@ def noleap_date(hours, start_year):
     return start_year + year, month + 1, doy + 1, hour
 
 
-# ----------------------------------------------------------------------------- events
-
-
-@dataclasses.dataclass
-class Event:
-    """One simulated event: its class, parameters and life on the model's time axis (hours)."""
-
-    id: int
-    cls: int
-    birth: float
-    life: float
-    params: dict
-    path: list = dataclasses.field(default_factory=list, repr=False)  # cyclones: hourly positions, filled on demand
-
-
-def _envelope(age, life):
-    return float(np.sin(np.pi * np.clip(age / life, 0.0, 1.0)))
-
-
-def _move(lat, lon, east, north, seconds):
-    """Move a point by velocity (east, north) m/s for ``seconds``; poleward of about 78 degrees
-    the longitude step stays what it is there (cos(lat) floored at 0.2)."""
-    lat2 = lat + degrees_of_latitude(north * seconds)
-    lon2 = lon + degrees_of_longitude(east * seconds, lat, 0.2)
-    return float(np.clip(lat2, -80.0, 80.0)), float(lon2 % 360.0)
-
-
-def cyclone_at(event, hours):
-    """The cyclone dict (as :func:`climseg.data.synthetic.draw_cyclone` draws it) of
-    ``event`` at model time ``hours``; its motion is integrated from genesis in hourly
-    steps (kept on the event, so later calls continue where earlier ones stopped)."""
-    p = event.params
-    if not event.path:
-        event.path.append((p["lat"], p["lon"]))
-    steps = int(np.floor(hours - event.birth + 1e-9))
-    while len(event.path) <= steps:
-        lat, lon = event.path[-1]
-        turn = float(np.clip((abs(lat) - p["recurve"]) / 6.0, 0.0, 1.0))
-        east = (1.0 - turn) * -p["west"] + turn * p["east"]
-        north = p["hemisphere"] * ((1.0 - turn) * p["north"] + turn * 2.0 * p["north"])
-        event.path.append(_move(lat, lon, east, north, 3600.0))
-    lat, lon = event.path[max(steps, 0)]
-    vmax = 26.0 + (p["vpeak"] - 26.0) * _envelope(hours - event.birth, event.life)
-    r34 = p["rmax"] * (vmax / GALE_WIND) ** (1.0 / p["alpha"])
-    return dict(
-        lat=lat,
-        lon=lon,
-        hemisphere=p["hemisphere"],
-        vmax=vmax,
-        rmax=p["rmax"],
-        alpha=p["alpha"],
-        r34=r34,
-        deficit=1.15 * np.e * vmax**2 / 1.5,
-        warm_core=2.0 + 0.1 * (vmax - GALE_WIND),
-        rain=p["rain"],
-        moisture=p["moisture"],
-    )
-
-
-def river_at(event, hours):
-    """The river dict (as :func:`climseg.data.synthetic.draw_river` draws it) of ``event``
-    at model time ``hours``."""
-    p = event.params
-    age = hours - event.birth
-    grow = _envelope(age, event.life)
-    lat, lon = _move(p["lat"], p["lon"], p["drift_east"], p["hemisphere"] * p["drift_north"], age * 3600.0)
-    length = p["length"] * (0.45 + 0.55 * grow)
-    lats, lons = river_axis(lat, lon, p["hemisphere"], length, p["heading0"], p["heading1"])
-    return dict(
-        lats=lats,
-        lons=lons,
-        length=length,
-        hemisphere=p["hemisphere"],
-        sigma=p["sigma"],
-        vapour=p["vapour"] * (0.35 + 0.65 * grow),
-        jet=p["jet"] * (0.5 + 0.5 * grow),
-        rain=p["rain"],
-    )
-
-
-def simulate_events(seed, hours_total, features=Features(), spin_up=SPIN_UP_HOURS):
-    """Every event of a run of ``hours_total`` model hours (and ``spin_up`` hours before
-    it, at negative times), drawn from ``seed``: genesis is a Poisson process whose rate
-    keeps on average ``features.cyclones_mean`` cyclones and ``features.rivers_mean``
-    rivers alive, capped at ``cyclones_max``/``rivers_max`` at once."""
-    rng = np.random.default_rng([int(seed), 13, GENERATOR_VERSION, TIMESERIES_VERSION])
-    events, check_hours = [], 6.0
-    cyclone_life, river_life = (72.0, 240.0), (36.0, 96.0)
-    rates = (
-        features.cyclones_mean / np.mean(cyclone_life) * check_hours,
-        features.rivers_mean / np.mean(river_life) * check_hours,
-    )
-    hours = -spin_up
-    while hours < hours_total:
-        alive = [e for e in events if e.birth <= hours < e.birth + e.life]
-        cyclones = [cyclone_at(e, hours) for e in alive if e.cls == TROPICAL_CYCLONE]
-        rivers = [river_at(e, hours) for e in alive if e.cls == ATMOSPHERIC_RIVER]
-        for _ in range(rng.poisson(rates[0])):
-            if len(cyclones) >= features.cyclones_max:
-                break
-            c = draw_cyclone(rng, cyclones + [dict(lat=float(r["lats"][0]), lon=float(r["lons"][0])) for r in rivers])
-            if c is None:
-                continue
-            c["lat"] = c["hemisphere"] * rng.uniform(7.0, 20.0)
-            params = dict(
-                lat=c["lat"],
-                lon=c["lon"],
-                hemisphere=c["hemisphere"],
-                vpeak=c["vmax"],
-                rmax=c["rmax"],
-                alpha=c["alpha"],
-                rain=c["rain"],
-                moisture=c["moisture"],
-                west=rng.uniform(4.0, 7.0),
-                north=rng.uniform(1.0, 2.5),
-                east=rng.uniform(5.0, 9.0),
-                recurve=rng.uniform(22.0, 32.0),
-            )
-            e = Event(len(events) + 1, TROPICAL_CYCLONE, hours, rng.uniform(*cyclone_life), params)
-            events.append(e)
-            cyclones.append(cyclone_at(e, hours))
-        for _ in range(rng.poisson(rates[1])):
-            if len(rivers) >= features.rivers_max:
-                break
-            params = _draw_river_params(rng, cyclones, rivers)
-            if params is None:
-                continue
-            e = Event(len(events) + 1, ATMOSPHERIC_RIVER, hours, rng.uniform(*river_life), params)
-            events.append(e)
-            rivers.append(river_at(e, hours))
-        hours += check_hours
-    return events
-
-
-def _draw_river_params(rng, cyclones, rivers):
-    for _ in range(10):
-        hemisphere = 1.0 if rng.random() < 0.5 else -1.0
-        p = dict(
-            lat=hemisphere * rng.uniform(12.0, 26.0),
-            lon=rng.uniform(0.0, 360.0),
-            hemisphere=hemisphere,
-            length=rng.uniform(2.5e6, 6.0e6),
-            heading0=np.deg2rad(rng.uniform(35.0, 70.0)),
-            heading1=np.deg2rad(rng.uniform(0.0, 30.0)),
-            sigma=rng.uniform(130e3, 300e3),
-            vapour=rng.uniform(14.0, 30.0),
-            jet=rng.uniform(10.0, 22.0),
-            rain=rng.uniform(1e-7, 6e-7),
-            drift_east=rng.uniform(6.0, 12.0),
-            drift_north=rng.uniform(0.3, 1.2),
-        )
-        lats, lons = river_axis(p["lat"], p["lon"], hemisphere, p["length"], p["heading0"], p["heading1"])
-        clear_of_cyclones = all(
-            (EARTH_RADIUS_M * central_angle(lats, lons, c["lat"], c["lon"])).min() > 1.5e6 for c in cyclones
-        )
-        clear_of_rivers = all(
-            (
-                EARTH_RADIUS_M
-                * central_angle(lats[::8, None], lons[::8, None], r["lats"][None, ::8], r["lons"][None, ::8])
-            ).min()
-            > 2.0e6
-            for r in rivers
-        )
-        if clear_of_cyclones and clear_of_rivers:
-            return p
-    return None
-
-
 # ----------------------------------------------------------------------------- writing
 
 
@@ -290,6 +116,7 @@ class SeriesSpec:
     start_year: int = 2106
     case: str = "climseg"
     features: Features = Features()
+    compress: bool = False
 
 
 def _snapshot(spec, events, hours):
@@ -363,7 +190,9 @@ def _write_day(job):
         dims = ("time", "lat", "lon")
         variables = {}
         for c in CHANNELS:
-            v = ds.createVariable(c, "f4", dims, chunksizes=(1, spec.height, spec.width))
+            v = ds.createVariable(
+                c, "f4", dims, chunksizes=(1, spec.height, spec.width), zlib=spec.compress, complevel=1, shuffle=True
+            )
             v.units, v.long_name = CHANNEL_UNITS[c], LONG_NAMES[c]
             variables[c] = v
         lab = ds.createVariable("LABELS", "i4", dims, zlib=True, complevel=1, chunksizes=(1, spec.height, spec.width))
@@ -403,9 +232,11 @@ def generate_timeseries(
     features=Features(),
     case="climseg",
     start_year=2106,
+    compress=False,
 ):
     """Write a synthetic time series into the folder ``out`` (see the module docstring);
-    returns a summary dict (also ``out/climseg-timeseries.json``)."""
+    ``compress``: the 16 fields zlib-compressed (level 1, shuffled; ``LABELS`` and
+    ``TRUE_EVENT_ID`` always are). Returns a summary dict (also ``out/climseg-timeseries.json``)."""
     if height < 8 or width < 8:
         raise UserError(f"height {height} and width {width} must be at least 8")
     if timesteps < 1:
@@ -422,7 +253,9 @@ def generate_timeseries(
         raise UserError(f"case name {case!r}: use letters, digits, '_', '-' and '.' only")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise UserError(f"{out}: already exists and is not an empty folder")
-    spec = SeriesSpec(height, width, int(seed), float(interval_hours), int(timesteps), start_year, case, features)
+    spec = SeriesSpec(
+        height, width, int(seed), float(interval_hours), int(timesteps), start_year, case, features, bool(compress)
+    )
     events = simulate_events(seed, timesteps * interval_hours, features)
     days = {}
     for s in range(timesteps):
