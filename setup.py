@@ -225,8 +225,9 @@ setup(
     extras_require={
         # Triton: from 3.6 (what PyTorch 2.11's CUDA wheels pin) to 3.9, both ends tested in CI (.ci/run);
         # the kernels' tests run in Triton's CPU interpreter, `climseg bench static` compiles them for sm_80/sm_90;
-        # the MLPerf log is checked by mlperf-logging's compliance checker; the layers by import-linter
-        "test": ["pytest>=7", "triton>=3.6,<3.10", "mlperf-logging>=4.1", "import-linter>=2.1"],
+        # the MLPerf log is checked by mlperf-logging's compliance checker; the layers by import-linter;
+        # predict's int8 path by torchao
+        "test": ["pytest>=7", "triton>=3.6,<3.10", "mlperf-logging>=4.1", "import-linter>=2.1", "torchao>=0.18"],
         # `ruff check`, `ruff format --check` (pinned: formatting must not change under the code) and `lint-imports`
         "lint": ["ruff==0.17.6", "import-linter>=2.1"],
         "mlperf": ["mlperf-logging>=4.1"],  # --mlperf-log (MLPerf HPC :::MLLOG logs)
@@ -235,6 +236,8 @@ setup(
         "cuda": ["cupy-cuda12x>=13"],
         "docs": ["mkdocs>=1.5", "mkdocs-material>=9", "mkdocstrings[python]>=0.24"],  # mkdocs build --strict
         "parquet": ["pyarrow>=12"],  # climseg track also writes its tables as Parquet
+        # predict --precision int8: PyTorch 2's export-based quantization (x86 quantizer), which left torch.ao
+        "int8": ["torchao>=0.18"],
     },
     entry_points={"console_scripts": ["climseg=climseg.cli:main"]},
     classifiers=[

@@ -1,8 +1,8 @@
-"""Inference: climate files in, class masks, maps and a summary out.
+"""Inference: climate files in, class masks, maps and a summary out, as a streaming pipeline.
 
-Inputs are DeepCAM HDF5 samples (``climate/data``, H x W x 16) or CAM5-style
-netCDF files (see :mod:`climseg.data.netcdf`), any number of time steps. For
-each input ``NAME`` the output folder receives
+Inputs are DeepCAM HDF5 samples (``climate/data``, H x W x 16) or netCDF files in any
+variable-name convention (see :mod:`climseg.data.netcdf`), any number of time steps. For each
+input ``NAME`` the output folder receives
 
 * ``NAME_mask.h5`` (from HDF5: dataset ``mask``, uint8 H x W, class names in
   its attributes) or ``NAME_mask.nc`` (from netCDF: ``mask(time, lat, lon)``
@@ -10,118 +10,76 @@ each input ``NAME`` the output folder receives
   formats of :mod:`climseg.data.masks`;
 * one PNG map per time step (``NAME.png``, or ``NAME_tNNNN.png``);
 
-and ``summary.json`` covers every input and time step: pixel fraction of each
-class, number of connected cyclones and rivers, and, when the input carries
-labels (``climate/labels_0``), the IoU against them.
+and ``summary.json`` covers every input and time step: pixel fraction of each class, number of
+connected cyclones and rivers, and, when the input carries labels (``climate/labels_0``), the
+IoU against them; its ``performance`` block says how fast the run went and where the time went.
 
-The output folder and every input (readable, the right channels, at least one
-time step) are checked before the model runs; every output is written under a
-temporary name and all are renamed into place together at the end, so a
-failure part-way leaves the folder exactly as it was (the masks, maps and
-``summary.json`` there always belong to one run).
-Inputs whose sizes are not multiples of the network's stride are padded
-(longitude wraps around on global grids, edges repeat otherwise) and cropped
-back; objects are joined across the date line only on global grids.
+How a run flows (one module each):
+
+1. :mod:`climseg.predict.inputs`: the output folder, then every input (readable, the right
+   channels, at least one time step) checked before the network is even loaded
+   (:func:`~climseg.predict.inputs.open_inputs`);
+2. :mod:`climseg.predict.network`: the network prepared once for inference (batch norms folded,
+   ASPP fused, channels_last, the precision chosen by hardware, ``torch.compile`` on request;
+   int8 through :mod:`climseg.predict.int8`);
+3. :mod:`climseg.predict.pipeline`: reading and normalising the next batch, the network, and
+   writing masks and maps of the previous one overlap, in bounded queues
+   (:mod:`climseg.predict.outputs` writes);
+4. every output is written under a temporary name and all are renamed into place together at
+   the end (:class:`~climseg.output.OutputBatch`), so a failure, Ctrl-C or SIGTERM part-way
+   leaves the folder exactly as it was (the masks, maps and ``summary.json`` there always
+   belong to one run).
+
+Inputs whose sizes are not multiples of the network's stride are padded (longitude wraps around
+on global grids, edges repeat otherwise) and cropped back; objects are joined across the date
+line only on global grids.
 
 At scale: under ``mpirun``/``srun``/``torchrun`` (see :mod:`climseg.distributed.launch`) each
-rank takes every world-size-th input (round robin, in the order given), writes one mask per
-input, and rank 0 gathers the per-input entries and writes one merged ``summary.json`` in the
-input order. Memory stays bounded: one time step is read, segmented and appended to the open
-mask file at a time (netCDF; the mask variable grows along time), whatever the series length.
+rank streams every world-size-th input (round robin, in the order given) through its own
+pipeline, writes one mask per input, and rank 0 gathers the per-input entries and writes one
+merged ``summary.json`` in the input order. Memory stays bounded: a few batches are in flight,
+never a whole file (netCDF masks grow along time as steps are written).
 ``checkpoint`` may also be ``climatenet:WEIGHTS.pth`` (ClimateNet weights with the
 ``config.json`` beside them, imported on the fly by :mod:`climseg.data.checkpoints`).
 """
 
 import os
+import time
 
-import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from climseg.constants import CHANNEL_UNITS, CHANNELS, CLASS_NAMES, NUM_CLASSES
 from climseg.data.checkpoints import load_any_checkpoint
-from climseg.data.deepcam import LABELS_KEY, check_labels, check_sample_file, grid, read_sample
-from climseg.data.masks import create_mask_hdf5, create_mask_netcdf
-from climseg.data.netcdf import is_netcdf, open_netcdf, read_netcdf_step
-from climseg.errors import DataError, UserError
-from climseg.metrics import ConfusionMatrix, count_objects
-from climseg.models.checkpoint import build_model
+from climseg.errors import ConfigError
 from climseg.output import OutputBatch, check_output_location, write_json
 from climseg.perf.hardware import resolve_device
-from climseg.plotting import plot_map
+from climseg.predict.inputs import InputFile, open_inputs, pad_to_multiple
+from climseg.predict.network import PRECISIONS, InferenceNetwork, prepare_network
+from climseg.predict.outputs import MapPool, summary_lines
+from climseg.predict.pipeline import FILE_LOCK, Pipeline
 from climseg.progress import progress_bar
 
+#: Steps read from the calibration files (``--calibrate``) for int8.
+CALIBRATION_STEPS = 8
+#: Batches each queue of the pipeline holds (between reader and network, network and writer).
+PREFETCH = 2
 
-class InputFile:
-    """One input of ``climseg predict``, checked when made: its kind (``netcdf`` or ``hdf5``),
-    grid, time steps, and :meth:`read` of each step. ``channels`` are the ones the network
-    reads; TMQ is read too, for the map, when there. A DeepCAM sample's grid is assumed
-    (global, regular, rows south to north)."""
-
-    def __init__(self, path, channels, convention="auto", variables=None):
-        self.path, self.channels = path, list(channels)
-        self.stem = os.path.splitext(os.path.basename(path))[0]
-        if os.path.isdir(path):
-            raise DataError(f"{path}: is a folder; give the .h5 or .nc files in it")
-        if not os.path.isfile(path):
-            raise DataError(f"{path}: no such file")
-        if is_netcdf(path):
-            self.kind = "netcdf"
-            wanted = self.channels + ([] if "TMQ" in self.channels else ["TMQ"])
-            self.info = open_netcdf(
-                path,
-                wanted,
-                optional=() if "TMQ" in self.channels else ("TMQ",),
-                convention=convention,
-                variables=variables,
-            )
-            self.lat, self.lon, self.assumed_grid = self.info.lat, self.info.lon, False
-            self.periodic = self.info.periodic
-            self.times = self.info.times
-            self.shape = (len(self.lat), len(self.lon))
-        else:
-            self.kind = "hdf5"
-            self.shape, self.has_labels = check_sample_file(path)
-            self.lat, self.lon = grid(*self.shape)
-            self.assumed_grid = True
-            self.periodic = True
-            self.times = [""]
-        if not self.times:
-            raise DataError(f"{path}: its time axis has length 0 (no time steps to segment)")
-        if min(self.shape) < 1:
-            raise DataError(f"{path}: empty grid {self.shape[0]}x{self.shape[1]}")
-
-    def read(self, index):
-        """``(fields[H, W, C] float32 of the network's channels, map background[H, W]
-        and its name, labels or None)`` of time step ``index``."""
-        if self.kind == "netcdf":
-            names = list(self.info.variables)
-            data = read_netcdf_step(self.info, index, names)
-            fields = data[..., [names.index(c) for c in self.channels]]
-            back = "TMQ" if "TMQ" in names else self.channels[0]
-            return fields, data[..., names.index(back)], back, None
-        data, _ = read_sample(self.path, labels=False)
-        fields = data[..., [CHANNELS.index(c) for c in self.channels]]
-        labels = None
-        if self.has_labels:
-            with h5py.File(self.path, "r") as f:
-                raw = f[LABELS_KEY][...]
-            if raw.shape == self.shape:
-                labels = check_labels(self.path, raw, NUM_CLASSES)
-        return fields, data[..., CHANNELS.index("TMQ")], "TMQ", labels
+__all__ = [
+    "CALIBRATION_STEPS",
+    "PRECISIONS",
+    "InferenceNetwork",
+    "calibration_batches",
+    "InputFile",
+    "default_map_workers",
+    "open_inputs",
+    "predict",
+    "prepare_network",
+]
 
 
-def _pad(x, multiple, periodic=True):
-    """Pad (N, C, H, W) up to multiples: longitude wraps on a global grid (else
-    repeats its edge columns), latitude repeats its edge rows."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if pw:
-        x = F.pad(x, (pw // 2, pw - pw // 2, 0, 0), mode="circular" if periodic else "replicate")
-    if ph:
-        x = F.pad(x, (0, 0, ph // 2, ph - ph // 2), mode="replicate")
-    return x, (ph // 2, pw // 2)
+def default_map_workers():
+    """Map worker processes when not given: half the cores (at least 1, at most 4)."""
+    return max(1, min(4, (os.cpu_count() or 1) // 2))
 
 
 def _ranks(device):
@@ -147,16 +105,76 @@ def _gather(items, topo):
     return everyone
 
 
+def _check_options(batch_size, map_workers, precision):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 1024:
+        raise ConfigError(f"option batch-size: {batch_size!r} is not a whole number from 1 to 1024")
+    if map_workers is not None and (not isinstance(map_workers, int) or not 0 <= map_workers <= 256):
+        raise ConfigError(f"option map-workers: {map_workers!r} is not a whole number from 0 to 256")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"option precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+
+
+def calibration_batches(sources, shift, scale, steps=CALIBRATION_STEPS):
+    """A function ``(shape, multiple) -> [batches]`` for int8 calibration: the first ``steps``
+    time steps of ``sources`` (:class:`InputFile`), normalised and padded to ``multiple`` as the
+    inputs are, in batches of the shape's batch size; a grid that pads to another shape than the
+    inputs' is refused."""
+    shift = np.asarray(shift, np.float32).reshape(-1)
+    scale = np.asarray(scale, np.float32).reshape(-1)
+
+    def batches(shape, multiple):
+        xs = []
+        for source in sources:
+            for t in range(len(source.times)):
+                if len(xs) == steps:
+                    break
+                with FILE_LOCK:
+                    fields = source.read(t)[0]
+                x = torch.from_numpy((fields - shift) * scale).permute(2, 0, 1)[None]
+                x, _ = pad_to_multiple(x, multiple, source.periodic)
+                if tuple(x.shape[-2:]) != tuple(shape[-2:]):
+                    raise ConfigError(
+                        f"{source.path}: calibration grid {source.shape[0]}x{source.shape[1]} differs from the "
+                        f"inputs' (padded {shape[-2]}x{shape[-1]}); calibrate on files of the same grid"
+                    )
+                xs.append(x)
+        n = shape[0]
+        xs += xs[: (-len(xs)) % n]  # whole batches
+        return [torch.cat(xs[i : i + n]) for i in range(0, len(xs), n)]
+
+    return batches
+
+
 def predict(
-    checkpoint, inputs, out, device="auto", maps=True, log=print, progress=True, convention="auto", variables=None
+    checkpoint,
+    inputs,
+    out,
+    device="auto",
+    maps=True,
+    log=print,
+    progress=True,
+    convention="auto",
+    variables=None,
+    precision="auto",
+    batch_size=4,
+    compile=False,
+    calibrate=None,
+    map_workers=None,
 ):
     """Segment ``inputs`` with the model in ``checkpoint``; write masks, maps and
     ``summary.json`` into ``out``. Returns the summary dict (under a launcher: the merged
-    summary on every rank; each rank segments its share of the inputs). netCDF variable names
-    follow ``convention`` (auto, CAM5, ERA5, CMIP6) or the ``variables`` mapping file
-    (:mod:`climseg.data.variables`)."""
+    summary on every rank; each rank segments its share of the inputs).
+
+    netCDF variable names follow ``convention`` (auto, CAM5, ERA5, CMIP6) or the ``variables``
+    mapping file (:mod:`climseg.data.variables`). ``precision``: auto, fp32, bf16, fp16 or int8
+    (:data:`climseg.perf.hardware.PRECISION_RULE`); ``batch_size``: time steps per forward;
+    ``compile``: ``torch.compile`` the network; ``calibrate``: files whose first
+    :data:`CALIBRATION_STEPS` steps calibrate int8 (default: the inputs');
+    ``map_workers``: processes that render maps (default :func:`default_map_workers`; 0: in the
+    writer thread)."""
     if not inputs:
-        raise UserError("no input files given")
+        raise ConfigError("no input files given")
+    _check_options(batch_size, map_workers, precision)
     from climseg.data.variables import conventions_for
 
     conventions_for(convention, variables)  # a bad --convention or --variables file is refused before any work
@@ -165,144 +183,73 @@ def predict(
     rank, world, topo, dev = _ranks(device)
     if rank != 0:
         log, progress = (lambda *a, **k: None), False
-    model = build_model(ckpt, dev).eval()
     data_spec = ckpt["data"]
     channels = list(data_spec["channels"])
-    shift = torch.as_tensor(data_spec["shift"], dtype=torch.float32).view(1, -1, 1, 1).to(dev)
-    scale = torch.as_tensor(data_spec["scale"], dtype=torch.float32).view(1, -1, 1, 1).to(dev)
-
-    stems = {}
-    for p in map(os.fspath, inputs):
-        stem = os.path.splitext(os.path.basename(p))[0]
-        if stem in stems:
-            raise UserError(f"{p}: has the same name as {stems[stem]}; their outputs would collide")
-        stems[stem] = p
-    mine = list(range(rank, len(inputs), world))  # this rank's share, round robin
     # every input of this rank checked before anything is written
-    sources = [InputFile(os.fspath(inputs[i]), channels, convention, variables) for i in mine]
+    sources = open_inputs(inputs, channels, convention, variables, rank, world)
+    calibration = None
+    if precision == "int8":
+        named = calibrate or [inputs[0]]
+        files = [s for _, s in open_inputs(named, channels, convention, variables)]
+        calibration = calibration_batches(files, data_spec["shift"], data_spec["scale"])
+    pool = MapPool(default_map_workers() if map_workers is None else map_workers) if maps else None
+    try:
+        return _run(ckpt, sources, out, dev, pool, log, progress, precision, batch_size, compile, calibration, topo)
+    finally:
+        if pool is not None:
+            pool.stop()
 
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-    total = sum(len(s.times) for s in sources)
-    summary = dict(checkpoint=ckpt["path"], model=ckpt["model"]["config"], channels=channels, inputs=[])
-    done = []
-    with OutputBatch(out) as batch, progress_bar(total=total, desc="predict", unit="map", disable=not progress) as bar:
-        for i, s in zip(mine, sources):
-            done.append((i, _predict_source(s, model, shift, scale, autocast, batch, maps, dev, bar)))
-        summary["inputs"] = [entry for _, entry in sorted(e for part in _gather(done, topo) for e in part)]
-        if world > 1:
-            summary["ranks"] = world
-        if rank == 0:
+
+def _run(ckpt, sources, out, dev, pool, log, progress, precision, batch_size, compile, calibration, topo):
+    data_spec = ckpt["data"]
+    network = prepare_network(ckpt, dev, precision, compile, calibration, log)
+    total = sum(len(s.times) for _, s in sources)
+    log(
+        f"climseg predict: {network.describe()}; batch {batch_size}, {total} steps of "
+        f"{len(sources)} input{'s' if len(sources) != 1 else ''}"
+        + (f" on this rank of {topo.world_size}" if topo is not None and topo.world_size > 1 else "")
+    )
+    summary = dict(checkpoint=ckpt["path"], model=ckpt["model"]["config"], channels=list(data_spec["channels"]))
+    start = time.perf_counter()
+    with OutputBatch(out) as batch, progress_bar(total=total, desc="predict", unit="step", disable=not progress) as bar:
+        pipeline = Pipeline(
+            sources, network, data_spec["shift"], data_spec["scale"], batch, pool, bar, batch_size, PREFETCH
+        )
+        done = pipeline.run()
+        seconds = time.perf_counter() - start
+        mine = [
+            (position, dict(file=source.path, mask=done[position][0], time_steps=done[position][1]))
+            for position, source in sources
+        ]
+        summary["inputs"] = [entry for _, entry in sorted(e for part in _gather(mine, topo) for e in part)]
+        if topo is not None and topo.world_size > 1:
+            summary["ranks"] = topo.world_size
+        summary["performance"] = _performance(network, pipeline, batch_size, seconds)
+        if topo is None or topo.rank == 0:
             write_json(batch.path("summary.json"), summary)
-    for item in summary["inputs"]:
-        for e in item["time_steps"]:
-            f = e["fractions"]
-            line = (
-                f"{os.path.basename(item['file'])}{(' ' + e['time']) if e['time'] else ''}: "
-                f"TC {100 * f['tropical_cyclone']:.2f}% of pixels ({_count(e['cyclones'], 'cyclone')}), "
-                f"AR {100 * f['atmospheric_river']:.2f}% ({_count(e['rivers'], 'river')})"
-            )
-            if "iou_vs_labels" in e:
-                i = e["iou_vs_labels"]
-                line += f"; IoU vs labels: TC {_fmt(i['iou_tc'])}, AR {_fmt(i['iou_ar'])}"
-            log(line)
-    log(f"climseg: masks{', maps' if maps else ''} and summary.json written to {out}")
+    for line in summary_lines(summary):
+        log(line)
+    perf = summary["performance"]
+    log(
+        f"climseg: {perf['steps']} steps in {perf['seconds']:.1f} s ({perf['steps_per_second']:.2f} steps/s, "
+        f"network busy {100 * perf['network_busy']:.0f}% of the time)"
+    )
+    log(f"climseg: masks{', maps' if pool is not None else ''} and summary.json written to {out}")
     return summary
 
 
-def _predict_source(s, model, shift, scale, autocast, batch, maps, dev, bar):
-    """Masks, maps and summary entries of one input file (written into the :class:`~climseg.output.OutputBatch`);
-    each step's mask goes to the file at once."""
-    entries = []
-    with _MaskWriter(s, batch) as writer:
-        for t, when in enumerate(s.times):
-            entries.append(_predict_step(s, t, when, model, shift, scale, autocast, batch, maps, dev, writer))
-            bar.update()
-    return dict(file=s.path, mask=writer.name, time_steps=entries)
-
-
-def _predict_step(s, t, when, model, shift, scale, autocast, batch, maps, dev, writer):
-    """Segment time step ``t`` of ``s``, append its mask to ``writer``; its summary entry."""
-    fields, background, background_name, labels = s.read(t)
-    x = torch.from_numpy(np.ascontiguousarray(fields.transpose(2, 0, 1)))[None].to(dev)
-    x = (x - shift) * scale
-    x, (top, left) = _pad(x, model.input_multiple, s.periodic)
-    with torch.inference_mode(), autocast:
-        logits = model(x)
-    pred = logits.argmax(1)[0, top : top + s.shape[0], left : left + s.shape[1]].to(torch.uint8).cpu().numpy()
-    writer.write(t, pred)
-    entry = _describe(pred, t, when, s.periodic)
-    if labels is not None:
-        cm = ConfusionMatrix(NUM_CLASSES).update(torch.from_numpy(pred), torch.from_numpy(labels))
-        entry["iou_vs_labels"] = {k: _json_float(v) for k, v in cm.as_dict().items()}
-    if maps:
-        name = f"{s.stem}.png" if len(s.times) == 1 else f"{s.stem}_t{t:04d}.png"
-        title = f"{os.path.basename(s.path)}" + (f"  {when}" if when else "")
-        note = "grid assumed: global, regular, south to north" if s.assumed_grid else None
-        label = (
-            "TMQ (kg m$^{-2}$)" if background_name == "TMQ" else f"{background_name} ({CHANNEL_UNITS[background_name]})"
-        )
-        plot_map(batch.path(name), background, pred, s.lat, s.lon, title, background_label=label, note=note)
-        entry["map"] = name
-    return entry
-
-
-def _describe(pred, index, when, periodic):
-    counts = np.bincount(pred.reshape(-1), minlength=NUM_CLASSES).astype(np.float64)
-    objects = count_objects(pred, periodic=periodic)
+def _performance(network, pipeline, batch_size, seconds):
+    t = pipeline.times
     return dict(
-        index=index,
-        time=when,
-        fractions=dict(zip(CLASS_NAMES, (counts / counts.sum()).round(6).tolist())),
-        cyclones=int(objects[1]),
-        rivers=int(objects[2]),
+        device=str(network.device),
+        precision=network.precision,
+        why=network.why,
+        batch_size=batch_size,
+        compiled=network.compiled,
+        compile_seconds=None if network.compile_seconds is None else round(network.compile_seconds, 3),
+        steps=t.steps,
+        seconds=round(seconds, 3),
+        steps_per_second=round(t.steps / seconds, 4) if seconds > 0 else None,
+        network_busy=round(t.compute / seconds, 4) if seconds > 0 else None,
+        stages=t.as_dict(),
     )
-
-
-class _MaskWriter:
-    """The mask file of one input (:mod:`climseg.data.masks`), written a time step at a time into
-    the output batch's temporary file (renamed with the others when the whole run is complete):
-    ``NAME_mask.nc`` (netCDF input: ``mask(time, lat, lon)`` or ``mask(lat, lon)`` with the
-    input's coordinates) or ``NAME_mask.h5`` (a DeepCAM sample: one step)."""
-
-    def __init__(self, source, batch):
-        self.source, self.batch = source, batch
-        self.name = f"{source.stem}_mask.nc" if source.kind == "netcdf" else f"{source.stem}_mask.h5"
-
-    def __enter__(self):
-        tmp = self.batch.path(self.name)
-        self._file, self._mask = self._open_netcdf(tmp) if self.source.kind == "netcdf" else self._open_hdf5(tmp)
-        return self
-
-    def _open_netcdf(self, tmp):
-        info = self.source.info
-        return create_mask_netcdf(tmp, info.path, info.time_dim, f"climseg predict on {os.path.basename(info.path)}")
-
-    def _open_hdf5(self, tmp):
-        return create_mask_hdf5(tmp, self.source.shape, self.source.path)
-
-    def write(self, t, pred):
-        """Append time step ``t``'s (H, W) uint8 mask (rows south to north)."""
-        if self.source.kind == "netcdf":
-            data = pred[::-1] if self.source.info.flipped else pred
-            if self.source.info.time_dim:
-                self._mask[t] = data
-            else:
-                self._mask[:] = data
-            return
-        self._mask[...] = pred  # a DeepCAM sample holds one step
-
-    def __exit__(self, *exc):
-        self._file.close()
-        return False
-
-
-def _count(n, noun):
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def _json_float(v):
-    return None if v is None or (isinstance(v, float) and not np.isfinite(v)) else float(v)
-
-
-def _fmt(v):
-    return "n/a" if v is None else f"{v:.3f}"
