@@ -547,6 +547,8 @@ def _writer(tmp_path, marker, pause, *args):
         cwd=tmp_path,
     )
     line = proc.stdout.readline()
+    while line and line.strip() != "WRITING":  # lines logged before (predict's first names its network)
+        line = proc.stdout.readline()
     assert line.strip() == "WRITING", (line, proc.stderr.read() if proc.poll() is not None else "")
     return proc
 

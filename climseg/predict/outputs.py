@@ -6,7 +6,8 @@ format) inside the run's :class:`~climseg.output.OutputBatch`; :func:`describe` 
 summary entry (class fractions, connected objects, IoU against labels when the input has them);
 :class:`MapPool` renders maps in worker processes (:func:`climseg.plotting.plot_map`), a bounded
 number in flight, and on shutdown stops its workers so that none leaves a temporary file behind
-(a worker that gets SIGTERM or SIGINT raises, and the atomic writer removes its file).
+(a worker that gets SIGTERM or SIGINT while drawing unwinds, so that the atomic writer removes
+its file, and exits).
 """
 
 import multiprocessing
@@ -84,19 +85,37 @@ def map_arguments(source, index, when, background, background_name, pred):
     return background, pred, source.lat, source.lon, title, label, note
 
 
+_drawing = False  # a map worker is inside plot_map
+
+
+class _Stopped(BaseException):
+    """SIGTERM or SIGINT reached a map worker while it drew."""
+
+
 def render_map(path, background, pred, lat, lon, title, label, note):
     """Write one map (in a worker process or in place); returns the seconds it took."""
+    global _drawing
     start = time.perf_counter()
-    plot_map(path, background, pred, lat, lon, title, background_label=label, note=note)
+    _drawing = True
+    try:
+        plot_map(path, background, pred, lat, lon, title, background_label=label, note=note)
+    except _Stopped:  # the atomic writer has removed the unfinished file on the way out
+        os._exit(1)
+    finally:
+        _drawing = False
     return time.perf_counter() - start
 
 
 def _worker_init():
-    """A map worker: SIGTERM and SIGINT raise, so the atomic writer removes a half-written map;
-    matplotlib imported once, before the first map."""
+    """A map worker: SIGTERM and SIGINT while it draws unwind plot_map (the atomic writer removes
+    the half-written map) and end the worker; while it waits for work they end it at once. Either
+    way quietly: no traceback. matplotlib is imported once, before the first map."""
 
     def stop(signum, frame):
-        raise KeyboardInterrupt()
+        if _drawing:
+            raise _Stopped()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
