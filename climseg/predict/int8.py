@@ -139,8 +139,10 @@ class QuantizedNetwork:
         saved = None
         for path in cache_paths(self.ckpt, key):
             try:
-                with atomic_path(path) as tmp:
-                    torch.export.save(program, tmp)
+                buffer = io.BytesIO()  # torch.export.save warns about a file name not ending in .pt2
+                torch.export.save(program, buffer)
+                with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                    f.write(buffer.getvalue())
                 saved = path
                 break
             except OutputError as exc:  # a read-only checkpoint folder: the cache folder instead
