@@ -201,6 +201,11 @@ def main(argv=None):
     p.add_argument("--agreement-steps", type=int, default=16)
     p.add_argument("--agreement-height", type=int, default=192)
     p.add_argument("--agreement-width", type=int, default=288)
+    p.add_argument(
+        "--agreement-precisions",
+        default="bf16,fp16,int8",
+        help="precisions compared with fp32 where this device runs them (fp16: GPUs, int8: CPUs; default all three)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="result file (default benchmarks/results/predict-<device>-<date>.json)")
     args = p.parse_args(argv)
@@ -222,7 +227,8 @@ def main(argv=None):
         auto_precision=f"{best} ({why})",
         networks={},
     )
-    precisions = ["bf16"] + (["fp16"] if device.type == "cuda" else []) + (["int8"] if device.type == "cpu" else [])
+    runs = {"bf16": True, "fp16": device.type == "cuda", "int8": device.type == "cpu"}
+    precisions = [q for q in args.agreement_precisions.split(",") if runs.get(q.strip())]
     with tempfile.TemporaryDirectory() as folder:
         files = _series(os.path.join(folder, "series"), args.steps, args.height, args.width, args.seed)
         for network in [n for n in args.networks.split(",") if n.strip()]:
