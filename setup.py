@@ -226,13 +226,15 @@ setup(
     extras_require={
         # Triton: from 3.6 (what PyTorch 2.11's CUDA wheels pin) to 3.9, both ends tested in CI (.ci/run);
         # the kernels' tests run in Triton's CPU interpreter, `climseg bench static` compiles them for sm_80/sm_90;
-        # the MLPerf log is checked by mlperf-logging's compliance checker; the layers by import-linter
-        # CUDA 12's NVRTC and ptxas (volta, below) let the tests compile the CUDA kernels for sm_70 too
+        # the MLPerf log is checked by mlperf-logging's compliance checker; the layers by import-linter;
+        # predict's int8 path by torchao; CUDA 12's NVRTC and ptxas (volta, below) let the tests compile
+        # the CUDA kernels for sm_70 too
         "test": [
             "pytest>=7",
             "triton>=3.6,<3.10",
             "mlperf-logging>=4.1",
             "import-linter>=2.1",
+            "torchao>=0.18",
             "nvidia-cuda-nvrtc-cu12>=12.4,<13",
             "nvidia-cuda-nvcc-cu12>=12.4,<13",
         ],
@@ -247,6 +249,8 @@ setup(
         "docs": ["mkdocs>=1.5", "mkdocs-material>=9", "mkdocstrings[python]>=0.24"],  # mkdocs build --strict
         "parquet": ["pyarrow>=12"],  # climseg track also writes its tables as Parquet
         "trainers": ["pytorch-lightning>=2.4", "accelerate>=1.0"],  # tests/test_trainers.py, docs/trainers.md
+        # predict --precision int8: PyTorch 2's export-based quantization (x86 quantizer), which left torch.ao
+        "int8": ["torchao>=0.18"],
     },
     entry_points={"console_scripts": ["climseg=climseg.cli:main"]},
     classifiers=[

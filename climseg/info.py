@@ -38,6 +38,16 @@ def info_lines():
     else:
         build = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
         lines.append(f"  no CUDA device (torch is {build}); running on CPU, {torch.get_num_threads()} threads")
+    from climseg.perf.hardware import choose_precision, cpu_int8_support
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision, why = choose_precision("auto", device)
+    lines.append(f"precision (auto, train and predict): {precision} on {device} ({why})")
+    int8_fast, int8_why = cpu_int8_support()
+    lines.append(
+        f"  predict --precision int8: torchao {_version('torchao')}; "
+        + (f"int8 dot products ({int8_why})" if int8_fast else int8_why)
+    )
     lines.append("op backends (auto):")
     for op, cuda_choice, cpu_choice, why in backend.describe():
         lines.append(f"  {op:34s} CUDA tensors: {cuda_choice:7s} CPU tensors: {cpu_choice:7s} ({why})")

@@ -396,7 +396,7 @@ def test_predict_leaves_an_earlier_run_alone(tmp_path, checkpoint, samples, caps
             raise OSError(errno.ENOSPC, "No space left on device", args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("climseg.predict.plot_map", plot_then_fail)
+    monkeypatch.setattr("climseg.predict.outputs.plot_map", plot_then_fail)
     code = main(["predict", checkpoint, *samples, "--out", str(out), "--no-progress"])
     check_one_line_error(capsys, code, "no space left on device")
     assert snapshot(out) == before
@@ -549,6 +549,8 @@ def _writer(tmp_path, marker, pause, *args):
         cwd=tmp_path,
     )
     line = proc.stdout.readline()
+    while line and line.strip() != "WRITING":  # lines logged before (predict's first names its network)
+        line = proc.stdout.readline()
     assert line.strip() == "WRITING", (line, proc.stderr.read() if proc.poll() is not None else "")
     return proc
 

@@ -7,7 +7,7 @@ import shlex
 import warnings
 
 #: The benchmarks, as ``climseg bench`` names them (modules of climseg.bench with '-' for '_').
-BENCHMARKS = ("step", "atrous", "cuda-kernels", "allreduce", "io", "scaling", "static", "track", "label")
+BENCHMARKS = ("step", "atrous", "cuda-kernels", "allreduce", "io", "scaling", "static", "track", "label", "predict")
 GPU_ONLY = ("cuda-kernels",)
 
 
@@ -22,7 +22,9 @@ def add_parser(subparsers):
         "reader), scaling (the weak-scaling model; model output), static (every GPU kernel "
         "compiled for sm_80/sm_90, also sm_70/sm_75, and its machine code checked; no GPU needed), track "
         "(event tracking and analysis of a year of masks), label (the heuristic "
-        "labeller scored against a generated series' truth, and its speed), or all. "
+        "labeller scored against a generated series' truth, and its speed), predict (climseg "
+        "predict end to end against plain PyTorch loops and the network alone, and each "
+        "precision's agreement with fp32), or all. "
         "Options after the name that are not listed here go to the benchmark itself (see "
         "python -m climseg.bench.NAME --help).",
     )

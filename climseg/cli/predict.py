@@ -32,7 +32,33 @@ def add_parser(subparsers):
         metavar="{auto,cpu,cuda,cuda:N}",
         help="where the network runs (default: auto, the first GPU, else the CPU)",
     )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16", "int8"),
+        help="the network's arithmetic (default: auto, by hardware as in climseg train: bf16 on Ampere and later, "
+        "fp16 on Volta/Turing, bf16 on CPUs with native bf16, else fp32; `climseg info` says which); "
+        "int8: CPUs, calibrated (--calibrate), needs torchao",
+    )
+    parser.add_argument("--batch-size", type=int, default=4, metavar="N", help="time steps per forward (default: 4)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network (the first batch pays the compile time, reported; compiled code is cached)",
+    )
+    parser.add_argument(
+        "--calibrate",
+        nargs="+",
+        metavar="FILE",
+        help="int8: files whose first 8 time steps calibrate the quantization (default: the first input)",
+    )
     parser.add_argument("--no-maps", action="store_true", help="no PNG maps (masks and summary.json only)")
+    parser.add_argument(
+        "--map-workers",
+        type=int,
+        metavar="N",
+        help="processes that render the maps (default: half the cores, at most 4; 0: in the writer thread)",
+    )
     add_progress_option(parser)
     add_variable_options(parser)
     parser.set_defaults(run=run)
@@ -51,5 +77,10 @@ def run(args):
         progress=not args.no_progress,
         convention=args.convention,
         variables=args.variables,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        compile=args.compile,
+        calibrate=args.calibrate,
+        map_workers=args.map_workers,
     )
     return 0

@@ -25,10 +25,12 @@ from climseg.train.recipes import RECIPES
 #: Old option name -> new one: ``config`` held the network's name in climseg 0.1.
 RENAMED = {"config": "network"}
 
-#: What ``--precision auto`` means: the rule of :func:`climseg.perf.hardware.resolve_precision`.
+#: What ``--precision auto`` means: the rule of :func:`climseg.perf.hardware.choose_precision`, in the
+#: same words as :data:`climseg.perf.hardware.PRECISION_RULE` (kept here so that the option table
+#: builds without importing torch; a test holds the two equal).
 PRECISION_RULE = (
-    "auto: bf16 on CUDA (fp16 on GPUs before Ampere); on a CPU bf16 where the cores compute it "
-    "natively (AVX512-BF16 or AMX), else fp32"
+    "auto: bf16 on GPUs with bf16 tensor cores (Ampere and later), fp16 on Volta and Turing, else "
+    "fp32; on a CPU bf16 where the cores compute it natively (AVX512-BF16 or AMX), else fp32"
 )
 
 
