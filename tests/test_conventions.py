@@ -41,6 +41,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, H, W = 16, 96, 144  # two model days, 3-hourly
 
 
+def _listing(folder):
+    """The files of an output folder, sorted, without climseg's own bookkeeping (``.climseg-lock``,
+    ``.climseg-run-COMMAND.json``: the run lock and the manifest of a run's files)."""
+    return sorted(n for n in os.listdir(folder) if not n.startswith(".climseg-"))
+
+
 # ----------------------------------------------------------------------------- fixtures
 
 
@@ -126,9 +132,9 @@ def _events(folder):
 
 def test_cam5_history_files(generated, cam5_run):
     _, series = generated
-    names = sorted(os.listdir(cam5_run / "masks"))
+    names = _listing(cam5_run / "masks")
     assert names == sorted([os.path.basename(f)[:-3] + "_mask.nc" for f in series["files"]] + ["summary.json"])
-    assert names == sorted(os.listdir(cam5_run / "labels"))
+    assert names == _listing(cam5_run / "labels")
     assert len(_events(cam5_run / "events")) > 0 and (cam5_run / "analysis" / "climatology.nc").is_file()
 
 
@@ -159,7 +165,7 @@ def test_classic_cds_era5(generated, cam5_labels, network, tmp_path):
     _chain(tmp_path, [files], network)
     assert np.array_equal(_masks(tmp_path / "labels"), cam5_labels)  # packing changes no label
     for out in ("labels", "masks"):  # one mask, named after the file of the first channel's variable
-        assert sorted(os.listdir(tmp_path / out)) == ["era5_2020-09_sfc_mask.nc", "summary.json"]
+        assert _listing(tmp_path / out) == ["era5_2020-09_sfc_mask.nc", "summary.json"]
 
 
 def test_classic_cds_era5_with_era5t(generated, tmp_path):
@@ -239,8 +245,8 @@ def test_cmip6_set(generated, cam5_labels, network, tmp_path):
     assert np.array_equal(_masks(tmp_path / "labels"), cam5_labels)
     prw = sorted(os.path.basename(p)[:-3] + "_mask.nc" for p in paths if os.path.basename(p).startswith("prw_"))
     psl = sorted(os.path.basename(p)[:-3] + "_mask.nc" for p in paths if os.path.basename(p).startswith("psl_"))
-    assert len(prw) == 2 and sorted(os.listdir(tmp_path / "masks")) == prw + ["summary.json"]
-    assert sorted(os.listdir(tmp_path / "labels")) == psl + ["summary.json"]  # label's first channel is PSL
+    assert len(prw) == 2 and _listing(tmp_path / "masks") == prw + ["summary.json"]
+    assert _listing(tmp_path / "labels") == psl + ["summary.json"]  # label's first channel is PSL
     with netCDF4.Dataset(tmp_path / "masks" / prw[0]) as ds:
         assert ds["time"].calendar == "noleap" and ds["mask"].shape == (STEPS // 2, H, W)
 
@@ -263,7 +269,7 @@ def test_cmip5_mpi_esm_lr(generated, surface_network, tmp_path):
         assert not np.allclose(np.diff(ds["lat"][:]), np.diff(ds["lat"][:])[0], atol=1e-6)  # Gaussian
     _ok("predict", surface_network, *three_hourly, "--out", tmp_path / "masks", "--no-maps")
     tas = sorted(os.path.basename(p)[:-3] + "_mask.nc" for p in three_hourly if os.path.basename(p).startswith("tas_"))
-    assert len(tas) == 2 and sorted(os.listdir(tmp_path / "masks")) == sorted(tas + ["summary.json"])
+    assert len(tas) == 2 and _listing(tmp_path / "masks") == sorted(tas + ["summary.json"])
     _ok("label", *six_hourly, "--out", tmp_path / "labels", "--method", "tc")
     assert _masks(tmp_path / "labels").shape == (6, 96, 192)
     for masks, events in (("masks", "net-events"), ("labels", "events")):

@@ -38,6 +38,7 @@ from climseg.analytics.label_options import DEFAULT_THRESHOLDS, LabelOptions
 from climseg.analytics.rivers import detect_rivers, poleward_transport, river_field
 from climseg.constants import ATMOSPHERIC_RIVER, CHANNELS, CLASS_NAMES, NUM_CLASSES, TROPICAL_CYCLONE
 from climseg.data.deepcam import check_sample_file
+from climseg.data.inputs import series_outputs
 from climseg.data.masks import create_mask_hdf5, create_mask_netcdf
 from climseg.errors import DataError, UserError
 from climseg.output import OutputBatch, check_output_location, check_workers, worker_pool, write_json
@@ -124,26 +125,14 @@ class _Job:
     name: str  # output file name
     source: str  # file whose coordinates and times the mask copies
     steps: list  # global step indices
-    local: list  # the same steps in ``source``
     time_var: str = None
     flipped: bool = False  # ``source`` stores latitudes north to south
 
 
 def _jobs(info):
-    """One job per file of the series' time axis (the file holding the first channel's steps)."""
-    ref = info.segments[info.plans[next(iter(info.plans))].names[0]]
-    jobs, start, stems = [], 0, {}
-    for seg in ref:
-        stem = os.path.splitext(os.path.basename(seg.path))[0]
-        if stem in stems:
-            raise UserError(f"{seg.path}: has the same name as {stems[stem]}; their outputs would collide")
-        stems[stem] = seg.path
-        n = max(seg.ntime, 1)
-        jobs.append(
-            _Job(f"{stem}_mask.nc", seg.path, list(range(start, start + n)), list(range(n)), seg.time_dim, seg.flipped)
-        )
-        start += n
-    return jobs
+    """One job per output of the series (:func:`climseg.data.inputs.series_outputs`: one per file of
+    its time axis)."""
+    return [_Job(f"{o.stem}_mask.nc", o.source, o.steps, o.time_dim, o.flipped) for o in series_outputs(info)]
 
 
 def _scan_job(args):
