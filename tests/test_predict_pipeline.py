@@ -161,19 +161,16 @@ def test_info_names_the_precision():
 
 @pytest.mark.parametrize("precision", ["bf16", pytest.param("int8", marks=needs_torchao)])
 def test_every_precision_agrees_with_fp32(trained, inputs, tmp_path, precision):
+    """Every precision's masks against fp32's; for int8 also its cache beside the checkpoint (the
+    second run loads the quantized network the first one cached, and writes the same masks)."""
     netcdf = [p for p in inputs if p.endswith(".nc")]
-    predict(trained, netcdf, str(tmp_path / "fp32"), maps=False, log=quiet, progress=False, precision="fp32")
+    ckpt = tmp_path / "ckpt" / "net.pt"  # a copy: the int8 cache goes beside it
+    ckpt.parent.mkdir()
+    shutil.copy(trained, ckpt)
+    predict(str(ckpt), netcdf, str(tmp_path / "fp32"), maps=False, log=quiet, progress=False, precision="fp32")
     lines = []
-    summary = predict(
-        trained,
-        netcdf,
-        str(tmp_path / precision),
-        maps=False,
-        log=lines.append,
-        progress=False,
-        precision=precision,
-        calibrate=netcdf[:1],
-    )
+    run = dict(maps=False, progress=False, precision=precision, calibrate=netcdf[:1])
+    summary = predict(str(ckpt), netcdf, str(tmp_path / precision), log=lines.append, **run)
     assert summary["performance"]["precision"] == precision and precision in lines[0]
     ref, got = masks_of(tmp_path / "fp32"), masks_of(tmp_path / precision)
     assert ref.keys() == got.keys()
@@ -181,6 +178,16 @@ def test_every_precision_agrees_with_fp32(trained, inputs, tmp_path, precision):
     b = np.concatenate([m.reshape(-1) for m in got.values()])
     assert np.mean(a > 0) > 0.02, "the trained network finds no events: the comparison would say nothing"
     assert np.mean(a == b) >= 0.995, np.mean(a == b)
+    if precision != "int8":
+        return
+    cached = [n for n in os.listdir(ckpt.parent) if n.startswith("net.pt.int8-") and n.endswith(".pt2")]
+    assert len(cached) == 1 and any("cached in" in line for line in lines), lines
+    again = []
+    predict(str(ckpt), netcdf, str(tmp_path / "again"), log=again.append, **run)
+    assert any("loaded from" in line and cached[0] in line for line in again), again
+    for k, v in masks_of(tmp_path / precision).items():
+        np.testing.assert_array_equal(v, masks_of(tmp_path / "again")[k])
+    no_temporaries(ckpt.parent)
 
 
 def test_fp16_on_a_cpu_and_bad_options_are_one_line(trained, inputs, tmp_path, capsys):
@@ -214,24 +221,13 @@ def test_int8_without_torchao_says_what_to_install(trained, inputs, tmp_path, mo
 
 
 @needs_torchao
-def test_int8_network_is_cached_beside_the_checkpoint(trained, inputs, tmp_path):
-    ckpt = tmp_path / "ckpt" / "net.pt"
-    ckpt.parent.mkdir()
-    shutil.copy(trained, ckpt)
-    first, second = [], []
-    predict(str(ckpt), inputs[:1], str(tmp_path / "1"), maps=False, log=first.append, progress=False, precision="int8")
-    cached = [n for n in os.listdir(ckpt.parent) if n.startswith("net.pt.int8-") and n.endswith(".pt2")]
-    assert len(cached) == 1 and any("cached in" in line for line in first), first
-    predict(str(ckpt), inputs[:1], str(tmp_path / "2"), maps=False, log=second.append, progress=False, precision="int8")
-    assert any("loaded from" in line and cached[0] in line for line in second), second
-    assert masks_of(tmp_path / "1").keys() == masks_of(tmp_path / "2").keys()
-    for k, v in masks_of(tmp_path / "1").items():
-        np.testing.assert_array_equal(v, masks_of(tmp_path / "2")[k])
-    # another calibration set, other weights or another input shape: another key (so another file)
+def test_int8_cache_key(trained):
+    """Another calibration set, other weights or another input shape: another key (so another
+    cache file); the same ones: the same key. (The cache itself: test_every_precision_agrees_with_fp32.)"""
     from climseg.data.checkpoints import load_any_checkpoint
     from climseg.predict.int8 import cache_key
 
-    loaded = load_any_checkpoint(str(ckpt))
+    loaded = load_any_checkpoint(trained)
     model = torch.nn.Conv2d(2, 2, 1)
     batches = [torch.ones(1, 2, 4, 4)]
     key = cache_key(model, loaded, batches, (1, 2, 4, 4))
@@ -241,7 +237,6 @@ def test_int8_network_is_cached_beside_the_checkpoint(trained, inputs, tmp_path)
     with torch.no_grad():
         model.weight[0, 0] += 1e-3
     assert key != cache_key(model, loaded, batches, (1, 2, 4, 4))
-    no_temporaries(ckpt.parent)
 
 
 def test_compiled_network_agrees_and_reports_its_compile_time(trained, inputs, tmp_path, monkeypatch):

@@ -192,7 +192,12 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=8, help="time steps of the timed series (default 8)")
     p.add_argument("--height", type=int, default=768)
     p.add_argument("--width", type=int, default=1152)
-    p.add_argument("--batch-size", type=int, default=4, help="climseg predict's batch (default 4)")
+    p.add_argument(
+        "--batch-size",
+        type=lambda text: text if text == "auto" else int(text),
+        default="auto",
+        help="climseg predict's batch, auto (as climseg predict chooses it by device and grid) or N (default auto)",
+    )
     p.add_argument("--precision", default="auto", help="climseg predict's precision (default auto)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--no-maps", action="store_true", help="skip the run with maps")
@@ -213,6 +218,10 @@ def main(argv=None):
 
     device = resolve_device(args.device)
     best, why = choose_precision("auto", device)
+    if args.batch_size == "auto":
+        from climseg.predict import auto_batch_size
+
+        args.batch_size = auto_batch_size(device, [(args.height, args.width)])
     result = dict(
         benchmark="predict",
         date=datetime.date.today().isoformat(),

@@ -1,5 +1,7 @@
 """Options that several commands share, written once: how netCDF variable names map to the
-channels (``predict``, ``label``), and ``--no-progress``."""
+channels (``predict``, ``label``), ``--no-progress``, and the value of ``--batch-size``."""
+
+import argparse
 
 
 def add_variable_options(parser):
@@ -24,3 +26,13 @@ def add_variable_options(parser):
 def add_progress_option(parser):
     """``--no-progress``: the command's progress bar off (bars appear on terminals only)."""
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def batch_size_arg(text):
+    """``--batch-size``'s value: ``"auto"`` or a whole number (its range is checked with the other options)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto or a whole number") from None

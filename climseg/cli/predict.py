@@ -1,7 +1,7 @@
 """``climseg predict CHECKPOINT INPUT... --out DIR``: class masks, maps and summary.json of climate
 files from a trained checkpoint (:func:`climseg.predict.predict`)."""
 
-from climseg.cli.options import add_progress_option, add_variable_options
+from climseg.cli.options import add_progress_option, add_variable_options, batch_size_arg
 
 
 def add_parser(subparsers):
@@ -40,7 +40,14 @@ def add_parser(subparsers):
         "fp16 on Volta/Turing, bf16 on CPUs with native bf16, else fp32; `climseg info` says which); "
         "int8: CPUs, calibrated (--calibrate), needs torchao",
     )
-    parser.add_argument("--batch-size", type=int, default=4, metavar="N", help="time steps per forward (default: 4)")
+    parser.add_argument(
+        "--batch-size",
+        type=batch_size_arg,
+        default="auto",
+        metavar="N",
+        help="time steps per forward (default: auto: 4 on a GPU; on a CPU 1 to 4, as many as keep a batch "
+        "within 2^18 grid points, since larger batches only slow a CPU down)",
+    )
     parser.add_argument(
         "--compile",
         action="store_true",
