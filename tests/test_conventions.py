@@ -436,7 +436,8 @@ def _mask_file(path, masks, lat, lon, hours, dtype="u1"):
         ds.createVariable("mask", dtype, ("time", "lat", "lon"))[:] = masks
 
 
-def _one_line_exit_2(capsys, argv, *fragments):
+def assert_one_line_exit_2(capsys, argv, *fragments):
+    """Asserts that climseg run with ``argv`` exits 2 with one error line holding every fragment."""
     assert main([str(a) for a in argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("climseg: error: ") and "Traceback" not in err[0], err
@@ -449,7 +450,7 @@ def test_masks_hold_whole_classes(tmp_path, capsys):
     masks = np.zeros((2, 9, 12), np.float32)
     masks[1, 4, 5] = 1.5
     _mask_file(tmp_path / "half.nc", masks, lat, lon, [0.0, 3.0], "f4")
-    _one_line_exit_2(capsys, ["track", tmp_path / "half.nc", "--out", tmp_path / "o"], "half.nc", "mask", "1.5")
+    assert_one_line_exit_2(capsys, ["track", tmp_path / "half.nc", "--out", tmp_path / "o"], "half.nc", "mask", "1.5")
     masks[1, 4, 5] = 2.0  # whole numbers stored as floats are classes
     _mask_file(tmp_path / "whole.nc", masks, lat, lon, [0.0, 3.0], "f4")
     with MaskReader(open_mask_series([str(tmp_path / "whole.nc")])) as reader:
@@ -462,16 +463,18 @@ def test_times_strictly_increase_for_every_command(network, tmp_path, capsys):
     _cam5(tmp_path / "back.nc", [2, 1, 0], lat, lon)
     for name, at in (("repeat.nc", "step 2"), ("back.nc", "step 1")):
         for argv in (["label", tmp_path / name], ["predict", network, tmp_path / name]):
-            _one_line_exit_2(capsys, [*argv, "--out", tmp_path / "o"], name, "does not increase at " + at)
+            assert_one_line_exit_2(capsys, [*argv, "--out", tmp_path / "o"], name, "does not increase at " + at)
     _cam5(tmp_path / "a.nc", [0, 1], lat, lon)
     _cam5(tmp_path / "b.nc", [1, 2], lat, lon, channels=["PSL"])  # PSL repeats a.nc's second step
-    _one_line_exit_2(capsys, ["label", tmp_path / "a.nc", tmp_path / "b.nc", "--out", tmp_path / "o"], "repeats time")
+    assert_one_line_exit_2(
+        capsys, ["label", tmp_path / "a.nc", tmp_path / "b.nc", "--out", tmp_path / "o"], "repeats time"
+    )
     m = np.zeros((3, 9, 12), np.uint8)
     _mask_file(tmp_path / "m1.nc", m, lat, lon, [0.0, 3.0, 3.0])
-    _one_line_exit_2(capsys, ["track", tmp_path / "m1.nc", "--out", tmp_path / "o"], "m1.nc", "does not increase")
+    assert_one_line_exit_2(capsys, ["track", tmp_path / "m1.nc", "--out", tmp_path / "o"], "m1.nc", "does not increase")
     _mask_file(tmp_path / "m2.nc", m, lat, lon, [0.0, 3.0, 6.0])
     _mask_file(tmp_path / "m3.nc", m, lat, lon, [6.0, 9.0, 12.0])
-    _one_line_exit_2(capsys, ["track", tmp_path / "m3.nc", tmp_path / "m2.nc", "--out", tmp_path / "o"], "repeat")
+    assert_one_line_exit_2(capsys, ["track", tmp_path / "m3.nc", tmp_path / "m2.nc", "--out", tmp_path / "o"], "repeat")
     _mask_file(tmp_path / "m4.nc", m, lat, lon, [9.0, 12.0, 15.0])
     _ok("track", tmp_path / "m4.nc", tmp_path / "m2.nc", "--out", tmp_path / "ok")  # any order: put in time order
     assert open_mask_series([str(tmp_path / "m4.nc"), str(tmp_path / "m2.nc")]).hours.tolist() == [
@@ -497,9 +500,9 @@ def test_times_strictly_increase_for_every_command(network, tmp_path, capsys):
 def test_coordinates_in_range(network, tmp_path, capsys, lat, lon, message):
     _cam5(tmp_path / "grid.nc", [0, 1], lat, lon)
     _mask_file(tmp_path / "mask.nc", np.zeros((2, 9, 12), np.uint8), lat, lon, [0.0, 3.0])
-    _one_line_exit_2(capsys, ["label", tmp_path / "grid.nc", "--out", tmp_path / "o"], "grid.nc", message)
-    _one_line_exit_2(capsys, ["predict", network, tmp_path / "grid.nc", "--out", tmp_path / "o"], message)
-    _one_line_exit_2(capsys, ["track", tmp_path / "mask.nc", "--out", tmp_path / "o"], "mask.nc", message)
+    assert_one_line_exit_2(capsys, ["label", tmp_path / "grid.nc", "--out", tmp_path / "o"], "grid.nc", message)
+    assert_one_line_exit_2(capsys, ["predict", network, tmp_path / "grid.nc", "--out", tmp_path / "o"], message)
+    assert_one_line_exit_2(capsys, ["track", tmp_path / "mask.nc", "--out", tmp_path / "o"], "mask.nc", message)
 
 
 def test_a_header_declaring_far_more_than_the_file_is_refused_before_reading(network, tmp_path, capsys):
@@ -529,7 +532,7 @@ def test_a_header_declaring_far_more_than_the_file_is_refused_before_reading(net
         tracemalloc.stop()
     assert peak < 50e6, peak  # a field would be 3.2 GB
     for argv in (["label"], ["track"], ["predict", network]):
-        _one_line_exit_2(capsys, [*argv, tmp_path / "hollow.nc", "--out", tmp_path / "o"], "header declares")
+        assert_one_line_exit_2(capsys, [*argv, tmp_path / "hollow.nc", "--out", tmp_path / "o"], "header declares")
 
 
 # ----------------------------------------------------------------------------- longitudes

@@ -1,7 +1,7 @@
 """A run's whole set of files written as one batch: all of it lands, or none of it.
 
 :class:`OutputBatch` gives each run a private staging folder inside the output folder
-(``.climseg-batch.PID-XXXXXXXX.tmp``): the run writes every file there (its workers too, and
+(``.climseg-batch.<pid>-<8 random characters>.tmp``): the run writes every file there (its workers too, and
 their work files in :attr:`OutputBatch.scratch`) and, when the whole set is complete, the files
 are renamed into the folder together, with SIGINT and SIGTERM held for those few renames. Before
 the renames a journal (``.commit.json``) in the staging folder lists them, so that a run killed
@@ -41,7 +41,7 @@ STAGING = "climseg-batch"
 JOURNAL = ".commit.json"
 SCRATCH = ".scratch"
 MANIFEST_PREFIX = ".climseg-run-"
-#: climseg's temporary names (files and folders): ``.NAME.PID-XXXXXXXX.tmp``
+#: climseg's temporary names (files and folders): ``.NAME.<pid>-<8 random characters>.tmp``
 TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[a-z0-9_]{8}\.tmp$")
 #: work files of climseg versions before the batches (no process id in the name)
 LEGACY_SCRATCH = (re.compile(r"^\.climseg-track-[a-z0-9_]{8}$"), re.compile(r"^\..+_mask\.(nc|h5)\.rivers\.npy$"))

@@ -6,7 +6,7 @@
   file behind and never damages what was already there. Files and folders get
   the modes a plain ``open()``/``mkdir`` would give under the user's umask (a
   file that is replaced keeps its mode). Temporary names are
-  ``.NAME.PID-XXXXXXXX.tmp`` (:func:`temporary_prefix`): hidden, and naming the
+  ``.NAME.<pid>-<8 random characters>.tmp`` (:func:`temporary_prefix`): hidden, and naming the
   process that writes them, so that a later run can tell a killed writer's
   leftovers from a live one's (:func:`climseg.output.batch.remove_stale_scratch`).
 * :func:`check_output_location`: called by every command before its expensive
