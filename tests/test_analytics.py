@@ -241,11 +241,13 @@ def _forced_lifetime_loss(series, look_ahead, min_steps):
     ``climseg track`` links objects (cells shared within ``look_ahead`` steps), less its largest
     linked group. A weak storm whose gale-force area vanishes for longer than the look-ahead, or is
     a cell or two that moves farther than its size in a step, is tracked in pieces whatever the
-    tracker does; summed over the class."""
+    tracker does; summed over the class. Also, per class, the true events whose largest linked group
+    spans fewer than ``min_steps`` steps: no tracker following these rules can find them."""
     ids = np.concatenate([np.asarray(netCDF4.Dataset(p).variables["TRUE_EVENT_ID"][:]) for p in _inputs(series)])
     with open(os.path.join(series, "true_events.csv")) as f:
         truth = [r for r in csv.DictReader(f) if int(r["steps"]) >= min_steps]
     loss = dict.fromkeys(CLASS_NAMES[1:], 0)
+    unreachable = dict.fromkeys(CLASS_NAMES[1:], 0)
     for r in truth:
         cells = [set(np.flatnonzero(step == int(r["id"])).tolist()) for step in ids]
         seen = [t for t, c in enumerate(cells) if c]
@@ -260,7 +262,8 @@ def _forced_lifetime_loss(series, look_ahead, min_steps):
         )
         sizes = np.bincount(scipy.sparse.csgraph.connected_components(graph, directed=False)[1])
         loss[r["class"]] += len(seen) - int(sizes.max())
-    return loss
+        unreachable[r["class"]] += int(sizes.max()) < min_steps
+    return loss, unreachable
 
 
 def test_tracking_recovers_the_generated_events(series, tmp_path):
@@ -274,12 +277,15 @@ def test_tracking_recovers_the_generated_events(series, tmp_path):
     options = TrackOptions(min_size={1: (1, "px"), 2: (1, "px")}, look_ahead=2, min_steps=3)
     summary = track(_inputs(series), str(tmp_path / "events"), options, progress=False, log=lambda *_: None)
     scores = score_tracking(series, str(tmp_path / "events"), min_steps=3)
-    forced = _forced_lifetime_loss(series, options.look_ahead, 3)
+    forced, unreachable = _forced_lifetime_loss(series, options.look_ahead, 3)
     for cls in CLASS_NAMES[1:]:
         s = scores[cls]
         if s["true"] == 0:
             continue
-        assert s["recall"] >= 0.75, (seed, cls, s)
+        # recall over the true events the linking rules can reach (seed 868433622: 2 of 7 cyclones
+        # fall apart into groups shorter than 3 steps in the truth itself)
+        reachable = s["true"] - unreachable[cls]
+        assert s["matched"] >= 0.75 * reachable, (seed, cls, s, unreachable[cls])
         assert s["tracked"] <= 2 * s["true"] + 2, (seed, cls, s)
         bound = 3.0 + forced[cls] / max(s["matched"], 1)
         assert s["lifetime_error_steps"] <= bound, (seed, cls, s, bound)
